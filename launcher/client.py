@@ -1,0 +1,298 @@
+"""The Devin v3 API client: the one home of httpx, and the one place its exceptions are translated.
+
+`create_session` never raises for a per-session problem: it classifies each attempt (created,
+not sent, rate limited, rejected, ambiguous) so the executor can decide what is safe to do.
+Run-level problems (bad credentials) raise AuthError; failed reads raise APIError.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from launcher.errors import APIError, AuthError, ConfigError
+from launcher.models import Page, Session, session_path_id
+
+DEFAULT_BASE_URL = "https://api.devin.ai"
+USER_AGENT = "devin-fleet/0.1"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """Where and as whom to talk to the API. The token never appears in repr or messages."""
+
+    base_url: str
+    org_id: str
+    token: str = field(repr=False)
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], *, base_url: str | None = None,
+                 org_id: str | None = None, token: str | None = None) -> ApiConfig:
+        """Build from flags (first) and DEVIN_API_KEY / DEVIN_ORG_ID / DEVIN_API_BASE_URL."""
+        token = token or environ.get("DEVIN_API_KEY") or ""
+        org_id = org_id or environ.get("DEVIN_ORG_ID") or ""
+        base = (base_url or environ.get("DEVIN_API_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        if not token:
+            raise ConfigError("DEVIN_API_KEY is not set",
+                              hint="export DEVIN_API_KEY=cog_... (a service-user token), "
+                              "or rehearse with --sim")
+        if not org_id:
+            raise ConfigError("no organization id", hint="export DEVIN_ORG_ID=org-... or pass --org")
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"DEVIN_API_BASE_URL {base!r} is not an http(s) URL",
+                              hint="scheme and host only, e.g. https://api.devin.ai")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ConfigError(f"DEVIN_API_BASE_URL {base!r} must be scheme and host only",
+                              hint="drop the path; devin-fleet adds /v3/...")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise ConfigError(f"refusing plain http to {parts.hostname}: the token would travel "
+                              "unencrypted", hint="use https (http is allowed for loopback only)")
+        return cls(base_url=base, org_id=org_id, token=token)
+
+    def redact(self, text: str) -> str:
+        return text.replace(self.token, "***") if self.token else text
+
+
+class CreateOutcome(StrEnum):
+    """What one create attempt tells us about whether a session exists."""
+
+    created = "created"  # 2xx with a session
+    not_sent = "not_sent"  # nothing reached the server: safe to retry
+    rate_limited = "rate_limited"  # 429: nothing created; pause and retry
+    rejected = "rejected"  # other 4xx: nothing created; do not retry
+    ambiguous = "ambiguous"  # timeout after sending, dropped connection, 5xx, unreadable 2xx
+    auth = "auth"  # 401/403: every request would fail
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    outcome: CreateOutcome
+    session: Session | None = None
+    status: int | None = None
+    message: str = ""
+    retry_after: float | None = None
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Retry-After as seconds to wait: delta-seconds or an HTTP-date; None when absent/garbled."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def error_message(response: httpx.Response) -> str:
+    """The API's own words from an error body: FastAPI `detail` (string or list), RFC 7807."""
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        text = response.text.strip()
+        return f"HTTP {response.status_code}" + (f": {text[:200]}" if text else "")
+    detail: Any = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(body, dict) and "title" in body and "detail" not in body:
+        detail = body["title"]
+    if isinstance(detail, list):
+        parts = []
+        for d in detail:
+            if isinstance(d, dict):
+                loc = ".".join(str(x) for x in d.get("loc", []) if x != "body")
+                parts.append(f"{loc}: {d.get('msg', d)}" if loc else str(d.get("msg", d)))
+            else:
+                parts.append(str(d))
+        return "; ".join(parts)
+    if isinstance(detail, dict):
+        return str(detail.get("message") or detail.get("msg") or json.dumps(detail)[:300])
+    return str(detail)[:500]
+
+
+class DevinClient:
+    """Async client of the org-scoped v3 endpoints. Use as `async with DevinClient(cfg) as c:`."""
+
+    def __init__(self, config: ApiConfig, *, transport: httpx.AsyncBaseTransport | None = None,
+                 max_connections: int = 32) -> None:
+        self.config = config
+        self.requests = 0
+        self._http = httpx.AsyncClient(
+            base_url=f"{config.base_url}/v3",
+            headers={"Authorization": f"Bearer {config.token}", "User-Agent": USER_AGENT},
+            timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout,
+                                  pool=config.read_timeout),
+            limits=httpx.Limits(max_connections=max_connections,
+                                max_keepalive_connections=max_connections),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    async def __aenter__(self) -> DevinClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @property
+    def _org(self) -> str:
+        return f"/organizations/{self.config.org_id}"
+
+    # ------------------------------------------------------------------ create
+
+    async def create_session(self, body: Mapping[str, Any]) -> CreateResult:
+        """POST one create; classify the outcome (never raises for per-session problems)."""
+        self.requests += 1
+        try:
+            resp = await self._http.post(f"{self._org}/sessions", json=body)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            return CreateResult(CreateOutcome.not_sent, message=self._describe(exc))
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            # The request may have reached the server: a session may exist.
+            return CreateResult(CreateOutcome.ambiguous, message=self._describe(exc))
+        code = resp.status_code
+        if code == 429:
+            return CreateResult(CreateOutcome.rate_limited, status=code,
+                                retry_after=parse_retry_after(resp.headers.get("retry-after")),
+                                message="rate limited")
+        if code in (401, 403):
+            return CreateResult(CreateOutcome.auth, status=code, message=self._msg(resp))
+        if code >= 500:
+            return CreateResult(CreateOutcome.ambiguous, status=code, message=self._msg(resp))
+        if 200 <= code < 300:
+            try:
+                session = Session.model_validate(resp.json())
+            except Exception as exc:  # an unreadable 2xx is as ambiguous as a dropped one
+                return CreateResult(CreateOutcome.ambiguous, status=code,
+                                    message=f"unreadable {code} response: {type(exc).__name__}")
+            return CreateResult(CreateOutcome.created, session=session, status=code)
+        return CreateResult(CreateOutcome.rejected, status=code, message=self._msg(resp))
+
+    # ------------------------------------------------------------------ reads and actions
+
+    async def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        self.requests += 1
+        try:
+            resp = await self._http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise APIError(f"{method} {path}: {self._describe(exc)}") from None
+        if resp.status_code in (401, 403):
+            raise AuthError(f"{method} {path}: HTTP {resp.status_code}: {self._msg(resp)}",
+                            status=resp.status_code,
+                            hint="check DEVIN_API_KEY and the token's permissions"
+                            if resp.status_code == 401 else "the token lacks a permission")
+        return resp
+
+    def _checked(self, resp: httpx.Response) -> Any:
+        if resp.status_code >= 400:
+            raise APIError(f"{resp.request.method} {resp.request.url.path}: HTTP "
+                           f"{resp.status_code}: {self._msg(resp)}", status=resp.status_code)
+        try:
+            return resp.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise APIError(f"{resp.request.url.path}: unreadable response",
+                           status=resp.status_code) from None
+
+    async def whoami(self) -> dict[str, Any]:
+        """GET /v3/self: proves the token works (AuthError on 401/403)."""
+        data = self._checked(await self._request("GET", "/self"))
+        return data if isinstance(data, dict) else {}
+
+    async def get_session(self, session_id: str) -> Session | None:
+        resp = await self._request("GET", f"{self._org}/sessions/{session_path_id(session_id)}")
+        if resp.status_code == 404:
+            return None
+        return Session.model_validate(self._checked(resp))
+
+    async def list_pages(self, path: str, params: Mapping[str, Any] | None = None, *,
+                         first: int = 200) -> AsyncIterator[Page]:
+        """Every page of a paginated list endpoint."""
+        after: str | None = None
+        while True:
+            q: dict[str, Any] = {**(params or {}), "first": first}
+            if after:
+                q["after"] = after
+            page = Page.model_validate(self._checked(
+                await self._request("GET", f"{self._org}{path}", params=q)))
+            yield page
+            if not page.has_next_page or not page.end_cursor:
+                return
+            after = page.end_cursor
+
+    async def list_sessions(self, *, tags: list[str] | None = None,
+                            session_ids: list[str] | None = None,
+                            first: int = 200) -> AsyncIterator[Session]:
+        """Sessions matching the filters (tags are re-checked here: AND semantics)."""
+        params: dict[str, Any] = {}
+        if tags:
+            params["tags"] = tags
+        if session_ids:
+            params["session_ids"] = session_ids
+        async for page in self.list_pages("/sessions", params, first=first):
+            for item in page.items:
+                s = Session.model_validate(item)
+                if not tags or set(tags) <= set(s.tags):
+                    yield s
+
+    async def terminate(self, session_id: str, *, archive: bool = False) -> bool:
+        """DELETE a session; False when it does not exist (already gone)."""
+        params = {"archive": "true"} if archive else None
+        resp = await self._request("DELETE",
+                                   f"{self._org}/sessions/{session_path_id(session_id)}",
+                                   params=params)
+        if resp.status_code == 404:
+            return False
+        self._checked(resp)
+        return True
+
+    async def list_ids(self, path: str) -> set[str] | None:
+        """Ids from a list endpoint (secrets, playbooks, knowledge); None when forbidden (403)."""
+        ids: set[str] = set()
+        try:
+            async for page in self.list_pages(path):
+                for item in page.items:
+                    for k in ("id", "secret_id", "playbook_id", "note_id", "knowledge_id"):
+                        if isinstance(item.get(k), str):
+                            ids.add(item[k])
+                            break
+        except AuthError as exc:
+            if exc.status == 403:
+                return None
+            raise
+        return ids
+
+    # ------------------------------------------------------------------ helpers
+
+    def _msg(self, resp: httpx.Response) -> str:
+        return self.config.redact(error_message(resp))
+
+    def _describe(self, exc: Exception) -> str:
+        text = str(exc) or type(exc).__name__
+        return self.config.redact(f"{type(exc).__name__}: {text}")

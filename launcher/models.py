@@ -1,0 +1,286 @@
+"""The API model: create-session requests and the session objects the v3 API returns.
+
+One model, two users: the planner validates every rendered request with it, and the simulator
+validates what it receives with it (see ../shared/devin-api.md, sections 2 and 3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MAX_TAGS = 50
+MAX_SCHEMA_BYTES = 64 * 1024
+MAX_URL_CHARS = 2083
+MAX_SECRET_KEY = 256
+MAX_SECRET_VALUE = 65_536
+
+
+class DevinMode(StrEnum):
+    normal = "normal"
+    fast = "fast"
+    lite = "lite"
+    ultra = "ultra"
+    fusion = "fusion"
+
+
+class SessionStatus(StrEnum):
+    new = "new"
+    claimed = "claimed"
+    running = "running"
+    exit = "exit"
+    error = "error"
+    suspended = "suspended"
+    resuming = "resuming"
+
+
+class StatusDetail(StrEnum):
+    working = "working"
+    waiting_for_user = "waiting_for_user"
+    waiting_for_approval = "waiting_for_approval"
+    finished = "finished"
+    inactivity = "inactivity"
+    user_request = "user_request"
+    usage_limit_exceeded = "usage_limit_exceeded"
+    out_of_credits = "out_of_credits"
+    out_of_quota = "out_of_quota"
+    no_quota_allocation = "no_quota_allocation"
+    payment_declined = "payment_declined"
+    org_usage_limit_exceeded = "org_usage_limit_exceeded"
+    total_session_limit_exceeded = "total_session_limit_exceeded"
+    error = "error"
+    user_usage_limit_exceeded = "user_usage_limit_exceeded"
+    contract_expired = "contract_expired"
+
+
+# --------------------------------------------------------------------------- structured output
+
+
+_checked_schemas: dict[str, str | None] = {}
+
+
+def _schema_digest(schema: dict[str, Any]) -> tuple[str, int]:
+    text = json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    raw = text.encode()
+    return hashlib.sha256(raw).hexdigest(), len(raw)
+
+
+def _external_refs(node: Any, path: str = "") -> list[str]:
+    found: list[str] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "$ref" and isinstance(v, str) and not v.startswith("#"):
+                found.append(f"{path}/$ref={v}")
+            else:
+                found.extend(_external_refs(v, f"{path}/{k}"))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found.extend(_external_refs(v, f"{path}/{i}"))
+    return found
+
+
+def check_output_schema(schema: dict[str, Any]) -> str | None:
+    """Return why `schema` is not an acceptable structured-output schema, or None.
+
+    Results are cached by content: a campaign of 10,000 sessions usually shares one schema.
+    """
+    digest, size = _schema_digest(schema)
+    if digest in _checked_schemas:
+        return _checked_schemas[digest]
+    problem: str | None = None
+    if size > MAX_SCHEMA_BYTES:
+        problem = f"schema is {size:,} bytes serialized; the API accepts at most {MAX_SCHEMA_BYTES:,}"
+    elif refs := _external_refs(schema):
+        problem = f"schema must be self-contained, but has external $ref: {refs[0]}"
+    else:
+        try:
+            jsonschema.Draft7Validator.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+            problem = f"not a valid Draft 7 schema at {where}: {exc.message}"
+    _checked_schemas[digest] = problem
+    return problem
+
+
+def output_errors(schema: dict[str, Any], output: Any) -> list[str]:
+    """Validate a structured output against its Draft 7 schema; return readable problems."""
+    validator = jsonschema.Draft7Validator(schema)
+    problems = []
+    for err in sorted(validator.iter_errors(output), key=lambda e: list(e.absolute_path)):
+        where = "/".join(str(p) for p in err.absolute_path) or "(root)"
+        problems.append(f"{where}: {err.message}")
+    return problems
+
+
+# --------------------------------------------------------------------------- create request
+
+
+class SessionSecretInput(BaseModel):
+    """A per-session secret, not stored in the org."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=1, max_length=MAX_SECRET_KEY, description="Secret name.")
+    value: str = Field(max_length=MAX_SECRET_VALUE, description="Secret value.")
+    sensitive: bool = Field(default=True, description="Hide the value from logs in the session.")
+
+
+class CreateSessionRequest(BaseModel):
+    """Body of POST /v3/organizations/{org_id}/sessions, exactly as the contract lists it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description="The task for Devin.")
+    title: str | None = Field(default=None, description="Session title; generated when absent.")
+    repos: list[str] | None = Field(default=None, description="Repositories, `owner/repo`.")
+    tags: list[str] | None = Field(default=None, description="Tags (at most 50 in total).")
+    attachment_urls: list[str] | None = Field(
+        default=None, description="Absolute URIs of 1..2083 characters."
+    )
+    knowledge_ids: list[str] | None = Field(
+        default=None, description="Knowledge notes to use (null = all, [] = none)."
+    )
+    secret_ids: list[str] | None = Field(
+        default=None, description="Org secrets to expose (null = all, [] = none)."
+    )
+    session_secrets: list[SessionSecretInput] | None = Field(
+        default=None, description="Per-session secrets."
+    )
+    playbook_id: str | None = Field(default=None, description="Playbook to follow.")
+    child_playbook_id: str | None = Field(
+        default=None, description="Playbook for child sessions."
+    )
+    session_links: list[str] | None = Field(
+        default=None, description="Other sessions to use as context."
+    )
+    max_acu_limit: int | None = Field(default=None, gt=0, description="Per-session ACU cap.")
+    bypass_approval: bool | None = Field(default=None, description="Skip the approval gate.")
+    create_as_user_id: str | None = Field(
+        default=None, description="Create on behalf of an org member."
+    )
+    devin_mode: DevinMode | None = Field(default=None, description="Agent mode.")
+    platform: str | None = Field(default=None, description="VM platform label.")
+    structured_output_schema: dict[str, Any] | None = Field(
+        default=None, description="JSON Schema Draft 7, <= 64 KB, no external $ref."
+    )
+    structured_output_required: bool | None = Field(
+        default=None, description="Agent must deliver final structured output (default true)."
+    )
+    resumable: bool | None = Field(default=None, description="Keep the VM to resume later.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("prompt must not be empty")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if len(v) > MAX_TAGS:
+            raise ValueError(f"{len(v)} tags; the API accepts at most {MAX_TAGS}")
+        for t in v:
+            if not t.strip():
+                raise ValueError("tags must not be empty strings")
+        return v
+
+    @field_validator("attachment_urls")
+    @classmethod
+    def _urls(cls, v: list[str] | None) -> list[str] | None:
+        for url in v or []:
+            if not 1 <= len(url) <= MAX_URL_CHARS:
+                raise ValueError(f"attachment URL must be 1..{MAX_URL_CHARS} characters")
+            parts = urlsplit(url)
+            if not parts.scheme or not parts.netloc or any(c.isspace() for c in url):
+                raise ValueError(f"{url!r} is not an absolute URI (scheme://host/...)")
+        return v
+
+    @field_validator("structured_output_schema")
+    @classmethod
+    def _schema(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and (problem := check_output_schema(v)):
+            raise ValueError(problem)
+        return v
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body to send: only the fields that were set, never nulls."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def api_error_details(exc: ValidationError) -> list[dict[str, Any]]:
+    """Render a ValidationError as FastAPI's 422 `detail` list ({loc, msg, type})."""
+    return [
+        {"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_url=False)
+    ]
+
+
+# --------------------------------------------------------------------------- session object
+
+
+class PullRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    pr_url: str
+    pr_state: str | None = None
+
+
+class Session(BaseModel):
+    """A session as the API returns it: tolerant of unknown fields and enum values."""
+
+    model_config = ConfigDict(extra="allow")
+
+    session_id: str
+    url: str = ""
+    status: str = ""
+    tags: list[str] = Field(default_factory=list)
+    org_id: str = ""
+    created_at: int = 0
+    updated_at: int = 0
+    acus_consumed: float = 0.0
+    pull_requests: list[PullRequest] = Field(default_factory=list)
+    title: str | None = None
+    status_detail: str | None = None
+    structured_output: dict[str, Any] | None = None
+    is_archived: bool = False
+    playbook_id: str | None = None
+    origin: str | None = None
+
+    @property
+    def status_enum(self) -> SessionStatus | None:
+        try:
+            return SessionStatus(self.status)
+        except ValueError:
+            return None
+
+    @property
+    def detail_enum(self) -> StatusDetail | None:
+        try:
+            return StatusDetail(self.status_detail) if self.status_detail else None
+        except ValueError:
+            return None
+
+
+class Page(BaseModel):
+    """One page of a list endpoint."""
+
+    model_config = ConfigDict(extra="allow")
+
+    items: list[dict[str, Any]]
+    end_cursor: str | None = None
+    has_next_page: bool = False
+    total: int | None = None
+
+
+def session_path_id(session_id: str) -> str:
+    """The `devin_id` path parameter for a session id (some bodies carry bare hex ids)."""
+    return session_id if session_id.startswith("devin-") else f"devin-{session_id}"

@@ -1,0 +1,469 @@
+"""The simulator's HTTP face: starlette routes for the v3 API, auth, validation, faults, errors.
+
+Every route goes through `_guard` (request count, latency, 401/403, unknown org 404). Error bodies
+are FastAPI-style `{"detail": ...}`; create bodies are validated with the shared
+`launcher.models.CreateSessionRequest`. Bodies with a non-JSON content type get 422, as FastAPI
+answers them (it validates the raw bytes against the model); bodies over 1 MiB get 413.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
+
+from launcher.models import MAX_TAGS, CreateSessionRequest, api_error_details
+from launcher.sim.faults import CreateFault, FaultPlan, retry_after_header
+from launcher.sim.profiles import Permission
+from launcher.sim.state import Page, Record, SessionEnded, SessionFilter, SimState, page_of
+
+MAX_BODY_BYTES = 1024 * 1024
+_ABORT_KEY = "launcher.sim.abort"
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class ApiError(Exception):
+    """An error answer: status, FastAPI-style detail, optional headers."""
+
+    def __init__(self, status: int, detail: Any, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a token is and what it may do."""
+
+    service_user_id: str
+    name: str
+    permissions: frozenset[Permission]
+
+
+# --------------------------------------------------------------------------- request models
+
+
+class _Tags(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tags: list[str] = Field(max_length=MAX_TAGS)
+
+    @field_validator("tags")
+    @classmethod
+    def _not_blank(cls, v: list[str]) -> list[str]:
+        if any(not t.strip() for t in v):
+            raise ValueError("tags must not be empty strings")
+        return v
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field(min_length=1)
+
+
+class _PageQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # FastAPI ignores unknown query parameters
+
+    first: int = Field(default=100, ge=1, le=200)
+    after: str | None = None
+
+
+class _SessionQuery(_PageQuery):
+    tags: list[str] = []
+    session_ids: list[str] = []
+    created_after: int | None = None
+    created_before: int | None = None
+    updated_after: int | None = None
+    updated_before: int | None = None
+    playbook_id: str | None = None
+    origins: list[str] = []
+    is_archived: bool | None = None
+    repo_names: list[str] = []
+
+
+class _TerminateQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    archive: bool = False
+
+
+def _query(request: Request, model: type[_M]) -> _M:
+    lists = {n for n, f in model.model_fields.items() if f.annotation == list[str]}
+    qp = request.query_params
+    data = {k: qp.getlist(k) if k in lists else qp[k] for k in qp}
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        detail = [
+            {"loc": ["query", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False)
+        ]
+        raise ApiError(422, detail) from exc
+
+
+async def _body(request: Request, model: type[_M]) -> _M:
+    """Read and validate a JSON body the way FastAPI does; 413 past MAX_BODY_BYTES."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        # uvicorn discards the unread rest, so the client still reads this answer
+        raise ApiError(413, f"request body exceeds {MAX_BODY_BYTES} bytes")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise ApiError(413, f"request body exceeds {MAX_BODY_BYTES} bytes")
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    data: Any
+    if ctype and not (ctype == "application/json" or ctype.endswith("+json")):
+        data = bytes(raw)  # FastAPI: not JSON, validated as raw bytes -> 422 model_type
+    elif not raw:
+        raise ApiError(422, [{"loc": ["body"], "msg": "Field required", "type": "missing"}])
+    else:
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            pos = getattr(exc, "pos", 0)
+            detail = [{"loc": ["body", pos], "msg": "JSON decode error", "type": "json_invalid"}]
+            raise ApiError(422, detail) from exc
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(422, api_error_details(exc)) from exc
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# --------------------------------------------------------------------------- the app
+
+
+Handler = Callable[[Request, Principal], Awaitable[Response]]
+
+
+class SimApp:
+    """Routes of one simulated org; state is touched only from the server's event loop."""
+
+    def __init__(
+        self, state: SimState, plan: FaultPlan, *, token: str, introspection: bool
+    ) -> None:
+        self.state = state
+        self.plan = plan
+        self.profile = state.profile
+        self.token = token
+        self.main = Principal("user-sim-service", "devin-fleet-sim", frozenset(Permission))
+        self.others = {
+            t.token: Principal(f"user-sim-{t.name}", t.name, frozenset(t.permissions))
+            for t in self.profile.tokens
+        }
+        self.request_number = 0
+        self.create_number = 0
+        self.stopping: anyio.Event | None = None  # set by the server; created in its loop
+        org = "/v3/organizations/{org_id}"
+        one = f"{org}/sessions/{{devin_id}}"
+        sessions = Permission.ManageOrgSessions
+        table: list[tuple[str, str, Permission, Handler]] = [
+            ("GET", "/v3/self", Permission.ReadAccountMeta, self.whoami),
+            ("POST", f"{org}/sessions", sessions, self.create),
+            ("GET", f"{org}/sessions", sessions, self.list_sessions),
+            ("GET", one, sessions, self.get),
+            ("DELETE", one, sessions, self.terminate),
+            ("POST", f"{one}/archive", sessions, self.archive),
+            ("GET", f"{one}/messages", sessions, self.list_messages),
+            ("POST", f"{one}/messages", sessions, self.send_message),
+            ("GET", f"{one}/tags", sessions, self.get_tags),
+            ("POST", f"{one}/tags", sessions, self.append_tags),
+            ("PUT", f"{one}/tags", sessions, self.replace_tags),
+            ("GET", f"{org}/secrets", Permission.ManageOrgSecrets, self.secrets),
+            ("GET", f"{org}/playbooks", Permission.ManageAccountPlaybooks, self.playbooks),
+            ("GET", f"{org}/playbooks/{{playbook_id}}", Permission.ManageAccountPlaybooks,
+             self.playbook),
+            ("GET", f"{org}/knowledge/notes", Permission.ManageAccountKnowledge, self.notes),
+        ]  # fmt: skip
+        routes = [self._route(m, path, perm, handler) for m, path, perm, handler in table]
+        if introspection:
+            routes += [
+                Route("/_sim/sessions", self.sim_sessions, methods=["GET"]),
+                Route("/_sim/stats", self.sim_stats, methods=["GET"]),
+            ]
+        self.starlette = Starlette(
+            routes=routes,
+            exception_handlers={ApiError: self._api_error, HTTPException: self._http_error},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Outermost layer: counts response codes and lets a route cut the connection."""
+        if scope["type"] != "http" or scope["path"].startswith("/_sim/"):
+            await self.starlette(scope, receive, send)
+            return
+        aborted: list[bool] = []
+
+        async def abort() -> bool:
+            aborted.append(await _abort(send, receive))
+            return aborted[-1]
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and not any(aborted):
+                self.state.responses[str(message["status"])] += 1
+            await send(message)
+
+        scope[_ABORT_KEY] = abort
+
+        await self.starlette(scope, receive, counting_send)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _route(self, method: str, path: str, permission: Permission, handler: Handler) -> Route:
+        """A route with the checks every API endpoint shares; named for the stats."""
+        org = path.startswith("/v3/organizations/")
+        short = path.removeprefix("/v3/organizations/{org_id}")
+        name = f"{method} " + short.replace("{devin_id}", "{id}").replace("{playbook_id}", "{id}")
+
+        async def endpoint(request: Request) -> Response:
+            self.state.requests[name] += 1
+            self.request_number += 1
+            if delay := self.plan.latency(self.request_number):
+                self.state.faults["latency"] += 1
+                await self._sleep(delay)
+            principal = self._authenticate(request)
+            if permission not in principal.permissions:
+                raise ApiError(403, f"this token lacks the {permission.value} permission")
+            if org and request.path_params["org_id"] != self.state.org_id:
+                raise ApiError(404, "Organization not found")
+            return await handler(request, principal)
+
+        return Route(path, endpoint, methods=[method], name=name)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but end early when the server stops (so stopping never waits on a fault)."""
+        if self.stopping is None:
+            await anyio.sleep(seconds)
+            return
+        with anyio.move_on_after(seconds):
+            await self.stopping.wait()
+
+    def _authenticate(self, request: Request) -> Principal:
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        value = value.strip()
+        if scheme.lower() != "bearer" or not value:
+            raise ApiError(401, "Not authenticated", {"WWW-Authenticate": "Bearer"})
+        if hmac.compare_digest(value.encode(), self.token.encode()):
+            return self.main
+        if value in self.others:
+            return self.others[value]
+        raise ApiError(401, "Invalid or expired token", {"WWW-Authenticate": "Bearer"})
+
+    def _session(self, request: Request) -> Record:
+        rec = self.state.get(request.path_params["devin_id"])
+        if rec is None:
+            raise ApiError(404, "Session not found")
+        return rec
+
+    async def _api_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return _json({"detail": exc.detail}, exc.status, exc.headers)
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return _json({"detail": exc.detail}, exc.status_code, exc.headers)
+
+    def _page(self, page: Page) -> Response:
+        return _json(page.json())
+
+    def _cursor_error(self, exc: ValueError) -> ApiError:
+        return ApiError(400, str(exc))
+
+    # ------------------------------------------------------------------ sessions
+
+    async def create(self, request: Request, who: Principal) -> Response:
+        limit = self.profile.faults.rate_limit
+        wait = self.plan.rate_limited(time.monotonic())
+        if wait is not None and limit is not None:
+            self.state.faults["rate_limited"] += 1
+            headers = {"Retry-After": retry_after_header(wait)} if limit.retry_after else None
+            raise ApiError(429, "Rate limit exceeded; slow down session creation", headers)
+        req = await _body(request, CreateSessionRequest)
+        if req.platform is not None and req.platform.lower() != "default":
+            labels = self.profile.platforms
+            if req.platform.lower() not in {label.lower() for label in labels}:
+                allowed = ", ".join(["default", *labels])
+                raise ApiError(400, f"Unknown platform {req.platform!r}; available: {allowed}")
+        if req.create_as_user_id is not None:
+            if Permission.ImpersonateOrgSessions not in who.permissions:
+                raise ApiError(403, "create_as_user_id needs the ImpersonateOrgSessions permission")
+            if req.create_as_user_id not in self.profile.members:
+                raise ApiError(400, f"user {req.create_as_user_id!r} is not an org member")
+        fault = self.plan.create_fault(self.create_number)
+        self.create_number += 1
+        if fault is CreateFault.error_before:
+            self.state.faults[fault.value] += 1
+            raise ApiError(500, "Internal Server Error")
+        rec = self.state.create(req, service_user_id=who.service_user_id, create_fault=fault.value)
+        body = self.state.session_json(rec, full=False)
+        if fault is not CreateFault.none:
+            self.state.faults[fault.value] += 1
+        if fault is CreateFault.error_after:
+            raise ApiError(500, "Internal Server Error")
+        if fault is CreateFault.drop_after:
+            abort: Callable[[], Awaitable[bool]] = request.scope[_ABORT_KEY]
+            if await abort():
+                return Response(status_code=500)  # never sent: the connection is gone
+            raise ApiError(500, "Internal Server Error")  # no transport to cut: degrade
+        if fault is CreateFault.delay_after:
+            await self._sleep(self.profile.faults.delay_seconds)
+        return _json(body)
+
+    async def list_sessions(self, request: Request, who: Principal) -> Response:
+        q = _query(request, _SessionQuery)
+        f = SessionFilter(
+            tags=tuple(q.tags),
+            session_ids=tuple(q.session_ids),
+            created_after=q.created_after,
+            created_before=q.created_before,
+            updated_after=q.updated_after,
+            updated_before=q.updated_before,
+            playbook_id=q.playbook_id,
+            origins=tuple(q.origins),
+            is_archived=q.is_archived,
+            repo_names=tuple(q.repo_names),
+        )
+        try:
+            return self._page(self.state.list_sessions(f, q.first, q.after))
+        except ValueError as exc:
+            raise self._cursor_error(exc) from exc
+
+    async def get(self, request: Request, who: Principal) -> Response:
+        return _json(self.state.session_json(self._session(request)))
+
+    async def terminate(self, request: Request, who: Principal) -> Response:
+        rec = self._session(request)
+        self.state.terminate(rec, archive=_query(request, _TerminateQuery).archive)
+        return _json(self.state.session_json(rec))
+
+    async def archive(self, request: Request, who: Principal) -> Response:
+        rec = self._session(request)
+        self.state.archive(rec)
+        return _json(self.state.session_json(rec))
+
+    async def list_messages(self, request: Request, who: Principal) -> Response:
+        rec = self._session(request)
+        q = _query(request, _PageQuery)
+        try:
+            return self._page(page_of("m", self.state.messages(rec), q.first, q.after))
+        except ValueError as exc:
+            raise self._cursor_error(exc) from exc
+
+    async def send_message(self, request: Request, who: Principal) -> Response:
+        rec = self._session(request)
+        msg = await _body(request, _Message)
+        try:
+            self.state.send_message(rec, msg.message)
+        except SessionEnded as exc:
+            raise ApiError(400, "the session has ended; it cannot take messages") from exc
+        return _json(self.state.session_json(rec))
+
+    async def get_tags(self, request: Request, who: Principal) -> Response:
+        return _json({"tags": list(self._session(request).tags)})
+
+    async def append_tags(self, request: Request, who: Principal) -> Response:
+        rec = self._session(request)
+        tags = list(dict.fromkeys([*rec.tags, *(await _body(request, _Tags)).tags]))
+        return self._set_tags(rec, tags)
+
+    async def replace_tags(self, request: Request, who: Principal) -> Response:
+        rec = self._session(request)
+        return self._set_tags(rec, (await _body(request, _Tags)).tags)
+
+    def _set_tags(self, rec: Record, tags: list[str]) -> Response:
+        tags = list(dict.fromkeys(tags))
+        if len(tags) > MAX_TAGS:
+            raise ApiError(400, f"a session can carry at most {MAX_TAGS} tags ({len(tags)} given)")
+        self.state.set_tags(rec, tags)
+        return _json({"tags": list(rec.tags)})
+
+    # ------------------------------------------------------------------ account
+
+    async def whoami(self, request: Request, who: Principal) -> Response:
+        return _json(
+            {
+                "service_user_id": who.service_user_id,
+                "service_user_name": who.name,
+                "org_id": self.state.org_id,
+                "permissions": sorted(p.value for p in who.permissions),
+            }
+        )
+
+    def _seeded(self, kind: str, request: Request, items: list[BaseModel]) -> Response:
+        q = _query(request, _PageQuery)
+        try:
+            return self._page(page_of(kind, [i.model_dump() for i in items], q.first, q.after))
+        except ValueError as exc:
+            raise self._cursor_error(exc) from exc
+
+    async def secrets(self, request: Request, who: Principal) -> Response:
+        return self._seeded("secrets", request, list(self.profile.secrets))
+
+    async def playbooks(self, request: Request, who: Principal) -> Response:
+        return self._seeded("playbooks", request, list(self.profile.playbooks))
+
+    async def playbook(self, request: Request, who: Principal) -> Response:
+        wanted = request.path_params["playbook_id"]
+        for p in self.profile.playbooks:
+            if p.playbook_id == wanted:
+                return _json(p.model_dump())
+        raise ApiError(404, "Playbook not found")
+
+    async def notes(self, request: Request, who: Principal) -> Response:
+        return self._seeded("notes", request, list(self.profile.knowledge_notes))
+
+    # ------------------------------------------------------------------ introspection
+
+    async def sim_sessions(self, request: Request) -> Response:
+        sessions = self.state.snapshot()
+        return _json({"count": len(sessions), "sessions": sessions})
+
+    async def sim_stats(self, request: Request) -> Response:
+        return _json(self.state.stats())
+
+
+async def _abort(send: Send, receive: Receive) -> bool:
+    """Reset the connection under this request with no HTTP response; False if we cannot.
+
+    uvicorn passes its RequestResponseCycle's bound `send`, whose `.transport` is the asyncio
+    transport. SO_LINGER 0 makes close() send RST: the client sees a reset, not a clean EOF.
+    """
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None or not hasattr(transport, "abort"):
+        return False
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+    # Wait until uvicorn has seen the loss, else it would answer for us with its own 500.
+    with anyio.move_on_after(1.0):
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    return True
+
+
+def build_app(state: SimState, plan: FaultPlan, *, token: str, introspection: bool) -> SimApp:
+    """The ASGI app serving `state`."""
+    return SimApp(state, plan, token=token, introspection=introspection)

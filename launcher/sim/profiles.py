@@ -1,0 +1,375 @@
+"""Simulator profiles: how the simulated org behaves (outcomes, pace, faults, tokens, seed data).
+
+A profile is a pydantic model (`extra="forbid"`, described fields), loaded from a built-in name
+(`PROFILES`) or a JSON/YAML file by `load_profile`. Probabilities are per create request.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from launcher.errors import ConfigError
+from launcher.models import StatusDetail
+
+class Permission(StrEnum):
+    """Service-user permissions the simulator checks (devin-api.md sections 1, 2 and 4)."""
+
+    ManageOrgSessions = "ManageOrgSessions"
+    ImpersonateOrgSessions = "ImpersonateOrgSessions"
+    ReadAccountMeta = "ReadAccountMeta"
+    ManageOrgSecrets = "ManageOrgSecrets"
+    ManageAccountPlaybooks = "ManageAccountPlaybooks"
+    ManageAccountKnowledge = "ManageAccountKnowledge"
+
+
+class Outcome(StrEnum):
+    """How a session's work ends; drawn once per session from the profile weights."""
+
+    finished = "finished"  # running/finished
+    delivered = "delivered"  # running/waiting_for_user + open PR + valid structured_output
+    needs_user = "needs_user"  # running/waiting_for_user, nothing delivered: a human must answer
+    error = "error"  # status error
+    suspended = "suspended"  # suspended with a limit detail
+    invalid_output = "invalid_output"  # like delivered, but the output breaks the schema
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Outcomes(_Strict):
+    """Relative weights of session outcomes (they need not sum to 1)."""
+
+    finished: float = Field(default=0.0, ge=0, description="Weight of running/finished.")
+    delivered: float = Field(
+        default=1.0,
+        ge=0,
+        description="Weight of running/waiting_for_user with an open PR and a structured_output "
+        "that validates against the session's schema (no output without a schema).",
+    )
+    needs_user: float = Field(
+        default=0.0, ge=0, description="Weight of running/waiting_for_user with no PR or output."
+    )
+    error: float = Field(default=0.0, ge=0, description="Weight of status `error`.")
+    suspended: float = Field(
+        default=0.0, ge=0, description="Weight of `suspended` with one of `suspend_details`."
+    )
+    invalid_output: float = Field(
+        default=0.0,
+        ge=0,
+        description="Weight of waiting_for_user with a PR and a structured_output that does NOT "
+        "validate against the schema (behaves like `delivered` when there is no schema).",
+    )
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> Outcomes:
+        if sum(self.weights().values()) <= 0:
+            raise ValueError("at least one outcome weight must be positive")
+        return self
+
+    def weights(self) -> dict[Outcome, float]:
+        return {o: float(getattr(self, o.value)) for o in Outcome}
+
+
+class Lifecycle(_Strict):
+    """Phase lengths in simulated seconds (divided by `time_scale` in real time) and ACU pace."""
+
+    new_seconds: float = Field(default=5.0, ge=0, description="Time in `new`.")
+    claimed_seconds: float = Field(default=10.0, ge=0, description="Time in `claimed`.")
+    working_seconds_min: float = Field(
+        default=90.0, ge=0, description="Shortest time in running/working before the outcome."
+    )
+    working_seconds_max: float = Field(
+        default=240.0, ge=0, description="Longest time in running/working before the outcome."
+    )
+    resuming_seconds: float = Field(
+        default=10.0, ge=0, description="Time in `resuming` after a message to a suspended session."
+    )
+    acus_per_hour: float = Field(
+        default=6.0, ge=0, description="ACUs consumed per simulated hour while working."
+    )
+    default_max_acu: float = Field(
+        default=10.0,
+        gt=0,
+        description="ACU cap when the request sets no max_acu_limit; reaching the cap suspends "
+        "the session with usage_limit_exceeded.",
+    )
+    suspend_details: list[StatusDetail] = Field(
+        default_factory=lambda: [
+            StatusDetail.usage_limit_exceeded,
+            StatusDetail.out_of_credits,
+            StatusDetail.org_usage_limit_exceeded,
+        ],
+        min_length=1,
+        description="status_detail values drawn for the `suspended` outcome.",
+    )
+    early_output: bool = Field(
+        default=True,
+        description="Fill structured_output halfway through working, as live sessions update it "
+        "like a notepad (clients must wait for the end state before reading it as final).",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Lifecycle:
+        if self.working_seconds_max < self.working_seconds_min:
+            raise ValueError("working_seconds_max must be >= working_seconds_min")
+        return self
+
+
+class RateLimit(_Strict):
+    """A token bucket on creates: `burst` at once, refilled at `rate` per real second."""
+
+    rate: float = Field(gt=0, description="Creates admitted per real second, sustained.")
+    burst: int = Field(ge=1, description="Creates admitted back to back from a full bucket.")
+    retry_after: bool = Field(
+        default=True, description="Send `Retry-After` (integer seconds) with each 429."
+    )
+
+
+class Faults(_Strict):
+    """Injected faults; each decision is deterministic under the server's seed."""
+
+    rate_limit: RateLimit | None = Field(default=None, description="Rate limit on creates.")
+    latency_seconds: float = Field(
+        default=0.0, ge=0, description="Added to every API response (real seconds)."
+    )
+    latency_jitter_seconds: float = Field(
+        default=0.0, ge=0, description="Uniform extra latency in [0, jitter] (real seconds)."
+    )
+    error_before_create: float = Field(
+        default=0.0, ge=0, le=1, description="P(500 before anything is created)."
+    )
+    error_after_create: float = Field(
+        default=0.0, ge=0, le=1, description="P(500 after the session was created)."
+    )
+    drop_after_create: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="P(connection reset with no HTTP response after the session was created).",
+    )
+    delay_after_create: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="P(the 200 is held `delay_seconds` after creating, past a client's timeout).",
+    )
+    delay_seconds: float = Field(
+        default=15.0, ge=0, description="How long a delayed create response is held (real s)."
+    )
+    list_lag_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="A new session shows up in list results only this long after creation (real "
+        "seconds); get by id works at once.",
+    )
+
+    @model_validator(mode="after")
+    def _total(self) -> Faults:
+        after = self.error_after_create + self.drop_after_create + self.delay_after_create
+        if after > 1:
+            raise ValueError("error_after_create + drop_after_create + delay_after_create > 1")
+        return self
+
+
+class TokenSpec(_Strict):
+    """An extra service-user token, usually with fewer permissions than the main one."""
+
+    token: str = Field(min_length=1, description="The bearer token value.")
+    permissions: list[Permission] = Field(description="What this token may do.")
+    name: str = Field(default="limited", description="Service user name shown by /v3/self.")
+
+
+class SecretSpec(_Strict):
+    """An org secret (only the key exists in the simulator: there are no values)."""
+
+    secret_id: str = Field(pattern=r"^secret-", description="Id, `secret-...`.")
+    key: str = Field(description="Secret name.")
+
+
+class PlaybookSpec(_Strict):
+    """An account playbook."""
+
+    playbook_id: str = Field(pattern=r"^playbook-", description="Id, `playbook-...`.")
+    title: str = Field(description="Playbook title.")
+    body: str = Field(default="", description="Playbook text.")
+
+
+class NoteSpec(_Strict):
+    """A knowledge note."""
+
+    note_id: str = Field(pattern=r"^note-", description="Id, `note-...`.")
+    name: str = Field(description="Note name.")
+    body: str = Field(default="", description="Note text.")
+    trigger: str = Field(default="", description="When the note applies.")
+
+
+class Profile(_Strict):
+    """Everything that makes one simulated org behave the way it does."""
+
+    name: str = Field(default="custom", description="Profile name (file stem when absent).")
+    description: str = Field(default="", description="One line on what the profile is for.")
+    platforms: list[str] = Field(
+        default_factory=lambda: ["linux", "windows"],
+        description="The org's VM platform labels; `default` is always accepted too.",
+    )
+    members: list[str] = Field(
+        default_factory=lambda: ["user-sim-alice", "user-sim-bob"],
+        description="Org members that create_as_user_id may name.",
+    )
+    outcomes: Outcomes = Field(default_factory=Outcomes, description="Outcome weights.")
+    lifecycle: Lifecycle = Field(default_factory=Lifecycle, description="Phase lengths, ACUs.")
+    faults: Faults = Field(default_factory=Faults, description="Injected faults.")
+    tokens: list[TokenSpec] = Field(
+        default_factory=list, description="Extra tokens besides the main (all-permission) one."
+    )
+    secrets: list[SecretSpec] = Field(default_factory=list, description="Org secrets (keys).")
+    playbooks: list[PlaybookSpec] = Field(default_factory=list, description="Playbooks.")
+    knowledge_notes: list[NoteSpec] = Field(default_factory=list, description="Knowledge notes.")
+
+
+# --------------------------------------------------------------------------- built-ins
+
+LIMITED_TOKEN = "cog_sim_limited_sessions_only"
+
+_SEED_DATA: dict[str, Any] = {
+    "tokens": [
+        {
+            "token": LIMITED_TOKEN,
+            "name": "sessions-only",
+            "permissions": ["ManageOrgSessions", "ReadAccountMeta"],
+        }
+    ],
+    "secrets": [
+        {"secret_id": "secret-sim-github-token", "key": "GITHUB_TOKEN"},
+        {"secret_id": "secret-sim-npm-token", "key": "NPM_TOKEN"},
+    ],
+    "playbooks": [
+        {"playbook_id": "playbook-sim-fix-tests", "title": "Fix failing tests"},
+        {"playbook_id": "playbook-sim-upgrade-deps", "title": "Upgrade dependencies"},
+    ],
+    "knowledge_notes": [
+        {"note_id": "note-sim-style", "name": "Code style", "trigger": "writing code"},
+        {"note_id": "note-sim-ci", "name": "CI setup", "trigger": "touching CI"},
+    ],
+}
+
+_MIXED_OUTCOMES = {
+    "delivered": 0.5,
+    "finished": 0.15,
+    "needs_user": 0.12,
+    "error": 0.08,
+    "suspended": 0.08,
+    "invalid_output": 0.07,
+}
+
+_BUILTIN: dict[str, dict[str, Any]] = {
+    "clean": {
+        "description": "No faults; every session succeeds (PR + valid output, or finished).",
+        "outcomes": {"delivered": 0.8, "finished": 0.2},
+    },
+    "mixed": {
+        "description": "No faults; every session outcome appears (needs_user, error, ...).",
+        "outcomes": _MIXED_OUTCOMES,
+    },
+    "ratelimited": {
+        "description": "Creates limited to 20/s with a burst of 5; 429 carries Retry-After.",
+        "outcomes": {"delivered": 0.8, "finished": 0.2},
+        "faults": {"rate_limit": {"rate": 20, "burst": 5, "retry_after": True}},
+    },
+    "flaky": {
+        "description": "Moderate faults around creates, some latency; a retrying client finishes.",
+        "outcomes": _MIXED_OUTCOMES,
+        "faults": {
+            "latency_seconds": 0.01,
+            "latency_jitter_seconds": 0.04,
+            "error_before_create": 0.1,
+            "error_after_create": 0.05,
+            "drop_after_create": 0.05,
+            "delay_after_create": 0.05,
+            "delay_seconds": 15,
+            "list_lag_seconds": 0.5,
+        },
+    },
+    "hostile": {
+        "description": "All faults at once: rate limit without Retry-After, latency, 500s before "
+        "and after creating, dropped connections, delayed responses, list lag.",
+        "outcomes": _MIXED_OUTCOMES,
+        "faults": {
+            "rate_limit": {"rate": 10, "burst": 3, "retry_after": False},
+            "latency_seconds": 0.02,
+            "latency_jitter_seconds": 0.08,
+            "error_before_create": 0.1,
+            "error_after_create": 0.08,
+            "drop_after_create": 0.08,
+            "delay_after_create": 0.05,
+            "delay_seconds": 15,
+            "list_lag_seconds": 2.0,
+        },
+    },
+}
+
+PROFILES: tuple[str, ...] = tuple(_BUILTIN)
+
+
+def builtin_profile(name: str) -> Profile:
+    """A fresh copy of the built-in profile `name` (KeyError when there is none)."""
+    return Profile.model_validate({"name": name, **_SEED_DATA, **_BUILTIN[name]})
+
+
+def _render(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"{source}: {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _parse(text: str, path: Path, suffix: str) -> Any:
+    if suffix == ".json":
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
+    import yaml  # only profile files need it: keep `import launcher.sim` light
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """A built-in profile by name, or a profile read from a .json/.yaml/.yml file."""
+    if name_or_path in _BUILTIN:
+        return builtin_profile(name_or_path)
+    path = Path(name_or_path)
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".yaml", ".yml"):
+        close = difflib.get_close_matches(name_or_path, PROFILES, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(
+            f"unknown simulator profile {name_or_path!r}",
+            hint=f"{hint}use one of {', '.join(PROFILES)}, or a path to a .json/.yaml file",
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read simulator profile {path}: {exc.strerror}") from exc
+    data = _parse(text, path, suffix)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a simulator profile must be a mapping at the top level")
+    data.setdefault("name", path.stem)
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"invalid simulator profile {path}:\n{_render(exc, str(path))}",
+            hint="see launcher.sim.Profile for the fields and their meaning",
+        ) from exc

@@ -1,0 +1,65 @@
+"""Shared fixtures: a clean environment for every test, and helpers that show inputs inline."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+_API_VARS = ("DEVIN_API_KEY", "DEVIN_ORG_ID", "DEVIN_API_BASE_URL", "DEVIN_FLEET_LEDGER")
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No test sees the developer's API key, org or ledger; state lives under tmp_path."""
+    for name in _API_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    yield
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Callable[[str, str], Path]:
+    """write("manifest.yaml", '''...''') -> path; dedents so fixtures read inline."""
+
+    def _write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+        return path
+
+    return _write
+
+
+# ---- simulator fixtures (owned by the simulator work) -------------------------------------
+
+from contextlib import ExitStack  # noqa: E402  (this section's imports live with it)
+
+from launcher.sim import SimServer, running_simulator  # noqa: E402
+
+
+@pytest.fixture
+def make_sim() -> Iterator[Callable[..., SimServer]]:
+    """make_sim(profile="clean", **kw) -> a running SimServer on a free loopback port.
+
+    Keyword arguments go to `launcher.sim.running_simulator`; introspection defaults to on here
+    (tests usually check what the server saw). Every server is stopped at teardown.
+    """
+    with ExitStack() as stack:
+
+        def _make(profile: object = "clean", **kw: object) -> SimServer:
+            kw.setdefault("introspection", True)
+            return stack.enter_context(running_simulator(profile, **kw))  # type: ignore[arg-type]
+
+        yield _make
+
+
+@pytest.fixture
+def sim_server(make_sim: Callable[..., SimServer]) -> SimServer:
+    """A running `clean` simulator with introspection on."""
+    return make_sim("clean")
