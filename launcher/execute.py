@@ -284,7 +284,7 @@ class _Run:
             if o == CreateOutcome.rate_limited:
                 limited += 1
                 attempt -= 1  # a 429 created nothing and is paced, not counted as a failure
-                pause = self.pacer.on_429(result.retry_after, limited)
+                pause = self.pacer.on_429(result.retry_after)
                 await self.writer.submit(Event(key, "rate_limited", attempt + 1, 429,
                                                detail=f"pause {pause:.1f}s",
                                                state=LaunchState.planned), wait=False)

@@ -10,21 +10,37 @@ import csv
 import difflib
 import io
 import json
+import os
+import re
 import types
 import typing
-from collections.abc import Iterator
+from types import NoneType
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from launcher.errors import ConfigError, ManifestError, Problem
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_DATA_BYTES = 64 * 1024 * 1024
-MAX_YAML_NODES = 2_000_000  # an alias bomb expands past this long before memory suffers
+MAX_YAML_NODES = 2_000_000  # values in one document, aliases expanded
+MAX_ALIAS_EXPANSION = 100_000  # values that aliases may add beyond what is written
+MAX_DEPTH = 64
+MAX_REPEATED = 20  # identical problems (e.g. one per CSV row) listed before a summary line
 CAMPAIGN_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 ENV_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -42,6 +58,7 @@ class Marks:
     file: str
     values: dict[Loc, tuple[int, int]] = field(default_factory=dict)
     keys: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+    block: set[Loc] = field(default_factory=set)  # block scalars (`|`, `>`): text starts a line below
 
     def find(self, loc: Loc, *, key: bool = False) -> tuple[int | None, int | None]:
         """The mark of `loc`, or of its nearest ancestor that has one."""
@@ -55,13 +72,17 @@ class Marks:
 
 
 class _Loader(yaml.SafeLoader):
-    """Safe loader; dates stay strings (a manifest is text, and JSON has no dates)."""
+    """Safe loader; dates stay strings (a manifest is text, and JSON has no dates), and only
+    true/false are booleans (YAML 1.2): `on`, `no`, `yes` stay strings, as keys and values."""
 
 
+_BOOL = "tag:yaml.org,2002:bool"
 _Loader.yaml_implicit_resolvers = {
-    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    ch: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:timestamp", _BOOL)]
     for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.copy().items()
 }
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
 
 
 def _decode(raw: bytes, file: str) -> str:
@@ -95,70 +116,148 @@ def read_text(path: Path, *, limit: int, label: str | None = None) -> str:
     return _decode(raw, name)
 
 
+def _at(file: str, mark: yaml.Mark | None, field: str, message: str,
+        hint: str | None = None) -> Problem:
+    line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
+    return Problem(file, line, col, field, message, hint)
+
+
+def _expansion(root: yaml.Node, file: str) -> None:
+    """Refuse recursive aliases and documents whose aliases expand past the limits.
+
+    Counted on the node graph (shared nodes once), before anything is built, so an alias bomb
+    costs a few milliseconds instead of all the memory.
+    """
+    sizes: dict[int, int] = {}
+    uses: dict[int, int] = {}
+    active: set[int] = set()
+    nodes: dict[int, yaml.Node] = {}
+
+    def size(n: yaml.Node) -> int:
+        k = id(n)
+        if k in sizes:
+            uses[k] += 1
+            return sizes[k]
+        if k in active:
+            raise ManifestError([_at(file, n.start_mark, "", "recursive alias: a value contains "
+                                     "itself", "remove the alias")])
+        active.add(k)
+        children: list[yaml.Node] = []
+        if isinstance(n, yaml.MappingNode):
+            children = [c for pair in n.value for c in pair]
+        elif isinstance(n, yaml.SequenceNode):
+            children = list(n.value)
+        total = 1 + sum(size(c) for c in children)
+        active.discard(k)
+        sizes[k], uses[k], nodes[k] = total, 1, n
+        return total
+
+    expanded = size(root)
+    extra = expanded - len(sizes)
+    if expanded > MAX_YAML_NODES or extra > MAX_ALIAS_EXPANSION:
+        worst = max(sizes, key=lambda k: (uses[k] - 1) * sizes[k])
+        raise ManifestError([_at(file, nodes[worst].start_mark, "",
+                                 f"aliases expand the document to {expanded:,} values (an alias "
+                                 f"bomb?); the limit is {MAX_ALIAS_EXPANSION:,} values more than "
+                                 "written", "write the values out, or use fewer nested aliases")])
+
+
 def parse_yaml(text: str, file: str) -> tuple[Any, Marks]:
     """Parse one YAML document into plain data plus the marks of every value.
 
-    Refuses duplicate mapping keys and documents that expand past MAX_YAML_NODES (alias bombs).
+    Refuses duplicate mapping keys, unknown tags, nesting deeper than MAX_DEPTH, and aliases
+    that expand too far (alias bombs). Timestamps stay strings.
     """
     marks = Marks(file)
-    loader = _Loader(text)
     try:
-        node = loader.get_single_node()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
-        msg = f"YAML syntax error: {exc.problem or exc.context}"
-        raise ManifestError([Problem(file, line, col, "", msg)]) from None
-    except yaml.YAMLError as exc:
-        raise ManifestError([Problem(file, None, None, "", f"YAML error: {exc}")]) from None
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:
+        pos = exc.position
+        line = text.count("\n", 0, pos) + 1
+        col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        raise ManifestError([Problem(file, line, col, "", f"control character #x{exc.character:04x}"
+                                     " is not allowed in YAML", "remove it")]) from None
+    try:
+        try:
+            node = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            problem = f"{exc.context}, {exc.problem}" if exc.context and exc.problem else (
+                exc.problem or exc.context)
+            raise ManifestError([_at(file, mark, "", f"YAML syntax error: {problem}")]) from None
+        except yaml.YAMLError as exc:
+            raise ManifestError([Problem(file, None, None, "", f"YAML error: {exc}")]) from None
+        if node is None:
+            return None, marks
+        _expansion(node, file)
+        problems: list[Problem] = []
+        data = _Builder(loader, marks, problems).build(node, ())
+    except yaml.MarkedYAMLError as exc:  # an unknown tag, a bad merge key
+        raise ManifestError([_at(file, exc.problem_mark or exc.context_mark, "",
+                                 f"YAML error: {exc.problem or exc.context}")]) from None
+    except RecursionError:
+        raise ManifestError([Problem(file, None, None, "", f"YAML nested more than {MAX_DEPTH} "
+                                     "levels deep", "flatten the document")]) from None
     finally:
         loader.dispose()
-    if node is None:
-        return None, marks
-    problems: list[Problem] = []
-    budget = [MAX_YAML_NODES]
-
-    def build(n: yaml.Node, loc: Loc) -> Any:
-        budget[0] -= 1
-        if budget[0] < 0:
-            raise ManifestError([Problem(file, n.start_mark.line + 1, n.start_mark.column + 1, "",
-                                         f"document expands to more than {MAX_YAML_NODES:,} "
-                                         "values (an alias bomb?)", "avoid nested aliases")])
-        marks.values.setdefault(loc, (n.start_mark.line + 1, n.start_mark.column + 1))
-        if isinstance(n, yaml.MappingNode):
-            seen: dict[Any, int] = {}
-            for k, _ in n.value:
-                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
-                    kv = loader.construct_object(k)
-                    if kv in seen:
-                        problems.append(Problem(file, k.start_mark.line + 1,
-                                                k.start_mark.column + 1, _dotted((*loc, kv)),
-                                                f"duplicate key {kv!r} (first on line {seen[kv]})",
-                                                "remove one of them"))
-                    else:
-                        seen[kv] = k.start_mark.line + 1
-            loader.flatten_mapping(n)
-            out: dict[Any, Any] = {}
-            for k, v in n.value:
-                kv = build_scalar_key(k, loc)
-                marks.keys.setdefault((*loc, kv), (k.start_mark.line + 1, k.start_mark.column + 1))
-                out[kv] = build(v, (*loc, kv))
-            return out
-        if isinstance(n, yaml.SequenceNode):
-            return [build(v, (*loc, i)) for i, v in enumerate(n.value)]
-        return loader.construct_object(n)
-
-    def build_scalar_key(k: yaml.Node, loc: Loc) -> Any:
-        if not isinstance(k, yaml.ScalarNode):
-            problems.append(Problem(file, k.start_mark.line + 1, k.start_mark.column + 1,
-                                    _dotted(loc), "mapping keys must be plain scalars"))
-            return f"<complex key at line {k.start_mark.line + 1}>"
-        return loader.construct_object(k)
-
-    data = build(node, ())
     if problems:
         raise ManifestError(problems)
     return data, marks
+
+
+_SEQ, _MAP = "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
+
+
+class _Builder:
+    """Builds plain data from a composed node graph, recording marks and key problems."""
+
+    def __init__(self, loader: _Loader, marks: Marks, problems: list[Problem]) -> None:
+        self.loader, self.marks, self.problems = loader, marks, problems
+
+    def build(self, n: yaml.Node, loc: Loc) -> Any:
+        file = self.marks.file
+        if len(loc) > MAX_DEPTH:
+            raise ManifestError([_at(file, n.start_mark, _dotted(loc[:MAX_DEPTH]),
+                                     f"nested more than {MAX_DEPTH} levels deep")])
+        self.marks.values.setdefault(loc, (n.start_mark.line + 1, n.start_mark.column + 1))
+        if isinstance(n, yaml.ScalarNode):
+            if n.style in ("|", ">"):
+                self.marks.block.add(loc)
+            value = self.loader.construct_object(n)
+            if not isinstance(value, str | int | float | NoneType):  # bool is an int
+                self.problems.append(_at(file, n.start_mark, _dotted(loc), f"YAML tag {n.tag!r} "
+                                         "gives a value JSON cannot hold", "quote the value"))
+            return value
+        if n.tag not in (_SEQ, _MAP):  # `!!python/...`, `!!set`, `!foo`: not plain data
+            self.problems.append(_at(file, n.start_mark, _dotted(loc),
+                                     f"unsupported YAML tag {n.tag!r}", "remove the tag"))
+            return None
+        if isinstance(n, yaml.SequenceNode):
+            return [self.build(v, (*loc, i)) for i, v in enumerate(n.value)]
+        assert isinstance(n, yaml.MappingNode)
+        seen: dict[Any, int] = {}
+        for k, _ in n.value:
+            if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                kv = self.loader.construct_object(k)
+                if kv in seen:
+                    self.problems.append(_at(file, k.start_mark, _dotted((*loc, kv)),
+                                             f"duplicate key {kv!r} (first on line {seen[kv]})",
+                                             "remove one of them"))
+                else:
+                    seen[kv] = k.start_mark.line + 1
+        self.loader.flatten_mapping(n)
+        out: dict[Any, Any] = {}
+        for k, v in n.value:
+            if not isinstance(k, yaml.ScalarNode):
+                self.problems.append(_at(file, k.start_mark, _dotted(loc),
+                                         "mapping keys must be plain scalars"))
+                continue
+            kv = self.loader.construct_object(k)
+            if isinstance(kv, list | dict | set):  # e.g. `!!set` keys: not hashable data
+                kv = str(kv)
+            self.marks.keys.setdefault((*loc, kv), (k.start_mark.line + 1, k.start_mark.column + 1))
+            out[kv] = self.build(v, (*loc, kv))
+        return out
 
 
 def read_yaml(path: Path, *, limit: int = MAX_MANIFEST_BYTES) -> tuple[Any, Marks]:
@@ -203,12 +302,28 @@ class FileRef(BaseModel):
     file: str = Field(min_length=1, description="Path relative to the manifest.")
 
 
+def _schema_kind(v: Any) -> str:
+    return "file" if isinstance(v, FileRef) or (isinstance(v, dict) and "file" in v) else "inline"
+
+
+# A mapping with a `file` key is always a file reference (so `{file: x, typo: 1}` is refused,
+# not taken for an inline schema); anything else is an inline schema.
+SchemaRef = Annotated[
+    Annotated[FileRef, Tag("file")]
+    | Annotated[dict[str, Any], Tag("inline"), WithJsonSchema(
+        {"type": "object", "not": {"required": ["file"]}, "description": "An inline schema."})],
+    Discriminator(_schema_kind),
+]
+
 TemplStr = str
 """A string rendered as a Jinja2 template (sandboxed, undefined variables are errors)."""
 
 
 class SessionTemplate(BaseModel):
     """Create-session fields; every string (also inside lists) is a Jinja2 template."""
+
+    # Non-string fields may be templates too: the rendered text is converted (an empty result
+    # leaves the field out), then checked against the API's rules like everything else.
 
     model_config = ConfigDict(extra="forbid")
 
@@ -219,7 +334,8 @@ class SessionTemplate(BaseModel):
     title: TemplStr | None = Field(None, description="Session title.")
     repos: list[TemplStr] | None = Field(None, description="Repositories, `owner/repo`.")
     tags: list[TemplStr] | None = Field(
-        None, description="Tags; defaults and session tags are unioned, plus 2 identity tags."
+        None, description="Tags; defaults and session tags are unioned, plus 2 identity tags "
+        "(at most 50 in all)."
     )
     attachment_urls: list[TemplStr] | None = Field(None, description="Absolute URIs.")
     knowledge_ids: list[TemplStr] | None = Field(None, description="Knowledge note ids.")
@@ -239,7 +355,7 @@ class SessionTemplate(BaseModel):
         None, description="normal, fast, lite, ultra or fusion (absent: the org default)."
     )
     platform: TemplStr | None = Field(None, description="VM platform label.")
-    structured_output_schema: FileRef | dict[str, Any] | None = Field(
+    structured_output_schema: SchemaRef | None = Field(
         None, description="Draft 7 JSON Schema: inline, or `{file: path}` (JSON or YAML)."
     )
     structured_output_required: bool | TemplStr | None = Field(
@@ -297,8 +413,8 @@ class Fleet(BaseModel):
     for_each: ForEach = Field(description="The items to expand over.")
     key: str | None = Field(
         None,
-        description="Template of each session's key (unique in the campaign, stable). "
-        "Default: the item's values joined by '-'.",
+        description="Template of each session's key (unique in the campaign, stable: it may "
+        "not use `index`). Default: the item's values joined by '-'.",
     )
     session: SessionTemplate = Field(description="The session to create for each item.")
 
@@ -359,6 +475,10 @@ class LoadedManifest:
         line, col = self.marks.find(loc)
         return Problem(self.label, line, col, _dotted(loc), message, hint)
 
+    def file_label(self, rel: str) -> str:
+        """How to name a file the manifest refers to: as a path from where we run."""
+        return os.path.normpath(self.base_dir / rel)
+
 
 def _dotted(loc: Loc) -> str:
     out = ""
@@ -367,65 +487,138 @@ def _dotted(loc: Loc) -> str:
     return out
 
 
-def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
-    """The pydantic model class that the field path `loc` points into."""
-    current: type[BaseModel] | None = model
-    for part in loc:
-        if current is None:
-            return None
-        if isinstance(part, int):
+def _unwrap(tp: Any) -> Any:
+    """Strip Annotated[...] and `X | None` down to the type that holds values."""
+    while True:
+        if typing.get_origin(tp) is Annotated:
+            tp = typing.get_args(tp)[0]
             continue
-        info = current.model_fields.get(str(part))
-        if info is None:
-            return None
-        current = _find_model(info.annotation)
-    return current
-
-
-def _find_model(tp: Any) -> type[BaseModel] | None:
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+            members = [a for a in typing.get_args(tp) if a is not NoneType]
+            if len(members) == 1:
+                tp = members[0]
+                continue
         return tp
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is not None:
-        for arg in typing.get_args(tp):
-            found = _find_model(arg)
-            if found is not None:
-                return found
+
+
+def _union_member(tp: Any, tag: str) -> Any:
+    """The member of a union that pydantic names `tag` in an error location (or None)."""
+    for member in typing.get_args(tp):
+        names = {getattr(member, "__name__", "")}
+        if typing.get_origin(member) is Annotated:
+            names |= {m.tag for m in typing.get_args(member)[1:] if isinstance(m, Tag)}
+            member = typing.get_args(member)[0]
+        origin = typing.get_origin(member)
+        if origin is not None:
+            names.add(getattr(origin, "__name__", ""))
+        if tag in names or tag.split("[", 1)[0] in names:
+            return member
     return None
 
 
-def _validation_problems(exc: ValidationError, marks: Marks) -> list[Problem]:
-    problems: list[Problem] = []
-    seen: set[tuple[Loc, str]] = set()
-    for err in exc.errors(include_url=False):
-        # pydantic names the union member it tried ("str", "FileRef", "function-after[...]"):
-        # those are not fields the user wrote.
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (
-            p[:1].isupper() or "[" in p or p in {"str", "int", "bool", "dict", "list"})))
-        etype, msg, hint = err["type"], err["msg"], None
-        if etype == "extra_forbidden":
-            parent = _model_at(Manifest, loc[:-1])
-            names = list(parent.model_fields) if parent else []
-            close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
-            msg = "unknown field"
-            hint = f"did you mean {close[0]!r}?" if close else (
-                f"allowed: {', '.join(names)}" if names else None)
-            line, col = marks.find(loc, key=True)
-        else:
-            line, col = marks.find(loc)
-            if loc == ("version",):
-                msg = f"unsupported manifest version {err.get('input')!r}; this tool reads version 1"
-            elif etype == "string_pattern_mismatch" and loc == ("campaign",):
-                msg = f"bad campaign name {err.get('input')!r}"
-                hint = "lowercase letters, digits and '-', starting with a letter or digit, ≤ 63 chars"
-            elif etype == "missing":
-                msg = "required field is missing"
-            elif msg.startswith("Value error, "):
-                msg = msg[len("Value error, "):]
-        if (loc, msg) in seen:  # a union reports each member's failure: keep one line
+def _user_loc(loc: Loc) -> tuple[Loc, bool, type[BaseModel] | None]:
+    """Drop the union-member names pydantic puts in error locations ("int", "str", "file").
+
+    Returns the path as the user wrote it, whether it ends at a union member (the value had
+    none of the union's types), and the model holding the path's last part (for typo hints).
+    """
+    tp: Any = Manifest
+    out: list[str | int] = []
+    at_member, holder = False, None
+    for part in loc:
+        tp = _unwrap(tp)
+        if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+            tp, at_member = _union_member(tp, str(part)), True
             continue
-        seen.add((loc, msg))
-        problems.append(Problem(marks.file, line, col, _dotted(loc), msg, hint))
-    return problems
+        out.append(part)
+        at_member, holder = False, tp
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            info = tp.model_fields.get(str(part))
+            tp = info.annotation if info else None
+        elif typing.get_origin(tp) in (list, dict):
+            tp = typing.get_args(tp)[-1]
+        else:
+            tp = None
+    is_model = isinstance(holder, type) and issubclass(holder, BaseModel)
+    return tuple(out), at_member, holder if is_model else None
+
+
+_EXPECTED = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+    "string_type": "a string", "bool_type": "true/false", "bool_parsing": "true/false",
+    "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+    "list_type": "a list",
+}
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str | int | float):
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+    return {dict: "a mapping", list: "a list"}.get(type(value), type(value).__name__)
+
+
+def _validation_problems(exc: ValidationError, marks: Marks) -> list[Problem]:
+    """One located line per problem; a union's per-member failures become one line."""
+    merged: dict[Loc, tuple[list[str], Any]] = {}
+    problems: list[Problem] = []
+    for err in exc.errors(include_url=False):
+        loc, at_member, holder = _user_loc(tuple(err["loc"]))
+        if at_member and err["type"] in _EXPECTED:
+            merged.setdefault(loc, ([], err.get("input")))[0].append(_EXPECTED[err["type"]])
+        else:
+            problems.append(_one_problem(loc, err, holder, marks))
+    for loc, (expected, value) in merged.items():
+        line, col = marks.find(loc)
+        what = " or ".join(dict.fromkeys("a template string" if e == "a string" else e
+                                         for e in expected))
+        if loc[-1:] == ("structured_output_schema",):
+            what = "an inline schema (a mapping) or {file: path}"
+        problems.append(Problem(marks.file, line, col, _dotted(loc),
+                                f"expected {what}; got {_describe(value)}"))
+    unique = {(p.line, p.col, p.field, p.message): p for p in problems}
+    return sorted(unique.values(), key=lambda p: (p.line or 0, p.col or 0, p.field))
+
+
+def _one_problem(loc: Loc, err: dict[str, Any], holder: type[BaseModel] | None,
+                 marks: Marks) -> Problem:
+    if err["type"] == "extra_forbidden":
+        names = list(holder.model_fields) if holder else []
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else (
+            f"allowed: {', '.join(names)}" if names else None)
+        line, col = marks.find(loc, key=True)
+        return Problem(marks.file, line, col, _dotted(loc), "unknown field", hint)
+    line, col = marks.find(loc)
+    hint = None
+    if err["type"] == "string_pattern_mismatch" and loc == ("campaign",):
+        hint = "lowercase letters, digits and '-', starting with a letter or digit, ≤ 63 chars"
+    elif err["type"] == "string_type" and isinstance(err.get("input"), int | float):
+        hint = "quote it to make it a string"
+    return Problem(marks.file, line, col, _dotted(loc), error_message(err), hint)
+
+
+def error_message(err: Mapping[str, Any]) -> str:
+    """A pydantic error as a short sentence, with the offending value (no pydantic jargon)."""
+    etype, msg, value = err["type"], err["msg"], err.get("input")
+    if etype == "missing":
+        return "required field is missing"
+    if etype in _EXPECTED:
+        return f"expected {_EXPECTED[etype]}; got {_describe(value)}"
+    if etype == "string_pattern_mismatch" and tuple(err["loc"]) == ("campaign",):
+        return f"bad campaign name {_describe(value)}"
+    if etype == "string_pattern_mismatch":
+        return f"{_describe(value)} does not match {err['ctx']['pattern']}"
+    if etype == "too_short" and isinstance(value, list) and not value:
+        return f"needs at least {err['ctx']['min_length']} entry; got none"
+    msg = msg.removeprefix("Value error, ")
+    if isinstance(value, str | int | float) and etype not in ("value_error", "assertion_error"):
+        msg += f" (got {_describe(value)})"
+    return msg
 
 
 def load_manifest(path: str | Path) -> LoadedManifest:
@@ -435,11 +628,27 @@ def load_manifest(path: str | Path) -> LoadedManifest:
     if not isinstance(data, dict):
         raise ManifestError([Problem(str(p), 1, 1, "", "a manifest must be a YAML mapping",
                                      "start from an example in manifests/")])
+    if "version" in data and data["version"] != 1:  # another format: its fields mean nothing here
+        line, col = marks.find(("version",))
+        raise ManifestError([Problem(str(p), line, col, "version", "unsupported manifest version "
+                                     f"{_describe(data['version'])}; this tool reads version 1",
+                                     "write `version: 1`")])
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         raise ManifestError(_validation_problems(exc, marks)) from None
-    return LoadedManifest(p, manifest, marks)
+    loaded = LoadedManifest(p, manifest, marks)
+    first: dict[str, int] = {}
+    problems = []
+    for i, fleet in enumerate(manifest.fleets):
+        if fleet.name in first:
+            problems.append(loaded.problem(("fleets", i, "name"), f"duplicate fleet name "
+                                           f"{fleet.name!r} (first: fleets[{first[fleet.name]}])",
+                                           "fleet names must be unique in a campaign"))
+        first.setdefault(fleet.name, i)
+    if problems:
+        raise ManifestError(problems)
+    return loaded
 
 
 # =========================================================================== data files
@@ -450,71 +659,17 @@ class Item:
     """One item a fleet expands over, with where it came from (for error messages)."""
 
     value: Any
-    origin: str  # "data/services.csv:5", "manifest.yaml:12:9", or "matrix"
+    origin: str  # "data/services.csv:5", "manifest.yaml:12:9", or "matrix {os=linux}"
 
 
-def read_items(loaded: LoadedManifest, fleet_index: int) -> list[Item]:
-    """The items of one fleet: from its data file, inline list or matrix."""
-    fe = loaded.manifest.fleets[fleet_index].for_each
-    loc: Loc = ("fleets", fleet_index, "for_each")
-    if fe.items is not None:
-        return [_inline_item(loaded, (*loc, "items", i), v) for i, v in enumerate(fe.items)]
-    if fe.matrix is not None:
-        return [Item(v, "matrix") for v in expand_matrix(fe.matrix, loaded, (*loc, "matrix"))]
-    assert fe.file is not None
-    return list(_read_data_file(loaded, fe.file, (*loc, "file")))
+def read_data_file(loaded: LoadedManifest, rel: str, loc: Loc) -> list[Item]:
+    """The items of a CSV, JSON (an array), JSONL or YAML (a list) file beside the manifest.
 
-
-def _inline_item(loaded: LoadedManifest, loc: Loc, value: Any) -> Item:
-    line, col = loaded.marks.find(loc)
-    return Item(value, f"{loaded.label}:{line}:{col}")
-
-
-def expand_matrix(matrix: dict[str, list[Any]], loaded: LoadedManifest, loc: Loc) -> list[dict[str, Any]]:
-    """GitHub-Actions semantics: product of axes, minus `exclude` matches, plus `include`.
-
-    An `include` entry that only adds new keys to existing combinations extends them (when all
-    its original-axis values match); otherwise it is appended as a combination of its own.
+    A CSV row is a mapping of the header's names to its cells; an empty cell is left out, so
+    that `default()` applies to it in templates.
     """
-    include = matrix.get("include", [])
-    exclude = matrix.get("exclude", [])
-    problems = []
-    for name, entries in (("include", include), ("exclude", exclude)):
-        for i, entry in enumerate(entries):
-            if not isinstance(entry, dict):
-                problems.append(loaded.problem((*loc, name, i), f"each {name} entry must be a mapping"))
-    axes = {k: v for k, v in matrix.items() if k not in ("include", "exclude")}
-    for k, values in axes.items():
-        if not values:
-            problems.append(loaded.problem((*loc, k), "matrix axis has no values"))
-    for i, entry in enumerate(exclude):
-        if isinstance(entry, dict) and (unknown := set(entry) - set(axes)):
-            problems.append(loaded.problem((*loc, "exclude", i),
-                                           f"exclude names unknown axis {sorted(unknown)[0]!r}",
-                                           f"axes: {', '.join(axes)}"))
-    if problems:
-        raise ManifestError(problems)
-    combos: list[dict[str, Any]] = [{}] if axes else []
-    for name, values in axes.items():
-        combos = [{**c, name: v} for c in combos for v in values]
-    combos = [c for c in combos if not any(all(c.get(k) == v for k, v in e.items())
-                                           for e in exclude)]
-    base_keys = set(axes)
-    extra: list[dict[str, Any]] = []
-    for entry in include:
-        matched = False
-        for c in combos:
-            if all(c[k] == v for k, v in entry.items() if k in base_keys):
-                c.update({k: v for k, v in entry.items() if k not in base_keys})
-                matched = True
-        if not matched:
-            extra.append(dict(entry))
-    return combos + extra
-
-
-def _read_data_file(loaded: LoadedManifest, rel: str, loc: Loc) -> Iterator[Item]:
-    path = (loaded.base_dir / rel)
-    label = rel if not Path(rel).is_absolute() else str(path)
+    path = loaded.base_dir / rel
+    label = loaded.file_label(rel)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".json", ".jsonl", ".ndjson", ".yaml", ".yml"):
         raise ManifestError([loaded.problem(loc, f"unsupported data file type {suffix or '(none)'!r}",
@@ -523,68 +678,80 @@ def _read_data_file(loaded: LoadedManifest, rel: str, loc: Loc) -> Iterator[Item
         text = read_text(path, limit=MAX_DATA_BYTES, label=label)
     except ManifestError as exc:
         p = exc.problems[0]
-        if p.line is None:  # not found / too large: point at the manifest line too
+        if p.line is None:  # not found / too large: point at the manifest line
             raise ManifestError([loaded.problem(loc, f"{label}: {p.message}", p.hint)]) from None
         raise
     if suffix == ".csv":
-        yield from _csv_items(text, label)
-    elif suffix in (".jsonl", ".ndjson"):
+        return _csv_items(text, label)
+    if suffix in (".jsonl", ".ndjson"):
+        items = []
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    yield Item(json.loads(line), f"{label}:{n}")
+                    items.append(Item(json.loads(line), f"{label}:{n}"))
                 except json.JSONDecodeError as exc:
-                    raise ManifestError([Problem(label, n, exc.colno, "", f"invalid JSON: {exc.msg}")]) from None
-    elif suffix == ".json":
+                    raise ManifestError([Problem(label, n, exc.colno, "",
+                                                 f"invalid JSON: {exc.msg}")]) from None
+        return items
+    if suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ManifestError([Problem(label, exc.lineno, exc.colno, "", f"invalid JSON: {exc.msg}")]) from None
+            raise ManifestError([Problem(label, exc.lineno, exc.colno, "",
+                                         f"invalid JSON: {exc.msg}")]) from None
         if not isinstance(data, list):
-            raise ManifestError([Problem(label, 1, 1, "", "a JSON data file must hold an array of items")])
-        yield from (Item(v, f"{label}[{i}]") for i, v in enumerate(data))
-    else:
-        data, marks = parse_yaml(text, label)
-        if not isinstance(data, list):
-            raise ManifestError([Problem(label, 1, 1, "", "a YAML data file must hold a list of items")])
-        for i, v in enumerate(data):
-            line, col = marks.find((i,))
-            yield Item(v, f"{label}:{line}:{col}")
+            raise ManifestError([Problem(label, 1, 1, "", "a JSON data file must hold an array "
+                                         "of items")])
+        return [Item(v, f"{label}[{i}]") for i, v in enumerate(data)]
+    data, marks = parse_yaml(text, label)
+    if not isinstance(data, list):
+        raise ManifestError([Problem(label, 1, 1, "", "a YAML data file must hold a list of items")])
+    return [Item(v, "{}:{}:{}".format(label, *marks.find((i,)))) for i, v in enumerate(data)]
 
 
-def _csv_items(text: str, label: str) -> Iterator[Item]:
+def _csv_items(text: str, label: str) -> list[Item]:
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        header = next(reader)
+        header = [h.strip() for h in next(reader)]
     except StopIteration:
-        return
+        return []
     except csv.Error as exc:
         raise ManifestError([Problem(label, 1, 1, "", f"CSV error: {exc}")]) from None
-    header = [h.strip() for h in header]
     problems = []
     if any(not h for h in header):
-        problems.append(Problem(label, 1, 1, "", "CSV header has an empty column name"))
-    dupes = sorted({h for h in header if header.count(h) > 1})
-    if dupes:
+        problems.append(Problem(label, 1, header.index("") + 1, "",
+                                "CSV header has an empty column name"))
+    if dupes := sorted({h for h in header if header.count(h) > 1}):
         problems.append(Problem(label, 1, 1, "", f"CSV header repeats column {dupes[0]!r}"))
     if problems:
         raise ManifestError(problems)
+    items: list[Item] = []
+    bad_rows: list[int] = []
+    width = len(header)
+    start = reader.line_num + 1
     try:
         for row in reader:
-            n = reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) != len(header):
-                problems.append(Problem(label, n, 1, "", f"row has {len(row)} columns; "
-                                        f"the header has {len(header)} ({', '.join(header)})",
-                                        "quote cells that contain commas"))
-                continue
-            # An empty cell counts as absent, so `default()` applies in templates.
-            yield Item({h: v for h, v in zip(header, row, strict=True) if v != ""}, f"{label}:{n}")
+            n, start = start, reader.line_num + 1  # a quoted cell may span lines: report the first
+            if len(row) == width:
+                # An empty cell counts as absent, so `default()` applies in templates.
+                items.append(Item({h: v for h, v in zip(header, row) if v != ""}, f"{label}:{n}"))
+            elif row and not (len(row) == 1 and not row[0].strip()):  # blank lines are skipped
+                bad_rows.append(n)
+                if len(bad_rows) <= MAX_REPEATED:
+                    problems.append(Problem(
+                        label, n, 1, "", f"row has {len(row)} column(s); the header has {width} "
+                        f"({', '.join(header)})",
+                        "quote cells that contain commas" if len(row) > width else
+                        "add the missing cells (leave a cell empty for none)"))
     except csv.Error as exc:
         problems.append(Problem(label, reader.line_num, 1, "", f"CSV error: {exc}"))
+    if len(bad_rows) > MAX_REPEATED:
+        more = bad_rows[MAX_REPEATED:]
+        problems.append(Problem(label, more[0], 1, "", f"and {len(more):,} more row(s) with the "
+                                f"wrong number of columns (lines {more[0]}..{more[-1]})"))
     if problems:
         raise ManifestError(problems)
+    return items
 
 
 def resolve_file(loaded: LoadedManifest, rel: str) -> Path:

@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
 import jsonschema
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 MAX_TAGS = 50
 MAX_SCHEMA_BYTES = 64 * 1024
@@ -62,13 +71,9 @@ class StatusDetail(StrEnum):
 # --------------------------------------------------------------------------- structured output
 
 
-_checked_schemas: dict[str, str | None] = {}
-
-
-def _schema_digest(schema: dict[str, Any]) -> tuple[str, int]:
-    text = json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    raw = text.encode()
-    return hashlib.sha256(raw).hexdigest(), len(raw)
+_checked_schemas: dict[str, str | None] = {}  # sha256 of canonical JSON -> problem or None
+_checked_objects: dict[int, tuple[dict[str, Any], str | None]] = {}  # id -> (schema, problem)
+_MAX_CACHED_OBJECTS = 256
 
 
 def _external_refs(node: Any, path: str = "") -> list[str]:
@@ -85,19 +90,24 @@ def _external_refs(node: Any, path: str = "") -> list[str]:
     return found
 
 
-def check_output_schema(schema: dict[str, Any]) -> str | None:
-    """Return why `schema` is not an acceptable structured-output schema, or None.
-
-    Results are cached by content: a campaign of 10,000 sessions usually shares one schema.
-    """
-    digest, size = _schema_digest(schema)
+def _check_schema(schema: Any) -> str | None:
+    if not isinstance(schema, dict):
+        return f"a structured-output schema must be a JSON object, not {type(schema).__name__}"
+    try:
+        text = json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return f"schema is not plain JSON (object keys must be strings, no NaN): {exc}"
+    raw = text.encode()
+    digest = hashlib.sha256(raw).hexdigest()
     if digest in _checked_schemas:
         return _checked_schemas[digest]
     problem: str | None = None
-    if size > MAX_SCHEMA_BYTES:
-        problem = f"schema is {size:,} bytes serialized; the API accepts at most {MAX_SCHEMA_BYTES:,}"
+    if len(raw) > MAX_SCHEMA_BYTES:
+        problem = (f"schema is {len(raw):,} bytes serialized; the API accepts at most "
+                   f"{MAX_SCHEMA_BYTES:,}")
     elif refs := _external_refs(schema):
-        problem = f"schema must be self-contained, but has external $ref: {refs[0]}"
+        problem = f"schema must be self-contained, but has an external $ref: {refs[0]}"
     else:
         try:
             jsonschema.Draft7Validator.check_schema(schema)
@@ -105,6 +115,23 @@ def check_output_schema(schema: dict[str, Any]) -> str | None:
             where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
             problem = f"not a valid Draft 7 schema at {where}: {exc.message}"
     _checked_schemas[digest] = problem
+    return problem
+
+
+def check_output_schema(schema: dict[str, Any]) -> str | None:
+    """Return why `schema` is not an acceptable structured-output schema, or None.
+
+    The rules: a JSON object, at most 64 KB serialized, no `$ref` outside the document, and a
+    valid Draft 7 schema. Results are cached by content, and by identity for the object itself:
+    a campaign of 10,000 sessions shares one schema object, which is checked once.
+    """
+    hit = _checked_objects.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    problem = _check_schema(schema)
+    if len(_checked_objects) >= _MAX_CACHED_OBJECTS:
+        _checked_objects.clear()
+    _checked_objects[id(schema)] = (schema, problem)  # holding it keeps its id from being reused
     return problem
 
 
@@ -198,22 +225,56 @@ class CreateSessionRequest(BaseModel):
     def _urls(cls, v: list[str] | None) -> list[str] | None:
         for url in v or []:
             if not 1 <= len(url) <= MAX_URL_CHARS:
-                raise ValueError(f"attachment URL must be 1..{MAX_URL_CHARS} characters")
-            parts = urlsplit(url)
-            if not parts.scheme or not parts.netloc or any(c.isspace() for c in url):
-                raise ValueError(f"{url!r} is not an absolute URI (scheme://host/...)")
+                raise ValueError(f"attachment URL is {len(url):,} characters; the API accepts "
+                                 f"1..{MAX_URL_CHARS:,}")
+            if not is_absolute_uri(url):
+                raise ValueError(f"{_short(url)} is not an absolute URI (scheme:..., e.g. "
+                                 "https://host/path)")
         return v
 
-    @field_validator("structured_output_schema")
+    @field_validator("max_acu_limit", mode="before")
     @classmethod
-    def _schema(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v is not None and (problem := check_output_schema(v)):
-            raise ValueError(problem)
+    def _acu_not_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # JSON true is not a number of ACUs, though int(True) == 1
+            raise ValueError("max_acu_limit must be a positive integer, not a boolean")
         return v
+
+    @field_validator("structured_output_schema", mode="wrap")
+    @classmethod
+    def _schema(cls, v: Any, handler: ValidatorFunctionWrapHandler) -> dict[str, Any] | None:
+        if isinstance(v, dict) and all(isinstance(k, str) for k in v):
+            # Keep the caller's object (no copy): a campaign's sessions share one schema,
+            # checked once (see check_output_schema).
+            if problem := check_output_schema(v):
+                raise ValueError(problem)
+            return v
+        return handler(v)  # None, or pydantic's own type error
 
     def body(self) -> dict[str, Any]:
         """The JSON body to send: only the fields that were set, never nulls."""
-        return self.model_dump(mode="json", exclude_none=True)
+        body = self.model_dump(mode="json", exclude_none=True,
+                               exclude={"structured_output_schema"})
+        if self.structured_output_schema is not None:
+            body["structured_output_schema"] = self.structured_output_schema  # checked as JSON
+        return body
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_URI_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
+
+
+def is_absolute_uri(url: str) -> bool:
+    """RFC 3986 absolute-URI syntax (`scheme:rest`, URI characters only); http(s) needs a host."""
+    scheme, sep, rest = url.partition(":")
+    if not sep or not rest or not _SCHEME.fullmatch(scheme) or not _URI_CHARS.fullmatch(rest):
+        return False
+    if scheme.lower() in ("http", "https"):
+        return bool(urlsplit(url).hostname)
+    return True
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 def api_error_details(exc: ValidationError) -> list[dict[str, Any]]:
@@ -228,10 +289,16 @@ def api_error_details(exc: ValidationError) -> list[dict[str, Any]]:
 
 
 class PullRequest(BaseModel):
+    """A pull request a session opened."""
+
     model_config = ConfigDict(extra="allow")
 
-    pr_url: str
+    pr_url: str = ""
     pr_state: str | None = None
+
+
+_NOT_NULL = frozenset({"url", "status", "tags", "org_id", "created_at", "updated_at",
+                       "acus_consumed", "pull_requests", "is_archived"})
 
 
 class Session(BaseModel):
@@ -244,8 +311,8 @@ class Session(BaseModel):
     status: str = ""
     tags: list[str] = Field(default_factory=list)
     org_id: str = ""
-    created_at: int = 0
-    updated_at: int = 0
+    created_at: int | float = 0
+    updated_at: int | float = 0
     acus_consumed: float = 0.0
     pull_requests: list[PullRequest] = Field(default_factory=list)
     title: str | None = None
@@ -254,6 +321,14 @@ class Session(BaseModel):
     is_archived: bool = False
     playbook_id: str | None = None
     origin: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_mean_defaults(cls, data: Any) -> Any:
+        # The API may send null for a field documented as always present: take the default.
+        if isinstance(data, dict) and any(data.get(k, 0) is None for k in _NOT_NULL):
+            return {k: v for k, v in data.items() if not (v is None and k in _NOT_NULL)}
+        return data
 
     @property
     def status_enum(self) -> SessionStatus | None:

@@ -82,39 +82,51 @@ class AdaptiveRate:
 
     ceiling: float  # the configured --rate: never exceeded
     floor: float = 0.2
-    decrease: float = 0.9
+    decrease: float = 0.92
     fast_increase: float = 0.10  # fraction of the rate per second, far below the last 429 rate
-    slow_increase: float = 0.004  # fraction of the rate per second, near it
+    slow_increase: float = 0.002  # fraction of the rate per second, near it
     window: float = 3.0
-    cooldown: float = 2.0
+    cooldown: float = 0.5
     rate: float = 0.0
     last_limit: float | None = None
     _last_cut: float = -1e9
     _last_tick: float | None = None
     _accepted: deque[float] = field(default_factory=deque)
+    _first: float | None = None
 
     def __post_init__(self) -> None:
         self.rate = self.rate or self.ceiling
 
     def on_success(self, now: float) -> None:
+        if self._first is None:
+            self._first = now
         self._accepted.append(now)
         while self._accepted and self._accepted[0] < now - self.window:
             self._accepted.popleft()
 
-    def accepted_rate(self, now: float) -> float:
+    def accepted_rate(self, now: float, since: float = 0.0) -> float | None:
+        """Creates/s the server accepted over the last `window` (not before `since`, e.g. the
+        end of the last pause); None when there is too little to measure."""
         while self._accepted and self._accepted[0] < now - self.window:
             self._accepted.popleft()
-        span = min(self.window, max(0.5, now - (self._accepted[0] if self._accepted else now)))
-        return len(self._accepted) / span
+        start = max(now - self.window, since, self._first if self._first is not None else now)
+        span = now - start
+        count = sum(1 for t in self._accepted if t >= start)
+        if span < 0.25 or count < 3:
+            return None
+        return count / span
 
-    def on_429(self, now: float) -> bool:
-        """Lower the rate (once per cooldown); True if it was lowered."""
+    def on_429(self, now: float, since: float = 0.0) -> bool:
+        """Lower the rate (at most once per `cooldown`); True if it was lowered."""
         if now - self._last_cut < self.cooldown:
             return False
-        measured = self.accepted_rate(now)
-        basis = min(self.rate, measured) if measured > 0 else self.rate / 2
-        self.last_limit = basis
-        self.rate = max(self.floor, basis * self.decrease)
+        measured = self.accepted_rate(now, since)
+        if measured:
+            # What the server accepted while we pushed past its limit is the limit.
+            self.last_limit = min(self.rate, measured)
+            self.rate = max(self.floor, self.last_limit * self.decrease)
+        else:  # too little to measure: classic multiplicative decrease
+            self.rate = max(self.floor, self.rate / 2)
         self._last_cut = now
         self._last_tick = now
         return True
@@ -146,6 +158,7 @@ class Pacer:
         self.pause_until = 0.0
         self.pauses = 0
         self.rate_limited = 0
+        self.consecutive_429 = 0
 
     async def acquire(self, stop: anyio.Event | None = None) -> bool:
         """Wait for permission to send one create; False if `stop` was set meanwhile."""
@@ -166,19 +179,32 @@ class Pacer:
 
     def on_success(self) -> None:
         self.adaptive.on_success(self.clock.now())
+        self.consecutive_429 = 0
 
-    def on_429(self, retry_after: float | None, attempt: int) -> float:
-        """Pause every worker: Retry-After when given, else backoff. Returns the pause length."""
+    def on_429(self, retry_after: float | None) -> float:
+        """Pause every worker: Retry-After when given, else an exponential backoff over the
+        run's consecutive 429 episodes. Returns the pause now in force.
+
+        429s that arrive while a pause is already in force belong to the same episode (they
+        were in flight together): they neither lengthen the backoff nor cut the rate again.
+        """
         now = self.clock.now()
         self.rate_limited += 1
-        self.adaptive.on_429(now)
-        pause = retry_after if retry_after is not None else backoff_delay(attempt, base=1.0,
-                                                                          cap=30.0)
-        pause = min(pause, 300.0)
-        if now + pause > self.pause_until:
-            self.pause_until = now + pause
-            self.pauses += 1
-        return pause
+        if now < self.pause_until:
+            if retry_after is not None and now + retry_after > self.pause_until:
+                self.pause_until = now + min(retry_after, 300.0)
+            return self.pause_until - now
+        self.consecutive_429 += 1
+        self.adaptive.on_429(now, since=self.pause_until)
+        self.bucket.tokens = 0.0  # no burst when the pause ends: the server just said "full"
+        if retry_after is not None:
+            pause = retry_after
+        else:  # equal jitter: never ~0, never in lockstep with other clients
+            ceiling = min(30.0, 0.5 * 2 ** min(self.consecutive_429 - 1, 10))
+            pause = ceiling / 2 + random.uniform(0, ceiling / 2)
+        self.pause_until = now + min(pause, 300.0)
+        self.pauses += 1
+        return self.pause_until - now
 
 
 @dataclass

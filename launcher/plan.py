@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,12 +19,15 @@ from pydantic import ValidationError
 from launcher.errors import ManifestError, Problem, SecretError
 from launcher.manifest import (
     MAX_MANIFEST_BYTES,
+    MAX_REPEATED,
     FileRef,
+    Item,
     LoadedManifest,
     Loc,
     SessionTemplate,
+    error_message,
     load_json_or_yaml,
-    read_items,
+    read_data_file,
     read_text,
     resolve_file,
 )
@@ -34,9 +37,17 @@ from launcher.templating import TemplateFailure, Templates
 SECRET_PLACEHOLDER = "***"
 IDENTITY_TAGS = 2
 _LIST_FIELDS = ("repos", "attachment_urls", "knowledge_ids", "secret_ids", "session_links")
-_SCALAR_FIELDS = ("title", "playbook_id", "child_playbook_id", "max_acu_limit", "bypass_approval",
-                  "create_as_user_id", "devin_mode", "platform", "structured_output_required",
-                  "resumable")
+_TEXT_FIELDS = ("title", "playbook_id", "child_playbook_id", "create_as_user_id", "devin_mode",
+                "platform")
+# Not strings in the API: a template's text is converted (by the API model) after rendering.
+_CONVERTED_FIELDS = ("max_acu_limit", "bypass_approval", "structured_output_required", "resumable")
+_DRAFT7_KEYWORDS = frozenset(
+    "$schema $id $ref $comment title description default readOnly writeOnly examples multipleOf "
+    "maximum exclusiveMaximum minimum exclusiveMinimum maxLength minLength pattern "
+    "additionalItems items maxItems minItems uniqueItems contains maxProperties minProperties "
+    "required additionalProperties definitions properties patternProperties dependencies "
+    "propertyNames const enum type format contentMediaType contentEncoding if then else allOf "
+    "anyOf oneOf not".split())
 
 
 def campaign_tag(campaign: str) -> str:
@@ -147,20 +158,101 @@ def fingerprint(request: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+# =========================================================================== items
+
+
+def read_items(loaded: LoadedManifest, fleet_index: int) -> list[Item]:
+    """The items of one fleet: from its data file, inline list or matrix."""
+    fe = loaded.manifest.fleets[fleet_index].for_each
+    loc: Loc = ("fleets", fleet_index, "for_each")
+    if fe.items is not None:
+        return [Item(v, "{}:{}:{}".format(loaded.label, *loaded.marks.find((*loc, "items", i))))
+                for i, v in enumerate(fe.items)]
+    if fe.matrix is not None:
+        return [Item(v, "matrix {" + ", ".join(f"{k}={_scalar(x)}" for k, x in v.items()) + "}")
+                for v in expand_matrix(fe.matrix, loaded, (*loc, "matrix"))]
+    assert fe.file is not None
+    return read_data_file(loaded, fe.file, (*loc, "file"))
+
+
+def expand_matrix(matrix: Mapping[str, list[Any]], loaded: LoadedManifest,
+                  loc: Loc) -> list[dict[str, Any]]:
+    """GitHub-Actions semantics: product of the axes, minus `exclude` matches, plus `include`.
+
+    An `include` entry extends every combination whose original-axis values it matches (it may
+    overwrite values added by an earlier include, never an axis value); an entry that matches
+    none becomes a combination of its own.
+    """
+    include = matrix.get("include", [])
+    exclude = matrix.get("exclude", [])
+    axes = {k: v for k, v in matrix.items() if k not in ("include", "exclude")}
+    problems = []
+    for name, entries in (("include", include), ("exclude", exclude)):
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not entry:
+                problems.append(loaded.problem((*loc, name, i),
+                                               f"each {name} entry must be a non-empty mapping"))
+    for k, values in axes.items():
+        if not values:
+            problems.append(loaded.problem((*loc, k), f"matrix axis {k!r} has no values"))
+    for i, entry in enumerate(exclude):
+        if isinstance(entry, dict) and (unknown := sorted(set(entry) - set(axes), key=str)):
+            problems.append(loaded.problem((*loc, "exclude", i),
+                                           f"exclude names unknown axis {unknown[0]!r}",
+                                           f"axes: {', '.join(axes)}"))
+    if problems:
+        raise ManifestError(problems)
+    combos: list[dict[str, Any]] = [{}] if axes else []
+    for name, values in axes.items():
+        combos = [{**c, name: v} for c in combos for v in values]
+    combos = [c for c in combos
+              if not any(all(c[k] == v for k, v in e.items()) for e in exclude)]
+    extra: list[dict[str, Any]] = []
+    for entry in include:
+        matched = False
+        for c in combos:
+            if all(c[k] == v for k, v in entry.items() if k in axes):
+                c.update({k: v for k, v in entry.items() if k not in axes})
+                matched = True
+        if not matched:
+            extra.append(dict(entry))
+    return combos + extra
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, str | int | float | bool) or value is None:
+        return str(value)
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _default_key(value: Any) -> str:
+    """An item's values joined by '-' (mapping values in their order; nulls left out)."""
+    if isinstance(value, Mapping):
+        return "-".join(_scalar(v) for v in value.values() if v is not None)
+    if isinstance(value, list):
+        return "-".join(_scalar(v) for v in value)
+    return _scalar(value)
+
+
 # =========================================================================== building
 
 
 class _Problems:
-    """Collects problems; the same problem on many items is reported once, with a count."""
+    """Collects problems, once each: the same problem on many items is one line with a count,
+    and past MAX_REPEATED different problems at one field the rest are counted."""
 
     def __init__(self) -> None:
-        self._seen: dict[tuple[str, int | None, str, str], list[Any]] = {}
+        self._seen: dict[tuple[str, int | None, int | None, str, str], list[Any]] = {}
+        self._per_field: dict[tuple[str, int | None, str], int] = {}
 
     def add(self, problem: Problem, origin: str | None = None) -> None:
-        k = (problem.file, problem.line, problem.field, problem.message)
+        k = (problem.file, problem.line, problem.col, problem.field, problem.message)
         if k in self._seen:
             self._seen[k][1] += 1
-        else:
+            return
+        where = (problem.file, problem.line, problem.field)
+        self._per_field[where] = n = self._per_field.get(where, 0) + 1
+        if n <= MAX_REPEATED:
             self._seen[k] = [problem, 0, origin]
 
     def extend(self, problems: list[Problem]) -> None:
@@ -175,9 +267,15 @@ class _Problems:
         for problem, more, origin in self._seen.values():
             msg = problem.message
             if origin:
-                msg += f" [item {origin}" + (f", and {more} more item(s)]" if more else "]")
+                msg += f" [item {origin}" + (f", and {more:,} more item(s)]" if more else "]")
             out.append(Problem(problem.file, problem.line, problem.col, problem.field, msg,
                                problem.hint))
+        for (file, line, field_), n in self._per_field.items():
+            if n > MAX_REPEATED:
+                first = next(p for p, _, _ in self._seen.values()
+                             if (p.file, p.line, p.field) == (file, line, field_))
+                out.append(Problem(file, line, first.col, field_, f"and {n - MAX_REPEATED:,} "
+                                   "more different problem(s) here, in other items"))
         return out
 
 
@@ -189,58 +287,78 @@ class _FleetSpec:
     index: int
     fields: dict[str, Any]
     locs: dict[str, Loc]
+    tag_locs: list[Loc]
     key_source: str | None
     schema: dict[str, Any] | None
+    schema_digest: str | None
+    prompt_file: str | None  # the label of the prompt's file, when it came from one
 
 
-def _merge(loaded: LoadedManifest, fi: int, problems: _Problems) -> _FleetSpec | None:
+def _template_problem(loaded: LoadedManifest, loc: Loc, exc: TemplateFailure,
+                      prompt_file: str | None = None) -> Problem:
+    """Locate a template failure: the template's own line, inside the manifest or its file."""
+    if prompt_file is not None:
+        return Problem(prompt_file, exc.line or 1, 1, _field(loaded, loc), exc.message, exc.hint)
+    problem = loaded.problem(loc, exc.message, exc.hint)
+    if exc.line and problem.line is not None:
+        if loc in loaded.marks.block:  # `|` / `>`: the text starts on the next line
+            return replace(problem, line=problem.line + exc.line, col=1)
+        if exc.line > 1:
+            return replace(problem, line=problem.line + exc.line - 1, col=1)
+    return problem
+
+
+def _merge(loaded: LoadedManifest, fi: int, templates: Templates,
+           problems: _Problems) -> _FleetSpec | None:
+    """defaults, then the fleet's session: the session's fields win; tags are unioned."""
     m = loaded.manifest
     fleet = m.fleets[fi]
     fields: dict[str, Any] = {}
     locs: dict[str, Loc] = {}
-    for source, loc in ((m.defaults, ("defaults",)), (fleet.session, ("fleets", fi, "session"))):
-        for name in source.model_fields_set:
+    tag_locs: list[Loc] = []
+    for source, base in ((m.defaults, ("defaults",)), (fleet.session, ("fleets", fi, "session"))):
+        for name in SessionTemplate.model_fields:  # a fixed order: the plan is deterministic
             value = getattr(source, name)
             if value is None:
                 continue
-            if name == "tags" and "tags" in fields:
-                fields["tags"] = list(dict.fromkeys([*fields["tags"], *value]))  # union, in order
+            if name == "tags":
+                for i, tag in enumerate(value):
+                    if tag not in fields.setdefault("tags", []):
+                        fields["tags"].append(tag)
+                        tag_locs.append((*base, name, i))
             else:
                 fields[name] = value
-            locs[name] = (*loc, name)
+            locs[name] = (*base, name)
+            if name in ("prompt", "prompt_file"):  # the session's choice replaces the default's
+                other = "prompt_file" if name == "prompt" else "prompt"
+                fields.pop(other, None)
+                locs.pop(other, None)
     ok = True
+    prompt_file = None
     if "prompt_file" in fields:
-        path = resolve_file(loaded, fields["prompt_file"])
+        prompt_file = loaded.file_label(fields["prompt_file"])
         try:
-            fields["prompt"] = read_text(path, limit=MAX_MANIFEST_BYTES, label=fields["prompt_file"])
-            locs["prompt"] = locs["prompt_file"]
+            fields["prompt"] = read_text(resolve_file(loaded, fields["prompt_file"]),
+                                         limit=MAX_MANIFEST_BYTES, label=prompt_file)
         except ManifestError as exc:
-            problems.add(loaded.problem(locs["prompt_file"], exc.problems[0].message))
+            problems.extend(_forward(loaded, locs["prompt_file"], exc))
             ok = False
+        locs["prompt"] = locs.pop("prompt_file")
         del fields["prompt_file"]
-    if "prompt" not in fields:
+    elif "prompt" not in fields:
         problems.add(loaded.problem(("fleets", fi, "session"), "no `prompt` (or `prompt_file`)",
                                     "every session needs a prompt: set it in session or defaults"))
         ok = False
-    schema = None
-    if (ref := fields.get("structured_output_schema")) is not None:
-        sloc = locs["structured_output_schema"]
-        if isinstance(ref, FileRef):
-            try:
-                schema = load_json_or_yaml(resolve_file(loaded, ref.file), ref.file,
-                                           MAX_MANIFEST_BYTES)
-            except ManifestError as exc:
-                problems.add(loaded.problem(sloc, exc.problems[0].render()))
-                return None
+    ok &= _compile_all(loaded, fi, fields, locs, tag_locs, prompt_file, templates, problems)
+    schema, digest = None, None
+    if "structured_output_schema" in fields:
+        schema = _load_schema(loaded, fields.pop("structured_output_schema"),
+                              locs["structured_output_schema"], problems)
+        if schema is None:
+            ok = False
         else:
-            schema = ref
-        if not isinstance(schema, dict):
-            problems.add(loaded.problem(sloc, "the schema must be a JSON object"))
-            return None
-        if reason := check_output_schema(schema):
-            problems.add(loaded.problem(sloc, reason))
-            return None
-        fields["structured_output_schema"] = schema
+            digest = hashlib.sha256(json.dumps(schema, sort_keys=True, separators=(",", ":"),
+                                               ensure_ascii=False).encode()).hexdigest()
     n_tags = len(fields.get("tags") or [])
     if n_tags + IDENTITY_TAGS > MAX_TAGS:
         problems.add(loaded.problem(locs["tags"], f"{n_tags} tags plus {IDENTITY_TAGS} identity "
@@ -249,15 +367,84 @@ def _merge(loaded: LoadedManifest, fi: int, problems: _Problems) -> _FleetSpec |
         ok = False
     if not ok:
         return None
-    return _FleetSpec(fleet.name, fi, fields, locs, fleet.key, schema)
+    return _FleetSpec(fleet.name, fi, fields, locs, tag_locs, fleet.key, schema, digest,
+                      prompt_file)
 
 
-def _default_key(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "-".join(str(v) for v in value.values() if v is not None)
-    if isinstance(value, list):
-        return "-".join(str(v) for v in value)
-    return str(value)
+def _forward(loaded: LoadedManifest, loc: Loc, exc: ManifestError) -> list[Problem]:
+    """Problems of a file the manifest names: located in that file when they have a line,
+    else at the manifest field that names it."""
+    return [replace(p, field=p.field or _field(loaded, loc)) if p.line is not None
+            else loaded.problem(loc, f"{p.file}: {p.message}", p.hint) for p in exc.problems]
+
+
+def _field(loaded: LoadedManifest, loc: Loc) -> str:
+    return loaded.problem(loc, "").field
+
+
+def _compile_all(loaded: LoadedManifest, fi: int, fields: dict[str, Any], locs: dict[str, Loc],
+                 tag_locs: list[Loc], prompt_file: str | None, templates: Templates,
+                 problems: _Problems) -> bool:
+    """Compile every template of a fleet once, so a syntax error is one problem, not one per item."""
+    sources: list[tuple[str, Loc, str | None]] = []
+    key = loaded.manifest.fleets[fi].key
+    if key is not None:
+        sources.append((key, ("fleets", fi, "key"), None))
+    if isinstance(fields.get("prompt"), str):
+        sources.append((fields["prompt"], locs["prompt"], prompt_file))
+    for name in (*_TEXT_FIELDS, *_CONVERTED_FIELDS):
+        if isinstance(fields.get(name), str):
+            sources.append((fields[name], locs[name], None))
+    for name in _LIST_FIELDS:
+        sources += [(v, (*locs[name], i), None) for i, v in enumerate(fields.get(name) or [])]
+    sources += [(t, loc, None) for t, loc in zip(fields.get("tags") or [], tag_locs, strict=True)]
+    for i, s in enumerate(fields.get("session_secrets") or []):
+        sources += [(text, (*locs["session_secrets"], i, part), None)
+                    for part, text in (("key", s.key), ("sensitive", s.sensitive))
+                    if isinstance(text, str)]
+    ok = True
+    for source, loc, file in sources:
+        try:
+            templates.compile(source)
+        except TemplateFailure as exc:
+            problems.add(_template_problem(loaded, loc, exc, file))
+            ok = False
+    try:
+        uses_index = key is not None and "index" in templates.variables(key)
+    except TemplateFailure:
+        uses_index = False  # reported above
+    if uses_index:
+        problems.add(loaded.problem(("fleets", fi, "key"), "a key may not use `index`: it "
+                                    "changes when items are inserted or reordered",
+                                    "build the key from the item's own values"))
+        ok = False
+    return ok
+
+
+def _load_schema(loaded: LoadedManifest, ref: FileRef | dict[str, Any], loc: Loc,
+                 problems: _Problems) -> dict[str, Any] | None:
+    """The fleet's structured-output schema, inline or from a file, checked once."""
+    if isinstance(ref, FileRef):
+        try:
+            schema = load_json_or_yaml(resolve_file(loaded, ref.file), loaded.file_label(ref.file),
+                                       MAX_MANIFEST_BYTES)
+        except ManifestError as exc:
+            problems.extend(_forward(loaded, loc, exc))
+            return None
+    else:
+        schema = ref
+        if schema and not (set(schema) & _DRAFT7_KEYWORDS):
+            problems.add(loaded.problem(loc, "not a JSON Schema: none of its keys "
+                                        f"({', '.join(map(str, schema))}) is a Draft 7 keyword",
+                                        "write an inline schema, or {file: path}"))
+            return None
+    if not isinstance(schema, dict):
+        problems.add(loaded.problem(loc, "the schema must be a JSON object"))
+        return None
+    if reason := check_output_schema(schema):
+        problems.add(loaded.problem(loc, reason))
+        return None
+    return schema
 
 
 def build_plan(loaded: LoadedManifest, *, environ: Mapping[str, str] | None = None) -> Plan:
@@ -269,47 +456,43 @@ def build_plan(loaded: LoadedManifest, *, environ: Mapping[str, str] | None = No
     templates = Templates()
     problems = _Problems()
     sessions: list[PlannedSession] = []
-    keys: dict[str, tuple[str, int, str]] = {}
+    keys: dict[str, tuple[str, str]] = {}
     schemas: dict[str, dict[str, Any] | None] = {}
-    ctag = campaign_tag(m.campaign)
-
+    n_items = 0
     for fi, fleet in enumerate(m.fleets):
         try:
             items = read_items(loaded, fi)
         except ManifestError as exc:
             problems.extend(exc.problems)
+            items = None
+        spec = _merge(loaded, fi, templates, problems)
+        if items is None:
             continue
+        n_items += len(items)
         if not items:
             problems.add(loaded.problem(("fleets", fi, "for_each"), "empty fleet: no items",
                                         "add items, or remove the fleet"))
             continue
-        spec = _merge(loaded, fi, problems)
         if spec is None:
             continue
         schemas[fleet.name] = spec.schema
         for idx, item in enumerate(items):
-            ctx = {"item": item.value, "vars": m.vars, "campaign": m.campaign,
-                   "fleet": fleet.name, "index": idx}
-            planned = _plan_one(loaded, spec, templates, ctx, idx, item.value, item.origin,
-                                ctag, problems)
+            planned = _plan_one(loaded, spec, templates, idx, item, problems)
             if planned is None:
                 continue
             if planned.key in keys:
-                f0, i0, o0 = keys[planned.key]
+                f0, o0 = keys[planned.key]
+                loc: Loc = ("fleets", fi, "key") if fleet.key else ("fleets", fi, "for_each")
                 problems.add(loaded.problem(
-                    ("fleets", fi, "key"),
-                    f"duplicate key {planned.key!r}: item {o0} (fleet {f0}) and item "
+                    loc, f"duplicate key {planned.key!r}: item {o0} (fleet {f0}) and item "
                     f"{item.origin} (fleet {fleet.name})",
-                    "make `key:` unique, e.g. '{{ fleet }}-{{ item.repo }}'"))
+                    "make `key:` unique in the campaign, e.g. '{{ fleet }}-{{ item.repo }}'"))
                 continue
-            keys[planned.key] = (fleet.name, idx, item.origin)
+            keys[planned.key] = (fleet.name, item.origin)
             sessions.append(planned)
-
-    if not problems:
-        _check_budget(loaded, sessions, problems)
+    _check_budget(loaded, sessions, n_items, problems)
     if problems:
         raise ManifestError(problems.problems())
-
     warnings = []
     env = os.environ if environ is None else environ
     missing = sorted({n for s in sessions for _, n in s.secret_env if n not in env})
@@ -319,114 +502,111 @@ def build_plan(loaded: LoadedManifest, *, environ: Mapping[str, str] | None = No
     return Plan(m.campaign, loaded, tuple(sessions), tuple(warnings), schemas)
 
 
-def _plan_one(loaded: LoadedManifest, spec: _FleetSpec, templates: Templates,
-              ctx: dict[str, Any], idx: int, value: Any, origin: str, ctag: str,
-              problems: _Problems) -> PlannedSession | None:
-    fields = spec.fields
+def _plan_one(loaded: LoadedManifest, spec: _FleetSpec, templates: Templates, idx: int,
+              item: Item, problems: _Problems) -> PlannedSession | None:
+    m = loaded.manifest
+    fields, locs = spec.fields, spec.locs
+    bound = templates.bind({"item": item.value, "vars": m.vars, "campaign": m.campaign,
+                            "fleet": spec.name, "index": idx})
+    failed: set[str] = set()  # fields whose templates failed (already reported)
 
-    def render(text: str, loc: Loc) -> str | None:
+    def render(text: str, loc: Loc, name: str, file: str | None = None) -> str:
         try:
-            return templates.render(text, ctx)
+            return bound(text)
         except TemplateFailure as exc:
-            problems.add(loaded.problem(loc, exc.message, exc.hint), origin)
-            return None
+            problems.add(_template_problem(loaded, loc, exc, file), item.origin)
+            failed.add(name)
+            return ""
 
     if spec.key_source is not None:
-        key = render(spec.key_source, ("fleets", spec.index, "key"))
-        if key is None:
-            return None
-        key = key.strip()
-        if not key:
-            problems.add(loaded.problem(("fleets", spec.index, "key"), "key renders empty"), origin)
+        key = render(spec.key_source, ("fleets", spec.index, "key"), "key").strip()
+        if failed:
             return None
     else:
-        key = _default_key(value)
-        if not key:
-            problems.add(loaded.problem(("fleets", spec.index, "for_each"),
-                                        "item has no values to derive a key from",
-                                        "set `key:` on the fleet"), origin)
-            return None
+        key = _default_key(item.value)
+    if not key:
+        problems.add(loaded.problem(("fleets", spec.index, "key" if spec.key_source else "for_each"),
+                                    "the item's key is empty", "set `key:` on the fleet, from "
+                                    "values every item has"), item.origin)
+        return None
 
-    request: dict[str, Any] = {}
-    failed = False
-    prompt = render(fields["prompt"], spec.locs["prompt"])
-    failed |= prompt is None
-    request["prompt"] = prompt
-    for name in _SCALAR_FIELDS:
+    request: dict[str, Any] = {
+        "prompt": render(fields["prompt"], locs["prompt"], "prompt", spec.prompt_file)}
+    for name in _TEXT_FIELDS:
+        if name in fields:
+            request[name] = render(fields[name], locs[name], name)
+    for name in _CONVERTED_FIELDS:
         if name in fields:
             v = fields[name]
             if isinstance(v, str):
-                v = render(v, spec.locs[name])
-                failed |= v is None
+                v = render(v, locs[name], name).strip()
+                if not v:  # rendered empty: leave the field out (the API default applies)
+                    continue
             request[name] = v
     for name in _LIST_FIELDS:
         if name in fields:
-            out = []
-            for i, v in enumerate(fields[name]):
-                r = render(v, (*spec.locs[name], i)) if isinstance(v, str) else v
-                failed |= r is None
-                out.append(r)
-            request[name] = out
-    tags = []
-    for i, v in enumerate(fields.get("tags") or []):
-        r = render(v, (*spec.locs["tags"], i))
-        failed |= r is None
-        tags.append(r)
-    itag = item_tag(loaded.manifest.campaign, key)
+            request[name] = [render(v, (*locs[name], i), name) for i, v in enumerate(fields[name])]
+    ctag, itag = campaign_tag(m.campaign), item_tag(m.campaign, key)
+    tags = [render(t, loc, "tags")
+            for t, loc in zip(fields.get("tags") or [], spec.tag_locs, strict=True)]
     request["tags"] = list(dict.fromkeys([*tags, ctag, itag]))
     secret_env: list[tuple[int, str]] = []
     if "session_secrets" in fields:
         secrets = []
         for i, s in enumerate(fields["session_secrets"]):
-            k = render(s.key, (*spec.locs["session_secrets"], i, "key"))
-            sens = s.sensitive
-            if isinstance(sens, str):
-                sens = render(sens, (*spec.locs["session_secrets"], i, "sensitive"))
-            failed |= k is None or sens is None
-            secrets.append({"key": k, "value": SECRET_PLACEHOLDER, "sensitive": sens})
+            sloc = (*locs["session_secrets"], i)
+            sens = render(s.sensitive, (*sloc, "sensitive"), "session_secrets").strip() \
+                if isinstance(s.sensitive, str) else s.sensitive
+            secrets.append({"key": render(s.key, (*sloc, "key"), "session_secrets"),
+                            "value": SECRET_PLACEHOLDER, "sensitive": sens})
             secret_env.append((i, s.value.env))
         request["session_secrets"] = secrets
     if spec.schema is not None:
-        request["structured_output_schema"] = spec.schema
-    if failed:
-        return None
+        request["structured_output_schema"] = spec.schema  # one object: checked once, shared
+    for name in failed:  # still check the other fields: every problem is reported at once
+        request.pop(name, None)
     try:
         model = CreateSessionRequest.model_validate(request)
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
-            loc = err["loc"]
-            name = str(loc[0]) if loc else "prompt"
-            base = spec.locs.get(name, ("fleets", spec.index, "session"))
-            msg = err["msg"].removeprefix("Value error, ")
-            if isinstance(err.get("input"), str | int | float) and err["type"] != "missing":
-                msg += f" (got {err['input']!r})"
-            problems.add(loaded.problem((*base, *loc[1:]), msg), origin)
+            eloc = err["loc"]
+            name = str(eloc[0]) if eloc else "prompt"
+            if name in failed:
+                continue
+            base = locs.get(name, ("fleets", spec.index, "session"))
+            problems.add(loaded.problem((*base, *eloc[1:]), error_message(err)), item.origin)
+        return None
+    if failed:
         return None
     body = model.body()
-    # The fingerprint sees which variable each secret comes from, never a value.
+    # The fingerprint sees which variable each secret comes from, never a value, and the
+    # schema by its digest (hashed once per fleet).
     fp_body = dict(body)
     if secret_env:
         fp_body["session_secrets"] = [dict(s, value=f"env:{name}")
                                       for s, (_, name) in zip(body["session_secrets"], secret_env,
                                                               strict=True)]
-    return PlannedSession(key=key, fleet=spec.name, index=idx, item=value, origin=origin,
-                          tags=(ctag, itag), fingerprint=fingerprint(fp_body), request=body,
-                          secret_env=tuple(secret_env))
+    if spec.schema_digest is not None:
+        fp_body["structured_output_schema"] = f"sha256:{spec.schema_digest}"
+    return PlannedSession(key=key, fleet=spec.name, index=idx, item=item.value,
+                          origin=item.origin, tags=(ctag, itag), fingerprint=fingerprint(fp_body),
+                          request=body, secret_env=tuple(secret_env))
 
 
-def _check_budget(loaded: LoadedManifest, sessions: list[PlannedSession],
+def _check_budget(loaded: LoadedManifest, sessions: list[PlannedSession], n_items: int,
                   problems: _Problems) -> None:
+    """The budget, checked on what is known: every item counts; ACUs of planned sessions."""
     budget = loaded.manifest.budget
-    if budget.max_sessions is not None and len(sessions) > budget.max_sessions:
+    if budget.max_sessions is not None and n_items > budget.max_sessions:
         problems.add(loaded.problem(("budget", "max_sessions"),
-                                    f"the plan has {len(sessions):,} sessions; the budget allows "
+                                    f"the plan has {n_items:,} sessions; the budget allows "
                                     f"{budget.max_sessions:,}",
                                     "raise budget.max_sessions or narrow the fleets"))
     if budget.max_total_acu is not None:
         unbounded = [s.key for s in sessions if "max_acu_limit" not in s.request]
         if unbounded:
             problems.add(loaded.problem(("budget", "max_total_acu"),
-                                        f"{len(unbounded)} session(s) have no max_acu_limit "
+                                        f"{len(unbounded):,} session(s) have no max_acu_limit "
                                         f"(first: {unbounded[0]!r}), so the total is unbounded",
                                         "set max_acu_limit in defaults"))
         else:

@@ -6,13 +6,21 @@ markers skip Jinja entirely (most of a manifest's strings, and the planner's hot
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+import operator
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jinja2
+import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 _MARKERS = ("{{", "{%", "{#")
+MAX_OUTPUT_CHARS = 1_000_000  # what one operation may build; a prompt is a few KB
+MAX_EXPONENT = 1_000
+CONTEXT_NAMES = ("item", "vars", "campaign", "fleet", "index")
+_UNDEFINED_NAME = re.compile(r"has no attribute '([^']+)'|^'([^']+)' is undefined")
 
 
 class TemplateFailure(Exception):
@@ -28,15 +36,57 @@ class TemplateFailure(Exception):
         self.line = line
 
 
+def _bounded_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Refuse numeric arguments that would make a filter build a huge string (`center(10**9)`)."""
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        for a in (*args[1:], *kwargs.values()):
+            if isinstance(a, int) and not isinstance(a, bool) and abs(a) > MAX_OUTPUT_CHARS:
+                raise SecurityError(f"{name}() argument {a} is too large")
+        return fn(*args, **kwargs)
+
+    guarded.__wrapped__ = fn  # type: ignore[attr-defined]
+    return guarded
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, plus: dict keys win over dict methods (`item.items` is the
+    item's `items` column, not a bound method), and arithmetic that would build huge values
+    is refused."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute in obj:  # plain data: a key lookup is always safe
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+    def call_binop(self, context: jinja2.runtime.Context, op: str, left: Any, right: Any) -> Any:
+        if op == "**":
+            if isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
+                raise SecurityError(f"exponent {right} is too large")
+            return operator.pow(left, right)
+        for seq, n in ((left, right), (right, left)):
+            if isinstance(seq, str | list | tuple) and isinstance(n, int) and \
+                    len(seq) * n > MAX_OUTPUT_CHARS:
+                raise SecurityError(f"repeating a value {n} times would build {len(seq) * n:,} "
+                                    "items")
+        return operator.mul(left, right)
+
+
 class Templates:
     """A compile cache over one sandboxed, strict Jinja2 environment."""
 
     def __init__(self) -> None:
-        self.env = ImmutableSandboxedEnvironment(
+        self.env = _Sandbox(
             undefined=jinja2.StrictUndefined,
             autoescape=False,
             keep_trailing_newline=True,
         )
+        self.env.globals.pop("lipsum", None)  # generates text at will; not useful in a manifest
+        for name in ("center", "indent", "format", "wordwrap", "truncate"):
+            self.env.filters[name] = _bounded_filter(name, self.env.filters[name])
+        self._globals = dict(self.env.globals)
         self._cache: dict[str, jinja2.Template | str] = {}
 
     def compile(self, source: str) -> jinja2.Template | str:
@@ -56,21 +106,96 @@ class Templates:
         self._cache[source] = compiled
         return compiled
 
-    def render(self, source: str, context: Mapping[str, Any]) -> str:
-        """Render one template string against `context`."""
-        compiled = self.compile(source)
-        if isinstance(compiled, str):
-            return compiled
+    def variables(self, source: str) -> set[str]:
+        """The top-level names a template reads (`item`, `vars`, ...); empty for plain text."""
+        if not any(m in source for m in _MARKERS):
+            return set()
         try:
-            return compiled.render(context)
-        except SecurityError as exc:
-            raise TemplateFailure(f"template tried to leave the sandbox: {exc}",
-                                  "templates may only read item, vars, campaign, fleet, index") from None
-        except jinja2.UndefinedError as exc:
-            raise TemplateFailure(f"undefined variable: {exc.message}",
-                                  "available: item, vars, campaign, fleet, index; "
-                                  "use `| default(...)` for optional values") from None
-        except jinja2.TemplateError as exc:
-            raise TemplateFailure(f"template error: {exc}") from None
-        except Exception as exc:  # a filter or operation failed on this item's data
-            raise TemplateFailure(f"template failed: {type(exc).__name__}: {exc}") from None
+            return jinja2.meta.find_undeclared_variables(self.env.parse(source))
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateFailure(f"template syntax error: {exc.message}",
+                                  "check the {{ }} and {% %} pairs", exc.lineno) from None
+
+    def context(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """A render context: the environment's globals plus `values` (item, vars, ...)."""
+        return {**self._globals, **values}
+
+    def render(self, source: str, context: Mapping[str, Any]) -> str:
+        """Render one template string against `context` (item, vars, ...)."""
+        return self.bind(context)(source)
+
+    def bind(self, values: Mapping[str, Any]) -> Callable[[str], str]:
+        """A renderer of many templates against one item's values (the planner's hot path).
+
+        One Jinja context serves every template of the item: Jinja's own Template.render
+        builds a new one (merging a ChainMap of globals) per call, which dominated plan time.
+        Variables a template sets are cleared before the next one.
+        """
+        ctx = self.context(values)
+        shared: list[jinja2.runtime.Context] = []
+
+        def render(source: str) -> str:
+            compiled = self.compile(source)
+            if isinstance(compiled, str):
+                return compiled
+            if compiled.blocks:  # {% block %}: the context must know the template's blocks
+                jctx = compiled.new_context(ctx, shared=True)
+            elif shared:
+                jctx = shared[0]
+                jctx.vars.clear()
+                jctx.exported_vars.clear()
+            else:  # built directly: Template.new_context would copy the globals' keys again
+                jctx = self.env.context_class(self.env, ctx, None, {})
+                shared.append(jctx)
+            return _run(compiled, jctx, ctx)
+
+        return render
+
+
+def _run(compiled: jinja2.Template, jctx: jinja2.runtime.Context, ctx: Mapping[str, Any]) -> str:
+    try:
+        out = "".join(compiled.root_render_func(jctx))
+    except SecurityError as exc:
+        raise TemplateFailure(f"template tried to leave the sandbox: {exc}",
+                              "templates may only read item, vars, campaign, fleet, index",
+                              _line(compiled, exc)) from None
+    except jinja2.UndefinedError as exc:
+        raise TemplateFailure(f"undefined variable: {exc.message}",
+                              _undefined_hint(exc.message or "", ctx), _line(compiled, exc)) from None
+    except jinja2.TemplateError as exc:
+        raise TemplateFailure(f"template error: {exc}", None, _line(compiled, exc)) from None
+    except Exception as exc:  # a filter or operation failed on this item's data
+        raise TemplateFailure(f"template failed: {type(exc).__name__}: {exc}", None,
+                              _line(compiled, exc)) from None
+    if len(out) > MAX_OUTPUT_CHARS:
+        raise TemplateFailure(f"template renders {len(out):,} characters; the limit is "
+                              f"{MAX_OUTPUT_CHARS:,}")
+    return out
+
+
+def _line(compiled: jinja2.Template, exc: BaseException) -> int | None:
+    """The template line being rendered when `exc` was raised (the innermost one)."""
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = compiled.get_corresponding_lineno(tb.tb_lineno)
+        tb = tb.tb_next
+    return line
+
+
+def _undefined_hint(message: str, context: Mapping[str, Any]) -> str:
+    """Name the closest existing field, and what there is to read."""
+    m = _UNDEFINED_NAME.search(message)
+    missing = (m.group(1) or m.group(2)) if m else ""
+    item, vars_ = context.get("item"), context.get("vars")
+    item_keys = [str(k) for k in item] if isinstance(item, Mapping) else []
+    var_keys = [str(k) for k in vars_] if isinstance(vars_, Mapping) else []
+    close = difflib.get_close_matches(missing, [*item_keys, *var_keys, *CONTEXT_NAMES], n=1)
+    parts = [f"did you mean {close[0]!r}?"] if close and missing else []
+    if item_keys:
+        parts.append(f"this item has: {', '.join(item_keys)}")
+    else:
+        parts.append(f"available: {', '.join(CONTEXT_NAMES)}")
+    parts.append("use `| default(...)` for optional values")
+    return "; ".join(parts)

@@ -39,8 +39,9 @@ def write(tmp_path: Path) -> Callable[[str, str], Path]:
 # ---- simulator fixtures (owned by the simulator work) -------------------------------------
 
 from contextlib import ExitStack  # noqa: E402  (this section's imports live with it)
+from typing import Any  # noqa: E402
 
-from launcher.sim import SimServer, running_simulator  # noqa: E402
+from launcher.sim import Profile, SimServer, running_simulator  # noqa: E402
 
 
 @pytest.fixture
@@ -52,9 +53,9 @@ def make_sim() -> Iterator[Callable[..., SimServer]]:
     """
     with ExitStack() as stack:
 
-        def _make(profile: object = "clean", **kw: object) -> SimServer:
+        def _make(profile: Profile | str = "clean", **kw: Any) -> SimServer:
             kw.setdefault("introspection", True)
-            return stack.enter_context(running_simulator(profile, **kw))  # type: ignore[arg-type]
+            return stack.enter_context(running_simulator(profile, **kw))
 
         yield _make
 
@@ -63,3 +64,23 @@ def make_sim() -> Iterator[Callable[..., SimServer]]:
 def sim_server(make_sim: Callable[..., SimServer]) -> SimServer:
     """A running `clean` simulator with introspection on."""
     return make_sim("clean")
+
+
+@pytest.fixture
+def sim_client() -> Iterator[Callable[..., Any]]:
+    """sim_client(sim, token=None, **kw) -> an httpx.Client on `sim` with its bearer token.
+
+    `token=""` sends no Authorization header. Clients are closed at teardown.
+    """
+    import httpx
+
+    with ExitStack() as stack:
+
+        def _client(sim: SimServer, token: str | None = None, **kw: Any) -> httpx.Client:
+            token = sim.token if token is None else token
+            auth = {"Authorization": f"Bearer {token}"} if token else {}
+            headers = {**auth, **kw.pop("headers", {})}
+            kw.setdefault("timeout", 10.0)
+            return stack.enter_context(httpx.Client(base_url=sim.base_url, headers=headers, **kw))
+
+        yield _client

@@ -1,9 +1,10 @@
 """The simulator's HTTP face: starlette routes for the v3 API, auth, validation, faults, errors.
 
-Every route goes through `_guard` (request count, latency, 401/403, unknown org 404). Error bodies
-are FastAPI-style `{"detail": ...}`; create bodies are validated with the shared
-`launcher.models.CreateSessionRequest`. Bodies with a non-JSON content type get 422, as FastAPI
-answers them (it validates the raw bytes against the model); bodies over 1 MiB get 413.
+Every API route goes through the checks built by `SimApp._route`, in this order: request count,
+latency, 401 (token), 403 (permission), 404 (unknown org); creates then check the rate limit,
+413/422 (body, validated with the shared `launcher.models.CreateSessionRequest`), 400 (platform,
+create_as_user_id), and the seeded create faults. Error bodies are FastAPI-style `{"detail": ...}`.
+A body with a non-JSON content type gets 422 (FastAPI validates it as raw bytes; no 415).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -148,8 +149,16 @@ async def _body(request: Request, model: type[_M]) -> _M:
         raise ApiError(422, api_error_details(exc)) from exc
 
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _paged(make: Callable[[], Page]) -> Response:
+    """A page as JSON; a cursor we did not issue is a 400."""
+    try:
+        return _json(make().json())
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from exc
 
 
 # --------------------------------------------------------------------------- the app
@@ -179,25 +188,31 @@ class SimApp:
         org = "/v3/organizations/{org_id}"
         one = f"{org}/sessions/{{devin_id}}"
         sessions = Permission.ManageOrgSessions
-        table: list[tuple[str, str, Permission, Handler]] = [
-            ("GET", "/v3/self", Permission.ReadAccountMeta, self.whoami),
-            ("POST", f"{org}/sessions", sessions, self.create),
-            ("GET", f"{org}/sessions", sessions, self.list_sessions),
-            ("GET", one, sessions, self.get),
-            ("DELETE", one, sessions, self.terminate),
-            ("POST", f"{one}/archive", sessions, self.archive),
-            ("GET", f"{one}/messages", sessions, self.list_messages),
-            ("POST", f"{one}/messages", sessions, self.send_message),
-            ("GET", f"{one}/tags", sessions, self.get_tags),
-            ("POST", f"{one}/tags", sessions, self.append_tags),
-            ("PUT", f"{one}/tags", sessions, self.replace_tags),
-            ("GET", f"{org}/secrets", Permission.ManageOrgSecrets, self.secrets),
-            ("GET", f"{org}/playbooks", Permission.ManageAccountPlaybooks, self.playbooks),
-            ("GET", f"{org}/playbooks/{{playbook_id}}", Permission.ManageAccountPlaybooks,
-             self.playbook),
-            ("GET", f"{org}/knowledge/notes", Permission.ManageAccountKnowledge, self.notes),
-        ]  # fmt: skip
-        routes = [self._route(m, path, perm, handler) for m, path, perm, handler in table]
+        table: dict[str, dict[str, tuple[Permission, Handler]]] = {
+            "/v3/self": {"GET": (Permission.ReadAccountMeta, self.whoami)},
+            f"{org}/sessions": {
+                "POST": (sessions, self.create),
+                "GET": (sessions, self.list_sessions),
+            },
+            one: {"GET": (sessions, self.get), "DELETE": (sessions, self.terminate)},
+            f"{one}/archive": {"POST": (sessions, self.archive)},
+            f"{one}/messages": {
+                "GET": (sessions, self.list_messages),
+                "POST": (sessions, self.send_message),
+            },
+            f"{one}/tags": {
+                "GET": (sessions, self.get_tags),
+                "POST": (sessions, self.append_tags),
+                "PUT": (sessions, self.replace_tags),
+            },
+            f"{org}/secrets": {"GET": (Permission.ManageOrgSecrets, self.secrets)},
+            f"{org}/playbooks": {"GET": (Permission.ManageAccountPlaybooks, self.playbooks)},
+            f"{org}/playbooks/{{playbook_id}}": {
+                "GET": (Permission.ManageAccountPlaybooks, self.playbook)
+            },
+            f"{org}/knowledge/notes": {"GET": (Permission.ManageAccountKnowledge, self.notes)},
+        }
+        routes = [self._route(path, methods) for path, methods in table.items()]
         if introspection:
             routes += [
                 Route("/_sim/sessions", self.sim_sessions, methods=["GET"]),
@@ -230,14 +245,16 @@ class SimApp:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _route(self, method: str, path: str, permission: Permission, handler: Handler) -> Route:
-        """A route with the checks every API endpoint shares; named for the stats."""
+    def _route(self, path: str, methods: dict[str, tuple[Permission, Handler]]) -> Route:
+        """One route per path (so a 405 lists every allowed method), with the shared checks."""
         org = path.startswith("/v3/organizations/")
         short = path.removeprefix("/v3/organizations/{org_id}")
-        name = f"{method} " + short.replace("{devin_id}", "{id}").replace("{playbook_id}", "{id}")
+        short = short.replace("{devin_id}", "{id}").replace("{playbook_id}", "{id}")
 
         async def endpoint(request: Request) -> Response:
-            self.state.requests[name] += 1
+            method = "GET" if request.method == "HEAD" else request.method
+            permission, handler = methods[method]
+            self.state.requests[f"{method} {short}"] += 1
             self.request_number += 1
             if delay := self.plan.latency(self.request_number):
                 self.state.faults["latency"] += 1
@@ -249,7 +266,7 @@ class SimApp:
                 raise ApiError(404, "Organization not found")
             return await handler(request, principal)
 
-        return Route(path, endpoint, methods=[method], name=name)
+        return Route(path, endpoint, methods=list(methods))
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but end early when the server stops (so stopping never waits on a fault)."""
@@ -284,12 +301,6 @@ class SimApp:
         assert isinstance(exc, HTTPException)
         return _json({"detail": exc.detail}, exc.status_code, exc.headers)
 
-    def _page(self, page: Page) -> Response:
-        return _json(page.json())
-
-    def _cursor_error(self, exc: ValueError) -> ApiError:
-        return ApiError(400, str(exc))
-
     # ------------------------------------------------------------------ sessions
 
     async def create(self, request: Request, who: Principal) -> Response:
@@ -312,13 +323,12 @@ class SimApp:
                 raise ApiError(400, f"user {req.create_as_user_id!r} is not an org member")
         fault = self.plan.create_fault(self.create_number)
         self.create_number += 1
-        if fault is CreateFault.error_before:
+        if fault is not CreateFault.none:
             self.state.faults[fault.value] += 1
+        if fault is CreateFault.error_before:
             raise ApiError(500, "Internal Server Error")
         rec = self.state.create(req, service_user_id=who.service_user_id, create_fault=fault.value)
         body = self.state.session_json(rec, full=False)
-        if fault is not CreateFault.none:
-            self.state.faults[fault.value] += 1
         if fault is CreateFault.error_after:
             raise ApiError(500, "Internal Server Error")
         if fault is CreateFault.drop_after:
@@ -344,10 +354,7 @@ class SimApp:
             is_archived=q.is_archived,
             repo_names=tuple(q.repo_names),
         )
-        try:
-            return self._page(self.state.list_sessions(f, q.first, q.after))
-        except ValueError as exc:
-            raise self._cursor_error(exc) from exc
+        return _paged(lambda: self.state.list_sessions(f, q.first, q.after))
 
     async def get(self, request: Request, who: Principal) -> Response:
         return _json(self.state.session_json(self._session(request)))
@@ -365,10 +372,7 @@ class SimApp:
     async def list_messages(self, request: Request, who: Principal) -> Response:
         rec = self._session(request)
         q = _query(request, _PageQuery)
-        try:
-            return self._page(page_of("m", self.state.messages(rec), q.first, q.after))
-        except ValueError as exc:
-            raise self._cursor_error(exc) from exc
+        return _paged(lambda: page_of("m", self.state.messages(rec), q.first, q.after))
 
     async def send_message(self, request: Request, who: Principal) -> Response:
         rec = self._session(request)
@@ -412,10 +416,7 @@ class SimApp:
 
     def _seeded(self, kind: str, request: Request, items: list[BaseModel]) -> Response:
         q = _query(request, _PageQuery)
-        try:
-            return self._page(page_of(kind, [i.model_dump() for i in items], q.first, q.after))
-        except ValueError as exc:
-            raise self._cursor_error(exc) from exc
+        return _paged(lambda: page_of(kind, [i.model_dump() for i in items], q.first, q.after))
 
     async def secrets(self, request: Request, who: Principal) -> Response:
         return self._seeded("secrets", request, list(self.profile.secrets))

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from launcher.errors import ConfigError
 from launcher.models import StatusDetail
 
+
 class Permission(StrEnum):
     """Service-user permissions the simulator checks (devin-api.md sections 1, 2 and 4)."""
 
@@ -44,11 +45,11 @@ class _Strict(BaseModel):
 
 
 class Outcomes(_Strict):
-    """Relative weights of session outcomes (they need not sum to 1)."""
+    """Relative weights of session outcomes (need not sum to 1; an omitted one weighs 0)."""
 
     finished: float = Field(default=0.0, ge=0, description="Weight of running/finished.")
     delivered: float = Field(
-        default=1.0,
+        default=0.0,
         ge=0,
         description="Weight of running/waiting_for_user with an open PR and a structured_output "
         "that validates against the session's schema (no output without a schema).",
@@ -223,7 +224,10 @@ class Profile(_Strict):
         default_factory=lambda: ["user-sim-alice", "user-sim-bob"],
         description="Org members that create_as_user_id may name.",
     )
-    outcomes: Outcomes = Field(default_factory=Outcomes, description="Outcome weights.")
+    outcomes: Outcomes = Field(
+        default_factory=lambda: Outcomes(delivered=0.8, finished=0.2),
+        description="Outcome weights (default: 80% delivered, 20% finished).",
+    )
     lifecycle: Lifecycle = Field(default_factory=Lifecycle, description="Phase lengths, ACUs.")
     faults: Faults = Field(default_factory=Faults, description="Injected faults.")
     tokens: list[TokenSpec] = Field(
@@ -279,9 +283,9 @@ _BUILTIN: dict[str, dict[str, Any]] = {
         "outcomes": _MIXED_OUTCOMES,
     },
     "ratelimited": {
-        "description": "Creates limited to 20/s with a burst of 5; 429 carries Retry-After.",
+        "description": "Creates limited to 20/s with a burst of 20; 429 carries Retry-After.",
         "outcomes": {"delivered": 0.8, "finished": 0.2},
-        "faults": {"rate_limit": {"rate": 20, "burst": 5, "retry_after": True}},
+        "faults": {"rate_limit": {"rate": 20, "burst": 20, "retry_after": True}},
     },
     "flaky": {
         "description": "Moderate faults around creates, some latency; a retrying client finishes.",
@@ -337,7 +341,7 @@ def _parse(text: str, path: Path, suffix: str) -> Any:
             return json.loads(text)
         except ValueError as exc:
             raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
-    import yaml  # only profile files need it: keep `import launcher.sim` light
+    import yaml  # type: ignore[import-untyped, unused-ignore]  # only profile files need it
 
     try:
         return yaml.safe_load(text)

@@ -1,0 +1,166 @@
+"""Benchmark the planner: N sessions from a CSV, a ~1 KB prompt template and a shared schema.
+
+Measures, for each N: the wall time of `devin-fleet <command>` in a subprocess (interpreter
+start-up included), that child's peak RSS, and the in-process time of load_manifest+build_plan.
+
+    .venv/bin/python bench/plan_bench.py                 # N = 10,000
+    .venv/bin/python bench/plan_bench.py --n 10000 --n 100000 --command validate
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+PROMPT = textwrap.dedent("""\
+    Upgrade {{ item.repo }} to Python {{ vars.python }} ({{ campaign }}, fleet {{ fleet }}).
+    {% if item.notes is defined %}Notes from the owning team: {{ item.notes }}{% endif %}
+
+    1. Update every interpreter pin: pyproject.toml (requires-python and classifiers),
+       Dockerfiles, CI matrices, tox.ini or noxfile.py, pre-commit hooks, and any
+       runtime.txt or .python-version file you find in the repository.
+    2. Upgrade dependencies that do not support Python {{ vars.python }} yet, preferring the
+       smallest version bump that works; keep lock files consistent with the manifests.
+    3. Fix deprecations and removals that break under {{ vars.python }}: distutils,
+       asyncio.get_event_loop without a running loop, datetime.utcnow, and the like.
+    4. Run the whole test suite and the linters; fix what fails because of the upgrade and
+       nothing else. Do not reformat unrelated code.
+    5. Open one pull request titled "Upgrade {{ item.repo }} to Python {{ vars.python }}",
+       describing what changed and anything reviewers should look at closely.
+    6. Report the result as structured output: status, the new version, whether tests passed,
+       the pull request URL, and any blockers you could not resolve within
+       {{ item.acu | default(8) }} ACUs.
+    """)
+
+MANIFEST = textwrap.dedent("""\
+    version: 1
+    campaign: bench
+    vars:
+      python: "3.12"
+    defaults:
+      max_acu_limit: 8
+      tags: [team-platform]
+      secret_ids: [secret-gh]
+    budget:
+      max_sessions: {n}
+      max_total_acu: {acu}
+    fleets:
+      - name: services
+        for_each:
+          file: data/services.csv
+        key: "{{{{ item.repo }}}}"
+        session:
+          title: "Upgrade {{{{ item.repo }}}} to Python {{{{ vars.python }}}}"
+          repos: ["{{{{ item.repo }}}}"]
+          tags: ["lang-{{{{ item.language | default('python') }}}}"]
+          prompt_file: prompts/upgrade.md.j2
+          max_acu_limit: "{{{{ item.acu | default(8) }}}}"
+          structured_output_schema: {{file: schemas/result.schema.json}}
+    """)
+
+SCHEMA = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "type": "object",
+    "required": ["status", "python_version", "tests_passed"],
+    "properties": {
+        "status": {"type": "string", "enum": ["upgraded", "already_current", "blocked"]},
+        "python_version": {"type": "string"},
+        "tests_passed": {"type": "boolean"},
+        "pr_url": {"type": "string"},
+        "blockers": {"type": "array", "items": {"$ref": "#/definitions/blocker"}},
+    },
+    "definitions": {"blocker": {"type": "object", "properties": {"reason": {"type": "string"}}}},
+}
+
+
+def make_campaign(root: Path, n: int) -> Path:
+    """Write a campaign of `n` sessions under `root`; return the manifest's path."""
+    (root / "data").mkdir(parents=True)
+    (root / "prompts").mkdir()
+    (root / "schemas").mkdir()
+    with open(root / "data" / "services.csv", "w", encoding="utf-8", newline="") as f:
+        f.write("repo,acu,language,notes\n")
+        for i in range(n):
+            acu = "" if i % 3 else str(4 + i % 7)
+            notes = "" if i % 5 else f"pinned dependency {i}; bump it too"
+            f.write(f"acme/service-{i:06d},{acu},{'python' if i % 4 else 'cython'},{notes}\n")
+    (root / "prompts" / "upgrade.md.j2").write_text(PROMPT, encoding="utf-8")
+    (root / "schemas" / "result.schema.json").write_text(json.dumps(SCHEMA, indent=2))
+    manifest = root / "bench.yaml"
+    manifest.write_text(MANIFEST.format(n=n, acu=n * 10), encoding="utf-8")
+    return manifest
+
+
+def cli_run(manifest: Path, command: str) -> tuple[float, float, int]:
+    """Wall seconds, peak RSS (MB) and output bytes of one `devin-fleet` run in a subprocess."""
+    exe = Path(sys.executable).with_name("devin-fleet")
+    args = [str(exe), command, str(manifest)] + (["-o", "json"] if command == "plan" else [])
+    # getrusage(RUSAGE_CHILDREN) reports the largest child so far: run each in a fresh helper
+    # process so that one N's figure does not hide behind a larger earlier one.
+    probe = (
+        "import resource, subprocess, sys, time, json\n"
+        "t = time.perf_counter()\n"
+        "r = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)\n"
+        "wall = time.perf_counter() - t\n"
+        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
+        "if r.returncode: sys.stderr.write(r.stderr.decode()); sys.exit(r.returncode)\n"
+        "print(json.dumps([wall, rss, len(r.stdout)]))\n"
+    )
+    env = dict(os.environ, COLUMNS="200")
+    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True,
+                          env=env, check=False)
+    if done.returncode:
+        raise SystemExit(f"devin-fleet {command} failed:\n{done.stderr}")
+    wall, rss, size = json.loads(done.stdout)
+    return wall, rss, size
+
+
+def in_process(manifest: Path) -> tuple[float, float, int]:
+    """Seconds to load the manifest and to build the plan, and the plan's size, in-process."""
+    from launcher.manifest import load_manifest
+    from launcher.plan import build_plan
+
+    t0 = time.perf_counter()
+    loaded = load_manifest(manifest)
+    t1 = time.perf_counter()
+    plan = build_plan(loaded, environ={})
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1, len(plan)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, action="append",
+                        help="sessions to plan (repeatable; default 10000)")
+    parser.add_argument("--command", choices=["plan", "validate"], default="plan",
+                        help="CLI command to time (plan runs with -o json)")
+    parser.add_argument("--repeat", type=int, default=3, help="CLI runs per N (best is shown)")
+    args = parser.parse_args()
+    ns = args.n or [10_000]
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; command: devin-fleet "
+          f"{args.command}{' -o json' if args.command == 'plan' else ''}")
+    print(f"{'N':>8} {'wall s':>8} {'peak MB':>8} {'out MB':>7} {'load s':>7} {'plan s':>7} "
+          f"{'us/session wall':>16} {'us/session plan':>16} {'KB/session peak':>16}")
+    for n in ns:
+        with tempfile.TemporaryDirectory(prefix="plan-bench-") as tmp:
+            manifest = make_campaign(Path(tmp), n)
+            runs = [cli_run(manifest, args.command) for _ in range(max(1, args.repeat))]
+            wall = min(r[0] for r in runs)
+            rss = min(r[1] for r in runs)
+            size = runs[0][2]
+            load_s, plan_s, planned = in_process(manifest)
+            assert planned == n, f"planned {planned} sessions, expected {n}"
+            print(f"{n:>8,} {wall:>8.2f} {rss:>8.0f} {size / 1e6:>7.1f} {load_s:>7.3f} "
+                  f"{plan_s:>7.2f} {wall / n * 1e6:>16.1f} {plan_s / n * 1e6:>16.1f} "
+                  f"{rss * 1024 / n:>16.2f}")
+
+
+if __name__ == "__main__":
+    main()
