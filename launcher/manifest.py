@@ -14,10 +14,10 @@ import os
 import re
 import types
 import typing
-from types import NoneType
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import NoneType
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -33,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from launcher.errors import ConfigError, ManifestError, Problem
+from launcher.errors import ManifestError, Problem
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_DATA_BYTES = 64 * 1024 * 1024
@@ -58,7 +58,7 @@ class Marks:
     file: str
     values: dict[Loc, tuple[int, int]] = field(default_factory=dict)
     keys: dict[Loc, tuple[int, int]] = field(default_factory=dict)
-    block: set[Loc] = field(default_factory=set)  # block scalars (`|`, `>`): text starts a line below
+    block: set[Loc] = field(default_factory=set)  # `|` and `>` scalars: text starts a line below
 
     def find(self, loc: Loc, *, key: bool = False) -> tuple[int | None, int | None]:
         """The mark of `loc`, or of its nearest ancestor that has one."""
@@ -71,9 +71,9 @@ class Marks:
         return None, None
 
 
-class _Loader(yaml.SafeLoader):
-    """Safe loader; dates stay strings (a manifest is text, and JSON has no dates), and only
-    true/false are booleans (YAML 1.2): `on`, `no`, `yes` stay strings, as keys and values."""
+class _Loader(yaml.CSafeLoader):  # type: ignore[misc]
+    """Safe loader on libyaml's parser. Dates stay strings (JSON has none), and only true/false
+    are booleans (YAML 1.2): `on`, `no`, `yes` stay strings, as keys and as values."""
 
 
 _BOOL = "tag:yaml.org,2002:bool"
@@ -112,7 +112,8 @@ def read_text(path: Path, *, limit: int, label: str | None = None) -> str:
     except IsADirectoryError:
         raise ManifestError([Problem(name, None, None, "", "is a directory, not a file")]) from None
     except OSError as exc:
-        raise ManifestError([Problem(name, None, None, "", f"cannot read: {exc.strerror}")]) from None
+        raise ManifestError([Problem(name, None, None, "", f"cannot read: {exc.strerror}")]
+                            ) from None
     return _decode(raw, name)
 
 
@@ -169,17 +170,17 @@ def parse_yaml(text: str, file: str) -> tuple[Any, Marks]:
     that expand too far (alias bombs). Timestamps stay strings.
     """
     marks = Marks(file)
-    try:
-        loader = _Loader(text)
-    except yaml.reader.ReaderError as exc:
-        pos = exc.position
-        line = text.count("\n", 0, pos) + 1
-        col = pos - (text.rfind("\n", 0, pos) + 1) + 1
-        raise ManifestError([Problem(file, line, col, "", f"control character #x{exc.character:04x}"
-                                     " is not allowed in YAML", "remove it")]) from None
+    loader = _Loader(text)
     try:
         try:
             node = loader.get_single_node()
+        except yaml.reader.ReaderError as exc:  # libyaml counts the position in UTF-8 bytes
+            pos = len(text.encode()[: exc.position].decode(errors="ignore"))
+            line = text.count("\n", 0, pos) + 1
+            col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+            raise ManifestError([Problem(file, line, col, "", f"control character "
+                                         f"#x{exc.character:04x} is not allowed in YAML",
+                                         "remove it")]) from None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             problem = f"{exc.context}, {exc.problem}" if exc.context and exc.problem else (
@@ -217,7 +218,7 @@ class _Builder:
     def build(self, n: yaml.Node, loc: Loc) -> Any:
         file = self.marks.file
         if len(loc) > MAX_DEPTH:
-            raise ManifestError([_at(file, n.start_mark, _dotted(loc[:MAX_DEPTH]),
+            raise ManifestError([_at(file, n.start_mark, dotted_path(loc[:MAX_DEPTH]),
                                      f"nested more than {MAX_DEPTH} levels deep")])
         self.marks.values.setdefault(loc, (n.start_mark.line + 1, n.start_mark.column + 1))
         if isinstance(n, yaml.ScalarNode):
@@ -225,11 +226,12 @@ class _Builder:
                 self.marks.block.add(loc)
             value = self.loader.construct_object(n)
             if not isinstance(value, str | int | float | NoneType):  # bool is an int
-                self.problems.append(_at(file, n.start_mark, _dotted(loc), f"YAML tag {n.tag!r} "
-                                         "gives a value JSON cannot hold", "quote the value"))
+                self.problems.append(_at(file, n.start_mark, dotted_path(loc),
+                                         f"YAML tag {n.tag!r} gives a value JSON cannot hold",
+                                         "quote the value"))
             return value
         if n.tag not in (_SEQ, _MAP):  # `!!python/...`, `!!set`, `!foo`: not plain data
-            self.problems.append(_at(file, n.start_mark, _dotted(loc),
+            self.problems.append(_at(file, n.start_mark, dotted_path(loc),
                                      f"unsupported YAML tag {n.tag!r}", "remove the tag"))
             return None
         if isinstance(n, yaml.SequenceNode):
@@ -240,7 +242,7 @@ class _Builder:
             if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
                 kv = self.loader.construct_object(k)
                 if kv in seen:
-                    self.problems.append(_at(file, k.start_mark, _dotted((*loc, kv)),
+                    self.problems.append(_at(file, k.start_mark, dotted_path((*loc, kv)),
                                              f"duplicate key {kv!r} (first on line {seen[kv]})",
                                              "remove one of them"))
                 else:
@@ -249,7 +251,7 @@ class _Builder:
         out: dict[Any, Any] = {}
         for k, v in n.value:
             if not isinstance(k, yaml.ScalarNode):
-                self.problems.append(_at(file, k.start_mark, _dotted(loc),
+                self.problems.append(_at(file, k.start_mark, dotted_path(loc),
                                          "mapping keys must be plain scalars"))
                 continue
             kv = self.loader.construct_object(k)
@@ -386,7 +388,8 @@ class ForEach(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    file: str | None = Field(None, description="CSV, JSON, JSONL or YAML, relative to the manifest.")
+    file: str | None = Field(
+        None, description="CSV, JSON, JSONL or YAML, relative to the manifest.")
     items: list[Any] | None = Field(None, description="Items inline.")
     matrix: dict[str, list[Any]] | None = Field(
         None,
@@ -473,14 +476,15 @@ class LoadedManifest:
 
     def problem(self, loc: Loc, message: str, hint: str | None = None) -> Problem:
         line, col = self.marks.find(loc)
-        return Problem(self.label, line, col, _dotted(loc), message, hint)
+        return Problem(self.label, line, col, dotted_path(loc), message, hint)
 
     def file_label(self, rel: str) -> str:
         """How to name a file the manifest refers to: as a path from where we run."""
         return os.path.normpath(self.base_dir / rel)
 
 
-def _dotted(loc: Loc) -> str:
+def dotted_path(loc: Loc) -> str:
+    """`("fleets", 0, "session", "repos")` -> `fleets[0].session.repos`."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -559,7 +563,8 @@ def _describe(value: Any) -> str:
     if isinstance(value, str | int | float):
         text = repr(value)
         return text if len(text) <= 40 else text[:37] + "..."
-    return {dict: "a mapping", list: "a list"}.get(type(value), type(value).__name__)
+    return "a mapping" if isinstance(value, dict) else (
+        "a list" if isinstance(value, list) else type(value).__name__)
 
 
 def _validation_problems(exc: ValidationError, marks: Marks) -> list[Problem]:
@@ -578,13 +583,13 @@ def _validation_problems(exc: ValidationError, marks: Marks) -> list[Problem]:
                                          for e in expected))
         if loc[-1:] == ("structured_output_schema",):
             what = "an inline schema (a mapping) or {file: path}"
-        problems.append(Problem(marks.file, line, col, _dotted(loc),
+        problems.append(Problem(marks.file, line, col, dotted_path(loc),
                                 f"expected {what}; got {_describe(value)}"))
     unique = {(p.line, p.col, p.field, p.message): p for p in problems}
     return sorted(unique.values(), key=lambda p: (p.line or 0, p.col or 0, p.field))
 
 
-def _one_problem(loc: Loc, err: dict[str, Any], holder: type[BaseModel] | None,
+def _one_problem(loc: Loc, err: Mapping[str, Any], holder: type[BaseModel] | None,
                  marks: Marks) -> Problem:
     if err["type"] == "extra_forbidden":
         names = list(holder.model_fields) if holder else []
@@ -592,14 +597,14 @@ def _one_problem(loc: Loc, err: dict[str, Any], holder: type[BaseModel] | None,
         hint = f"did you mean {close[0]!r}?" if close else (
             f"allowed: {', '.join(names)}" if names else None)
         line, col = marks.find(loc, key=True)
-        return Problem(marks.file, line, col, _dotted(loc), "unknown field", hint)
+        return Problem(marks.file, line, col, dotted_path(loc), "unknown field", hint)
     line, col = marks.find(loc)
     hint = None
     if err["type"] == "string_pattern_mismatch" and loc == ("campaign",):
         hint = "lowercase letters, digits and '-', starting with a letter or digit, ≤ 63 chars"
     elif err["type"] == "string_type" and isinstance(err.get("input"), int | float):
         hint = "quote it to make it a string"
-    return Problem(marks.file, line, col, _dotted(loc), error_message(err), hint)
+    return Problem(marks.file, line, col, dotted_path(loc), error_message(err), hint)
 
 
 def error_message(err: Mapping[str, Any]) -> str:
@@ -615,10 +620,10 @@ def error_message(err: Mapping[str, Any]) -> str:
         return f"{_describe(value)} does not match {err['ctx']['pattern']}"
     if etype == "too_short" and isinstance(value, list) and not value:
         return f"needs at least {err['ctx']['min_length']} entry; got none"
-    msg = msg.removeprefix("Value error, ")
+    text = str(msg).removeprefix("Value error, ")
     if isinstance(value, str | int | float) and etype not in ("value_error", "assertion_error"):
-        msg += f" (got {_describe(value)})"
-    return msg
+        text += f" (got {_describe(value)})"
+    return text
 
 
 def load_manifest(path: str | Path) -> LoadedManifest:
@@ -672,7 +677,8 @@ def read_data_file(loaded: LoadedManifest, rel: str, loc: Loc) -> list[Item]:
     label = loaded.file_label(rel)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".json", ".jsonl", ".ndjson", ".yaml", ".yml"):
-        raise ManifestError([loaded.problem(loc, f"unsupported data file type {suffix or '(none)'!r}",
+        raise ManifestError([loaded.problem(loc, "unsupported data file type "
+                                            f"{suffix or '(none)'!r}",
                                             "use .csv, .json, .jsonl or .yaml")])
     try:
         text = read_text(path, limit=MAX_DATA_BYTES, label=label)
@@ -705,7 +711,8 @@ def read_data_file(loaded: LoadedManifest, rel: str, loc: Loc) -> list[Item]:
         return [Item(v, f"{label}[{i}]") for i, v in enumerate(data)]
     data, marks = parse_yaml(text, label)
     if not isinstance(data, list):
-        raise ManifestError([Problem(label, 1, 1, "", "a YAML data file must hold a list of items")])
+        raise ManifestError([Problem(label, 1, 1, "", "a YAML data file must hold a list of "
+                                     "items")])
     return [Item(v, "{}:{}:{}".format(label, *marks.find((i,)))) for i, v in enumerate(data)]
 
 
@@ -734,7 +741,8 @@ def _csv_items(text: str, label: str) -> list[Item]:
             n, start = start, reader.line_num + 1  # a quoted cell may span lines: report the first
             if len(row) == width:
                 # An empty cell counts as absent, so `default()` applies in templates.
-                items.append(Item({h: v for h, v in zip(header, row) if v != ""}, f"{label}:{n}"))
+                value = {h: v for h, v in zip(header, row, strict=True) if v != ""}
+                items.append(Item(value, f"{label}:{n}"))
             elif row and not (len(row) == 1 and not row[0].strip()):  # blank lines are skipped
                 bad_rows.append(n)
                 if len(bad_rows) <= MAX_REPEATED:
@@ -769,11 +777,3 @@ def load_json_or_yaml(path: Path, label: str, limit: int) -> Any:
             raise ManifestError([Problem(label, exc.lineno, exc.colno, "",
                                          f"invalid JSON: {exc.msg}")]) from None
     return parse_yaml(text, label)[0]
-
-
-def load_profile_data(path: Path) -> Any:
-    """Plain data from a JSON/YAML settings file (simulator profiles); ConfigError if unreadable."""
-    try:
-        return load_json_or_yaml(path, str(path), MAX_MANIFEST_BYTES)
-    except ManifestError as exc:
-        raise ConfigError(exc.problems[0].render()) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import typing
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
@@ -247,8 +248,8 @@ class CreateSessionRequest(BaseModel):
             # checked once (see check_output_schema).
             if problem := check_output_schema(v):
                 raise ValueError(problem)
-            return v
-        return handler(v)  # None, or pydantic's own type error
+            return typing.cast(dict[str, Any], v)
+        return typing.cast(dict[str, Any] | None, handler(v))  # None, or pydantic's type error
 
     def body(self) -> dict[str, Any]:
         """The JSON body to send: only the fields that were set, never nulls."""

@@ -25,6 +25,7 @@ from launcher.manifest import (
     LoadedManifest,
     Loc,
     SessionTemplate,
+    dotted_path,
     error_message,
     load_json_or_yaml,
     read_data_file,
@@ -41,13 +42,15 @@ _TEXT_FIELDS = ("title", "playbook_id", "child_playbook_id", "create_as_user_id"
                 "platform")
 # Not strings in the API: a template's text is converted (by the API model) after rendering.
 _CONVERTED_FIELDS = ("max_acu_limit", "bypass_approval", "structured_output_required", "resumable")
-_DRAFT7_KEYWORDS = frozenset(
-    "$schema $id $ref $comment title description default readOnly writeOnly examples multipleOf "
-    "maximum exclusiveMaximum minimum exclusiveMinimum maxLength minLength pattern "
-    "additionalItems items maxItems minItems uniqueItems contains maxProperties minProperties "
-    "required additionalProperties definitions properties patternProperties dependencies "
-    "propertyNames const enum type format contentMediaType contentEncoding if then else allOf "
-    "anyOf oneOf not".split())
+_DRAFT7_KEYWORDS = frozenset({
+    "$schema", "$id", "$ref", "$comment", "title", "description", "default", "readOnly",
+    "writeOnly", "examples", "multipleOf", "maximum", "exclusiveMaximum", "minimum",
+    "exclusiveMinimum", "maxLength", "minLength", "pattern", "additionalItems", "items",
+    "maxItems", "minItems", "uniqueItems", "contains", "maxProperties", "minProperties",
+    "required", "additionalProperties", "definitions", "properties", "patternProperties",
+    "dependencies", "propertyNames", "const", "enum", "type", "format", "contentMediaType",
+    "contentEncoding", "if", "then", "else", "allOf", "anyOf", "oneOf", "not",
+})
 
 
 def campaign_tag(campaign: str) -> str:
@@ -298,7 +301,7 @@ def _template_problem(loaded: LoadedManifest, loc: Loc, exc: TemplateFailure,
                       prompt_file: str | None = None) -> Problem:
     """Locate a template failure: the template's own line, inside the manifest or its file."""
     if prompt_file is not None:
-        return Problem(prompt_file, exc.line or 1, 1, _field(loaded, loc), exc.message, exc.hint)
+        return Problem(prompt_file, exc.line or 1, 1, dotted_path(loc), exc.message, exc.hint)
     problem = loaded.problem(loc, exc.message, exc.hint)
     if exc.line and problem.line is not None:
         if loc in loaded.marks.block:  # `|` / `>`: the text starts on the next line
@@ -374,18 +377,14 @@ def _merge(loaded: LoadedManifest, fi: int, templates: Templates,
 def _forward(loaded: LoadedManifest, loc: Loc, exc: ManifestError) -> list[Problem]:
     """Problems of a file the manifest names: located in that file when they have a line,
     else at the manifest field that names it."""
-    return [replace(p, field=p.field or _field(loaded, loc)) if p.line is not None
+    return [replace(p, field=p.field or dotted_path(loc)) if p.line is not None
             else loaded.problem(loc, f"{p.file}: {p.message}", p.hint) for p in exc.problems]
-
-
-def _field(loaded: LoadedManifest, loc: Loc) -> str:
-    return loaded.problem(loc, "").field
 
 
 def _compile_all(loaded: LoadedManifest, fi: int, fields: dict[str, Any], locs: dict[str, Loc],
                  tag_locs: list[Loc], prompt_file: str | None, templates: Templates,
                  problems: _Problems) -> bool:
-    """Compile every template of a fleet once, so a syntax error is one problem, not one per item."""
+    """Compile a fleet's templates once: a syntax error is one problem, not one per item."""
     sources: list[tuple[str, Loc, str | None]] = []
     key = loaded.manifest.fleets[fi].key
     if key is not None:
@@ -525,9 +524,10 @@ def _plan_one(loaded: LoadedManifest, spec: _FleetSpec, templates: Templates, id
     else:
         key = _default_key(item.value)
     if not key:
-        problems.add(loaded.problem(("fleets", spec.index, "key" if spec.key_source else "for_each"),
-                                    "the item's key is empty", "set `key:` on the fleet, from "
-                                    "values every item has"), item.origin)
+        where = "key" if spec.key_source else "for_each"
+        problems.add(loaded.problem(("fleets", spec.index, where), "the item's key is empty",
+                                    "set `key:` on the fleet, from values every item has"),
+                     item.origin)
         return None
 
     request: dict[str, Any] = {

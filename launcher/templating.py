@@ -14,7 +14,8 @@ from typing import Any
 
 import jinja2
 import jinja2.meta
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 _MARKERS = ("{{", "{%", "{#")
 MAX_OUTPUT_CHARS = 1_000_000  # what one operation may build; a prompt is a few KB
@@ -161,7 +162,8 @@ def _run(compiled: jinja2.Template, jctx: jinja2.runtime.Context, ctx: Mapping[s
                               _line(compiled, exc)) from None
     except jinja2.UndefinedError as exc:
         raise TemplateFailure(f"undefined variable: {exc.message}",
-                              _undefined_hint(exc.message or "", ctx), _line(compiled, exc)) from None
+                              _undefined_hint(exc.message or "", ctx),
+                              _line(compiled, exc)) from None
     except jinja2.TemplateError as exc:
         raise TemplateFailure(f"template error: {exc}", None, _line(compiled, exc)) from None
     except Exception as exc:  # a filter or operation failed on this item's data

@@ -134,7 +134,8 @@ def test_the_issue_example_with_its_secret_set(write: Write, tmp_path: Path) -> 
 ])
 def test_data_file_formats_give_the_same_plan(write: Write, name: str, text: str) -> None:
     write(f"data/{name}", text)
-    path = manifest(write, "prompt: '{{ item.repo }}', max_acu_limit: '{{ item.acu | default(5) }}'",
+    path = manifest(write, "prompt: '{{ item.repo }}', "
+                           "max_acu_limit: '{{ item.acu | default(5) }}'",
                     f"file: data/{name}", extra="", name="m.yaml")
     plan = plan_of(path)
     assert [(s.key, s.request["prompt"], s.request["max_acu_limit"]) for s in plan.sessions] == \
@@ -268,7 +269,8 @@ def test_every_string_is_a_template_also_in_lists(write: Write) -> None:
 ])
 def test_non_string_fields_are_converted_after_rendering(write: Write, template: str,
                                                          value: bool) -> None:
-    path = manifest(write, f"prompt: hi, bypass_approval: {template}, resumable: '{{{{ item.b }}}}'",
+    path = manifest(write, f"prompt: hi, bypass_approval: {template}, "
+                           "resumable: '{{ item.b }}'",
                     "items: [{b: true}]")
     [s] = plan_of(path).sessions
     assert s.request["bypass_approval"] is value and s.request["resumable"] is True
