@@ -21,7 +21,7 @@ from rich.table import Table
 
 from launcher import execute, follow
 from launcher.client import ApiConfig, DevinClient
-from launcher.errors import ConfirmationError, FleetError
+from launcher.errors import APIError, ConfirmationError, FleetError
 from launcher.ledger import Change, Ledger, open_ledger
 from launcher.manifest import load_manifest, manifest_json_schema
 from launcher.plan import Plan, build_plan
@@ -159,8 +159,11 @@ def plan(manifest: str, output: str, show_prompts: bool, detailed_exitcode: bool
     p = _load(manifest)
     if check_remote:
         with _api(base_url, org_id) as cfg:
-            for w in anyio.run(_check_remote, p, cfg):
-                err.print(f"warning: {w}", markup=False)
+            warnings = anyio.run(_check_remote, p, cfg)
+        for w in warnings:
+            err.print(f"warning: {w}", markup=False)
+        err.print(f"remote check passed at {cfg.base_url} (org {cfg.org_id})"
+                  + (f" with {len(warnings)} warning(s)" if warnings else ""), markup=False)
     changes = _diff(p, ledger)
     if output == "json":
         data = p.to_json()
@@ -275,6 +278,9 @@ async def _apply_async(p: Plan, cfg: ApiConfig, led: Ledger,
                 err.print("interrupted: finishing in-flight creates (Ctrl-C again to quit now)")
 
     async with DevinClient(cfg, max_connections=options.concurrency + 4) as client:
+        # Prove the token and the referenced ids before anything is created.
+        for warning in await follow.check_remote(p, client):
+            err.print(f"warning: {warning}", markup=False)
         async with anyio.create_task_group() as tg:
             tg.start_soon(on_signals, tg.cancel_scope)
             summary = await execute.apply_plan(p, client, led, options, stop=stop,
@@ -303,22 +309,35 @@ def _apply_summary(s: execute.ApplySummary) -> None:
 @cli.command()
 @click.argument("manifest", type=click.Path())
 @click.option("--watch", is_flag=True, help="Refresh until every session has a final outcome.")
-@click.option("--interval", default=5.0, show_default=True, help="First --watch interval (s).")
-@click.option("--timeout", type=float, help="Give up watching after this many seconds.")
+@click.option("--interval", default=5.0, show_default=True, type=click.FloatRange(min=0.05),
+              help="First --watch interval (s); it grows while nothing changes.")
+@click.option("--max-interval", default=60.0, show_default=True,
+              type=click.FloatRange(min=0.05), help="Longest --watch interval (s).")
+@click.option("--timeout", type=click.FloatRange(min=0),
+              help="Give up watching after this many seconds.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @click.option("--offline", is_flag=True, help="Show what the ledger knows; no API calls.")
 @_ledger_option
 @_api_options
-def status(manifest: str, watch: bool, interval: float, timeout: float | None, output: str,
-           offline: bool, ledger: str | None, base_url: str | None, org_id: str | None) -> None:
-    """Refresh and classify the campaign's sessions (succeeded, needs-human, failed, ...)."""
+def status(manifest: str, watch: bool, interval: float, max_interval: float,
+           timeout: float | None, output: str, offline: bool, ledger: str | None,
+           base_url: str | None, org_id: str | None) -> None:
+    """Refresh and classify the campaign's sessions (succeeded, needs-human, failed, running,
+    cancelled). Exit 0: all succeeded/cancelled, 3: some failed, 6: some need a human, 4: some
+    still running (or not launched)."""
     p = _load(manifest)
     with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led:
         if offline:
             view = follow.campaign_view(p, led)
         else:
             with _api(base_url, org_id) as cfg:
-                view = anyio.run(_refresh, p, cfg, led, watch, interval, timeout)
+                try:
+                    view = anyio.run(_refresh, p, cfg, led, watch, interval, max_interval,
+                                     timeout)
+                except KeyboardInterrupt:
+                    err.print("interrupted: the ledger keeps the last refresh")
+                    sys.exit(130)
+    _warn(view)
     if output == "json":
         _emit_json(view.status_json())
     else:
@@ -326,29 +345,48 @@ def status(manifest: str, watch: bool, interval: float, timeout: float | None, o
     sys.exit(view.exit_code)
 
 
-async def _refresh(p: Plan, cfg: ApiConfig, led: Ledger, watch: bool, interval: float,
-                   timeout: float | None) -> follow.CampaignView:
+async def _refresh(p: Plan, cfg: ApiConfig, led: Ledger, watch: bool = False,
+                   interval: float = 5.0, max_interval: float = 60.0,
+                   timeout: float | None = None) -> follow.CampaignView:
     async with DevinClient(cfg) as client:
         if not watch:
             return await follow.refresh(p, client, led)
+        started = anyio.current_time()
 
-        def show(view: follow.CampaignView) -> None:
-            counts = " ".join(f"{k}={v}" for k, v in view.counts().items() if v)
-            err.print(f"status: {counts}", markup=False)
+        def show(view: follow.CampaignView, wait: float) -> None:
+            counts = ", ".join(f"{k} {v}" for k, v in view.counts().items() if v)
+            then = f"; next refresh in {wait:.1f}s" if wait else ""
+            err.print(f"[{anyio.current_time() - started:6.1f}s] {counts or 'no sessions'} "
+                      f"({view.requests} requests){then}", markup=False)
 
-        return await follow.watch(p, client, led, interval=interval, timeout=timeout,
-                                  on_refresh=show)
+        def failed(exc: APIError) -> None:
+            err.print(f"warning: refresh failed, retrying: {exc.message}", markup=False)
+
+        view = await follow.watch(p, client, led, interval=interval, max_interval=max_interval,
+                                  timeout=timeout, on_refresh=show, on_error=failed)
+        if view.timed_out:
+            err.print(f"timeout: {view.counts()['running']} session(s) still running after "
+                      f"{timeout:g}s", markup=False)
+        return view
+
+
+def _warn(view: follow.CampaignView) -> None:
+    for w in view.warnings:
+        err.print(f"warning: {w}", markup=False)
 
 
 def _status_table(view: follow.CampaignView) -> None:
     counts = view.counts()
-    out.print("  ".join(f"{k}: {v}" for k, v in counts.items() if v) or "no sessions")
+    out.print("  ".join(f"{k}: {v}" for k, v in counts.items() if v) or "no sessions",
+              markup=False)
     table = Table(title=f"campaign {view.campaign}")
     for col in ("key", "outcome", "status", "detail", "PR", "ACUs"):
         table.add_column(col, overflow="fold")
     for s in view.sessions:
-        table.add_row(s.key, s.outcome.value, s.status or "", s.status_detail or
-                      (s.launch_error or ""), " ".join(p.get("pr_url", "") for p in s.pull_requests),
+        detail = " / ".join(x for x in (s.status_detail, s.note) if x)
+        if not s.in_plan:
+            detail = " / ".join(x for x in (detail, "removed from the manifest") if x)
+        table.add_row(s.key, s.outcome.value, s.status or "", detail, " ".join(s.pr_urls),
                       "" if s.acus_consumed is None else f"{s.acus_consumed:g}")
     out.print(table)
 
@@ -356,38 +394,59 @@ def _status_table(view: follow.CampaignView) -> None:
 @cli.command()
 @click.argument("manifest", type=click.Path())
 @click.option("-o", "--output", type=click.Choice(["table", "jsonl", "csv"]), default="table")
-@click.option("--group-by", help="Count sessions per value of a structured-output field.")
-@click.option("--refresh/--no-refresh", default=False, help="Refresh from the API first.")
+@click.option("--group-by", metavar="FIELD",
+              help="Count sessions per value of a structured-output field (dotted path).")
+@click.option("--refresh/--no-refresh", default=False,
+              help="Refresh from the API first (default: what the last `status` stored).")
 @_ledger_option
 @_api_options
 def results(manifest: str, output: str, group_by: str | None, refresh: bool,
             ledger: str | None, base_url: str | None, org_id: str | None) -> None:
-    """One record per session joined with its item, with validated structured output."""
+    """One record per session joined with its item, with its structured output validated
+    against the fleet's schema (invalid or missing output is flagged), and campaign totals."""
     p = _load(manifest)
     with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led:
         if refresh:
             with _api(base_url, org_id) as cfg:
-                view = anyio.run(_refresh, p, cfg, led, False, 0.0, None)
+                view = anyio.run(_refresh, p, cfg, led)
         else:
             view = follow.campaign_view(p, led)
+            if any(s.session_id and s.status is None for s in view.sessions):
+                err.print("note: some sessions were never refreshed: run `devin-fleet status` "
+                          "first, or pass --refresh", markup=False)
+    _warn(view)
     if group_by:
-        table = Table(title=f"{view.campaign}: sessions by output.{group_by}")
-        table.add_column(group_by)
-        table.add_column("sessions", justify="right")
-        for value, n in view.group_by(group_by).items():
-            table.add_row(value, str(n))
-        out.print(table)
+        _group_by(view, group_by, output)
     elif output == "jsonl":
         for s in view.sessions:
             click.echo(json.dumps(s.result_json(), ensure_ascii=False))
     elif output == "csv":
         rows = follow.results_rows(view)
         fields = list(dict.fromkeys(k for r in rows for k in r))
-        w = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
+        w = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n", restval="")
         w.writeheader()
         w.writerows(rows)
     else:
         _results_table(view)
+    (out if output == "table" else err).print(_totals_line(view), markup=False)
+
+
+def _group_by(view: follow.CampaignView, field: str, output: str) -> None:
+    groups = view.group_by(field)
+    if output == "jsonl":
+        for value, n in groups.items():
+            click.echo(json.dumps({field: value, "sessions": n}, ensure_ascii=False))
+    elif output == "csv":
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow([field, "sessions"])
+        w.writerows(groups.items())
+    else:
+        table = Table(title=f"{view.campaign}: sessions by output.{field}")
+        table.add_column(field)
+        table.add_column("sessions", justify="right")
+        for value, n in groups.items():
+            table.add_row(value, str(n))
+        out.print(table)
 
 
 def _results_table(view: follow.CampaignView) -> None:
@@ -396,45 +455,66 @@ def _results_table(view: follow.CampaignView) -> None:
         table.add_column(col, overflow="fold")
     for s in view.sessions:
         valid = {None: "-", True: "yes", False: "NO"}[s.output_valid]
-        table.add_row(s.key, s.outcome.value, " ".join(p.get("pr_url", "") for p in s.pull_requests),
+        if s.output_errors:
+            valid += f" ({s.output_errors[0]})"
+        table.add_row(s.key, s.outcome.value, " ".join(s.pr_urls),
                       "" if s.acus_consumed is None else f"{s.acus_consumed:g}",
                       json.dumps(s.structured_output)[:80] if s.structured_output else "", valid)
     out.print(table)
+
+
+def _totals_line(view: follow.CampaignView) -> str:
     t = view.totals()
-    budget = f" / budget {t['max_total_acu']}" if t["max_total_acu"] else ""
-    out.print(f"{t['sessions']} sessions, {t['succeeded']} succeeded, {t['pull_requests']} PRs, "
-              f"{t['acus_consumed']:g} ACUs consumed{budget}, {t['invalid_outputs']} invalid outputs")
+    budget = f" of a {t['max_total_acu']} ACU budget" if t["max_total_acu"] else ""
+    return (f"{t['sessions']} sessions, {t['succeeded']} succeeded, {t['pull_requests']} PRs "
+            f"opened, {t['acus_consumed']:g} ACUs consumed{budget}, {t['invalid_outputs']} "
+            "invalid or missing outputs")
 
 
 @cli.command()
 @click.argument("manifest", type=click.Path())
-@click.option("--only", multiple=True, help="Only keys matching this glob (repeatable).")
+@click.option("--only", multiple=True, metavar="GLOB",
+              help="Only keys matching this glob (repeatable).")
 @click.option("--archive", is_flag=True, help="Archive the sessions too.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @_ledger_option
 @_api_options
 def cancel(manifest: str, only: tuple[str, ...], archive: bool, yes: bool, ledger: str | None,
            base_url: str | None, org_id: str | None) -> None:
-    """Terminate the campaign's live sessions (all, or --only GLOB). Safe to re-run."""
+    """Terminate the campaign's live sessions that have not delivered (all, or --only GLOB);
+    record it in the ledger. Safe to re-run: cancelled sessions are skipped."""
     p = _load(manifest)
     with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led, \
             _api(base_url, org_id) as cfg:
-        view = anyio.run(_refresh, p, cfg, led, False, 0.0, None)
+        view = anyio.run(_refresh, p, cfg, led)
+        _warn(view)
         keys = follow.cancellable(view, only)
         if not keys:
-            out.print("nothing to cancel")
+            out.print("nothing to cancel" + (f" matching {' '.join(only)}" if only else ""),
+                      markup=False)
             return
-        out.print(f"{len(keys)} session(s) to terminate: " + ", ".join(keys[:20])
-                  + (" ..." if len(keys) > 20 else ""), markup=False)
-        _confirm(f"Terminate {len(keys)} session(s)? This cannot be undone.", yes)
-        done = anyio.run(_cancel, p, cfg, led, keys, archive)
-    for key, what in done.items():
-        out.print(f"  {key}: {what}", markup=False)
-    sys.exit(1 if any(v.startswith("error") for v in done.values()) else 0)
+        by_key = {s.key: s for s in view.sessions}
+        out.print(f"{len(keys)} live session(s) to terminate"
+                  f"{' and archive' if archive else ''}:", markup=False)
+        for key in keys[:20]:
+            s = by_key[key]
+            out.print(f"  {key}  {s.session_id}  {s.outcome.value}", markup=False)
+        if len(keys) > 20:
+            out.print(f"  ... and {len(keys) - 20} more", markup=False)
+        _confirm(f"Terminate {len(keys)} session(s) of campaign {p.campaign}? This cannot be "
+                 "undone.", yes)
+        report = anyio.run(_cancel, p, cfg, led, keys, archive)
+    for key, what in report.results.items():
+        why = report.errors.get(key)
+        out.print(f"  {key}: {what.value}" + (f": {why}" if why else ""), markup=False)
+    done = sum(1 for r in report.results.values() if r != follow.CancelResult.error)
+    out.print(f"cancelled {done} of {len(keys)} session(s)"
+              + ("; re-run to retry the rest" if report.errors else ""), markup=False)
+    sys.exit(0 if report.ok else 1)
 
 
 async def _cancel(p: Plan, cfg: ApiConfig, led: Ledger, keys: list[str],
-                  archive: bool) -> dict[str, str]:
+                  archive: bool) -> follow.CancelReport:
     async with DevinClient(cfg) as client:
         return await follow.cancel(p, client, led, keys, archive=archive)
 

@@ -1,20 +1,30 @@
 """Follow-through: refresh a campaign's sessions, classify outcomes, collect results, cancel,
 and check the manifest's references against the live org.
 
-Outcome rules (what users act on), from the API's status and status_detail:
-- `succeeded`: running/finished; or delivered (a pull request, or a structured output that is
-  valid against the fleet's schema) while waiting for the user, suspended for inactivity, or exited.
-- `needs-human`: waiting for the user or for approval, or suspended for inactivity, with nothing
-  delivered.
-- `failed`: status `error`, or suspended for a limit, credit, quota, payment or error reason;
-  also a planned session whose create was refused (`not-launched` in the ledger view).
+Outcome rules (what users act on), from the API's status and status_detail, where "delivered"
+means the session has a pull request, or a structured output valid against its fleet's schema
+(or any output when the fleet has no schema):
+- `succeeded`: running/finished; or delivered while waiting for the user (running/
+  waiting_for_user), idle (suspended for inactivity, user_request or an unknown reason) or exited.
+  A session whose output breaks the schema but which opened a pull request is `succeeded` (the
+  PR is the deliverable); its output is still flagged invalid by `results` (output_valid false).
+- `needs-human`: waiting for the user or idle-suspended with nothing delivered, or waiting for
+  approval (always: the session is blocked on a gate, whatever it delivered so far).
+- `failed`: status `error`, or suspended for a limit, credit, quota, payment or error reason
+  (SUSPEND_FAILURES); also a session whose create the API refused (ledger state `failed`), and a
+  launched session the API no longer knows (404).
 - `cancelled`: terminated by `devin-fleet cancel`, or exited without delivering.
-- `running`: new, claimed, working, resuming, and any status value the API adds later.
+- `running`: new, claimed, working, resuming, not refreshed yet, and any status value the API
+  adds later (unknown values never crash: they keep `status --watch` polling until its timeout).
+- `not-launched`: planned but never created, or its create's outcome is still unknown (apply
+  reconciles it): final for `--watch`, counted as unfinished (exit 4) by `status`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import json
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,17 +34,18 @@ from typing import Any
 import anyio
 
 from launcher.client import DevinClient
-from launcher.errors import APIError, Problem, RemoteCheckError
-from launcher.ledger import Ledger, Record
+from launcher.errors import APIError, AuthError, Problem, RemoteCheckError
+from launcher.ledger import LaunchState, Ledger, Record
 from launcher.manifest import Loc
-from launcher.models import Session, output_errors
+from launcher.models import Session, output_errors, session_path_id
 from launcher.plan import Plan
 
-SUSPEND_FAILURES = {
+SUSPEND_FAILURES = frozenset({
     "usage_limit_exceeded", "out_of_credits", "out_of_quota", "no_quota_allocation",
     "payment_declined", "org_usage_limit_exceeded", "total_session_limit_exceeded", "error",
     "user_usage_limit_exceeded", "contract_expired",
-}
+})
+CONCURRENCY = 8  # GET fallbacks / terminates in flight
 
 
 class Outcome(StrEnum):
@@ -47,6 +58,7 @@ class Outcome(StrEnum):
 
     @property
     def final(self) -> bool:
+        """Whether polling can still change it (`status --watch` stops when all are final)."""
         return self is not Outcome.running
 
 
@@ -65,7 +77,7 @@ def output_check(schema: dict[str, Any] | None, output: Any) -> tuple[bool | Non
 
 def classify(status: str | None, detail: str | None, *, delivered: bool,
              cancelled: bool = False) -> Outcome:
-    """The outcome of one session; unknown values never crash (they count as running)."""
+    """The outcome of one session (rules in the module docstring); never raises."""
     if cancelled:
         return Outcome.cancelled
     if status == "error":
@@ -75,20 +87,21 @@ def classify(status: str | None, detail: str | None, *, delivered: bool,
     if status == "suspended":
         if detail in SUSPEND_FAILURES:
             return Outcome.failed
-        if detail == "inactivity":
-            return Outcome.succeeded if delivered else Outcome.needs_human
-        return Outcome.running
+        # inactivity, user_request, or a reason added later: it waits for a human to resume it
+        return Outcome.succeeded if delivered else Outcome.needs_human
     if status == "running":
         if detail == "finished":
             return Outcome.succeeded
-        if detail in ("waiting_for_user", "waiting_for_approval"):
+        if detail == "waiting_for_user":
             return Outcome.succeeded if delivered else Outcome.needs_human
+        if detail == "waiting_for_approval":
+            return Outcome.needs_human
     return Outcome.running
 
 
 @dataclass
 class SessionView:
-    """One planned session as status/results show it."""
+    """One session of the campaign as status/results show it."""
 
     key: str
     fleet: str
@@ -103,7 +116,12 @@ class SessionView:
     structured_output: dict[str, Any] | None
     output_valid: bool | None
     output_errors: list[str] = field(default_factory=list)
-    launch_error: str | None = None
+    note: str | None = None  # why it was not launched, or why its state may be stale
+    in_plan: bool = True  # False: launched earlier, since removed from the manifest
+
+    @property
+    def pr_urls(self) -> list[str]:
+        return [str(p.get("pr_url") or "") for p in self.pull_requests if p.get("pr_url")]
 
     def status_json(self) -> dict[str, Any]:
         return {"key": self.key, "session_id": self.session_id, "url": self.url,
@@ -113,8 +131,7 @@ class SessionView:
 
     def result_json(self) -> dict[str, Any]:
         return {"key": self.key, "item": self.item, "session_id": self.session_id,
-                "url": self.url, "outcome": self.outcome.value,
-                "pull_requests": [p.get("pr_url") for p in self.pull_requests],
+                "url": self.url, "outcome": self.outcome.value, "pull_requests": self.pr_urls,
                 "acus_consumed": self.acus_consumed,
                 "structured_output": self.structured_output, "output_valid": self.output_valid,
                 "output_errors": self.output_errors}
@@ -122,12 +139,15 @@ class SessionView:
 
 @dataclass
 class CampaignView:
-    """Every planned session of a campaign, joined with the ledger."""
+    """Every session of a campaign (planned, plus launched ones since removed), with the ledger."""
 
     campaign: str
     sessions: list[SessionView]
     budget_acu: int | None = None
-    requests: int = 0
+    requests: int = 0  # API requests the refresh that built this view made
+    untracked: list[str] = field(default_factory=list)  # campaign-tagged, not in the ledger
+    warnings: list[str] = field(default_factory=list)
+    timed_out: bool = False  # `watch` gave up before every outcome was final
 
     def counts(self) -> dict[str, int]:
         c = Counter(s.outcome.value for s in self.sessions)
@@ -139,24 +159,25 @@ class CampaignView:
 
     @property
     def exit_code(self) -> int:
-        """0 all succeeded/cancelled; 3 some failed; 6 some need a human; 4 some still running."""
+        """0 all succeeded/cancelled; 3 some failed; 6 some need a human; 4 some still running
+        or not launched yet (in that order of precedence)."""
         c = self.counts()
-        if c["failed"] or c["not-launched"]:
+        if c[Outcome.failed]:
             return 3
-        if c["needs-human"]:
+        if c[Outcome.needs_human]:
             return 6
-        if c["running"]:
+        if c[Outcome.running] or c[Outcome.not_launched]:
             return 4
         return 0
 
     def totals(self) -> dict[str, Any]:
+        final = [s for s in self.sessions if s.session_id and s.outcome.final]
         return {"sessions": len(self.sessions),
                 "succeeded": sum(1 for s in self.sessions if s.outcome == Outcome.succeeded),
-                "pull_requests": sum(len(s.pull_requests) for s in self.sessions),
+                "pull_requests": sum(len(s.pr_urls) for s in self.sessions),
                 "acus_consumed": round(sum(s.acus_consumed or 0 for s in self.sessions), 2),
                 "max_total_acu": self.budget_acu,
-                "invalid_outputs": sum(1 for s in self.sessions if s.output_valid is False
-                                       and s.outcome != Outcome.not_launched)}
+                "invalid_outputs": sum(1 for s in final if s.output_valid is False)}
 
     def status_json(self) -> dict[str, Any]:
         return {"campaign": self.campaign, "counts": self.counts(), "totals": self.totals(),
@@ -169,132 +190,244 @@ class CampaignView:
             value: Any = s.structured_output
             for part in path.split("."):
                 value = value.get(part) if isinstance(value, dict) else None
-            counts["(missing)" if value is None else str(value)] += 1
+            label = ("(missing)" if value is None else value if isinstance(value, str)
+                     else json.dumps(value, sort_keys=True, ensure_ascii=False))
+            counts[label] += 1
         return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _session_view(plan: Plan, key: str, fleet: str, item: Any, r: Record | None,
+                  in_plan: bool = True) -> SessionView:
+    if r is None or not r.state.launched:
+        failed = r is not None and r.state == LaunchState.failed
+        if failed:
+            note = f"the API refused the create: {r.last_error}" if r and r.last_error else None
+        elif r is not None and r.state in (LaunchState.pending, LaunchState.unknown):
+            note = "create outcome unknown: apply looks it up"
+        else:
+            note = "not launched yet"
+        return SessionView(key, fleet, item, None, None, None, None,
+                           Outcome.failed if failed else Outcome.not_launched, [], None, None,
+                           None, note=note, in_plan=in_plan)
+    schema = plan.schemas.get(fleet)
+    prs = r.pull_requests or []
+    valid, errors = output_check(schema, r.structured_output)
+    delivered = bool(prs) or valid is True or (schema is None and r.structured_output is not None)
+    outcome = classify(r.status, r.status_detail, delivered=delivered,
+                       cancelled=r.cancelled_at is not None)
+    return SessionView(key, fleet, item, r.session_id, r.url, r.status, r.status_detail, outcome,
+                       prs, r.acus_consumed, r.structured_output, valid, errors, in_plan=in_plan)
+
+
+def _build_view(plan: Plan, records: Mapping[str, Record]) -> CampaignView:
+    views = [_session_view(plan, s.key, s.fleet, s.item, records.get(s.key))
+             for s in plan.sessions]
+    planned = {s.key for s in plan.sessions}
+    views += [_session_view(plan, k, r.fleet, None, r, in_plan=False)
+              for k, r in records.items() if k not in planned and r.state.launched]
+    return CampaignView(plan.campaign, views, plan.manifest.manifest.budget.max_total_acu)
 
 
 def campaign_view(plan: Plan, ledger: Ledger) -> CampaignView:
     """Join the plan with what the ledger knows (no network)."""
-    records = ledger.records()
-    views = []
-    for s in plan.sessions:
-        r = records.get(s.key)
-        schema = plan.schemas.get(s.fleet)
-        if r is None or not r.state.launched:
-            views.append(SessionView(
-                s.key, s.fleet, s.item, None, None, None, None,
-                Outcome.failed if r is not None and r.state.value == "failed"
-                else Outcome.not_launched, [], None, None, None,
-                launch_error=r.last_error if r else None))
-            continue
-        prs = r.pull_requests or []
-        valid, errors = output_check(schema, r.structured_output)
-        delivered = bool(prs) or valid is True or (schema is None and r.structured_output
-                                                   is not None)
-        outcome = classify(r.status, r.status_detail, delivered=delivered,
-                           cancelled=r.cancelled_at is not None)
-        views.append(SessionView(s.key, s.fleet, s.item, r.session_id, r.url, r.status,
-                                 r.status_detail, outcome, prs, r.acus_consumed,
-                                 r.structured_output, valid, errors))
-    return CampaignView(plan.campaign, views, plan.manifest.manifest.budget.max_total_acu)
+    return _build_view(plan, ledger.records())
 
 
-def _update(session: Session) -> dict[str, Any]:
-    return {"session_id": session.session_id, "status": session.status,
-            "status_detail": session.status_detail, "outcome": None,
-            "acus_consumed": session.acus_consumed,
-            "pull_requests": [p.model_dump() for p in session.pull_requests],
-            "structured_output": session.structured_output}
+def _refreshed(r: Record, s: Session) -> Record:
+    return dataclasses.replace(
+        r, status=s.status, status_detail=s.status_detail, acus_consumed=s.acus_consumed,
+        pull_requests=[p.model_dump() for p in s.pull_requests],
+        structured_output=s.structured_output)
 
 
-async def refresh(plan: Plan, client: DevinClient, ledger: Ledger) -> CampaignView:
-    """Refresh every launched session: the list endpoint by campaign tag (200 a page), then a
-    GET for any the list missed; store the states in the ledger; return the joined view."""
+async def refresh(plan: Plan, client: DevinClient, ledger: Ledger, *,
+                  page_size: int = 200) -> CampaignView:
+    """Refresh every launched session: the list endpoint filtered by the campaign tag (200 a
+    page), then one GET per session the list missed; store states and outcomes in the ledger;
+    return the joined view. Raises AuthError (401/403) and APIError when the list fails."""
     before = client.requests
-    wanted = {r.session_id: k for k, r in ledger.records().items()
+    records = ledger.records()
+    # Match on the path form of ids: some bodies carry bare hex ids (devin-api.md section 1).
+    wanted = {session_path_id(r.session_id): k for k, r in records.items()
               if r.state.launched and r.session_id}
-    updates: dict[str, dict[str, Any]] = {}
-    async for session in client.list_sessions(tags=[plan.campaign_tag]):
-        if session.session_id in wanted:
-            updates[session.session_id] = _update(session)
-    missing = [sid for sid in wanted if sid not in updates]
+    found: dict[str, Session] = {}
+    untracked: list[str] = []
+    async for session in client.list_sessions(tags=[plan.campaign_tag], first=page_size):
+        sid = session_path_id(session.session_id)
+        if sid in wanted:
+            found[sid] = session
+        else:
+            untracked.append(session.session_id)
+    gone: list[str] = []
+    failures: dict[str, APIError] = {}
+    missing = [sid for sid in wanted if sid not in found]
     if missing:
-        limiter = anyio.CapacityLimiter(8)
-
-        async def one(sid: str) -> None:
-            async with limiter:
-                session = await client.get_session(sid)
-            if session is not None:
-                updates[sid] = _update(session)
-
+        limiter = anyio.CapacityLimiter(CONCURRENCY)
         async with anyio.create_task_group() as tg:
+
+            async def one(sid: str) -> None:
+                async with limiter:
+                    try:
+                        session = await client.get_session(sid)
+                    except APIError as exc:  # AuthError too: raised below, not in a group
+                        failures[sid] = exc
+                        if isinstance(exc, AuthError):
+                            tg.cancel_scope.cancel()
+                        return
+                if session is None:
+                    gone.append(sid)
+                else:
+                    found[sid] = session
+
             for sid in missing:
                 tg.start_soon(one, sid)
-    ledger.update_status(updates.values())
-    view = campaign_view(plan, ledger)
+        for exc in failures.values():
+            if isinstance(exc, AuthError):
+                raise exc
+    updated = dict(records)
+    for sid, session in found.items():
+        updated[wanted[sid]] = _refreshed(records[wanted[sid]], session)
+    view = _build_view(plan, updated)
+    by_key = {v.key: v for v in view.sessions}
+    for sid in gone:
+        v = by_key[wanted[sid]]
+        if v.outcome != Outcome.cancelled:
+            v.outcome = Outcome.failed
+        v.note = "the API no longer knows this session (404)"
+    for sid, exc in failures.items():
+        by_key[wanted[sid]].note = f"not refreshed: {exc.message}"
+    ledger.update_status(
+        {"session_id": records[wanted[sid]].session_id, "status": s.status,
+         "status_detail": s.status_detail, "outcome": by_key[wanted[sid]].outcome.value,
+         "acus_consumed": s.acus_consumed,
+         "pull_requests": [p.model_dump() for p in s.pull_requests],
+         "structured_output": s.structured_output} for sid, s in found.items())
+    view.untracked = untracked
+    if untracked:
+        view.warnings.append(f"{len(untracked)} session(s) carry the tag {plan.campaign_tag} but "
+                             "are not in this ledger (another ledger's, or replaced ones)")
+    if gone:
+        view.warnings.append(f"{len(gone)} session(s) in the ledger are unknown to the API (404)")
+    if failures:
+        first = next(iter(failures.values()))
+        view.warnings.append(f"{len(failures)} session(s) could not be refreshed: {first.message}")
     view.requests = client.requests - before
     return view
 
 
 async def watch(plan: Plan, client: DevinClient, ledger: Ledger, *, interval: float = 5.0,
                 max_interval: float = 60.0, timeout: float | None = None,
-                on_refresh: Callable[[CampaignView], None] | None = None) -> CampaignView:
-    """Refresh until every session has a final outcome or `timeout` passes.
+                on_refresh: Callable[[CampaignView, float], None] | None = None,
+                on_error: Callable[[APIError], None] | None = None,
+                max_failures: int = 5) -> CampaignView:
+    """Refresh until every session has a final outcome or `timeout` seconds pass.
 
     The interval adapts: back to `interval` whenever something changed, otherwise it grows by
-    half up to `max_interval` (polling a quiet fleet less often).
+    half up to `max_interval` (polling a quiet fleet less often). `on_refresh(view, next_wait)`
+    sees every refresh. A failed refresh (5xx, network) is reported to `on_error` and retried;
+    `max_failures` in a row, or any AuthError, raises.
     """
-    wait = interval
+    view: CampaignView | None = None
     previous: dict[str, Any] | None = None
-    view = await refresh(plan, client, ledger)
-    with anyio.move_on_after(timeout):
+    wait = interval
+    failures = 0
+    with anyio.move_on_after(timeout) as scope:
         while True:
-            if on_refresh is not None:
-                on_refresh(view)
-            if view.settled:
-                break
-            snapshot = {s.key: (s.status, s.status_detail, s.outcome) for s in view.sessions}
-            wait = interval if snapshot != previous else min(max_interval, wait * 1.5)
-            previous = snapshot
+            try:
+                view = await refresh(plan, client, ledger)
+            except AuthError:
+                raise
+            except APIError as exc:
+                failures += 1
+                if failures >= max_failures:
+                    raise
+                if on_error is not None:
+                    on_error(exc)
+            else:
+                failures = 0
+                snapshot = {s.key: (s.status, s.status_detail, s.outcome) for s in view.sessions}
+                wait = interval if snapshot != previous else min(max_interval, wait * 1.5)
+                previous = snapshot
+                if on_refresh is not None:
+                    on_refresh(view, 0.0 if view.settled else wait)
+                if view.settled:
+                    break
             await anyio.sleep(wait)
-            view = await refresh(plan, client, ledger)
+    if view is None:  # the timeout came before any refresh succeeded
+        view = campaign_view(plan, ledger)
+    view.timed_out = scope.cancelled_caught
     return view
 
 
-async def cancel(plan: Plan, client: DevinClient, ledger: Ledger, keys: list[str], *,
-                 archive: bool = False) -> dict[str, str]:
-    """Terminate the sessions of `keys`; record it; returns key -> what happened."""
-    records = ledger.records()
-    done: dict[str, str] = {}
-    limiter = anyio.CapacityLimiter(8)
+# =========================================================================== cancel
 
-    async def one(key: str) -> None:
-        r = records[key]
-        assert r.session_id is not None
-        async with limiter:
-            try:
-                existed = await client.terminate(r.session_id, archive=archive)
-            except APIError as exc:
-                if exc.status is not None and exc.status in (401, 403):
-                    raise
-                done[key] = f"error: {exc.message}"
-                return
-        done[key] = "terminated" if existed else "already gone"
 
-    async with anyio.create_task_group() as tg:
-        for key in keys:
-            tg.start_soon(one, key)
-    ledger.mark_cancelled([k for k, v in done.items() if not v.startswith("error")],
-                          archived=archive)
-    return done
+class CancelResult(StrEnum):
+    terminated = "terminated"
+    already_gone = "already gone"  # 404: nothing to terminate (recorded as cancelled anyway)
+    error = "error"  # not terminated: re-run cancel
+
+
+@dataclass
+class CancelReport:
+    results: dict[str, CancelResult] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
 
 
 def cancellable(view: CampaignView, only: tuple[str, ...] = ()) -> list[str]:
-    """Keys of sessions that are still live (running or waiting) and match `only`."""
+    """Keys of sessions still live and not delivered (running or needing a human) that match
+    `only` (globs). Delivered and failed sessions are left alone; cancelled ones too (re-runs
+    are no-ops)."""
     return [s.key for s in view.sessions
             if s.session_id and s.outcome in (Outcome.running, Outcome.needs_human)
             and s.status != "exit"
             and (not only or any(fnmatch.fnmatchcase(s.key, g) for g in only))]
+
+
+async def cancel(plan: Plan, client: DevinClient, ledger: Ledger, keys: list[str], *,
+                 archive: bool = False) -> CancelReport:
+    """Terminate the sessions of `keys` (and archive them); record what was done in the ledger.
+
+    A session the API no longer knows counts as cancelled. AuthError stops everything (after
+    recording what was already terminated); other errors are per session.
+    """
+    records = ledger.records()
+    report = CancelReport()
+    auth: list[AuthError] = []
+    limiter = anyio.CapacityLimiter(CONCURRENCY)
+
+    async def one(key: str, scope: anyio.CancelScope) -> None:
+        r = records.get(key)
+        if r is None or not r.session_id:
+            report.results[key], report.errors[key] = CancelResult.error, "not launched"
+            return
+        async with limiter:
+            try:
+                existed = await client.terminate(r.session_id, archive=archive)
+            except AuthError as exc:
+                auth.append(exc)
+                scope.cancel()
+                return
+            except APIError as exc:
+                report.results[key], report.errors[key] = CancelResult.error, exc.message
+                return
+        report.results[key] = CancelResult.terminated if existed else CancelResult.already_gone
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for key in keys:
+                tg.start_soon(one, key, tg.cancel_scope)
+    finally:  # what was terminated is recorded, whatever stopped the rest
+        ledger.mark_cancelled([k for k, v in report.results.items()
+                               if v != CancelResult.error], archived=archive)
+    if auth:
+        raise auth[0]
+    report.results = {k: report.results[k] for k in keys if k in report.results}
+    return report
 
 
 # =========================================================================== remote checks
@@ -307,30 +440,40 @@ _REFERENCE_CHECKS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def _field_loc(plan: Plan, fleet: str, name: str) -> Loc:
+def _field_loc(plan: Plan, fleet: str, name: str, ref: str) -> Loc:
+    """Where the manifest writes `name` for `fleet`: the fleet's session (which wins when set)
+    or the defaults; for a list, the element written as `ref` when there is one."""
     m = plan.manifest.manifest
+    base: Loc = ("defaults",)
+    source = m.defaults
     for i, f in enumerate(m.fleets):
         if f.name == fleet and getattr(f.session, name) is not None:
-            return ("fleets", i, "session", name)
-    return ("defaults", name)
+            base, source = ("fleets", i, "session"), f.session
+            break
+    value = getattr(source, name)
+    if isinstance(value, list) and ref in value:
+        return (*base, name, value.index(ref))
+    return (*base, name)
 
 
 async def check_remote(plan: Plan, client: DevinClient) -> list[str]:
-    """Prove the token works, then that every referenced id exists; returns warnings.
+    """Prove the token works (GET /v3/self), then that every referenced id exists; returns
+    warnings.
 
-    Raises AuthError for a token that does not work, RemoteCheckError for missing ids. A 403 on
-    a list endpoint (the token may not read it) is a warning, not a failure.
+    Raises AuthError for a token that does not work (401), RemoteCheckError with one located
+    problem per manifest field that names a missing id. A 403 (the token may not read /self or
+    a list endpoint) is a warning, not a failure.
     """
     warnings: list[str] = []
     try:
         await client.whoami()
-    except APIError as exc:
+    except AuthError as exc:
         if exc.status != 403:
             raise
-        warnings.append("the token may not read /v3/self (ReadAccountMeta); skipped the check")
+        warnings.append("the token may not read /v3/self (ReadAccountMeta): token not verified")
     cache: dict[str, set[str] | None] = {}
     problems: list[Problem] = []
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[tuple[str, Loc]] = set()
     for field_name, path, label in _REFERENCE_CHECKS:
         refs: dict[str, set[str]] = {}
         for s in plan.sessions:
@@ -341,23 +484,28 @@ async def check_remote(plan: Plan, client: DevinClient) -> list[str]:
             continue
         if path not in cache:
             cache[path] = await client.list_ids(path)
+            if cache[path] is None:
+                warnings.append(f"the token may not list {path} (403): {label} ids not checked")
         have = cache[path]
         if have is None:
-            warnings.append(f"the token may not list {path}: {label} ids not checked")
             continue
         for ref, fleets in sorted(refs.items()):
             if ref in have:
                 continue
             for fleet in sorted(fleets):
-                loc = _field_loc(plan, fleet, field_name)
-                if (field_name, ref, str(loc)) in seen:
+                loc = _field_loc(plan, fleet, field_name, ref)
+                if (ref, loc) in seen:
                     continue
-                seen.add((field_name, ref, str(loc)))
-                problems.append(plan.manifest.problem(loc, f"{label} {ref!r} does not exist in "
-                                                      f"org {client.config.org_id}"))
+                seen.add((ref, loc))
+                problems.append(plan.manifest.problem(
+                    loc, f"{label} {ref!r} does not exist in org {client.config.org_id}",
+                    f"check the id (GET {path} lists them)"))
     if problems:
         raise RemoteCheckError(problems)
     return warnings
+
+
+# =========================================================================== results
 
 
 def results_rows(view: CampaignView) -> list[dict[str, Any]]:
@@ -368,14 +516,13 @@ def results_rows(view: CampaignView) -> list[dict[str, Any]]:
         if isinstance(s.item, Mapping):
             row.update({f"item.{k}": v for k, v in s.item.items()})
         else:
-            row["item"] = s.item
+            row["item"] = "" if s.item is None else s.item
         row.update({"session_id": s.session_id or "", "url": s.url or "",
-                    "outcome": s.outcome.value,
-                    "pull_requests": " ".join(p.get("pr_url", "") for p in s.pull_requests),
+                    "outcome": s.outcome.value, "pull_requests": " ".join(s.pr_urls),
                     "acus_consumed": "" if s.acus_consumed is None else s.acus_consumed,
-                    "output_valid": "" if s.output_valid is None else s.output_valid})
-        for k, v in _flatten(s.structured_output or {}, "output").items():
-            row[k] = v
+                    "output_valid": "" if s.output_valid is None else s.output_valid,
+                    "output_errors": "; ".join(s.output_errors)})
+        row.update(_flatten(s.structured_output or {}, "output"))
         rows.append(row)
     return rows
 
@@ -387,5 +534,5 @@ def _flatten(value: Any, prefix: str) -> dict[str, Any]:
             out.update(_flatten(v, f"{prefix}.{k}"))
         return out
     if isinstance(value, list):
-        return {prefix: "; ".join(str(v) for v in value)}
+        return {prefix: "; ".join(v if isinstance(v, str) else json.dumps(v) for v in value)}
     return {prefix: value}

@@ -148,8 +148,8 @@ def test_load_profile_from_json_and_yaml(write: Any) -> None:
         ("typo.json", '{"fautls": {}}', "fautls: Extra inputs are not permitted"),
         ("zero.yaml", "outcomes: {delivered: 0}\n", "at least one outcome weight"),
         ("list.yaml", "- a\n", "mapping at the top level"),
-        ("broken.json", "{", "not valid JSON"),
-        ("broken.yml", "a: [", "not valid YAML"),
+        ("broken.json", "{", "invalid JSON"),
+        ("broken.yml", "a: [", "YAML syntax error"),
         ("sum.json", '{"faults": {"error_after_create": 0.6, "drop_after_create": 0.6}}', "> 1"),
     ],
 )
@@ -159,7 +159,7 @@ def test_load_profile_errors_are_config_errors(
     with pytest.raises(ConfigError) as info:
         load_profile(str(write(name, text)))
     assert message in info.value.message
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="file not found"):
         load_profile(str(write(name, text).with_name("missing.yaml")))
 
 

@@ -7,7 +7,6 @@ A profile is a pydantic model (`extra="forbid"`, described fields), loaded from 
 from __future__ import annotations
 
 import difflib
-import json
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from launcher.errors import ConfigError
+from launcher.errors import ManifestError
+from launcher.manifest import MAX_MANIFEST_BYTES, load_json_or_yaml
 from launcher.models import StatusDetail
 
 
@@ -253,14 +254,20 @@ _SEED_DATA: dict[str, Any] = {
     "secrets": [
         {"secret_id": "secret-sim-github-token", "key": "GITHUB_TOKEN"},
         {"secret_id": "secret-sim-npm-token", "key": "NPM_TOKEN"},
+        # The ids the example campaigns in manifests/ reference, so they rehearse cleanly.
+        {"secret_id": "secret-gh", "key": "GH_TOKEN"},
     ],
     "playbooks": [
         {"playbook_id": "playbook-sim-fix-tests", "title": "Fix failing tests"},
         {"playbook_id": "playbook-sim-upgrade-deps", "title": "Upgrade dependencies"},
+        {"playbook_id": "playbook-dependency-bump", "title": "Bump a dependency safely"},
     ],
     "knowledge_notes": [
         {"note_id": "note-sim-style", "name": "Code style", "trigger": "writing code"},
         {"note_id": "note-sim-ci", "name": "CI setup", "trigger": "touching CI"},
+        {"note_id": "note-release-process", "name": "Release process", "trigger": "releasing"},
+        {"note_id": "note-dependency-policy", "name": "Dependency policy",
+         "trigger": "changing dependencies"},
     ],
 }
 
@@ -335,20 +342,6 @@ def _render(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def _parse(text: str, path: Path, suffix: str) -> Any:
-    if suffix == ".json":
-        try:
-            return json.loads(text)
-        except ValueError as exc:
-            raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
-    import yaml  # type: ignore[import-untyped, unused-ignore]  # only profile files need it
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-
-
 def load_profile(name_or_path: str) -> Profile:
     """A built-in profile by name, or a profile read from a .json/.yaml/.yml file."""
     if name_or_path in _BUILTIN:
@@ -362,11 +355,11 @@ def load_profile(name_or_path: str) -> Profile:
             f"unknown simulator profile {name_or_path!r}",
             hint=f"{hint}use one of {', '.join(PROFILES)}, or a path to a .json/.yaml file",
         )
+    # The manifest module is the one home of YAML: safe loading, located errors, size cap.
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read simulator profile {path}: {exc.strerror}") from exc
-    data = _parse(text, path, suffix)
+        data = load_json_or_yaml(path, str(path), MAX_MANIFEST_BYTES)
+    except ManifestError as exc:
+        raise ConfigError("invalid simulator profile: " + exc.problems[0].render()) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a simulator profile must be a mapping at the top level")
     data.setdefault("name", path.stem)

@@ -1,0 +1,115 @@
+"""Design drift: imports point one way, each third-party library has one home, only the CLI
+prints or exits, every module says what it owns, and the README documents the CLI."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import click
+import pytest
+
+from launcher.cli import EXIT_CODES, cli
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG = ROOT / "launcher"
+
+# What each module may import from the package: data flows manifest -> plan -> execute ->
+# ledger, the follow-through reads the ledger, and the CLI sits on top of everything.
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "models": {"errors"},
+    "templating": {"errors"},
+    "manifest": {"errors"},
+    "plan": {"errors", "manifest", "models", "templating"},
+    "client": {"errors", "models"},
+    "pacing": set(),
+    "ledger": {"errors", "plan"},
+    "execute": {"errors", "plan", "client", "pacing", "ledger", "models"},
+    "follow": {"errors", "plan", "client", "ledger", "manifest", "models"},
+    "progress": {"execute"},
+    "sim": {"errors", "models", "manifest", "sim"},
+}
+HOMES = {"httpx": {"client"}, "jinja2": {"templating"}, "yaml": {"manifest"},
+         "click": {"cli"}, "rich": {"cli", "progress"}, "uvicorn": {"sim"},
+         "starlette": {"sim"}, "sqlite3": {"ledger"}, "jsonschema": {"models"}}
+
+
+def modules() -> list[tuple[str, Path, ast.Module]]:
+    out = []
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG).with_suffix("")
+        name = "sim" if rel.parts[0] == "sim" else rel.parts[0]
+        out.append((name, path, ast.parse(path.read_text(), str(path))))
+    return out
+
+
+def imported(tree: ast.Module) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize(("name", "path", "tree"), modules(), ids=lambda x: str(x)[-30:])
+def test_imports_point_one_way(name: str, path: Path, tree: ast.Module) -> None:
+    if name in ("cli", "__init__", "__main__"):
+        return
+    own = {m.split(".")[1] for m in imported(tree) if m.startswith("launcher.")}
+    assert own <= ALLOWED[name], f"{path.name} imports {own - ALLOWED[name]}"
+
+
+@pytest.mark.parametrize(("name", "path", "tree"), modules(), ids=lambda x: str(x)[-30:])
+def test_each_third_party_library_has_one_home(name: str, path: Path, tree: ast.Module) -> None:
+    for mod in imported(tree):
+        top = mod.split(".")[0]
+        if top in HOMES:
+            assert name in HOMES[top], f"{path.name} imports {top}; its home is {HOMES[top]}"
+
+
+@pytest.mark.parametrize(("name", "path", "tree"), modules(), ids=lambda x: str(x)[-30:])
+def test_only_the_cli_prints_or_exits_and_modules_say_what_they_own(
+        name: str, path: Path, tree: ast.Module) -> None:
+    assert ast.get_docstring(tree), f"{path.name} has no module docstring"
+    if name == "cli":
+        return
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            assert node.func.id not in ("print", "exit"), f"{path.name}:{node.lineno}"
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            assert (node.value.id, node.attr) != ("sys", "exit"), f"{path.name}:{node.lineno}"
+
+
+def test_no_module_grows_past_800_lines() -> None:
+    for path in PKG.rglob("*.py"):
+        assert len(path.read_text().splitlines()) <= 800, path
+
+
+def test_readme_documents_every_command_and_exit_code() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert isinstance(cli, click.Group)
+    for name in cli.commands:
+        assert re.search(rf"`devin-fleet {name}\b", readme), f"README misses `devin-fleet {name}`"
+    for code in EXIT_CODES:
+        assert re.search(rf"^\|\s*{code}\s*\|", readme, re.M), f"README misses exit code {code}"
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    m = re.search(r"```(?:bash|sh)?\n(.*?)```", readme[readme.index("## Test"):], re.S)
+    assert m is not None
+    command = [ln for ln in m.group(1).splitlines() if ln.strip()][-1].strip()
+    assert command in ci, f"README's test command {command!r} is not what .ci/run runs"
+
+
+def test_committed_manifest_schema_is_fresh() -> None:
+    import json
+
+    from launcher.manifest import manifest_json_schema
+    committed = json.loads((ROOT / "schemas" / "manifest.schema.json").read_text())
+    assert committed == manifest_json_schema(), "run: devin-fleet schema > schemas/manifest.schema.json"

@@ -1,0 +1,314 @@
+"""follow.py as a library: outcome rules for every status/detail pair, refresh through list
+pages with a GET fallback (against the simulator over loopback), and watch's retries, timeout
+and adaptive interval (scripted with httpx.MockTransport)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from launcher import ApiConfig, ApplyOptions, DevinClient, apply_plan, build_plan, load_manifest
+from launcher.errors import AuthError
+from launcher.follow import (
+    SUSPEND_FAILURES,
+    CampaignView,
+    Outcome,
+    campaign_view,
+    classify,
+    output_check,
+    refresh,
+    watch,
+)
+from launcher.ledger import Event, LaunchState, open_ledger
+from launcher.models import SessionStatus, StatusDetail
+from launcher.plan import Plan
+from launcher.sim import SimServer
+
+Write = Callable[[str, str], Path]
+
+SCHEMA = {
+    "type": "object",
+    "required": ["verdict", "files_changed"],
+    "properties": {"verdict": {"type": "string", "enum": ["fixed", "skipped", "blocked"]},
+                   "files_changed": {"type": "integer", "minimum": 0}},
+    "additionalProperties": False,
+}
+
+
+def fleet_manifest(write: Write, n: int, *, name: str = "fu", schema: bool = True) -> Path:
+    """A campaign of `n` mapping items (repo, team), keyed by repo, with a schema."""
+    items = ", ".join(f"{{repo: r-{i:03d}, team: {'ab'[i % 2]}}}" for i in range(n))
+    schema_line = f"structured_output_schema: {json.dumps(SCHEMA)}" if schema else ""
+    return write(f"{name}.yaml", f"""
+        version: 1
+        campaign: {name}
+        defaults:
+          max_acu_limit: 3
+        budget:
+          max_total_acu: 500
+        fleets:
+          - name: f
+            key: "{{{{ item.repo }}}}"
+            for_each:
+              items: [{items}]
+            session:
+              prompt: "Fix {{{{ item.repo }}}}"
+              repos: ["acme/{{{{ item.repo }}}}"]
+              {schema_line}
+        """)
+
+
+def apply_all(plan: Plan, sim: SimServer, ledger: Path, **options: Any) -> None:
+    cfg = ApiConfig(sim.base_url, sim.org_id, sim.token)
+    options.setdefault("rate", 500.0)
+
+    async def go() -> None:
+        async with DevinClient(cfg) as client:
+            with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
+                summary = await apply_plan(plan, client, led, ApplyOptions(**options),
+                                           environ={})
+                assert summary.exit_code == 0, summary.to_json()
+    anyio.run(go)
+
+
+def do_refresh(plan: Plan, cfg: ApiConfig, ledger: Path, **kw: Any) -> CampaignView:
+    async def go() -> CampaignView:
+        async with DevinClient(cfg) as client:
+            with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
+                return await refresh(plan, client, led, **kw)
+    return anyio.run(go)
+
+
+def by_id_requests(sim: SimServer) -> int:
+    return sim.stats()["requests"].get("GET /sessions/{id}", 0)
+
+
+# =========================================================================== classify
+
+ALL_STATUSES: list[str | None] = [*SessionStatus, "hibernating", "", None]
+ALL_DETAILS: list[str | None] = [*StatusDetail, "cosmic_rays", None]
+
+# (status, detail) -> (outcome when nothing was delivered, outcome when delivered); every pair
+# not listed must be `running`, whatever was delivered.
+RULES: dict[tuple[str, str | None], tuple[Outcome, Outcome]] = {
+    ("running", "finished"): (Outcome.succeeded, Outcome.succeeded),
+    ("running", "waiting_for_user"): (Outcome.needs_human, Outcome.succeeded),
+    ("running", "waiting_for_approval"): (Outcome.needs_human, Outcome.needs_human),
+    **{("error", d): (Outcome.failed, Outcome.failed) for d in ALL_DETAILS},  # type: ignore[misc]
+    **{("exit", d): (Outcome.cancelled, Outcome.succeeded) for d in ALL_DETAILS},  # type: ignore[misc]
+    **{("suspended", d): (Outcome.failed, Outcome.failed)  # type: ignore[misc]
+       if d in SUSPEND_FAILURES else (Outcome.needs_human, Outcome.succeeded)
+       for d in ALL_DETAILS},
+}
+
+
+@pytest.mark.parametrize("status", ALL_STATUSES)
+@pytest.mark.parametrize("detail", ALL_DETAILS)
+def test_classify_every_status_and_detail_pair(status: str | None, detail: str | None) -> None:
+    expected = RULES.get((status, detail), (Outcome.running, Outcome.running))  # type: ignore[arg-type]
+    assert classify(status, detail, delivered=False) == expected[0]
+    assert classify(status, detail, delivered=True) == expected[1]
+    # A session cancelled by devin-fleet is cancelled, whatever the API says now.
+    assert classify(status, detail, delivered=True, cancelled=True) == Outcome.cancelled
+
+
+def test_the_suspend_failures_are_the_limit_details_of_the_contract() -> None:
+    limits = {"usage_limit_exceeded", "out_of_credits", "out_of_quota", "no_quota_allocation",
+              "payment_declined", "org_usage_limit_exceeded", "total_session_limit_exceeded",
+              "error", "user_usage_limit_exceeded", "contract_expired"}
+    assert limits == SUSPEND_FAILURES
+    assert classify("suspended", "inactivity", delivered=False) == Outcome.needs_human
+    assert classify("suspended", "out_of_credits", delivered=True) == Outcome.failed
+
+
+def test_output_check_flags_invalid_and_missing_outputs() -> None:
+    assert output_check(None, {"anything": 1}) == (None, [])
+    assert output_check(SCHEMA, {"verdict": "fixed", "files_changed": 2}) == (True, [])
+    valid, errors = output_check(SCHEMA, {"verdict": "maybe"})
+    assert valid is False
+    assert any("files_changed" in e for e in errors) and any("verdict" in e for e in errors)
+    assert output_check(SCHEMA, None) == (False, ["missing: no structured output"])
+
+
+# =========================================================================== refresh (simulator)
+
+
+def test_refresh_reads_list_pages_and_stores_states_and_outcomes(
+        write: Write, make_sim: Callable[..., SimServer], tmp_path: Path) -> None:
+    sim = make_sim("clean", time_scale=100_000)
+    plan = build_plan(load_manifest(fleet_manifest(write, 25)))
+    ledger = tmp_path / "l.db"
+    apply_all(plan, sim, ledger)
+    cfg = ApiConfig(sim.base_url, sim.org_id, sim.token)
+    lists_before = sim.stats()["requests"].get("GET /sessions", 0)
+    view = do_refresh(plan, cfg, ledger, page_size=10)
+    lists = sim.stats()["requests"]["GET /sessions"] - lists_before
+    assert lists == 3 and view.requests == 3  # 25 sessions, 10 a page; no GET per session
+    assert by_id_requests(sim) == 0
+    truth = {s["session_id"]: s for s in sim.sessions()}
+    assert {v.key for v in view.sessions} == {s.key for s in plan.sessions}
+    for v in view.sessions:
+        assert v.session_id is not None
+        assert v.status == truth[v.session_id]["status"]
+        assert v.status_detail == truth[v.session_id]["status_detail"]
+    with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
+        records = led.records()
+    for v in view.sessions:
+        r = records[v.key]
+        assert (r.status, r.outcome, r.refreshed_at is not None) == (v.status, v.outcome.value,
+                                                                     True)
+
+
+def test_refresh_falls_back_to_get_only_for_sessions_the_list_misses(
+        write: Write, make_sim: Callable[..., SimServer], tmp_path: Path,
+        sim_client: Callable[..., Any]) -> None:
+    sim = make_sim("clean", time_scale=100_000)
+    plan = build_plan(load_manifest(fleet_manifest(write, 6)))
+    ledger = tmp_path / "l.db"
+    apply_all(plan, sim, ledger, limit=3)
+    http = sim_client(sim)
+    # r-003: created without the campaign tag (so the list misses it), recorded by the ledger.
+    # r-004: recorded with a bare hex id (as some API bodies carry): the list still matches it.
+    # r-005: recorded with an id the API does not know.
+    untagged = {k: v for k, v in plan.sessions[3].request.items() if k != "tags"}
+    resp = http.post(f"/v3/organizations/{sim.org_id}/sessions", json=untagged)
+    assert resp.status_code == 200
+    missed = resp.json()["session_id"]
+    resp = http.post(f"/v3/organizations/{sim.org_id}/sessions", json=plan.sessions[4].request)
+    bare = resp.json()["session_id"].removeprefix("devin-")
+    stray = http.post(f"/v3/organizations/{sim.org_id}/sessions",
+                      json={"prompt": "not ours", "tags": [plan.campaign_tag]}).json()
+    with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
+        led.write_events([
+            Event("r-003", "created", session_id=missed, state=LaunchState.created, url="u3"),
+            Event("r-004", "created", session_id=bare, state=LaunchState.created, url="u4"),
+            Event("r-005", "created", session_id="devin-" + "0" * 32, state=LaunchState.created,
+                  url="u5")])
+    cfg = ApiConfig(sim.base_url, sim.org_id, sim.token)
+    view = do_refresh(plan, cfg, ledger)
+    assert by_id_requests(sim) == 2  # r-003 and r-005 only
+    assert view.requests == 3  # one list page + two GETs
+    got = {v.key: v for v in view.sessions}
+    assert got["r-003"].status is not None and got["r-003"].session_id == missed
+    assert got["r-004"].status is not None and got["r-004"].session_id == bare
+    assert got["r-005"].outcome == Outcome.failed and "404" in (got["r-005"].note or "")
+    assert view.untracked == [stray["session_id"]]
+    assert any("not in this ledger" in w for w in view.warnings)
+    assert any("404" in w for w in view.warnings)
+    with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
+        assert led.record("r-004").status == got["r-004"].status  # type: ignore[union-attr]
+
+
+def test_refresh_with_a_bad_token_raises_auth_error(
+        write: Write, make_sim: Callable[..., SimServer], tmp_path: Path) -> None:
+    sim = make_sim("clean")
+    plan = build_plan(load_manifest(fleet_manifest(write, 2)))
+    apply_all(plan, sim, tmp_path / "l.db")
+    with pytest.raises(AuthError) as info:
+        do_refresh(plan, ApiConfig(sim.base_url, sim.org_id, "cog_wrong"), tmp_path / "l.db")
+    assert info.value.status == 401
+
+
+def test_campaign_view_offline_shows_unlaunched_and_refused_sessions(
+        write: Write, tmp_path: Path) -> None:
+    plan = build_plan(load_manifest(fleet_manifest(write, 3)))
+    with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "l.db") as led:
+        led.sync_plan(plan)
+        led.write_events([Event("r-000", "rejected", detail="HTTP 422: bad repo",
+                                state=LaunchState.failed),
+                          Event("r-001", "intent", 1)])
+        view = campaign_view(plan, led)
+    got = {v.key: v for v in view.sessions}
+    assert got["r-000"].outcome == Outcome.failed and "bad repo" in (got["r-000"].note or "")
+    assert got["r-001"].outcome == Outcome.not_launched and "unknown" in (got["r-001"].note or "")
+    assert got["r-002"].outcome == Outcome.not_launched
+    assert view.exit_code == 3 and view.settled
+    assert view.totals()["invalid_outputs"] == 0  # nothing launched: nothing to flag
+
+
+# =========================================================================== watch (scripted)
+
+
+def session_json(sid: str, status: str, detail: str | None, **extra: Any) -> dict[str, Any]:
+    return {"session_id": sid, "url": f"https://app.devin.ai/sessions/{sid}", "status": status,
+            "status_detail": detail, "tags": ["fleet:fu"], "org_id": "org-x", "created_at": 1,
+            "updated_at": 1, "acus_consumed": 0.5, "pull_requests": [], **extra}
+
+
+class ScriptedApi:
+    """A MockTransport handler: list answers from a script (the last one repeats)."""
+
+    def __init__(self, script: list[int | list[dict[str, Any]]]) -> None:
+        self.script = script
+        self.calls: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append(f"{request.method} {request.url.path}")
+        step = self.script[min(len(self.calls) - 1, len(self.script) - 1)]
+        if isinstance(step, int):
+            return httpx.Response(step, json={"detail": "scripted failure"})
+        return httpx.Response(200, json={"items": step, "end_cursor": None,
+                                         "has_next_page": False})
+
+
+def scripted_watch(write: Write, tmp_path: Path, api: ScriptedApi,
+                   **kw: Any) -> tuple[CampaignView, list[float], list[str]]:
+    plan = build_plan(load_manifest(fleet_manifest(write, 1, schema=False)))
+    ledger = tmp_path / "l.db"
+    with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
+        led.sync_plan(plan)
+        led.write_events([Event("r-000", "created", session_id="devin-1",
+                                state=LaunchState.created, url="u")])
+    waits: list[float] = []
+    errors: list[str] = []
+    cfg = ApiConfig("https://api.example.test", "org-x", "cog_x")
+
+    async def go() -> CampaignView:
+        async with DevinClient(cfg, transport=httpx.MockTransport(api)) as client:
+            with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
+                return await watch(plan, client, led, on_refresh=lambda v, w: waits.append(w),
+                                   on_error=lambda e: errors.append(e.message), **kw)
+    return anyio.run(go), waits, errors
+
+
+def test_watch_retries_a_failed_refresh_and_stops_when_every_outcome_is_final(
+        write: Write, tmp_path: Path) -> None:
+    api = ScriptedApi([500, [session_json("devin-1", "running", "working")],
+                       [session_json("devin-1", "running", "finished")]])
+    view, waits, errors = scripted_watch(write, tmp_path, api, interval=0.01, timeout=10)
+    assert len(errors) == 1 and "500" in errors[0]
+    assert [s.outcome for s in view.sessions] == [Outcome.succeeded]
+    assert not view.timed_out and view.exit_code == 0
+    assert api.calls == ["GET /v3/organizations/org-x/sessions"] * 3
+    assert waits[-1] == 0.0  # settled: no next refresh
+
+
+def test_watch_survives_unknown_statuses_and_times_out_with_a_growing_interval(
+        write: Write, tmp_path: Path) -> None:
+    api = ScriptedApi([[session_json("devin-1", "hibernating", "cosmic_rays")]])
+    view, waits, errors = scripted_watch(write, tmp_path, api, interval=0.01, max_interval=0.03,
+                                         timeout=0.4)
+    assert view.timed_out and view.exit_code == 4 and not errors
+    assert [(s.status, s.outcome) for s in view.sessions] == [("hibernating", Outcome.running)]
+    # Nothing changes between refreshes: the interval grows by half up to max_interval.
+    assert waits[:5] == pytest.approx([0.01, 0.015, 0.0225, 0.03, 0.03])
+    assert len(waits) < 25  # a fixed 0.01 s interval would have refreshed ~40 times
+
+
+def test_watch_gives_up_after_repeated_failures_and_at_once_on_401(
+        write: Write, tmp_path: Path) -> None:
+    from launcher.errors import APIError
+
+    with pytest.raises(APIError) as info:
+        scripted_watch(write, tmp_path, ScriptedApi([503]), interval=0.01, max_failures=3)
+    assert info.value.status == 503
+    api = ScriptedApi([401])
+    with pytest.raises(AuthError):
+        scripted_watch(write, tmp_path, api, interval=0.01)
+    assert len(api.calls) == 1
