@@ -31,7 +31,8 @@ EXIT_CODES = {
     1: "error: invalid manifest, configuration, ledger, or remote check",
     2: "plan --detailed-exitcode: changes pending",
     3: "some sessions failed (apply: refused by the API; status: failed outcomes)",
-    4: "apply: some outcomes unknown (re-run to reconcile); status: some still running",
+    4: "apply: some sessions not launched yet (outcome unknown, or stopped by --timeout): "
+       "re-run to resume; status: some still running",
     5: "aborted: bad credentials (401/403) or the circuit breaker opened",
     6: "status: some sessions need a human",
     64: "usage error (bad command-line options)",

@@ -20,7 +20,14 @@ import anyio
 from anyio.abc import ObjectReceiveStream
 
 from launcher.client import CreateOutcome, DevinClient
-from launcher.errors import APIError, AuthError, CircuitOpenError, ConfigError, FleetError
+from launcher.errors import (
+    APIError,
+    AuthError,
+    CircuitOpenError,
+    ConfigError,
+    FleetError,
+    SecretError,
+)
 from launcher.ledger import Event, LaunchState, Ledger
 from launcher.models import Session
 from launcher.pacing import CircuitBreaker, Clock, MonotonicClock, Pacer, backoff_delay
@@ -116,8 +123,8 @@ class ApplySummary:
             return self.aborted.exit_code
         if self.interrupted:
             return 130
-        if self.count(Result.unknown):
-            return 4
+        if self.count(Result.unknown) or self.count(Result.not_started):
+            return 4  # not done yet: re-run to reconcile and resume
         if self.count(Result.failed):
             return 3
         return 0
@@ -421,7 +428,6 @@ async def apply_plan(plan: Plan, client: DevinClient, ledger: Ledger,
     started = time.monotonic()
     missing = plan.missing_secret_env(environ)
     if missing:
-        from launcher.errors import SecretError
         raise SecretError(missing)
     ledger.acquire_lock()
     try:
