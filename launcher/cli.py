@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,7 +33,7 @@ EXIT_CODES = {
     2: "plan --detailed-exitcode: changes pending",
     3: "some sessions failed (apply: refused by the API; status: failed outcomes)",
     4: "apply: some sessions not launched yet (outcome unknown, or stopped by --timeout): "
-       "re-run to resume; status: some still running",
+       "re-run to resume; status: some still running or not launched",
     5: "aborted: bad credentials (401/403) or the circuit breaker opened",
     6: "status: some sessions need a human",
     64: "usage error (bad command-line options)",
@@ -56,7 +57,7 @@ class _Group(click.Group):
             err.print(exc.render(), markup=False)
             sys.exit(exc.exit_code)
         except click.UsageError as exc:
-            exc.exit_code = 64
+            exc.exit_code = 64  # type: ignore[misc]  # EX_USAGE: 2 means "changes" for plan
             raise
 
 
@@ -249,9 +250,14 @@ def apply(manifest: str, yes: bool, concurrency: int, rate: float, only: tuple[s
             ledger = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "sim.db")
         cfg = stack.enter_context(_api(base_url, org_id, sim, sim_profile, sim_time_scale))
         led = stack.enter_context(open_ledger(p.manifest.path, p.campaign, ledger))
-        todo = sum(1 for c, _, _ in led.diff(p) if c in (Change.create, Change.reconcile))
+        counts = Counter(c for c, _, _ in led.diff(p))
+        todo = counts[Change.create] + counts[Change.reconcile]
+        if not yes:
+            err.print(f"plan: {len(p)} sessions; " + ", ".join(
+                f"{c.value} {c.name} {counts[c]}" for c in Change if counts[c])
+                + f"; max ACU {p.total_acu}", markup=False)
         _confirm(f"Launch up to {min(todo, limit if limit is not None else todo)} session(s) "
-                 f"of campaign {p.campaign} (max ACU {p.total_acu}) at {cfg.base_url}?", yes)
+                 f"of campaign {p.campaign} at {cfg.base_url}?", yes)
         summary = anyio.run(_apply_async, p, cfg, led, options)
     if output == "json":
         _emit_json(summary.to_json())
@@ -552,9 +558,7 @@ def sim(port: int, host: str, token: str | None, org_id: str | None, profile: st
         click.echo(f"export DEVIN_API_KEY={server.token}")
         err.print(f"simulator ({server.profile.name}) serving; Ctrl-C to stop")
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         serve(profile, host=host, port=port, token=token, org_id=org_id, seed=seed,
               time_scale=time_scale, introspection=introspection, on_ready=ready)
-    except KeyboardInterrupt:
-        pass
 

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from pydantic import ValidationError
 
 from launcher.errors import APIError, AuthError, ConfigError
 from launcher.models import Page, Session, session_path_id
@@ -229,7 +230,7 @@ class DevinClient:
         resp = await self._request("GET", f"{self._org}/sessions/{session_path_id(session_id)}")
         if resp.status_code == 404:
             return None
-        return Session.model_validate(self._checked(resp))
+        return self._session(self._checked(resp))
 
     async def list_pages(self, path: str, params: Mapping[str, Any] | None = None, *,
                          first: int = 200) -> AsyncIterator[Page]:
@@ -239,8 +240,12 @@ class DevinClient:
             q: dict[str, Any] = {**(params or {}), "first": first}
             if after:
                 q["after"] = after
-            page = Page.model_validate(self._checked(
-                await self._request("GET", f"{self._org}{path}", params=q)))
+            try:
+                page = Page.model_validate(self._checked(
+                    await self._request("GET", f"{self._org}{path}", params=q)))
+            except ValidationError:
+                raise APIError(f"GET {path}: not a list page (items, end_cursor, "
+                               "has_next_page)") from None
             yield page
             if not page.has_next_page or not page.end_cursor:
                 return
@@ -257,7 +262,7 @@ class DevinClient:
             params["session_ids"] = session_ids
         async for page in self.list_pages("/sessions", params, first=first):
             for item in page.items:
-                s = Session.model_validate(item)
+                s = self._session(item)
                 if not tags or set(tags) <= set(s.tags):
                     yield s
 
@@ -273,12 +278,18 @@ class DevinClient:
         return True
 
     async def list_ids(self, path: str) -> set[str] | None:
-        """Ids from a list endpoint (secrets, playbooks, knowledge); None when forbidden (403)."""
+        """Ids from a list endpoint (secrets, playbooks, knowledge); None when forbidden (403).
+
+        The endpoint's own id field is read first (`secret_id` for /secrets, ...), then `id`.
+        """
+        own = {"/secrets": "secret_id", "/playbooks": "playbook_id",
+               "/knowledge/notes": "note_id"}.get(path)
+        fields = [f for f in (own, "id", "knowledge_id") if f]
         ids: set[str] = set()
         try:
             async for page in self.list_pages(path):
                 for item in page.items:
-                    for k in ("id", "secret_id", "playbook_id", "note_id", "knowledge_id"):
+                    for k in fields:
                         if isinstance(item.get(k), str):
                             ids.add(item[k])
                             break
@@ -289,6 +300,16 @@ class DevinClient:
         return ids
 
     # ------------------------------------------------------------------ helpers
+
+    def _session(self, data: Any) -> Session:
+        try:
+            return Session.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise APIError(f"unreadable session object from the API: {where}: {first['msg']}",
+                           hint="the API answered with a shape this version does not know; "
+                           "re-run with --debug and report it") from None
 
     def _msg(self, resp: httpx.Response) -> str:
         return self.config.redact(error_message(resp))

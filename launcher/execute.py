@@ -8,6 +8,7 @@ blindly resending (the API has no idempotency key).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 import time
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 
 import anyio
 from anyio.abc import ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from launcher.client import CreateOutcome, DevinClient
 from launcher.errors import (
@@ -179,8 +181,8 @@ class _Writer:
         self.send, self.recv = anyio.create_memory_object_stream[
             tuple[list[Event], bool, anyio.Event | None]](max_buffer_size=math.inf)
 
-    async def run(self, recv: ObjectReceiveStream[tuple[list[Event], bool, anyio.Event | None]]
-                  ) -> None:
+    async def run(self, recv: MemoryObjectReceiveStream[
+            tuple[list[Event], bool, anyio.Event | None]]) -> None:
         async with recv:
             async for first in recv:
                 batch = [first]
@@ -448,11 +450,8 @@ async def apply_plan(plan: Plan, client: DevinClient, ledger: Ledger,
         finally:
             reporter.finish()
     finally:
-        with anyio.CancelScope(shield=True):
-            try:
-                ledger.release_lock()
-            except FleetError:
-                pass
+        with anyio.CancelScope(shield=True), contextlib.suppress(FleetError):
+            ledger.release_lock()
     summary.interrupted = interrupted is not None and interrupted.is_set()
     summary.elapsed = time.monotonic() - started
     summary.requests = client.requests

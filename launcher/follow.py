@@ -213,8 +213,11 @@ def _session_view(plan: Plan, key: str, fleet: str, item: Any, r: Record | None,
     prs = r.pull_requests or []
     valid, errors = output_check(schema, r.structured_output)
     delivered = bool(prs) or valid is True or (schema is None and r.structured_output is not None)
-    outcome = classify(r.status, r.status_detail, delivered=delivered,
-                       cancelled=r.cancelled_at is not None)
+    # A cancellation older than the launch was of a session since replaced (`apply --replace`):
+    # the ledger keeps cancelled_at across a relaunch, so compare the times.
+    cancelled = r.cancelled_at is not None and (r.created_at is None
+                                                or r.cancelled_at >= r.created_at)
+    outcome = classify(r.status, r.status_detail, delivered=delivered, cancelled=cancelled)
     return SessionView(key, fleet, item, r.session_id, r.url, r.status, r.status_detail, outcome,
                        prs, r.acus_consumed, r.structured_output, valid, errors, in_plan=in_plan)
 
@@ -296,12 +299,12 @@ async def refresh(plan: Plan, client: DevinClient, ledger: Ledger, *,
         v.note = "the API no longer knows this session (404)"
     for sid, exc in failures.items():
         by_key[wanted[sid]].note = f"not refreshed: {exc.message}"
+    refreshed = [updated[wanted[sid]] for sid in found]
     ledger.update_status(
-        {"session_id": records[wanted[sid]].session_id, "status": s.status,
-         "status_detail": s.status_detail, "outcome": by_key[wanted[sid]].outcome.value,
-         "acus_consumed": s.acus_consumed,
-         "pull_requests": [p.model_dump() for p in s.pull_requests],
-         "structured_output": s.structured_output} for sid, s in found.items())
+        {"session_id": r.session_id, "status": r.status, "status_detail": r.status_detail,
+         "outcome": by_key[r.key].outcome.value, "acus_consumed": r.acus_consumed,
+         "pull_requests": r.pull_requests, "structured_output": r.structured_output}
+        for r in refreshed)
     view.untracked = untracked
     if untracked:
         view.warnings.append(f"{len(untracked)} session(s) carry the tag {plan.campaign_tag} but "

@@ -327,9 +327,13 @@ class Ledger:
                     db.execute("UPDATE sessions SET fingerprint=?, updated_at=? WHERE key=?",
                                (s.fingerprint, now, s.key))
                 elif s.key in replace and LaunchState(have[0]).launched:
+                    # The relaunch starts clean: nothing of the old session's follow-through
+                    # (status, outputs, ACUs, cancellation) may show as the new one's.
                     db.execute("UPDATE sessions SET state='planned', fingerprint=?, "
                                "session_id=NULL, url=NULL, status=NULL, status_detail=NULL, "
-                               "outcome=NULL, updated_at=? WHERE key=?",
+                               "outcome=NULL, acus_consumed=NULL, pull_requests=NULL, "
+                               "structured_output=NULL, refreshed_at=NULL, cancelled_at=NULL, "
+                               "updated_at=? WHERE key=?",
                                (s.fingerprint, now, s.key))
                     db.execute("INSERT INTO events (key, at, kind, fingerprint, detail) VALUES "
                                "(?, ?, 'replace', ?, 'relaunch requested')",

@@ -1,14 +1,11 @@
-"""The manifest: its YAML loading (with line marks), its model (version 1), and its data files.
-
-Everything a user writes is read here, and every problem comes back as a located `Problem`
+"""The manifest: safe YAML loading with line marks, the manifest's model (version 1), and the
+reading of text files it names. Every problem comes back as a located `Problem`
 (`file:line:col: field.path: message`), all of them at once, before anything else happens.
 """
 
 from __future__ import annotations
 
-import csv
 import difflib
-import io
 import json
 import os
 import re
@@ -40,7 +37,7 @@ MAX_DATA_BYTES = 64 * 1024 * 1024
 MAX_YAML_NODES = 2_000_000  # values in one document, aliases expanded
 MAX_ALIAS_EXPANSION = 100_000  # values that aliases may add beyond what is written
 MAX_DEPTH = 64
-MAX_REPEATED = 20  # identical problems (e.g. one per CSV row) listed before a summary line
+MAX_REPEATED = 20  # similar problems (one per CSV row, say) listed before a summary line
 CAMPAIGN_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 ENV_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -273,19 +270,23 @@ def read_yaml(path: Path, *, limit: int = MAX_MANIFEST_BYTES) -> tuple[Any, Mark
 class EnvRef(BaseModel):
     """A value taken from an environment variable when sessions are launched; never stored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    env: str = Field(pattern=ENV_PATTERN, description="Name of the environment variable.")
+    env: str = Field(pattern=ENV_PATTERN)
+    """Name of the environment variable."""
 
 
 class SessionSecret(BaseModel):
     """A per-session secret; its value must come from the environment."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    key: str = Field(description="Secret name (1..256 characters; may be a template).")
-    value: EnvRef = Field(description="`{env: NAME}`: a literal value is refused.")
-    sensitive: bool | str = Field(default=True, description="Hide the value in the session.")
+    key: str
+    """Secret name (1..256 characters; may be a template)."""
+    value: EnvRef
+    """`{env: NAME}`: a literal value is refused."""
+    sensitive: bool | str = True
+    """Hide the value in the session."""
 
     @field_validator("value", mode="before")
     @classmethod
@@ -299,9 +300,10 @@ class SessionSecret(BaseModel):
 class FileRef(BaseModel):
     """A file, relative to the manifest."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    file: str = Field(min_length=1, description="Path relative to the manifest.")
+    file: str = Field(min_length=1)
+    """Path relative to the manifest."""
 
 
 def _schema_kind(v: Any) -> str:
@@ -327,43 +329,48 @@ class SessionTemplate(BaseModel):
     # Non-string fields may be templates too: the rendered text is converted (an empty result
     # leaves the field out), then checked against the API's rules like everything else.
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    prompt: TemplStr | None = Field(None, description="The task (a template).")
-    prompt_file: str | None = Field(
-        None, description="A template file (relative to the manifest) used instead of `prompt`."
-    )
-    title: TemplStr | None = Field(None, description="Session title.")
-    repos: list[TemplStr] | None = Field(None, description="Repositories, `owner/repo`.")
-    tags: list[TemplStr] | None = Field(
-        None, description="Tags; defaults and session tags are unioned, plus 2 identity tags "
-        "(at most 50 in all)."
-    )
-    attachment_urls: list[TemplStr] | None = Field(None, description="Absolute URIs.")
-    knowledge_ids: list[TemplStr] | None = Field(None, description="Knowledge note ids.")
-    secret_ids: list[TemplStr] | None = Field(None, description="Org secret ids.")
-    session_secrets: list[SessionSecret] | None = Field(
-        None, description="Per-session secrets, values from the environment."
-    )
-    playbook_id: TemplStr | None = Field(None, description="Playbook id.")
-    child_playbook_id: TemplStr | None = Field(None, description="Playbook for child sessions.")
-    session_links: list[TemplStr] | None = Field(None, description="Sessions to use as context.")
-    max_acu_limit: int | TemplStr | None = Field(
-        None, description="Per-session ACU cap (a positive integer, or a template giving one)."
-    )
-    bypass_approval: bool | TemplStr | None = Field(None, description="Skip the approval gate.")
-    create_as_user_id: TemplStr | None = Field(None, description="Create as this org member.")
-    devin_mode: TemplStr | None = Field(
-        None, description="normal, fast, lite, ultra or fusion (absent: the org default)."
-    )
-    platform: TemplStr | None = Field(None, description="VM platform label.")
-    structured_output_schema: SchemaRef | None = Field(
-        None, description="Draft 7 JSON Schema: inline, or `{file: path}` (JSON or YAML)."
-    )
-    structured_output_required: bool | TemplStr | None = Field(
-        None, description="The agent must deliver final structured output (API default true)."
-    )
-    resumable: bool | TemplStr | None = Field(None, description="Keep the VM for resuming.")
+    prompt: TemplStr | None = None
+    """The task (a template)."""
+    prompt_file: str | None = None
+    """A template file (relative to the manifest) used instead of `prompt`."""
+    title: TemplStr | None = None
+    """Session title."""
+    repos: list[TemplStr] | None = None
+    """Repositories, `owner/repo`."""
+    tags: list[TemplStr] | None = None
+    """Tags; defaults and session tags are unioned, plus 2 identity tags (at most 50 in all)."""
+    attachment_urls: list[TemplStr] | None = None
+    """Absolute URIs."""
+    knowledge_ids: list[TemplStr] | None = None
+    """Knowledge note ids."""
+    secret_ids: list[TemplStr] | None = None
+    """Org secret ids."""
+    session_secrets: list[SessionSecret] | None = None
+    """Per-session secrets, values from the environment."""
+    playbook_id: TemplStr | None = None
+    """Playbook id."""
+    child_playbook_id: TemplStr | None = None
+    """Playbook for child sessions."""
+    session_links: list[TemplStr] | None = None
+    """Sessions to use as context."""
+    max_acu_limit: int | TemplStr | None = None
+    """Per-session ACU cap (a positive integer, or a template giving one)."""
+    bypass_approval: bool | TemplStr | None = None
+    """Skip the approval gate."""
+    create_as_user_id: TemplStr | None = None
+    """Create as this org member."""
+    devin_mode: TemplStr | None = None
+    """normal, fast, lite, ultra or fusion (absent: the org default)."""
+    platform: TemplStr | None = None
+    """VM platform label."""
+    structured_output_schema: SchemaRef | None = None
+    """Draft 7 JSON Schema: inline, or `{file: path}` (JSON or YAML)."""
+    structured_output_required: bool | TemplStr | None = None
+    """The agent must deliver final structured output (API default true)."""
+    resumable: bool | TemplStr | None = None
+    """Keep the VM for resuming."""
 
     @model_validator(mode="after")
     def _one_prompt(self) -> SessionTemplate:
@@ -375,27 +382,25 @@ class SessionTemplate(BaseModel):
 class Budget(BaseModel):
     """Limits checked at plan time: a campaign over budget is refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    max_sessions: int | None = Field(None, gt=0, description="Most sessions the plan may hold.")
-    max_total_acu: int | None = Field(
-        None, gt=0, description="Most ACUs: the sum of max_acu_limit over the plan."
-    )
+    max_sessions: int | None = Field(default=None, gt=0, strict=True)
+    """Most sessions the plan may hold."""
+    max_total_acu: int | None = Field(default=None, gt=0, strict=True)
+    """Most ACUs: the sum of max_acu_limit over the plan."""
 
 
 class ForEach(BaseModel):
     """What a fleet expands over: exactly one of `file`, `items`, `matrix`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    file: str | None = Field(
-        None, description="CSV, JSON, JSONL or YAML, relative to the manifest.")
-    items: list[Any] | None = Field(None, description="Items inline.")
-    matrix: dict[str, list[Any]] | None = Field(
-        None,
-        description="Axes (name: [values]); the cartesian product, with GitHub-Actions-style "
-        "`include` and `exclude` lists of partial items.",
-    )
+    file: str | None = None
+    """CSV, JSON, JSONL or YAML, relative to the manifest."""
+    items: list[Any] | None = None
+    """Items inline."""
+    matrix: dict[str, list[Any]] | None = None
+    """Axes (name: [values]): their product, with GitHub-Actions-style `include`/`exclude` lists."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ForEach:
@@ -409,17 +414,18 @@ class ForEach(BaseModel):
 class Fleet(BaseModel):
     """A templated group of sessions, one per item."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    name: str = Field(pattern=NAME_PATTERN, description="Fleet name (letters, digits, _.-).")
-    description: str | None = Field(None, description="What this fleet does.")
-    for_each: ForEach = Field(description="The items to expand over.")
-    key: str | None = Field(
-        None,
-        description="Template of each session's key (unique in the campaign, stable: it may "
-        "not use `index`). Default: the item's values joined by '-'.",
-    )
-    session: SessionTemplate = Field(description="The session to create for each item.")
+    name: str = Field(pattern=NAME_PATTERN)
+    """Fleet name (letters, digits, _.-)."""
+    description: str | None = None
+    """What this fleet does."""
+    for_each: ForEach
+    """The items to expand over."""
+    key: str | None = None
+    """Template of each session's key: unique, stable (no `index`); default: values joined by '-'."""
+    session: SessionTemplate
+    """The session to create for each item."""
 
 
 class Manifest(BaseModel):
@@ -427,22 +433,25 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        use_attribute_docstrings=True,
         json_schema_extra={"$schema": "http://json-schema.org/draft-07/schema#"},
         title="devin-fleet manifest",
     )
 
-    version: Literal[1] = Field(description="Manifest format version: 1.")
-    campaign: str = Field(
-        pattern=CAMPAIGN_PATTERN,
-        description="Campaign name, [a-z0-9][a-z0-9-]{0,62}: names the ledger and identity tag.",
-    )
-    description: str | None = Field(None, description="What the campaign does.")
-    vars: dict[str, Any] = Field(default_factory=dict, description="Values for templates: `vars`.")
-    defaults: SessionTemplate = Field(
-        default_factory=SessionTemplate, description="Create-session fields for every session."
-    )
-    budget: Budget = Field(default_factory=Budget, description="Plan-time limits.")
-    fleets: list[Fleet] = Field(min_length=1, description="The fleets of sessions.")
+    version: Literal[1]
+    """Manifest format version: 1."""
+    campaign: str = Field(pattern=CAMPAIGN_PATTERN)
+    """Campaign name, [a-z0-9][a-z0-9-]{0,62}: names the ledger and identity tag."""
+    description: str | None = None
+    """What the campaign does."""
+    vars: dict[str, Any] = Field(default_factory=dict)
+    """Values for templates: `vars`."""
+    defaults: SessionTemplate = Field(default_factory=SessionTemplate)
+    """Create-session fields for every session."""
+    budget: Budget = Field(default_factory=Budget)
+    """Plan-time limits."""
+    fleets: list[Fleet] = Field(min_length=1)
+    """The fleets of sessions."""
 
 
 def manifest_json_schema() -> dict[str, Any]:
@@ -633,7 +642,8 @@ def load_manifest(path: str | Path) -> LoadedManifest:
     if not isinstance(data, dict):
         raise ManifestError([Problem(str(p), 1, 1, "", "a manifest must be a YAML mapping",
                                      "start from an example in manifests/")])
-    if "version" in data and data["version"] != 1:  # another format: its fields mean nothing here
+    if "version" in data and (type(data["version"]) is not int or data["version"] != 1):
+        # another format (or not a number): its fields mean nothing here, so report only this
         line, col = marks.find(("version",))
         raise ManifestError([Problem(str(p), line, col, "version", "unsupported manifest version "
                                      f"{_describe(data['version'])}; this tool reads version 1",
@@ -656,110 +666,7 @@ def load_manifest(path: str | Path) -> LoadedManifest:
     return loaded
 
 
-# =========================================================================== data files
-
-
-@dataclass(frozen=True)
-class Item:
-    """One item a fleet expands over, with where it came from (for error messages)."""
-
-    value: Any
-    origin: str  # "data/services.csv:5", "manifest.yaml:12:9", or "matrix {os=linux}"
-
-
-def read_data_file(loaded: LoadedManifest, rel: str, loc: Loc) -> list[Item]:
-    """The items of a CSV, JSON (an array), JSONL or YAML (a list) file beside the manifest.
-
-    A CSV row is a mapping of the header's names to its cells; an empty cell is left out, so
-    that `default()` applies to it in templates.
-    """
-    path = loaded.base_dir / rel
-    label = loaded.file_label(rel)
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".json", ".jsonl", ".ndjson", ".yaml", ".yml"):
-        raise ManifestError([loaded.problem(loc, "unsupported data file type "
-                                            f"{suffix or '(none)'!r}",
-                                            "use .csv, .json, .jsonl or .yaml")])
-    try:
-        text = read_text(path, limit=MAX_DATA_BYTES, label=label)
-    except ManifestError as exc:
-        p = exc.problems[0]
-        if p.line is None:  # not found / too large: point at the manifest line
-            raise ManifestError([loaded.problem(loc, f"{label}: {p.message}", p.hint)]) from None
-        raise
-    if suffix == ".csv":
-        return _csv_items(text, label)
-    if suffix in (".jsonl", ".ndjson"):
-        items = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    items.append(Item(json.loads(line), f"{label}:{n}"))
-                except json.JSONDecodeError as exc:
-                    raise ManifestError([Problem(label, n, exc.colno, "",
-                                                 f"invalid JSON: {exc.msg}")]) from None
-        return items
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ManifestError([Problem(label, exc.lineno, exc.colno, "",
-                                         f"invalid JSON: {exc.msg}")]) from None
-        if not isinstance(data, list):
-            raise ManifestError([Problem(label, 1, 1, "", "a JSON data file must hold an array "
-                                         "of items")])
-        return [Item(v, f"{label}[{i}]") for i, v in enumerate(data)]
-    data, marks = parse_yaml(text, label)
-    if not isinstance(data, list):
-        raise ManifestError([Problem(label, 1, 1, "", "a YAML data file must hold a list of "
-                                     "items")])
-    return [Item(v, "{}:{}:{}".format(label, *marks.find((i,)))) for i, v in enumerate(data)]
-
-
-def _csv_items(text: str, label: str) -> list[Item]:
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        return []
-    except csv.Error as exc:
-        raise ManifestError([Problem(label, 1, 1, "", f"CSV error: {exc}")]) from None
-    problems = []
-    if any(not h for h in header):
-        problems.append(Problem(label, 1, header.index("") + 1, "",
-                                "CSV header has an empty column name"))
-    if dupes := sorted({h for h in header if header.count(h) > 1}):
-        problems.append(Problem(label, 1, 1, "", f"CSV header repeats column {dupes[0]!r}"))
-    if problems:
-        raise ManifestError(problems)
-    items: list[Item] = []
-    bad_rows: list[int] = []
-    width = len(header)
-    start = reader.line_num + 1
-    try:
-        for row in reader:
-            n, start = start, reader.line_num + 1  # a quoted cell may span lines: report the first
-            if len(row) == width:
-                # An empty cell counts as absent, so `default()` applies in templates.
-                value = {h: v for h, v in zip(header, row, strict=True) if v != ""}
-                items.append(Item(value, f"{label}:{n}"))
-            elif row and not (len(row) == 1 and not row[0].strip()):  # blank lines are skipped
-                bad_rows.append(n)
-                if len(bad_rows) <= MAX_REPEATED:
-                    problems.append(Problem(
-                        label, n, 1, "", f"row has {len(row)} column(s); the header has {width} "
-                        f"({', '.join(header)})",
-                        "quote cells that contain commas" if len(row) > width else
-                        "add the missing cells (leave a cell empty for none)"))
-    except csv.Error as exc:
-        problems.append(Problem(label, reader.line_num, 1, "", f"CSV error: {exc}"))
-    if len(bad_rows) > MAX_REPEATED:
-        more = bad_rows[MAX_REPEATED:]
-        problems.append(Problem(label, more[0], 1, "", f"and {len(more):,} more row(s) with the "
-                                f"wrong number of columns (lines {more[0]}..{more[-1]})"))
-    if problems:
-        raise ManifestError(problems)
-    return items
+# =========================================================================== files it names
 
 
 def resolve_file(loaded: LoadedManifest, rel: str) -> Path:

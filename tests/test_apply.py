@@ -27,7 +27,7 @@ from launcher import (
 )
 from launcher.cli import cli
 from launcher.execute import ApplySummary, Result
-from launcher.ledger import Change, Event, LaunchState
+from launcher.ledger import Change, Event
 from launcher.plan import Plan
 from launcher.sim import Profile, SimServer
 

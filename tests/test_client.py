@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import anyio
 import httpx
@@ -187,3 +187,26 @@ def test_config_flags_beat_environment_and_loopback_http_is_allowed() -> None:
     assert "cog_unique_42" not in repr(c)
     assert ApiConfig.from_env({"DEVIN_API_KEY": "k", "DEVIN_ORG_ID": "o"}).base_url == \
         "https://api.devin.ai"
+
+
+def test_a_malformed_session_in_a_list_is_an_api_error_not_a_crash() -> None:
+    page = {"items": [{"url": "no id here"}], "end_cursor": None, "has_next_page": False}
+
+    async def go() -> None:
+        t = httpx.MockTransport(lambda r: httpx.Response(200, json=page))
+        async with DevinClient(cfg(), transport=t) as c:
+            [s async for s in c.list_sessions()]
+    with pytest.raises(APIError, match="unreadable session object"):
+        anyio.run(go)
+
+
+def test_list_ids_reads_the_endpoints_own_id_field_first() -> None:
+    page = {"items": [{"playbook_id": "playbook-x", "secret_id": "secret-y"}],
+            "end_cursor": None, "has_next_page": False}
+
+    async def go(path: str) -> set[str] | None:
+        t = httpx.MockTransport(lambda r: httpx.Response(200, json=page))
+        async with DevinClient(cfg(), transport=t) as c:
+            return await c.list_ids(path)
+    assert anyio.run(go, "/secrets") == {"secret-y"}
+    assert anyio.run(go, "/playbooks") == {"playbook-x"}

@@ -86,7 +86,7 @@ def do_refresh(plan: Plan, cfg: ApiConfig, ledger: Path, **kw: Any) -> CampaignV
 
 
 def by_id_requests(sim: SimServer) -> int:
-    return sim.stats()["requests"].get("GET /sessions/{id}", 0)
+    return int(sim.stats()["requests"].get("GET /sessions/{id}", 0))
 
 
 # =========================================================================== classify
@@ -100,9 +100,9 @@ RULES: dict[tuple[str, str | None], tuple[Outcome, Outcome]] = {
     ("running", "finished"): (Outcome.succeeded, Outcome.succeeded),
     ("running", "waiting_for_user"): (Outcome.needs_human, Outcome.succeeded),
     ("running", "waiting_for_approval"): (Outcome.needs_human, Outcome.needs_human),
-    **{("error", d): (Outcome.failed, Outcome.failed) for d in ALL_DETAILS},  # type: ignore[misc]
-    **{("exit", d): (Outcome.cancelled, Outcome.succeeded) for d in ALL_DETAILS},  # type: ignore[misc]
-    **{("suspended", d): (Outcome.failed, Outcome.failed)  # type: ignore[misc]
+    **{("error", d): (Outcome.failed, Outcome.failed) for d in ALL_DETAILS},
+    **{("exit", d): (Outcome.cancelled, Outcome.succeeded) for d in ALL_DETAILS},
+    **{("suspended", d): (Outcome.failed, Outcome.failed)
        if d in SUSPEND_FAILURES else (Outcome.needs_human, Outcome.succeeded)
        for d in ALL_DETAILS},
 }
@@ -312,3 +312,30 @@ def test_watch_gives_up_after_repeated_failures_and_at_once_on_401(
     with pytest.raises(AuthError):
         scripted_watch(write, tmp_path, api, interval=0.01)
     assert len(api.calls) == 1
+
+
+def test_a_401_on_the_get_fallback_is_raised_as_auth_error_not_a_group(
+        write: Write, tmp_path: Path) -> None:
+    api = ScriptedApi([[], 401])  # the list misses the session; its GET is refused
+    with pytest.raises(AuthError) as info:
+        scripted_watch(write, tmp_path, api, interval=0.01)
+    assert info.value.status == 401
+    assert api.calls == ["GET /v3/organizations/org-x/sessions",
+                         "GET /v3/organizations/org-x/sessions/devin-1"]
+
+
+def test_a_cancellation_does_not_stick_to_the_session_that_replaced_it(
+        write: Write, tmp_path: Path) -> None:
+    plan = build_plan(load_manifest(fleet_manifest(write, 2)))
+    with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "l.db") as led:
+        led.sync_plan(plan)
+        led.write_events([Event(s.key, "created", session_id=f"devin-{i}",
+                                state=LaunchState.created, url="u")
+                          for i, s in enumerate(plan.sessions)])
+        led.mark_cancelled(["r-000", "r-001"])
+        assert {v.outcome for v in campaign_view(plan, led).sessions} == {Outcome.cancelled}
+        led.sync_plan(plan, replace=["r-000"])  # relaunched: a new session for r-000
+        led.write_events([Event("r-000", "created", session_id="devin-9",
+                                state=LaunchState.created, url="u")])
+        got = {v.key: v.outcome for v in campaign_view(plan, led).sessions}
+    assert got == {"r-000": Outcome.running, "r-001": Outcome.cancelled}

@@ -56,7 +56,7 @@ def test_sigkill_at_random_moments_then_resume_creates_each_session_exactly_once
         proc = start_apply(path, sim, ledger)
         before = len(sim.sessions())
         # Kill at a random moment once the process is creating (or has just finished).
-        wait_for(lambda: len(sim.sessions()) > before or proc.poll() is not None, 20)
+        wait_for(lambda p=proc, b=before: len(sim.sessions()) > b or p.poll() is not None, 20)
         time.sleep(rng.uniform(0.0, 0.6))
         if proc.poll() is None:
             proc.kill()

@@ -375,6 +375,14 @@ def test_literal_or_malformed_secret_values_are_refused(write: Write, value: str
     assert "fleets[0].session.session_secrets[0].value" in problem
 
 
+def test_budget_limits_are_integers_not_booleans_or_text(write: Write) -> None:
+    path = manifest(write, "prompt: hi", extra="budget: {max_sessions: true, max_total_acu: '5'}\n")
+    assert [p.split(": ", 1)[1] for p in problems_of(path)] == [
+        "budget.max_sessions: expected an integer; got true",
+        "budget.max_total_acu: expected an integer; got '5'",
+    ]
+
+
 # ------------------------------------------------------------------------------ drift
 
 

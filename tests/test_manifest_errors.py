@@ -253,6 +253,16 @@ def test_empty_and_non_mapping_documents(tmp_path: Path) -> None:
         assert problem.message == "a manifest must be a YAML mapping"
 
 
+@pytest.mark.parametrize(("value", "shown"), [("true", "true"), ("1.0", "1.0"), ('"1"', "'1'"),
+                                             ("[1]", "a list")])
+def test_version_must_be_the_number_1(tmp_path: Path, value: str, shown: str) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(f"version: {value}\ncampaign: x\nfleets: []\n")
+    [problem] = problems_of(path)
+    assert problem.render() == (f"{path}:1:10: version: unsupported manifest version {shown}; "
+                                "this tool reads version 1 (hint: write `version: 1`)")
+
+
 def test_missing_manifest(tmp_path: Path) -> None:
     [problem] = problems_of(tmp_path / "nope.yaml")
     assert problem.message == "file not found"

@@ -1,0 +1,105 @@
+"""The ledger: migrations keep old ledgers working, refusals are clear, replace starts clean."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from launcher import build_plan, load_manifest
+from launcher.errors import LedgerError
+from launcher.ledger import MIGRATIONS, SCHEMA_VERSION, Event, LaunchState, Ledger
+
+Write = Callable[[str, str], Path]
+
+
+def small_plan(write: Write, prompt: str = "Fix {{ item }}"):  # type: ignore[no-untyped-def]
+    path = write("m.yaml", f"""
+        version: 1
+        campaign: led
+        fleets:
+          - name: f
+            for_each: {{items: [a, b]}}
+            session: {{prompt: "{prompt}"}}
+        """)
+    return build_plan(load_manifest(path))
+
+
+def test_a_v1_ledger_is_migrated_and_keeps_its_rows(write: Write, tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0])
+    db.execute("PRAGMA user_version = 1")
+    db.execute("INSERT INTO meta VALUES ('campaign', 'led')")
+    db.execute("INSERT INTO sessions (key, fleet, fingerprint, item_tag, state, session_id, "
+               "updated_at) VALUES ('a', 'f', 'fp', 't', 'created', 'devin-1', 0)")
+    db.commit()
+    db.close()
+    with Ledger(path, "led") as led:
+        assert led.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        r = led.record("a")
+        assert r is not None and r.session_id == "devin-1" and r.state == LaunchState.created
+        assert r.outcome is None and r.cancelled_at is None  # v2 columns exist, empty
+
+
+def test_a_newer_ledger_and_another_campaigns_ledger_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    Ledger(path, "one").close()
+    with pytest.raises(LedgerError, match="belongs to campaign 'one'"):
+        Ledger(path, "two")
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.commit()
+    db.close()
+    with pytest.raises(LedgerError, match="knows up to") as info:
+        Ledger(path, "one")
+    assert info.value.hint == "upgrade devin-fleet"
+    with pytest.raises(LedgerError, match="no ledger"):
+        Ledger(tmp_path / "missing.db", "one", create=False)
+    (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(LedgerError, match="cannot open ledger"):
+        Ledger(tmp_path / "junk.db", "one")
+
+
+def test_replace_starts_the_relaunch_clean(write: Write, tmp_path: Path) -> None:
+    plan = small_plan(write)
+    with Ledger(tmp_path / "l.db", "led") as led:
+        led.sync_plan(plan)
+        led.write_events([Event("a", "intent", 1), Event("a", "created", session_id="devin-1",
+                                                         state=LaunchState.created, url="u")])
+        led.update_status([{"session_id": "devin-1", "status": "running",
+                            "status_detail": "finished", "outcome": "succeeded",
+                            "acus_consumed": 2.5, "pull_requests": [{"pr_url": "p"}],
+                            "structured_output": {"ok": True}}])
+        led.mark_cancelled(["a"])
+        changed = small_plan(write, prompt="Fix {{ item }} now")
+        led.sync_plan(changed, replace=["a"])
+        r = led.record("a")
+        assert r is not None and r.state == LaunchState.planned and r.session_id is None
+        assert (r.outcome, r.acus_consumed, r.pull_requests, r.structured_output,
+                r.cancelled_at) == (None, None, None, None, None)
+        assert r.fingerprint == changed.by_key()["a"].fingerprint
+        assert led.known_session_ids("a") == {"devin-1"}  # history is kept
+        assert [e["kind"] for e in led.events("a")] == ["intent", "created", "cancelled",
+                                                          "replace"]
+
+
+def test_never_attempted_keys_that_left_the_plan_are_forgotten(write: Write,
+                                                               tmp_path: Path) -> None:
+    plan = small_plan(write)
+    with Ledger(tmp_path / "l.db", "led") as led:
+        led.sync_plan(plan)
+        led.write_events([Event("a", "intent", 1), Event("a", "created", session_id="devin-1",
+                                                         state=LaunchState.created)])
+        path = write("m.yaml", """
+            version: 1
+            campaign: led
+            fleets:
+              - name: f
+                for_each: {items: [c]}
+                session: {prompt: "x"}
+            """)
+        led.sync_plan(build_plan(load_manifest(path)))
+        assert set(led.records()) == {"a", "c"}  # b was never attempted; a was launched
