@@ -68,7 +68,7 @@ class Marks:
         return None, None
 
 
-class _Loader(yaml.CSafeLoader):  # type: ignore[misc]
+class _Loader(yaml.CSafeLoader):
     """Safe loader on libyaml's parser. Dates stay strings (JSON has none), and only true/false
     are booleans (YAML 1.2): `on`, `no`, `yes` stay strings, as keys and as values."""
 

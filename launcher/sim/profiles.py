@@ -13,8 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from launcher.errors import ConfigError
-from launcher.errors import ManifestError
+from launcher.errors import ConfigError, ManifestError
 from launcher.manifest import MAX_MANIFEST_BYTES, load_json_or_yaml
 from launcher.models import StatusDetail
 
