@@ -293,12 +293,14 @@ def test_watch_survives_unknown_statuses_and_times_out_with_a_growing_interval(
         write: Write, tmp_path: Path) -> None:
     api = ScriptedApi([[session_json("devin-1", "hibernating", "cosmic_rays")]])
     view, waits, errors = scripted_watch(write, tmp_path, api, interval=0.01, max_interval=0.03,
-                                         timeout=0.4)
+                                         timeout=1.0)
     assert view.timed_out and view.exit_code == 4 and not errors
     assert [(s.status, s.outcome) for s in view.sessions] == [("hibernating", Outcome.running)]
     # Nothing changes between refreshes: the interval grows by half up to max_interval.
-    assert waits[:5] == pytest.approx([0.01, 0.015, 0.0225, 0.03, 0.03])
-    assert len(waits) < 25  # a fixed 0.01 s interval would have refreshed ~40 times
+    # (Checked as a rule over however many refreshes fit: a loaded machine fits fewer.)
+    assert len(waits) >= 3 and waits[0] == pytest.approx(0.01)
+    for before, after in zip(waits, waits[1:], strict=False):
+        assert after == pytest.approx(min(0.03, before * 1.5))
 
 
 def test_watch_gives_up_after_repeated_failures_and_at_once_on_401(

