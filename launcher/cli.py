@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -248,12 +249,15 @@ def schema() -> None:
 @click.option("--limit", type=int, help="Launch at most N sessions in this run.")
 @click.option("--replace", multiple=True, help="Relaunch this launched-but-changed key.")
 @click.option("--timeout", type=float, help="Stop starting creates after this many seconds.")
+@click.option("--request-timeout", default=30.0, show_default=True,
+              help="Seconds to wait for one API answer (a create that times out is looked up).")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @_ledger_option
 @_api_options
 @_sim_options
 def apply(manifest: str, yes: bool, concurrency: int, rate: float, only: tuple[str, ...],
-          limit: int | None, replace: tuple[str, ...], timeout: float | None, output: str,
+          limit: int | None, replace: tuple[str, ...], timeout: float | None,
+          request_timeout: float, output: str,
           ledger: str | None, base_url: str | None, org_id: str | None, sim: bool,
           sim_profile: str, sim_time_scale: float) -> None:
     """Launch every planned session not launched yet: paced, exactly once, resumable."""
@@ -263,7 +267,9 @@ def apply(manifest: str, yes: bool, concurrency: int, rate: float, only: tuple[s
     with contextlib.ExitStack() as stack:
         if sim and not ledger:
             ledger = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "sim.db")
-        cfg = stack.enter_context(_api(base_url, org_id, sim, sim_profile, sim_time_scale))
+        cfg = dataclasses.replace(
+            stack.enter_context(_api(base_url, org_id, sim, sim_profile, sim_time_scale)),
+            read_timeout=request_timeout)
         led = stack.enter_context(open_ledger(p.manifest.path, p.campaign, ledger))
         counts = Counter(c for c, _, _ in led.diff(p))
         todo = counts[Change.create] + counts[Change.reconcile]

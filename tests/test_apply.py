@@ -320,3 +320,21 @@ def test_apply_sim_runs_with_nothing_configured(tmp_path: Path) -> None:
     assert "created 20" in res.output
     assert not (root / "manifests/.devin-fleet").exists()  # a rehearsal leaves no ledger behind
     assert os.environ.get("DEVIN_API_KEY") is None
+
+
+def test_request_timeout_turns_a_slow_create_into_a_lookup_that_adopts_it(
+        write: Write, make_sim: Callable[..., SimServer], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    slow = Profile.model_validate({"faults": {"delay_after_create": 1.0, "delay_seconds": 30}})
+    sim = make_sim(slow)
+    path = campaign(write, 3)
+    for k, v in {"DEVIN_API_KEY": sim.token, "DEVIN_ORG_ID": sim.org_id,
+                 "DEVIN_API_BASE_URL": sim.base_url}.items():
+        monkeypatch.setenv(k, v)
+    res = CliRunner().invoke(cli, ["apply", str(path), "--yes", "-o", "json",
+                                   "--request-timeout", "0.3", "--ledger", str(tmp_path / "l.db")])
+    assert res.exit_code == 0, res.output
+    import json
+    data = json.loads(res.output[res.output.index("{"):])
+    assert data["counts"]["adopted"] == 3 and data["counts"]["created"] == 0
+    assert_exactly_once_and_ledger_agrees(build_plan(load_manifest(path)), sim, tmp_path / "l.db")
