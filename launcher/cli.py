@@ -306,9 +306,11 @@ async def _apply_async(p: Plan, cfg: ApiConfig, led: Ledger,
                 err.print("interrupted: finishing in-flight creates (Ctrl-C again to quit now)")
 
     async with api.DevinClient(cfg, max_connections=options.concurrency + 4) as client:
-        # Prove the token and the referenced ids before anything is created.
+        # Prove the token and the referenced ids before anything is created (so apply_plan
+        # need not ask /v3/self again).
         for warning in await follow.check_remote(p, client):
             err.print(f"warning: {warning}", markup=False)
+        options = dataclasses.replace(options, verify_token=False)
         async with anyio.create_task_group() as tg:
             tg.start_soon(on_signals, tg.cancel_scope)
             summary = await execute.apply_plan(p, client, led, options, stop=stop,

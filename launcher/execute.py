@@ -89,6 +89,7 @@ class ApplyOptions:
     drain_timeout: float = 30.0  # after a stop, how long in-flight creates may take
     run_timeout: float | None = None  # the whole run
     breaker_threshold: int = 12
+    verify_token: bool = True  # GET /v3/self first (off when the caller already checked it)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -436,9 +437,8 @@ async def apply_plan(plan: Plan, client: DevinClient, ledger: Ledger,
         ledger.sync_plan(plan, replace=options.replace)
         work = select(plan, ledger, options, summary)
         run = _Run(plan, client, ledger, options, reporter, clock, environ, stop, summary)
-        for key in {s.key for s, _ in work}:
-            run.known[key] = ledger.known_session_ids(key)
-        if work:
+        run.known = ledger.session_ids_by_key()  # one query, not one per key
+        if work and options.verify_token:
             try:
                 await client.whoami()
             except AuthError as exc:

@@ -299,6 +299,14 @@ class Ledger:
                                "NULL", (key,)).fetchall()
         return {r[0] for r in rows}
 
+    def session_ids_by_key(self) -> dict[str, set[str]]:
+        """`known_session_ids` for every key, in one query (apply reads it once at start)."""
+        out: dict[str, set[str]] = {}
+        for key, sid in self.db.execute("SELECT key, session_id FROM events "
+                                        "WHERE session_id IS NOT NULL"):
+            out.setdefault(key, set()).add(sid)
+        return out
+
     def events(self, key: str | None = None) -> list[dict[str, Any]]:
         if key is None:
             rows = self.db.execute("SELECT * FROM events ORDER BY id").fetchall()
