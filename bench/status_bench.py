@@ -28,7 +28,7 @@ from anyio.abc import ObjectReceiveStream
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from launcher import ApiConfig, DevinClient, build_plan, load_manifest, open_ledger  # noqa: E402
-from launcher.follow import refresh  # noqa: E402
+from launcher.status import refresh  # noqa: E402
 from launcher.ledger import Event, LaunchState  # noqa: E402
 from launcher.plan import Plan  # noqa: E402
 from launcher.sim import SimServer, running_simulator  # noqa: E402

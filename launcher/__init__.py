@@ -27,35 +27,30 @@ if TYPE_CHECKING:
         RemoteCheckError,
         SecretError,
     )
-    from launcher.execute import ApplyOptions, ApplySummary, Result, apply_plan
-    from launcher.follow import (
-        CampaignView,
-        Outcome,
-        campaign_view,
-        cancel,
-        check_remote,
-        classify,
-        refresh,
-        watch,
-    )
+    from launcher.apply import ApplyOptions, ApplySummary, Result, apply_plan
+    from launcher.cancel import cancel
+    from launcher.errors import ExitCode
     from launcher.ledger import Change, LaunchState, Ledger, open_ledger
     from launcher.manifest import LoadedManifest, Manifest, load_manifest, manifest_json_schema
     from launcher.models import CreateSessionRequest, Session
     from launcher.plan import Plan, PlannedSession, build_plan
+    from launcher.remote import check_remote
+    from launcher.status import CampaignView, Outcome, campaign_view, classify, refresh, watch
 
 # Names resolve on first use (PEP 562), so `devin-fleet validate` does not pay for httpx,
 # sqlite or the executor at start-up.
 _HOMES: dict[str, str] = {
     "APIError": "launcher.errors",
     "ApiConfig": "launcher.client",
-    "ApplyOptions": "launcher.execute",
-    "ApplySummary": "launcher.execute",
+    "ApplyOptions": "launcher.apply",
+    "ApplySummary": "launcher.apply",
     "AuthError": "launcher.errors",
-    "CampaignView": "launcher.follow",
+    "CampaignView": "launcher.status",
     "Change": "launcher.ledger",
     "CircuitOpenError": "launcher.errors",
     "ConfigError": "launcher.errors",
     "ConfirmationError": "launcher.errors",
+    "ExitCode": "launcher.errors",
     "CreateOutcome": "launcher.client",
     "CreateSessionRequest": "launcher.models",
     "DevinClient": "launcher.client",
@@ -67,25 +62,25 @@ _HOMES: dict[str, str] = {
     "LockedError": "launcher.errors",
     "Manifest": "launcher.manifest",
     "ManifestError": "launcher.errors",
-    "Outcome": "launcher.follow",
+    "Outcome": "launcher.status",
     "Plan": "launcher.plan",
     "PlannedSession": "launcher.plan",
     "Problem": "launcher.errors",
     "RemoteCheckError": "launcher.errors",
-    "Result": "launcher.execute",
+    "Result": "launcher.apply",
     "SecretError": "launcher.errors",
     "Session": "launcher.models",
-    "apply_plan": "launcher.execute",
+    "apply_plan": "launcher.apply",
     "build_plan": "launcher.plan",
-    "campaign_view": "launcher.follow",
-    "cancel": "launcher.follow",
-    "check_remote": "launcher.follow",
-    "classify": "launcher.follow",
+    "campaign_view": "launcher.status",
+    "cancel": "launcher.cancel",
+    "check_remote": "launcher.remote",
+    "classify": "launcher.status",
     "load_manifest": "launcher.manifest",
     "manifest_json_schema": "launcher.manifest",
     "open_ledger": "launcher.ledger",
-    "refresh": "launcher.follow",
-    "watch": "launcher.follow",
+    "refresh": "launcher.status",
+    "watch": "launcher.status",
 }
 
 
@@ -100,7 +95,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "APIError", "ApiConfig", "ApplyOptions", "ApplySummary", "AuthError", "CampaignView",
     "Change", "CircuitOpenError", "ConfigError", "ConfirmationError", "CreateOutcome",
-    "CreateSessionRequest", "DevinClient", "FleetError", "LaunchState", "Ledger", "LedgerError",
+    "CreateSessionRequest", "DevinClient", "ExitCode", "FleetError", "LaunchState", "Ledger", "LedgerError",
     "LoadedManifest", "LockedError", "Manifest", "ManifestError", "Outcome", "Plan",
     "PlannedSession", "Problem", "RemoteCheckError", "Result", "SecretError", "Session",
     "apply_plan", "build_plan", "campaign_view", "cancel", "check_remote", "classify",

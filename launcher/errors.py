@@ -6,7 +6,7 @@
     ├── SecretError                 a session secret's environment variable is not set
     ├── LedgerError                 the ledger cannot be opened, read, written or migrated
     │   └── LockedError             another apply holds the campaign lock
-    ├── APIError                    a run-level failure talking to the API
+    ├── APIError                    a run-level failure talking to the API (exit 1)
     │   ├── AuthError               401/403: every request would fail the same way (exit 5)
     │   └── CircuitOpenError        too many consecutive ambiguous/5xx outcomes (exit 5)
     ├── RemoteCheckError            referenced ids (secrets, playbooks, knowledge) do not exist
@@ -19,12 +19,36 @@ conditions raise. The CLI renders these without a traceback unless --debug.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Every exit code devin-fleet uses; the README's table is checked against this."""
+
+    meaning: str
+
+    def __new__(cls, value: int, meaning: str) -> ExitCode:
+        member = int.__new__(cls, value)
+        member._value_ = value
+        member.meaning = meaning
+        return member
+
+    ok = 0, "success (apply: every selected session launched; status: all succeeded)"
+    error = 1, "error: invalid manifest, configuration, ledger, unreachable API, or remote check"
+    changes = 2, "`plan --detailed-exitcode`: changes pending"
+    failed = 3, "some sessions failed (apply: refused by the API; status: failed outcomes)"
+    unfinished = 4, ("apply: some sessions not launched yet (outcome unknown, or stopped by "
+                     "`--timeout`): re-run to resume; status: some still running or not launched")
+    aborted = 5, "aborted: bad credentials (401/403) or the circuit breaker opened"
+    needs_human = 6, "status: some sessions need a human"
+    usage = 64, "usage error (bad command-line options)"
+    interrupted = 130, "interrupted (Ctrl-C); re-run to resume"
 
 
 class FleetError(Exception):
     """Base of every error devin-fleet reports to a user."""
 
-    exit_code = 1
+    exit_code: ExitCode = ExitCode.error
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -112,9 +136,7 @@ class LockedError(LedgerError):
 
 
 class APIError(FleetError):
-    """A run-level failure while talking to the API."""
-
-    exit_code = 5
+    """A run-level failure while talking to the API (unreachable, 5xx, unreadable answers)."""
 
     def __init__(self, message: str, *, status: int | None = None, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
@@ -124,9 +146,13 @@ class APIError(FleetError):
 class AuthError(APIError):
     """401/403: the token is missing, wrong, or lacks a permission."""
 
+    exit_code = ExitCode.aborted
+
 
 class CircuitOpenError(APIError):
     """The API failed ambiguously too many times in a row; launching stopped."""
+
+    exit_code = ExitCode.aborted
 
 
 class RemoteCheckError(FleetError):

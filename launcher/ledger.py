@@ -140,7 +140,7 @@ class Record:
 
 
 @dataclass(frozen=True)
-class Event:
+class LedgerEvent:
     """One line of the append-only attempt log."""
 
     key: str
@@ -350,7 +350,7 @@ class Ledger:
             gone = [k for k, (state, _) in existing.items() if k not in keys and state == "planned"]
             db.executemany("DELETE FROM sessions WHERE key=?", [(k,) for k in gone])
 
-    def write_events(self, events: Iterable[Event]) -> None:
+    def write_events(self, events: Iterable[LedgerEvent]) -> None:
         """Append events and apply their state changes, in one durable transaction."""
         now = time.time()
         with self.transaction() as db:

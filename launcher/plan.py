@@ -20,19 +20,15 @@ from pydantic import ValidationError
 from launcher.errors import ManifestError, Problem, SecretError
 from launcher.items import Item, read_items
 from launcher.manifest import (
-    MAX_MANIFEST_BYTES,
     MAX_REPEATED,
     FileRef,
     LoadedManifest,
-    Loc,
     SessionTemplate,
-    dotted_path,
     error_message,
-    load_json_or_yaml,
-    read_text,
     resolve_file,
 )
 from launcher.models import MAX_TAGS, CreateSessionRequest, check_output_schema
+from launcher.source import MAX_MANIFEST_BYTES, Loc, dotted_path, load_json_or_yaml, read_text
 from launcher.templating import TemplateFailure, Templates
 
 SECRET_PLACEHOLDER = "***"

@@ -17,7 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from launcher.execute import Result
+from launcher.apply import Result
 
 
 class ProgressReporter:

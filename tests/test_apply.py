@@ -26,8 +26,8 @@ from launcher import (
     open_ledger,
 )
 from launcher.cli import cli
-from launcher.execute import ApplySummary, Result
-from launcher.ledger import Change, Event
+from launcher.apply import ApplySummary, Result
+from launcher.ledger import Change, LedgerEvent
 from launcher.plan import Plan
 from launcher.sim import Profile, SimServer
 
@@ -241,7 +241,7 @@ def test_an_intent_left_by_a_crash_is_adopted_when_the_session_exists(
     with open_ledger(plan.manifest.path, plan.campaign, ledger_path) as led:
         led.sync_plan(plan)
         # A crash right after the request left: the intent is durable, the outcome is not.
-        led.write_events([Event(crashed.key, "intent", 1), Event(never_sent.key, "intent", 1)])
+        led.write_events([LedgerEvent(crashed.key, "intent", 1), LedgerEvent(never_sent.key, "intent", 1)])
     resp = sim_client(sim).post(f"/v3/organizations/{sim.org_id}/sessions",
                                 json=crashed.body({}))
     assert resp.status_code == 200

@@ -15,24 +15,29 @@ from launcher.cli import EXIT_CODES, cli
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "launcher"
 
-# What each module may import from the package: data flows manifest -> plan -> execute ->
-# ledger, the follow-through reads the ledger, and the CLI sits on top of everything.
+# What each module may import from the package: data flows source -> manifest -> plan ->
+# apply -> ledger; status reads the ledger and the API, cancel/results build on status; the
+# simulator shares only the API model and file reading; the CLI sits on top of everything.
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
+    "source": {"errors"},
     "models": {"errors"},
     "templating": {"errors"},
-    "manifest": {"errors"},
-    "items": {"errors", "manifest"},
-    "plan": {"errors", "manifest", "models", "templating", "items"},
+    "manifest": {"errors", "source"},
+    "items": {"errors", "manifest", "source"},
+    "plan": {"errors", "manifest", "models", "templating", "items", "source"},
     "client": {"errors", "models"},
     "pacing": set(),
     "ledger": {"errors", "plan"},
-    "execute": {"errors", "plan", "client", "pacing", "ledger", "models"},
-    "follow": {"errors", "plan", "client", "ledger", "manifest", "models"},
-    "progress": {"execute"},
-    "sim": {"errors", "models", "manifest", "sim"},
+    "apply": {"errors", "plan", "client", "pacing", "ledger", "models"},
+    "status": {"errors", "plan", "client", "ledger", "models"},
+    "cancel": {"errors", "plan", "client", "ledger", "status"},
+    "remote": {"errors", "plan", "client", "source"},
+    "results": {"status"},
+    "progress": {"apply"},
+    "sim": {"errors", "models", "source", "sim"},
 }
-HOMES = {"httpx": {"client"}, "jinja2": {"templating"}, "yaml": {"manifest"},
+HOMES = {"httpx": {"client"}, "jinja2": {"templating"}, "yaml": {"source"},
          "click": {"cli"}, "rich": {"cli", "progress"}, "uvicorn": {"sim"},
          "starlette": {"sim"}, "sqlite3": {"ledger"}, "jsonschema": {"models"}}
 

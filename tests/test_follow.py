@@ -15,7 +15,7 @@ import pytest
 
 from launcher import ApiConfig, ApplyOptions, DevinClient, apply_plan, build_plan, load_manifest
 from launcher.errors import AuthError
-from launcher.follow import (
+from launcher.status import (
     SUSPEND_FAILURES,
     CampaignView,
     Outcome,
@@ -25,7 +25,7 @@ from launcher.follow import (
     refresh,
     watch,
 )
-from launcher.ledger import Event, LaunchState, open_ledger
+from launcher.ledger import LedgerEvent, LaunchState, open_ledger
 from launcher.models import SessionStatus, StatusDetail
 from launcher.plan import Plan
 from launcher.sim import SimServer
@@ -186,9 +186,9 @@ def test_refresh_falls_back_to_get_only_for_sessions_the_list_misses(
                       json={"prompt": "not ours", "tags": [plan.campaign_tag]}).json()
     with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
         led.write_events([
-            Event("r-003", "created", session_id=missed, state=LaunchState.created, url="u3"),
-            Event("r-004", "created", session_id=bare, state=LaunchState.created, url="u4"),
-            Event("r-005", "created", session_id="devin-" + "0" * 32, state=LaunchState.created,
+            LedgerEvent("r-003", "created", session_id=missed, state=LaunchState.created, url="u3"),
+            LedgerEvent("r-004", "created", session_id=bare, state=LaunchState.created, url="u4"),
+            LedgerEvent("r-005", "created", session_id="devin-" + "0" * 32, state=LaunchState.created,
                   url="u5")])
     cfg = ApiConfig(sim.base_url, sim.org_id, sim.token)
     view = do_refresh(plan, cfg, ledger)
@@ -220,9 +220,9 @@ def test_campaign_view_offline_shows_unlaunched_and_refused_sessions(
     plan = build_plan(load_manifest(fleet_manifest(write, 3)))
     with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "l.db") as led:
         led.sync_plan(plan)
-        led.write_events([Event("r-000", "rejected", detail="HTTP 422: bad repo",
+        led.write_events([LedgerEvent("r-000", "rejected", detail="HTTP 422: bad repo",
                                 state=LaunchState.failed),
-                          Event("r-001", "intent", 1)])
+                          LedgerEvent("r-001", "intent", 1)])
         view = campaign_view(plan, led)
     got = {v.key: v for v in view.sessions}
     assert got["r-000"].outcome == Outcome.failed and "bad repo" in (got["r-000"].note or "")
@@ -263,7 +263,7 @@ def scripted_watch(write: Write, tmp_path: Path, api: ScriptedApi,
     ledger = tmp_path / "l.db"
     with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
         led.sync_plan(plan)
-        led.write_events([Event("r-000", "created", session_id="devin-1",
+        led.write_events([LedgerEvent("r-000", "created", session_id="devin-1",
                                 state=LaunchState.created, url="u")])
     waits: list[float] = []
     errors: list[str] = []
@@ -331,13 +331,13 @@ def test_a_cancellation_does_not_stick_to_the_session_that_replaced_it(
     plan = build_plan(load_manifest(fleet_manifest(write, 2)))
     with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "l.db") as led:
         led.sync_plan(plan)
-        led.write_events([Event(s.key, "created", session_id=f"devin-{i}",
+        led.write_events([LedgerEvent(s.key, "created", session_id=f"devin-{i}",
                                 state=LaunchState.created, url="u")
                           for i, s in enumerate(plan.sessions)])
         led.mark_cancelled(["r-000", "r-001"])
         assert {v.outcome for v in campaign_view(plan, led).sessions} == {Outcome.cancelled}
         led.sync_plan(plan, replace=["r-000"])  # relaunched: a new session for r-000
-        led.write_events([Event("r-000", "created", session_id="devin-9",
+        led.write_events([LedgerEvent("r-000", "created", session_id="devin-9",
                                 state=LaunchState.created, url="u")])
         got = {v.key: v.outcome for v in campaign_view(plan, led).sessions}
     assert got == {"r-000": Outcome.running, "r-001": Outcome.cancelled}

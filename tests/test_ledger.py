@@ -10,7 +10,7 @@ import pytest
 
 from launcher import build_plan, load_manifest
 from launcher.errors import LedgerError
-from launcher.ledger import MIGRATIONS, SCHEMA_VERSION, Event, LaunchState, Ledger
+from launcher.ledger import MIGRATIONS, SCHEMA_VERSION, LedgerEvent, LaunchState, Ledger
 
 Write = Callable[[str, str], Path]
 
@@ -67,7 +67,7 @@ def test_replace_starts_the_relaunch_clean(write: Write, tmp_path: Path) -> None
     plan = small_plan(write)
     with Ledger(tmp_path / "l.db", "led") as led:
         led.sync_plan(plan)
-        led.write_events([Event("a", "intent", 1), Event("a", "created", session_id="devin-1",
+        led.write_events([LedgerEvent("a", "intent", 1), LedgerEvent("a", "created", session_id="devin-1",
                                                          state=LaunchState.created, url="u")])
         led.update_status([{"session_id": "devin-1", "status": "running",
                             "status_detail": "finished", "outcome": "succeeded",
@@ -91,7 +91,7 @@ def test_never_attempted_keys_that_left_the_plan_are_forgotten(write: Write,
     plan = small_plan(write)
     with Ledger(tmp_path / "l.db", "led") as led:
         led.sync_plan(plan)
-        led.write_events([Event("a", "intent", 1), Event("a", "created", session_id="devin-1",
+        led.write_events([LedgerEvent("a", "intent", 1), LedgerEvent("a", "created", session_id="devin-1",
                                                          state=LaunchState.created)])
         path = write("m.yaml", """
             version: 1

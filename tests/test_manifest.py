@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from launcher.errors import ManifestError
-from launcher.manifest import load_manifest, manifest_json_schema, parse_yaml
+from launcher.manifest import load_manifest, manifest_json_schema
+from launcher.source import parse_yaml
 from launcher.plan import Plan, build_plan, campaign_tag, item_tag
 
 ROOT = Path(__file__).parent.parent

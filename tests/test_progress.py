@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from launcher.execute import Result
+from launcher.apply import Result
 from launcher.progress import ProgressReporter
 
 

@@ -38,7 +38,7 @@ _ABORT_KEY = "launcher.sim.abort"
 _M = TypeVar("_M", bound=BaseModel)
 
 
-class ApiError(Exception):
+class HTTPProblem(Exception):
     """An error answer: status, FastAPI-style detail, optional headers."""
 
     def __init__(self, status: int, detail: Any, headers: dict[str, str] | None = None) -> None:
@@ -116,7 +116,7 @@ def _query(request: Request, model: type[_M]) -> _M:
             {"loc": ["query", *e["loc"]], "msg": e["msg"], "type": e["type"]}
             for e in exc.errors(include_url=False)
         ]
-        raise ApiError(422, detail) from exc
+        raise HTTPProblem(422, detail) from exc
 
 
 async def _body(request: Request, model: type[_M]) -> _M:
@@ -124,29 +124,29 @@ async def _body(request: Request, model: type[_M]) -> _M:
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > MAX_BODY_BYTES:
         # uvicorn discards the unread rest, so the client still reads this answer
-        raise ApiError(413, f"request body exceeds {MAX_BODY_BYTES} bytes")
+        raise HTTPProblem(413, f"request body exceeds {MAX_BODY_BYTES} bytes")
     raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > MAX_BODY_BYTES:
-            raise ApiError(413, f"request body exceeds {MAX_BODY_BYTES} bytes")
+            raise HTTPProblem(413, f"request body exceeds {MAX_BODY_BYTES} bytes")
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     data: Any
     if ctype and not (ctype == "application/json" or ctype.endswith("+json")):
         data = bytes(raw)  # FastAPI: not JSON, validated as raw bytes -> 422 model_type
     elif not raw:
-        raise ApiError(422, [{"loc": ["body"], "msg": "Field required", "type": "missing"}])
+        raise HTTPProblem(422, [{"loc": ["body"], "msg": "Field required", "type": "missing"}])
     else:
         try:
             data = json.loads(raw)
         except ValueError as exc:
             pos = getattr(exc, "pos", 0)
             detail = [{"loc": ["body", pos], "msg": "JSON decode error", "type": "json_invalid"}]
-            raise ApiError(422, detail) from exc
+            raise HTTPProblem(422, detail) from exc
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ApiError(422, api_error_details(exc)) from exc
+        raise HTTPProblem(422, api_error_details(exc)) from exc
 
 
 def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -158,7 +158,7 @@ def _paged(make: Callable[[], Page]) -> Response:
     try:
         return _json(make().json())
     except ValueError as exc:
-        raise ApiError(400, str(exc)) from exc
+        raise HTTPProblem(400, str(exc)) from exc
 
 
 # --------------------------------------------------------------------------- the app
@@ -220,7 +220,7 @@ class SimApp:
             ]
         self.starlette = Starlette(
             routes=routes,
-            exception_handlers={ApiError: self._api_error, HTTPException: self._http_error},
+            exception_handlers={HTTPProblem: self._api_error, HTTPException: self._http_error},
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -261,9 +261,9 @@ class SimApp:
                 await self._sleep(delay)
             principal = self._authenticate(request)
             if permission not in principal.permissions:
-                raise ApiError(403, f"this token lacks the {permission.value} permission")
+                raise HTTPProblem(403, f"this token lacks the {permission.value} permission")
             if org and request.path_params["org_id"] != self.state.org_id:
-                raise ApiError(404, "Organization not found")
+                raise HTTPProblem(404, "Organization not found")
             return await handler(request, principal)
 
         return Route(path, endpoint, methods=list(methods))
@@ -280,21 +280,21 @@ class SimApp:
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
         value = value.strip()
         if scheme.lower() != "bearer" or not value:
-            raise ApiError(401, "Not authenticated", {"WWW-Authenticate": "Bearer"})
+            raise HTTPProblem(401, "Not authenticated", {"WWW-Authenticate": "Bearer"})
         if hmac.compare_digest(value.encode(), self.token.encode()):
             return self.main
         if value in self.others:
             return self.others[value]
-        raise ApiError(401, "Invalid or expired token", {"WWW-Authenticate": "Bearer"})
+        raise HTTPProblem(401, "Invalid or expired token", {"WWW-Authenticate": "Bearer"})
 
     def _session(self, request: Request) -> Record:
         rec = self.state.get(request.path_params["devin_id"])
         if rec is None:
-            raise ApiError(404, "Session not found")
+            raise HTTPProblem(404, "Session not found")
         return rec
 
     async def _api_error(self, request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
+        assert isinstance(exc, HTTPProblem)
         return _json({"detail": exc.detail}, exc.status, exc.headers)
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
@@ -309,33 +309,33 @@ class SimApp:
         if wait is not None and limit is not None:
             self.state.faults["rate_limited"] += 1
             headers = {"Retry-After": retry_after_header(wait)} if limit.retry_after else None
-            raise ApiError(429, "Rate limit exceeded; slow down session creation", headers)
+            raise HTTPProblem(429, "Rate limit exceeded; slow down session creation", headers)
         req = await _body(request, CreateSessionRequest)
         if req.platform is not None and req.platform.lower() != "default":
             labels = self.profile.platforms
             if req.platform.lower() not in {label.lower() for label in labels}:
                 allowed = ", ".join(["default", *labels])
-                raise ApiError(400, f"Unknown platform {req.platform!r}; available: {allowed}")
+                raise HTTPProblem(400, f"Unknown platform {req.platform!r}; available: {allowed}")
         if req.create_as_user_id is not None:
             if Permission.ImpersonateOrgSessions not in who.permissions:
-                raise ApiError(403, "create_as_user_id needs the ImpersonateOrgSessions permission")
+                raise HTTPProblem(403, "create_as_user_id needs the ImpersonateOrgSessions permission")
             if req.create_as_user_id not in self.profile.members:
-                raise ApiError(400, f"user {req.create_as_user_id!r} is not an org member")
+                raise HTTPProblem(400, f"user {req.create_as_user_id!r} is not an org member")
         fault = self.plan.create_fault(self.create_number)
         self.create_number += 1
         if fault is not CreateFault.none:
             self.state.faults[fault.value] += 1
         if fault is CreateFault.error_before:
-            raise ApiError(500, "Internal Server Error")
+            raise HTTPProblem(500, "Internal Server Error")
         rec = self.state.create(req, service_user_id=who.service_user_id, create_fault=fault.value)
         body = self.state.session_json(rec, full=False)
         if fault is CreateFault.error_after:
-            raise ApiError(500, "Internal Server Error")
+            raise HTTPProblem(500, "Internal Server Error")
         if fault is CreateFault.drop_after:
             abort: Callable[[], Awaitable[bool]] = request.scope[_ABORT_KEY]
             if await abort():
                 return Response(status_code=500)  # never sent: the connection is gone
-            raise ApiError(500, "Internal Server Error")  # no transport to cut: degrade
+            raise HTTPProblem(500, "Internal Server Error")  # no transport to cut: degrade
         if fault is CreateFault.delay_after:
             await self._sleep(self.profile.faults.delay_seconds)
         return _json(body)
@@ -380,7 +380,7 @@ class SimApp:
         try:
             self.state.send_message(rec, msg.message)
         except SessionEnded as exc:
-            raise ApiError(400, "the session has ended; it cannot take messages") from exc
+            raise HTTPProblem(400, "the session has ended; it cannot take messages") from exc
         return _json(self.state.session_json(rec))
 
     async def get_tags(self, request: Request, who: Principal) -> Response:
@@ -398,7 +398,7 @@ class SimApp:
     def _set_tags(self, rec: Record, tags: list[str]) -> Response:
         tags = list(dict.fromkeys(tags))
         if len(tags) > MAX_TAGS:
-            raise ApiError(400, f"a session can carry at most {MAX_TAGS} tags ({len(tags)} given)")
+            raise HTTPProblem(400, f"a session can carry at most {MAX_TAGS} tags ({len(tags)} given)")
         self.state.set_tags(rec, tags)
         return _json({"tags": list(rec.tags)})
 
@@ -429,7 +429,7 @@ class SimApp:
         for p in self.profile.playbooks:
             if p.playbook_id == wanted:
                 return _json(p.model_dump())
-        raise ApiError(404, "Playbook not found")
+        raise HTTPProblem(404, "Playbook not found")
 
     async def notes(self, request: Request, who: Principal) -> Response:
         return self._seeded("notes", request, list(self.profile.knowledge_notes))

@@ -14,8 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from launcher.errors import ConfigError, ManifestError
-from launcher.manifest import MAX_MANIFEST_BYTES, load_json_or_yaml
 from launcher.models import StatusDetail
+from launcher.source import MAX_MANIFEST_BYTES, load_json_or_yaml
 
 
 class Permission(StrEnum):
@@ -29,7 +29,7 @@ class Permission(StrEnum):
     ManageAccountKnowledge = "ManageAccountKnowledge"
 
 
-class Outcome(StrEnum):
+class Fate(StrEnum):
     """How a session's work ends; drawn once per session from the profile weights."""
 
     finished = "finished"  # running/finished
@@ -74,8 +74,8 @@ class Outcomes(_Strict):
             raise ValueError("at least one outcome weight must be positive")
         return self
 
-    def weights(self) -> dict[Outcome, float]:
-        return {o: float(getattr(self, o.value)) for o in Outcome}
+    def weights(self) -> dict[Fate, float]:
+        return {o: float(getattr(self, o.value)) for o in Fate}
 
 
 class Lifecycle(_Strict):
@@ -226,7 +226,7 @@ class Profile(_Strict):
     )
     outcomes: Outcomes = Field(
         default_factory=lambda: Outcomes(delivered=0.8, finished=0.2),
-        description="Outcome weights (default: 80% delivered, 20% finished).",
+        description="Fate weights (default: 80% delivered, 20% finished).",
     )
     lifecycle: Lifecycle = Field(default_factory=Lifecycle, description="Phase lengths, ACUs.")
     faults: Faults = Field(default_factory=Faults, description="Injected faults.")

@@ -19,16 +19,16 @@ from typing import Any
 
 from launcher.models import CreateSessionRequest, SessionStatus, StatusDetail, session_path_id
 from launcher.sim.instances import invalid_instance, valid_instance
-from launcher.sim.profiles import Outcome, Profile
+from launcher.sim.profiles import Fate, Profile
 
-_DELIVERING = (Outcome.delivered, Outcome.invalid_output)
+_DELIVERING = (Fate.delivered, Fate.invalid_output)
 _DEVIN_SAYS = {
-    Outcome.finished: "All done: the task is finished.",
-    Outcome.delivered: "Done: I opened {pr}. Anything else?",
-    Outcome.invalid_output: "Done: I opened {pr}. Anything else?",
-    Outcome.needs_user: "I need your input before I go on: which approach do you prefer?",
-    Outcome.error: "I hit an unrecoverable error and stopped.",
-    Outcome.suspended: "The session was suspended ({detail}).",
+    Fate.finished: "All done: the task is finished.",
+    Fate.delivered: "Done: I opened {pr}. Anything else?",
+    Fate.invalid_output: "Done: I opened {pr}. Anything else?",
+    Fate.needs_user: "I need your input before I go on: which approach do you prefer?",
+    Fate.error: "I hit an unrecoverable error and stopped.",
+    Fate.suspended: "The session was suspended ({detail}).",
 }
 
 
@@ -45,7 +45,7 @@ class Segment:
     first_for: float  # simulated seconds in `first` (0 for a follow-up)
     claimed_for: float  # simulated seconds in claimed (first run only)
     working_for: float  # simulated seconds in running/working, before the ACU cap
-    outcome: Outcome
+    outcome: Fate
     acus_before: float
 
 
@@ -59,7 +59,7 @@ class View:
     acus: float
     pr_url: str | None
     output: Any
-    outcome: Outcome | None  # the outcome reached, None while it is still on its way
+    outcome: Fate | None  # the outcome reached, None while it is still on its way
 
 
 @dataclass
@@ -239,7 +239,7 @@ class SimState:
         room = max(0.0, rec.max_acu - seg.acus_before)
         cap_after = room / self._acu_rate if self._acu_rate > 0 else float("inf")
         work = min(seg.working_for, cap_after)
-        outcome = Outcome.suspended if cap_after < seg.working_for else seg.outcome
+        outcome = Fate.suspended if cap_after < seg.working_for else seg.outcome
         work_end = claimed_end + work
 
         def when(sim_offset: float) -> float:
@@ -266,12 +266,12 @@ class SimState:
             )
         acus = seg.acus_before + work * self._acu_rate
         status, detail = {
-            Outcome.finished: (SessionStatus.running, StatusDetail.finished),
-            Outcome.delivered: (SessionStatus.running, StatusDetail.waiting_for_user),
-            Outcome.invalid_output: (SessionStatus.running, StatusDetail.waiting_for_user),
-            Outcome.needs_user: (SessionStatus.running, StatusDetail.waiting_for_user),
-            Outcome.error: (SessionStatus.error, None),
-            Outcome.suspended: (SessionStatus.suspended, rec.suspend_detail),
+            Fate.finished: (SessionStatus.running, StatusDetail.finished),
+            Fate.delivered: (SessionStatus.running, StatusDetail.waiting_for_user),
+            Fate.invalid_output: (SessionStatus.running, StatusDetail.waiting_for_user),
+            Fate.needs_user: (SessionStatus.running, StatusDetail.waiting_for_user),
+            Fate.error: (SessionStatus.error, None),
+            Fate.suspended: (SessionStatus.suspended, rec.suspend_detail),
         }[outcome]
         if cap_after < seg.working_for:
             detail = StatusDetail.usage_limit_exceeded
@@ -286,14 +286,14 @@ class SimState:
             outcome,
         )
 
-    def _output(self, rec: Record, outcome: Outcome) -> Any:
+    def _output(self, rec: Record, outcome: Fate) -> Any:
         schema = rec.schema
         if schema is None:
             return None
         if "valid" not in rec.outputs:
             value, ok = valid_instance(schema, rec.session_id)
             rec.outputs.update(valid=value, valid_ok=ok, invalid=invalid_instance(schema, value))
-        if outcome is Outcome.invalid_output and rec.outputs["invalid"] is not None:
+        if outcome is Fate.invalid_output and rec.outputs["invalid"] is not None:
             return rec.outputs["invalid"]
         return rec.outputs["valid"]
 
@@ -338,7 +338,7 @@ class SimState:
                 first_for=life.resuming_seconds if resuming else 0.0,
                 claimed_for=0.0,
                 working_for=rng.uniform(life.working_seconds_min, life.working_seconds_max) / 2,
-                outcome=Outcome.delivered if rec.schema is not None else Outcome.finished,
+                outcome=Fate.delivered if rec.schema is not None else Fate.finished,
                 acus_before=view.acus,
             )
         )

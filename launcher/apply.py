@@ -27,10 +27,11 @@ from launcher.errors import (
     AuthError,
     CircuitOpenError,
     ConfigError,
+    ExitCode,
     FleetError,
     SecretError,
 )
-from launcher.ledger import Event, LaunchState, Ledger
+from launcher.ledger import LaunchState, Ledger, LedgerEvent
 from launcher.models import Session
 from launcher.pacing import CircuitBreaker, Clock, MonotonicClock, Pacer, backoff_delay
 from launcher.plan import Plan, PlannedSession
@@ -121,16 +122,16 @@ class ApplySummary:
         return sum(1 for r in self.results.values() if r == result)
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> ExitCode:
         if self.aborted is not None:
             return self.aborted.exit_code
         if self.interrupted:
-            return 130
+            return ExitCode.interrupted
         if self.count(Result.unknown) or self.count(Result.not_started):
-            return 4  # not done yet: re-run to reconcile and resume
+            return ExitCode.unfinished  # not done yet: re-run to reconcile and resume
         if self.count(Result.failed):
-            return 3
-        return 0
+            return ExitCode.failed
+        return ExitCode.ok
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -149,7 +150,7 @@ class ApplySummary:
             "requests": self.requests,
             "rate_limited": self.rate_limited,
             "final_rate": round(self.final_rate, 2),
-            "exit_code": self.exit_code,
+            "exit_code": int(self.exit_code),
         }
 
 
@@ -180,10 +181,10 @@ class _Writer:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self.send, self.recv = anyio.create_memory_object_stream[
-            tuple[list[Event], bool, anyio.Event | None]](max_buffer_size=math.inf)
+            tuple[list[LedgerEvent], bool, anyio.Event | None]](max_buffer_size=math.inf)
 
     async def run(self, recv: MemoryObjectReceiveStream[
-            tuple[list[Event], bool, anyio.Event | None]]) -> None:
+            tuple[list[LedgerEvent], bool, anyio.Event | None]]) -> None:
         async with recv:
             async for first in recv:
                 batch = [first]
@@ -200,13 +201,13 @@ class _Writer:
                     if done is not None:
                         done.set()
 
-    def _write(self, events: list[Event], beat: bool) -> None:
+    def _write(self, events: list[LedgerEvent], beat: bool) -> None:
         if events:
             self.ledger.write_events(events)
         if beat:
             self.ledger.heartbeat()
 
-    async def submit(self, *events: Event, wait: bool = True) -> None:
+    async def submit(self, *events: LedgerEvent, wait: bool = True) -> None:
         done = anyio.Event() if wait else None
         await self.send.send((list(events), False, done))
         if done is not None:
@@ -216,7 +217,7 @@ class _Writer:
         await self.send.send(([], True, None))
 
 
-class _Run:
+class _ApplyRun:
     """The state of one apply run, shared by its tasks (all on one event loop)."""
 
     def __init__(self, plan: Plan, client: DevinClient, ledger: Ledger, options: ApplyOptions,
@@ -282,7 +283,7 @@ class _Run:
                 return
             attempt += 1
             body = s.body(self.environ)
-            await self.writer.submit(Event(key, "intent", attempt, fingerprint=s.fingerprint))
+            await self.writer.submit(LedgerEvent(key, "intent", attempt, fingerprint=s.fingerprint))
             result = await self.client.create_session(body)
             o = result.outcome
             if o == CreateOutcome.created:
@@ -295,7 +296,7 @@ class _Run:
                 limited += 1
                 attempt -= 1  # a 429 created nothing and is paced, not counted as a failure
                 pause = self.pacer.on_429(result.retry_after)
-                await self.writer.submit(Event(key, "rate_limited", attempt + 1, 429,
+                await self.writer.submit(LedgerEvent(key, "rate_limited", attempt + 1, 429,
                                                detail=f"pause {pause:.1f}s",
                                                state=LaunchState.planned), wait=False)
                 if limited >= self.options.max_rate_limited:
@@ -303,7 +304,7 @@ class _Run:
                     return
                 continue
             if o == CreateOutcome.auth:
-                await self.writer.submit(Event(key, "auth", attempt, result.status,
+                await self.writer.submit(LedgerEvent(key, "auth", attempt, result.status,
                                                detail=result.message, state=LaunchState.planned))
                 raise AuthError(f"the API refused the token (HTTP {result.status}): "
                                 f"{result.message}", status=result.status,
@@ -314,7 +315,7 @@ class _Run:
                 await self._fail(s, f"HTTP {result.status}: {result.message}", result.status)
                 return
             if o == CreateOutcome.not_sent:
-                await self.writer.submit(Event(key, "not_sent", attempt, detail=result.message,
+                await self.writer.submit(LedgerEvent(key, "not_sent", attempt, detail=result.message,
                                                state=LaunchState.planned), wait=False)
                 if attempt >= self.options.max_attempts:
                     await self._fail(s, f"could not reach the API: {result.message}")
@@ -322,7 +323,7 @@ class _Run:
                 await self._backoff(attempt)
                 continue
             # Ambiguous: the session may exist. Never resend blindly: look it up by its tag.
-            await self.writer.submit(Event(key, "ambiguous", attempt, result.status,
+            await self.writer.submit(LedgerEvent(key, "ambiguous", attempt, result.status,
                                            detail=result.message), wait=False)
             if self.breaker.record(False):
                 self._halt(CircuitOpenError(
@@ -357,7 +358,7 @@ class _Run:
                     raise
                 except APIError as exc:
                     if tries == 2:
-                        await self.writer.submit(Event(s.key, "lookup_failed", detail=exc.message,
+                        await self.writer.submit(LedgerEvent(s.key, "lookup_failed", detail=exc.message,
                                                        state=LaunchState.unknown))
                         self._done(s.key, Result.unknown, f"{why}; lookup failed: {exc.message}")
                         return Result.unknown
@@ -372,7 +373,7 @@ class _Run:
                 return Result.adopted
             if look == 0:
                 await self.clock.sleep(self.options.lookup_grace)
-        await self.writer.submit(Event(s.key, "absent", detail="not found by identity tag",
+        await self.writer.submit(LedgerEvent(s.key, "absent", detail="not found by identity tag",
                                        state=LaunchState.planned))
         return None
 
@@ -380,13 +381,13 @@ class _Run:
                      status: int | None) -> None:
         self.known.setdefault(s.key, set()).add(session.session_id)
         state = LaunchState.created if how == "created" else LaunchState.adopted
-        await self.writer.submit(Event(s.key, how, http_status=status,
+        await self.writer.submit(LedgerEvent(s.key, how, http_status=status,
                                        session_id=session.session_id, fingerprint=s.fingerprint,
                                        state=state, url=session.url))
         self._done(s.key, Result.created if how == "created" else Result.adopted)
 
     async def _fail(self, s: PlannedSession, message: str, status: int | None = None) -> None:
-        await self.writer.submit(Event(s.key, "rejected", http_status=status, detail=message,
+        await self.writer.submit(LedgerEvent(s.key, "rejected", http_status=status, detail=message,
                                        state=LaunchState.failed))
         self._done(s.key, Result.failed, message)
 
@@ -436,7 +437,7 @@ async def apply_plan(plan: Plan, client: DevinClient, ledger: Ledger,
     try:
         ledger.sync_plan(plan, replace=options.replace)
         work = select(plan, ledger, options, summary)
-        run = _Run(plan, client, ledger, options, reporter, clock, environ, stop, summary)
+        run = _ApplyRun(plan, client, ledger, options, reporter, clock, environ, stop, summary)
         run.known = ledger.session_ids_by_key()  # one query, not one per key
         if work and options.verify_token:
             try:
@@ -446,7 +447,7 @@ async def apply_plan(plan: Plan, client: DevinClient, ledger: Ledger,
                     raise
         reporter.start(len(work))
         try:
-            await _run(run, work)
+            await _drive(run, work)
         finally:
             reporter.finish()
     finally:
@@ -460,7 +461,7 @@ async def apply_plan(plan: Plan, client: DevinClient, ledger: Ledger,
     return summary
 
 
-async def _run(run: _Run, work: Sequence[tuple[PlannedSession, bool]]) -> None:
+async def _drive(run: _ApplyRun, work: Sequence[tuple[PlannedSession, bool]]) -> None:
     send_work, recv_work = anyio.create_memory_object_stream[tuple[PlannedSession, bool]](
         max_buffer_size=run.options.concurrency)
     try:

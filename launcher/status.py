@@ -1,5 +1,5 @@
-"""Follow-through: refresh a campaign's sessions, classify outcomes, collect results, cancel,
-and check the manifest's references against the live org.
+"""Status: refresh a campaign's sessions from the API, classify their outcomes, and watch the
+fleet until every outcome is final.
 
 Outcome rules (what users act on), from the API's status and status_detail, where "delivered"
 means the session has a pull request, or a structured output valid against its fleet's schema
@@ -20,10 +20,10 @@ means the session has a pull request, or a structured output valid against its f
   reconciles it): final for `--watch`, counted as unfinished (exit 4) by `status`.
 """
 
+
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import json
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -34,9 +34,8 @@ from typing import Any
 import anyio
 
 from launcher.client import DevinClient
-from launcher.errors import APIError, AuthError, Problem, RemoteCheckError
+from launcher.errors import APIError, AuthError, ExitCode
 from launcher.ledger import LaunchState, Ledger, Record
-from launcher.manifest import Loc
 from launcher.models import Session, output_errors, session_path_id
 from launcher.plan import Plan
 
@@ -158,17 +157,17 @@ class CampaignView:
         return all(s.outcome.final for s in self.sessions)
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> ExitCode:
         """0 all succeeded/cancelled; 3 some failed; 6 some need a human; 4 some still running
         or not launched yet (in that order of precedence)."""
         c = self.counts()
         if c[Outcome.failed]:
-            return 3
+            return ExitCode.failed
         if c[Outcome.needs_human]:
-            return 6
+            return ExitCode.needs_human
         if c[Outcome.running] or c[Outcome.not_launched]:
-            return 4
-        return 0
+            return ExitCode.unfinished
+        return ExitCode.ok
 
     def totals(self) -> dict[str, Any]:
         final = [s for s in self.sessions if s.session_id and s.outcome.final]
@@ -360,182 +359,3 @@ async def watch(plan: Plan, client: DevinClient, ledger: Ledger, *, interval: fl
         view = campaign_view(plan, ledger)
     view.timed_out = scope.cancelled_caught
     return view
-
-
-# =========================================================================== cancel
-
-
-class CancelResult(StrEnum):
-    terminated = "terminated"
-    already_gone = "already gone"  # 404: nothing to terminate (recorded as cancelled anyway)
-    error = "error"  # not terminated: re-run cancel
-
-
-@dataclass
-class CancelReport:
-    results: dict[str, CancelResult] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-
-def cancellable(view: CampaignView, only: tuple[str, ...] = ()) -> list[str]:
-    """Keys of sessions still live and not delivered (running or needing a human) that match
-    `only` (globs). Delivered and failed sessions are left alone; cancelled ones too (re-runs
-    are no-ops)."""
-    return [s.key for s in view.sessions
-            if s.session_id and s.outcome in (Outcome.running, Outcome.needs_human)
-            and s.status != "exit"
-            and (not only or any(fnmatch.fnmatchcase(s.key, g) for g in only))]
-
-
-async def cancel(plan: Plan, client: DevinClient, ledger: Ledger, keys: list[str], *,
-                 archive: bool = False) -> CancelReport:
-    """Terminate the sessions of `keys` (and archive them); record what was done in the ledger.
-
-    A session the API no longer knows counts as cancelled. AuthError stops everything (after
-    recording what was already terminated); other errors are per session.
-    """
-    records = ledger.records()
-    report = CancelReport()
-    auth: list[AuthError] = []
-    limiter = anyio.CapacityLimiter(CONCURRENCY)
-
-    async def one(key: str, scope: anyio.CancelScope) -> None:
-        r = records.get(key)
-        if r is None or not r.session_id:
-            report.results[key], report.errors[key] = CancelResult.error, "not launched"
-            return
-        async with limiter:
-            try:
-                existed = await client.terminate(r.session_id, archive=archive)
-            except AuthError as exc:
-                auth.append(exc)
-                scope.cancel()
-                return
-            except APIError as exc:
-                report.results[key], report.errors[key] = CancelResult.error, exc.message
-                return
-        report.results[key] = CancelResult.terminated if existed else CancelResult.already_gone
-
-    try:
-        async with anyio.create_task_group() as tg:
-            for key in keys:
-                tg.start_soon(one, key, tg.cancel_scope)
-    finally:  # what was terminated is recorded, whatever stopped the rest
-        ledger.mark_cancelled([k for k, v in report.results.items()
-                               if v != CancelResult.error], archived=archive)
-    if auth:
-        raise auth[0]
-    report.results = {k: report.results[k] for k in keys if k in report.results}
-    return report
-
-
-# =========================================================================== remote checks
-
-_REFERENCE_CHECKS: tuple[tuple[str, str, str], ...] = (
-    ("secret_ids", "/secrets", "secret"),
-    ("playbook_id", "/playbooks", "playbook"),
-    ("child_playbook_id", "/playbooks", "playbook"),
-    ("knowledge_ids", "/knowledge/notes", "knowledge note"),
-)
-
-
-def _field_loc(plan: Plan, fleet: str, name: str, ref: str) -> Loc:
-    """Where the manifest writes `name` for `fleet`: the fleet's session (which wins when set)
-    or the defaults; for a list, the element written as `ref` when there is one."""
-    m = plan.manifest.manifest
-    base: Loc = ("defaults",)
-    source = m.defaults
-    for i, f in enumerate(m.fleets):
-        if f.name == fleet and getattr(f.session, name) is not None:
-            base, source = ("fleets", i, "session"), f.session
-            break
-    value = getattr(source, name)
-    if isinstance(value, list) and ref in value:
-        return (*base, name, value.index(ref))
-    return (*base, name)
-
-
-async def check_remote(plan: Plan, client: DevinClient) -> list[str]:
-    """Prove the token works (GET /v3/self), then that every referenced id exists; returns
-    warnings.
-
-    Raises AuthError for a token that does not work (401), RemoteCheckError with one located
-    problem per manifest field that names a missing id. A 403 (the token may not read /self or
-    a list endpoint) is a warning, not a failure.
-    """
-    warnings: list[str] = []
-    try:
-        await client.whoami()
-    except AuthError as exc:
-        if exc.status != 403:
-            raise
-        warnings.append("the token may not read /v3/self (ReadAccountMeta): token not verified")
-    cache: dict[str, set[str] | None] = {}
-    problems: list[Problem] = []
-    seen: set[tuple[str, Loc]] = set()
-    for field_name, path, label in _REFERENCE_CHECKS:
-        refs: dict[str, set[str]] = {}
-        for s in plan.sessions:
-            value = s.request.get(field_name)
-            for ref in ([value] if isinstance(value, str) else value or []):
-                refs.setdefault(ref, set()).add(s.fleet)
-        if not refs:
-            continue
-        if path not in cache:
-            cache[path] = await client.list_ids(path)
-            if cache[path] is None:
-                warnings.append(f"the token may not list {path} (403): {label} ids not checked")
-        have = cache[path]
-        if have is None:
-            continue
-        for ref, fleets in sorted(refs.items()):
-            if ref in have:
-                continue
-            for fleet in sorted(fleets):
-                loc = _field_loc(plan, fleet, field_name, ref)
-                if (ref, loc) in seen:
-                    continue
-                seen.add((ref, loc))
-                problems.append(plan.manifest.problem(
-                    loc, f"{label} {ref!r} does not exist in org {client.config.org_id}",
-                    f"check the id (GET {path} lists them)"))
-    if problems:
-        raise RemoteCheckError(problems)
-    return warnings
-
-
-# =========================================================================== results
-
-
-def results_rows(view: CampaignView) -> list[dict[str, Any]]:
-    """Flattened rows for CSV: item fields and structured-output fields as columns."""
-    rows = []
-    for s in view.sessions:
-        row: dict[str, Any] = {"key": s.key}
-        if isinstance(s.item, Mapping):
-            row.update({f"item.{k}": v for k, v in s.item.items()})
-        else:
-            row["item"] = "" if s.item is None else s.item
-        row.update({"session_id": s.session_id or "", "url": s.url or "",
-                    "outcome": s.outcome.value, "pull_requests": " ".join(s.pr_urls),
-                    "acus_consumed": "" if s.acus_consumed is None else s.acus_consumed,
-                    "output_valid": "" if s.output_valid is None else s.output_valid,
-                    "output_errors": "; ".join(s.output_errors)})
-        row.update(_flatten(s.structured_output or {}, "output"))
-        rows.append(row)
-    return rows
-
-
-def _flatten(value: Any, prefix: str) -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}"))
-        return out
-    if isinstance(value, list):
-        return {prefix: "; ".join(v if isinstance(v, str) else json.dumps(v) for v in value)}
-    return {prefix: value}

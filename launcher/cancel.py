@@ -1,0 +1,84 @@
+"""Cancel: terminate a campaign's live sessions (all, or selected by glob) and record it in the
+ledger; safe to re-run."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import anyio
+
+from launcher.client import DevinClient
+from launcher.errors import APIError, AuthError
+from launcher.ledger import Ledger
+from launcher.plan import Plan
+from launcher.status import CONCURRENCY, CampaignView, Outcome
+
+
+class CancelResult(StrEnum):
+    terminated = "terminated"
+    already_gone = "already gone"  # 404: nothing to terminate (recorded as cancelled anyway)
+    error = "error"  # not terminated: re-run cancel
+
+
+@dataclass
+class CancelReport:
+    results: dict[str, CancelResult] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def cancellable(view: CampaignView, only: tuple[str, ...] = ()) -> list[str]:
+    """Keys of sessions still live and not delivered (running or needing a human) that match
+    `only` (globs). Delivered and failed sessions are left alone; cancelled ones too (re-runs
+    are no-ops)."""
+    return [s.key for s in view.sessions
+            if s.session_id and s.outcome in (Outcome.running, Outcome.needs_human)
+            and s.status != "exit"
+            and (not only or any(fnmatch.fnmatchcase(s.key, g) for g in only))]
+
+
+async def cancel(plan: Plan, client: DevinClient, ledger: Ledger, keys: list[str], *,
+                 archive: bool = False) -> CancelReport:
+    """Terminate the sessions of `keys` (and archive them); record what was done in the ledger.
+
+    A session the API no longer knows counts as cancelled. AuthError stops everything (after
+    recording what was already terminated); other errors are per session.
+    """
+    records = ledger.records()
+    report = CancelReport()
+    auth: list[AuthError] = []
+    limiter = anyio.CapacityLimiter(CONCURRENCY)
+
+    async def one(key: str, scope: anyio.CancelScope) -> None:
+        r = records.get(key)
+        if r is None or not r.session_id:
+            report.results[key], report.errors[key] = CancelResult.error, "not launched"
+            return
+        async with limiter:
+            try:
+                existed = await client.terminate(r.session_id, archive=archive)
+            except AuthError as exc:
+                auth.append(exc)
+                scope.cancel()
+                return
+            except APIError as exc:
+                report.results[key], report.errors[key] = CancelResult.error, exc.message
+                return
+        report.results[key] = CancelResult.terminated if existed else CancelResult.already_gone
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for key in keys:
+                tg.start_soon(one, key, tg.cancel_scope)
+    finally:  # what was terminated is recorded, whatever stopped the rest
+        ledger.mark_cancelled([k for k, v in report.results.items()
+                               if v != CancelResult.error], archived=archive)
+    if auth:
+        raise auth[0]
+    report.results = {k: report.results[k] for k in keys if k in report.results}
+    return report

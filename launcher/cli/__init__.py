@@ -1,0 +1,50 @@
+"""The `devin-fleet` command line: a thin layer over the library; the only place that prints
+or exits. One module per group of commands. Exit codes are fixed
+(`launcher.errors.ExitCode`, tabled in the README)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from launcher.cli.apply_cmd import apply
+from launcher.cli.common import err
+from launcher.cli.follow_cmds import cancel, results, status, unlock
+from launcher.cli.plan_cmds import plan, schema, validate
+from launcher.cli.sim_cmd import sim
+from launcher.errors import ExitCode, FleetError
+
+EXIT_CODES = {int(code): code.meaning for code in ExitCode}
+
+class _Group(click.Group):
+    """Renders FleetErrors as located messages (tracebacks only with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FleetError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            err.print(exc.render(), markup=False)
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            exc.exit_code = ExitCode.usage  # type: ignore[misc]  # EX_USAGE: 2 means "changes" for plan
+            raise
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(package_name="devin-fleet")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Declarative batch launcher for Devin sessions: validate, plan, apply, status, results."""
+    ctx.obj = {"debug": debug}
+
+
+def main() -> None:
+    cli(prog_name="devin-fleet")
+
+for _command in (validate, plan, schema, apply, status, results, cancel, unlock, sim):
+    cli.add_command(_command)

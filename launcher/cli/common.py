@@ -1,0 +1,88 @@
+"""What every command shares: the two consoles, common options, loading a plan, the API
+configuration (or the embedded simulator), confirmation and JSON output."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+from rich.console import Console
+
+from launcher.errors import ConfirmationError
+from launcher.manifest import load_manifest
+from launcher.plan import Plan, build_plan
+
+if TYPE_CHECKING:
+    from launcher.client import ApiConfig
+    from launcher.status import CampaignView
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def ledger_option(f: F) -> F:
+    return click.option("--ledger", type=click.Path(dir_okay=False), envvar="DEVIN_FLEET_LEDGER",
+                        help="Ledger file (default: .devin-fleet/<campaign>.db by the manifest).")(f)
+
+
+def api_options(f: F) -> F:
+    f = click.option("--base-url", help="API base URL (env DEVIN_API_BASE_URL).")(f)
+    return click.option("--org", "org_id", help="Organization id (env DEVIN_ORG_ID).")(f)
+
+
+def sim_options(f: F) -> F:
+    f = click.option("--sim", is_flag=True,
+                     help="Rehearse against the embedded simulator (in-process, loopback).")(f)
+    f = click.option("--sim-profile", default="clean", show_default=True,
+                     help="Simulator profile name or file, with --sim.")(f)
+    return click.option("--sim-time-scale", default=60.0, show_default=True,
+                        help="Simulated seconds per real second, with --sim.")(f)
+
+
+def load_plan(path: str) -> Plan:
+    plan = build_plan(load_manifest(path))
+    for w in plan.warnings:
+        err.print(f"warning: {w}", markup=False)
+    return plan
+
+
+@contextlib.contextmanager
+def api_config(base_url: str | None, org_id: str | None, sim: bool = False, profile: str = "clean",
+         time_scale: float = 60.0) -> Iterator[ApiConfig]:
+    from launcher.client import ApiConfig
+
+    if not sim:
+        yield ApiConfig.from_env(os.environ, base_url=base_url, org_id=org_id)
+        return
+    from launcher.sim import running_simulator
+
+    with running_simulator(profile, time_scale=time_scale) as server:
+        err.print(f"simulator: {server.base_url} (org {server.org_id}, profile "
+                  f"{server.profile.name})", markup=False)
+        yield ApiConfig(server.base_url, server.org_id, server.token)
+
+
+def confirm(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise ConfirmationError("no terminal to confirm on", hint="pass --yes to proceed")
+    if not click.confirm(question, default=False, err=True):
+        raise click.Abort()
+
+
+def emit_json(data: Any) -> None:
+    # One line, C encoder: `plan -o json` of 10,000 sessions is ~30 MB; indenting costs 4x.
+    click.echo(json.dumps(data, ensure_ascii=False))
+
+
+
+def warn(view: CampaignView) -> None:
+    for w in view.warnings:
+        err.print(f"warning: {w}", markup=False)
