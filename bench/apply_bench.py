@@ -32,8 +32,21 @@ class Sim:
         path = workdir / "profile.json"
         path.write_text(json.dumps(profile))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "launcher", "sim", "--port", "0", "--profile", str(path),
-             "--introspection"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            [
+                sys.executable,
+                "-m",
+                "launcher",
+                "sim",
+                "--port",
+                "0",
+                "--profile",
+                str(path),
+                "--introspection",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         env: dict[str, str] = {}
         assert self.proc.stdout is not None
         while len(env) < 3:
@@ -76,17 +89,37 @@ fleets:
 
 def run_apply(path: Path, sim: Sim, concurrency: int, rate: float) -> tuple[float, int, dict]:
     env = {**os.environ, **sim.env}
-    cmd = [sys.executable, "-m", "launcher", "apply", str(path), "--yes", "-o", "json",
-           "--concurrency", str(concurrency), "--rate", str(rate),
-           "--ledger", str(path.parent / "ledger.db")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "launcher",
+        "apply",
+        str(path),
+        "--yes",
+        "-o",
+        "json",
+        "--concurrency",
+        str(concurrency),
+        "--rate",
+        str(rate),
+        "--ledger",
+        str(path.parent / "ledger.db"),
+    ]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     out, _ = proc.communicate()
     elapsed = time.perf_counter() - start
     maxrss = 0
     try:
         import resource
+
         maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     except ImportError:
         pass
@@ -100,9 +133,10 @@ def duplicates(sim: Sim) -> tuple[int, int]:
 
 
 def efficiency(n: int = 2000) -> None:
-    profile = {"name": "bench-limit", "faults": {
-        "rate_limit": {"rate": 50, "burst": 50, "retry_after": True},
-        "latency_seconds": 0.2}}
+    profile = {
+        "name": "bench-limit",
+        "faults": {"rate_limit": {"rate": 50, "burst": 50, "retry_after": True}, "latency_seconds": 0.2},
+    }
     with tempfile.TemporaryDirectory() as d:
         sim = Sim(profile, Path(d))
         try:
@@ -112,13 +146,19 @@ def efficiency(n: int = 2000) -> None:
         finally:
             sim.close()
     ideal = n / 50
-    print(f"efficiency: {n} sessions, server limit 50/s (unknown to the client), 200 ms latency, "
-          f"--rate 200 --concurrency 32")
-    print(f"  wall {elapsed:.1f}s (includes start-up); ideal {ideal:.0f}s; ratio "
-          f"{elapsed / ideal:.3f} (target <= 1.15)")
-    print(f"  created {summary['counts']['created']}, adopted {summary['counts']['adopted']}, "
-          f"429s {summary['rate_limited']}, final rate {summary['final_rate']}/s, "
-          f"sessions on server {total}, duplicates {dupes}")
+    print(
+        f"efficiency: {n} sessions, server limit 50/s (unknown to the client), 200 ms latency, "
+        f"--rate 200 --concurrency 32"
+    )
+    print(
+        f"  wall {elapsed:.1f}s (includes start-up); ideal {ideal:.0f}s; ratio "
+        f"{elapsed / ideal:.3f} (target <= 1.15)"
+    )
+    print(
+        f"  created {summary['counts']['created']}, adopted {summary['counts']['adopted']}, "
+        f"429s {summary['rate_limited']}, final rate {summary['final_rate']}/s, "
+        f"sessions on server {total}, duplicates {dupes}"
+    )
 
 
 def overhead(n: int = 2000, concurrency: int = 16) -> None:
@@ -127,10 +167,20 @@ def overhead(n: int = 2000, concurrency: int = 16) -> None:
         sim = Sim(profile, Path(d))
         try:
             env = sim.env
-            out = subprocess.run([sys.executable, str(HERE / "naive_launcher.py"),
-                                  env["DEVIN_API_BASE_URL"], env["DEVIN_ORG_ID"],
-                                  env["DEVIN_API_KEY"], str(n), str(concurrency)],
-                                 capture_output=True, text=True, check=True).stdout
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    str(HERE / "naive_launcher.py"),
+                    env["DEVIN_API_BASE_URL"],
+                    env["DEVIN_ORG_ID"],
+                    env["DEVIN_API_KEY"],
+                    str(n),
+                    str(concurrency),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             naive_s = float(re.search(r"in ([\d.]+)s", out).group(1))  # type: ignore[union-attr]
             path = write_campaign(Path(d), n)
             elapsed, _, summary = run_apply(path, sim, concurrency=concurrency, rate=100000)
@@ -139,8 +189,10 @@ def overhead(n: int = 2000, concurrency: int = 16) -> None:
     apply_s = summary["elapsed_s"]
     print(f"overhead: {n} sessions, no server limit, 20 ms latency, concurrency {concurrency}")
     print(f"  naive script: {naive_s:.2f}s ({n / naive_s:.0f}/s)")
-    print(f"  apply (ledger, pacing, intent commits): {apply_s:.2f}s ({n / apply_s:.0f}/s), "
-          f"{elapsed:.2f}s with start-up and planning")
+    print(
+        f"  apply (ledger, pacing, intent commits): {apply_s:.2f}s ({n / apply_s:.0f}/s), "
+        f"{elapsed:.2f}s with start-up and planning"
+    )
     print(f"  throughput ratio apply/naive: {naive_s / apply_s:.2f} (target >= 0.8)")
 
 
@@ -153,8 +205,10 @@ def memory(n: int = 10000) -> None:
             elapsed, maxrss, summary = run_apply(path, sim, concurrency=32, rate=100000)
         finally:
             sim.close()
-    print(f"memory: applying {n} sessions: peak RSS {maxrss / 1024:.0f} MB, "
-          f"{elapsed:.1f}s wall, created {summary['counts']['created']}")
+    print(
+        f"memory: applying {n} sessions: peak RSS {maxrss / 1024:.0f} MB, "
+        f"{elapsed:.1f}s wall, created {summary['counts']['created']}"
+    )
 
 
 if __name__ == "__main__":

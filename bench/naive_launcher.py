@@ -18,15 +18,22 @@ async def main(base: str, org: str, token: str, n: int, concurrency: int) -> Non
     created = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {token}"},
-                                 limits=limits, timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {token}"}, limits=limits, timeout=30
+    ) as client:
+
         async def one(i: int) -> None:
             nonlocal created
             async with sem:
-                r = await client.post(f"/v3/organizations/{org}/sessions",
-                                      json={"prompt": f"Fix repo-{i:05d}",
-                                            "repos": [f"acme/repo-{i:05d}"],
-                                            "tags": ["naive", f"naive-{i}"], "max_acu_limit": 3})
+                r = await client.post(
+                    f"/v3/organizations/{org}/sessions",
+                    json={
+                        "prompt": f"Fix repo-{i:05d}",
+                        "repos": [f"acme/repo-{i:05d}"],
+                        "tags": ["naive", f"naive-{i}"],
+                        "max_acu_limit": 3,
+                    },
+                )
                 if r.status_code == 200:
                     created += 1
 

@@ -114,8 +114,9 @@ def cli_run(manifest: Path, command: str) -> tuple[float, float, int]:
         "print(json.dumps([wall, rss, len(r.stdout)]))\n"
     )
     env = dict(os.environ, COLUMNS="200")
-    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True,
-                          env=env, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *args], capture_output=True, text=True, env=env, check=False
+    )
     if done.returncode:
         raise SystemExit(f"devin-fleet {command} failed:\n{done.stderr}")
     wall, rss, size = json.loads(done.stdout)
@@ -137,17 +138,26 @@ def in_process(manifest: Path) -> tuple[float, float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, action="append",
-                        help="sessions to plan (repeatable; default 10000)")
-    parser.add_argument("--command", choices=["plan", "validate"], default="plan",
-                        help="CLI command to time (plan runs with -o json)")
+    parser.add_argument(
+        "--n", type=int, action="append", help="sessions to plan (repeatable; default 10000)"
+    )
+    parser.add_argument(
+        "--command",
+        choices=["plan", "validate"],
+        default="plan",
+        help="CLI command to time (plan runs with -o json)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="CLI runs per N (best is shown)")
     args = parser.parse_args()
     ns = args.n or [10_000]
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; command: devin-fleet "
-          f"{args.command}{' -o json' if args.command == 'plan' else ''}")
-    print(f"{'N':>8} {'wall s':>8} {'peak MB':>8} {'out MB':>7} {'load s':>7} {'plan s':>7} "
-          f"{'us/session wall':>16} {'us/session plan':>16} {'KB/session peak':>16}")
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; command: devin-fleet "
+        f"{args.command}{' -o json' if args.command == 'plan' else ''}"
+    )
+    print(
+        f"{'N':>8} {'wall s':>8} {'peak MB':>8} {'out MB':>7} {'load s':>7} {'plan s':>7} "
+        f"{'us/session wall':>16} {'us/session plan':>16} {'KB/session peak':>16}"
+    )
     for n in ns:
         with tempfile.TemporaryDirectory(prefix="plan-bench-") as tmp:
             manifest = make_campaign(Path(tmp), n)
@@ -157,9 +167,11 @@ def main() -> None:
             size = runs[0][2]
             load_s, plan_s, planned = in_process(manifest)
             assert planned == n, f"planned {planned} sessions, expected {n}"
-            print(f"{n:>8,} {wall:>8.2f} {rss:>8.0f} {size / 1e6:>7.1f} {load_s:>7.3f} "
-                  f"{plan_s:>7.2f} {wall / n * 1e6:>16.1f} {plan_s / n * 1e6:>16.1f} "
-                  f"{rss * 1024 / n:>16.2f}")
+            print(
+                f"{n:>8,} {wall:>8.2f} {rss:>8.0f} {size / 1e6:>7.1f} {load_s:>7.3f} "
+                f"{plan_s:>7.2f} {wall / n * 1e6:>16.1f} {plan_s / n * 1e6:>16.1f} "
+                f"{rss * 1024 / n:>16.2f}"
+            )
 
 
 if __name__ == "__main__":

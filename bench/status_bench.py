@@ -27,26 +27,30 @@ from anyio.abc import ObjectReceiveStream
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from launcher import ApiConfig, DevinClient, build_plan, load_manifest, open_ledger  # noqa: E402
-from launcher.status import refresh  # noqa: E402
-from launcher.ledger import Event, LaunchState  # noqa: E402
-from launcher.plan import Plan  # noqa: E402
-from launcher.sim import SimServer, running_simulator  # noqa: E402
+from launcher import ApiConfig, DevinClient, build_plan, load_manifest, open_ledger
+from launcher.ledger import Event, LaunchState
+from launcher.plan import Plan
+from launcher.sim import SimServer, running_simulator
+from launcher.status import refresh
 
 SCHEMA = {
     "type": "object",
     "required": ["verdict", "files_changed"],
-    "properties": {"verdict": {"type": "string", "enum": ["fixed", "skipped", "blocked"]},
-                   "files_changed": {"type": "integer", "minimum": 0}},
+    "properties": {
+        "verdict": {"type": "string", "enum": ["fixed", "skipped", "blocked"]},
+        "files_changed": {"type": "integer", "minimum": 0},
+    },
     "additionalProperties": False,
 }
 
 
 def write_campaign(root: Path, n: int) -> Path:
-    (root / "items.csv").write_text("repo,team\n" + "".join(
-        f"svc-{i:05d},team-{i % 7}\n" for i in range(n)), encoding="utf-8")
+    (root / "items.csv").write_text(
+        "repo,team\n" + "".join(f"svc-{i:05d},team-{i % 7}\n" for i in range(n)), encoding="utf-8"
+    )
     path = root / "bench-status.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         version: 1
         campaign: bench-status
         defaults:
@@ -60,7 +64,9 @@ def write_campaign(root: Path, n: int) -> Path:
               prompt: "Fix the flaky tests of {{{{ item.repo }}}} ({{{{ item.team }}}})"
               repos: ["acme/{{{{ item.repo }}}}"]
               structured_output_schema: {json.dumps(SCHEMA)}
-        """), encoding="utf-8")
+        """),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -68,16 +74,19 @@ async def create_all(sim: SimServer, plan: Plan, concurrency: int) -> dict[str, 
     """POST every planned body; key -> (session_id, url)."""
     made: dict[str, tuple[str, str]] = {}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=sim.base_url, limits=limits, timeout=60.0,
-                                 headers={"Authorization": f"Bearer {sim.token}"}) as http:
+    async with httpx.AsyncClient(
+        base_url=sim.base_url,
+        limits=limits,
+        timeout=60.0,
+        headers={"Authorization": f"Bearer {sim.token}"},
+    ) as http:
         send, recv = anyio.create_memory_object_stream[int](max_buffer_size=concurrency)
 
         async def worker(recv: ObjectReceiveStream[int]) -> None:
             async with recv:
                 async for i in recv:
                     s = plan.sessions[i]
-                    resp = await http.post(f"/v3/organizations/{sim.org_id}/sessions",
-                                           json=s.request)
+                    resp = await http.post(f"/v3/organizations/{sim.org_id}/sessions", json=s.request)
                     resp.raise_for_status()
                     body = resp.json()
                     made[s.key] = (body["session_id"], body["url"])
@@ -97,9 +106,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10_000, help="Sessions in the campaign.")
     ap.add_argument("--concurrency", type=int, default=4, help="Concurrent creates.")
     ap.add_argument("--repeat", type=int, default=2, help="Refreshes to time.")
-    ap.add_argument("--time-scale", type=float, default=100_000.0,
-                    help="Simulated seconds per real second (high: sessions settle at once, "
-                    "with structured outputs to validate).")
+    ap.add_argument(
+        "--time-scale",
+        type=float,
+        default=100_000.0,
+        help="Simulated seconds per real second (high: sessions settle at once, "
+        "with structured outputs to validate).",
+    )
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,20 +120,29 @@ def main() -> None:
         t0 = time.perf_counter()
         plan = build_plan(load_manifest(write_campaign(root, args.n)))
         t_plan = time.perf_counter() - t0
-        with running_simulator("clean", time_scale=args.time_scale,
-                               introspection=True) as sim:
+        with running_simulator("clean", time_scale=args.time_scale, introspection=True) as sim:
             t0 = time.perf_counter()
             made = anyio.run(create_all, sim, plan, args.concurrency)
             t_create = time.perf_counter() - t0
             ledger_path = root / "ledger.db"
             with open_ledger(plan.manifest.path, plan.campaign, ledger_path) as led:
                 led.sync_plan(plan)
-                led.write_events(Event(s.key, "created", session_id=made[s.key][0],
-                                       url=made[s.key][1], fingerprint=s.fingerprint,
-                                       state=LaunchState.created) for s in plan.sessions)
-            print(f"campaign: {args.n:,} sessions (plan {t_plan:.2f}s; created in "
-                  f"{t_create:.2f}s = {args.n / t_create:,.0f}/s, concurrency "
-                  f"{args.concurrency})")
+                led.write_events(
+                    Event(
+                        s.key,
+                        "created",
+                        session_id=made[s.key][0],
+                        url=made[s.key][1],
+                        fingerprint=s.fingerprint,
+                        state=LaunchState.created,
+                    )
+                    for s in plan.sessions
+                )
+            print(
+                f"campaign: {args.n:,} sessions (plan {t_plan:.2f}s; created in "
+                f"{t_create:.2f}s = {args.n / t_create:,.0f}/s, concurrency "
+                f"{args.concurrency})"
+            )
             cfg = ApiConfig(sim.base_url, sim.org_id, sim.token)
             budget = -(-args.n // 150)
             for run in range(1, args.repeat + 1):
@@ -135,11 +157,12 @@ def main() -> None:
 
                 wall, requests, counts = anyio.run(go)
                 after = sim.stats()["requests"]
-                seen = {k: v - before.get(k, 0) for k, v in after.items()
-                        if v - before.get(k, 0)}
-                print(f"refresh #{run}: {requests} API requests (target <= {budget}), "
-                      f"{wall:.2f}s wall; server saw {seen}; outcomes "
-                      f"{ {k: v for k, v in counts.items() if v} }")
+                seen = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+                print(
+                    f"refresh #{run}: {requests} API requests (target <= {budget}), "
+                    f"{wall:.2f}s wall; server saw {seen}; outcomes "
+                    f"{ {k: v for k, v in counts.items() if v} }"
+                )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ The library API is what `__all__` lists; the `devin-fleet` CLI is a thin layer o
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from launcher.apply import ApplyOptions, ApplySummary, Result, apply_plan
+    from launcher.cancel import cancel
     from launcher.client import ApiConfig, CreateOutcome, DevinClient
     from launcher.errors import (
         APIError,
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
         CircuitOpenError,
         ConfigError,
         ConfirmationError,
+        ExitCode,
         FleetError,
         LedgerError,
         LockedError,
@@ -27,9 +30,6 @@ if TYPE_CHECKING:
         RemoteCheckError,
         SecretError,
     )
-    from launcher.apply import ApplyOptions, ApplySummary, Result, apply_plan
-    from launcher.cancel import cancel
-    from launcher.errors import ExitCode
     from launcher.ledger import Change, LaunchState, Ledger, open_ledger
     from launcher.manifest import LoadedManifest, Manifest, load_manifest, manifest_json_schema
     from launcher.models import CreateSessionRequest, Session
@@ -93,11 +93,45 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "APIError", "ApiConfig", "ApplyOptions", "ApplySummary", "AuthError", "CampaignView",
-    "Change", "CircuitOpenError", "ConfigError", "ConfirmationError", "CreateOutcome",
-    "CreateSessionRequest", "DevinClient", "ExitCode", "FleetError", "LaunchState", "Ledger", "LedgerError",
-    "LoadedManifest", "LockedError", "Manifest", "ManifestError", "Outcome", "Plan",
-    "PlannedSession", "Problem", "RemoteCheckError", "Result", "SecretError", "Session",
-    "apply_plan", "build_plan", "campaign_view", "cancel", "check_remote", "classify",
-    "load_manifest", "manifest_json_schema", "open_ledger", "refresh", "watch",
+    "APIError",
+    "ApiConfig",
+    "ApplyOptions",
+    "ApplySummary",
+    "AuthError",
+    "CampaignView",
+    "Change",
+    "CircuitOpenError",
+    "ConfigError",
+    "ConfirmationError",
+    "CreateOutcome",
+    "CreateSessionRequest",
+    "DevinClient",
+    "ExitCode",
+    "FleetError",
+    "LaunchState",
+    "Ledger",
+    "LedgerError",
+    "LoadedManifest",
+    "LockedError",
+    "Manifest",
+    "ManifestError",
+    "Outcome",
+    "Plan",
+    "PlannedSession",
+    "Problem",
+    "RemoteCheckError",
+    "Result",
+    "SecretError",
+    "Session",
+    "apply_plan",
+    "build_plan",
+    "campaign_view",
+    "cancel",
+    "check_remote",
+    "classify",
+    "load_manifest",
+    "manifest_json_schema",
+    "open_ledger",
+    "refresh",
+    "watch",
 ]

@@ -140,10 +140,10 @@ class ApplySummary:
             "already_launched": self.already,
             "changed_not_relaunched": self.changed,
             "counts": {r.value: self.count(r) for r in Result},
-            "failed": {k: self.errors.get(k, "") for k, r in self.results.items()
-                       if r == Result.failed},
-            "unknown": {k: self.errors.get(k, "") for k, r in self.results.items()
-                        if r == Result.unknown},
+            "failed": {k: self.errors.get(k, "") for k, r in self.results.items() if r == Result.failed},
+            "unknown": {
+                k: self.errors.get(k, "") for k, r in self.results.items() if r == Result.unknown
+            },
             "interrupted": self.interrupted,
             "aborted": self.aborted.message if self.aborted else None,
             "elapsed_s": round(self.elapsed, 3),
@@ -154,8 +154,9 @@ class ApplySummary:
         }
 
 
-def select(plan: Plan, ledger: Ledger, options: ApplyOptions,
-           summary: ApplySummary) -> list[tuple[PlannedSession, bool]]:
+def select(
+    plan: Plan, ledger: Ledger, options: ApplyOptions, summary: ApplySummary
+) -> list[tuple[PlannedSession, bool]]:
     """The sessions this run should launch, each with whether it must be looked up first."""
     records = ledger.records()
     work: list[tuple[PlannedSession, bool]] = []
@@ -181,10 +182,12 @@ class _Writer:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self.send, self.recv = anyio.create_memory_object_stream[
-            tuple[list[LedgerEvent], bool, anyio.Event | None]](max_buffer_size=math.inf)
+            tuple[list[LedgerEvent], bool, anyio.Event | None]
+        ](max_buffer_size=math.inf)
 
-    async def run(self, recv: MemoryObjectReceiveStream[
-            tuple[list[LedgerEvent], bool, anyio.Event | None]]) -> None:
+    async def run(
+        self, recv: MemoryObjectReceiveStream[tuple[list[LedgerEvent], bool, anyio.Event | None]]
+    ) -> None:
         async with recv:
             async for first in recv:
                 batch = [first]
@@ -220,9 +223,18 @@ class _Writer:
 class _ApplyRun:
     """The state of one apply run, shared by its tasks (all on one event loop)."""
 
-    def __init__(self, plan: Plan, client: DevinClient, ledger: Ledger, options: ApplyOptions,
-                 reporter: Reporter, clock: Clock, environ: Mapping[str, str] | None,
-                 stop: anyio.Event, summary: ApplySummary) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        client: DevinClient,
+        ledger: Ledger,
+        options: ApplyOptions,
+        reporter: Reporter,
+        clock: Clock,
+        environ: Mapping[str, str] | None,
+        stop: anyio.Event,
+        summary: ApplySummary,
+    ) -> None:
         self.plan = plan
         self.client = client
         self.ledger = ledger
@@ -296,40 +308,67 @@ class _ApplyRun:
                 limited += 1
                 attempt -= 1  # a 429 created nothing and is paced, not counted as a failure
                 pause = self.pacer.on_429(result.retry_after)
-                await self.writer.submit(LedgerEvent(key, "rate_limited", attempt + 1, 429,
-                                               detail=f"pause {pause:.1f}s",
-                                               state=LaunchState.planned), wait=False)
+                await self.writer.submit(
+                    LedgerEvent(
+                        key,
+                        "rate_limited",
+                        attempt + 1,
+                        429,
+                        detail=f"pause {pause:.1f}s",
+                        state=LaunchState.planned,
+                    ),
+                    wait=False,
+                )
                 if limited >= self.options.max_rate_limited:
                     await self._fail(s, f"rate limited {limited} times", 429)
                     return
                 continue
             if o == CreateOutcome.auth:
-                await self.writer.submit(LedgerEvent(key, "auth", attempt, result.status,
-                                               detail=result.message, state=LaunchState.planned))
-                raise AuthError(f"the API refused the token (HTTP {result.status}): "
-                                f"{result.message}", status=result.status,
-                                hint="check DEVIN_API_KEY, DEVIN_ORG_ID and the token's "
-                                "ManageOrgSessions permission")
+                await self.writer.submit(
+                    LedgerEvent(
+                        key,
+                        "auth",
+                        attempt,
+                        result.status,
+                        detail=result.message,
+                        state=LaunchState.planned,
+                    )
+                )
+                raise AuthError(
+                    f"the API refused the token (HTTP {result.status}): {result.message}",
+                    status=result.status,
+                    hint="check DEVIN_API_KEY, DEVIN_ORG_ID and the token's "
+                    "ManageOrgSessions permission",
+                )
             if o == CreateOutcome.rejected:
                 self.breaker.record(True)
                 await self._fail(s, f"HTTP {result.status}: {result.message}", result.status)
                 return
             if o == CreateOutcome.not_sent:
-                await self.writer.submit(LedgerEvent(key, "not_sent", attempt, detail=result.message,
-                                               state=LaunchState.planned), wait=False)
+                await self.writer.submit(
+                    LedgerEvent(
+                        key, "not_sent", attempt, detail=result.message, state=LaunchState.planned
+                    ),
+                    wait=False,
+                )
                 if attempt >= self.options.max_attempts:
                     await self._fail(s, f"could not reach the API: {result.message}")
                     return
                 await self._backoff(attempt)
                 continue
             # Ambiguous: the session may exist. Never resend blindly: look it up by its tag.
-            await self.writer.submit(LedgerEvent(key, "ambiguous", attempt, result.status,
-                                           detail=result.message), wait=False)
+            await self.writer.submit(
+                LedgerEvent(key, "ambiguous", attempt, result.status, detail=result.message), wait=False
+            )
             if self.breaker.record(False):
-                self._halt(CircuitOpenError(
-                    f"{self.breaker.consecutive} consecutive ambiguous or 5xx create outcomes; "
-                    "stopped launching", hint="the API looks unhealthy: re-run apply later; it "
-                    "reconciles what is unknown"))
+                self._halt(
+                    CircuitOpenError(
+                        f"{self.breaker.consecutive} consecutive ambiguous or 5xx create outcomes; "
+                        "stopped launching",
+                        hint="the API looks unhealthy: re-run apply later; it "
+                        "reconciles what is unknown",
+                    )
+                )
             found = await self.lookup(s, result.message)
             if found is not None:
                 return
@@ -337,8 +376,7 @@ class _ApplyRun:
                 self._done(key, Result.not_started)
                 return
             if attempt >= self.options.max_attempts:
-                await self._fail(s, f"gave up after {attempt} attempts: {result.message}",
-                                 result.status)
+                await self._fail(s, f"gave up after {attempt} attempts: {result.message}", result.status)
                 return
             await self._backoff(attempt)
 
@@ -358,37 +396,53 @@ class _ApplyRun:
                     raise
                 except APIError as exc:
                     if tries == 2:
-                        await self.writer.submit(LedgerEvent(s.key, "lookup_failed", detail=exc.message,
-                                                       state=LaunchState.unknown))
+                        await self.writer.submit(
+                            LedgerEvent(
+                                s.key, "lookup_failed", detail=exc.message, state=LaunchState.unknown
+                            )
+                        )
                         self._done(s.key, Result.unknown, f"{why}; lookup failed: {exc.message}")
                         return Result.unknown
                     await self._backoff(tries + 1)
-            fresh = sorted((x for x in sessions if x.session_id not in known),
-                           key=lambda x: (x.created_at, x.session_id))
+            fresh = sorted(
+                (x for x in sessions if x.session_id not in known),
+                key=lambda x: (x.created_at, x.session_id),
+            )
             if fresh:
                 if len(fresh) > 1:
-                    self.reporter.note(f"{s.key}: {len(fresh)} sessions carry its identity tag; "
-                                       f"adopting the first ({fresh[0].session_id})")
+                    self.reporter.note(
+                        f"{s.key}: {len(fresh)} sessions carry its identity tag; "
+                        f"adopting the first ({fresh[0].session_id})"
+                    )
                 await self._adopt(s, fresh[0], "adopted", None)
                 return Result.adopted
             if look == 0:
                 await self.clock.sleep(self.options.lookup_grace)
-        await self.writer.submit(LedgerEvent(s.key, "absent", detail="not found by identity tag",
-                                       state=LaunchState.planned))
+        await self.writer.submit(
+            LedgerEvent(s.key, "absent", detail="not found by identity tag", state=LaunchState.planned)
+        )
         return None
 
-    async def _adopt(self, s: PlannedSession, session: Session, how: str,
-                     status: int | None) -> None:
+    async def _adopt(self, s: PlannedSession, session: Session, how: str, status: int | None) -> None:
         self.known.setdefault(s.key, set()).add(session.session_id)
         state = LaunchState.created if how == "created" else LaunchState.adopted
-        await self.writer.submit(LedgerEvent(s.key, how, http_status=status,
-                                       session_id=session.session_id, fingerprint=s.fingerprint,
-                                       state=state, url=session.url))
+        await self.writer.submit(
+            LedgerEvent(
+                s.key,
+                how,
+                http_status=status,
+                session_id=session.session_id,
+                fingerprint=s.fingerprint,
+                state=state,
+                url=session.url,
+            )
+        )
         self._done(s.key, Result.created if how == "created" else Result.adopted)
 
     async def _fail(self, s: PlannedSession, message: str, status: int | None = None) -> None:
-        await self.writer.submit(LedgerEvent(s.key, "rejected", http_status=status, detail=message,
-                                       state=LaunchState.failed))
+        await self.writer.submit(
+            LedgerEvent(s.key, "rejected", http_status=status, detail=message, state=LaunchState.failed)
+        )
         self._done(s.key, Result.failed, message)
 
     async def _backoff(self, attempt: int) -> None:
@@ -414,11 +468,18 @@ class _ApplyRun:
         scope.cancel()
 
 
-async def apply_plan(plan: Plan, client: DevinClient, ledger: Ledger,
-                     options: ApplyOptions | None = None, *, reporter: Reporter | None = None,
-                     clock: Clock | None = None, environ: Mapping[str, str] | None = None,
-                     stop: anyio.Event | None = None, interrupted: anyio.Event | None = None,
-                     ) -> ApplySummary:
+async def apply_plan(
+    plan: Plan,
+    client: DevinClient,
+    ledger: Ledger,
+    options: ApplyOptions | None = None,
+    *,
+    reporter: Reporter | None = None,
+    clock: Clock | None = None,
+    environ: Mapping[str, str] | None = None,
+    stop: anyio.Event | None = None,
+    interrupted: anyio.Event | None = None,
+) -> ApplySummary:
     """Launch every planned session that is not launched yet; return what happened.
 
     `stop` (set by the caller, e.g. on Ctrl-C) stops starting new creates and lets in-flight
@@ -451,7 +512,7 @@ async def apply_plan(plan: Plan, client: DevinClient, ledger: Ledger,
         finally:
             reporter.finish()
     finally:
-        with anyio.CancelScope(shield=True), contextlib.suppress(FleetError):
+        with contextlib.suppress(FleetError):  # synchronous: cancellation cannot cut it short
             ledger.release_lock()
     summary.interrupted = interrupted is not None and interrupted.is_set()
     summary.elapsed = time.monotonic() - started
@@ -463,7 +524,8 @@ async def apply_plan(plan: Plan, client: DevinClient, ledger: Ledger,
 
 async def _drive(run: _ApplyRun, work: Sequence[tuple[PlannedSession, bool]]) -> None:
     send_work, recv_work = anyio.create_memory_object_stream[tuple[PlannedSession, bool]](
-        max_buffer_size=run.options.concurrency)
+        max_buffer_size=run.options.concurrency
+    )
     try:
         async with anyio.create_task_group() as outer:
             outer.start_soon(run.writer.run, run.writer.recv)
@@ -486,11 +548,11 @@ async def _drive(run: _ApplyRun, work: Sequence[tuple[PlannedSession, bool]]) ->
                 # Whatever happened, every event queued so far reaches the ledger.
                 for s, _ in work:
                     if s.key not in run.summary.results:
-                        run.summary.results[s.key] = Result.unknown if s.key in run.in_flight \
-                            else Result.not_started
+                        run.summary.results[s.key] = (
+                            Result.unknown if s.key in run.in_flight else Result.not_started
+                        )
                         if s.key in run.in_flight:
-                            run.summary.errors[s.key] = "cancelled in flight: the next run " \
-                                                        "looks it up"
+                            run.summary.errors[s.key] = "cancelled in flight: the next run looks it up"
                 run.writer.send.close()
     except BaseExceptionGroup as group:
         fleet = [e for e in _leaves(group) if isinstance(e, FleetError)]

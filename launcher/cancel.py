@@ -12,7 +12,6 @@ import anyio
 from launcher.client import DevinClient
 from launcher.errors import APIError, AuthError
 from launcher.ledger import Ledger
-from launcher.plan import Plan
 from launcher.status import CONCURRENCY, CampaignView, Outcome
 
 
@@ -36,14 +35,19 @@ def cancellable(view: CampaignView, only: tuple[str, ...] = ()) -> list[str]:
     """Keys of sessions still live and not delivered (running or needing a human) that match
     `only` (globs). Delivered and failed sessions are left alone; cancelled ones too (re-runs
     are no-ops)."""
-    return [s.key for s in view.sessions
-            if s.session_id and s.outcome in (Outcome.running, Outcome.needs_human)
-            and s.status != "exit"
-            and (not only or any(fnmatch.fnmatchcase(s.key, g) for g in only))]
+    return [
+        s.key
+        for s in view.sessions
+        if s.session_id
+        and s.outcome in (Outcome.running, Outcome.needs_human)
+        and s.status != "exit"
+        and (not only or any(fnmatch.fnmatchcase(s.key, g) for g in only))
+    ]
 
 
-async def cancel(plan: Plan, client: DevinClient, ledger: Ledger, keys: list[str], *,
-                 archive: bool = False) -> CancelReport:
+async def cancel(
+    client: DevinClient, ledger: Ledger, keys: list[str], *, archive: bool = False
+) -> CancelReport:
     """Terminate the sessions of `keys` (and archive them); record what was done in the ledger.
 
     A session the API no longer knows counts as cancelled. AuthError stops everything (after
@@ -76,8 +80,9 @@ async def cancel(plan: Plan, client: DevinClient, ledger: Ledger, keys: list[str
             for key in keys:
                 tg.start_soon(one, key, tg.cancel_scope)
     finally:  # what was terminated is recorded, whatever stopped the rest
-        ledger.mark_cancelled([k for k, v in report.results.items()
-                               if v != CancelResult.error], archived=archive)
+        ledger.mark_cancelled(
+            [k for k, v in report.results.items() if v != CancelResult.error], archived=archive
+        )
     if auth:
         raise auth[0]
     report.results = {k: report.results[k] for k in keys if k in report.results}

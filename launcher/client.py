@@ -47,28 +47,41 @@ class ApiConfig:
     read_timeout: float = 30.0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], *, base_url: str | None = None,
-                 org_id: str | None = None, token: str | None = None) -> ApiConfig:
+    def from_env(
+        cls,
+        environ: Mapping[str, str],
+        *,
+        base_url: str | None = None,
+        org_id: str | None = None,
+        token: str | None = None,
+    ) -> ApiConfig:
         """Build from flags (first) and DEVIN_API_KEY / DEVIN_ORG_ID / DEVIN_API_BASE_URL."""
         token = token or environ.get("DEVIN_API_KEY") or ""
         org_id = org_id or environ.get("DEVIN_ORG_ID") or ""
         base = (base_url or environ.get("DEVIN_API_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         if not token:
-            raise ConfigError("DEVIN_API_KEY is not set",
-                              hint="export DEVIN_API_KEY=cog_... (a service-user token), "
-                              "or rehearse with --sim")
+            raise ConfigError(
+                "DEVIN_API_KEY is not set",
+                hint="export DEVIN_API_KEY=cog_... (a service-user token), or rehearse with --sim",
+            )
         if not org_id:
             raise ConfigError("no organization id", hint="export DEVIN_ORG_ID=org-... or pass --org")
         parts = urlsplit(base)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"DEVIN_API_BASE_URL {base!r} is not an http(s) URL",
-                              hint="scheme and host only, e.g. https://api.devin.ai")
+            raise ConfigError(
+                f"DEVIN_API_BASE_URL {base!r} is not an http(s) URL",
+                hint="scheme and host only, e.g. https://api.devin.ai",
+            )
         if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ConfigError(f"DEVIN_API_BASE_URL {base!r} must be scheme and host only",
-                              hint="drop the path; devin-fleet adds /v3/...")
+            raise ConfigError(
+                f"DEVIN_API_BASE_URL {base!r} must be scheme and host only",
+                hint="drop the path; devin-fleet adds /v3/...",
+            )
         if parts.scheme == "http" and not _is_loopback(parts.hostname):
-            raise ConfigError(f"refusing plain http to {parts.hostname}: the token would travel "
-                              "unencrypted", hint="use https (http is allowed for loopback only)")
+            raise ConfigError(
+                f"refusing plain http to {parts.hostname}: the token would travel unencrypted",
+                hint="use https (http is allowed for loopback only)",
+            )
         return cls(base_url=base, org_id=org_id, token=token)
 
     def redact(self, text: str) -> str:
@@ -138,17 +151,24 @@ def error_message(response: httpx.Response) -> str:
 class DevinClient:
     """Async client of the org-scoped v3 endpoints. Use as `async with DevinClient(cfg) as c:`."""
 
-    def __init__(self, config: ApiConfig, *, transport: httpx.AsyncBaseTransport | None = None,
-                 max_connections: int = 32) -> None:
+    def __init__(
+        self,
+        config: ApiConfig,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 32,
+    ) -> None:
         self.config = config
         self.requests = 0
         self._http = httpx.AsyncClient(
             base_url=f"{config.base_url}/v3",
             headers={"Authorization": f"Bearer {config.token}", "User-Agent": USER_AGENT},
-            timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout,
-                                  pool=config.read_timeout),
-            limits=httpx.Limits(max_connections=max_connections,
-                                max_keepalive_connections=max_connections),
+            timeout=httpx.Timeout(
+                config.read_timeout, connect=config.connect_timeout, pool=config.read_timeout
+            ),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
             transport=transport,
             follow_redirects=False,
         )
@@ -180,9 +200,12 @@ class DevinClient:
             return CreateResult(CreateOutcome.ambiguous, message=self._describe(exc))
         code = resp.status_code
         if code == 429:
-            return CreateResult(CreateOutcome.rate_limited, status=code,
-                                retry_after=parse_retry_after(resp.headers.get("retry-after")),
-                                message="rate limited")
+            return CreateResult(
+                CreateOutcome.rate_limited,
+                status=code,
+                retry_after=parse_retry_after(resp.headers.get("retry-after")),
+                message="rate limited",
+            )
         if code in (401, 403):
             return CreateResult(CreateOutcome.auth, status=code, message=self._msg(resp))
         if code >= 500:
@@ -191,8 +214,11 @@ class DevinClient:
             try:
                 session = Session.model_validate(resp.json())
             except Exception as exc:  # an unreadable 2xx is as ambiguous as a dropped one
-                return CreateResult(CreateOutcome.ambiguous, status=code,
-                                    message=f"unreadable {code} response: {type(exc).__name__}")
+                return CreateResult(
+                    CreateOutcome.ambiguous,
+                    status=code,
+                    message=f"unreadable {code} response: {type(exc).__name__}",
+                )
             return CreateResult(CreateOutcome.created, session=session, status=code)
         return CreateResult(CreateOutcome.rejected, status=code, message=self._msg(resp))
 
@@ -205,21 +231,28 @@ class DevinClient:
         except httpx.HTTPError as exc:
             raise APIError(f"{method} {path}: {self._describe(exc)}") from None
         if resp.status_code in (401, 403):
-            raise AuthError(f"{method} {path}: HTTP {resp.status_code}: {self._msg(resp)}",
-                            status=resp.status_code,
-                            hint="check DEVIN_API_KEY and the token's permissions"
-                            if resp.status_code == 401 else "the token lacks a permission")
+            raise AuthError(
+                f"{method} {path}: HTTP {resp.status_code}: {self._msg(resp)}",
+                status=resp.status_code,
+                hint="check DEVIN_API_KEY and the token's permissions"
+                if resp.status_code == 401
+                else "the token lacks a permission",
+            )
         return resp
 
     def _checked(self, resp: httpx.Response) -> Any:
         if resp.status_code >= 400:
-            raise APIError(f"{resp.request.method} {resp.request.url.path}: HTTP "
-                           f"{resp.status_code}: {self._msg(resp)}", status=resp.status_code)
+            raise APIError(
+                f"{resp.request.method} {resp.request.url.path}: HTTP "
+                f"{resp.status_code}: {self._msg(resp)}",
+                status=resp.status_code,
+            )
         try:
             return resp.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise APIError(f"{resp.request.url.path}: unreadable response",
-                           status=resp.status_code) from None
+            raise APIError(
+                f"{resp.request.url.path}: unreadable response", status=resp.status_code
+            ) from None
 
     async def whoami(self) -> dict[str, Any]:
         """GET /v3/self: proves the token works (AuthError on 401/403)."""
@@ -232,8 +265,9 @@ class DevinClient:
             return None
         return self._session(self._checked(resp))
 
-    async def list_pages(self, path: str, params: Mapping[str, Any] | None = None, *,
-                         first: int = 200) -> AsyncIterator[Page]:
+    async def list_pages(
+        self, path: str, params: Mapping[str, Any] | None = None, *, first: int = 200
+    ) -> AsyncIterator[Page]:
         """Every page of a paginated list endpoint."""
         after: str | None = None
         while True:
@@ -241,19 +275,21 @@ class DevinClient:
             if after:
                 q["after"] = after
             try:
-                page = Page.model_validate(self._checked(
-                    await self._request("GET", f"{self._org}{path}", params=q)))
+                page = Page.model_validate(
+                    self._checked(await self._request("GET", f"{self._org}{path}", params=q))
+                )
             except ValidationError:
-                raise APIError(f"GET {path}: not a list page (items, end_cursor, "
-                               "has_next_page)") from None
+                raise APIError(
+                    f"GET {path}: not a list page (items, end_cursor, has_next_page)"
+                ) from None
             yield page
             if not page.has_next_page or not page.end_cursor:
                 return
             after = page.end_cursor
 
-    async def list_sessions(self, *, tags: list[str] | None = None,
-                            session_ids: list[str] | None = None,
-                            first: int = 200) -> AsyncIterator[Session]:
+    async def list_sessions(
+        self, *, tags: list[str] | None = None, session_ids: list[str] | None = None, first: int = 200
+    ) -> AsyncIterator[Session]:
         """Sessions matching the filters (tags are re-checked here: AND semantics)."""
         params: dict[str, Any] = {}
         if tags:
@@ -269,9 +305,9 @@ class DevinClient:
     async def terminate(self, session_id: str, *, archive: bool = False) -> bool:
         """DELETE a session; False when it does not exist (already gone)."""
         params = {"archive": "true"} if archive else None
-        resp = await self._request("DELETE",
-                                   f"{self._org}/sessions/{session_path_id(session_id)}",
-                                   params=params)
+        resp = await self._request(
+            "DELETE", f"{self._org}/sessions/{session_path_id(session_id)}", params=params
+        )
         if resp.status_code == 404:
             return False
         self._checked(resp)
@@ -282,8 +318,9 @@ class DevinClient:
 
         The endpoint's own id field is read first (`secret_id` for /secrets, ...), then `id`.
         """
-        own = {"/secrets": "secret_id", "/playbooks": "playbook_id",
-               "/knowledge/notes": "note_id"}.get(path)
+        own = {"/secrets": "secret_id", "/playbooks": "playbook_id", "/knowledge/notes": "note_id"}.get(
+            path
+        )
         fields = [f for f in (own, "id", "knowledge_id") if f]
         ids: set[str] = set()
         try:
@@ -307,9 +344,11 @@ class DevinClient:
         except ValidationError as exc:
             first = exc.errors(include_url=False)[0]
             where = ".".join(str(p) for p in first["loc"])
-            raise APIError(f"unreadable session object from the API: {where}: {first['msg']}",
-                           hint="the API answered with a shape this version does not know; "
-                           "re-run with --debug and report it") from None
+            raise APIError(
+                f"unreadable session object from the API: {where}: {first['msg']}",
+                hint="the API answered with a shape this version does not know; "
+                "re-run with --debug and report it",
+            ) from None
 
     def _msg(self, resp: httpx.Response) -> str:
         return self.config.redact(error_message(resp))

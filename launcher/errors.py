@@ -37,8 +37,13 @@ class ExitCode(IntEnum):
     error = 1, "error: invalid manifest, configuration, ledger, unreachable API, or remote check"
     changes = 2, "`plan --detailed-exitcode`: changes pending"
     failed = 3, "some sessions failed (apply: refused by the API; status: failed outcomes)"
-    unfinished = 4, ("apply: some sessions not launched yet (outcome unknown, or stopped by "
-                     "`--timeout`): re-run to resume; status: some still running or not launched")
+    unfinished = (
+        4,
+        (
+            "apply: some sessions not launched yet (outcome unknown, or stopped by "
+            "`--timeout`): re-run to resume; status: some still running or not launched"
+        ),
+    )
     aborted = 5, "aborted: bad credentials (401/403) or the circuit breaker opened"
     needs_human = 6, "status: some sessions need a human"
     usage = 64, "usage error (bad command-line options)"

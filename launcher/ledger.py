@@ -180,24 +180,31 @@ class Ledger:
         self.path = Path(path)
         self.campaign = campaign
         if not create and not self.path.exists():
-            raise LedgerError(f"no ledger for campaign {campaign!r} at {self.path}",
-                              path=str(self.path),
-                              hint="run `devin-fleet apply` first, or pass --ledger PATH")
+            raise LedgerError(
+                f"no ledger for campaign {campaign!r} at {self.path}",
+                path=str(self.path),
+                hint="run `devin-fleet apply` first, or pass --ledger PATH",
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                      timeout=10.0)
+            self.db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+            )
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"cannot open ledger {self.path}: {exc}", path=str(self.path),
-                              hint="is it a devin-fleet ledger? is the folder writable?") from None
+            raise LedgerError(
+                f"cannot open ledger {self.path}: {exc}",
+                path=str(self.path),
+                hint="is it a devin-fleet ledger? is the folder writable?",
+            ) from None
         except OSError as exc:
-            raise LedgerError(f"cannot create ledger {self.path}: {exc.strerror}",
-                              path=str(self.path)) from None
+            raise LedgerError(
+                f"cannot create ledger {self.path}: {exc.strerror}", path=str(self.path)
+            ) from None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -230,9 +237,12 @@ class Ledger:
     def _migrate(self) -> None:
         version = self._version()
         if version > SCHEMA_VERSION:
-            raise LedgerError(f"ledger {self.path} has schema v{version}; this devin-fleet "
-                              f"knows up to v{SCHEMA_VERSION}", path=str(self.path),
-                              hint="upgrade devin-fleet")
+            raise LedgerError(
+                f"ledger {self.path} has schema v{version}; this devin-fleet "
+                f"knows up to v{SCHEMA_VERSION}",
+                path=str(self.path),
+                hint="upgrade devin-fleet",
+            )
         for v in range(version, SCHEMA_VERSION):
             with self.transaction() as db:
                 for statement in MIGRATIONS[v].split(";"):
@@ -244,8 +254,10 @@ class Ledger:
             if row is None:
                 db.execute("INSERT INTO meta VALUES ('campaign', ?)", (self.campaign,))
             elif row[0] != self.campaign:
-                raise LedgerError(f"ledger {self.path} belongs to campaign {row[0]!r}, "
-                                  f"not {self.campaign!r}", path=str(self.path))
+                raise LedgerError(
+                    f"ledger {self.path} belongs to campaign {row[0]!r}, not {self.campaign!r}",
+                    path=str(self.path),
+                )
 
     # ------------------------------------------------------------------ lock
 
@@ -259,22 +271,26 @@ class Ledger:
                 dead = row["host"] == host and not _pid_alive(row["pid"])
                 stale = now - row["heartbeat_at"] > LOCK_TTL
                 if not (dead or stale):
-                    raise LockedError(self.campaign, row["owner"], row["acquired_at"],
-                                      str(self.path))
-            db.execute("INSERT OR REPLACE INTO lock VALUES (?, ?, ?, ?, ?, ?)",
-                       (self.campaign, f"{host}:{pid}", host, pid, now, now))
+                    raise LockedError(self.campaign, row["owner"], row["acquired_at"], str(self.path))
+            db.execute(
+                "INSERT OR REPLACE INTO lock VALUES (?, ?, ?, ?, ?, ?)",
+                (self.campaign, f"{host}:{pid}", host, pid, now, now),
+            )
 
     def heartbeat(self) -> None:
         host, pid = _owner()
         with self.transaction() as db:
-            db.execute("UPDATE lock SET heartbeat_at=? WHERE campaign=? AND host=? AND pid=?",
-                       (time.time(), self.campaign, host, pid))
+            db.execute(
+                "UPDATE lock SET heartbeat_at=? WHERE campaign=? AND host=? AND pid=?",
+                (time.time(), self.campaign, host, pid),
+            )
 
     def release_lock(self) -> None:
         host, pid = _owner()
         with self.transaction() as db:
-            db.execute("DELETE FROM lock WHERE campaign=? AND host=? AND pid=?",
-                       (self.campaign, host, pid))
+            db.execute(
+                "DELETE FROM lock WHERE campaign=? AND host=? AND pid=?", (self.campaign, host, pid)
+            )
 
     def break_lock(self) -> dict[str, Any] | None:
         """Remove the lock whoever holds it (`devin-fleet unlock`); returns what was removed."""
@@ -295,15 +311,17 @@ class Ledger:
 
     def known_session_ids(self, key: str) -> set[str]:
         """Every session id ever recorded for `key` (earlier attempts, replaced sessions)."""
-        rows = self.db.execute("SELECT session_id FROM events WHERE key=? AND session_id IS NOT "
-                               "NULL", (key,)).fetchall()
+        rows = self.db.execute(
+            "SELECT session_id FROM events WHERE key=? AND session_id IS NOT NULL", (key,)
+        ).fetchall()
         return {r[0] for r in rows}
 
     def session_ids_by_key(self) -> dict[str, set[str]]:
         """`known_session_ids` for every key, in one query (apply reads it once at start)."""
         out: dict[str, set[str]] = {}
-        for key, sid in self.db.execute("SELECT key, session_id FROM events "
-                                        "WHERE session_id IS NOT NULL"):
+        for key, sid in self.db.execute(
+            "SELECT key, session_id FROM events WHERE session_id IS NOT NULL"
+        ):
             out.setdefault(key, set()).add(sid)
         return out
 
@@ -322,30 +340,39 @@ class Ledger:
         """
         now = time.time()
         replace = set(replace)
-        existing = {r[0]: (r[1], r[2]) for r in
-                    self.db.execute("SELECT key, state, fingerprint FROM sessions")}
+        existing = {
+            r[0]: (r[1], r[2]) for r in self.db.execute("SELECT key, state, fingerprint FROM sessions")
+        }
         with self.transaction() as db:
             for s in plan.sessions:
                 have = existing.get(s.key)
                 if have is None:
-                    db.execute("INSERT INTO sessions (key, fleet, fingerprint, item_tag, state, "
-                               "updated_at) VALUES (?, ?, ?, ?, 'planned', ?)",
-                               (s.key, s.fleet, s.fingerprint, s.identity_tag, now))
+                    db.execute(
+                        "INSERT INTO sessions (key, fleet, fingerprint, item_tag, state, "
+                        "updated_at) VALUES (?, ?, ?, ?, 'planned', ?)",
+                        (s.key, s.fleet, s.fingerprint, s.identity_tag, now),
+                    )
                 elif have[0] in ("planned", "failed") and have[1] != s.fingerprint:
-                    db.execute("UPDATE sessions SET fingerprint=?, updated_at=? WHERE key=?",
-                               (s.fingerprint, now, s.key))
+                    db.execute(
+                        "UPDATE sessions SET fingerprint=?, updated_at=? WHERE key=?",
+                        (s.fingerprint, now, s.key),
+                    )
                 elif s.key in replace and LaunchState(have[0]).launched:
                     # The relaunch starts clean: nothing of the old session's follow-through
                     # (status, outputs, ACUs, cancellation) may show as the new one's.
-                    db.execute("UPDATE sessions SET state='planned', fingerprint=?, "
-                               "session_id=NULL, url=NULL, status=NULL, status_detail=NULL, "
-                               "outcome=NULL, acus_consumed=NULL, pull_requests=NULL, "
-                               "structured_output=NULL, refreshed_at=NULL, cancelled_at=NULL, "
-                               "updated_at=? WHERE key=?",
-                               (s.fingerprint, now, s.key))
-                    db.execute("INSERT INTO events (key, at, kind, fingerprint, detail) VALUES "
-                               "(?, ?, 'replace', ?, 'relaunch requested')",
-                               (s.key, now, s.fingerprint))
+                    db.execute(
+                        "UPDATE sessions SET state='planned', fingerprint=?, "
+                        "session_id=NULL, url=NULL, status=NULL, status_detail=NULL, "
+                        "outcome=NULL, acus_consumed=NULL, pull_requests=NULL, "
+                        "structured_output=NULL, refreshed_at=NULL, cancelled_at=NULL, "
+                        "updated_at=? WHERE key=?",
+                        (s.fingerprint, now, s.key),
+                    )
+                    db.execute(
+                        "INSERT INTO events (key, at, kind, fingerprint, detail) VALUES "
+                        "(?, ?, 'replace', ?, 'relaunch requested')",
+                        (s.key, now, s.fingerprint),
+                    )
             keys = {s.key for s in plan.sessions}
             gone = [k for k, (state, _) in existing.items() if k not in keys and state == "planned"]
             db.executemany("DELETE FROM sessions WHERE key=?", [(k,) for k in gone])
@@ -355,24 +382,40 @@ class Ledger:
         now = time.time()
         with self.transaction() as db:
             for e in events:
-                db.execute("INSERT INTO events (key, at, kind, attempt, http_status, session_id, "
-                           "fingerprint, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                           (e.key, now, e.kind, e.attempt, e.http_status, e.session_id,
-                            e.fingerprint, e.detail))
+                db.execute(
+                    "INSERT INTO events (key, at, kind, attempt, http_status, session_id, "
+                    "fingerprint, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        e.key,
+                        now,
+                        e.kind,
+                        e.attempt,
+                        e.http_status,
+                        e.session_id,
+                        e.fingerprint,
+                        e.detail,
+                    ),
+                )
                 if e.kind == "intent":
-                    db.execute("UPDATE sessions SET state='pending', attempts=attempts+1, "
-                               "updated_at=? WHERE key=?", (now, e.key))
+                    db.execute(
+                        "UPDATE sessions SET state='pending', attempts=attempts+1, "
+                        "updated_at=? WHERE key=?",
+                        (now, e.key),
+                    )
                 if e.state is not None:
                     if e.state.launched:
-                        db.execute("UPDATE sessions SET state=?, session_id=?, url=?, "
-                                   "last_error=NULL, created_at=?, fingerprint=COALESCE(?, "
-                                   "fingerprint), updated_at=? WHERE key=?",
-                                   (e.state.value, e.session_id, e.url, now, e.fingerprint, now,
-                                    e.key))
+                        db.execute(
+                            "UPDATE sessions SET state=?, session_id=?, url=?, "
+                            "last_error=NULL, created_at=?, fingerprint=COALESCE(?, "
+                            "fingerprint), updated_at=? WHERE key=?",
+                            (e.state.value, e.session_id, e.url, now, e.fingerprint, now, e.key),
+                        )
                     else:
-                        db.execute("UPDATE sessions SET state=?, last_error=COALESCE(?, "
-                                   "last_error), updated_at=? WHERE key=?",
-                                   (e.state.value, e.detail, now, e.key))
+                        db.execute(
+                            "UPDATE sessions SET state=?, last_error=COALESCE(?, "
+                            "last_error), updated_at=? WHERE key=?",
+                            (e.state.value, e.detail, now, e.key),
+                        )
 
     def update_status(self, updates: Iterable[Mapping[str, Any]]) -> None:
         """Store refreshed session states (from `status`): one mapping per session."""
@@ -382,19 +425,30 @@ class Ledger:
                 "UPDATE sessions SET status=:status, status_detail=:status_detail, "
                 "outcome=:outcome, acus_consumed=:acus_consumed, pull_requests=:pull_requests, "
                 "structured_output=:structured_output, refreshed_at=:now WHERE session_id=:session_id",
-                [{**u, "now": now,
-                  "pull_requests": json.dumps(u.get("pull_requests") or []),
-                  "structured_output": None if u.get("structured_output") is None
-                  else json.dumps(u["structured_output"])} for u in updates])
+                [
+                    {
+                        **u,
+                        "now": now,
+                        "pull_requests": json.dumps(u.get("pull_requests") or []),
+                        "structured_output": None
+                        if u.get("structured_output") is None
+                        else json.dumps(u["structured_output"]),
+                    }
+                    for u in updates
+                ],
+            )
 
     def mark_cancelled(self, keys: Iterable[str], *, archived: bool = False) -> None:
         now = time.time()
         with self.transaction() as db:
             for key in keys:
-                db.execute("UPDATE sessions SET cancelled_at=?, outcome='cancelled' WHERE key=?",
-                           (now, key))
-                db.execute("INSERT INTO events (key, at, kind, detail) VALUES (?, ?, 'cancelled',"
-                           " ?)", (key, now, "archived" if archived else None))
+                db.execute(
+                    "UPDATE sessions SET cancelled_at=?, outcome='cancelled' WHERE key=?", (now, key)
+                )
+                db.execute(
+                    "INSERT INTO events (key, at, kind, detail) VALUES (?, ?, 'cancelled', ?)",
+                    (key, now, "archived" if archived else None),
+                )
 
     # ------------------------------------------------------------------ diff
 
@@ -421,8 +475,10 @@ class Ledger:
         return out
 
 
-def open_ledger(manifest_path: Path, campaign: str, path: str | Path | None = None, *,
-                create: bool = True) -> Ledger:
+def open_ledger(
+    manifest_path: Path, campaign: str, path: str | Path | None = None, *, create: bool = True
+) -> Ledger:
     """The campaign's ledger: `path` if given, else `.devin-fleet/<campaign>.db` by the manifest."""
-    return Ledger(Path(path) if path else default_ledger_path(manifest_path, campaign), campaign,
-                  create=create)
+    return Ledger(
+        Path(path) if path else default_ledger_path(manifest_path, campaign), campaign, create=create
+    )

@@ -64,8 +64,10 @@ class SessionSecret(BaseModel):
     @classmethod
     def _no_literals(cls, v: Any) -> Any:
         if isinstance(v, str | int | float):
-            raise ValueError("a literal secret value is not allowed in a manifest; "
-                             "write {env: NAME} and export NAME when you apply")
+            raise ValueError(
+                "a literal secret value is not allowed in a manifest; "
+                "write {env: NAME} and export NAME when you apply"
+            )
         return v
 
 
@@ -86,8 +88,13 @@ def _schema_kind(v: Any) -> str:
 # not taken for an inline schema); anything else is an inline schema.
 SchemaRef = Annotated[
     Annotated[FileRef, Tag("file")]
-    | Annotated[dict[str, Any], Tag("inline"), WithJsonSchema(
-        {"type": "object", "not": {"required": ["file"]}, "description": "An inline schema."})],
+    | Annotated[
+        dict[str, Any],
+        Tag("inline"),
+        WithJsonSchema(
+            {"type": "object", "not": {"required": ["file"]}, "description": "An inline schema."}
+        ),
+    ],
     Discriminator(_schema_kind),
 ]
 
@@ -178,8 +185,10 @@ class ForEach(BaseModel):
     def _exactly_one(self) -> ForEach:
         given = [n for n in ("file", "items", "matrix") if getattr(self, n) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of `file`, `items` or `matrix`"
-                             + (f" (got {', '.join(given)})" if given else ""))
+            raise ValueError(
+                "give exactly one of `file`, `items` or `matrix`"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
         return self
 
 
@@ -321,9 +330,15 @@ def _user_loc(loc: Loc) -> tuple[Loc, bool, type[BaseModel] | None]:
 
 
 _EXPECTED = {
-    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
-    "string_type": "a string", "bool_type": "true/false", "bool_parsing": "true/false",
-    "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "string_type": "a string",
+    "bool_type": "true/false",
+    "bool_parsing": "true/false",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
     "list_type": "a list",
 }
 
@@ -336,8 +351,11 @@ def _describe(value: Any) -> str:
     if isinstance(value, str | int | float):
         text = repr(value)
         return text if len(text) <= 40 else text[:37] + "..."
-    return "a mapping" if isinstance(value, dict) else (
-        "a list" if isinstance(value, list) else type(value).__name__)
+    return (
+        "a mapping"
+        if isinstance(value, dict)
+        else ("a list" if isinstance(value, list) else type(value).__name__)
+    )
 
 
 def _validation_problems(exc: ValidationError, marks: Marks) -> list[Problem]:
@@ -352,23 +370,29 @@ def _validation_problems(exc: ValidationError, marks: Marks) -> list[Problem]:
             problems.append(_one_problem(loc, err, holder, marks))
     for loc, (expected, value) in merged.items():
         line, col = marks.find(loc)
-        what = " or ".join(dict.fromkeys("a template string" if e == "a string" else e
-                                         for e in expected))
+        what = " or ".join(
+            dict.fromkeys("a template string" if e == "a string" else e for e in expected)
+        )
         if loc[-1:] == ("structured_output_schema",):
             what = "an inline schema (a mapping) or {file: path}"
-        problems.append(Problem(marks.file, line, col, dotted_path(loc),
-                                f"expected {what}; got {_describe(value)}"))
+        problems.append(
+            Problem(marks.file, line, col, dotted_path(loc), f"expected {what}; got {_describe(value)}")
+        )
     unique = {(p.line, p.col, p.field, p.message): p for p in problems}
     return sorted(unique.values(), key=lambda p: (p.line or 0, p.col or 0, p.field))
 
 
-def _one_problem(loc: Loc, err: Mapping[str, Any], holder: type[BaseModel] | None,
-                 marks: Marks) -> Problem:
+def _one_problem(
+    loc: Loc, err: Mapping[str, Any], holder: type[BaseModel] | None, marks: Marks
+) -> Problem:
     if err["type"] == "extra_forbidden":
         names = list(holder.model_fields) if holder else []
         close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}?" if close else (
-            f"allowed: {', '.join(names)}" if names else None)
+        hint = (
+            f"did you mean {close[0]!r}?"
+            if close
+            else (f"allowed: {', '.join(names)}" if names else None)
+        )
         line, col = marks.find(loc, key=True)
         return Problem(marks.file, line, col, dotted_path(loc), "unknown field", hint)
     line, col = marks.find(loc)
@@ -404,14 +428,34 @@ def load_manifest(path: str | Path) -> LoadedManifest:
     p = Path(path)
     data, marks = read_yaml(p)
     if not isinstance(data, dict):
-        raise ManifestError([Problem(str(p), 1, 1, "", "a manifest must be a YAML mapping",
-                                     "start from an example in manifests/")])
+        raise ManifestError(
+            [
+                Problem(
+                    str(p),
+                    1,
+                    1,
+                    "",
+                    "a manifest must be a YAML mapping",
+                    "start from an example in manifests/",
+                )
+            ]
+        )
     if "version" in data and (type(data["version"]) is not int or data["version"] != 1):
         # another format (or not a number): its fields mean nothing here, so report only this
         line, col = marks.find(("version",))
-        raise ManifestError([Problem(str(p), line, col, "version", "unsupported manifest version "
-                                     f"{_describe(data['version'])}; this tool reads version 1",
-                                     "write `version: 1`")])
+        raise ManifestError(
+            [
+                Problem(
+                    str(p),
+                    line,
+                    col,
+                    "version",
+                    "unsupported manifest version "
+                    f"{_describe(data['version'])}; this tool reads version 1",
+                    "write `version: 1`",
+                )
+            ]
+        )
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
@@ -421,9 +465,13 @@ def load_manifest(path: str | Path) -> LoadedManifest:
     problems = []
     for i, fleet in enumerate(manifest.fleets):
         if fleet.name in first:
-            problems.append(loaded.problem(("fleets", i, "name"), f"duplicate fleet name "
-                                           f"{fleet.name!r} (first: fleets[{first[fleet.name]}])",
-                                           "fleet names must be unique in a campaign"))
+            problems.append(
+                loaded.problem(
+                    ("fleets", i, "name"),
+                    f"duplicate fleet name {fleet.name!r} (first: fleets[{first[fleet.name]}])",
+                    "fleet names must be unique in a campaign",
+                )
+            )
         first.setdefault(fleet.name, i)
     if problems:
         raise ManifestError(problems)

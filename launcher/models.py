@@ -94,8 +94,9 @@ def _check_schema(schema: Any) -> str | None:
     if not isinstance(schema, dict):
         return f"a structured-output schema must be a JSON object, not {type(schema).__name__}"
     try:
-        text = json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False)
+        text = json.dumps(
+            schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
     except (TypeError, ValueError) as exc:
         return f"schema is not plain JSON (object keys must be strings, no NaN): {exc}"
     raw = text.encode()
@@ -104,8 +105,9 @@ def _check_schema(schema: Any) -> str | None:
         return _checked_schemas[digest]
     problem: str | None = None
     if len(raw) > MAX_SCHEMA_BYTES:
-        problem = (f"schema is {len(raw):,} bytes serialized; the API accepts at most "
-                   f"{MAX_SCHEMA_BYTES:,}")
+        problem = (
+            f"schema is {len(raw):,} bytes serialized; the API accepts at most {MAX_SCHEMA_BYTES:,}"
+        )
     elif refs := _external_refs(schema):
         problem = f"schema must be self-contained, but has an external $ref: {refs[0]}"
     else:
@@ -184,17 +186,13 @@ class CreateSessionRequest(BaseModel):
         default=None, description="Per-session secrets."
     )
     playbook_id: str | None = Field(default=None, description="Playbook to follow.")
-    child_playbook_id: str | None = Field(
-        default=None, description="Playbook for child sessions."
-    )
+    child_playbook_id: str | None = Field(default=None, description="Playbook for child sessions.")
     session_links: list[str] | None = Field(
         default=None, description="Other sessions to use as context."
     )
     max_acu_limit: int | None = Field(default=None, gt=0, description="Per-session ACU cap.")
     bypass_approval: bool | None = Field(default=None, description="Skip the approval gate.")
-    create_as_user_id: str | None = Field(
-        default=None, description="Create on behalf of an org member."
-    )
+    create_as_user_id: str | None = Field(default=None, description="Create on behalf of an org member.")
     devin_mode: DevinMode | None = Field(default=None, description="Agent mode.")
     platform: str | None = Field(default=None, description="VM platform label.")
     structured_output_schema: dict[str, Any] | None = Field(
@@ -229,11 +227,13 @@ class CreateSessionRequest(BaseModel):
     def _urls(cls, v: list[str] | None) -> list[str] | None:
         for url in v or []:
             if not 1 <= len(url) <= MAX_URL_CHARS:
-                raise ValueError(f"attachment URL is {len(url):,} characters; the API accepts "
-                                 f"1..{MAX_URL_CHARS:,}")
+                raise ValueError(
+                    f"attachment URL is {len(url):,} characters; the API accepts 1..{MAX_URL_CHARS:,}"
+                )
             if not is_absolute_uri(url):
-                raise ValueError(f"{_short(url)} is not an absolute URI (scheme:..., e.g. "
-                                 "https://host/path)")
+                raise ValueError(
+                    f"{_short(url)} is not an absolute URI (scheme:..., e.g. https://host/path)"
+                )
         return v
 
     @field_validator("max_acu_limit", mode="before")
@@ -256,8 +256,7 @@ class CreateSessionRequest(BaseModel):
 
     def body(self) -> dict[str, Any]:
         """The JSON body to send: only the fields that were set, never nulls."""
-        body = self.model_dump(mode="json", exclude_none=True,
-                               exclude={"structured_output_schema"})
+        body = self.model_dump(mode="json", exclude_none=True, exclude={"structured_output_schema"})
         if self.structured_output_schema is not None:
             body["structured_output_schema"] = self.structured_output_schema  # checked as JSON
         return body
@@ -301,8 +300,19 @@ class PullRequest(BaseModel):
     pr_state: str | None = None
 
 
-_NOT_NULL = frozenset({"url", "status", "tags", "org_id", "created_at", "updated_at",
-                       "acus_consumed", "pull_requests", "is_archived"})
+_NOT_NULL = frozenset(
+    {
+        "url",
+        "status",
+        "tags",
+        "org_id",
+        "created_at",
+        "updated_at",
+        "acus_consumed",
+        "pull_requests",
+        "is_archived",
+    }
+)
 
 
 class Session(BaseModel):

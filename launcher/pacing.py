@@ -64,8 +64,9 @@ class TokenBucket:
         self.tokens = min(self.tokens, self.burst)
 
 
-def backoff_delay(attempt: int, *, base: float = 0.5, cap: float = 30.0,
-                  rng: random.Random | None = None) -> float:
+def backoff_delay(
+    attempt: int, *, base: float = 0.5, cap: float = 30.0, rng: random.Random | None = None
+) -> float:
     """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**attempt))."""
     r = rng or random
     return r.uniform(0.0, min(cap, base * (2 ** min(attempt, 30))))

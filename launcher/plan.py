@@ -34,19 +34,66 @@ from launcher.templating import TemplateFailure, Templates
 SECRET_PLACEHOLDER = "***"
 IDENTITY_TAGS = 2
 _LIST_FIELDS = ("repos", "attachment_urls", "knowledge_ids", "secret_ids", "session_links")
-_TEXT_FIELDS = ("title", "playbook_id", "child_playbook_id", "create_as_user_id", "devin_mode",
-                "platform")
+_TEXT_FIELDS = (
+    "title",
+    "playbook_id",
+    "child_playbook_id",
+    "create_as_user_id",
+    "devin_mode",
+    "platform",
+)
 # Not strings in the API: a template's text is converted (by the API model) after rendering.
 _CONVERTED_FIELDS = ("max_acu_limit", "bypass_approval", "structured_output_required", "resumable")
-_DRAFT7_KEYWORDS = frozenset({
-    "$schema", "$id", "$ref", "$comment", "title", "description", "default", "readOnly",
-    "writeOnly", "examples", "multipleOf", "maximum", "exclusiveMaximum", "minimum",
-    "exclusiveMinimum", "maxLength", "minLength", "pattern", "additionalItems", "items",
-    "maxItems", "minItems", "uniqueItems", "contains", "maxProperties", "minProperties",
-    "required", "additionalProperties", "definitions", "properties", "patternProperties",
-    "dependencies", "propertyNames", "const", "enum", "type", "format", "contentMediaType",
-    "contentEncoding", "if", "then", "else", "allOf", "anyOf", "oneOf", "not",
-})
+_DRAFT7_KEYWORDS = frozenset(
+    {
+        "$schema",
+        "$id",
+        "$ref",
+        "$comment",
+        "title",
+        "description",
+        "default",
+        "readOnly",
+        "writeOnly",
+        "examples",
+        "multipleOf",
+        "maximum",
+        "exclusiveMaximum",
+        "minimum",
+        "exclusiveMinimum",
+        "maxLength",
+        "minLength",
+        "pattern",
+        "additionalItems",
+        "items",
+        "maxItems",
+        "minItems",
+        "uniqueItems",
+        "contains",
+        "maxProperties",
+        "minProperties",
+        "required",
+        "additionalProperties",
+        "definitions",
+        "properties",
+        "patternProperties",
+        "dependencies",
+        "propertyNames",
+        "const",
+        "enum",
+        "type",
+        "format",
+        "contentMediaType",
+        "contentEncoding",
+        "if",
+        "then",
+        "else",
+        "allOf",
+        "anyOf",
+        "oneOf",
+        "not",
+    }
+)
 
 
 def campaign_tag(campaign: str) -> str:
@@ -98,8 +145,13 @@ class PlannedSession:
         return body
 
     def to_json(self) -> dict[str, Any]:
-        return {"key": self.key, "fleet": self.fleet, "fingerprint": self.fingerprint,
-                "tags": list(self.tags), "request": self.request}
+        return {
+            "key": self.key,
+            "fleet": self.fleet,
+            "fingerprint": self.fingerprint,
+            "tags": list(self.tags),
+            "request": self.request,
+        }
 
 
 @dataclass(frozen=True)
@@ -130,8 +182,7 @@ class Plan:
             "max_sessions": budget.max_sessions,
             "acu": self.total_acu,
             "max_total_acu": budget.max_total_acu,
-            "unbounded_acu_sessions": sum(1 for s in self.sessions
-                                          if "max_acu_limit" not in s.request),
+            "unbounded_acu_sessions": sum(1 for s in self.sessions if "max_acu_limit" not in s.request),
         }
 
     def secret_env_names(self) -> list[str]:
@@ -142,10 +193,12 @@ class Plan:
         return [n for n in self.secret_env_names() if n not in env]
 
     def to_json(self) -> dict[str, Any]:
-        return {"campaign": self.campaign,
-                "sessions": [s.to_json() for s in self.sessions],
-                "totals": self.totals(),
-                "warnings": list(self.warnings)}
+        return {
+            "campaign": self.campaign,
+            "sessions": [s.to_json() for s in self.sessions],
+            "totals": self.totals(),
+            "warnings": list(self.warnings),
+        }
 
     def by_key(self) -> dict[str, PlannedSession]:
         return {s.key: s for s in self.sessions}
@@ -209,14 +262,25 @@ class _Problems:
             msg = problem.message
             if origin:
                 msg += f" [item {origin}" + (f", and {more:,} more item(s)]" if more else "]")
-            out.append(Problem(problem.file, problem.line, problem.col, problem.field, msg,
-                               problem.hint))
+            out.append(
+                Problem(problem.file, problem.line, problem.col, problem.field, msg, problem.hint)
+            )
         for (file, line, field_), n in self._per_field.items():
             if n > MAX_REPEATED:
-                first = next(p for p, _, _ in self._seen.values()
-                             if (p.file, p.line, p.field) == (file, line, field_))
-                out.append(Problem(file, line, first.col, field_, f"and {n - MAX_REPEATED:,} "
-                                   "more different problem(s) here, in other items"))
+                first = next(
+                    p
+                    for p, _, _ in self._seen.values()
+                    if (p.file, p.line, p.field) == (file, line, field_)
+                )
+                out.append(
+                    Problem(
+                        file,
+                        line,
+                        first.col,
+                        field_,
+                        f"and {n - MAX_REPEATED:,} more different problem(s) here, in other items",
+                    )
+                )
         return out
 
 
@@ -235,8 +299,9 @@ class _FleetSpec:
     prompt_file: str | None  # the label of the prompt's file, when it came from one
 
 
-def _template_problem(loaded: LoadedManifest, loc: Loc, exc: TemplateFailure,
-                      prompt_file: str | None = None) -> Problem:
+def _template_problem(
+    loaded: LoadedManifest, loc: Loc, exc: TemplateFailure, prompt_file: str | None = None
+) -> Problem:
     """Locate a template failure: the template's own line, inside the manifest or its file."""
     if prompt_file is not None:
         return Problem(prompt_file, exc.line or 1, 1, dotted_path(loc), exc.message, exc.hint)
@@ -249,8 +314,9 @@ def _template_problem(loaded: LoadedManifest, loc: Loc, exc: TemplateFailure,
     return problem
 
 
-def _merge(loaded: LoadedManifest, fi: int, templates: Templates,
-           problems: _Problems) -> _FleetSpec | None:
+def _merge(
+    loaded: LoadedManifest, fi: int, templates: Templates, problems: _Problems
+) -> _FleetSpec | None:
     """defaults, then the fleet's session: the session's fields win; tags are unioned."""
     m = loaded.manifest
     fleet = m.fleets[fi]
@@ -279,49 +345,71 @@ def _merge(loaded: LoadedManifest, fi: int, templates: Templates,
     if "prompt_file" in fields:
         prompt_file = loaded.file_label(fields["prompt_file"])
         try:
-            fields["prompt"] = read_text(resolve_file(loaded, fields["prompt_file"]),
-                                         limit=MAX_MANIFEST_BYTES, label=prompt_file)
+            fields["prompt"] = read_text(
+                resolve_file(loaded, fields["prompt_file"]), limit=MAX_MANIFEST_BYTES, label=prompt_file
+            )
         except ManifestError as exc:
             problems.extend(_forward(loaded, locs["prompt_file"], exc))
             ok = False
         locs["prompt"] = locs.pop("prompt_file")
         del fields["prompt_file"]
     elif "prompt" not in fields:
-        problems.add(loaded.problem(("fleets", fi, "session"), "no `prompt` (or `prompt_file`)",
-                                    "every session needs a prompt: set it in session or defaults"))
+        problems.add(
+            loaded.problem(
+                ("fleets", fi, "session"),
+                "no `prompt` (or `prompt_file`)",
+                "every session needs a prompt: set it in session or defaults",
+            )
+        )
         ok = False
     ok &= _compile_all(loaded, fi, fields, locs, tag_locs, prompt_file, templates, problems)
     schema, digest = None, None
     if "structured_output_schema" in fields:
-        schema = _load_schema(loaded, fields.pop("structured_output_schema"),
-                              locs["structured_output_schema"], problems)
+        schema = _load_schema(
+            loaded, fields.pop("structured_output_schema"), locs["structured_output_schema"], problems
+        )
         if schema is None:
             ok = False
         else:
-            digest = hashlib.sha256(json.dumps(schema, sort_keys=True, separators=(",", ":"),
-                                               ensure_ascii=False).encode()).hexdigest()
+            digest = hashlib.sha256(
+                json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+            ).hexdigest()
     n_tags = len(fields.get("tags") or [])
     if n_tags + IDENTITY_TAGS > MAX_TAGS:
-        problems.add(loaded.problem(locs["tags"], f"{n_tags} tags plus {IDENTITY_TAGS} identity "
-                                    f"tags is more than the API's {MAX_TAGS}",
-                                    f"use at most {MAX_TAGS - IDENTITY_TAGS} tags"))
+        problems.add(
+            loaded.problem(
+                locs["tags"],
+                f"{n_tags} tags plus {IDENTITY_TAGS} identity tags is more than the API's {MAX_TAGS}",
+                f"use at most {MAX_TAGS - IDENTITY_TAGS} tags",
+            )
+        )
         ok = False
     if not ok:
         return None
-    return _FleetSpec(fleet.name, fi, fields, locs, tag_locs, fleet.key, schema, digest,
-                      prompt_file)
+    return _FleetSpec(fleet.name, fi, fields, locs, tag_locs, fleet.key, schema, digest, prompt_file)
 
 
 def _forward(loaded: LoadedManifest, loc: Loc, exc: ManifestError) -> list[Problem]:
     """Problems of a file the manifest names: located in that file when they have a line,
     else at the manifest field that names it."""
-    return [replace(p, field=p.field or dotted_path(loc)) if p.line is not None
-            else loaded.problem(loc, f"{p.file}: {p.message}", p.hint) for p in exc.problems]
+    return [
+        replace(p, field=p.field or dotted_path(loc))
+        if p.line is not None
+        else loaded.problem(loc, f"{p.file}: {p.message}", p.hint)
+        for p in exc.problems
+    ]
 
 
-def _compile_all(loaded: LoadedManifest, fi: int, fields: dict[str, Any], locs: dict[str, Loc],
-                 tag_locs: list[Loc], prompt_file: str | None, templates: Templates,
-                 problems: _Problems) -> bool:
+def _compile_all(
+    loaded: LoadedManifest,
+    fi: int,
+    fields: dict[str, Any],
+    locs: dict[str, Loc],
+    tag_locs: list[Loc],
+    prompt_file: str | None,
+    templates: Templates,
+    problems: _Problems,
+) -> bool:
     """Compile a fleet's templates once: a syntax error is one problem, not one per item."""
     sources: list[tuple[str, Loc, str | None]] = []
     key = loaded.manifest.fleets[fi].key
@@ -336,9 +424,11 @@ def _compile_all(loaded: LoadedManifest, fi: int, fields: dict[str, Any], locs: 
         sources += [(v, (*locs[name], i), None) for i, v in enumerate(fields.get(name) or [])]
     sources += [(t, loc, None) for t, loc in zip(fields.get("tags") or [], tag_locs, strict=True)]
     for i, s in enumerate(fields.get("session_secrets") or []):
-        sources += [(text, (*locs["session_secrets"], i, part), None)
-                    for part, text in (("key", s.key), ("sensitive", s.sensitive))
-                    if isinstance(text, str)]
+        sources += [
+            (text, (*locs["session_secrets"], i, part), None)
+            for part, text in (("key", s.key), ("sensitive", s.sensitive))
+            if isinstance(text, str)
+        ]
     ok = True
     for source, loc, file in sources:
         try:
@@ -351,29 +441,40 @@ def _compile_all(loaded: LoadedManifest, fi: int, fields: dict[str, Any], locs: 
     except TemplateFailure:
         uses_index = False  # reported above
     if uses_index:
-        problems.add(loaded.problem(("fleets", fi, "key"), "a key may not use `index`: it "
-                                    "changes when items are inserted or reordered",
-                                    "build the key from the item's own values"))
+        problems.add(
+            loaded.problem(
+                ("fleets", fi, "key"),
+                "a key may not use `index`: it changes when items are inserted or reordered",
+                "build the key from the item's own values",
+            )
+        )
         ok = False
     return ok
 
 
-def _load_schema(loaded: LoadedManifest, ref: FileRef | dict[str, Any], loc: Loc,
-                 problems: _Problems) -> dict[str, Any] | None:
+def _load_schema(
+    loaded: LoadedManifest, ref: FileRef | dict[str, Any], loc: Loc, problems: _Problems
+) -> dict[str, Any] | None:
     """The fleet's structured-output schema, inline or from a file, checked once."""
     if isinstance(ref, FileRef):
         try:
-            schema = load_json_or_yaml(resolve_file(loaded, ref.file), loaded.file_label(ref.file),
-                                       MAX_MANIFEST_BYTES)
+            schema = load_json_or_yaml(
+                resolve_file(loaded, ref.file), loaded.file_label(ref.file), MAX_MANIFEST_BYTES
+            )
         except ManifestError as exc:
             problems.extend(_forward(loaded, loc, exc))
             return None
     else:
         schema = ref
         if schema and not (set(schema) & _DRAFT7_KEYWORDS):
-            problems.add(loaded.problem(loc, "not a JSON Schema: none of its keys "
-                                        f"({', '.join(map(str, schema))}) is a Draft 7 keyword",
-                                        "write an inline schema, or {file: path}"))
+            problems.add(
+                loaded.problem(
+                    loc,
+                    "not a JSON Schema: none of its keys "
+                    f"({', '.join(map(str, schema))}) is a Draft 7 keyword",
+                    "write an inline schema, or {file: path}",
+                )
+            )
             return None
     if not isinstance(schema, dict):
         problems.add(loaded.problem(loc, "the schema must be a JSON object"))
@@ -407,8 +508,11 @@ def build_plan(loaded: LoadedManifest, *, environ: Mapping[str, str] | None = No
             continue
         n_items += len(items)
         if not items:
-            problems.add(loaded.problem(("fleets", fi, "for_each"), "empty fleet: no items",
-                                        "add items, or remove the fleet"))
+            problems.add(
+                loaded.problem(
+                    ("fleets", fi, "for_each"), "empty fleet: no items", "add items, or remove the fleet"
+                )
+            )
             continue
         if spec is None:
             continue
@@ -420,10 +524,14 @@ def build_plan(loaded: LoadedManifest, *, environ: Mapping[str, str] | None = No
             if planned.key in keys:
                 f0, o0 = keys[planned.key]
                 loc: Loc = ("fleets", fi, "key") if fleet.key else ("fleets", fi, "for_each")
-                problems.add(loaded.problem(
-                    loc, f"duplicate key {planned.key!r}: item {o0} (fleet {f0}) and item "
-                    f"{item.origin} (fleet {fleet.name})",
-                    "make `key:` unique in the campaign, e.g. '{{ fleet }}-{{ item.repo }}'"))
+                problems.add(
+                    loaded.problem(
+                        loc,
+                        f"duplicate key {planned.key!r}: item {o0} (fleet {f0}) and item "
+                        f"{item.origin} (fleet {fleet.name})",
+                        "make `key:` unique in the campaign, e.g. '{{ fleet }}-{{ item.repo }}'",
+                    )
+                )
                 continue
             keys[planned.key] = (fleet.name, item.origin)
             sessions.append(planned)
@@ -434,17 +542,26 @@ def build_plan(loaded: LoadedManifest, *, environ: Mapping[str, str] | None = No
     env = os.environ if environ is None else environ
     missing = sorted({n for s in sessions for _, n in s.secret_env if n not in env})
     if missing:
-        warnings.append(f"environment variable(s) for session secrets not set: {', '.join(missing)}"
-                        " (apply will refuse until they are)")
+        warnings.append(
+            f"environment variable(s) for session secrets not set: {', '.join(missing)}"
+            " (apply will refuse until they are)"
+        )
     return Plan(m.campaign, loaded, tuple(sessions), tuple(warnings), schemas)
 
 
-def _plan_one(loaded: LoadedManifest, spec: _FleetSpec, templates: Templates, idx: int,
-              item: Item, problems: _Problems) -> PlannedSession | None:
+def _plan_one(
+    loaded: LoadedManifest,
+    spec: _FleetSpec,
+    templates: Templates,
+    idx: int,
+    item: Item,
+    problems: _Problems,
+) -> PlannedSession | None:
     m = loaded.manifest
     fields, locs = spec.fields, spec.locs
-    bound = templates.bind({"item": item.value, "vars": m.vars, "campaign": m.campaign,
-                            "fleet": spec.name, "index": idx})
+    bound = templates.bind(
+        {"item": item.value, "vars": m.vars, "campaign": m.campaign, "fleet": spec.name, "index": idx}
+    )
     failed: set[str] = set()  # fields whose templates failed (already reported)
 
     def render(text: str, loc: Loc, name: str, file: str | None = None) -> str:
@@ -463,13 +580,19 @@ def _plan_one(loaded: LoadedManifest, spec: _FleetSpec, templates: Templates, id
         key = _default_key(item.value)
     if not key:
         where = "key" if spec.key_source else "for_each"
-        problems.add(loaded.problem(("fleets", spec.index, where), "the item's key is empty",
-                                    "set `key:` on the fleet, from values every item has"),
-                     item.origin)
+        problems.add(
+            loaded.problem(
+                ("fleets", spec.index, where),
+                "the item's key is empty",
+                "set `key:` on the fleet, from values every item has",
+            ),
+            item.origin,
+        )
         return None
 
     request: dict[str, Any] = {
-        "prompt": render(fields["prompt"], locs["prompt"], "prompt", spec.prompt_file)}
+        "prompt": render(fields["prompt"], locs["prompt"], "prompt", spec.prompt_file)
+    }
     for name in _TEXT_FIELDS:
         if name in fields:
             request[name] = render(fields[name], locs[name], name)
@@ -485,18 +608,27 @@ def _plan_one(loaded: LoadedManifest, spec: _FleetSpec, templates: Templates, id
         if name in fields:
             request[name] = [render(v, (*locs[name], i), name) for i, v in enumerate(fields[name])]
     ctag, itag = campaign_tag(m.campaign), item_tag(m.campaign, key)
-    tags = [render(t, loc, "tags")
-            for t, loc in zip(fields.get("tags") or [], spec.tag_locs, strict=True)]
+    tags = [
+        render(t, loc, "tags") for t, loc in zip(fields.get("tags") or [], spec.tag_locs, strict=True)
+    ]
     request["tags"] = list(dict.fromkeys([*tags, ctag, itag]))
     secret_env: list[tuple[int, str]] = []
     if "session_secrets" in fields:
         secrets = []
         for i, s in enumerate(fields["session_secrets"]):
             sloc = (*locs["session_secrets"], i)
-            sens = render(s.sensitive, (*sloc, "sensitive"), "session_secrets").strip() \
-                if isinstance(s.sensitive, str) else s.sensitive
-            secrets.append({"key": render(s.key, (*sloc, "key"), "session_secrets"),
-                            "value": SECRET_PLACEHOLDER, "sensitive": sens})
+            sens = (
+                render(s.sensitive, (*sloc, "sensitive"), "session_secrets").strip()
+                if isinstance(s.sensitive, str)
+                else s.sensitive
+            )
+            secrets.append(
+                {
+                    "key": render(s.key, (*sloc, "key"), "session_secrets"),
+                    "value": SECRET_PLACEHOLDER,
+                    "sensitive": sens,
+                }
+            )
             secret_env.append((i, s.value.env))
         request["session_secrets"] = secrets
     if spec.schema is not None:
@@ -521,36 +653,56 @@ def _plan_one(loaded: LoadedManifest, spec: _FleetSpec, templates: Templates, id
     # schema by its digest (hashed once per fleet).
     fp_body = dict(body)
     if secret_env:
-        fp_body["session_secrets"] = [dict(s, value=f"env:{name}")
-                                      for s, (_, name) in zip(body["session_secrets"], secret_env,
-                                                              strict=True)]
+        fp_body["session_secrets"] = [
+            dict(s, value=f"env:{name}")
+            for s, (_, name) in zip(body["session_secrets"], secret_env, strict=True)
+        ]
     if spec.schema_digest is not None:
         fp_body["structured_output_schema"] = f"sha256:{spec.schema_digest}"
-    return PlannedSession(key=key, fleet=spec.name, index=idx, item=item.value,
-                          origin=item.origin, tags=(ctag, itag), fingerprint=fingerprint(fp_body),
-                          request=body, secret_env=tuple(secret_env))
+    return PlannedSession(
+        key=key,
+        fleet=spec.name,
+        index=idx,
+        item=item.value,
+        origin=item.origin,
+        tags=(ctag, itag),
+        fingerprint=fingerprint(fp_body),
+        request=body,
+        secret_env=tuple(secret_env),
+    )
 
 
-def _check_budget(loaded: LoadedManifest, sessions: list[PlannedSession], n_items: int,
-                  problems: _Problems) -> None:
+def _check_budget(
+    loaded: LoadedManifest, sessions: list[PlannedSession], n_items: int, problems: _Problems
+) -> None:
     """The budget, checked on what is known: every item counts; ACUs of planned sessions."""
     budget = loaded.manifest.budget
     if budget.max_sessions is not None and n_items > budget.max_sessions:
-        problems.add(loaded.problem(("budget", "max_sessions"),
-                                    f"the plan has {n_items:,} sessions; the budget allows "
-                                    f"{budget.max_sessions:,}",
-                                    "raise budget.max_sessions or narrow the fleets"))
+        problems.add(
+            loaded.problem(
+                ("budget", "max_sessions"),
+                f"the plan has {n_items:,} sessions; the budget allows {budget.max_sessions:,}",
+                "raise budget.max_sessions or narrow the fleets",
+            )
+        )
     if budget.max_total_acu is not None:
         unbounded = [s.key for s in sessions if "max_acu_limit" not in s.request]
         if unbounded:
-            problems.add(loaded.problem(("budget", "max_total_acu"),
-                                        f"{len(unbounded):,} session(s) have no max_acu_limit "
-                                        f"(first: {unbounded[0]!r}), so the total is unbounded",
-                                        "set max_acu_limit in defaults"))
+            problems.add(
+                loaded.problem(
+                    ("budget", "max_total_acu"),
+                    f"{len(unbounded):,} session(s) have no max_acu_limit "
+                    f"(first: {unbounded[0]!r}), so the total is unbounded",
+                    "set max_acu_limit in defaults",
+                )
+            )
         else:
             total = sum(s.request["max_acu_limit"] for s in sessions)
             if total > budget.max_total_acu:
-                problems.add(loaded.problem(("budget", "max_total_acu"),
-                                            f"the plan may use {total:,} ACUs; the budget allows "
-                                            f"{budget.max_total_acu:,}",
-                                            "raise budget.max_total_acu or lower max_acu_limit"))
+                problems.add(
+                    loaded.problem(
+                        ("budget", "max_total_acu"),
+                        f"the plan may use {total:,} ACUs; the budget allows {budget.max_total_acu:,}",
+                        "raise budget.max_total_acu or lower max_acu_limit",
+                    )
+                )

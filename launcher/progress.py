@@ -23,8 +23,14 @@ from launcher.apply import Result
 class ProgressReporter:
     """Implements execute.Reporter (and the status watcher's notes) for humans."""
 
-    def __init__(self, label: str, *, stream: IO[str] | None = None, every: float = 5.0,
-                 force_terminal: bool | None = None) -> None:
+    def __init__(
+        self,
+        label: str,
+        *,
+        stream: IO[str] | None = None,
+        every: float = 5.0,
+        force_terminal: bool | None = None,
+    ) -> None:
         self.console = Console(file=stream, stderr=stream is None, force_terminal=force_terminal)
         self.label = label
         self.every = every
@@ -45,10 +51,17 @@ class ProgressReporter:
         self._start = self._last = time.monotonic()
         if self.live and total:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}/s"), TimeElapsedColumn(), TextColumn("eta"),
-                TimeRemainingColumn(), TextColumn("{task.fields[counts]}"),
-                console=self.console, transient=False)
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}/s"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[counts]}"),
+                console=self.console,
+                transient=False,
+            )
             self._progress.start()
             self._task = self._progress.add_task(self.label, total=total, rate="0.0", counts="")
         elif total:
@@ -57,7 +70,7 @@ class ProgressReporter:
     def _counts(self) -> str:
         return " ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
 
-    def advance(self, key: str, result: Result | str) -> None:
+    def advance(self, key: str, result: Result | str) -> None:  # noqa: ARG002 (Reporter)
         self.counts[str(result)] += 1
         self.done += 1
         now = time.monotonic()
@@ -66,8 +79,10 @@ class ProgressReporter:
             self._progress.update(self._task, advance=1, rate=f"{rate:.1f}", counts=self._counts())
         elif now - self._last >= self.every:
             self._last = now
-            self.console.print(f"{self.label}: {self.done}/{self.total} ({rate:.1f}/s) "
-                               f"{self._counts()}", highlight=False)
+            self.console.print(
+                f"{self.label}: {self.done}/{self.total} ({rate:.1f}/s) {self._counts()}",
+                highlight=False,
+            )
 
     def note(self, message: str) -> None:
         self.console.print(f"note: {message}", highlight=False, markup=False)
@@ -77,5 +92,6 @@ class ProgressReporter:
             self._progress.stop()
             self._progress = None
         elif self.total:
-            self.console.print(f"{self.label}: {self.done}/{self.total} {self._counts()}",
-                               highlight=False)
+            self.console.print(
+                f"{self.label}: {self.done}/{self.total} {self._counts()}", highlight=False
+            )

@@ -54,7 +54,7 @@ async def check_remote(plan: Plan, client: DevinClient) -> list[str]:
         refs: dict[str, set[str]] = {}
         for s in plan.sessions:
             value = s.request.get(field_name)
-            for ref in ([value] if isinstance(value, str) else value or []):
+            for ref in [value] if isinstance(value, str) else value or []:
                 refs.setdefault(ref, set()).add(s.fleet)
         if not refs:
             continue
@@ -73,9 +73,13 @@ async def check_remote(plan: Plan, client: DevinClient) -> list[str]:
                 if (ref, loc) in seen:
                     continue
                 seen.add((ref, loc))
-                problems.append(plan.manifest.problem(
-                    loc, f"{label} {ref!r} does not exist in org {client.config.org_id}",
-                    f"check the id (GET {path} lists them)"))
+                problems.append(
+                    plan.manifest.problem(
+                        loc,
+                        f"{label} {ref!r} does not exist in org {client.config.org_id}",
+                        f"check the id (GET {path} lists them)",
+                    )
+                )
     if problems:
         raise RemoteCheckError(problems)
     return warnings

@@ -18,11 +18,17 @@ def results_rows(view: CampaignView) -> list[dict[str, Any]]:
             row.update({f"item.{k}": v for k, v in s.item.items()})
         else:
             row["item"] = "" if s.item is None else s.item
-        row.update({"session_id": s.session_id or "", "url": s.url or "",
-                    "outcome": s.outcome.value, "pull_requests": " ".join(s.pr_urls),
-                    "acus_consumed": "" if s.acus_consumed is None else s.acus_consumed,
-                    "output_valid": "" if s.output_valid is None else s.output_valid,
-                    "output_errors": "; ".join(s.output_errors)})
+        row.update(
+            {
+                "session_id": s.session_id or "",
+                "url": s.url or "",
+                "outcome": s.outcome.value,
+                "pull_requests": " ".join(s.pr_urls),
+                "acus_consumed": "" if s.acus_consumed is None else s.acus_consumed,
+                "output_valid": "" if s.output_valid is None else s.output_valid,
+                "output_errors": "; ".join(s.output_errors),
+            }
+        )
         row.update(_flatten(s.structured_output or {}, "output"))
         rows.append(row)
     return rows

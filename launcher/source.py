@@ -33,7 +33,6 @@ def dotted_path(loc: Loc) -> str:
     return out
 
 
-
 @dataclass
 class Marks:
     """Where each value (and each mapping key) of a YAML document starts: path -> (line, col)."""
@@ -64,8 +63,7 @@ _Loader.yaml_implicit_resolvers = {
     ch: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:timestamp", _BOOL)]
     for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.copy().items()
 }
-_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                              list("tTfF"))
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def _decode(raw: bytes, file: str) -> str:
@@ -76,8 +74,16 @@ def _decode(raw: bytes, file: str) -> str:
         line = before.count(b"\n") + 1
         col = exc.start - (before.rfind(b"\n") + 1) + 1
         raise ManifestError(
-            [Problem(file, line, col, "", f"not valid UTF-8 (byte 0x{raw[exc.start]:02x})",
-                     "save the file as UTF-8")]
+            [
+                Problem(
+                    file,
+                    line,
+                    col,
+                    "",
+                    f"not valid UTF-8 (byte 0x{raw[exc.start]:02x})",
+                    "save the file as UTF-8",
+                )
+            ]
         ) from None
 
 
@@ -87,21 +93,29 @@ def read_text(path: Path, *, limit: int, label: str | None = None) -> str:
     try:
         size = path.stat().st_size
         if size > limit:
-            raise ManifestError([Problem(name, None, None, "", f"file is {size:,} bytes; "
-                                         f"the limit is {limit:,}", "split it into smaller files")])
+            raise ManifestError(
+                [
+                    Problem(
+                        name,
+                        None,
+                        None,
+                        "",
+                        f"file is {size:,} bytes; the limit is {limit:,}",
+                        "split it into smaller files",
+                    )
+                ]
+            )
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ManifestError([Problem(name, None, None, "", "file not found")]) from None
     except IsADirectoryError:
         raise ManifestError([Problem(name, None, None, "", "is a directory, not a file")]) from None
     except OSError as exc:
-        raise ManifestError([Problem(name, None, None, "", f"cannot read: {exc.strerror}")]
-                            ) from None
+        raise ManifestError([Problem(name, None, None, "", f"cannot read: {exc.strerror}")]) from None
     return _decode(raw, name)
 
 
-def _at(file: str, mark: yaml.Mark | None, field: str, message: str,
-        hint: str | None = None) -> Problem:
+def _at(file: str, mark: yaml.Mark | None, field: str, message: str, hint: str | None = None) -> Problem:
     line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
     return Problem(file, line, col, field, message, hint)
 
@@ -123,8 +137,17 @@ def _expansion(root: yaml.Node, file: str) -> None:
             uses[k] += 1
             return sizes[k]
         if k in active:
-            raise ManifestError([_at(file, n.start_mark, "", "recursive alias: a value contains "
-                                     "itself", "remove the alias")])
+            raise ManifestError(
+                [
+                    _at(
+                        file,
+                        n.start_mark,
+                        "",
+                        "recursive alias: a value contains itself",
+                        "remove the alias",
+                    )
+                ]
+            )
         active.add(k)
         children: list[yaml.Node] = []
         if isinstance(n, yaml.MappingNode):
@@ -140,10 +163,19 @@ def _expansion(root: yaml.Node, file: str) -> None:
     extra = expanded - len(sizes)
     if expanded > MAX_YAML_NODES or extra > MAX_ALIAS_EXPANSION:
         worst = max(sizes, key=lambda k: (uses[k] - 1) * sizes[k])
-        raise ManifestError([_at(file, nodes[worst].start_mark, "",
-                                 f"aliases expand the document to {expanded:,} values (an alias "
-                                 f"bomb?); the limit is {MAX_ALIAS_EXPANSION:,} values more than "
-                                 "written", "write the values out, or use fewer nested aliases")])
+        raise ManifestError(
+            [
+                _at(
+                    file,
+                    nodes[worst].start_mark,
+                    "",
+                    f"aliases expand the document to {expanded:,} values (an alias "
+                    f"bomb?); the limit is {MAX_ALIAS_EXPANSION:,} values more than "
+                    "written",
+                    "write the values out, or use fewer nested aliases",
+                )
+            ]
+        )
 
 
 def parse_yaml(text: str, file: str) -> tuple[Any, Marks]:
@@ -161,13 +193,25 @@ def parse_yaml(text: str, file: str) -> tuple[Any, Marks]:
             pos = len(text.encode()[: exc.position].decode(errors="ignore"))
             line = text.count("\n", 0, pos) + 1
             col = pos - (text.rfind("\n", 0, pos) + 1) + 1
-            raise ManifestError([Problem(file, line, col, "", f"control character "
-                                         f"#x{exc.character:04x} is not allowed in YAML",
-                                         "remove it")]) from None
+            raise ManifestError(
+                [
+                    Problem(
+                        file,
+                        line,
+                        col,
+                        "",
+                        f"control character #x{exc.character:04x} is not allowed in YAML",
+                        "remove it",
+                    )
+                ]
+            ) from None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
-            problem = f"{exc.context}, {exc.problem}" if exc.context and exc.problem else (
-                exc.problem or exc.context)
+            problem = (
+                f"{exc.context}, {exc.problem}"
+                if exc.context and exc.problem
+                else (exc.problem or exc.context)
+            )
             raise ManifestError([_at(file, mark, "", f"YAML syntax error: {problem}")]) from None
         except yaml.YAMLError as exc:
             raise ManifestError([Problem(file, None, None, "", f"YAML error: {exc}")]) from None
@@ -177,11 +221,29 @@ def parse_yaml(text: str, file: str) -> tuple[Any, Marks]:
         problems: list[Problem] = []
         data = _Builder(loader, marks, problems).build(node, ())
     except yaml.MarkedYAMLError as exc:  # an unknown tag, a bad merge key
-        raise ManifestError([_at(file, exc.problem_mark or exc.context_mark, "",
-                                 f"YAML error: {exc.problem or exc.context}")]) from None
+        raise ManifestError(
+            [
+                _at(
+                    file,
+                    exc.problem_mark or exc.context_mark,
+                    "",
+                    f"YAML error: {exc.problem or exc.context}",
+                )
+            ]
+        ) from None
     except RecursionError:
-        raise ManifestError([Problem(file, None, None, "", f"YAML nested more than {MAX_DEPTH} "
-                                     "levels deep", "flatten the document")]) from None
+        raise ManifestError(
+            [
+                Problem(
+                    file,
+                    None,
+                    None,
+                    "",
+                    f"YAML nested more than {MAX_DEPTH} levels deep",
+                    "flatten the document",
+                )
+            ]
+        ) from None
     finally:
         loader.dispose()
     if problems:
@@ -201,21 +263,42 @@ class _Builder:
     def build(self, n: yaml.Node, loc: Loc) -> Any:
         file = self.marks.file
         if len(loc) > MAX_DEPTH:
-            raise ManifestError([_at(file, n.start_mark, dotted_path(loc[:MAX_DEPTH]),
-                                     f"nested more than {MAX_DEPTH} levels deep")])
+            raise ManifestError(
+                [
+                    _at(
+                        file,
+                        n.start_mark,
+                        dotted_path(loc[:MAX_DEPTH]),
+                        f"nested more than {MAX_DEPTH} levels deep",
+                    )
+                ]
+            )
         self.marks.values.setdefault(loc, (n.start_mark.line + 1, n.start_mark.column + 1))
         if isinstance(n, yaml.ScalarNode):
             if n.style in ("|", ">"):
                 self.marks.block.add(loc)
             value = self.loader.construct_object(n)
             if not isinstance(value, str | int | float | NoneType):  # bool is an int
-                self.problems.append(_at(file, n.start_mark, dotted_path(loc),
-                                         f"YAML tag {n.tag!r} gives a value JSON cannot hold",
-                                         "quote the value"))
+                self.problems.append(
+                    _at(
+                        file,
+                        n.start_mark,
+                        dotted_path(loc),
+                        f"YAML tag {n.tag!r} gives a value JSON cannot hold",
+                        "quote the value",
+                    )
+                )
             return value
         if n.tag not in (_SEQ, _MAP):  # `!!python/...`, `!!set`, `!foo`: not plain data
-            self.problems.append(_at(file, n.start_mark, dotted_path(loc),
-                                     f"unsupported YAML tag {n.tag!r}", "remove the tag"))
+            self.problems.append(
+                _at(
+                    file,
+                    n.start_mark,
+                    dotted_path(loc),
+                    f"unsupported YAML tag {n.tag!r}",
+                    "remove the tag",
+                )
+            )
             return None
         if isinstance(n, yaml.SequenceNode):
             return [self.build(v, (*loc, i)) for i, v in enumerate(n.value)]
@@ -225,17 +308,24 @@ class _Builder:
             if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
                 kv = self.loader.construct_object(k)
                 if kv in seen:
-                    self.problems.append(_at(file, k.start_mark, dotted_path((*loc, kv)),
-                                             f"duplicate key {kv!r} (first on line {seen[kv]})",
-                                             "remove one of them"))
+                    self.problems.append(
+                        _at(
+                            file,
+                            k.start_mark,
+                            dotted_path((*loc, kv)),
+                            f"duplicate key {kv!r} (first on line {seen[kv]})",
+                            "remove one of them",
+                        )
+                    )
                 else:
                     seen[kv] = k.start_mark.line + 1
         self.loader.flatten_mapping(n)
         out: dict[Any, Any] = {}
         for k, v in n.value:
             if not isinstance(k, yaml.ScalarNode):
-                self.problems.append(_at(file, k.start_mark, dotted_path(loc),
-                                         "mapping keys must be plain scalars"))
+                self.problems.append(
+                    _at(file, k.start_mark, dotted_path(loc), "mapping keys must be plain scalars")
+                )
                 continue
             kv = self.loader.construct_object(k)
             if isinstance(kv, list | dict | set):  # e.g. `!!set` keys: not hashable data
@@ -257,6 +347,7 @@ def load_json_or_yaml(path: Path, label: str, limit: int) -> Any:
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ManifestError([Problem(label, exc.lineno, exc.colno, "",
-                                         f"invalid JSON: {exc.msg}")]) from None
+            raise ManifestError(
+                [Problem(label, exc.lineno, exc.colno, "", f"invalid JSON: {exc.msg}")]
+            ) from None
     return parse_yaml(text, label)[0]

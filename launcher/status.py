@@ -20,7 +20,6 @@ means the session has a pull request, or a structured output valid against its f
   reconciles it): final for `--watch`, counted as unfinished (exit 4) by `status`.
 """
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -39,11 +38,20 @@ from launcher.ledger import LaunchState, Ledger, Record
 from launcher.models import Session, output_errors, session_path_id
 from launcher.plan import Plan
 
-SUSPEND_FAILURES = frozenset({
-    "usage_limit_exceeded", "out_of_credits", "out_of_quota", "no_quota_allocation",
-    "payment_declined", "org_usage_limit_exceeded", "total_session_limit_exceeded", "error",
-    "user_usage_limit_exceeded", "contract_expired",
-})
+SUSPEND_FAILURES = frozenset(
+    {
+        "usage_limit_exceeded",
+        "out_of_credits",
+        "out_of_quota",
+        "no_quota_allocation",
+        "payment_declined",
+        "org_usage_limit_exceeded",
+        "total_session_limit_exceeded",
+        "error",
+        "user_usage_limit_exceeded",
+        "contract_expired",
+    }
+)
 CONCURRENCY = 8  # GET fallbacks / terminates in flight
 
 
@@ -74,8 +82,9 @@ def output_check(schema: dict[str, Any] | None, output: Any) -> tuple[bool | Non
     return not errors, errors
 
 
-def classify(status: str | None, detail: str | None, *, delivered: bool,
-             cancelled: bool = False) -> Outcome:
+def classify(
+    status: str | None, detail: str | None, *, delivered: bool, cancelled: bool = False
+) -> Outcome:
     """The outcome of one session (rules in the module docstring); never raises."""
     if cancelled:
         return Outcome.cancelled
@@ -123,17 +132,31 @@ class SessionView:
         return [str(p.get("pr_url") or "") for p in self.pull_requests if p.get("pr_url")]
 
     def status_json(self) -> dict[str, Any]:
-        return {"key": self.key, "session_id": self.session_id, "url": self.url,
-                "status": self.status, "status_detail": self.status_detail,
-                "outcome": self.outcome.value, "pull_requests": self.pull_requests,
-                "acus_consumed": self.acus_consumed, "structured_output": self.structured_output}
+        return {
+            "key": self.key,
+            "session_id": self.session_id,
+            "url": self.url,
+            "status": self.status,
+            "status_detail": self.status_detail,
+            "outcome": self.outcome.value,
+            "pull_requests": self.pull_requests,
+            "acus_consumed": self.acus_consumed,
+            "structured_output": self.structured_output,
+        }
 
     def result_json(self) -> dict[str, Any]:
-        return {"key": self.key, "item": self.item, "session_id": self.session_id,
-                "url": self.url, "outcome": self.outcome.value, "pull_requests": self.pr_urls,
-                "acus_consumed": self.acus_consumed,
-                "structured_output": self.structured_output, "output_valid": self.output_valid,
-                "output_errors": self.output_errors}
+        return {
+            "key": self.key,
+            "item": self.item,
+            "session_id": self.session_id,
+            "url": self.url,
+            "outcome": self.outcome.value,
+            "pull_requests": self.pr_urls,
+            "acus_consumed": self.acus_consumed,
+            "structured_output": self.structured_output,
+            "output_valid": self.output_valid,
+            "output_errors": self.output_errors,
+        }
 
 
 @dataclass
@@ -171,16 +194,22 @@ class CampaignView:
 
     def totals(self) -> dict[str, Any]:
         final = [s for s in self.sessions if s.session_id and s.outcome.final]
-        return {"sessions": len(self.sessions),
-                "succeeded": sum(1 for s in self.sessions if s.outcome == Outcome.succeeded),
-                "pull_requests": sum(len(s.pr_urls) for s in self.sessions),
-                "acus_consumed": round(sum(s.acus_consumed or 0 for s in self.sessions), 2),
-                "max_total_acu": self.budget_acu,
-                "invalid_outputs": sum(1 for s in final if s.output_valid is False)}
+        return {
+            "sessions": len(self.sessions),
+            "succeeded": sum(1 for s in self.sessions if s.outcome == Outcome.succeeded),
+            "pull_requests": sum(len(s.pr_urls) for s in self.sessions),
+            "acus_consumed": round(sum(s.acus_consumed or 0 for s in self.sessions), 2),
+            "max_total_acu": self.budget_acu,
+            "invalid_outputs": sum(1 for s in final if s.output_valid is False),
+        }
 
     def status_json(self) -> dict[str, Any]:
-        return {"campaign": self.campaign, "counts": self.counts(), "totals": self.totals(),
-                "sessions": [s.status_json() for s in self.sessions]}
+        return {
+            "campaign": self.campaign,
+            "counts": self.counts(),
+            "totals": self.totals(),
+            "sessions": [s.status_json() for s in self.sessions],
+        }
 
     def group_by(self, path: str) -> dict[str, int]:
         """Counts per value of a structured-output field (dotted path) across the fleet."""
@@ -189,14 +218,20 @@ class CampaignView:
             value: Any = s.structured_output
             for part in path.split("."):
                 value = value.get(part) if isinstance(value, dict) else None
-            label = ("(missing)" if value is None else value if isinstance(value, str)
-                     else json.dumps(value, sort_keys=True, ensure_ascii=False))
+            label = (
+                "(missing)"
+                if value is None
+                else value
+                if isinstance(value, str)
+                else json.dumps(value, sort_keys=True, ensure_ascii=False)
+            )
             counts[label] += 1
         return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def _session_view(plan: Plan, key: str, fleet: str, item: Any, r: Record | None,
-                  in_plan: bool = True) -> SessionView:
+def _session_view(
+    plan: Plan, key: str, fleet: str, item: Any, r: Record | None, in_plan: bool = True
+) -> SessionView:
     if r is None or not r.state.launched:
         failed = r is not None and r.state == LaunchState.failed
         if failed:
@@ -205,28 +240,56 @@ def _session_view(plan: Plan, key: str, fleet: str, item: Any, r: Record | None,
             note = "create outcome unknown: apply looks it up"
         else:
             note = "not launched yet"
-        return SessionView(key, fleet, item, None, None, None, None,
-                           Outcome.failed if failed else Outcome.not_launched, [], None, None,
-                           None, note=note, in_plan=in_plan)
+        return SessionView(
+            key,
+            fleet,
+            item,
+            None,
+            None,
+            None,
+            None,
+            Outcome.failed if failed else Outcome.not_launched,
+            [],
+            None,
+            None,
+            None,
+            note=note,
+            in_plan=in_plan,
+        )
     schema = plan.schemas.get(fleet)
     prs = r.pull_requests or []
     valid, errors = output_check(schema, r.structured_output)
     delivered = bool(prs) or valid is True or (schema is None and r.structured_output is not None)
     # A cancellation older than the launch was of a session since replaced (`apply --replace`):
     # the ledger keeps cancelled_at across a relaunch, so compare the times.
-    cancelled = r.cancelled_at is not None and (r.created_at is None
-                                                or r.cancelled_at >= r.created_at)
+    cancelled = r.cancelled_at is not None and (r.created_at is None or r.cancelled_at >= r.created_at)
     outcome = classify(r.status, r.status_detail, delivered=delivered, cancelled=cancelled)
-    return SessionView(key, fleet, item, r.session_id, r.url, r.status, r.status_detail, outcome,
-                       prs, r.acus_consumed, r.structured_output, valid, errors, in_plan=in_plan)
+    return SessionView(
+        key,
+        fleet,
+        item,
+        r.session_id,
+        r.url,
+        r.status,
+        r.status_detail,
+        outcome,
+        prs,
+        r.acus_consumed,
+        r.structured_output,
+        valid,
+        errors,
+        in_plan=in_plan,
+    )
 
 
 def _build_view(plan: Plan, records: Mapping[str, Record]) -> CampaignView:
-    views = [_session_view(plan, s.key, s.fleet, s.item, records.get(s.key))
-             for s in plan.sessions]
+    views = [_session_view(plan, s.key, s.fleet, s.item, records.get(s.key)) for s in plan.sessions]
     planned = {s.key for s in plan.sessions}
-    views += [_session_view(plan, k, r.fleet, None, r, in_plan=False)
-              for k, r in records.items() if k not in planned and r.state.launched]
+    views += [
+        _session_view(plan, k, r.fleet, None, r, in_plan=False)
+        for k, r in records.items()
+        if k not in planned and r.state.launched
+    ]
     return CampaignView(plan.campaign, views, plan.manifest.manifest.budget.max_total_acu)
 
 
@@ -237,21 +300,27 @@ def campaign_view(plan: Plan, ledger: Ledger) -> CampaignView:
 
 def _refreshed(r: Record, s: Session) -> Record:
     return dataclasses.replace(
-        r, status=s.status, status_detail=s.status_detail, acus_consumed=s.acus_consumed,
+        r,
+        status=s.status,
+        status_detail=s.status_detail,
+        acus_consumed=s.acus_consumed,
         pull_requests=[p.model_dump() for p in s.pull_requests],
-        structured_output=s.structured_output)
+        structured_output=s.structured_output,
+    )
 
 
-async def refresh(plan: Plan, client: DevinClient, ledger: Ledger, *,
-                  page_size: int = 200) -> CampaignView:
+async def refresh(
+    plan: Plan, client: DevinClient, ledger: Ledger, *, page_size: int = 200
+) -> CampaignView:
     """Refresh every launched session: the list endpoint filtered by the campaign tag (200 a
     page), then one GET per session the list missed; store states and outcomes in the ledger;
     return the joined view. Raises AuthError (401/403) and APIError when the list fails."""
     before = client.requests
     records = ledger.records()
     # Match on the path form of ids: some bodies carry bare hex ids (devin-api.md section 1).
-    wanted = {session_path_id(r.session_id): k for k, r in records.items()
-              if r.state.launched and r.session_id}
+    wanted = {
+        session_path_id(r.session_id): k for k, r in records.items() if r.state.launched and r.session_id
+    }
     found: dict[str, Session] = {}
     untracked: list[str] = []
     async for session in client.list_sessions(tags=[plan.campaign_tag], first=page_size):
@@ -300,14 +369,23 @@ async def refresh(plan: Plan, client: DevinClient, ledger: Ledger, *,
         by_key[wanted[sid]].note = f"not refreshed: {exc.message}"
     refreshed = [updated[wanted[sid]] for sid in found]
     ledger.update_status(
-        {"session_id": r.session_id, "status": r.status, "status_detail": r.status_detail,
-         "outcome": by_key[r.key].outcome.value, "acus_consumed": r.acus_consumed,
-         "pull_requests": r.pull_requests, "structured_output": r.structured_output}
-        for r in refreshed)
+        {
+            "session_id": r.session_id,
+            "status": r.status,
+            "status_detail": r.status_detail,
+            "outcome": by_key[r.key].outcome.value,
+            "acus_consumed": r.acus_consumed,
+            "pull_requests": r.pull_requests,
+            "structured_output": r.structured_output,
+        }
+        for r in refreshed
+    )
     view.untracked = untracked
     if untracked:
-        view.warnings.append(f"{len(untracked)} session(s) carry the tag {plan.campaign_tag} but "
-                             "are not in this ledger (another ledger's, or replaced ones)")
+        view.warnings.append(
+            f"{len(untracked)} session(s) carry the tag {plan.campaign_tag} but "
+            "are not in this ledger (another ledger's, or replaced ones)"
+        )
     if gone:
         view.warnings.append(f"{len(gone)} session(s) in the ledger are unknown to the API (404)")
     if failures:
@@ -317,12 +395,19 @@ async def refresh(plan: Plan, client: DevinClient, ledger: Ledger, *,
     return view
 
 
-async def watch(plan: Plan, client: DevinClient, ledger: Ledger, *, interval: float = 5.0,
-                max_interval: float = 60.0, timeout: float | None = None,
-                on_refresh: Callable[[CampaignView, float], None] | None = None,
-                on_error: Callable[[APIError], None] | None = None,
-                max_failures: int = 5) -> CampaignView:
-    """Refresh until every session has a final outcome or `timeout` seconds pass.
+async def watch(
+    plan: Plan,
+    client: DevinClient,
+    ledger: Ledger,
+    *,
+    interval: float = 5.0,
+    max_interval: float = 60.0,
+    wait_timeout: float | None = None,
+    on_refresh: Callable[[CampaignView, float], None] | None = None,
+    on_error: Callable[[APIError], None] | None = None,
+    max_failures: int = 5,
+) -> CampaignView:
+    """Refresh until every session has a final outcome or `wait_timeout` seconds pass.
 
     The interval adapts: back to `interval` whenever something changed, otherwise it grows by
     half up to `max_interval` (polling a quiet fleet less often). `on_refresh(view, next_wait)`
@@ -333,7 +418,7 @@ async def watch(plan: Plan, client: DevinClient, ledger: Ledger, *, interval: fl
     previous: dict[str, Any] | None = None
     wait = interval
     failures = 0
-    with anyio.move_on_after(timeout) as scope:
+    with anyio.move_on_after(wait_timeout) as scope:
         while True:
             try:
                 view = await refresh(plan, client, ledger)

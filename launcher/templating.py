@@ -62,16 +62,24 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             return obj[attribute]
         return super().getattr(obj, attribute)
 
-    def call_binop(self, context: jinja2.runtime.Context, op: str, left: Any, right: Any) -> Any:
+    def call_binop(
+        self,
+        context: jinja2.runtime.Context,  # noqa: ARG002 (jinja2's signature)
+        op: str,
+        left: Any,
+        right: Any,
+    ) -> Any:
         if op == "**":
             if isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
                 raise SecurityError(f"exponent {right} is too large")
             return operator.pow(left, right)
         for seq, n in ((left, right), (right, left)):
-            if isinstance(seq, str | list | tuple) and isinstance(n, int) and \
-                    len(seq) * n > MAX_OUTPUT_CHARS:
-                raise SecurityError(f"repeating a value {n} times would build {len(seq) * n:,} "
-                                    "items")
+            if (
+                isinstance(seq, str | list | tuple)
+                and isinstance(n, int)
+                and len(seq) * n > MAX_OUTPUT_CHARS
+            ):
+                raise SecurityError(f"repeating a value {n} times would build {len(seq) * n:,} items")
         return operator.mul(left, right)
 
 
@@ -102,8 +110,11 @@ class Templates:
             try:
                 compiled = self.env.from_string(source)
             except jinja2.TemplateSyntaxError as exc:
-                raise TemplateFailure(f"template syntax error: {exc.message}",
-                                      "check the {{ }} and {% %} pairs", exc.lineno) from None
+                raise TemplateFailure(
+                    f"template syntax error: {exc.message}",
+                    "check the {{ }} and {% %} pairs",
+                    exc.lineno,
+                ) from None
         self._cache[source] = compiled
         return compiled
 
@@ -114,8 +125,9 @@ class Templates:
         try:
             return jinja2.meta.find_undeclared_variables(self.env.parse(source))
         except jinja2.TemplateSyntaxError as exc:
-            raise TemplateFailure(f"template syntax error: {exc.message}",
-                                  "check the {{ }} and {% %} pairs", exc.lineno) from None
+            raise TemplateFailure(
+                f"template syntax error: {exc.message}", "check the {{ }} and {% %} pairs", exc.lineno
+            ) from None
 
     def context(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """A render context: the environment's globals plus `values` (item, vars, ...)."""
@@ -157,21 +169,27 @@ def _run(compiled: jinja2.Template, jctx: jinja2.runtime.Context, ctx: Mapping[s
     try:
         out = "".join(compiled.root_render_func(jctx))
     except SecurityError as exc:
-        raise TemplateFailure(f"template tried to leave the sandbox: {exc}",
-                              "templates may only read item, vars, campaign, fleet, index",
-                              _line(compiled, exc)) from None
+        raise TemplateFailure(
+            f"template tried to leave the sandbox: {exc}",
+            "templates may only read item, vars, campaign, fleet, index",
+            _line(compiled, exc),
+        ) from None
     except jinja2.UndefinedError as exc:
-        raise TemplateFailure(f"undefined variable: {exc.message}",
-                              _undefined_hint(exc.message or "", ctx),
-                              _line(compiled, exc)) from None
+        raise TemplateFailure(
+            f"undefined variable: {exc.message}",
+            _undefined_hint(exc.message or "", ctx),
+            _line(compiled, exc),
+        ) from None
     except jinja2.TemplateError as exc:
         raise TemplateFailure(f"template error: {exc}", None, _line(compiled, exc)) from None
     except Exception as exc:  # a filter or operation failed on this item's data
-        raise TemplateFailure(f"template failed: {type(exc).__name__}: {exc}", None,
-                              _line(compiled, exc)) from None
+        raise TemplateFailure(
+            f"template failed: {type(exc).__name__}: {exc}", None, _line(compiled, exc)
+        ) from None
     if len(out) > MAX_OUTPUT_CHARS:
-        raise TemplateFailure(f"template renders {len(out):,} characters; the limit is "
-                              f"{MAX_OUTPUT_CHARS:,}")
+        raise TemplateFailure(
+            f"template renders {len(out):,} characters; the limit is {MAX_OUTPUT_CHARS:,}"
+        )
     return out
 
 

@@ -25,8 +25,8 @@ from launcher import (
     load_manifest,
     open_ledger,
 )
-from launcher.cli import cli
 from launcher.apply import ApplySummary, Result
+from launcher.cli import cli
 from launcher.ledger import Change, LedgerEvent
 from launcher.plan import Plan
 from launcher.sim import Profile, SimServer
@@ -34,10 +34,13 @@ from launcher.sim import Profile, SimServer
 Write = Callable[[str, str], Path]
 
 
-def campaign(write: Write, n: int, *, name: str = "demo", prompt: str = "Fix {{ item }}",
-             extra: str = "") -> Path:
+def campaign(
+    write: Write, n: int, *, name: str = "demo", prompt: str = "Fix {{ item }}", extra: str = ""
+) -> Path:
     items = ", ".join(f"repo-{i:03d}" for i in range(n))
-    return write(f"{name}.yaml", f"""
+    return write(
+        f"{name}.yaml",
+        f"""
         version: 1
         campaign: {name}
         defaults:
@@ -50,12 +53,20 @@ def campaign(write: Write, n: int, *, name: str = "demo", prompt: str = "Fix {{ 
               prompt: "{prompt}"
               repos: ["acme/{{{{ item }}}}"]
 {extra}
-        """)
+        """,
+    )
 
 
-def run_apply(plan: Plan, sim: SimServer, ledger_path: Path, *, token: str | None = None,
-              read_timeout: float = 30.0, environ: dict[str, str] | None = None,
-              **options: Any) -> ApplySummary:
+def run_apply(
+    plan: Plan,
+    sim: SimServer,
+    ledger_path: Path,
+    *,
+    token: str | None = None,
+    read_timeout: float = 30.0,
+    environ: dict[str, str] | None = None,
+    **options: Any,
+) -> ApplySummary:
     cfg = ApiConfig(sim.base_url, sim.org_id, token or sim.token, read_timeout=read_timeout)
     options.setdefault("rate", 200.0)
     options.setdefault("concurrency", 8)
@@ -63,8 +74,10 @@ def run_apply(plan: Plan, sim: SimServer, ledger_path: Path, *, token: str | Non
     async def go() -> ApplySummary:
         async with DevinClient(cfg) as client:
             with open_ledger(plan.manifest.path, plan.campaign, ledger_path) as ledger:
-                return await apply_plan(plan, client, ledger, ApplyOptions(**options),
-                                        environ=environ or {})
+                return await apply_plan(
+                    plan, client, ledger, ApplyOptions(**options), environ=environ or {}
+                )
+
     return anyio.run(go)
 
 
@@ -91,7 +104,8 @@ def assert_exactly_once_and_ledger_agrees(plan: Plan, sim: SimServer, ledger_pat
 
 
 def test_clean_apply_creates_each_session_once_and_a_rerun_creates_nothing(
-        write: Write, make_sim: Callable[..., SimServer], tmp_path: Path) -> None:
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+) -> None:
     sim = make_sim("clean")
     plan = build_plan(load_manifest(campaign(write, 25)))
     first = run_apply(plan, sim, tmp_path / "l.db")
@@ -108,14 +122,16 @@ def test_clean_apply_creates_each_session_once_and_a_rerun_creates_nothing(
 
 @pytest.mark.parametrize("profile", ["ratelimited", "flaky", "hostile"])
 def test_every_fault_profile_ends_with_exactly_one_session_per_key(
-        profile: str, write: Write, make_sim: Callable[..., SimServer], tmp_path: Path) -> None:
+    profile: str, write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+) -> None:
     sim = make_sim(profile, seed=7)
     plan = build_plan(load_manifest(campaign(write, 40)))
     ledger = tmp_path / "l.db"
     summaries = []
     for _ in range(3):  # hostile may leave unknowns for the next run: that is the design
-        s = run_apply(plan, sim, ledger, read_timeout=1.0, lookup_grace=2.5, concurrency=10,
-                      breaker_threshold=50)
+        s = run_apply(
+            plan, sim, ledger, read_timeout=1.0, lookup_grace=2.5, concurrency=10, breaker_threshold=50
+        )
         summaries.append(s)
         if s.exit_code == 0:
             break
@@ -133,8 +149,9 @@ def test_every_fault_profile_ends_with_exactly_one_session_per_key(
         assert adopted > 0  # ambiguous creates were found by tag, not resent
 
 
-def test_401_stops_the_run_before_any_create(write: Write, make_sim: Callable[..., SimServer],
-                                             tmp_path: Path) -> None:
+def test_401_stops_the_run_before_any_create(
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+) -> None:
     sim = make_sim("clean")
     plan = build_plan(load_manifest(campaign(write, 10)))
     with pytest.raises(AuthError):
@@ -143,9 +160,11 @@ def test_401_stops_the_run_before_any_create(write: Write, make_sim: Callable[..
 
 
 def test_403_on_create_aborts_after_the_first_answers(
-        write: Write, make_sim: Callable[..., SimServer], tmp_path: Path) -> None:
-    profile = Profile.model_validate({"tokens": [{"token": "cog_readonly", "name": "ro",
-                                                  "permissions": ["ReadAccountMeta"]}]})
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+) -> None:
+    profile = Profile.model_validate(
+        {"tokens": [{"token": "cog_readonly", "name": "ro", "permissions": ["ReadAccountMeta"]}]}
+    )
     sim = make_sim(profile)
     plan = build_plan(load_manifest(campaign(write, 50)))
     summary = run_apply(plan, sim, tmp_path / "l.db", token="cog_readonly", concurrency=4)
@@ -156,8 +175,9 @@ def test_403_on_create_aborts_after_the_first_answers(
     assert summary.count(Result.not_started) >= 46
 
 
-def test_bad_manifest_sends_nothing(write: Write, make_sim: Callable[..., SimServer],
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_manifest_sends_nothing(
+    write: Write, make_sim: Callable[..., SimServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
     sim = make_sim("clean")
     path = campaign(write, 3, prompt="Fix {{ item.nope }}")
     monkeypatch.setenv("DEVIN_API_KEY", sim.token)
@@ -170,11 +190,16 @@ def test_bad_manifest_sends_nothing(write: Write, make_sim: Callable[..., SimSer
 
 
 def test_missing_secret_env_is_refused_before_anything_is_sent(
-        write: Write, make_sim: Callable[..., SimServer], tmp_path: Path) -> None:
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+) -> None:
     sim = make_sim("clean")
-    path = campaign(write, 3, extra="""              session_secrets:
+    path = campaign(
+        write,
+        3,
+        extra="""              session_secrets:
                 - key: TOKEN
-                  value: {env: FLEET_TEST_SECRET}""")
+                  value: {env: FLEET_TEST_SECRET}""",
+    )
     plan = build_plan(load_manifest(path), environ={})
     assert any("FLEET_TEST_SECRET" in w for w in plan.warnings)
     with pytest.raises(SecretError):
@@ -191,7 +216,8 @@ def test_missing_secret_env_is_refused_before_anything_is_sent(
 
 
 def test_plan_diff_shows_created_changed_and_gone_and_replace_relaunches(
-        write: Write, make_sim: Callable[..., SimServer], tmp_path: Path) -> None:
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+) -> None:
     sim = make_sim("clean")
     path = campaign(write, 6)
     ledger = tmp_path / "l.db"
@@ -202,6 +228,7 @@ def test_plan_diff_shows_created_changed_and_gone_and_replace_relaunches(
     res = runner.invoke(cli, args)
     assert res.exit_code == 2
     import json
+
     changes = [s["change"] for s in json.loads(res.output)["sessions"]]
     assert changes == ["=", "=", "=", "=", "+", "+"]
     run_apply(plan, sim, ledger)
@@ -209,8 +236,12 @@ def test_plan_diff_shows_created_changed_and_gone_and_replace_relaunches(
 
     # Change one item's request (its prompt) and drop another item.
     text = path.read_text().replace("repo-001,", "repo-001-renamed,")
-    path.write_text(text.replace('prompt: "Fix {{ item }}"',
-                                 'prompt: "Fix {{ item }}{% if item == \'repo-002\' %}!{% endif %}"'))
+    path.write_text(
+        text.replace(
+            'prompt: "Fix {{ item }}"',
+            "prompt: \"Fix {{ item }}{% if item == 'repo-002' %}!{% endif %}\"",
+        )
+    )
     changed = build_plan(load_manifest(path))
     with open_ledger(path, changed.campaign, ledger) as led:
         diff = {k: c for c, k, _ in led.diff(changed)}
@@ -232,8 +263,8 @@ def test_plan_diff_shows_created_changed_and_gone_and_replace_relaunches(
 
 
 def test_an_intent_left_by_a_crash_is_adopted_when_the_session_exists(
-        write: Write, make_sim: Callable[..., SimServer], tmp_path: Path,
-        sim_client: Callable[..., Any]) -> None:
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path, sim_client: Callable[..., Any]
+) -> None:
     sim = make_sim("clean")
     plan = build_plan(load_manifest(campaign(write, 3)))
     ledger_path = tmp_path / "l.db"
@@ -241,13 +272,17 @@ def test_an_intent_left_by_a_crash_is_adopted_when_the_session_exists(
     with open_ledger(plan.manifest.path, plan.campaign, ledger_path) as led:
         led.sync_plan(plan)
         # A crash right after the request left: the intent is durable, the outcome is not.
-        led.write_events([LedgerEvent(crashed.key, "intent", 1), LedgerEvent(never_sent.key, "intent", 1)])
-    resp = sim_client(sim).post(f"/v3/organizations/{sim.org_id}/sessions",
-                                json=crashed.body({}))
+        led.write_events(
+            [LedgerEvent(crashed.key, "intent", 1), LedgerEvent(never_sent.key, "intent", 1)]
+        )
+    resp = sim_client(sim).post(f"/v3/organizations/{sim.org_id}/sessions", json=crashed.body({}))
     assert resp.status_code == 200
     summary = run_apply(plan, sim, ledger_path)
-    assert summary.results == {crashed.key: Result.adopted, never_sent.key: Result.created,
-                               plan.sessions[2].key: Result.created}
+    assert summary.results == {
+        crashed.key: Result.adopted,
+        never_sent.key: Result.created,
+        plan.sessions[2].key: Result.created,
+    }
     assert_exactly_once_and_ledger_agrees(plan, sim, ledger_path)
     with open_ledger(plan.manifest.path, plan.campaign, ledger_path) as led:
         assert led.record(crashed.key).session_id == resp.json()["session_id"]  # type: ignore[union-attr]
@@ -256,13 +291,16 @@ def test_an_intent_left_by_a_crash_is_adopted_when_the_session_exists(
 
 
 def test_a_live_lock_refuses_a_second_apply_and_a_dead_holder_is_taken_over(
-        write: Write, make_sim: Callable[..., SimServer], tmp_path: Path) -> None:
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+) -> None:
     sim = make_sim("clean")
     plan = build_plan(load_manifest(campaign(write, 2)))
     ledger_path = tmp_path / "l.db"
     with open_ledger(plan.manifest.path, plan.campaign, ledger_path) as led:
-        led.db.execute("INSERT INTO lock VALUES (?, 'otherhost:1', 'otherhost', 1, ?, ?)",
-                       (plan.campaign, 1e12, 1e12))
+        led.db.execute(
+            "INSERT INTO lock VALUES (?, 'otherhost:1', 'otherhost', 1, ?, ?)",
+            (plan.campaign, 1e12, 1e12),
+        )
     with pytest.raises(LockedError) as info:
         run_apply(plan, sim, ledger_path)
     assert "devin-fleet unlock" in (info.value.hint or "")
@@ -273,13 +311,16 @@ def test_a_live_lock_refuses_a_second_apply_and_a_dead_holder_is_taken_over(
     # A holder on this host whose process is gone is taken over without asking.
     with open_ledger(plan.manifest.path, plan.campaign, ledger_path) as led:
         host = __import__("socket").gethostname()
-        led.db.execute("INSERT INTO lock VALUES (?, 'x', ?, ?, ?, ?)",
-                       (plan.campaign, host, 2**22 + 12345, 1e12, 1e12))
+        led.db.execute(
+            "INSERT INTO lock VALUES (?, 'x', ?, ?, ?, ?)",
+            (plan.campaign, host, 2**22 + 12345, 1e12, 1e12),
+        )
     assert run_apply(plan, sim, ledger_path).count(Result.created) == 2
 
 
-def test_only_and_limit_select_sessions(write: Write, make_sim: Callable[..., SimServer],
-                                        tmp_path: Path) -> None:
+def test_only_and_limit_select_sessions(
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+) -> None:
     sim = make_sim("clean")
     plan = build_plan(load_manifest(campaign(write, 12)))
     s = run_apply(plan, sim, tmp_path / "l.db", only=("repo-00*",), limit=4)
@@ -290,12 +331,15 @@ def test_only_and_limit_select_sessions(write: Write, make_sim: Callable[..., Si
 
 
 def test_apply_cli_needs_yes_without_a_terminal_and_prints_a_json_summary(
-        write: Write, make_sim: Callable[..., SimServer], monkeypatch: pytest.MonkeyPatch,
-        tmp_path: Path) -> None:
+    write: Write, make_sim: Callable[..., SimServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
     sim = make_sim("clean")
     path = campaign(write, 3)
-    for k, v in {"DEVIN_API_KEY": sim.token, "DEVIN_ORG_ID": sim.org_id,
-                 "DEVIN_API_BASE_URL": sim.base_url}.items():
+    for k, v in {
+        "DEVIN_API_KEY": sim.token,
+        "DEVIN_ORG_ID": sim.org_id,
+        "DEVIN_API_BASE_URL": sim.base_url,
+    }.items():
         monkeypatch.setenv(k, v)
     runner = CliRunner()
     res = runner.invoke(cli, ["apply", str(path)])
@@ -304,17 +348,19 @@ def test_apply_cli_needs_yes_without_a_terminal_and_prints_a_json_summary(
     res = runner.invoke(cli, ["apply", str(path), "--yes", "-o", "json"])
     assert res.exit_code == 0, res.output
     import json
-    data = json.loads(res.output[res.output.index("{"):])
+
+    data = json.loads(res.output[res.output.index("{") :])
     assert data["counts"]["created"] == 3 and data["exit_code"] == 0
     assert sim.token not in res.output
     assert (path.parent / ".devin-fleet" / "demo.db").exists()  # the default ledger location
 
 
-def test_apply_sim_runs_with_nothing_configured(tmp_path: Path) -> None:
+def test_apply_sim_runs_with_nothing_configured() -> None:
     """The README's first command: an example campaign against the embedded simulator."""
     root = Path(__file__).resolve().parent.parent
-    res = CliRunner().invoke(cli, ["apply", str(root / "manifests/py312-upgrade.yaml"), "--sim",
-                                   "--yes", "--rate", "100"])
+    res = CliRunner().invoke(
+        cli, ["apply", str(root / "manifests/py312-upgrade.yaml"), "--sim", "--yes", "--rate", "100"]
+    )
     assert res.exit_code == 0, res.output
     assert "created 20" in res.output
     assert not (root / "manifests/.devin-fleet").exists()  # a rehearsal leaves no ledger behind
@@ -322,18 +368,34 @@ def test_apply_sim_runs_with_nothing_configured(tmp_path: Path) -> None:
 
 
 def test_request_timeout_turns_a_slow_create_into_a_lookup_that_adopts_it(
-        write: Write, make_sim: Callable[..., SimServer], monkeypatch: pytest.MonkeyPatch,
-        tmp_path: Path) -> None:
+    write: Write, make_sim: Callable[..., SimServer], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     slow = Profile.model_validate({"faults": {"delay_after_create": 1.0, "delay_seconds": 30}})
     sim = make_sim(slow)
     path = campaign(write, 3)
-    for k, v in {"DEVIN_API_KEY": sim.token, "DEVIN_ORG_ID": sim.org_id,
-                 "DEVIN_API_BASE_URL": sim.base_url}.items():
+    for k, v in {
+        "DEVIN_API_KEY": sim.token,
+        "DEVIN_ORG_ID": sim.org_id,
+        "DEVIN_API_BASE_URL": sim.base_url,
+    }.items():
         monkeypatch.setenv(k, v)
-    res = CliRunner().invoke(cli, ["apply", str(path), "--yes", "-o", "json",
-                                   "--request-timeout", "0.3", "--ledger", str(tmp_path / "l.db")])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "apply",
+            str(path),
+            "--yes",
+            "-o",
+            "json",
+            "--request-timeout",
+            "0.3",
+            "--ledger",
+            str(tmp_path / "l.db"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     import json
-    data = json.loads(res.output[res.output.index("{"):])
+
+    data = json.loads(res.output[res.output.index("{") :])
     assert data["counts"]["adopted"] == 3 and data["counts"]["created"] == 0
     assert_exactly_once_and_ledger_agrees(build_plan(load_manifest(path)), sim, tmp_path / "l.db")

@@ -15,6 +15,10 @@ import pytest
 
 from launcher import ApiConfig, ApplyOptions, DevinClient, apply_plan, build_plan, load_manifest
 from launcher.errors import AuthError
+from launcher.ledger import LaunchState, LedgerEvent, open_ledger
+from launcher.models import SessionStatus, StatusDetail
+from launcher.plan import Plan
+from launcher.sim import SimServer
 from launcher.status import (
     SUSPEND_FAILURES,
     CampaignView,
@@ -25,18 +29,16 @@ from launcher.status import (
     refresh,
     watch,
 )
-from launcher.ledger import LedgerEvent, LaunchState, open_ledger
-from launcher.models import SessionStatus, StatusDetail
-from launcher.plan import Plan
-from launcher.sim import SimServer
 
 Write = Callable[[str, str], Path]
 
 SCHEMA = {
     "type": "object",
     "required": ["verdict", "files_changed"],
-    "properties": {"verdict": {"type": "string", "enum": ["fixed", "skipped", "blocked"]},
-                   "files_changed": {"type": "integer", "minimum": 0}},
+    "properties": {
+        "verdict": {"type": "string", "enum": ["fixed", "skipped", "blocked"]},
+        "files_changed": {"type": "integer", "minimum": 0},
+    },
     "additionalProperties": False,
 }
 
@@ -45,7 +47,9 @@ def fleet_manifest(write: Write, n: int, *, name: str = "fu", schema: bool = Tru
     """A campaign of `n` mapping items (repo, team), keyed by repo, with a schema."""
     items = ", ".join(f"{{repo: r-{i:03d}, team: {'ab'[i % 2]}}}" for i in range(n))
     schema_line = f"structured_output_schema: {json.dumps(SCHEMA)}" if schema else ""
-    return write(f"{name}.yaml", f"""
+    return write(
+        f"{name}.yaml",
+        f"""
         version: 1
         campaign: {name}
         defaults:
@@ -61,7 +65,8 @@ def fleet_manifest(write: Write, n: int, *, name: str = "fu", schema: bool = Tru
               prompt: "Fix {{{{ item.repo }}}}"
               repos: ["acme/{{{{ item.repo }}}}"]
               {schema_line}
-        """)
+        """,
+    )
 
 
 def apply_all(plan: Plan, sim: SimServer, ledger: Path, **options: Any) -> None:
@@ -71,9 +76,9 @@ def apply_all(plan: Plan, sim: SimServer, ledger: Path, **options: Any) -> None:
     async def go() -> None:
         async with DevinClient(cfg) as client:
             with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
-                summary = await apply_plan(plan, client, led, ApplyOptions(**options),
-                                           environ={})
+                summary = await apply_plan(plan, client, led, ApplyOptions(**options), environ={})
                 assert summary.exit_code == 0, summary.to_json()
+
     anyio.run(go)
 
 
@@ -82,6 +87,7 @@ def do_refresh(plan: Plan, cfg: ApiConfig, ledger: Path, **kw: Any) -> CampaignV
         async with DevinClient(cfg) as client:
             with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
                 return await refresh(plan, client, led, **kw)
+
     return anyio.run(go)
 
 
@@ -102,9 +108,12 @@ RULES: dict[tuple[str, str | None], tuple[Outcome, Outcome]] = {
     ("running", "waiting_for_approval"): (Outcome.needs_human, Outcome.needs_human),
     **{("error", d): (Outcome.failed, Outcome.failed) for d in ALL_DETAILS},
     **{("exit", d): (Outcome.cancelled, Outcome.succeeded) for d in ALL_DETAILS},
-    **{("suspended", d): (Outcome.failed, Outcome.failed)
-       if d in SUSPEND_FAILURES else (Outcome.needs_human, Outcome.succeeded)
-       for d in ALL_DETAILS},
+    **{
+        ("suspended", d): (Outcome.failed, Outcome.failed)
+        if d in SUSPEND_FAILURES
+        else (Outcome.needs_human, Outcome.succeeded)
+        for d in ALL_DETAILS
+    },
 }
 
 
@@ -119,9 +128,18 @@ def test_classify_every_status_and_detail_pair(status: str | None, detail: str |
 
 
 def test_the_suspend_failures_are_the_limit_details_of_the_contract() -> None:
-    limits = {"usage_limit_exceeded", "out_of_credits", "out_of_quota", "no_quota_allocation",
-              "payment_declined", "org_usage_limit_exceeded", "total_session_limit_exceeded",
-              "error", "user_usage_limit_exceeded", "contract_expired"}
+    limits = {
+        "usage_limit_exceeded",
+        "out_of_credits",
+        "out_of_quota",
+        "no_quota_allocation",
+        "payment_declined",
+        "org_usage_limit_exceeded",
+        "total_session_limit_exceeded",
+        "error",
+        "user_usage_limit_exceeded",
+        "contract_expired",
+    }
     assert limits == SUSPEND_FAILURES
     assert classify("suspended", "inactivity", delivered=False) == Outcome.needs_human
     assert classify("suspended", "out_of_credits", delivered=True) == Outcome.failed
@@ -140,7 +158,8 @@ def test_output_check_flags_invalid_and_missing_outputs() -> None:
 
 
 def test_refresh_reads_list_pages_and_stores_states_and_outcomes(
-        write: Write, make_sim: Callable[..., SimServer], tmp_path: Path) -> None:
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+) -> None:
     sim = make_sim("clean", time_scale=100_000)
     plan = build_plan(load_manifest(fleet_manifest(write, 25)))
     ledger = tmp_path / "l.db"
@@ -161,13 +180,12 @@ def test_refresh_reads_list_pages_and_stores_states_and_outcomes(
         records = led.records()
     for v in view.sessions:
         r = records[v.key]
-        assert (r.status, r.outcome, r.refreshed_at is not None) == (v.status, v.outcome.value,
-                                                                     True)
+        assert (r.status, r.outcome, r.refreshed_at is not None) == (v.status, v.outcome.value, True)
 
 
 def test_refresh_falls_back_to_get_only_for_sessions_the_list_misses(
-        write: Write, make_sim: Callable[..., SimServer], tmp_path: Path,
-        sim_client: Callable[..., Any]) -> None:
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path, sim_client: Callable[..., Any]
+) -> None:
     sim = make_sim("clean", time_scale=100_000)
     plan = build_plan(load_manifest(fleet_manifest(write, 6)))
     ledger = tmp_path / "l.db"
@@ -182,14 +200,24 @@ def test_refresh_falls_back_to_get_only_for_sessions_the_list_misses(
     missed = resp.json()["session_id"]
     resp = http.post(f"/v3/organizations/{sim.org_id}/sessions", json=plan.sessions[4].request)
     bare = resp.json()["session_id"].removeprefix("devin-")
-    stray = http.post(f"/v3/organizations/{sim.org_id}/sessions",
-                      json={"prompt": "not ours", "tags": [plan.campaign_tag]}).json()
+    stray = http.post(
+        f"/v3/organizations/{sim.org_id}/sessions",
+        json={"prompt": "not ours", "tags": [plan.campaign_tag]},
+    ).json()
     with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
-        led.write_events([
-            LedgerEvent("r-003", "created", session_id=missed, state=LaunchState.created, url="u3"),
-            LedgerEvent("r-004", "created", session_id=bare, state=LaunchState.created, url="u4"),
-            LedgerEvent("r-005", "created", session_id="devin-" + "0" * 32, state=LaunchState.created,
-                  url="u5")])
+        led.write_events(
+            [
+                LedgerEvent("r-003", "created", session_id=missed, state=LaunchState.created, url="u3"),
+                LedgerEvent("r-004", "created", session_id=bare, state=LaunchState.created, url="u4"),
+                LedgerEvent(
+                    "r-005",
+                    "created",
+                    session_id="devin-" + "0" * 32,
+                    state=LaunchState.created,
+                    url="u5",
+                ),
+            ]
+        )
     cfg = ApiConfig(sim.base_url, sim.org_id, sim.token)
     view = do_refresh(plan, cfg, ledger)
     assert by_id_requests(sim) == 2  # r-003 and r-005 only
@@ -206,7 +234,8 @@ def test_refresh_falls_back_to_get_only_for_sessions_the_list_misses(
 
 
 def test_refresh_with_a_bad_token_raises_auth_error(
-        write: Write, make_sim: Callable[..., SimServer], tmp_path: Path) -> None:
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+) -> None:
     sim = make_sim("clean")
     plan = build_plan(load_manifest(fleet_manifest(write, 2)))
     apply_all(plan, sim, tmp_path / "l.db")
@@ -216,13 +245,17 @@ def test_refresh_with_a_bad_token_raises_auth_error(
 
 
 def test_campaign_view_offline_shows_unlaunched_and_refused_sessions(
-        write: Write, tmp_path: Path) -> None:
+    write: Write, tmp_path: Path
+) -> None:
     plan = build_plan(load_manifest(fleet_manifest(write, 3)))
     with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "l.db") as led:
         led.sync_plan(plan)
-        led.write_events([LedgerEvent("r-000", "rejected", detail="HTTP 422: bad repo",
-                                state=LaunchState.failed),
-                          LedgerEvent("r-001", "intent", 1)])
+        led.write_events(
+            [
+                LedgerEvent("r-000", "rejected", detail="HTTP 422: bad repo", state=LaunchState.failed),
+                LedgerEvent("r-001", "intent", 1),
+            ]
+        )
         view = campaign_view(plan, led)
     got = {v.key: v for v in view.sessions}
     assert got["r-000"].outcome == Outcome.failed and "bad repo" in (got["r-000"].note or "")
@@ -236,9 +269,19 @@ def test_campaign_view_offline_shows_unlaunched_and_refused_sessions(
 
 
 def session_json(sid: str, status: str, detail: str | None, **extra: Any) -> dict[str, Any]:
-    return {"session_id": sid, "url": f"https://app.devin.ai/sessions/{sid}", "status": status,
-            "status_detail": detail, "tags": ["fleet:fu"], "org_id": "org-x", "created_at": 1,
-            "updated_at": 1, "acus_consumed": 0.5, "pull_requests": [], **extra}
+    return {
+        "session_id": sid,
+        "url": f"https://app.devin.ai/sessions/{sid}",
+        "status": status,
+        "status_detail": detail,
+        "tags": ["fleet:fu"],
+        "org_id": "org-x",
+        "created_at": 1,
+        "updated_at": 1,
+        "acus_consumed": 0.5,
+        "pull_requests": [],
+        **extra,
+    }
 
 
 class ScriptedApi:
@@ -253,18 +296,19 @@ class ScriptedApi:
         step = self.script[min(len(self.calls) - 1, len(self.script) - 1)]
         if isinstance(step, int):
             return httpx.Response(step, json={"detail": "scripted failure"})
-        return httpx.Response(200, json={"items": step, "end_cursor": None,
-                                         "has_next_page": False})
+        return httpx.Response(200, json={"items": step, "end_cursor": None, "has_next_page": False})
 
 
-def scripted_watch(write: Write, tmp_path: Path, api: ScriptedApi,
-                   **kw: Any) -> tuple[CampaignView, list[float], list[str]]:
+def scripted_watch(
+    write: Write, tmp_path: Path, api: ScriptedApi, **kw: Any
+) -> tuple[CampaignView, list[float], list[str]]:
     plan = build_plan(load_manifest(fleet_manifest(write, 1, schema=False)))
     ledger = tmp_path / "l.db"
     with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
         led.sync_plan(plan)
-        led.write_events([LedgerEvent("r-000", "created", session_id="devin-1",
-                                state=LaunchState.created, url="u")])
+        led.write_events(
+            [LedgerEvent("r-000", "created", session_id="devin-1", state=LaunchState.created, url="u")]
+        )
     waits: list[float] = []
     errors: list[str] = []
     cfg = ApiConfig("https://api.example.test", "org-x", "cog_x")
@@ -272,16 +316,29 @@ def scripted_watch(write: Write, tmp_path: Path, api: ScriptedApi,
     async def go() -> CampaignView:
         async with DevinClient(cfg, transport=httpx.MockTransport(api)) as client:
             with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
-                return await watch(plan, client, led, on_refresh=lambda v, w: waits.append(w),
-                                   on_error=lambda e: errors.append(e.message), **kw)
+                return await watch(
+                    plan,
+                    client,
+                    led,
+                    on_refresh=lambda _, w: waits.append(w),
+                    on_error=lambda e: errors.append(e.message),
+                    **kw,
+                )
+
     return anyio.run(go), waits, errors
 
 
 def test_watch_retries_a_failed_refresh_and_stops_when_every_outcome_is_final(
-        write: Write, tmp_path: Path) -> None:
-    api = ScriptedApi([500, [session_json("devin-1", "running", "working")],
-                       [session_json("devin-1", "running", "finished")]])
-    view, waits, errors = scripted_watch(write, tmp_path, api, interval=0.01, timeout=10)
+    write: Write, tmp_path: Path
+) -> None:
+    api = ScriptedApi(
+        [
+            500,
+            [session_json("devin-1", "running", "working")],
+            [session_json("devin-1", "running", "finished")],
+        ]
+    )
+    view, waits, errors = scripted_watch(write, tmp_path, api, interval=0.01, wait_timeout=10)
     assert len(errors) == 1 and "500" in errors[0]
     assert [s.outcome for s in view.sessions] == [Outcome.succeeded]
     assert not view.timed_out and view.exit_code == 0
@@ -290,10 +347,12 @@ def test_watch_retries_a_failed_refresh_and_stops_when_every_outcome_is_final(
 
 
 def test_watch_survives_unknown_statuses_and_times_out_with_a_growing_interval(
-        write: Write, tmp_path: Path) -> None:
+    write: Write, tmp_path: Path
+) -> None:
     api = ScriptedApi([[session_json("devin-1", "hibernating", "cosmic_rays")]])
-    view, waits, errors = scripted_watch(write, tmp_path, api, interval=0.01, max_interval=0.03,
-                                         timeout=1.0)
+    view, waits, errors = scripted_watch(
+        write, tmp_path, api, interval=0.01, max_interval=0.03, wait_timeout=1.0
+    )
     assert view.timed_out and view.exit_code == 4 and not errors
     assert [(s.status, s.outcome) for s in view.sessions] == [("hibernating", Outcome.running)]
     # Nothing changes between refreshes: the interval grows by half up to max_interval.
@@ -303,8 +362,7 @@ def test_watch_survives_unknown_statuses_and_times_out_with_a_growing_interval(
         assert after == pytest.approx(min(0.03, before * 1.5))
 
 
-def test_watch_gives_up_after_repeated_failures_and_at_once_on_401(
-        write: Write, tmp_path: Path) -> None:
+def test_watch_gives_up_after_repeated_failures_and_at_once_on_401(write: Write, tmp_path: Path) -> None:
     from launcher.errors import APIError
 
     with pytest.raises(APIError) as info:
@@ -317,27 +375,37 @@ def test_watch_gives_up_after_repeated_failures_and_at_once_on_401(
 
 
 def test_a_401_on_the_get_fallback_is_raised_as_auth_error_not_a_group(
-        write: Write, tmp_path: Path) -> None:
+    write: Write, tmp_path: Path
+) -> None:
     api = ScriptedApi([[], 401])  # the list misses the session; its GET is refused
     with pytest.raises(AuthError) as info:
         scripted_watch(write, tmp_path, api, interval=0.01)
     assert info.value.status == 401
-    assert api.calls == ["GET /v3/organizations/org-x/sessions",
-                         "GET /v3/organizations/org-x/sessions/devin-1"]
+    assert api.calls == [
+        "GET /v3/organizations/org-x/sessions",
+        "GET /v3/organizations/org-x/sessions/devin-1",
+    ]
 
 
 def test_a_cancellation_does_not_stick_to_the_session_that_replaced_it(
-        write: Write, tmp_path: Path) -> None:
+    write: Write, tmp_path: Path
+) -> None:
     plan = build_plan(load_manifest(fleet_manifest(write, 2)))
     with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "l.db") as led:
         led.sync_plan(plan)
-        led.write_events([LedgerEvent(s.key, "created", session_id=f"devin-{i}",
-                                state=LaunchState.created, url="u")
-                          for i, s in enumerate(plan.sessions)])
+        led.write_events(
+            [
+                LedgerEvent(
+                    s.key, "created", session_id=f"devin-{i}", state=LaunchState.created, url="u"
+                )
+                for i, s in enumerate(plan.sessions)
+            ]
+        )
         led.mark_cancelled(["r-000", "r-001"])
         assert {v.outcome for v in campaign_view(plan, led).sessions} == {Outcome.cancelled}
         led.sync_plan(plan, replace=["r-000"])  # relaunched: a new session for r-000
-        led.write_events([LedgerEvent("r-000", "created", session_id="devin-9",
-                                state=LaunchState.created, url="u")])
+        led.write_events(
+            [LedgerEvent("r-000", "created", session_id="devin-9", state=LaunchState.created, url="u")]
+        )
         got = {v.key: v.outcome for v in campaign_view(plan, led).sessions}
     assert got == {"r-000": Outcome.running, "r-001": Outcome.cancelled}

@@ -24,8 +24,14 @@ Write = Callable[[str, str], Path]
 # The simulator's planned outcome -> the outcome status must report. invalid_output sessions
 # wait for the user with a PR and an output that breaks the schema: the PR makes them
 # `succeeded` (documented in follow.py); results flags their output as invalid.
-EXPECTED = {"delivered": "succeeded", "finished": "succeeded", "invalid_output": "succeeded",
-            "needs_user": "needs-human", "error": "failed", "suspended": "failed"}
+EXPECTED = {
+    "delivered": "succeeded",
+    "finished": "succeeded",
+    "invalid_output": "succeeded",
+    "needs_user": "needs-human",
+    "error": "failed",
+    "suspended": "failed",
+}
 
 
 @pytest.fixture
@@ -34,6 +40,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Callable[[SimServer, str | None], No
         monkeypatch.setenv("DEVIN_API_KEY", token or sim.token)
         monkeypatch.setenv("DEVIN_ORG_ID", sim.org_id)
         monkeypatch.setenv("DEVIN_API_BASE_URL", sim.base_url)
+
     return _env
 
 
@@ -45,31 +52,57 @@ def requests(sim: SimServer) -> Counter[str]:
     return Counter(sim.stats()["requests"])
 
 
-def settled_campaign(write: Write, make_sim: Callable[..., SimServer], tmp_path: Path,
-                     env: Callable[..., None], n: int = 24) -> tuple[SimServer, Path, Path,
-                                                                     Result]:
+def settled_campaign(
+    write: Write,
+    make_sim: Callable[..., SimServer],
+    tmp_path: Path,
+    env: Callable[..., None],
+    n: int = 24,
+) -> tuple[SimServer, Path, Path, Result]:
     """A `mixed` campaign applied, then followed by `status --watch` to the end."""
     sim = make_sim("mixed", time_scale=300, seed=1)
     path = fleet_manifest(write, n)
     ledger = tmp_path / "l.db"
     apply_all(build_plan(load_manifest(path)), sim, ledger)
     env(sim)
-    res = run("status", path, "--ledger", ledger, "--watch", "--interval", "0.2",
-              "--timeout", "30", "-o", "json")
+    res = run(
+        "status",
+        path,
+        "--ledger",
+        ledger,
+        "--watch",
+        "--interval",
+        "0.2",
+        "--timeout",
+        "30",
+        "-o",
+        "json",
+    )
     return sim, path, ledger, res
 
 
 def test_status_watch_follows_a_mixed_campaign_to_the_end(
-        write: Write, make_sim: Callable[..., SimServer], tmp_path: Path,
-        env: Callable[..., None]) -> None:
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path, env: Callable[..., None]
+) -> None:
     sim = make_sim("mixed", time_scale=150, seed=1)  # each session runs >= 0.7 s
     path = fleet_manifest(write, 24)
     ledger = tmp_path / "l.db"
     apply_all(build_plan(load_manifest(path)), sim, ledger)
     env(sim)
     before = requests(sim)
-    res = run("status", path, "--ledger", ledger, "--watch", "--interval", "0.2",
-              "--timeout", "30", "-o", "json")
+    res = run(
+        "status",
+        path,
+        "--ledger",
+        ledger,
+        "--watch",
+        "--interval",
+        "0.2",
+        "--timeout",
+        "30",
+        "-o",
+        "json",
+    )
     made = requests(sim) - before
     truth = {s["session_id"]: s for s in sim.sessions()}
     planned = Counter(s["planned_outcome"] for s in truth.values())
@@ -78,12 +111,20 @@ def test_status_watch_follows_a_mixed_campaign_to_the_end(
     data = json.loads(res.stdout)
     assert data["campaign"] == "fu" and len(data["sessions"]) == 24
     for s in data["sessions"]:
-        assert set(s) >= {"key", "session_id", "url", "status", "status_detail", "outcome",
-                          "pull_requests", "acus_consumed", "structured_output"}
+        assert set(s) >= {
+            "key",
+            "session_id",
+            "url",
+            "status",
+            "status_detail",
+            "outcome",
+            "pull_requests",
+            "acus_consumed",
+            "structured_output",
+        }
         sim_says = truth[s["session_id"]]
         assert s["outcome"] == EXPECTED[sim_says["planned_outcome"]], (s, sim_says)
-        assert (s["status"], s["status_detail"]) == (sim_says["status"],
-                                                     sim_says["status_detail"])
+        assert (s["status"], s["status_detail"]) == (sim_says["status"], sim_says["status_detail"])
     expected_counts = Counter(EXPECTED[o] for o in planned.elements())
     assert {k: v for k, v in data["counts"].items() if v} == dict(expected_counts)
     assert res.exit_code == 3  # some failed (error, suspended)
@@ -107,8 +148,8 @@ def test_status_watch_follows_a_mixed_campaign_to_the_end(
 
 
 def test_results_validate_outputs_and_shape_jsonl_csv_and_group_by(
-        write: Write, make_sim: Callable[..., SimServer], tmp_path: Path,
-        env: Callable[..., None]) -> None:
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path, env: Callable[..., None]
+) -> None:
     sim, path, ledger, res = settled_campaign(write, make_sim, tmp_path, env)
     assert res.exit_code == 3, res.output
     truth = {s["session_id"]: s["planned_outcome"] for s in sim.sessions()}
@@ -118,8 +159,17 @@ def test_results_validate_outputs_and_shape_jsonl_csv_and_group_by(
     records = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(records) == 24
     for r in records:
-        assert set(r) >= {"key", "item", "session_id", "url", "outcome", "pull_requests",
-                          "acus_consumed", "structured_output", "output_valid"}
+        assert set(r) >= {
+            "key",
+            "item",
+            "session_id",
+            "url",
+            "outcome",
+            "pull_requests",
+            "acus_consumed",
+            "structured_output",
+            "output_valid",
+        }
         assert r["item"]["repo"] == r["key"] and r["item"]["team"] in "ab"
         planned = truth[r["session_id"]]
         if planned == "delivered":
@@ -134,14 +184,24 @@ def test_results_validate_outputs_and_shape_jsonl_csv_and_group_by(
     succeeded = sum(1 for r in records if r["outcome"] == "succeeded")
     prs = sum(len(r["pull_requests"]) for r in records)
     acus = round(sum(r["acus_consumed"] for r in records), 2)
-    assert f"24 sessions, {succeeded} succeeded, {prs} PRs opened, {acus:g} ACUs consumed of a " \
-           "500 ACU budget" in res.stderr
+    assert (
+        f"24 sessions, {succeeded} succeeded, {prs} PRs opened, {acus:g} ACUs consumed of a "
+        "500 ACU budget" in res.stderr
+    )
 
     res = run("results", path, "--ledger", ledger, "-o", "csv")
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
     assert len(rows) == 24
-    assert {"key", "item.repo", "item.team", "session_id", "outcome", "output_valid",
-            "output.verdict", "output.files_changed"} <= set(rows[0])
+    assert {
+        "key",
+        "item.repo",
+        "item.team",
+        "session_id",
+        "outcome",
+        "output_valid",
+        "output.verdict",
+        "output.files_changed",
+    } <= set(rows[0])
     by_key = {r["key"]: r for r in records}
     for row in rows:
         assert row["output_valid"] == str(by_key[row["key"]]["output_valid"])
@@ -158,7 +218,8 @@ def test_results_validate_outputs_and_shape_jsonl_csv_and_group_by(
 
 
 def test_results_flag_sessions_never_refreshed(
-        write: Write, make_sim: Callable[..., SimServer], tmp_path: Path) -> None:
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+) -> None:
     sim = make_sim("clean")
     path = fleet_manifest(write, 3)
     apply_all(build_plan(load_manifest(path)), sim, tmp_path / "l.db", limit=2)
@@ -170,8 +231,8 @@ def test_results_flag_sessions_never_refreshed(
 
 
 def test_cancel_terminates_exactly_the_chosen_sessions_and_reruns_are_no_ops(
-        write: Write, make_sim: Callable[..., SimServer], tmp_path: Path,
-        env: Callable[..., None]) -> None:
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path, env: Callable[..., None]
+) -> None:
     sim = make_sim("clean", time_scale=1)  # sessions stay running for minutes
     path = fleet_manifest(write, 6)
     ledger = tmp_path / "l.db"
@@ -204,8 +265,10 @@ def test_cancel_terminates_exactly_the_chosen_sessions_and_reruns_are_no_ops(
 
     res = run("status", path, "--ledger", ledger, "-o", "json")
     outcomes = {s["key"]: s["outcome"] for s in json.loads(res.stdout)["sessions"]}
-    assert outcomes == {**{k: "cancelled" for k in chosen},
-                        **{k: "running" for k in ("r-003", "r-004", "r-005")}}
+    assert outcomes == {
+        **{k: "cancelled" for k in chosen},
+        **{k: "running" for k in ("r-003", "r-004", "r-005")},
+    }
     assert res.exit_code == 4
 
     res = run("cancel", path, "--ledger", ledger, "--archive", "--yes")  # the rest, archived
@@ -219,8 +282,8 @@ def test_cancel_terminates_exactly_the_chosen_sessions_and_reruns_are_no_ops(
 
 
 def test_status_needs_a_ledger_and_a_working_token(
-        write: Write, make_sim: Callable[..., SimServer], tmp_path: Path,
-        env: Callable[..., None]) -> None:
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path, env: Callable[..., None]
+) -> None:
     sim = make_sim("clean")
     path = fleet_manifest(write, 2)
     env(sim)
@@ -236,7 +299,9 @@ def test_status_needs_a_ledger_and_a_working_token(
 
 
 def refs_manifest(write: Write, *, playbook: str, secret: str) -> Path:
-    return write("refs.yaml", f"""
+    return write(
+        "refs.yaml",
+        f"""
         version: 1
         campaign: refs
         defaults:
@@ -252,7 +317,8 @@ def refs_manifest(write: Write, *, playbook: str, secret: str) -> Path:
               prompt: "Do {{{{ item }}}}"
               playbook_id: {playbook}
               child_playbook_id: playbook-sim-upgrade-deps
-        """)
+        """,
+    )
 
 
 def where(path: Path, text: str) -> str:
@@ -264,21 +330,25 @@ def where(path: Path, text: str) -> str:
 
 
 def test_check_remote_locates_missing_ids_and_passes_when_they_exist(
-        write: Write, make_sim: Callable[..., SimServer], env: Callable[..., None]) -> None:
+    write: Write, make_sim: Callable[..., SimServer], env: Callable[..., None]
+) -> None:
     sim = make_sim("clean")
     env(sim)
     path = refs_manifest(write, playbook="playbook-sim-nope", secret="secret-sim-missing")
     res = run("plan", path, "--check-remote", "--ledger", path.parent / "x.db")
     assert res.exit_code == 1, res.output
-    assert f"{where(path, 'playbook-sim-nope')}: fleets[0].session.playbook_id: playbook " \
-           "'playbook-sim-nope' does not exist" in res.stderr
-    assert f"{where(path, 'secret-sim-missing')}: defaults.secret_ids[1]: secret " \
-           "'secret-sim-missing' does not exist" in res.stderr
+    assert (
+        f"{where(path, 'playbook-sim-nope')}: fleets[0].session.playbook_id: playbook "
+        "'playbook-sim-nope' does not exist" in res.stderr
+    )
+    assert (
+        f"{where(path, 'secret-sim-missing')}: defaults.secret_ids[1]: secret "
+        "'secret-sim-missing' does not exist" in res.stderr
+    )
     assert "2 referenced id(s) not found" in res.stderr
     assert "sessions" not in "".join(requests(sim))  # nothing about sessions was sent
 
-    path = refs_manifest(write, playbook="playbook-sim-fix-tests",
-                         secret="secret-sim-npm-token")
+    path = refs_manifest(write, playbook="playbook-sim-fix-tests", secret="secret-sim-npm-token")
     res = run("plan", path, "--check-remote", "--ledger", path.parent / "x.db")
     assert res.exit_code == 0, res.output
     assert "remote check passed" in res.stderr and "warning" not in res.stderr
@@ -288,7 +358,8 @@ def test_check_remote_locates_missing_ids_and_passes_when_they_exist(
 
 
 def test_check_remote_401_aborts_and_403_on_lists_only_warns(
-        write: Write, make_sim: Callable[..., SimServer], env: Callable[..., None]) -> None:
+    write: Write, make_sim: Callable[..., SimServer], env: Callable[..., None]
+) -> None:
     sim = make_sim("clean")
     path = refs_manifest(write, playbook="playbook-sim-nope", secret="secret-sim-missing")
     env(sim, "cog_wrong")

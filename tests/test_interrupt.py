@@ -20,18 +20,41 @@ from tests.test_apply import assert_exactly_once_and_ledger_agrees, campaign, se
 
 Write = Callable[[str, str], Path]
 # Latency stretches the run over a few seconds, so kills land before, during and after creates.
-SLOW = Profile.model_validate({"name": "slow", "faults": {"latency_seconds": 0.05,
-                                                          "latency_jitter_seconds": 0.1}})
+SLOW = Profile.model_validate(
+    {"name": "slow", "faults": {"latency_seconds": 0.05, "latency_jitter_seconds": 0.1}}
+)
 
 
 def start_apply(path: Path, sim: SimServer, ledger: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "DEVIN_API_KEY": sim.token, "DEVIN_ORG_ID": sim.org_id,
-           "DEVIN_API_BASE_URL": sim.base_url}
+    env = {
+        **os.environ,
+        "DEVIN_API_KEY": sim.token,
+        "DEVIN_ORG_ID": sim.org_id,
+        "DEVIN_API_BASE_URL": sim.base_url,
+    }
     return subprocess.Popen(
-        [sys.executable, "-m", "launcher", "apply", str(path), "--yes", "--rate", "25",
-         "--concurrency", "4", "--ledger", str(ledger), "-o", "json"],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        [
+            sys.executable,
+            "-m",
+            "launcher",
+            "apply",
+            str(path),
+            "--yes",
+            "--rate",
+            "25",
+            "--concurrency",
+            "4",
+            "--ledger",
+            str(ledger),
+            "-o",
+            "json",
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -45,7 +68,8 @@ def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_creates_each_session_exactly_once(
-        write: Write, make_sim: Callable[..., SimServer], tmp_path: Path) -> None:
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+) -> None:
     sim = make_sim(SLOW)
     path = campaign(write, 60)
     plan = build_plan(load_manifest(path))
@@ -75,7 +99,8 @@ def test_sigkill_at_random_moments_then_resume_creates_each_session_exactly_once
 
 @pytest.mark.slow
 def test_sigint_finishes_in_flight_creates_exits_130_and_resumes(
-        write: Write, make_sim: Callable[..., SimServer], tmp_path: Path) -> None:
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+) -> None:
     sim = make_sim(SLOW)
     path = campaign(write, 60)
     plan = build_plan(load_manifest(path))
@@ -87,6 +112,7 @@ def test_sigint_finishes_in_flight_creates_exits_130_and_resumes(
     assert proc.returncode == 130, errs
     assert "interrupted" in errs
     import json
+
     summary = json.loads(out)
     assert summary["interrupted"] is True
     created_before_resume = len(sim.sessions())

@@ -10,31 +10,36 @@ import pytest
 
 from launcher import build_plan, load_manifest
 from launcher.errors import LedgerError
-from launcher.ledger import MIGRATIONS, SCHEMA_VERSION, LedgerEvent, LaunchState, Ledger
+from launcher.ledger import MIGRATIONS, SCHEMA_VERSION, LaunchState, Ledger, LedgerEvent
 
 Write = Callable[[str, str], Path]
 
 
 def small_plan(write: Write, prompt: str = "Fix {{ item }}"):  # type: ignore[no-untyped-def]
-    path = write("m.yaml", f"""
+    path = write(
+        "m.yaml",
+        f"""
         version: 1
         campaign: led
         fleets:
           - name: f
             for_each: {{items: [a, b]}}
             session: {{prompt: "{prompt}"}}
-        """)
+        """,
+    )
     return build_plan(load_manifest(path))
 
 
-def test_a_v1_ledger_is_migrated_and_keeps_its_rows(write: Write, tmp_path: Path) -> None:
+def test_a_v1_ledger_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
     db.executescript(MIGRATIONS[0])
     db.execute("PRAGMA user_version = 1")
     db.execute("INSERT INTO meta VALUES ('campaign', 'led')")
-    db.execute("INSERT INTO sessions (key, fleet, fingerprint, item_tag, state, session_id, "
-               "updated_at) VALUES ('a', 'f', 'fp', 't', 'created', 'devin-1', 0)")
+    db.execute(
+        "INSERT INTO sessions (key, fleet, fingerprint, item_tag, state, session_id, "
+        "updated_at) VALUES ('a', 'f', 'fp', 't', 'created', 'devin-1', 0)"
+    )
     db.commit()
     db.close()
     with Ledger(path, "led") as led:
@@ -67,39 +72,62 @@ def test_replace_starts_the_relaunch_clean(write: Write, tmp_path: Path) -> None
     plan = small_plan(write)
     with Ledger(tmp_path / "l.db", "led") as led:
         led.sync_plan(plan)
-        led.write_events([LedgerEvent("a", "intent", 1), LedgerEvent("a", "created", session_id="devin-1",
-                                                         state=LaunchState.created, url="u")])
-        led.update_status([{"session_id": "devin-1", "status": "running",
-                            "status_detail": "finished", "outcome": "succeeded",
-                            "acus_consumed": 2.5, "pull_requests": [{"pr_url": "p"}],
-                            "structured_output": {"ok": True}}])
+        led.write_events(
+            [
+                LedgerEvent("a", "intent", 1),
+                LedgerEvent("a", "created", session_id="devin-1", state=LaunchState.created, url="u"),
+            ]
+        )
+        led.update_status(
+            [
+                {
+                    "session_id": "devin-1",
+                    "status": "running",
+                    "status_detail": "finished",
+                    "outcome": "succeeded",
+                    "acus_consumed": 2.5,
+                    "pull_requests": [{"pr_url": "p"}],
+                    "structured_output": {"ok": True},
+                }
+            ]
+        )
         led.mark_cancelled(["a"])
         changed = small_plan(write, prompt="Fix {{ item }} now")
         led.sync_plan(changed, replace=["a"])
         r = led.record("a")
         assert r is not None and r.state == LaunchState.planned and r.session_id is None
-        assert (r.outcome, r.acus_consumed, r.pull_requests, r.structured_output,
-                r.cancelled_at) == (None, None, None, None, None)
+        assert (r.outcome, r.acus_consumed, r.pull_requests, r.structured_output, r.cancelled_at) == (
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
         assert r.fingerprint == changed.by_key()["a"].fingerprint
         assert led.known_session_ids("a") == {"devin-1"}  # history is kept
-        assert [e["kind"] for e in led.events("a")] == ["intent", "created", "cancelled",
-                                                          "replace"]
+        assert [e["kind"] for e in led.events("a")] == ["intent", "created", "cancelled", "replace"]
 
 
-def test_never_attempted_keys_that_left_the_plan_are_forgotten(write: Write,
-                                                               tmp_path: Path) -> None:
+def test_never_attempted_keys_that_left_the_plan_are_forgotten(write: Write, tmp_path: Path) -> None:
     plan = small_plan(write)
     with Ledger(tmp_path / "l.db", "led") as led:
         led.sync_plan(plan)
-        led.write_events([LedgerEvent("a", "intent", 1), LedgerEvent("a", "created", session_id="devin-1",
-                                                         state=LaunchState.created)])
-        path = write("m.yaml", """
+        led.write_events(
+            [
+                LedgerEvent("a", "intent", 1),
+                LedgerEvent("a", "created", session_id="devin-1", state=LaunchState.created),
+            ]
+        )
+        path = write(
+            "m.yaml",
+            """
             version: 1
             campaign: led
             fleets:
               - name: f
                 for_each: {items: [c]}
                 session: {prompt: "x"}
-            """)
+            """,
+        )
         led.sync_plan(build_plan(load_manifest(path)))
         assert set(led.records()) == {"a", "c"}  # b was never attempted; a was launched

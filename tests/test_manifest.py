@@ -14,8 +14,8 @@ import yaml
 
 from launcher.errors import ManifestError
 from launcher.manifest import load_manifest, manifest_json_schema
-from launcher.source import parse_yaml
 from launcher.plan import Plan, build_plan, campaign_tag, item_tag
+from launcher.source import parse_yaml
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = sorted((ROOT / "manifests").glob("*.yaml"))
@@ -52,8 +52,12 @@ fleets:
           value: {env: NPM_TOKEN}
 """
 
-RESULT_SCHEMA = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object",
-                 "required": ["status"], "properties": {"status": {"type": "string"}}}
+RESULT_SCHEMA = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "type": "object",
+    "required": ["status"],
+    "properties": {"status": {"type": "string"}},
+}
 
 
 def plan_of(path: Path, environ: dict[str, str] | None = None) -> Plan:
@@ -66,11 +70,15 @@ def problems_of(path: Path) -> list[str]:
     return [p.render() for p in info.value.problems]
 
 
-def manifest(write: Write, session: str, for_each: str = "items: [a]", extra: str = "",
-             name: str = "m.yaml") -> Path:
+def manifest(
+    write: Write, session: str, for_each: str = "items: [a]", extra: str = "", name: str = "m.yaml"
+) -> Path:
     """A one-fleet manifest: `session` and `for_each` are YAML mapping bodies (one line each)."""
-    return write(name, f"version: 1\ncampaign: t\n{extra}fleets:\n  - name: f\n"
-                       f"    for_each: {{{for_each}}}\n    session: {{{session}}}\n")
+    return write(
+        name,
+        f"version: 1\ncampaign: t\n{extra}fleets:\n  - name: f\n"
+        f"    for_each: {{{for_each}}}\n    session: {{{session}}}\n",
+    )
 
 
 # ------------------------------------------------------------------------------ the issue's example
@@ -98,12 +106,18 @@ def test_the_issue_example_plans_as_written(write: Write, tmp_path: Path) -> Non
         "structured_output_schema": RESULT_SCHEMA,
     }
     assert search.request["max_acu_limit"] == 8  # the empty cell is absent: default(8) applies
-    assert billing.tags == (campaign_tag("py312-upgrade"), item_tag("py312-upgrade",
-                                                                    "acme/billing"))
-    assert plan.totals() == {"sessions": 2, "max_sessions": 500, "acu": 18,
-                             "max_total_acu": 4000, "unbounded_acu_sessions": 0}
-    assert plan.warnings == ("environment variable(s) for session secrets not set: NPM_TOKEN "
-                             "(apply will refuse until they are)",)
+    assert billing.tags == (campaign_tag("py312-upgrade"), item_tag("py312-upgrade", "acme/billing"))
+    assert plan.totals() == {
+        "sessions": 2,
+        "max_sessions": 500,
+        "acu": 18,
+        "max_total_acu": 4000,
+        "unbounded_acu_sessions": 0,
+    }
+    assert plan.warnings == (
+        "environment variable(s) for session secrets not set: NPM_TOKEN "
+        "(apply will refuse until they are)",
+    )
     assert plan.schemas == {"services": RESULT_SCHEMA}
 
 
@@ -118,7 +132,8 @@ def test_the_issue_example_with_its_secret_set(write: Write, tmp_path: Path) -> 
     assert plan.warnings == ()
     [session] = plan.sessions
     assert session.body({"NPM_TOKEN": "npm_s3cr3t"})["session_secrets"] == [
-        {"key": "NPM_TOKEN", "value": "npm_s3cr3t", "sensitive": True}]
+        {"key": "NPM_TOKEN", "value": "npm_s3cr3t", "sensitive": True}
+    ]
     assert "npm_s3cr3t" not in json.dumps(plan.to_json())  # the value is never stored
     assert session.request["session_secrets"][0]["value"] == "***"
 
@@ -126,21 +141,30 @@ def test_the_issue_example_with_its_secret_set(write: Write, tmp_path: Path) -> 
 # ------------------------------------------------------------------------------ data files
 
 
-@pytest.mark.parametrize(("name", "text"), [
-    ("rows.csv", "repo,acu\nacme/a,3\nacme/b,\n"),
-    ("rows.csv", "\ufeffrepo , acu\r\nacme/a,3\r\n\r\nacme/b,\r\n"),  # BOM, CRLF, blank line
-    ("rows.json", '[{"repo": "acme/a", "acu": 3}, {"repo": "acme/b"}]'),
-    ("rows.jsonl", '{"repo": "acme/a", "acu": 3}\n\n{"repo": "acme/b"}\n'),
-    ("rows.yaml", "- {repo: acme/a, acu: 3}\n- repo: acme/b\n"),
-])
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("rows.csv", "repo,acu\nacme/a,3\nacme/b,\n"),
+        ("rows.csv", "\ufeffrepo , acu\r\nacme/a,3\r\n\r\nacme/b,\r\n"),  # BOM, CRLF, blank line
+        ("rows.json", '[{"repo": "acme/a", "acu": 3}, {"repo": "acme/b"}]'),
+        ("rows.jsonl", '{"repo": "acme/a", "acu": 3}\n\n{"repo": "acme/b"}\n'),
+        ("rows.yaml", "- {repo: acme/a, acu: 3}\n- repo: acme/b\n"),
+    ],
+)
 def test_data_file_formats_give_the_same_plan(write: Write, name: str, text: str) -> None:
     write(f"data/{name}", text)
-    path = manifest(write, "prompt: '{{ item.repo }}', "
-                           "max_acu_limit: '{{ item.acu | default(5) }}'",
-                    f"file: data/{name}", extra="", name="m.yaml")
+    path = manifest(
+        write,
+        "prompt: '{{ item.repo }}', max_acu_limit: '{{ item.acu | default(5) }}'",
+        f"file: data/{name}",
+        extra="",
+        name="m.yaml",
+    )
     plan = plan_of(path)
-    assert [(s.key, s.request["prompt"], s.request["max_acu_limit"]) for s in plan.sessions] == \
-        [("acme/a-3", "acme/a", 3), ("acme/b", "acme/b", 5)]
+    assert [(s.key, s.request["prompt"], s.request["max_acu_limit"]) for s in plan.sessions] == [
+        ("acme/a-3", "acme/a", 3),
+        ("acme/b", "acme/b", 5),
+    ]
 
 
 def test_csv_quoted_cells_may_hold_commas_and_newlines(write: Write) -> None:
@@ -151,8 +175,11 @@ def test_csv_quoted_cells_may_hold_commas_and_newlines(write: Write) -> None:
 
 def test_csv_row_errors_name_the_data_file_line(write: Write) -> None:
     write("sub/d.csv", 'repo,notes\nacme/a,"multi\nline"\nacme/b,x,extra\n')
-    path = write("sub/m.yaml", "version: 1\ncampaign: t\nfleets:\n  - name: f\n"
-                               "    for_each: {file: d.csv}\n    session: {prompt: hi}\n")
+    path = write(
+        "sub/m.yaml",
+        "version: 1\ncampaign: t\nfleets:\n  - name: f\n"
+        "    for_each: {file: d.csv}\n    session: {prompt: hi}\n",
+    )
     [problem] = problems_of(path)
     assert problem.startswith(f"{path.parent / 'd.csv'}:4:1: row has 3 column(s)")
 
@@ -161,20 +188,19 @@ def test_many_bad_rows_are_listed_then_counted(write: Write) -> None:
     write("d.csv", "a,b\n" + "x\n" * 30)
     problems = problems_of(manifest(write, "prompt: hi", "file: d.csv"))
     assert len(problems) == 21
-    assert problems[-1].endswith("and 10 more row(s) with the wrong number of columns "
-                                 "(lines 22..31)")
+    assert problems[-1].endswith("and 10 more row(s) with the wrong number of columns (lines 22..31)")
 
 
 def test_a_json_data_file_must_hold_an_array(write: Write) -> None:
     data = write("d.json", '{"repo": "a"}')
     assert problems_of(manifest(write, "prompt: hi", "file: d.json")) == [
-        f"{data}:1:1: a JSON data file must hold an array of items"]
+        f"{data}:1:1: a JSON data file must hold an array of items"
+    ]
 
 
 def test_data_file_values_keep_their_types(write: Write) -> None:
     write("d.yaml", "- {n: 3, on: true, when: 2026-01-02}\n")
-    path = manifest(write, "prompt: '{{ item.n + 1 }} {{ item.on }} {{ item.when }}'",
-                    "file: d.yaml")
+    path = manifest(write, "prompt: '{{ item.n + 1 }} {{ item.on }} {{ item.when }}'", "file: d.yaml")
     assert plan_of(path).sessions[0].request["prompt"] == "4 True 2026-01-02"
 
 
@@ -182,7 +208,9 @@ def test_data_file_values_keep_their_types(write: Write) -> None:
 
 
 def test_defaults_then_session(write: Write) -> None:
-    path = write("m.yaml", """
+    path = write(
+        "m.yaml",
+        """
         version: 1
         campaign: t
         defaults:
@@ -198,7 +226,8 @@ def test_defaults_then_session(write: Write) -> None:
               title: "{{ item }} title"
               tags: [team, "{{ item }}-tag"]
               max_acu_limit: 6
-        """)
+        """,
+    )
     [s] = plan_of(path).sessions
     assert s.request["prompt"] == "default prompt"
     assert s.request["title"] == "a title"
@@ -209,7 +238,9 @@ def test_defaults_then_session(write: Write) -> None:
 
 def test_a_session_prompt_replaces_a_default_prompt_file(write: Write) -> None:
     write("p.md.j2", "from the file: {{ item }}\n")
-    path = write("m.yaml", """
+    path = write(
+        "m.yaml",
+        """
         version: 1
         campaign: t
         defaults: {prompt_file: p.md.j2}
@@ -220,21 +251,24 @@ def test_a_session_prompt_replaces_a_default_prompt_file(write: Write) -> None:
           - name: inline
             for_each: {items: [b]}
             session: {prompt: "inline {{ item }}"}
-        """)
-    assert [s.request["prompt"] for s in plan_of(path).sessions] == \
-        ["from the file: a\n", "inline b"]
+        """,
+    )
+    assert [s.request["prompt"] for s in plan_of(path).sessions] == ["from the file: a\n", "inline b"]
 
 
 def test_prompt_file_errors_point_into_the_file(write: Write) -> None:
     write("prompts/p.j2", "line one\n{{ item.nope }}\n")
     path = manifest(write, "prompt_file: prompts/p.j2", "items: [{repo: a}]")
     [problem] = problems_of(path)
-    assert problem.startswith(f"{path.parent / 'prompts' / 'p.j2'}:2:1: "
-                              "fleets[0].session.prompt_file: undefined variable")
+    assert problem.startswith(
+        f"{path.parent / 'prompts' / 'p.j2'}:2:1: fleets[0].session.prompt_file: undefined variable"
+    )
 
 
 def test_every_string_is_a_template_also_in_lists(write: Write) -> None:
-    path = write("m.yaml", """
+    path = write(
+        "m.yaml",
+        """
         version: 1
         campaign: t
         vars: {org: acme, docs: "https://docs.example"}
@@ -252,7 +286,8 @@ def test_every_string_is_a_template_also_in_lists(write: Write) -> None:
               platform: "{{ 'windows' if item.n > 1 else 'default' }}"
               session_secrets:
                 - {key: "TOKEN_{{ item.repo | upper }}", value: {env: TOKEN}}
-        """)
+        """,
+    )
     [s] = plan_of(path).sessions
     assert s.key == "acme/api"
     assert s.request["prompt"] == "t f 0"
@@ -265,21 +300,33 @@ def test_every_string_is_a_template_also_in_lists(write: Write) -> None:
     assert s.request["session_secrets"][0]["key"] == "TOKEN_API"
 
 
-@pytest.mark.parametrize(("template", "value"), [
-    ("'{{ item.b }}'", True), ("'false'", False), ("'{{ not item.b }}'", False), ("yes", True),
-])
-def test_non_string_fields_are_converted_after_rendering(write: Write, template: str,
-                                                         value: bool) -> None:
-    path = manifest(write, f"prompt: hi, bypass_approval: {template}, "
-                           "resumable: '{{ item.b }}'",
-                    "items: [{b: true}]")
+@pytest.mark.parametrize(
+    ("template", "value"),
+    [
+        ("'{{ item.b }}'", True),
+        ("'false'", False),
+        ("'{{ not item.b }}'", False),
+        ("yes", True),
+    ],
+)
+def test_non_string_fields_are_converted_after_rendering(
+    write: Write, template: str, value: bool
+) -> None:
+    path = manifest(
+        write,
+        f"prompt: hi, bypass_approval: {template}, resumable: '{{{{ item.b }}}}'",
+        "items: [{b: true}]",
+    )
     [s] = plan_of(path).sessions
     assert s.request["bypass_approval"] is value and s.request["resumable"] is True
 
 
 def test_an_empty_render_leaves_a_non_string_field_out(write: Write) -> None:
-    path = manifest(write, "prompt: hi, max_acu_limit: \"{{ item.acu | default('') }}\"",
-                    "items: [{k: a, acu: 3}, {k: b}]")
+    path = manifest(
+        write,
+        "prompt: hi, max_acu_limit: \"{{ item.acu | default('') }}\"",
+        "items: [{k: a, acu: 3}, {k: b}]",
+    )
     assert [s.request.get("max_acu_limit") for s in plan_of(path).sessions] == [3, None]
 
 
@@ -298,7 +345,9 @@ def test_inline_schema_and_schema_typo(write: Write) -> None:
 
 
 def test_yaml_anchors_and_merge_keys_work(write: Write) -> None:
-    path = write("m.yaml", """
+    path = write(
+        "m.yaml",
+        """
         version: 1
         campaign: t
         vars:
@@ -309,7 +358,8 @@ def test_yaml_anchors_and_merge_keys_work(write: Write) -> None:
             session:
               <<: *base
               max_acu_limit: 3
-        """)
+        """,
+    )
     [s] = plan_of(path).sessions
     assert (s.request["prompt"], s.request["max_acu_limit"]) == ("from anchor a", 3)
 
@@ -328,7 +378,9 @@ def test_parse_yaml_keeps_timestamps_as_text_and_marks_keys() -> None:
 
 
 def test_matrix_with_include_and_exclude(write: Write) -> None:
-    path = write("m.yaml", """
+    path = write(
+        "m.yaml",
+        """
         version: 1
         campaign: t
         fleets:
@@ -342,12 +394,21 @@ def test_matrix_with_include_and_exclude(write: Write) -> None:
                   - {os: linux, extra: yes-please}
                   - {os: windows, py: "3.12"}
             session: {prompt: "{{ item.os }} {{ item.py }} {{ item.extra | default('-') }}"}
-        """)
+        """,
+    )
     plan = plan_of(path)
     assert [s.request["prompt"] for s in plan.sessions] == [
-        "linux 3.11 yes-please", "linux 3.12 yes-please", "mac 3.12 -", "windows 3.12 -"]
+        "linux 3.11 yes-please",
+        "linux 3.12 yes-please",
+        "mac 3.12 -",
+        "windows 3.12 -",
+    ]
     assert [s.key for s in plan.sessions] == [
-        "linux-3.11-yes-please", "linux-3.12-yes-please", "mac-3.12", "windows-3.12"]
+        "linux-3.11-yes-please",
+        "linux-3.12-yes-please",
+        "mac-3.12",
+        "windows-3.12",
+    ]
     assert plan.sessions[3].origin == "matrix {os=windows, py=3.12}"
 
 
@@ -396,8 +457,9 @@ def test_every_example_validates_and_plans(path: Path) -> None:
 
 def test_the_committed_schema_equals_a_fresh_export() -> None:
     committed = json.loads((ROOT / "schemas" / "manifest.schema.json").read_text())
-    assert committed == manifest_json_schema(), \
+    assert committed == manifest_json_schema(), (
         "regenerate: .venv/bin/devin-fleet schema > schemas/manifest.schema.json"
+    )
 
 
 def test_the_committed_schema_is_draft7_and_accepts_every_example() -> None:
@@ -407,8 +469,9 @@ def test_the_committed_schema_is_draft7_and_accepts_every_example() -> None:
     for path in EXAMPLES:
         data: Any = yaml.safe_load(path.read_text())
         assert [e.message for e in validator.iter_errors(data)] == [], path.name
-    assert list(validator.iter_errors({"version": 1, "campaign": "x", "fleets": [],
-                                       "fleeets": []}))  # and refuses what the model refuses
+    assert list(
+        validator.iter_errors({"version": 1, "campaign": "x", "fleets": [], "fleeets": []})
+    )  # and refuses what the model refuses
 
 
 def test_the_issue_example_validates_against_the_committed_schema() -> None:

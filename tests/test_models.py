@@ -37,19 +37,34 @@ def refused(**fields: Any) -> list[dict[str, Any]]:
 def test_a_minimal_request_sends_only_what_was_set() -> None:
     assert request().body() == {"prompt": "Do the thing."}
     body = request(title="T", repos=["acme/a"], max_acu_limit=3, devin_mode="fast").body()
-    assert body == {"prompt": "Do the thing.", "title": "T", "repos": ["acme/a"],
-                    "max_acu_limit": 3, "devin_mode": "fast"}
+    assert body == {
+        "prompt": "Do the thing.",
+        "title": "T",
+        "repos": ["acme/a"],
+        "max_acu_limit": 3,
+        "devin_mode": "fast",
+    }
 
 
 def test_every_contract_field_is_accepted() -> None:
     fields = {
-        "title": "t", "repos": ["a/b"], "tags": ["x"], "attachment_urls": ["https://h/x"],
-        "knowledge_ids": [], "secret_ids": ["secret-1"],
+        "title": "t",
+        "repos": ["a/b"],
+        "tags": ["x"],
+        "attachment_urls": ["https://h/x"],
+        "knowledge_ids": [],
+        "secret_ids": ["secret-1"],
         "session_secrets": [{"key": "K", "value": "v", "sensitive": False}],
-        "playbook_id": "playbook-1", "child_playbook_id": "playbook-2",
-        "session_links": ["devin-1"], "max_acu_limit": 1, "bypass_approval": True,
-        "create_as_user_id": "user-1", "devin_mode": "normal", "platform": "windows",
-        "structured_output_schema": {"type": "object"}, "structured_output_required": False,
+        "playbook_id": "playbook-1",
+        "child_playbook_id": "playbook-2",
+        "session_links": ["devin-1"],
+        "max_acu_limit": 1,
+        "bypass_approval": True,
+        "create_as_user_id": "user-1",
+        "devin_mode": "normal",
+        "platform": "windows",
+        "structured_output_schema": {"type": "object"},
+        "structured_output_required": False,
         "resumable": True,
     }
     body = request(**fields).body()
@@ -76,22 +91,33 @@ def test_prompt_is_required() -> None:
     assert info.value.errors()[0]["type"] == "missing"
 
 
-@pytest.mark.parametrize("url", ["https://example.com/a?b=c#d", "http://h", "s3://bucket/key",
-                                 "urn:isbn:0451450523", "https://h/" + "a" * 2064])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.com/a?b=c#d",
+        "http://h",
+        "s3://bucket/key",
+        "urn:isbn:0451450523",
+        "https://h/" + "a" * 2064,
+    ],
+)
 def test_attachment_urls_accepted(url: str) -> None:
     assert len(url) <= 2083
     assert request(attachment_urls=[url]).attachment_urls == [url]
 
 
-@pytest.mark.parametrize(("url", "fragment"), [
-    ("", "1..2,083"),
-    ("https://h/" + "a" * 2074, "1..2,083"),
-    ("example.com/x", "not an absolute URI"),
-    ("/relative/path", "not an absolute URI"),
-    ("https://exa mple.com", "not an absolute URI"),
-    ("https:///nohost", "not an absolute URI"),
-    ("1http://h", "not an absolute URI"),
-])
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("", "1..2,083"),
+        ("https://h/" + "a" * 2074, "1..2,083"),
+        ("example.com/x", "not an absolute URI"),
+        ("/relative/path", "not an absolute URI"),
+        ("https://exa mple.com", "not an absolute URI"),
+        ("https:///nohost", "not an absolute URI"),
+        ("1http://h", "not an absolute URI"),
+    ],
+)
 def test_attachment_urls_refused(url: str, fragment: str) -> None:
     errors = refused(attachment_urls=["https://fine.example", url])
     assert errors[0]["loc"] == ("attachment_urls",) and fragment in errors[0]["msg"]
@@ -107,10 +133,8 @@ def test_session_secret_limits() -> None:
     ok = request(session_secrets=[{"key": "k" * 256, "value": "v" * 65_536}])
     assert ok.session_secrets is not None and ok.session_secrets[0].sensitive is True
     assert refused(session_secrets=[{"key": "", "value": "v"}])[0]["type"] == "string_too_short"
-    assert refused(session_secrets=[{"key": "k" * 257, "value": "v"}])[0]["type"] == \
-        "string_too_long"
-    assert refused(session_secrets=[{"key": "k", "value": "v" * 65_537}])[0]["type"] == \
-        "string_too_long"
+    assert refused(session_secrets=[{"key": "k" * 257, "value": "v"}])[0]["type"] == "string_too_long"
+    assert refused(session_secrets=[{"key": "k", "value": "v" * 65_537}])[0]["type"] == "string_too_long"
     assert refused(session_secrets=[{"key": "k"}])[0]["type"] == "missing"
 
 
@@ -142,8 +166,11 @@ def test_max_acu_limit_must_be_a_positive_integer(acu: Any) -> None:
 
 
 def test_structured_output_schema_accepted_and_kept_as_is() -> None:
-    schema = {"type": "object", "properties": {"a": {"$ref": "#/definitions/a"}},
-              "definitions": {"a": {"type": "string"}}}
+    schema = {
+        "type": "object",
+        "properties": {"a": {"$ref": "#/definitions/a"}},
+        "definitions": {"a": {"type": "string"}},
+    }
     req = request(structured_output_schema=schema)
     assert req.body()["structured_output_schema"] == schema
 
@@ -160,14 +187,16 @@ def test_schema_at_the_size_limit() -> None:
     assert "at most 65,536" in refused(structured_output_schema=schema_of(70_000))[0]["msg"]
 
 
-@pytest.mark.parametrize(("schema", "fragment"), [
-    ({"type": "object", "properties": {"a": {"$ref": "https://x.example/s.json"}}},
-     "external $ref"),
-    ({"allOf": [{"$ref": "other.json#/a"}]}, "external $ref"),
-    ({"type": "objekt"}, "not a valid Draft 7 schema"),
-    ({"properties": {"a": {"minLength": -1}}}, "not a valid Draft 7 schema at properties/a"),
-    ({"required": "a"}, "not a valid Draft 7 schema"),
-])
+@pytest.mark.parametrize(
+    ("schema", "fragment"),
+    [
+        ({"type": "object", "properties": {"a": {"$ref": "https://x.example/s.json"}}}, "external $ref"),
+        ({"allOf": [{"$ref": "other.json#/a"}]}, "external $ref"),
+        ({"type": "objekt"}, "not a valid Draft 7 schema"),
+        ({"properties": {"a": {"minLength": -1}}}, "not a valid Draft 7 schema at properties/a"),
+        ({"required": "a"}, "not a valid Draft 7 schema"),
+    ],
+)
 def test_structured_output_schema_refused(schema: dict[str, Any], fragment: str) -> None:
     errors = refused(structured_output_schema=schema)
     assert errors[0]["loc"] == ("structured_output_schema",) and fragment in errors[0]["msg"]
@@ -200,8 +229,7 @@ def test_api_error_details_have_fastapi_shape() -> None:
 
 
 def test_output_errors() -> None:
-    schema = {"type": "object", "required": ["status"],
-              "properties": {"status": {"enum": ["done"]}}}
+    schema = {"type": "object", "required": ["status"], "properties": {"status": {"enum": ["done"]}}}
     assert output_errors(schema, {"status": "done"}) == []
     assert output_errors(schema, {}) == ["(root): 'status' is a required property"]
     assert output_errors(schema, {"status": "x"})[0].startswith("status: ")
@@ -211,13 +239,21 @@ def test_output_errors() -> None:
 
 
 def test_session_tolerates_unknown_fields_and_values() -> None:
-    s = Session.model_validate({
-        "session_id": "devin-1", "url": "https://app/x", "status": "hibernating",
-        "status_detail": "pondering", "tags": ["a"], "org_id": "org-1", "created_at": 1,
-        "updated_at": 2, "acus_consumed": 0.5, "pull_requests": [
-            {"pr_url": "https://gh/pr/1", "pr_state": "merged", "draft": False}],
-        "brand_new_field": {"x": 1},
-    })
+    s = Session.model_validate(
+        {
+            "session_id": "devin-1",
+            "url": "https://app/x",
+            "status": "hibernating",
+            "status_detail": "pondering",
+            "tags": ["a"],
+            "org_id": "org-1",
+            "created_at": 1,
+            "updated_at": 2,
+            "acus_consumed": 0.5,
+            "pull_requests": [{"pr_url": "https://gh/pr/1", "pr_state": "merged", "draft": False}],
+            "brand_new_field": {"x": 1},
+        }
+    )
     assert s.status == "hibernating" and s.status_enum is None
     assert s.status_detail == "pondering" and s.detail_enum is None
     assert s.model_extra == {"brand_new_field": {"x": 1}}
@@ -225,15 +261,24 @@ def test_session_tolerates_unknown_fields_and_values() -> None:
 
 
 def test_session_known_values_map_to_enums() -> None:
-    s = Session.model_validate({"session_id": "devin-1", "status": "running",
-                                "status_detail": "waiting_for_user"})
+    s = Session.model_validate(
+        {"session_id": "devin-1", "status": "running", "status_detail": "waiting_for_user"}
+    )
     assert s.status_enum is SessionStatus.running
     assert s.detail_enum is StatusDetail.waiting_for_user
 
 
 def test_session_nulls_take_defaults() -> None:
-    s = Session.model_validate({"session_id": "abc", "tags": None, "pull_requests": None,
-                                "acus_consumed": None, "url": None, "created_at": 1.5})
+    s = Session.model_validate(
+        {
+            "session_id": "abc",
+            "tags": None,
+            "pull_requests": None,
+            "acus_consumed": None,
+            "url": None,
+            "created_at": 1.5,
+        }
+    )
     assert (s.tags, s.pull_requests, s.acus_consumed, s.url) == ([], [], 0.0, "")
     assert s.created_at == 1.5
 

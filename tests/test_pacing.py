@@ -44,8 +44,12 @@ def test_token_bucket_wait_is_exactly_enough(rate: float, burst: int) -> None:
     assert bucket.try_take(wait * 1.0001) == 0.0
 
 
-@given(attempt=st.integers(min_value=0, max_value=100), base=st.floats(0.01, 5),
-       cap=st.floats(0.1, 60), seed=st.integers(0, 2**32))
+@given(
+    attempt=st.integers(min_value=0, max_value=100),
+    base=st.floats(0.01, 5),
+    cap=st.floats(0.1, 60),
+    seed=st.integers(0, 2**32),
+)
 def test_backoff_is_bounded_by_cap_and_exponential_envelope(
     attempt: int, base: float, cap: float, seed: int
 ) -> None:
@@ -80,7 +84,7 @@ def test_adaptive_rate_finds_and_holds_an_unknown_limit() -> None:
             else:
                 cuts += ar.on_429(now)
         history.append(ar.rate)
-    late = history[len(history) // 2:]
+    late = history[len(history) // 2 :]
     assert 0.8 * limit <= sum(late) / len(late) <= 1.05 * limit
     assert ok / 120 >= 0.85 * limit  # throughput close to the server's limit
     assert cuts < 20  # learned, not oscillating on every request

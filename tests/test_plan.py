@@ -69,8 +69,14 @@ def campaign(write: Write) -> Path:
 def test_the_plan_is_ordered_and_complete(campaign: Path) -> None:
     plan = plan_of(campaign)
     assert [s.key for s in plan.sessions] == [
-        "acme/a", "acme/b", "acme/c",
-        "acme/web-lint", "acme/web-tests", "acme/app-lint", "acme/app-tests"]
+        "acme/a",
+        "acme/b",
+        "acme/c",
+        "acme/web-lint",
+        "acme/web-tests",
+        "acme/app-lint",
+        "acme/app-tests",
+    ]
     assert [s.index for s in plan.sessions] == [0, 1, 2, 0, 1, 2, 3]
     assert plan.sessions[1].request["prompt"] == "Upgrade acme/b (nobody)"
     assert plan.total_acu == 2 + 4 + 7 + 4 * 4
@@ -91,8 +97,12 @@ def test_plan_json_does_not_depend_on_hash_seeds(campaign: Path) -> None:
     outputs = []
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        done = subprocess.run([sys.executable, "-m", "launcher", "plan", "-o", "json",
-                               str(campaign)], capture_output=True, env=env, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "launcher", "plan", "-o", "json", str(campaign)],
+            capture_output=True,
+            env=env,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr.decode()
         outputs.append(done.stdout)
     assert outputs[0] == outputs[1] and len(outputs[0]) > 1000
@@ -130,8 +140,10 @@ def test_body_reads_secrets_from_the_environment(campaign: Path) -> None:
 
 
 def test_a_missing_secret_variable_is_a_warning(campaign: Path) -> None:
-    assert plan_of(campaign).warnings == ("environment variable(s) for session secrets not set: "
-                                          "DET_TOKEN (apply will refuse until they are)",)
+    assert plan_of(campaign).warnings == (
+        "environment variable(s) for session secrets not set: "
+        "DET_TOKEN (apply will refuse until they are)",
+    )
     assert plan_of(campaign, environ={"DET_TOKEN": "x"}).warnings == ()
     result = CliRunner().invoke(cli, ["validate", str(campaign)])
     assert result.exit_code == 0 and "warning: environment variable" in result.output
@@ -139,17 +151,17 @@ def test_a_missing_secret_variable_is_a_warning(campaign: Path) -> None:
 
 def test_keys_survive_insertion_and_reordering(campaign: Path, write: Write) -> None:
     before = {s.key: s.fingerprint for s in plan_of(campaign).sessions}
-    write("services.csv", "repo,owner,acu\nacme/c,carol,7\nacme/new,nina,1\nacme/a,alice,2\n"
-                          "acme/b,,\n")
+    write("services.csv", "repo,owner,acu\nacme/c,carol,7\nacme/new,nina,1\nacme/a,alice,2\nacme/b,,\n")
     after = {s.key: s.fingerprint for s in plan_of(campaign).sessions}
     assert set(after) == set(before) | {"acme/new"}
     assert all(after[k] == v for k, v in before.items())
 
 
 def test_every_problem_is_reported_at_once(write: Write) -> None:
-    write("d.csv", "repo,mode,acu\nacme/a,fast,1\nacme/b,turbo,2\nacme/c,fast,zero\n"
-                   "acme/a,lite,1\n")
-    path = write("m.yaml", """
+    write("d.csv", "repo,mode,acu\nacme/a,fast,1\nacme/b,turbo,2\nacme/c,fast,zero\nacme/a,lite,1\n")
+    path = write(
+        "m.yaml",
+        """
         version: 1
         campaign: many
         budget: {max_sessions: 2}
@@ -167,7 +179,8 @@ def test_every_problem_is_reported_at_once(write: Write) -> None:
           - name: h
             for_each: {items: [x]}
             session: {prompt: hi, attachment_urls: [nope]}
-        """)
+        """,
+    )
     problems = problems_of(path)
     assert len(problems) == 6, problems
     text = "\n".join(problems)
@@ -175,15 +188,19 @@ def test_every_problem_is_reported_at_once(write: Write) -> None:
     assert "[item d.csv:2, and 3 more item(s)]" in text
     assert "m.yaml:10:19: fleets[0].session.devin_mode: Input should be" in text
     assert "(got 'turbo') [item d.csv:3]" in text
-    assert "m.yaml:11:22: fleets[0].session.max_acu_limit: expected an integer; got 'zero' " \
-           "[item d.csv:4]" in text
+    assert (
+        "m.yaml:11:22: fleets[0].session.max_acu_limit: expected an integer; got 'zero' "
+        "[item d.csv:4]" in text
+    )
     assert "m.yaml:13:15: fleets[1].for_each: empty fleet" in text
     assert "m.yaml:17:44: fleets[2].session.attachment_urls: 'nope' is not an absolute URI" in text
     assert "m.yaml:3:24: budget.max_sessions: the plan has 5 sessions; the budget allows 2" in text
 
 
 def test_duplicate_keys_name_both_items_across_fleets(write: Write) -> None:
-    path = write("m.yaml", """
+    path = write(
+        "m.yaml",
+        """
         version: 1
         campaign: dup
         fleets:
@@ -193,33 +210,39 @@ def test_duplicate_keys_name_both_items_across_fleets(write: Write) -> None:
           - name: two
             for_each: {items: [acme/c, acme/a]}
             session: {prompt: "{{ item }}"}
-        """)
+        """,
+    )
     assert problems_of(path) == [
         "m.yaml:8:15: fleets[1].for_each: duplicate key 'acme/a': item m.yaml:5:24 (fleet one) "
         "and item m.yaml:8:32 (fleet two) (hint: make `key:` unique in the campaign, e.g. "
-        "'{{ fleet }}-{{ item.repo }}')"]
+        "'{{ fleet }}-{{ item.repo }}')"
+    ]
 
 
 def test_many_different_problems_at_one_field_are_capped(write: Write) -> None:
     write("d.csv", "acu\n" + "".join(f"x{i}\n" for i in range(30)))
-    path = write("m.yaml", """
+    path = write(
+        "m.yaml",
+        """
         version: 1
         campaign: cap
         fleets:
           - name: f
             for_each: {file: d.csv}
             session: {prompt: hi, max_acu_limit: "{{ item.acu }}"}
-        """)
+        """,
+    )
     problems = problems_of(path)
     assert len(problems) == 21
     assert problems[0].endswith("expected an integer; got 'x0' [item d.csv:2]")
-    assert problems[-1].endswith("max_acu_limit: and 10 more different problem(s) here, in "
-                                 "other items")
+    assert problems[-1].endswith("max_acu_limit: and 10 more different problem(s) here, in other items")
 
 
 def test_identity_tags_count_toward_the_limit(write: Write) -> None:
     tags = ", ".join(f"t{i}" for i in range(48))
-    path = write("m.yaml", f"""
+    path = write(
+        "m.yaml",
+        f"""
         version: 1
         campaign: tags
         defaults: {{tags: [{tags}]}}
@@ -227,7 +250,8 @@ def test_identity_tags_count_toward_the_limit(write: Write) -> None:
           - name: f
             for_each: {{items: [a]}}
             session: {{prompt: hi, tags: [t0, t1]}}
-        """)
+        """,
+    )
     assert len(plan_of(path).sessions[0].request["tags"]) == 50
     write("m.yaml", path.read_text().replace("[t0, t1]", "[t0, t48]"))
     [problem] = problems_of(path)
@@ -235,7 +259,9 @@ def test_identity_tags_count_toward_the_limit(write: Write) -> None:
 
 
 def test_budget_counts_acu_over_the_plan(write: Write) -> None:
-    path = write("m.yaml", """
+    path = write(
+        "m.yaml",
+        """
         version: 1
         campaign: acu
         budget: {max_sessions: 3, max_total_acu: 9}
@@ -244,15 +270,20 @@ def test_budget_counts_acu_over_the_plan(write: Write) -> None:
           - name: f
             for_each: {items: [a, b, c]}
             session: {prompt: hi}
-        """)
+        """,
+    )
     assert plan_of(path).totals()["acu"] == 9
     write("m.yaml", path.read_text().replace("[a, b, c]", "[a, b, c, d]"))
-    assert [p.split(": ", 2)[1] for p in problems_of(path)] == \
-        ["budget.max_sessions", "budget.max_total_acu"]
+    assert [p.split(": ", 2)[1] for p in problems_of(path)] == [
+        "budget.max_sessions",
+        "budget.max_total_acu",
+    ]
 
 
 def test_default_keys_come_from_the_item_values(write: Write) -> None:
-    path = write("m.yaml", """
+    path = write(
+        "m.yaml",
+        """
         version: 1
         campaign: keys
         fleets:
@@ -260,13 +291,15 @@ def test_default_keys_come_from_the_item_values(write: Write) -> None:
             for_each:
               items: [plain, 7, {repo: acme/a, n: null, tags: [x, y]}, [l, 2]]
             session: {prompt: hi}
-        """)
-    assert [s.key for s in plan_of(path).sessions] == \
-        ["plain", "7", 'acme/a-["x", "y"]', "l-2"]
+        """,
+    )
+    assert [s.key for s in plan_of(path).sessions] == ["plain", "7", 'acme/a-["x", "y"]', "l-2"]
 
 
 def test_an_empty_key_is_refused(write: Write) -> None:
-    path = write("m.yaml", """
+    path = write(
+        "m.yaml",
+        """
         version: 1
         campaign: keys
         fleets:
@@ -274,21 +307,25 @@ def test_an_empty_key_is_refused(write: Write) -> None:
             for_each: {items: [{repo: a}]}
             key: "{{ item.name | default('') }}"
             session: {prompt: hi}
-        """)
+        """,
+    )
     [problem] = problems_of(path)
     assert "fleets[0].key: the item's key is empty" in problem
 
 
 def test_the_schema_is_loaded_once_and_shared(write: Write, tmp_path: Path) -> None:
     (tmp_path / "s.json").write_text('{"type": "object"}')
-    path = write("m.yaml", """
+    path = write(
+        "m.yaml",
+        """
         version: 1
         campaign: schema
         fleets:
           - name: f
             for_each: {items: [a, b]}
             session: {prompt: hi, structured_output_schema: {file: s.json}}
-        """)
+        """,
+    )
     a, b = plan_of(path).sessions
     assert a.request["structured_output_schema"] == {"type": "object"}
     assert a.request["structured_output_schema"] is b.request["structured_output_schema"]

@@ -31,8 +31,11 @@ def plan_from(manifest: dict[str, Any], files: dict[str, str] | None = None) -> 
 
 
 def one_fleet(for_each: dict[str, Any], key: str | None = None) -> dict[str, Any]:
-    fleet: dict[str, Any] = {"name": "f", "for_each": for_each,
-                             "session": {"prompt": "do {{ item }}", "max_acu_limit": 2}}
+    fleet: dict[str, Any] = {
+        "name": "f",
+        "for_each": for_each,
+        "session": {"prompt": "do {{ item }}", "max_acu_limit": 2},
+    }
     if key is not None:
         fleet["key"] = key
     return {"version": 1, "campaign": "prop", "fleets": [fleet]}
@@ -42,16 +45,19 @@ def one_fleet(for_each: dict[str, Any], key: str | None = None) -> dict[str, Any
 def matrices(draw: st.DrawFn) -> tuple[dict[str, list[Any]], int]:
     """A matrix with excludes (whole combinations) and includes that match no combination,
     and the number of items it must expand to."""
-    names = draw(st.lists(st.sampled_from(["os", "py", "repo", "task"]), min_size=1,
-                          max_size=3, unique=True))
+    names = draw(
+        st.lists(st.sampled_from(["os", "py", "repo", "task"]), min_size=1, max_size=3, unique=True)
+    )
     axes = {n: [f"{n}{i}" for i in range(draw(st.integers(1, 4)))] for n in names}
-    combos = [dict(zip(names, values, strict=True))
-              for values in itertools.product(*axes.values())]
-    exclude = draw(st.lists(st.sampled_from(combos), unique_by=lambda c: tuple(c.values()),
-                            max_size=len(combos)))
+    combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*axes.values())]
+    exclude = draw(
+        st.lists(st.sampled_from(combos), unique_by=lambda c: tuple(c.values()), max_size=len(combos))
+    )
     n_include = draw(st.integers(0, 3))
-    include = [{names[0]: f"new{j}", **{n: draw(st.sampled_from(axes[n])) for n in names[1:]}}
-               for j in range(n_include)]
+    include = [
+        {names[0]: f"new{j}", **{n: draw(st.sampled_from(axes[n])) for n in names[1:]}}
+        for j in range(n_include)
+    ]
     matrix: dict[str, list[Any]] = dict(axes)
     if exclude:
         matrix["exclude"] = exclude
@@ -64,7 +70,8 @@ def matrices(draw: st.DrawFn) -> tuple[dict[str, list[Any]], int]:
 @SETTINGS
 @given(matrices())
 def test_matrix_size_is_product_minus_excludes_plus_includes(
-        case: tuple[dict[str, list[Any]], int]) -> None:
+    case: tuple[dict[str, list[Any]], int],
+) -> None:
     matrix, expected = case
     if expected == 0:
         return  # everything excluded: an empty fleet, refused (tested elsewhere)
@@ -72,14 +79,17 @@ def test_matrix_size_is_product_minus_excludes_plus_includes(
     assert len(plan) == expected
     assert len({s.key for s in plan.sessions}) == expected
     excluded = [tuple(e.values()) for e in matrix.get("exclude", [])]
-    assert not any(tuple(s.item[n] for n in matrix if n not in ("include", "exclude"))
-                   in excluded for s in plan.sessions)
+    assert not any(
+        tuple(s.item[n] for n in matrix if n not in ("include", "exclude")) in excluded
+        for s in plan.sessions
+    )
 
 
 @SETTINGS
 @given(matrices(), st.sampled_from(["lint", "tests"]))
 def test_an_include_without_axis_values_extends_every_combination(
-        case: tuple[dict[str, list[Any]], int], extra: str) -> None:
+    case: tuple[dict[str, list[Any]], int], extra: str
+) -> None:
     matrix, _ = case
     matrix = {k: v for k, v in matrix.items() if k not in ("include", "exclude")}
     plan = plan_from(one_fleet({"matrix": {**matrix, "include": [{"extra": extra}]}}))
@@ -93,8 +103,9 @@ NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789/_.,", min_size=1,
 @st.composite
 def item_lists(draw: st.DrawFn) -> list[dict[str, Any]]:
     repos = draw(st.lists(NAMES, min_size=1, max_size=12, unique=True))
-    return [{"repo": r, **({"acu": draw(st.integers(1, 9))} if draw(st.booleans()) else {})}
-            for r in repos]
+    return [
+        {"repo": r, **({"acu": draw(st.integers(1, 9))} if draw(st.booleans()) else {})} for r in repos
+    ]
 
 
 def key_map(plan: Plan) -> dict[str, str]:
@@ -105,8 +116,9 @@ def key_map(plan: Plan) -> dict[str, str]:
 
 @SETTINGS
 @given(item_lists(), st.data(), st.sampled_from([None, "{{ item.repo }}"]))
-def test_inline_item_keys_survive_reordering(items: list[dict[str, Any]], data: st.DataObject,
-                                            key: str | None) -> None:
+def test_inline_item_keys_survive_reordering(
+    items: list[dict[str, Any]], data: st.DataObject, key: str | None
+) -> None:
     shuffled = data.draw(st.permutations(items))
     first = key_map(plan_from(one_fleet({"items": items}, key)))
     again = key_map(plan_from(one_fleet({"items": shuffled}, key)))
@@ -123,8 +135,9 @@ def as_csv(items: list[dict[str, Any]]) -> str:
 
 @SETTINGS
 @given(item_lists(), st.data())
-def test_csv_row_keys_survive_reordering_and_insertion(items: list[dict[str, Any]],
-                                                      data: st.DataObject) -> None:
+def test_csv_row_keys_survive_reordering_and_insertion(
+    items: list[dict[str, Any]], data: st.DataObject
+) -> None:
     manifest = one_fleet({"file": "rows.csv"}, "{{ item.repo }}")
     manifest["fleets"][0]["session"]["max_acu_limit"] = "{{ item.acu | default(1) }}"
     first = key_map(plan_from(manifest, {"rows.csv": as_csv(items)}))

@@ -28,9 +28,7 @@ def create(c: httpx.Client, sim: SimServer, **body: Any) -> dict[str, Any]:
 
 _BIG_SCHEMA = {
     "type": "object",
-    "properties": {
-        f"field_{i:05d}": {"type": "string", "description": "x" * 40} for i in range(1200)
-    },
+    "properties": {f"field_{i:05d}": {"type": "string", "description": "x" * 40} for i in range(1200)},
 }
 VALIDATION_CASES: list[tuple[str, dict[str, Any]]] = [
     ("minimal", {"prompt": "do it"}),
@@ -132,9 +130,7 @@ def test_create_as_user_needs_membership_and_impersonation(
     r = c.post(f"{api(sim_server)}/sessions", json={"prompt": "p", "create_as_user_id": "user-x"})
     assert r.status_code == 400 and "user-x" in r.json()["detail"]
     limited = sim_client(sim_server, token=LIMITED_TOKEN)
-    r = limited.post(
-        f"{api(sim_server)}/sessions", json={"prompt": "p", "create_as_user_id": member}
-    )
+    r = limited.post(f"{api(sim_server)}/sessions", json={"prompt": "p", "create_as_user_id": member})
     assert r.status_code == 403 and "ImpersonateOrgSessions" in r.json()["detail"]
 
 
@@ -278,9 +274,7 @@ def test_create_response_has_no_detail_or_output_but_get_does(
     assert "status_detail" in listed and "structured_output" in listed
 
 
-def test_pagination_returns_every_session_exactly_once(
-    sim_server: SimServer, sim_client: Any
-) -> None:
+def test_pagination_returns_every_session_exactly_once(sim_server: SimServer, sim_client: Any) -> None:
     sim, c = sim_server, sim_client(sim_server)
     ids = [create(c, sim, prompt=f"task {i}")["session_id"] for i in range(250)]
     seen: list[str] = []
@@ -387,9 +381,7 @@ def test_terminate_archive_and_messages(sim_server: SimServer, sim_client: Any) 
     assert c.delete(f"{api(sim)}/sessions/devin-{'a' * 32}").status_code == 404
 
 
-def test_seeded_secrets_playbooks_and_notes_paginate(
-    sim_server: SimServer, sim_client: Any
-) -> None:
+def test_seeded_secrets_playbooks_and_notes_paginate(sim_server: SimServer, sim_client: Any) -> None:
     sim, c = sim_server, sim_client(sim_server)
     profile = sim.profile
     for path, key, expected in (

@@ -12,9 +12,25 @@ import httpx
 
 def test_sim_command_prints_exports_serves_and_stops_on_ctrl_c() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "launcher", "sim", "--port", "0", "--token", "cog_cli_test",
-         "--org", "org-cli", "--profile", "mixed", "--introspection"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "launcher",
+            "sim",
+            "--port",
+            "0",
+            "--token",
+            "cog_cli_test",
+            "--org",
+            "org-cli",
+            "--profile",
+            "mixed",
+            "--introspection",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         env: dict[str, str] = {}
         assert proc.stdout is not None
@@ -25,8 +41,7 @@ def test_sim_command_prints_exports_serves_and_stops_on_ctrl_c() -> None:
         assert env["DEVIN_API_KEY"] == "cog_cli_test" and env["DEVIN_ORG_ID"] == "org-cli"
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", env["DEVIN_API_BASE_URL"])
         base = env["DEVIN_API_BASE_URL"]
-        me = httpx.get(f"{base}/v3/self", headers={"Authorization": "Bearer cog_cli_test"},
-                       timeout=10)
+        me = httpx.get(f"{base}/v3/self", headers={"Authorization": "Bearer cog_cli_test"}, timeout=10)
         assert me.status_code == 200
         assert httpx.get(f"{base}/v3/self", timeout=10).status_code == 401
         assert httpx.get(f"{base}/_sim/stats", timeout=10).json()["requests"]["GET /v3/self"] == 2

@@ -81,9 +81,7 @@ def test_every_outcome_reaches_its_end_state(make_sim: Any, sim_client: Any) -> 
     sim = make_sim(profile({**weights, "invalid_output": 1.0}), time_scale=400, seed=7)
     c = sim_client(sim)
     for i in range(36):
-        r = c.post(
-            f"{api(sim)}/sessions", json={"prompt": f"t{i}", "structured_output_schema": SCHEMA}
-        )
+        r = c.post(f"{api(sim)}/sessions", json={"prompt": f"t{i}", "structured_output_schema": SCHEMA})
         assert r.status_code == 200
     states = final_states(c, sim, 36)
     planned = [s["planned_outcome"] for s in sim.sessions()]
@@ -140,9 +138,7 @@ def test_phases_pass_in_order_and_acus_grow(make_sim: Any, sim_client: Any) -> N
     assert s["updated_at"] >= s["created_at"]
 
 
-def test_structured_output_fills_like_a_notepad_before_the_end(
-    make_sim: Any, sim_client: Any
-) -> None:
+def test_structured_output_fills_like_a_notepad_before_the_end(make_sim: Any, sim_client: Any) -> None:
     sim = make_sim(profile({"delivered": 1}), time_scale=300)
     c = sim_client(sim)
     body = {"prompt": "p", "structured_output_schema": SCHEMA}

@@ -25,9 +25,7 @@ def test_runs_inside_a_running_event_loop_and_stops_quickly() -> None:
             headers = {"Authorization": f"Bearer {sim.token}"}
             async with httpx.AsyncClient(base_url=sim.base_url, headers=headers) as c:
                 url = f"/v3/organizations/{sim.org_id}/sessions"
-                codes = [
-                    (await c.post(url, json={"prompt": f"p{i}"})).status_code for i in range(5)
-                ]
+                codes = [(await c.post(url, json={"prompt": f"p{i}"})).status_code for i in range(5)]
                 listed = (await c.get(url)).json()["total"]
             return codes.count(200), listed, sim.sessions()
 
@@ -47,7 +45,7 @@ def test_defaults_and_generated_credentials() -> None:
         httpx.get(f"{a.base_url}/v3/self", timeout=1)  # stopped means closed
 
 
-def test_stop_is_bounded_with_a_delayed_response_in_flight(make_sim: Any) -> None:
+def test_stop_is_bounded_with_a_delayed_response_in_flight() -> None:
     profile = Profile.model_validate({"faults": {"delay_after_create": 1, "delay_seconds": 60}})
     with running_simulator(profile) as sim:
         headers = {"Authorization": f"Bearer {sim.token}"}
@@ -155,9 +153,7 @@ def test_load_profile_from_json_and_yaml(write: Any) -> None:
         ("sum.json", '{"faults": {"error_after_create": 0.6, "drop_after_create": 0.6}}', "> 1"),
     ],
 )
-def test_load_profile_errors_are_config_errors(
-    write: Any, name: str, text: str, message: str
-) -> None:
+def test_load_profile_errors_are_config_errors(write: Any, name: str, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_profile(str(write(name, text)))
     assert message in info.value.message
@@ -170,9 +166,7 @@ def test_load_profile_errors_are_config_errors(
 
 def test_ten_thousand_sessions_list_through_the_tag_index() -> None:
     now = [1_800_000_000.0]
-    state = SimState(
-        load_profile("clean"), org_id="org-x", seed=0, time_scale=1.0, clock=lambda: now[0]
-    )
+    state = SimState(load_profile("clean"), org_id="org-x", seed=0, time_scale=1.0, clock=lambda: now[0])
     for i in range(10_000):
         tags = ["campaign", f"k{i}"] + (["rare"] if i % 500 == 0 else [])
         state.create(CreateSessionRequest(prompt=f"p{i}", tags=tags), service_user_id="u")

@@ -8,8 +8,13 @@ import pytest
 
 from launcher.templating import TemplateFailure, Templates
 
-CTX: dict[str, Any] = {"item": {"repo": "acme/api", "items": "a column", "acu": "4"},
-                       "vars": {"python": "3.12"}, "campaign": "c1", "fleet": "f", "index": 3}
+CTX: dict[str, Any] = {
+    "item": {"repo": "acme/api", "items": "a column", "acu": "4"},
+    "vars": {"python": "3.12"},
+    "campaign": "c1",
+    "fleet": "f",
+    "index": 3,
+}
 
 
 def render(source: str, **overrides: Any) -> str:
@@ -23,8 +28,10 @@ def failure(source: str, **overrides: Any) -> TemplateFailure:
 
 
 def test_renders_the_context() -> None:
-    assert render("{{ item.repo }} {{ vars.python }} {{ campaign }}/{{ fleet }}#{{ index }}") \
+    assert (
+        render("{{ item.repo }} {{ vars.python }} {{ campaign }}/{{ fleet }}#{{ index }}")
         == "acme/api 3.12 c1/f#3"
+    )
     assert render("{{ item['repo'] | upper }}") == "ACME/API"
 
 
@@ -56,15 +63,18 @@ def test_undefined_error_knows_its_line() -> None:
     assert failure("line 1\nline 2\n{{ item.nope }}\n").line == 3
 
 
-@pytest.mark.parametrize("source", [
-    "{{ ''.__class__.__mro__ }}",
-    "{{ cycler.__init__.__globals__ }}",
-    "{{ item.__class__ }}",
-    "{{ joiner.__init__.__globals__.os }}",
-    "{{ namespace.__init__.__globals__ }}",
-    "{{ (1).__class__.__base__.__subclasses__() }}",
-    "{{ ''.format.__globals__ }}",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ cycler.__init__.__globals__ }}",
+        "{{ item.__class__ }}",
+        "{{ joiner.__init__.__globals__.os }}",
+        "{{ namespace.__init__.__globals__ }}",
+        "{{ (1).__class__.__base__.__subclasses__() }}",
+        "{{ ''.format.__globals__ }}",
+    ],
+)
 def test_sandbox_escapes_are_refused(source: str) -> None:
     exc = failure(source)
     assert "sandbox" in exc.message and "unsafe" in exc.message
@@ -76,13 +86,16 @@ def test_the_data_cannot_be_changed() -> None:
     assert CTX["item"]["repo"] == "acme/api"
 
 
-@pytest.mark.parametrize("source", [
-    "{{ 'a' * 100000000 }}",
-    "{{ [1] * 10000000 }}",
-    "{{ 10 ** 100000 }}",
-    "{{ 'x' | center(1000000000) }}",
-    "{{ '%*s' | format(1000000000, 'x') }}",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ 'a' * 100000000 }}",
+        "{{ [1] * 10000000 }}",
+        "{{ 10 ** 100000 }}",
+        "{{ 'x' | center(1000000000) }}",
+        "{{ '%*s' | format(1000000000, 'x') }}",
+    ],
+)
 def test_huge_values_are_refused(source: str) -> None:
     assert "too large" in failure(source).message or "would build" in failure(source).message
 

@@ -18,6 +18,7 @@ from launcher.errors import ExitCode, FleetError
 
 EXIT_CODES = {int(code): code.meaning for code in ExitCode}
 
+
 class _Group(click.Group):
     """Renders FleetErrors as located messages (tracebacks only with --debug)."""
 
@@ -45,6 +46,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def main() -> None:
     cli(prog_name="devin-fleet")
+
 
 for _command in (validate, plan, schema, apply, status, results, cancel, unlock, sim):
     cli.add_command(_command)

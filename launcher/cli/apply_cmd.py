@@ -44,38 +44,63 @@ if TYPE_CHECKING:
 @click.option("--limit", type=int, help="Launch at most N sessions in this run.")
 @click.option("--replace", multiple=True, help="Relaunch this launched-but-changed key.")
 @click.option("--timeout", type=float, help="Stop starting creates after this many seconds.")
-@click.option("--request-timeout", default=30.0, show_default=True,
-              help="Seconds to wait for one API answer (a create that times out is looked up).")
+@click.option(
+    "--request-timeout",
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for one API answer (a create that times out is looked up).",
+)
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @ledger_option
 @api_options
 @sim_options
-def apply(manifest: str, yes: bool, concurrency: int, rate: float, only: tuple[str, ...],
-          limit: int | None, replace: tuple[str, ...], timeout: float | None,
-          request_timeout: float, output: str,
-          ledger: str | None, base_url: str | None, org_id: str | None, sim: bool,
-          sim_profile: str, sim_time_scale: float) -> None:
+def apply(
+    manifest: str,
+    yes: bool,
+    concurrency: int,
+    rate: float,
+    only: tuple[str, ...],
+    limit: int | None,
+    replace: tuple[str, ...],
+    timeout: float | None,
+    request_timeout: float,
+    output: str,
+    ledger: str | None,
+    base_url: str | None,
+    org_id: str | None,
+    sim: bool,
+    sim_profile: str,
+    sim_time_scale: float,
+) -> None:
     """Launch every planned session not launched yet: paced, exactly once, resumable."""
     from launcher.apply import ApplyOptions
 
     p = load_plan(manifest)
-    options = ApplyOptions(concurrency=concurrency, rate=rate, only=only, limit=limit,
-                                   replace=replace, run_timeout=timeout)
+    options = ApplyOptions(
+        concurrency=concurrency, rate=rate, only=only, limit=limit, replace=replace, run_timeout=timeout
+    )
     with contextlib.ExitStack() as stack:
         if sim and not ledger:
             ledger = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "sim.db")
         cfg = dataclasses.replace(
             stack.enter_context(api_config(base_url, org_id, sim, sim_profile, sim_time_scale)),
-            read_timeout=request_timeout)
+            read_timeout=request_timeout,
+        )
         led = stack.enter_context(open_ledger(p.manifest.path, p.campaign, ledger))
         counts = Counter(c for c, _, _ in led.diff(p))
         todo = counts[Change.create] + counts[Change.reconcile]
         if not yes:
-            err.print(f"plan: {len(p)} sessions; " + ", ".join(
-                f"{c.value} {c.name} {counts[c]}" for c in Change if counts[c])
-                + f"; max ACU {p.total_acu}", markup=False)
-        confirm(f"Launch up to {min(todo, limit if limit is not None else todo)} session(s) "
-                 f"of campaign {p.campaign} at {cfg.base_url}?", yes)
+            err.print(
+                f"plan: {len(p)} sessions; "
+                + ", ".join(f"{c.value} {c.name} {counts[c]}" for c in Change if counts[c])
+                + f"; max ACU {p.total_acu}",
+                markup=False,
+            )
+        confirm(
+            f"Launch up to {min(todo, limit if limit is not None else todo)} session(s) "
+            f"of campaign {p.campaign} at {cfg.base_url}?",
+            yes,
+        )
         summary = anyio.run(_apply_async, p, cfg, led, options)
     if output == "json":
         emit_json(summary.to_json())
@@ -86,11 +111,10 @@ def apply(manifest: str, yes: bool, concurrency: int, rate: float, only: tuple[s
     sys.exit(summary.exit_code)
 
 
-async def _apply_async(p: Plan, cfg: ApiConfig, led: Ledger,
-                       options: ApplyOptions) -> ApplySummary:
+async def _apply_async(p: Plan, cfg: ApiConfig, led: Ledger, options: ApplyOptions) -> ApplySummary:
     stop, interrupted = anyio.Event(), anyio.Event()
 
-    async def on_signals(scope: anyio.CancelScope) -> None:
+    async def on_signals() -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 if interrupted.is_set():
@@ -112,10 +136,16 @@ async def _apply_async(p: Plan, cfg: ApiConfig, led: Ledger,
             err.print(f"warning: {warning}", markup=False)
         options = dataclasses.replace(options, verify_token=False)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(on_signals, tg.cancel_scope)
-            summary = await apply_plan(p, client, led, options, stop=stop,
-                                       interrupted=interrupted,
-                                       reporter=ProgressReporter("apply"))
+            tg.start_soon(on_signals)
+            summary = await apply_plan(
+                p,
+                client,
+                led,
+                options,
+                stop=stop,
+                interrupted=interrupted,
+                reporter=ProgressReporter("apply"),
+            )
             tg.cancel_scope.cancel()
     return summary
 
@@ -124,14 +154,18 @@ def _apply_summary(s: ApplySummary) -> None:
     from launcher.apply import Result
 
     c = {r: s.count(r) for r in Result}
-    out.print(f"campaign {s.campaign}: {s.planned} planned, {s.already} already launched; "
-              f"created {c[Result.created]}, adopted {c[Result.adopted]}, "
-              f"failed {c[Result.failed]}, unknown {c[Result.unknown]}, "
-              f"not started {c[Result.not_started]} "
-              f"in {s.elapsed:.1f}s ({s.requests} requests, {s.rate_limited} rate-limited)")
+    out.print(
+        f"campaign {s.campaign}: {s.planned} planned, {s.already} already launched; "
+        f"created {c[Result.created]}, adopted {c[Result.adopted]}, "
+        f"failed {c[Result.failed]}, unknown {c[Result.unknown]}, "
+        f"not started {c[Result.not_started]} "
+        f"in {s.elapsed:.1f}s ({s.requests} requests, {s.rate_limited} rate-limited)"
+    )
     if s.changed:
-        out.print(f"{len(s.changed)} launched session(s) changed in the manifest since; not "
-                  f"relaunched (use --replace KEY): {', '.join(s.changed[:5])}")
+        out.print(
+            f"{len(s.changed)} launched session(s) changed in the manifest since; not "
+            f"relaunched (use --replace KEY): {', '.join(s.changed[:5])}"
+        )
     for key, why in s.errors.items():
         out.print(f"  {s.results.get(key, '?')}: {key}: {why}", markup=False)
     if s.interrupted:

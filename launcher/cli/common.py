@@ -27,8 +27,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def ledger_option(f: F) -> F:
-    return click.option("--ledger", type=click.Path(dir_okay=False), envvar="DEVIN_FLEET_LEDGER",
-                        help="Ledger file (default: .devin-fleet/<campaign>.db by the manifest).")(f)
+    return click.option(
+        "--ledger",
+        type=click.Path(dir_okay=False),
+        envvar="DEVIN_FLEET_LEDGER",
+        help="Ledger file (default: .devin-fleet/<campaign>.db by the manifest).",
+    )(f)
 
 
 def api_options(f: F) -> F:
@@ -37,12 +41,21 @@ def api_options(f: F) -> F:
 
 
 def sim_options(f: F) -> F:
-    f = click.option("--sim", is_flag=True,
-                     help="Rehearse against the embedded simulator (in-process, loopback).")(f)
-    f = click.option("--sim-profile", default="clean", show_default=True,
-                     help="Simulator profile name or file, with --sim.")(f)
-    return click.option("--sim-time-scale", default=60.0, show_default=True,
-                        help="Simulated seconds per real second, with --sim.")(f)
+    f = click.option(
+        "--sim", is_flag=True, help="Rehearse against the embedded simulator (in-process, loopback)."
+    )(f)
+    f = click.option(
+        "--sim-profile",
+        default="clean",
+        show_default=True,
+        help="Simulator profile name or file, with --sim.",
+    )(f)
+    return click.option(
+        "--sim-time-scale",
+        default=60.0,
+        show_default=True,
+        help="Simulated seconds per real second, with --sim.",
+    )(f)
 
 
 def load_plan(path: str) -> Plan:
@@ -53,8 +66,13 @@ def load_plan(path: str) -> Plan:
 
 
 @contextlib.contextmanager
-def api_config(base_url: str | None, org_id: str | None, sim: bool = False, profile: str = "clean",
-         time_scale: float = 60.0) -> Iterator[ApiConfig]:
+def api_config(
+    base_url: str | None,
+    org_id: str | None,
+    sim: bool = False,
+    profile: str = "clean",
+    time_scale: float = 60.0,
+) -> Iterator[ApiConfig]:
     from launcher.client import ApiConfig
 
     if not sim:
@@ -63,8 +81,10 @@ def api_config(base_url: str | None, org_id: str | None, sim: bool = False, prof
     from launcher.sim import running_simulator
 
     with running_simulator(profile, time_scale=time_scale) as server:
-        err.print(f"simulator: {server.base_url} (org {server.org_id}, profile "
-                  f"{server.profile.name})", markup=False)
+        err.print(
+            f"simulator: {server.base_url} (org {server.org_id}, profile {server.profile.name})",
+            markup=False,
+        )
         yield ApiConfig(server.base_url, server.org_id, server.token)
 
 
@@ -80,7 +100,6 @@ def confirm(question: str, yes: bool) -> None:
 def emit_json(data: Any) -> None:
     # One line, C encoder: `plan -o json` of 10,000 sessions is ~30 MB; indenting costs 4x.
     click.echo(json.dumps(data, ensure_ascii=False))
-
 
 
 def warn(view: CampaignView) -> None:

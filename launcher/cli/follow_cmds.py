@@ -35,19 +35,39 @@ if TYPE_CHECKING:
 @click.command()
 @click.argument("manifest", type=click.Path())
 @click.option("--watch", is_flag=True, help="Refresh until every session has a final outcome.")
-@click.option("--interval", default=5.0, show_default=True, type=click.FloatRange(min=0.05),
-              help="First --watch interval (s); it grows while nothing changes.")
-@click.option("--max-interval", default=60.0, show_default=True,
-              type=click.FloatRange(min=0.05), help="Longest --watch interval (s).")
-@click.option("--timeout", type=click.FloatRange(min=0),
-              help="Give up watching after this many seconds.")
+@click.option(
+    "--interval",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0.05),
+    help="First --watch interval (s); it grows while nothing changes.",
+)
+@click.option(
+    "--max-interval",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0.05),
+    help="Longest --watch interval (s).",
+)
+@click.option(
+    "--timeout", type=click.FloatRange(min=0), help="Give up watching after this many seconds."
+)
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @click.option("--offline", is_flag=True, help="Show what the ledger knows; no API calls.")
 @ledger_option
 @api_options
-def status(manifest: str, watch: bool, interval: float, max_interval: float,
-           timeout: float | None, output: str, offline: bool, ledger: str | None,
-           base_url: str | None, org_id: str | None) -> None:
+def status(
+    manifest: str,
+    watch: bool,
+    interval: float,
+    max_interval: float,
+    timeout: float | None,
+    output: str,
+    offline: bool,
+    ledger: str | None,
+    base_url: str | None,
+    org_id: str | None,
+) -> None:
     """Refresh and classify the campaign's sessions (succeeded, needs-human, failed, running,
     cancelled). Exit 0: all succeeded/cancelled, 3: some failed, 6: some need a human, 4: some
     still running (or not launched)."""
@@ -60,8 +80,7 @@ def status(manifest: str, watch: bool, interval: float, max_interval: float,
         else:
             with api_config(base_url, org_id) as cfg:
                 try:
-                    view = anyio.run(_refresh, p, cfg, led, watch, interval, max_interval,
-                                     timeout)
+                    view = anyio.run(_refresh, p, cfg, led, watch, interval, max_interval, timeout)
                 except KeyboardInterrupt:
                     err.print("interrupted: the ledger keeps the last refresh")
                     sys.exit(ExitCode.interrupted)
@@ -73,9 +92,15 @@ def status(manifest: str, watch: bool, interval: float, max_interval: float,
     sys.exit(view.exit_code)
 
 
-async def _refresh(p: Plan, cfg: ApiConfig, led: Ledger, watch: bool = False,
-                   interval: float = 5.0, max_interval: float = 60.0,
-                   timeout: float | None = None) -> CampaignView:
+async def _refresh(
+    p: Plan,
+    cfg: ApiConfig,
+    led: Ledger,
+    watch: bool = False,
+    interval: float = 5.0,
+    max_interval: float = 60.0,
+    wait_timeout: float | None = None,
+) -> CampaignView:
     from launcher.client import DevinClient
     from launcher.status import refresh
     from launcher.status import watch as watch_view
@@ -88,24 +113,36 @@ async def _refresh(p: Plan, cfg: ApiConfig, led: Ledger, watch: bool = False,
         def show(view: CampaignView, wait: float) -> None:
             counts = ", ".join(f"{k} {v}" for k, v in view.counts().items() if v)
             then = f"; next refresh in {wait:.1f}s" if wait else ""
-            err.print(f"[{anyio.current_time() - started:6.1f}s] {counts or 'no sessions'} "
-                      f"({view.requests} requests){then}", markup=False)
+            err.print(
+                f"[{anyio.current_time() - started:6.1f}s] {counts or 'no sessions'} "
+                f"({view.requests} requests){then}",
+                markup=False,
+            )
 
         def failed(exc: APIError) -> None:
             err.print(f"warning: refresh failed, retrying: {exc.message}", markup=False)
 
-        view = await watch_view(p, client, led, interval=interval, max_interval=max_interval,
-                                  timeout=timeout, on_refresh=show, on_error=failed)
+        view = await watch_view(
+            p,
+            client,
+            led,
+            interval=interval,
+            max_interval=max_interval,
+            wait_timeout=wait_timeout,
+            on_refresh=show,
+            on_error=failed,
+        )
         if view.timed_out:
-            err.print(f"timeout: {view.counts()['running']} session(s) still running after "
-                      f"{timeout:g}s", markup=False)
+            err.print(
+                f"timeout: {view.counts()['running']} session(s) still running after {wait_timeout:g}s",
+                markup=False,
+            )
         return view
 
 
 def _status_table(view: CampaignView) -> None:
     counts = view.counts()
-    out.print("  ".join(f"{k}: {v}" for k, v in counts.items() if v) or "no sessions",
-              markup=False)
+    out.print("  ".join(f"{k}: {v}" for k, v in counts.items() if v) or "no sessions", markup=False)
     table = Table(title=f"campaign {view.campaign}")
     for col in ("key", "outcome", "status", "detail", "PR", "ACUs"):
         table.add_column(col, overflow="fold")
@@ -113,22 +150,41 @@ def _status_table(view: CampaignView) -> None:
         detail = " / ".join(x for x in (s.status_detail, s.note) if x)
         if not s.in_plan:
             detail = " / ".join(x for x in (detail, "removed from the manifest") if x)
-        table.add_row(s.key, s.outcome.value, s.status or "", detail, " ".join(s.pr_urls),
-                      "" if s.acus_consumed is None else f"{s.acus_consumed:g}")
+        table.add_row(
+            s.key,
+            s.outcome.value,
+            s.status or "",
+            detail,
+            " ".join(s.pr_urls),
+            "" if s.acus_consumed is None else f"{s.acus_consumed:g}",
+        )
     out.print(table)
 
 
 @click.command()
 @click.argument("manifest", type=click.Path())
 @click.option("-o", "--output", type=click.Choice(["table", "jsonl", "csv"]), default="table")
-@click.option("--group-by", metavar="FIELD",
-              help="Count sessions per value of a structured-output field (dotted path).")
-@click.option("--refresh/--no-refresh", default=False,
-              help="Refresh from the API first (default: what the last `status` stored).")
+@click.option(
+    "--group-by",
+    metavar="FIELD",
+    help="Count sessions per value of a structured-output field (dotted path).",
+)
+@click.option(
+    "--refresh/--no-refresh",
+    default=False,
+    help="Refresh from the API first (default: what the last `status` stored).",
+)
 @ledger_option
 @api_options
-def results(manifest: str, output: str, group_by: str | None, refresh: bool,
-            ledger: str | None, base_url: str | None, org_id: str | None) -> None:
+def results(
+    manifest: str,
+    output: str,
+    group_by: str | None,
+    refresh: bool,
+    ledger: str | None,
+    base_url: str | None,
+    org_id: str | None,
+) -> None:
     """One record per session joined with its item, with its structured output validated
     against the fleet's schema (invalid or missing output is flagged), and campaign totals."""
     p = load_plan(manifest)
@@ -142,8 +198,11 @@ def results(manifest: str, output: str, group_by: str | None, refresh: bool,
         else:
             view = campaign_view(p, led)
             if any(s.session_id and s.status is None for s in view.sessions):
-                err.print("note: some sessions were never refreshed: run `devin-fleet status` "
-                          "first, or pass --refresh", markup=False)
+                err.print(
+                    "note: some sessions were never refreshed: run `devin-fleet status` "
+                    "first, or pass --refresh",
+                    markup=False,
+                )
     warn(view)
     if group_by:
         _group_by(view, group_by, output)
@@ -187,71 +246,91 @@ def _results_table(view: CampaignView) -> None:
         valid = {None: "-", True: "yes", False: "NO"}[s.output_valid]
         if s.output_errors:
             valid += f" ({s.output_errors[0]})"
-        table.add_row(s.key, s.outcome.value, " ".join(s.pr_urls),
-                      "" if s.acus_consumed is None else f"{s.acus_consumed:g}",
-                      json.dumps(s.structured_output)[:80] if s.structured_output else "", valid)
+        table.add_row(
+            s.key,
+            s.outcome.value,
+            " ".join(s.pr_urls),
+            "" if s.acus_consumed is None else f"{s.acus_consumed:g}",
+            json.dumps(s.structured_output)[:80] if s.structured_output else "",
+            valid,
+        )
     out.print(table)
 
 
 def _totals_line(view: CampaignView) -> str:
     t = view.totals()
     budget = f" of a {t['max_total_acu']} ACU budget" if t["max_total_acu"] else ""
-    return (f"{t['sessions']} sessions, {t['succeeded']} succeeded, {t['pull_requests']} PRs "
-            f"opened, {t['acus_consumed']:g} ACUs consumed{budget}, {t['invalid_outputs']} "
-            "invalid or missing outputs")
+    return (
+        f"{t['sessions']} sessions, {t['succeeded']} succeeded, {t['pull_requests']} PRs "
+        f"opened, {t['acus_consumed']:g} ACUs consumed{budget}, {t['invalid_outputs']} "
+        "invalid or missing outputs"
+    )
 
 
 @click.command()
 @click.argument("manifest", type=click.Path())
-@click.option("--only", multiple=True, metavar="GLOB",
-              help="Only keys matching this glob (repeatable).")
+@click.option("--only", multiple=True, metavar="GLOB", help="Only keys matching this glob (repeatable).")
 @click.option("--archive", is_flag=True, help="Archive the sessions too.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @ledger_option
 @api_options
-def cancel(manifest: str, only: tuple[str, ...], archive: bool, yes: bool, ledger: str | None,
-           base_url: str | None, org_id: str | None) -> None:
+def cancel(
+    manifest: str,
+    only: tuple[str, ...],
+    archive: bool,
+    yes: bool,
+    ledger: str | None,
+    base_url: str | None,
+    org_id: str | None,
+) -> None:
     """Terminate the campaign's live sessions that have not delivered (all, or --only GLOB);
     record it in the ledger. Safe to re-run: cancelled sessions are skipped."""
     from launcher.cancel import CancelResult, cancellable
 
     p = load_plan(manifest)
-    with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led, \
-            api_config(base_url, org_id) as cfg:
+    with (
+        open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led,
+        api_config(base_url, org_id) as cfg,
+    ):
         view = anyio.run(_refresh, p, cfg, led)
         warn(view)
         keys = cancellable(view, only)
         if not keys:
-            out.print("nothing to cancel" + (f" matching {' '.join(only)}" if only else ""),
-                      markup=False)
+            out.print(
+                "nothing to cancel" + (f" matching {' '.join(only)}" if only else ""), markup=False
+            )
             return
         by_key = {s.key: s for s in view.sessions}
-        out.print(f"{len(keys)} live session(s) to terminate"
-                  f"{' and archive' if archive else ''}:", markup=False)
+        out.print(
+            f"{len(keys)} live session(s) to terminate{' and archive' if archive else ''}:", markup=False
+        )
         for key in keys[:20]:
             s = by_key[key]
             out.print(f"  {key}  {s.session_id}  {s.outcome.value}", markup=False)
         if len(keys) > 20:
             out.print(f"  ... and {len(keys) - 20} more", markup=False)
-        confirm(f"Terminate {len(keys)} session(s) of campaign {p.campaign}? This cannot be "
-                "undone.", yes)
-        report = anyio.run(_cancel, p, cfg, led, keys, archive)
+        confirm(
+            f"Terminate {len(keys)} session(s) of campaign {p.campaign}? This cannot be undone.", yes
+        )
+        report = anyio.run(_cancel, cfg, led, keys, archive)
     for key, what in report.results.items():
         why = report.errors.get(key)
         out.print(f"  {key}: {what.value}" + (f": {why}" if why else ""), markup=False)
     done = sum(1 for r in report.results.values() if r != CancelResult.error)
-    out.print(f"cancelled {done} of {len(keys)} session(s)"
-              + ("; re-run to retry the rest" if report.errors else ""), markup=False)
+    out.print(
+        f"cancelled {done} of {len(keys)} session(s)"
+        + ("; re-run to retry the rest" if report.errors else ""),
+        markup=False,
+    )
     sys.exit(ExitCode.ok if report.ok else ExitCode.error)
 
 
-async def _cancel(p: Plan, cfg: ApiConfig, led: Ledger, keys: list[str],
-                  archive: bool) -> CancelReport:
+async def _cancel(cfg: ApiConfig, led: Ledger, keys: list[str], archive: bool) -> CancelReport:
     from launcher.cancel import cancel as cancel_sessions
     from launcher.client import DevinClient
 
     async with DevinClient(cfg) as client:
-        return await cancel_sessions(p, client, led, keys, archive=archive)
+        return await cancel_sessions(client, led, keys, archive=archive)
 
 
 @click.command()

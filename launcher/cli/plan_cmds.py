@@ -52,8 +52,16 @@ def validate(manifests: tuple[str, ...]) -> None:
 @click.option("--check-remote", is_flag=True, help="Check the token and referenced ids in the org.")
 @ledger_option
 @api_options
-def plan(manifest: str, output: str, show_prompts: bool, detailed_exitcode: bool,
-         check_remote: bool, ledger: str | None, base_url: str | None, org_id: str | None) -> None:
+def plan(
+    manifest: str,
+    output: str,
+    show_prompts: bool,
+    detailed_exitcode: bool,
+    check_remote: bool,
+    ledger: str | None,
+    base_url: str | None,
+    org_id: str | None,
+) -> None:
     """Expand a manifest and show exactly what apply would send, diffed against the ledger."""
     p = load_plan(manifest)
     if check_remote:
@@ -61,14 +69,17 @@ def plan(manifest: str, output: str, show_prompts: bool, detailed_exitcode: bool
             warnings = anyio.run(_check_remote, p, cfg)
         for w in warnings:
             err.print(f"warning: {w}", markup=False)
-        err.print(f"remote check passed at {cfg.base_url} (org {cfg.org_id})"
-                  + (f" with {len(warnings)} warning(s)" if warnings else ""), markup=False)
+        err.print(
+            f"remote check passed at {cfg.base_url} (org {cfg.org_id})"
+            + (f" with {len(warnings)} warning(s)" if warnings else ""),
+            markup=False,
+        )
     changes = _diff(p, ledger)
     if output == "json":
         data = p.to_json()
         for entry, (change, _, note) in zip(data["sessions"], changes, strict=False):
             entry["change"], entry["note"] = change.value, note
-        data["gone"] = [k for c, k, _ in changes[len(p):]]
+        data["gone"] = [k for c, k, _ in changes[len(p) :]]
         emit_json(data)
     else:
         _plan_table(p, changes, show_prompts)
@@ -102,9 +113,15 @@ def _plan_table(p: Plan, changes: list[tuple[Change, str, str]], show_prompts: b
     for change, key, note in changes:
         s = by_key.get(key)
         req = s.request if s else {}
-        table.add_row(change.value, key, req.get("title", ""), ", ".join(req.get("repos", [])),
-                      req.get("devin_mode", "default") if s else "",
-                      str(req.get("max_acu_limit", "-")) if s else "", note)
+        table.add_row(
+            change.value,
+            key,
+            req.get("title", ""),
+            ", ".join(req.get("repos", [])),
+            req.get("devin_mode", "default") if s else "",
+            str(req.get("max_acu_limit", "-")) if s else "",
+            note,
+        )
     out.print(table)
     if show_prompts:
         for s in p.sessions:
@@ -114,12 +131,13 @@ def _plan_table(p: Plan, changes: list[tuple[Change, str, str]], show_prompts: b
     counts = {c: sum(1 for x, _, _ in changes if x == c) for c in Change}
     budget = f" / budget {t['max_total_acu']}" if t["max_total_acu"] else ""
     cap = f" / budget {t['max_sessions']}" if t["max_sessions"] else ""
-    out.print(f"{t['sessions']} sessions{cap}; max ACU {t['acu']}{budget}; "
-              + ", ".join(f"{c.value} {c.name}: {n}" for c, n in counts.items() if n))
+    out.print(
+        f"{t['sessions']} sessions{cap}; max ACU {t['acu']}{budget}; "
+        + ", ".join(f"{c.value} {c.name}: {n}" for c, n in counts.items() if n)
+    )
 
 
 @click.command()
 def schema() -> None:
     """Print the manifest JSON Schema (draft-07) for editors."""
     emit_json(manifest_json_schema())
-

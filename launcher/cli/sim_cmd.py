@@ -17,11 +17,18 @@ from launcher.cli.common import err
 @click.option("--org", "org_id", help="Organization id (generated when not given).")
 @click.option("--profile", default="clean", show_default=True, help="Profile name or file.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--time-scale", default=1.0, show_default=True,
-              help="Simulated seconds per real second.")
+@click.option("--time-scale", default=1.0, show_default=True, help="Simulated seconds per real second.")
 @click.option("--introspection", is_flag=True, help="Serve /_sim/... test endpoints.")
-def sim(port: int, host: str, token: str | None, org_id: str | None, profile: str, seed: int,
-        time_scale: float, introspection: bool) -> None:
+def sim(
+    port: int,
+    host: str,
+    token: str | None,
+    org_id: str | None,
+    profile: str,
+    seed: int,
+    time_scale: float,
+    introspection: bool,
+) -> None:
     """Serve the local Devin API simulator until interrupted."""
     from launcher.sim import serve
 
@@ -32,6 +39,14 @@ def sim(port: int, host: str, token: str | None, org_id: str | None, profile: st
         err.print(f"simulator ({server.profile.name}) serving; Ctrl-C to stop")
 
     with contextlib.suppress(KeyboardInterrupt):
-        serve(profile, host=host, port=port, token=token, org_id=org_id, seed=seed,
-              time_scale=time_scale, introspection=introspection, on_ready=ready)
-
+        serve(
+            profile,
+            host=host,
+            port=port,
+            token=token,
+            org_id=org_id,
+            seed=seed,
+            time_scale=time_scale,
+            introspection=introspection,
+            on_ready=ready,
+        )

@@ -170,9 +170,7 @@ Handler = Callable[[Request, Principal], Awaitable[Response]]
 class SimApp:
     """Routes of one simulated org; state is touched only from the server's event loop."""
 
-    def __init__(
-        self, state: SimState, plan: FaultPlan, *, token: str, introspection: bool
-    ) -> None:
+    def __init__(self, state: SimState, plan: FaultPlan, *, token: str, introspection: bool) -> None:
         self.state = state
         self.plan = plan
         self.profile = state.profile

@@ -265,8 +265,11 @@ _SEED_DATA: dict[str, Any] = {
         {"note_id": "note-sim-style", "name": "Code style", "trigger": "writing code"},
         {"note_id": "note-sim-ci", "name": "CI setup", "trigger": "touching CI"},
         {"note_id": "note-release-process", "name": "Release process", "trigger": "releasing"},
-        {"note_id": "note-dependency-policy", "name": "Dependency policy",
-         "trigger": "changing dependencies"},
+        {
+            "note_id": "note-dependency-policy",
+            "name": "Dependency policy",
+            "trigger": "changing dependencies",
+        },
     ],
 }
 

@@ -308,9 +308,7 @@ class SimState:
             output = output if output is not None else earlier.output
         updated = max(current.updated, rec.touched)
         if rec.terminated_at is not None and now >= rec.terminated_at:
-            return View(
-                SessionStatus.exit, None, rec.terminated_at, current.acus, pr_url, output, None
-            )
+            return View(SessionStatus.exit, None, rec.terminated_at, current.acus, pr_url, output, None)
         return View(
             current.status, current.detail, updated, current.acus, pr_url, output, current.outcome
         )
