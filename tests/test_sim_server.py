@@ -15,8 +15,25 @@ import pytest
 
 from launcher.errors import ConfigError
 from launcher.models import CreateSessionRequest
-from launcher.sim import PROFILES, Profile, SimServer, load_profile, running_simulator, serve
+from launcher.sim import (
+    PROFILES,
+    ManualClock,
+    Profile,
+    SimServer,
+    load_profile,
+    running_simulator,
+    serve,
+)
 from launcher.sim.state import SessionFilter, SimState
+
+
+def wait_until(check: Any, timeout: float = 10.0) -> None:
+    """Poll until `check()` holds (a generous bound only to fail rather than hang)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met")
+        time.sleep(0.005)
 
 
 def test_runs_inside_a_running_event_loop_and_stops_quickly() -> None:
@@ -46,8 +63,11 @@ def test_defaults_and_generated_credentials() -> None:
 
 
 def test_stop_is_bounded_with_a_delayed_response_in_flight() -> None:
+    # On a manual clock the delayed answer is held until the clock moves: it never does here,
+    # so only the server's stop can end it.
     profile = Profile.model_validate({"faults": {"delay_after_create": 1, "delay_seconds": 60}})
-    with running_simulator(profile) as sim:
+    clock = ManualClock()
+    with running_simulator(profile, clock=clock) as sim:
         headers = {"Authorization": f"Bearer {sim.token}"}
         errors: list[Exception] = []
 
@@ -64,11 +84,12 @@ def test_stop_is_bounded_with_a_delayed_response_in_flight() -> None:
 
         t = threading.Thread(target=patient)
         t.start()
-        time.sleep(0.2)
-        started = time.monotonic()
-    assert time.monotonic() - started < 10.0  # bounded: far below the 30 s delay in flight
+        wait_until(lambda: clock.sleeping == 1)  # the answer is being held
+        server_thread = sim._thread
+    assert server_thread is not None and not server_thread.is_alive()  # stopped, not abandoned
     t.join(5)
     assert not t.is_alive()
+    assert clock.sleeping == 0
 
 
 def test_the_listening_socket_lets_asyncio_disable_nagle() -> None:
@@ -165,12 +186,12 @@ def test_load_profile_errors_are_config_errors(write: Any, name: str, text: str,
 
 
 def test_ten_thousand_sessions_list_through_the_tag_index() -> None:
-    now = [1_800_000_000.0]
-    state = SimState(load_profile("clean"), org_id="org-x", seed=0, time_scale=1.0, clock=lambda: now[0])
+    clock = ManualClock()
+    state = SimState(load_profile("clean"), org_id="org-x", seed=0, time_scale=1.0, clock=clock)
     for i in range(10_000):
         tags = ["campaign", f"k{i}"] + (["rare"] if i % 500 == 0 else [])
         state.create(CreateSessionRequest(prompt=f"p{i}", tags=tags), service_user_id="u")
-        now[0] += 0.01
+        clock.advance(0.01)
     rare = SessionFilter(tags=("campaign", "rare"))
     assert state._candidates(rare) == list(range(0, 10_000, 500))  # the small index list
     page = state.list_sessions(rare, 200, None)

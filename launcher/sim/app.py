@@ -14,7 +14,6 @@ import hmac
 import json
 import socket
 import struct
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -267,12 +266,21 @@ class SimApp:
         return Route(path, endpoint, methods=list(methods))
 
     async def _sleep(self, seconds: float) -> None:
-        """Sleep, but end early when the server stops (so stopping never waits on a fault)."""
-        if self.stopping is None:
-            await anyio.sleep(seconds)
+        """Sleep on the simulator's clock, but end early when the server stops (so stopping
+        never waits on a fault)."""
+        stopping = self.stopping
+        if stopping is None:
+            await self.state.clock.sleep(seconds)
             return
-        with anyio.move_on_after(seconds):
-            await self.stopping.wait()
+        async with anyio.create_task_group() as tg:
+
+            async def cut_short() -> None:
+                await stopping.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(cut_short)
+            await self.state.clock.sleep(seconds)
+            tg.cancel_scope.cancel()
 
     def _authenticate(self, request: Request) -> Principal:
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
@@ -303,7 +311,7 @@ class SimApp:
 
     async def create(self, request: Request, who: Principal) -> Response:
         limit = self.profile.faults.rate_limit
-        wait = self.plan.rate_limited(time.monotonic())
+        wait = self.plan.rate_limited(self.state.clock.now())
         if wait is not None and limit is not None:
             self.state.faults["rate_limited"] += 1
             headers = {"Retry-After": retry_after_header(wait)} if limit.retry_after else None

@@ -23,6 +23,7 @@ import uvicorn
 
 from launcher.errors import ConfigError
 from launcher.sim.app import build_app
+from launcher.sim.clock import RealClock, SimClock
 from launcher.sim.faults import FaultPlan
 from launcher.sim.profiles import Profile, load_profile
 from launcher.sim.state import SimState
@@ -43,6 +44,7 @@ class SimServer:
     seed: int
     time_scale: float
     introspection: bool
+    clock: SimClock = field(repr=False)
     _state: SimState = field(repr=False)
     _token: anyio.lowlevel.EventLoopToken | None = field(default=None, repr=False)
     _loop_thread: int | None = field(default=None, repr=False)
@@ -99,15 +101,22 @@ def running_simulator(
     seed: int = 0,
     time_scale: float = 1.0,
     introspection: bool = False,
+    clock: SimClock | None = None,
 ) -> Iterator[SimServer]:
-    """Serve the simulator from a background thread until the block ends (port 0: a free one)."""
+    """Serve the simulator from a background thread until the block ends (port 0: a free one).
+
+    `clock` drives all of the simulator's time (lifecycles, timestamps, list lag, the rate
+    limit, fault delays): real time by default; tests pass a `ManualClock` and advance it.
+    `time_scale` simulated seconds of a session's lifecycle pass per clock second.
+    """
     if time_scale <= 0:
         raise ConfigError(f"time_scale must be positive, not {time_scale}")
     prof = _profile(profile)
     org_id = org_id or f"org-{secrets.token_hex(8)}"
     token = token or f"cog_{secrets.token_hex(16)}"
-    state = SimState(prof, org_id=org_id, seed=seed, time_scale=time_scale, clock=time.time)
-    plan = FaultPlan(prof.faults, seed, time.monotonic())
+    clock = clock if clock is not None else RealClock()
+    state = SimState(prof, org_id=org_id, seed=seed, time_scale=time_scale, clock=clock)
+    plan = FaultPlan(prof.faults, seed, clock.now())
     app = build_app(state, plan, token=token, introspection=introspection)
     config = uvicorn.Config(
         app,
@@ -132,6 +141,7 @@ def running_simulator(
         seed=seed,
         time_scale=time_scale,
         introspection=introspection,
+        clock=clock,
         _state=state,
     )
     failure: list[BaseException] = []

@@ -2,8 +2,9 @@
 
 Only the server's event loop touches a `SimState`. A session's state is computed lazily from its
 creation time and its seeded plan (a list of segments: the first run, then one per resume or
-follow-up message), so nothing runs in the background. Phase lengths are simulated seconds;
-`time_scale` simulated seconds pass per real second. Timestamps are real Unix seconds.
+follow-up message), so nothing runs in the background. Time comes from an injected `SimClock`
+(real time, or a `ManualClock` in tests); phase lengths are simulated seconds, and `time_scale`
+simulated seconds pass per clock second. Timestamps are the clock's Unix seconds.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import bisect
 import json
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from launcher.models import CreateSessionRequest, SessionStatus, StatusDetail, session_path_id
+from launcher.sim.clock import SimClock
 from launcher.sim.instances import invalid_instance, valid_instance
 from launcher.sim.profiles import Fate, Profile
 
@@ -40,7 +42,7 @@ class SessionEnded(Exception):
 class Segment:
     """One run of a session: the first one, or one after a resume / follow-up message."""
 
-    start: float  # real time
+    start: float  # clock time
     first: SessionStatus  # new (first run), resuming (after suspension) or running (follow-up)
     first_for: float  # simulated seconds in `first` (0 for a follow-up)
     claimed_for: float  # simulated seconds in claimed (first run only)
@@ -165,7 +167,7 @@ class SimState:
         org_id: str,
         seed: int,
         time_scale: float,
-        clock: Callable[[], float],
+        clock: SimClock,
     ) -> None:
         self.profile = profile
         self.org_id = org_id
@@ -191,7 +193,7 @@ class SimState:
         session_id = f"devin-{rng.getrandbits(128):032x}"
         life = self.profile.lifecycle
         outcome = rng.choices(list(self._weights), weights=list(self._weights.values()))[0]
-        now = self.clock()
+        now = self.clock.now()
         created = max(now, self.records[-1].created) if self.records else now
         request = req.model_dump(mode="json", exclude_none=True, exclude={"session_secrets"})
         repo = (req.repos or ["acme/sim-repo"])[0]
@@ -298,7 +300,7 @@ class SimState:
         return rec.outputs["valid"]
 
     def view(self, rec: Record, at: float | None = None) -> View:
-        now = self.clock() if at is None else at
+        now = self.clock.now() if at is None else at
         end = min(now, rec.terminated_at) if rec.terminated_at is not None else now
         current = self._segment_view(rec, rec.segments[-1], end)
         pr_url, output = current.pr_url, current.output
@@ -315,7 +317,7 @@ class SimState:
 
     def send_message(self, rec: Record, text: str) -> None:
         """Record a user message; it resumes a suspended session or restarts an idle one."""
-        now = self.clock()
+        now = self.clock.now()
         view = self.view(rec, now)
         if view.status is SessionStatus.exit:
             raise SessionEnded(rec.session_id)
@@ -344,7 +346,7 @@ class SimState:
 
     def messages(self, rec: Record) -> list[dict[str, Any]]:
         """User messages as sent, and Devin's message at the end of each run reached so far."""
-        now = self.clock()
+        now = self.clock.now()
         end = min(now, rec.terminated_at) if rec.terminated_at is not None else now
         events = [(at, "user", text) for at, text in rec.messages]
         for seg in rec.segments:
@@ -366,7 +368,7 @@ class SimState:
     # ------------------------------------------------------------------ changes
 
     def terminate(self, rec: Record, *, archive: bool = False) -> None:
-        now = self.clock()
+        now = self.clock.now()
         if rec.terminated_at is None:
             rec.terminated_at = now
         rec.archived = rec.archived or archive
@@ -374,7 +376,7 @@ class SimState:
 
     def archive(self, rec: Record) -> None:
         rec.archived = True
-        rec.touched = self.clock()
+        rec.touched = self.clock.now()
 
     def set_tags(self, rec: Record, tags: Iterable[str]) -> None:
         new = list(dict.fromkeys(tags))
@@ -386,7 +388,7 @@ class SimState:
         for tag in set(new) - set(rec.tags):
             self._index_add(tag, rec.seq)
         rec.tags = new
-        rec.touched = self.clock()
+        rec.touched = self.clock.now()
 
     def _index_add(self, tag: str, seq: int) -> None:
         seqs = self.tag_index.setdefault(tag, [])
@@ -469,7 +471,7 @@ class SimState:
 
     def list_sessions(self, f: SessionFilter, first: int, after: str | None) -> Page:
         """Newest first; the cursor is the last seq returned, so pages never repeat or skip."""
-        now = self.clock()
+        now = self.clock.now()
         below = decode_cursor("s", after) if after else len(self.records)
         seqs = self._candidates(f)
         chosen: list[Record] = []
