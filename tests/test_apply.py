@@ -120,6 +120,7 @@ def test_clean_apply_creates_each_session_once_and_a_rerun_creates_nothing(
         assert set(p.tags) <= set(sent[p.identity_tag]["tags"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("profile", ["ratelimited", "flaky", "hostile"])
 def test_every_fault_profile_ends_with_exactly_one_session_per_key(
     profile: str, write: Write, make_sim: Callable[..., SimServer], tmp_path: Path

@@ -18,7 +18,7 @@ from launcher.errors import AuthError
 from launcher.ledger import LaunchState, LedgerEvent, open_ledger
 from launcher.models import SessionStatus, StatusDetail
 from launcher.plan import Plan
-from launcher.sim import SimServer
+from launcher.sim import ManualClock, SimServer
 from launcher.status import (
     SUSPEND_FAILURES,
     CampaignView,
@@ -160,10 +160,12 @@ def test_output_check_flags_invalid_and_missing_outputs() -> None:
 def test_refresh_reads_list_pages_and_stores_states_and_outcomes(
     write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
 ) -> None:
-    sim = make_sim("clean", time_scale=100_000)
+    clock = ManualClock()
+    sim = make_sim("clean", clock=clock)
     plan = build_plan(load_manifest(fleet_manifest(write, 25)))
     ledger = tmp_path / "l.db"
     apply_all(plan, sim, ledger)
+    clock.advance(100_000)  # every session has ended, and none moves while the test compares
     cfg = ApiConfig(sim.base_url, sim.org_id, sim.token)
     lists_before = sim.stats()["requests"].get("GET /sessions", 0)
     view = do_refresh(plan, cfg, ledger, page_size=10)

@@ -3,8 +3,10 @@ responses, list lag; and that one seed reproduces the same faults."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -12,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from launcher.sim import PROFILES, Profile, SimServer, load_profile
+from launcher.sim import PROFILES, ManualClock, Profile, SimServer, load_profile
 from launcher.sim.faults import CreateFault, FaultPlan, TokenBucket
 from launcher.sim.profiles import Faults, RateLimit
 
@@ -27,40 +29,92 @@ def sessions_url(sim: SimServer) -> str:
     return f"/v3/organizations/{sim.org_id}/sessions"
 
 
-def wait_until(check: Any, timeout: float = 5.0) -> Any:
+# A binary fraction: exactly representable next to the clock's 1.8e9 seconds.
+EPS = 2**-10
+
+
+def wait_until(check: Any, timeout: float = 10.0) -> None:
+    """Poll until `check()` holds (the bound only turns a hang into a failure)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s")
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met")
+        time.sleep(0.005)
 
 
-def test_rate_limit_429_with_retry_after(make_sim: Any, sim_client: Any) -> None:
-    sim = make_sim(faulty(rate_limit={"rate": 4, "burst": 3}))
+class InFlight:
+    """One request sent from a thread, so a test can look at it while the server holds it."""
+
+    def __init__(self, send: Callable[[], httpx.Response]) -> None:
+        self.response: httpx.Response | None = None
+        self.error: Exception | None = None
+
+        def run() -> None:
+            try:
+                self.response = send()
+            except Exception as exc:  # reported to the test through `error`
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    @property
+    def answered(self) -> bool:
+        return not self.thread.is_alive()
+
+    def result(self) -> httpx.Response:
+        self.thread.join(10)
+        assert not self.thread.is_alive() and self.error is None, self.error
+        assert self.response is not None
+        return self.response
+
+
+def test_rate_limit_429_exactly_when_the_bucket_is_empty(make_sim: Any, sim_client: Any) -> None:
+    clock = ManualClock()
+    sim = make_sim(faulty(rate_limit={"rate": 4, "burst": 3}), clock=clock)
     c = sim_client(sim)
-    answers = [c.post(sessions_url(sim), json={"prompt": f"p{i}"}) for i in range(6)]
-    assert [r.status_code for r in answers] == [200, 200, 200, 429, 429, 429]
+
+    def create() -> httpx.Response:
+        r: httpx.Response = c.post(sessions_url(sim), json={"prompt": "p"})
+        return r
+
+    answers = [create() for _ in range(6)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429, 429, 429]  # the burst
     for r in answers[3:]:
         assert r.headers["retry-after"] == "1"  # integer seconds, rounded up, never 0
         assert "rate limit" in r.json()["detail"].lower()
     assert len(sim.sessions()) == 3
     assert all(c.get(sessions_url(sim)).status_code == 200 for _ in range(10))  # creates only
-    time.sleep(0.3)  # one token comes back every 1/rate = 0.25 s
-    assert c.post(sessions_url(sim), json={"prompt": "again"}).status_code == 200
-    assert sim.stats()["faults"] == {"rate_limited": 3}
+    clock.advance(0.25 - EPS)  # one token comes back every 1/rate = 0.25 s: not yet
+    assert create().status_code == 429
+    clock.advance(EPS)
+    assert [create().status_code for _ in range(2)] == [200, 429]
+    for _ in range(5):  # sustained: exactly one create per 1/rate
+        clock.advance(0.25)
+        assert [create().status_code for _ in range(3)] == [200, 429, 429]
+    clock.advance(3 / 4)  # three tokens' worth of quiet refills the burst, no more
+    assert [create().status_code for _ in range(4)] == [200, 200, 200, 429]
+    clock.advance(100)  # a long quiet still refills only up to the burst
+    assert [create().status_code for _ in range(4)] == [200, 200, 200, 429]
+    assert len(sim.sessions()) == 3 + 1 + 5 + 3 + 3
+    assert sim.stats()["faults"] == {"rate_limited": 3 + 1 + 1 + 10 + 1 + 1}
 
 
 def test_rate_limit_without_retry_after(make_sim: Any, sim_client: Any) -> None:
-    sim = make_sim(faulty(rate_limit={"rate": 1, "burst": 1, "retry_after": False}))
+    clock = ManualClock()
+    sim = make_sim(faulty(rate_limit={"rate": 1, "burst": 1, "retry_after": False}), clock=clock)
     c = sim_client(sim)
     assert c.post(sessions_url(sim), json={"prompt": "p"}).status_code == 200
+    clock.advance(1 - EPS)
     r = c.post(sessions_url(sim), json={"prompt": "p"})
     assert r.status_code == 429 and "retry-after" not in r.headers
+    clock.advance(EPS)
+    assert c.post(sessions_url(sim), json={"prompt": "p"}).status_code == 200
 
 
-def test_latency_applies_to_every_endpoint(make_sim: Any, sim_client: Any) -> None:
-    sim = make_sim(faulty(latency_seconds=0.15, latency_jitter_seconds=0.1))
+def test_latency_holds_every_endpoint_until_it_has_passed(make_sim: Any, sim_client: Any) -> None:
+    clock = ManualClock()
+    sim = make_sim(faulty(latency_seconds=0.15, latency_jitter_seconds=0.1), clock=clock)
     c = sim_client(sim)
     for method, path in (
         ("GET", "/v3/self"),
@@ -68,10 +122,13 @@ def test_latency_applies_to_every_endpoint(make_sim: Any, sim_client: Any) -> No
         ("POST", sessions_url(sim)),
         ("GET", f"/v3/organizations/{sim.org_id}/secrets"),
     ):
-        start = time.perf_counter()
         body = {"prompt": "p"} if method == "POST" else None
-        assert c.request(method, path, json=body).status_code == 200
-        assert time.perf_counter() - start >= 0.15  # the latency was applied
+        sent = InFlight(lambda m=method, p=path, b=body: c.request(m, p, json=b))
+        wait_until(lambda: clock.sleeping == 1)  # the server holds the request
+        clock.advance(0.15 - EPS)  # below the smallest latency
+        assert not sent.answered and clock.sleeping == 1
+        clock.advance(0.1 + EPS)  # past the largest (latency + jitter)
+        assert sent.result().status_code == 200
     assert sim.stats()["faults"] == {"latency": 4}
 
 
@@ -113,35 +170,45 @@ def test_drop_after_create_resets_the_connection(make_sim: Any, sim_client: Any)
 
 
 def test_delay_after_create_outlasts_a_client_timeout(make_sim: Any, sim_client: Any) -> None:
-    sim = make_sim(faulty(delay_after_create=1.0, delay_seconds=30))
+    clock = ManualClock()  # never advanced: the 30 s delay cannot end during this test
+    sim = make_sim(faulty(delay_after_create=1.0, delay_seconds=30), clock=clock)
     impatient = sim_client(sim, timeout=httpx.Timeout(5.0, read=0.3))
-    started = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):
         impatient.post(sessions_url(sim), json={"prompt": "p", "tags": ["slow"]})
-    assert time.monotonic() - started < 10  # the client gave up long before the 30 s delay
     [s] = sim.sessions()
     assert s["tags"] == ["slow"] and s["create_fault"] == "delay_after_create"
 
 
 def test_delayed_create_still_answers_a_patient_client(make_sim: Any, sim_client: Any) -> None:
-    sim = make_sim(faulty(delay_after_create=1.0, delay_seconds=0.4))
-    started = time.monotonic()
-    r = sim_client(sim).post(sessions_url(sim), json={"prompt": "p"})
-    assert r.status_code == 200 and time.monotonic() - started >= 0.4
-    assert "status_detail" not in r.json()
+    clock = ManualClock()
+    sim = make_sim(faulty(delay_after_create=1.0, delay_seconds=0.4), clock=clock)
+    c = sim_client(sim)
+    sent = InFlight(lambda: c.post(sessions_url(sim), json={"prompt": "p"}))
+    wait_until(lambda: clock.sleeping == 1)
+    assert len(sim.sessions()) == 1  # created, and the answer is held
+    clock.advance(0.4 - EPS)
+    assert not sent.answered and clock.sleeping == 1
+    clock.advance(EPS)
+    r = sent.result()
+    assert r.status_code == 200 and "status_detail" not in r.json()
 
 
 def test_list_shows_new_sessions_only_after_the_lag(make_sim: Any, sim_client: Any) -> None:
-    sim = make_sim(faulty(list_lag_seconds=0.6))
+    clock = ManualClock()
+    sim = make_sim(faulty(list_lag_seconds=0.6), clock=clock)
     c = sim_client(sim)
     sid = c.post(sessions_url(sim), json={"prompt": "p", "tags": ["lag"]}).json()["session_id"]
-    started = time.monotonic()
-    for params in ({}, {"tags": "lag"}, {"session_ids": sid}):
-        page = c.get(sessions_url(sim), params=params).json()
-        assert page["items"] == [] and page["total"] == 0, params
+    queries = ({}, {"tags": "lag"}, {"session_ids": sid})
+    for step in (0, 0.6 - EPS):
+        clock.advance(step)
+        for params in queries:
+            page = c.get(sessions_url(sim), params=params).json()
+            assert page["items"] == [] and page["total"] == 0, (step, params)
     assert c.get(f"{sessions_url(sim)}/{sid}").status_code == 200  # get sees it at once
-    wait_until(lambda: c.get(sessions_url(sim), params={"tags": "lag"}).json()["total"] == 1)
-    assert time.monotonic() - started >= 0.5
+    clock.advance(EPS)
+    for params in queries:
+        page = c.get(sessions_url(sim), params=params).json()
+        assert [s["session_id"] for s in page["items"]] == [sid] and page["total"] == 1, params
 
 
 def _run(sim: SimServer, c: httpx.Client, n: int) -> list[str]:
@@ -168,6 +235,7 @@ def test_the_seed_makes_faults_reproducible(make_sim: Any, sim_client: Any) -> N
     assert kinds["200"] and kinds["500"] and kinds["ReadError"] + kinds["RemoteProtocolError"]
 
 
+@pytest.mark.slow
 def test_a_retrying_client_finishes_against_flaky(make_sim: Any, sim_client: Any) -> None:
     sim = make_sim("flaky", seed=3)
     c = sim_client(sim, timeout=httpx.Timeout(5.0, read=0.5))

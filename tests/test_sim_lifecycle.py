@@ -3,8 +3,6 @@ instance generator behind structured outputs."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -12,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from launcher.models import output_errors
-from launcher.sim import Profile, SimServer
+from launcher.sim import ManualClock, Profile, SimServer
 from launcher.sim.instances import invalid_instance, valid_instance
 
 SCHEMA: dict[str, Any] = {
@@ -57,38 +55,43 @@ def api(sim: SimServer) -> str:
     return f"/v3/organizations/{sim.org_id}"
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:
-    """Poll `check` until it returns something truthy; fail after `timeout` real seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+# A binary fraction: exactly representable next to the clock's 1.8e9 seconds, so "just before
+# a boundary" is exact.
+EPS = 2**-10
 
 
-def final_states(c: httpx.Client, sim: SimServer, n: int) -> list[dict[str, Any]]:
-    def done() -> list[dict[str, Any]] | None:
-        items = c.get(f"{api(sim)}/sessions", params={"first": 200}).json()["items"]
-        ended = [s for s in items if s["status"] != "new" and s["status_detail"] != "working"]
-        return items if len(ended) == n and all(s["status"] != "claimed" for s in items) else None
+class At:
+    """Reads a session at given simulated seconds after its creation (time_scale 1)."""
 
-    return list(reversed(wait_until(done)))
+    def __init__(self, c: httpx.Client, sim: SimServer, clock: ManualClock, sid: str) -> None:
+        self.c, self.url, self.clock = c, f"{api(sim)}/sessions/{sid}", clock
+        self.t0 = clock.now()
+
+    def __call__(self, t: float) -> dict[str, Any]:
+        self.clock.advance(self.t0 + t - self.clock.now())
+        body: dict[str, Any] = self.c.get(self.url).json()
+        return body
+
+
+def state(s: dict[str, Any]) -> tuple[str, str | None, float]:
+    return s["status"], s["status_detail"], s["acus_consumed"]
 
 
 def test_every_outcome_reaches_its_end_state(make_sim: Any, sim_client: Any) -> None:
     weights = {o: 1.0 for o in ("finished", "delivered", "needs_user", "error", "suspended")}
-    sim = make_sim(profile({**weights, "invalid_output": 1.0}), time_scale=400, seed=7)
+    clock = ManualClock()
+    sim = make_sim(profile({**weights, "invalid_output": 1.0}), seed=7, clock=clock)
     c = sim_client(sim)
     for i in range(36):
         r = c.post(f"{api(sim)}/sessions", json={"prompt": f"t{i}", "structured_output_schema": SCHEMA})
         assert r.status_code == 200
-    states = final_states(c, sim, 36)
+    clock.advance(5 + 10 + 120)  # new + claimed + the longest working time of the profile
+    states = list(reversed(c.get(f"{api(sim)}/sessions", params={"first": 200}).json()["items"]))
     planned = [s["planned_outcome"] for s in sim.sessions()]
     assert set(planned) == set(weights) | {"invalid_output"}
     for outcome, s in zip(planned, states, strict=True):
         out, prs = s["structured_output"], s["pull_requests"]
-        assert 0 < s["acus_consumed"] <= 10
+        assert 0.6 <= s["acus_consumed"] <= 1.2  # 60..120 s of work at 36 ACUs an hour
         if outcome == "finished":
             assert (s["status"], s["status_detail"], prs, out) == ("running", "finished", [], None)
         elif outcome in ("delivered", "invalid_output"):
@@ -112,94 +115,138 @@ def test_every_outcome_reaches_its_end_state(make_sim: Any, sim_client: Any) -> 
 
 
 def test_phases_pass_in_order_and_acus_grow(make_sim: Any, sim_client: Any) -> None:
+    clock = ManualClock()
     sim = make_sim(
-        profile({"finished": 1}, working_seconds_min=200, working_seconds_max=200),
-        time_scale=300,
+        profile({"finished": 1}, working_seconds_min=200, working_seconds_max=200), clock=clock
     )
     c = sim_client(sim)
     sid = c.post(f"{api(sim)}/sessions", json={"prompt": "p"}).json()["session_id"]
-    seen: list[tuple[str, str | None]] = []
-    acus: list[float] = []
+    at = At(c, sim, clock, sid)
+    # new 5 s, claimed 10 s, working 200 s at 36 ACUs an hour (0.01 a second), then finished
+    assert state(at(0)) == ("new", None, 0)
+    assert state(at(5 - EPS)) == ("new", None, 0)
+    assert state(at(5)) == ("claimed", None, 0)
+    assert state(at(15 - EPS)) == ("claimed", None, 0)
+    assert state(at(15)) == ("running", "working", 0)
+    assert state(at(65)) == ("running", "working", 0.5)
+    assert state(at(115)) == ("running", "working", 1.0)
+    assert state(at(215 - 1)) == ("running", "working", 1.99)
+    assert state(at(215)) == ("running", "finished", 2.0)
+    final = at(10_000)
+    assert state(final) == ("running", "finished", 2.0)  # it stops at the end of the work
+    start = int(at.t0)
+    assert (final["created_at"], final["updated_at"]) == (start, start + 215)
 
-    def finished() -> bool:
-        s = c.get(f"{api(sim)}/sessions/{sid}").json()
-        state = (s["status"], s["status_detail"])
-        if not seen or seen[-1] != state:
-            seen.append(state)
-        acus.append(s["acus_consumed"])
-        return state == ("running", "finished")
 
-    wait_until(finished, interval=0.02)
-    assert seen[0] == ("new", None) and seen[-1] == ("running", "finished")
-    assert seen[1:-1] in ([("claimed", None), ("running", "working")], [("running", "working")])
-    assert acus == sorted(acus) and acus[-1] > acus[0]
-    assert abs(acus[-1] - 200 * 36 / 3600) < 0.01  # working time x rate, then it stops
-    s = c.get(f"{api(sim)}/sessions/{sid}").json()
-    assert s["updated_at"] >= s["created_at"]
+def test_updated_at_moves_with_each_phase(make_sim: Any, sim_client: Any) -> None:
+    clock = ManualClock()
+    sim = make_sim(profile({"error": 1}, working_seconds_min=60, working_seconds_max=60), clock=clock)
+    c = sim_client(sim)
+    sid = c.post(f"{api(sim)}/sessions", json={"prompt": "p"}).json()["session_id"]
+    at = At(c, sim, clock, sid)
+    start = int(at.t0)
+    seen = [(s["status"], s["updated_at"] - start) for s in (at(t) for t in (1, 6, 16, 75, 80))]
+    assert seen == [("new", 0), ("claimed", 5), ("running", 15), ("error", 75), ("error", 75)]
+
+
+def test_time_scale_multiplies_clock_seconds(make_sim: Any, sim_client: Any) -> None:
+    clock = ManualClock()
+    sim = make_sim(profile({"finished": 1}), time_scale=10, clock=clock)
+    c = sim_client(sim)
+    sid = c.post(f"{api(sim)}/sessions", json={"prompt": "p"}).json()["session_id"]
+    at = At(c, sim, clock, sid)
+    assert at(0.5 - EPS)["status"] == "new"  # 5 simulated seconds of `new` = 0.5 clock seconds
+    assert at(0.5)["status"] == "claimed"
+    assert at(1.5)["status_detail"] == "working"
 
 
 def test_structured_output_fills_like_a_notepad_before_the_end(make_sim: Any, sim_client: Any) -> None:
-    sim = make_sim(profile({"delivered": 1}), time_scale=300)
+    clock = ManualClock()
+    sim = make_sim(profile({"delivered": 1}), clock=clock)
     c = sim_client(sim)
     body = {"prompt": "p", "structured_output_schema": SCHEMA}
-    url = f"{api(sim)}/sessions/{c.post(f'{api(sim)}/sessions', json=body).json()['session_id']}"
-    early = wait_until(
-        lambda: (s := c.get(url).json())["structured_output"] is not None and s, interval=0.01
-    )
+    sid = c.post(f"{api(sim)}/sessions", json=body).json()["session_id"]
+    at = At(c, sim, clock, sid)
+    views = [at(t) for t in range(0, 5 + 10 + 120 + 1)]  # one a simulated second to the end
+    shown = [s["structured_output"] is not None for s in views]
+    first = shown.index(True)
+    assert not any(shown[:first]) and all(shown[first:])  # once there, it stays
+    early = views[first]
     assert early["status_detail"] == "working" and early["pull_requests"] == []
-    final = wait_until(lambda: (s := c.get(url).json())["status_detail"] != "working" and s)
+    work = next(t for t, s in enumerate(views) if s["status_detail"] == "waiting_for_user") - 15
+    assert first == 15 + (work + 1) // 2  # from half-way through the work (whole seconds)
+    final = views[-1]
     assert final["structured_output"] == early["structured_output"]
     assert final["pull_requests"] and final["status_detail"] == "waiting_for_user"
 
 
 def test_acu_cap_suspends_with_usage_limit(make_sim: Any, sim_client: Any) -> None:
-    sim = make_sim(profile({"delivered": 1}, acus_per_hour=3600), time_scale=400)
+    clock = ManualClock()
+    sim = make_sim(profile({"delivered": 1}, acus_per_hour=3600), clock=clock)
     c = sim_client(sim)
     body = {"prompt": "p", "max_acu_limit": 3}
-    sid = c.post(f"{api(sim)}/sessions", json=body).json()["session_id"]
-    s = wait_until(
-        lambda: (r := c.get(f"{api(sim)}/sessions/{sid}").json())["status"] == "suspended" and r
-    )
-    assert s["status_detail"] == "usage_limit_exceeded"
-    assert s["acus_consumed"] == 3.0 and s["pull_requests"] == []
+    at = At(c, sim, clock, c.post(f"{api(sim)}/sessions", json=body).json()["session_id"])
+    assert state(at(15 + 2)) == ("running", "working", 2.0)  # one ACU a second after claimed
+    assert state(at(15 + 3 - EPS))[:2] == ("running", "working")
+    s = at(15 + 3)
+    assert state(s) == ("suspended", "usage_limit_exceeded", 3.0)
+    assert s["pull_requests"] == []
+    assert state(at(1000)) == ("suspended", "usage_limit_exceeded", 3.0)
 
 
 def test_message_resumes_a_suspended_session(make_sim: Any, sim_client: Any) -> None:
-    sim = make_sim(profile({"suspended": 1}), time_scale=400)
+    clock = ManualClock()
+    sim = make_sim(profile({"suspended": 1}), clock=clock)
     c = sim_client(sim)
     created = c.post(
         f"{api(sim)}/sessions", json={"prompt": "p", "structured_output_schema": SCHEMA}
     ).json()
     url = f"{api(sim)}/sessions/{created['session_id']}"
-    wait_until(lambda: c.get(url).json()["status"] == "suspended")
-    before = c.get(url).json()["acus_consumed"]
+    clock.advance(5 + 10 + 120)
+    suspended = c.get(url).json()
+    assert suspended["status"] == "suspended"
     assert c.post(f"{url}/messages", json={"message": "please continue"}).status_code == 200
-    assert c.get(url).json()["status"] in ("resuming", "running")
-    s = wait_until(lambda: (r := c.get(url).json())["status_detail"] == "waiting_for_user" and r)
-    assert s["acus_consumed"] > before
+    assert c.get(url).json()["status"] == "resuming"
+    clock.advance(10 - EPS)  # resuming lasts 10 s
+    assert c.get(url).json()["status"] == "resuming"
+    clock.advance(EPS)
+    assert c.get(url).json()["status_detail"] == "working"
+    clock.advance(60)  # a resumed run works half as long: at most 60 s
+    s = c.get(url).json()
+    assert s["status_detail"] == "waiting_for_user"
+    assert s["acus_consumed"] > suspended["acus_consumed"]
     assert output_errors(SCHEMA, s["structured_output"]) == []
     sources = [m["source"] for m in c.get(f"{url}/messages").json()["items"]]
     assert sources == ["user", "devin", "user", "devin"]
 
 
 def test_terminate_freezes_the_session(make_sim: Any, sim_client: Any) -> None:
-    sim = make_sim(profile({"delivered": 1}), time_scale=400)
+    clock = ManualClock()
+    sim = make_sim(profile({"delivered": 1}), clock=clock)
     c = sim_client(sim)
     sid = c.post(f"{api(sim)}/sessions", json={"prompt": "p"}).json()["session_id"]
+    clock.advance(20)  # working
     ended = c.delete(f"{api(sim)}/sessions/{sid}").json()
     assert ended["status"] == "exit" and ended["status_detail"] is None
-    time.sleep(0.5)  # the whole planned run would be over by now
+    assert ended["acus_consumed"] == 0.05  # 5 s of work at 36 ACUs an hour
+    clock.advance(10_000)  # the whole planned run would be over by now
     s = c.get(f"{api(sim)}/sessions/{sid}").json()
-    assert s["status"] == "exit" and s["pull_requests"] == [] and s["acus_consumed"] == 0
+    assert s["status"] == "exit" and s["pull_requests"] == [] and s["acus_consumed"] == 0.05
+    assert s["updated_at"] == ended["updated_at"]
 
 
-def test_default_time_scale_takes_simulated_minutes(sim_server: SimServer, sim_client: Any) -> None:
-    c = sim_client(sim_server)
-    sid = c.post(f"{api(sim_server)}/sessions", json={"prompt": "p"}).json()["session_id"]
-    time.sleep(0.3)
-    assert c.get(f"{api(sim_server)}/sessions/{sid}").json()["status"] == "new"
-    life = sim_server.profile.lifecycle
+def test_default_time_scale_takes_simulated_minutes(make_sim: Any, sim_client: Any) -> None:
+    clock = ManualClock()
+    sim = make_sim("clean", clock=clock)
+    assert sim.time_scale == 1.0
+    life = sim.profile.lifecycle
     assert 60 <= life.new_seconds + life.claimed_seconds + life.working_seconds_min <= 600
+    c = sim_client(sim)
+    at = At(c, sim, clock, c.post(f"{api(sim)}/sessions", json={"prompt": "p"}).json()["session_id"])
+    assert at(life.new_seconds - EPS)["status"] == "new"
+    assert at(life.new_seconds)["status"] == "claimed"
+    end = life.new_seconds + life.claimed_seconds + life.working_seconds_min
+    assert at(end - EPS)["status_detail"] == "working"  # even the shortest run takes minutes
 
 
 # --------------------------------------------------------------------------- instances
