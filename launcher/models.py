@@ -90,6 +90,69 @@ def _external_refs(node: Any, path: str = "") -> list[str]:
     return found
 
 
+# Keywords whose values are data, not schemas: a "$ref" key inside them is not a reference.
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
+
+
+def _local_refs(node: Any, path: str = "") -> list[tuple[str, str]]:
+    """(where, ref) for every `$ref` inside the document ("#..."), in document order."""
+    found: list[tuple[str, str]] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "$ref" and isinstance(v, str) and v.startswith("#"):
+                found.append((path or "/", v))
+            elif k not in _DATA_KEYWORDS:
+                found.extend(_local_refs(v, f"{path}/{k}"))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found.extend(_local_refs(v, f"{path}/{i}"))
+    return found
+
+
+def _ids(node: Any) -> set[str]:
+    """Every `$id` in the document (Draft 7 plain-name fragments like "#item" point at one)."""
+    out: set[str] = set()
+    if isinstance(node, dict):
+        if isinstance(node.get("$id"), str):
+            out.add(node["$id"])
+        for k, v in node.items():
+            if k not in _DATA_KEYWORDS:
+                out |= _ids(v)
+    elif isinstance(node, list):
+        for v in node:
+            out |= _ids(v)
+    return out
+
+
+def _resolves(root: Any, ref: str, ids: set[str]) -> bool:
+    """Whether a local `$ref` ("#", "#/json/pointer" with ~0 ~1 and %-escapes, "#name") exists."""
+    from urllib.parse import unquote
+
+    fragment = unquote(ref[1:])
+    if not fragment:
+        return True
+    if not fragment.startswith("/"):
+        return ref in ids
+    node = root
+    for token in fragment[1:].split("/"):
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and token in node:
+            node = node[token]
+        elif isinstance(node, list) and token.isdigit() and (token == "0" or token[0] != "0"):
+            if int(token) >= len(node):
+                return False
+            node = node[int(token)]
+        else:
+            return False
+    return True
+
+
+def _dangling_refs(schema: dict[str, Any]) -> list[str]:
+    refs = _local_refs(schema)
+    ids = _ids(schema) if any(not r.startswith("#/") and r != "#" for _, r in refs) else set()
+    return [f"{ref} (at {where})" for where, ref in refs if not _resolves(schema, ref, ids)]
+
+
 def _check_schema(schema: Any) -> str | None:
     if not isinstance(schema, dict):
         return f"a structured-output schema must be a JSON object, not {type(schema).__name__}"
@@ -110,6 +173,9 @@ def _check_schema(schema: Any) -> str | None:
         )
     elif refs := _external_refs(schema):
         problem = f"schema must be self-contained, but has an external $ref: {refs[0]}"
+    elif dangling := _dangling_refs(schema):
+        plural = "s" if len(dangling) > 1 else ""
+        problem = f"dangling $ref{plural}, to nothing in the schema: {', '.join(dangling)}"
     else:
         import jsonschema  # ~80 ms to import: only when a schema is checked
 
@@ -125,9 +191,10 @@ def _check_schema(schema: Any) -> str | None:
 def check_output_schema(schema: dict[str, Any]) -> str | None:
     """Return why `schema` is not an acceptable structured-output schema, or None.
 
-    The rules: a JSON object, at most 64 KB serialized, no `$ref` outside the document, and a
-    valid Draft 7 schema. Results are cached by content, and by identity for the object itself:
-    a campaign of 10,000 sessions shares one schema object, which is checked once.
+    The rules: a JSON object, at most 64 KB serialized, no `$ref` outside the document, every
+    local `$ref` resolves, and a valid Draft 7 schema. Results are cached by content, and by
+    identity for the object itself: a campaign of 10,000 sessions shares one schema object,
+    which is checked once.
     """
     hit = _checked_objects.get(id(schema))
     if hit is not None and hit[0] is schema:

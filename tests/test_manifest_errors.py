@@ -207,6 +207,18 @@ CASES = [
         "external $ref: /properties/result/$ref=https://schemas.example/result.json",
     ),
     Expect(
+        "schema_dangling_ref.yaml",
+        "schema_dangling_ref.yaml:9:9",
+        "fleets[0].session.structured_output_schema",
+        "dangling $ref, to nothing in the schema: #/definitions/missing (at /properties/files)",
+    ),
+    Expect(
+        "schema_file_dangling_ref.yaml",
+        "schema_file_dangling_ref.yaml:8:33",
+        "fleets[0].session.structured_output_schema",
+        "dangling $ref, to nothing in the schema: #/definitions/a/b (at /properties/wrong_escape)",
+    ),
+    Expect(
         "schema_not_draft7.yaml",
         "schema_not_draft7.yaml:8:33",
         "fleets[0].session.structured_output_schema",
