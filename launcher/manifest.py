@@ -1,16 +1,21 @@
 """The manifest: its model (version 1), loading and validating it, and locating problems in it
 (YAML and file reading live in `source`). Every problem comes back as a located `Problem`
 (`file:line:col: field.path: message`), all of them at once, before anything else happens.
+
+When the structure has problems, `load_manifest` still salvages what it can (unknown fields
+dropped, fleets whose own definition is broken skipped) and hands it over with the problems in
+an `IncompleteManifest`, so the planner can report the rest in the same run.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import NoneType
 from typing import Annotated, Any, Literal
@@ -250,11 +255,16 @@ def manifest_json_schema() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class LoadedManifest:
-    """A validated manifest with where it came from and the marks to locate later problems."""
+    """A validated manifest with where it came from and the marks to locate later problems.
+
+    `skipped_fleets` is only ever non-empty in the salvaged part of a manifest with problems
+    (`IncompleteManifest.salvaged`): those fleets are stand-ins the planner passes over.
+    """
 
     path: Path
     manifest: Manifest
     marks: Marks
+    skipped_fleets: frozenset[int] = field(default=frozenset())
 
     @property
     def base_dir(self) -> Path:
@@ -423,8 +433,111 @@ def error_message(err: Mapping[str, Any]) -> str:
     return text
 
 
+class IncompleteManifest(ManifestError):
+    """Problems in the manifest's structure, with the part that could still be read.
+
+    `salvaged` (None when nothing can be planned) is the manifest without its unknown fields,
+    with each fleet whose own definition is broken replaced by a stand-in to skip: planning it
+    finds the problems of everything else (`launcher.plan.plan_manifest` does both).
+    """
+
+    def __init__(self, problems: list[Problem], salvaged: LoadedManifest | None) -> None:
+        super().__init__(problems)
+        self.salvaged = salvaged
+
+
+# Stands in for a broken fleet so the other fleets keep their index (their problems' locations).
+_STAND_IN_FLEET: dict[str, Any] = {"name": "skipped", "for_each": {"items": []}, "session": {}}
+_SALVAGE_ROUNDS = 8  # dropping fields can uncover checks that had not run (model validators)
+_PLACEHOLDER_CAMPAIGN = "invalid-campaign"
+
+
+def _drop(data: Any, loc: Loc) -> bool:
+    """Delete the mapping key at `loc` (an unknown field); False when it is not there."""
+    node = data
+    for part in loc[:-1]:
+        found = (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        )
+        if not found:
+            return False
+        node = node[part]
+    if isinstance(node, dict) and loc and loc[-1] in node:
+        del node[loc[-1]]
+        return True
+    return False
+
+
+def _prune(data: dict[str, Any], exc: ValidationError, skipped: set[int]) -> bool:
+    """Make `data` valid where `exc` says it is not, without inventing meaning: unknown fields
+    go, a fleet with any other problem is replaced by a stand-in (and noted in `skipped`).
+    False when what is broken is something every fleet depends on (defaults, vars, fleets)."""
+    for err in exc.errors(include_url=False):
+        loc, _, _ = _user_loc(tuple(err["loc"]))
+        if err["type"] == "extra_forbidden" and _drop(data, loc):
+            continue
+        head = loc[0] if loc else None
+        if head == "fleets" and len(loc) >= 2 and isinstance(loc[1], int):
+            fleets = data.get("fleets")
+            if not isinstance(fleets, list) or not 0 <= loc[1] < len(fleets):
+                return False
+            fleets[loc[1]] = copy.deepcopy(_STAND_IN_FLEET)
+            skipped.add(loc[1])
+        elif head == "campaign":  # only names the ledger and tags: any valid name will do
+            data["campaign"] = _PLACEHOLDER_CAMPAIGN
+        elif head == "version":  # missing (another value is refused before validation)
+            data["version"] = 1
+        elif head in ("budget", "description"):  # checked apart from the sessions
+            data.pop(head, None)
+        else:
+            return False
+    return True
+
+
+def _salvage(
+    data: dict[str, Any], exc: ValidationError, marks: Marks
+) -> tuple[list[Problem], Manifest | None, frozenset[int]]:
+    """Every structural problem, and the manifest without what they touch (None: nothing to
+    plan)."""
+    problems = _validation_problems(exc, marks)
+    work = copy.deepcopy(data)
+    skipped: set[int] = set()
+    for _ in range(_SALVAGE_ROUNDS):
+        if not _prune(work, exc, skipped):
+            return problems, None, frozenset()
+        try:
+            return problems, Manifest.model_validate(work), frozenset(skipped)
+        except ValidationError as again:
+            exc = again
+            problems += [p for p in _validation_problems(again, marks) if p not in problems]
+    return problems, None, frozenset()
+
+
+def _duplicate_fleets(loaded: LoadedManifest) -> list[Problem]:
+    first: dict[str, int] = {}
+    problems = []
+    for i, fleet in enumerate(loaded.manifest.fleets):
+        if i in loaded.skipped_fleets:
+            continue
+        if fleet.name in first:
+            problems.append(
+                loaded.problem(
+                    ("fleets", i, "name"),
+                    f"duplicate fleet name {fleet.name!r} (first: fleets[{first[fleet.name]}])",
+                    "fleet names must be unique in a campaign",
+                )
+            )
+        first.setdefault(fleet.name, i)
+    return problems
+
+
+def _in_order(problems: list[Problem]) -> list[Problem]:
+    return sorted(problems, key=lambda p: (p.line or 0, p.col or 0, p.field))
+
+
 def load_manifest(path: str | Path) -> LoadedManifest:
-    """Read and validate a manifest's structure; raise ManifestError with every problem."""
+    """Read and validate a manifest's structure; raise ManifestError with every problem
+    (an `IncompleteManifest`, with what could be salvaged, when the YAML itself was read)."""
     p = Path(path)
     data, marks = read_yaml(p)
     if not isinstance(data, dict):
@@ -459,22 +572,14 @@ def load_manifest(path: str | Path) -> LoadedManifest:
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
-        raise ManifestError(_validation_problems(exc, marks)) from None
+        problems, salvaged, skipped = _salvage(data, exc, marks)
+        partial = LoadedManifest(p, salvaged, marks, skipped) if salvaged is not None else None
+        if partial is not None:
+            problems += _duplicate_fleets(partial)
+        raise IncompleteManifest(_in_order(problems), partial) from None
     loaded = LoadedManifest(p, manifest, marks)
-    first: dict[str, int] = {}
-    problems = []
-    for i, fleet in enumerate(manifest.fleets):
-        if fleet.name in first:
-            problems.append(
-                loaded.problem(
-                    ("fleets", i, "name"),
-                    f"duplicate fleet name {fleet.name!r} (first: fleets[{first[fleet.name]}])",
-                    "fleet names must be unique in a campaign",
-                )
-            )
-        first.setdefault(fleet.name, i)
-    if problems:
-        raise ManifestError(problems)
+    if problems := _duplicate_fleets(loaded):
+        raise IncompleteManifest(problems, loaded)
     return loaded
 
 

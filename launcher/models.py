@@ -134,8 +134,10 @@ def _resolves(root: Any, ref: str, ids: set[str]) -> bool:
     if not fragment.startswith("/"):
         return ref in ids
     node = root
-    for token in fragment[1:].split("/"):
-        token = token.replace("~1", "/").replace("~0", "~")
+    for raw in fragment[1:].split("/"):
+        if "~" in raw.replace("~0", "").replace("~1", ""):
+            return False  # "~" must be escaped as ~0 (RFC 6901)
+        token = raw.replace("~1", "/").replace("~0", "~")
         if isinstance(node, dict) and token in node:
             node = node[token]
         elif isinstance(node, list) and token.isdigit() and (token == "0" or token[0] != "0"):

@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,9 +23,11 @@ from launcher.items import Item, read_items
 from launcher.manifest import (
     MAX_REPEATED,
     FileRef,
+    IncompleteManifest,
     LoadedManifest,
     SessionTemplate,
     error_message,
+    load_manifest,
     resolve_file,
 )
 from launcher.models import MAX_TAGS, CreateSessionRequest, check_output_schema
@@ -498,6 +501,8 @@ def build_plan(loaded: LoadedManifest, *, environ: Mapping[str, str] | None = No
     schemas: dict[str, dict[str, Any] | None] = {}
     n_items = 0
     for fi, fleet in enumerate(m.fleets):
+        if fi in loaded.skipped_fleets:  # broken in the manifest itself: reported already
+            continue
         try:
             items = read_items(loaded, fi)
         except ManifestError as exc:
@@ -547,6 +552,28 @@ def build_plan(loaded: LoadedManifest, *, environ: Mapping[str, str] | None = No
             " (apply will refuse until they are)"
         )
     return Plan(m.campaign, loaded, tuple(sessions), tuple(warnings), schemas)
+
+
+def plan_manifest(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Plan:
+    """`load_manifest`, then `build_plan`; raise one ManifestError with every problem of both.
+
+    When the manifest's structure has problems, the fleets whose own definition is fine are
+    still expanded, and their problems are reported with the structural ones.
+    """
+    try:
+        loaded = load_manifest(path)
+    except IncompleteManifest as exc:
+        if exc.salvaged is None:
+            raise
+        try:
+            build_plan(exc.salvaged, environ=environ)
+        except ManifestError as more:
+            label = exc.salvaged.label
+            merged = list(dict.fromkeys([*exc.problems, *more.problems]))
+            merged.sort(key=lambda p: (p.file != label, p.file, p.line or 0, p.col or 0))
+            raise ManifestError(merged) from None
+        raise
+    return build_plan(loaded, environ=environ)
 
 
 def _plan_one(

@@ -12,8 +12,7 @@ from click.testing import CliRunner
 
 from launcher.cli import cli
 from launcher.errors import ManifestError, Problem
-from launcher.manifest import load_manifest
-from launcher.plan import build_plan
+from launcher.plan import plan_manifest
 
 CORPUS = Path(__file__).parent / "corpus" / "bad"
 
@@ -254,7 +253,7 @@ CASES = [
 
 def problems_of(path: Path | str) -> list[Problem]:
     with pytest.raises(ManifestError) as info:
-        build_plan(load_manifest(path), environ={})
+        plan_manifest(path, environ={})
     return info.value.problems
 
 

@@ -14,8 +14,7 @@ import click
 from rich.console import Console
 
 from launcher.errors import ConfirmationError
-from launcher.manifest import load_manifest
-from launcher.plan import Plan, build_plan
+from launcher.plan import Plan, plan_manifest
 
 if TYPE_CHECKING:
     from launcher.client import ApiConfig
@@ -59,7 +58,7 @@ def sim_options(f: F) -> F:
 
 
 def load_plan(path: str) -> Plan:
-    plan = build_plan(load_manifest(path))
+    plan = plan_manifest(path)
     for w in plan.warnings:
         err.print(f"warning: {w}", markup=False)
     return plan
