@@ -6,8 +6,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from click.testing import CliRunner, Result
 
 from launcher import build_plan, load_manifest, open_ledger
 from launcher.cli import cli
-from launcher.sim import SimServer
+from launcher.sim import ManualClock, SimServer
 from launcher.sim.profiles import LIMITED_TOKEN
 from tests.test_follow import apply_all, fleet_manifest
 
@@ -52,6 +54,34 @@ def requests(sim: SimServer) -> Counter[str]:
     return Counter(sim.stats()["requests"])
 
 
+STEP = 60.0  # simulated seconds per refresh; sessions of the mixed profile run 105..255 s
+
+
+@contextmanager
+def clock_follows_refreshes(sim: SimServer, clock: ManualClock) -> Iterator[None]:
+    """Advance the simulator's clock by STEP for each list request (each refresh of a watch):
+    sessions progress per refresh, not per real second, so a slow machine sees the same run."""
+    stop = threading.Event()
+    seen = requests(sim)["GET /sessions"]
+
+    def drive() -> None:
+        nonlocal seen
+        while not stop.is_set():
+            n = requests(sim)["GET /sessions"]
+            if n > seen:
+                clock.advance(STEP * (n - seen))
+                seen = n
+            stop.wait(0.005)
+
+    thread = threading.Thread(target=drive, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+
+
 def settled_campaign(
     write: Write,
     make_sim: Callable[..., SimServer],
@@ -60,49 +90,53 @@ def settled_campaign(
     n: int = 24,
 ) -> tuple[SimServer, Path, Path, Result]:
     """A `mixed` campaign applied, then followed by `status --watch` to the end."""
-    sim = make_sim("mixed", time_scale=300, seed=1)
+    clock = ManualClock()
+    sim = make_sim("mixed", seed=1, clock=clock)
     path = fleet_manifest(write, n)
     ledger = tmp_path / "l.db"
     apply_all(build_plan(load_manifest(path)), sim, ledger)
     env(sim)
-    res = run(
-        "status",
-        path,
-        "--ledger",
-        ledger,
-        "--watch",
-        "--interval",
-        "0.2",
-        "--timeout",
-        "30",
-        "-o",
-        "json",
-    )
+    with clock_follows_refreshes(sim, clock):
+        res = run(
+            "status",
+            path,
+            "--ledger",
+            ledger,
+            "--watch",
+            "--interval",
+            "0.2",
+            "--timeout",
+            "100",
+            "-o",
+            "json",
+        )
     return sim, path, ledger, res
 
 
 def test_status_watch_follows_a_mixed_campaign_to_the_end(
     write: Write, make_sim: Callable[..., SimServer], tmp_path: Path, env: Callable[..., None]
 ) -> None:
-    sim = make_sim("mixed", time_scale=150, seed=1)  # each session runs >= 0.7 s
+    clock = ManualClock()
+    sim = make_sim("mixed", seed=1, clock=clock)
     path = fleet_manifest(write, 24)
     ledger = tmp_path / "l.db"
     apply_all(build_plan(load_manifest(path)), sim, ledger)
     env(sim)
     before = requests(sim)
-    res = run(
-        "status",
-        path,
-        "--ledger",
-        ledger,
-        "--watch",
-        "--interval",
-        "0.2",
-        "--timeout",
-        "30",
-        "-o",
-        "json",
-    )
+    with clock_follows_refreshes(sim, clock):
+        res = run(
+            "status",
+            path,
+            "--ledger",
+            ledger,
+            "--watch",
+            "--interval",
+            "0.2",
+            "--timeout",
+            "100",
+            "-o",
+            "json",
+        )
     made = requests(sim) - before
     truth = {s["session_id"]: s for s in sim.sessions()}
     planned = Counter(s["planned_outcome"] for s in truth.values())
@@ -132,7 +166,9 @@ def test_status_watch_follows_a_mixed_campaign_to_the_end(
     assert "next refresh in" in res.stderr and "succeeded" in res.stderr
     refreshes = res.stderr.count("requests)")
     assert made == Counter({"GET /sessions": refreshes}), made
-    assert 2 <= refreshes < 40
+    # The first refresh sees every session on its way (the clock moves only after it), and
+    # the last one sees them all ended: at least 5 steps of 60 s cover the longest run (255 s).
+    assert refreshes >= 2
     # The ledger holds the final states.
     with open_ledger(path, "fu", ledger) as led:
         stored = {r.key: (r.status, r.outcome) for r in led.records().values()}
@@ -233,7 +269,7 @@ def test_results_flag_sessions_never_refreshed(
 def test_cancel_terminates_exactly_the_chosen_sessions_and_reruns_are_no_ops(
     write: Write, make_sim: Callable[..., SimServer], tmp_path: Path, env: Callable[..., None]
 ) -> None:
-    sim = make_sim("clean", time_scale=1)  # sessions stay running for minutes
+    sim = make_sim("clean", clock=ManualClock())  # time stands still: every session is live
     path = fleet_manifest(write, 6)
     ledger = tmp_path / "l.db"
     apply_all(build_plan(load_manifest(path)), sim, ledger)
