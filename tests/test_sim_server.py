@@ -209,3 +209,32 @@ def test_ten_thousand_sessions_list_through_the_tag_index() -> None:
     assert (pages, seen) == (150, 10_000)
     one = state.list_sessions(SessionFilter(tags=("k4242",)), 100, None)
     assert [s["tags"][1] for s in one.items] == ["k4242"] and one.total == 1
+
+
+# --------------------------------------------------------------------------- clock
+
+
+def test_manual_clock_moves_only_when_advanced_and_sleep_waits_for_it() -> None:
+    clock = ManualClock(100.0)
+    assert clock.now() == clock.now() == 100.0
+    assert clock.advance(2.5) == 102.5
+    with pytest.raises(ValueError):
+        clock.advance(-1)
+    woke: list[float] = []
+
+    async def main() -> None:
+        async def sleeper() -> None:
+            await clock.sleep(5)
+            woke.append(clock.now())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sleeper)
+            await anyio.wait_all_tasks_blocked()  # the sleeper is waiting on the clock
+            assert clock.sleeping == 1
+            clock.advance(5 - 2**-10)
+            await anyio.sleep(0.02)
+            assert woke == [] and clock.sleeping == 1  # not yet: 5 s have not passed
+            clock.advance(2**-10)
+
+    anyio.run(main)
+    assert woke == [107.5] and clock.sleeping == 0

@@ -1,7 +1,7 @@
 """Fault decisions of the simulator: the create rate limit, latency, and per-create faults.
 
 Each decision is a pure function of (seed, request number), so a sequential client sees the same
-faults at the same requests on every run with one seed. Time here is real (monotonic) seconds.
+faults at the same requests on every run with one seed. Times are the simulator clock's seconds.
 """
 
 from __future__ import annotations
