@@ -66,6 +66,14 @@ CASES = [
         "fleets[0].session.repos[1]",
         "expected a string; got 2024",
     ),
+    # structure and sessions together: the sound fleet is still rendered (tests/test_every_problem)
+    Expect(
+        "every_problem_at_once.yaml",
+        "every_problem_at_once.yaml:12:24",
+        "fleets[0].session.bypass_approval",
+        "expected true/false; got 'maybe'",
+        6,
+    ),
     Expect(
         "bad_campaign_name.yaml",
         "bad_campaign_name.yaml:2:11",
