@@ -19,29 +19,58 @@ from launcher.errors import ExitCode, FleetError
 EXIT_CODES = {int(code): code.meaning for code in ExitCode}
 
 
+def fleet_errors(exc: BaseException) -> list[FleetError]:
+    """The FleetErrors `exc` stands for: itself, or every leaf of an exception group (task
+    groups wrap what their tasks raise) when all its leaves are FleetErrors; else none."""
+    if isinstance(exc, FleetError):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [e for sub in exc.exceptions for e in fleet_errors(sub)]
+        if leaves and len(leaves) == _count_leaves(exc):
+            return leaves
+    return []
+
+
+def _count_leaves(exc: BaseException) -> int:
+    if isinstance(exc, BaseExceptionGroup):
+        return sum(_count_leaves(sub) for sub in exc.exceptions)
+    return 1
+
+
 class _Group(click.Group):
-    """Renders FleetErrors as located messages (tracebacks only with --debug)."""
+    """Renders FleetErrors as located messages, however deep they were raised (tracebacks
+    only with --debug)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except FleetError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
+        except (FleetError, BaseExceptionGroup) as exc:
+            errors = fleet_errors(exc)
+            if not errors or (ctx.obj and ctx.obj.get("debug")):
                 raise
-            err.print(exc.render(), markup=False)
-            sys.exit(exc.exit_code)
+            for text in dict.fromkeys(e.render() for e in errors):
+                err.print(text, markup=False)
+            sys.exit(errors[0].exit_code)
         except click.UsageError as exc:
             exc.exit_code = ExitCode.usage  # type: ignore[misc]  # EX_USAGE: 2 means "changes" for plan
             raise
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=_Group,
+    invoke_without_command=True,
+    no_args_is_help=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.version_option(package_name="devin-fleet")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
     """Declarative batch launcher for Devin sessions: validate, plan, apply, status, results."""
     ctx.obj = {"debug": debug}
+    if ctx.invoked_subcommand is None:  # bare `devin-fleet`: help, and success (2 means changes)
+        click.echo(ctx.get_help())
+        ctx.exit(ExitCode.ok)
 
 
 def main() -> None:

@@ -1,0 +1,157 @@
+"""Errors as users meet them, through the real CLI: one located message and the right exit code
+however deep an error was raised, no traceback without --debug, exit 5 only for credentials and
+the breaker, and the small things (bare command, schema output, read-only warnings)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from click.testing import CliRunner, Result
+
+from launcher.cli import cli, fleet_errors
+from launcher.errors import ExitCode, FleetError, LockedError, SecretError
+from launcher.sim import SimServer
+from tests.test_follow import fleet_manifest
+
+Write = Callable[[str, str], Path]
+
+
+def run(*args: str | Path) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def clean(res: Result) -> str:
+    """The whole output, after checking nothing escaped as a traceback."""
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    text = res.output
+    assert "Traceback" not in text and "ExceptionGroup" not in text, text
+    return text
+
+
+@pytest.fixture
+def sim_env(monkeypatch: pytest.MonkeyPatch, sim_server: SimServer) -> SimServer:
+    monkeypatch.setenv("DEVIN_API_KEY", sim_server.token)
+    monkeypatch.setenv("DEVIN_ORG_ID", sim_server.org_id)
+    monkeypatch.setenv("DEVIN_API_BASE_URL", sim_server.base_url)
+    return sim_server
+
+
+def secret_manifest(write: Write) -> Path:
+    return write(
+        "sec.yaml",
+        """
+        version: 1
+        campaign: sec
+        fleets:
+          - name: bumps
+            key: "{{ item }}"
+            for_each:
+              items: [a, b]
+            session:
+              prompt: "Bump {{ item }}"
+              session_secrets:
+                - key: NPM_TOKEN
+                  value: {env: FLEET_TEST_REGISTRY_TOKEN}
+        """,
+    )
+
+
+# =========================================================================== deep errors
+
+
+def test_fleet_error_raised_inside_a_task_group_renders_as_its_message() -> None:
+    async def deep() -> None:
+        async def task() -> None:
+            raise LockedError("c", "host:1", 0.0, "/x.db")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(task)
+
+    @cli.command("boom-test")
+    def boom() -> None:
+        anyio.run(deep)
+
+    try:
+        res = run("boom-test")
+        out = clean(res)
+        assert res.exit_code == ExitCode.error
+        assert out.count("error: campaign 'c' is locked by host:1") == 1
+        assert "hint: wait for it to finish" in out
+        res = run("--debug", "boom-test")  # --debug keeps the traceback
+        assert isinstance(res.exception, BaseExceptionGroup)
+    finally:
+        cli.commands.pop("boom-test")
+
+
+def test_only_groups_made_of_fleet_errors_are_rendered() -> None:
+    leaf = SecretError(["X"])
+    assert fleet_errors(ExceptionGroup("g", [ExceptionGroup("h", [leaf])])) == [leaf]
+    assert fleet_errors(ExceptionGroup("g", [leaf, ValueError("bug")])) == []
+    assert fleet_errors(ValueError("bug")) == []
+    assert fleet_errors(leaf) == [leaf]
+    assert isinstance(leaf, FleetError)
+
+
+def test_apply_with_a_secret_variable_unset_is_one_message(
+    write: Write, sim_env: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FLEET_TEST_REGISTRY_TOKEN", raising=False)
+    path = secret_manifest(write)
+    res = run("apply", path, "-y", "--ledger", tmp_path / "l.db")
+    out = clean(res)
+    assert res.exit_code == ExitCode.error, out
+    assert "error: environment variable(s) for session secrets not set: FLEET_TEST_REGISTRY_TOKEN" in out
+    assert "hint: export them before apply" in out
+    assert sim_env.stats()["sessions"] == 0
+
+
+@pytest.fixture
+def lock_holder(tmp_path: Path, write: Write) -> Iterator[tuple[Path, Path]]:
+    """Another process holding the campaign lock (through the ledger API) until teardown."""
+    path = fleet_manifest(write, 2)
+    ledger = tmp_path / "l.db"
+    code = (
+        "import sys\n"
+        "from launcher.ledger import Ledger\n"
+        f"led = Ledger({str(ledger)!r}, 'fu')\n"
+        "led.acquire_lock()\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        yield path, ledger
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait()
+
+
+def test_apply_while_the_lock_is_held_is_one_message(
+    lock_holder: tuple[Path, Path], sim_env: SimServer
+) -> None:
+    path, ledger = lock_holder
+    res = run("apply", path, "-y", "--ledger", ledger)
+    out = clean(res)
+    assert res.exit_code == ExitCode.error, out
+    assert out.count("error: campaign 'fu' is locked by ") == 1
+    assert "hint: wait for it to finish; if that process is gone, run `devin-fleet unlock" in out
+    assert sim_env.stats()["sessions"] == 0
+
+
+# =========================================================================== small things
+
+
+def test_bare_command_prints_help_and_exits_0() -> None:
+    res = run()
+    assert res.exit_code == ExitCode.ok, res.output
+    assert "Usage: devin-fleet" in res.output or "Usage: cli" in res.output
+    assert "Commands:" in res.output and "apply" in res.output
