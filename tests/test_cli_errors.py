@@ -155,3 +155,51 @@ def test_bare_command_prints_help_and_exits_0() -> None:
     assert res.exit_code == ExitCode.ok, res.output
     assert "Usage: devin-fleet" in res.output or "Usage: cli" in res.output
     assert "Commands:" in res.output and "apply" in res.output
+
+
+# =========================================================================== unreachable API
+
+
+@pytest.fixture
+def dead_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A loopback URL nobody listens on: a bound socket that never listens refuses connects."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        monkeypatch.setenv("DEVIN_API_KEY", "cog_test")
+        monkeypatch.setenv("DEVIN_ORG_ID", "org-1")
+        monkeypatch.setenv("DEVIN_API_BASE_URL", url)
+        yield url
+
+
+def test_status_against_an_unreachable_api_names_the_url_and_exits_1(
+    write: Write, tmp_path: Path, dead_url: str, make_sim: Callable[..., SimServer]
+) -> None:
+    from launcher import build_plan, load_manifest
+    from tests.test_follow import apply_all
+
+    path = fleet_manifest(write, 2)
+    apply_all(build_plan(load_manifest(path)), make_sim("clean"), tmp_path / "l.db")
+    res = run("status", path, "--ledger", tmp_path / "l.db")
+    out = clean(res)
+    assert res.exit_code == ExitCode.error, out
+    assert f"error: cannot reach the API at {dead_url}" in out
+    assert "hint: check DEVIN_API_BASE_URL (or --base-url) and the network" in out
+
+
+def test_apply_against_an_unreachable_api_creates_nothing_and_exits_1(
+    write: Write, tmp_path: Path, dead_url: str
+) -> None:
+    from launcher.ledger import Ledger
+
+    path = fleet_manifest(write, 2)
+    res = run("apply", path, "-y", "--ledger", tmp_path / "l.db")
+    out = clean(res)
+    assert res.exit_code == ExitCode.error, out
+    assert f"error: cannot reach the API at {dead_url}" in out
+    assert "hint: check DEVIN_API_BASE_URL" in out
+    if (tmp_path / "l.db").exists():
+        with Ledger(tmp_path / "l.db", "fu", create=False) as led:
+            assert led.events() == []
