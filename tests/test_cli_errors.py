@@ -203,3 +203,12 @@ def test_apply_against_an_unreachable_api_creates_nothing_and_exits_1(
     if (tmp_path / "l.db").exists():
         with Ledger(tmp_path / "l.db", "fu", create=False) as led:
             assert led.events() == []
+
+
+def test_schema_output_reproduces_the_committed_file_byte_for_byte() -> None:
+    committed = (
+        Path(__file__).resolve().parent.parent / "schemas" / "manifest.schema.json"
+    ).read_bytes()
+    res = CliRunner().invoke(cli, ["schema"])
+    assert res.exit_code == 0
+    assert res.stdout_bytes == committed
