@@ -91,10 +91,11 @@ class Problem:
 class ManifestError(FleetError):
     """A manifest (or a file it references) is invalid; nothing was sent."""
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Problem], *, nothing_sent: bool = True) -> None:
         self.problems = list(problems)
         n = len(self.problems)
-        super().__init__(f"{n} problem{'s' if n != 1 else ''} in the manifest; nothing was sent")
+        tail = "; nothing was sent" if nothing_sent else ""
+        super().__init__(f"{n} problem{'s' if n != 1 else ''} in the manifest{tail}")
 
     def render(self) -> str:
         lines = [p.render() for p in self.problems]

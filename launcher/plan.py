@@ -485,6 +485,15 @@ def _load_schema(
     return schema
 
 
+def secrets_warning(missing: list[str]) -> str:
+    """The plan's warning that session secrets' variables are unset (commands that only read
+    the campaign leave it out)."""
+    return (
+        f"environment variable(s) for session secrets not set: {', '.join(missing)}"
+        " (apply will refuse until they are)"
+    )
+
+
 def build_plan(loaded: LoadedManifest, *, environ: Mapping[str, str] | None = None) -> Plan:
     """Expand and validate every session of a manifest; raise ManifestError with all problems.
 
@@ -542,10 +551,7 @@ def build_plan(loaded: LoadedManifest, *, environ: Mapping[str, str] | None = No
     env = os.environ if environ is None else environ
     missing = sorted({n for s in sessions for _, n in s.secret_env if n not in env})
     if missing:
-        warnings.append(
-            f"environment variable(s) for session secrets not set: {', '.join(missing)}"
-            " (apply will refuse until they are)"
-        )
+        warnings.append(secrets_warning(missing))
     return Plan(m.campaign, loaded, tuple(sessions), tuple(warnings), schemas)
 
 

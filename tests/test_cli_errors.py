@@ -212,3 +212,47 @@ def test_schema_output_reproduces_the_committed_file_byte_for_byte() -> None:
     res = CliRunner().invoke(cli, ["schema"])
     assert res.exit_code == 0
     assert res.stdout_bytes == committed
+
+
+# =========================================================================== read-only commands
+
+
+@pytest.mark.usefixtures("sim_env")
+def test_read_only_commands_do_not_warn_about_unset_secret_variables(
+    write: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, ledger = secret_manifest(write), tmp_path / "l.db"
+    monkeypatch.setenv("FLEET_TEST_REGISTRY_TOKEN", "value-never-printed")
+    assert run("apply", path, "-y", "--ledger", ledger, "--rate", "100").exit_code == 0
+    monkeypatch.delenv("FLEET_TEST_REGISTRY_TOKEN")
+    warning = "warning: environment variable(s) for session secrets not set"
+    for args in (
+        ("status", path),
+        ("status", path, "--offline"),
+        ("results", path),
+        ("cancel", path, "-y"),
+        ("unlock", path),
+    ):
+        res = run(*args, "--ledger", ledger)
+        assert warning not in clean(res), args
+        assert res.exit_code in (0, 4), (args, res.output)
+    res = run("plan", path, "--ledger", ledger)  # plan still tells, before anyone applies
+    assert res.exit_code == 0 and f"{warning}: FLEET_TEST_REGISTRY_TOKEN" in clean(res)
+    res = run("apply", path, "-y", "--ledger", ledger)  # apply refuses: one error, no warning
+    out = clean(res)
+    assert res.exit_code == ExitCode.error and warning not in out
+    assert out.count("FLEET_TEST_REGISTRY_TOKEN") == 1
+
+
+def test_status_of_a_missing_manifest_says_file_not_found_not_nothing_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for command in ("status", "results", "unlock"):
+        res = run(command, "nosuch.yaml")
+        out = clean(res)
+        assert res.exit_code == ExitCode.error
+        assert out.startswith("nosuch.yaml: file not found\n"), out
+        assert "nothing was sent" not in out
+    res = run("apply", "nosuch.yaml", "-y")  # a command that sends still says so
+    assert res.exit_code == ExitCode.error and "nothing was sent" in clean(res)
