@@ -6,8 +6,8 @@
     ├── SecretError                 a session secret's environment variable is not set
     ├── LedgerError                 the ledger cannot be opened, read, written or migrated
     │   └── LockedError             another apply holds the campaign lock
-    ├── APIError                    a run-level failure talking to the API (exit 1)
-    │   ├── AuthError               401/403: every request would fail the same way (exit 5)
+    ├── APIError                    a run-level failure talking to the API (unreachable, 5xx; exit 1)
+    │   ├── AuthError               401/403 (exit 5)
     │   └── CircuitOpenError        too many consecutive ambiguous/5xx outcomes (exit 5)
     ├── RemoteCheckError            referenced ids (secrets, playbooks, knowledge) do not exist
     └── ConfirmationError           apply/cancel needs --yes when stdin is not a terminal
