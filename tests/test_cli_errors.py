@@ -256,3 +256,48 @@ def test_status_of_a_missing_manifest_says_file_not_found_not_nothing_sent(
         assert "nothing was sent" not in out
     res = run("apply", "nosuch.yaml", "-y")  # a command that sends still says so
     assert res.exit_code == ExitCode.error and "nothing was sent" in clean(res)
+
+
+# =========================================================================== ledger errors
+
+
+def corrupt_sessions_table(ledger: Path) -> None:
+    """Overwrite the sessions table's root page with garbage; the file still opens."""
+    import sqlite3
+
+    db = sqlite3.connect(ledger)
+    page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    root = db.execute("SELECT rootpage FROM sqlite_master WHERE name='sessions'").fetchone()[0]
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    with ledger.open("r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xff" * page_size)
+
+
+def test_a_corrupt_ledger_on_read_commands_is_one_located_message(write: Write, tmp_path: Path) -> None:
+    from launcher import build_plan, load_manifest, open_ledger
+
+    path, ledger = fleet_manifest(write, 3), tmp_path / "l.db"
+    plan = build_plan(load_manifest(path))
+    with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
+        led.sync_plan(plan)
+    corrupt_sessions_table(ledger)
+    for args in (("status", "--offline"), ("plan",), ("results",)):
+        res = run(args[0], path, *args[1:], "--ledger", ledger)
+        out = clean(res)
+        assert res.exit_code == ExitCode.error, (args, out)
+        assert f"error: cannot read ledger {ledger}: database disk image is malformed" in out
+        assert "hint: the file is damaged or not a devin-fleet ledger" in out
+
+
+def test_a_ledger_that_cannot_be_opened_is_one_located_message(write: Write, tmp_path: Path) -> None:
+    path = fleet_manifest(write, 1)
+    (tmp_path / "garbage.db").write_bytes(b"not sqlite at all" * 100)
+    ledger = tmp_path / "garbage.db"
+    for args in (("status", "--offline"), ("plan",)):
+        res = run(args[0], path, *args[1:], "--ledger", ledger)
+        out = clean(res)
+        assert res.exit_code == ExitCode.error, out
+        assert f"error: cannot open ledger {ledger}: file is not a database" in out
+        assert "hint: the file is damaged or not a devin-fleet ledger" in out

@@ -164,6 +164,18 @@ def test_every_exit_in_the_cli_uses_an_exit_code() -> None:
     assert exits >= 5
 
 
+def test_every_ledger_read_goes_through_the_one_sqlite_translation() -> None:
+    """Ledger methods touching `self.db` outside a transaction are `@_reads` (which, like
+    `transaction` and opening, turns sqlite3.Error into LedgerError via `sqlite_errors`)."""
+    tree = ast.parse((PKG / "ledger.py").read_text())
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Ledger"]
+    plumbing = {"__init__", "close", "transaction", "_version"}
+    for f in cls.body:
+        if isinstance(f, ast.FunctionDef) and f.name not in plumbing and "self.db" in ast.unparse(f):
+            decorators = [ast.unparse(d) for d in f.decorator_list]
+            assert "_reads" in decorators, f"Ledger.{f.name} reads sqlite without translation"
+
+
 def test_readme_test_command_is_what_ci_runs() -> None:
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
