@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import ValidationError
 
-from launcher.errors import APIError, AuthError, ConfigError
+from launcher.errors import APIError, AuthError, ConfigError, validation_lines
 from launcher.models import Page, Session, session_path_id
 
 DEFAULT_BASE_URL = "https://api.devin.ai"
@@ -378,10 +378,8 @@ class DevinClient:
         try:
             return Session.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"])
             raise APIError(
-                f"unreadable session object from the API: {where}: {first['msg']}",
+                f"unreadable session object from the API: {'; '.join(validation_lines(exc))}",
                 hint="the API answered with a shape this version does not know; "
                 "re-run with --debug and report it",
             ) from None

@@ -18,8 +18,13 @@ conditions raise. The CLI renders these without a traceback unless --debug.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class ExitCode(IntEnum):
@@ -174,3 +179,79 @@ class RemoteCheckError(FleetError):
 
 class ConfirmationError(FleetError):
     """A destructive or spending command needs confirmation and there is no terminal."""
+
+
+# --------------------------------------------------------------------------- validation errors
+# The one renderer of pydantic ValidationErrors (manifest problems, simulator profiles, API
+# objects): short sentences with the offending value, no pydantic jargon or URLs. Callers
+# locate the lines (the manifest adds file:line:col from its YAML marks).
+
+EXPECTED_TYPES = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "string_type": "a string",
+    "bool_type": "true/false",
+    "bool_parsing": "true/false",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "list_type": "a list",
+}
+
+
+def dotted_path(loc: Sequence[str | int]) -> str:
+    """`("fleets", 0, "session", "repos")` -> `fleets[0].session.repos`."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def describe_value(value: Any) -> str:
+    """A value as a message shows it: short repr of scalars, the kind of anything else."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str | int | float):
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+    return (
+        "a mapping"
+        if isinstance(value, dict)
+        else ("a list" if isinstance(value, list) else type(value).__name__)
+    )
+
+
+def validation_message(err: Mapping[str, Any]) -> str:
+    """One pydantic error (from `errors(include_url=False)`) as a short sentence."""
+    etype, msg, value = err["type"], err["msg"], err.get("input")
+    if etype == "missing":
+        return "required field is missing"
+    if etype == "extra_forbidden":
+        return "unknown field"
+    if etype in EXPECTED_TYPES:
+        return f"expected {EXPECTED_TYPES[etype]}; got {describe_value(value)}"
+    if etype == "string_pattern_mismatch" and tuple(err["loc"]) == ("campaign",):
+        return f"bad campaign name {describe_value(value)}"
+    if etype == "string_pattern_mismatch":
+        return f"{describe_value(value)} does not match {err['ctx']['pattern']}"
+    if etype == "too_short" and isinstance(value, list) and not value:
+        return f"needs at least {err['ctx']['min_length']} entry; got none"
+    text = str(msg).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if isinstance(value, str | int | float) and etype not in ("value_error", "assertion_error"):
+        text += f" (got {describe_value(value)})"
+    return text
+
+
+def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """pydantic's error list without documentation URLs (the one call of `.errors()`)."""
+    return [dict(e) for e in exc.errors(include_url=False)]
+
+
+def validation_lines(exc: ValidationError) -> list[str]:
+    """Every error of `exc` as `field.path: message` (`(root)` for the object itself)."""
+    return [
+        f"{dotted_path(e['loc']) or '(root)'}: {validation_message(e)}" for e in validation_errors(exc)
+    ]

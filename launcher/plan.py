@@ -17,14 +17,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from launcher.errors import ManifestError, Problem, SecretError
+from launcher.errors import ManifestError, Problem, SecretError, validation_errors, validation_message
 from launcher.items import Item, read_items
 from launcher.manifest import (
     MAX_REPEATED,
     FileRef,
     LoadedManifest,
     SessionTemplate,
-    error_message,
     resolve_file,
 )
 from launcher.models import MAX_TAGS, CreateSessionRequest, check_output_schema
@@ -644,13 +643,13 @@ def _plan_one(
     try:
         model = CreateSessionRequest.model_validate(request)
     except ValidationError as exc:
-        for err in exc.errors(include_url=False):
+        for err in validation_errors(exc):
             eloc = err["loc"]
             name = str(eloc[0]) if eloc else "prompt"
             if name in failed:
                 continue
             base = locs.get(name, ("fleets", spec.index, "session"))
-            problems.add(loaded.problem((*base, *eloc[1:]), error_message(err)), item.origin)
+            problems.add(loaded.problem((*base, *eloc[1:]), validation_message(err)), item.origin)
         return None
     if failed:
         return None

@@ -301,3 +301,38 @@ def test_a_ledger_that_cannot_be_opened_is_one_located_message(write: Write, tmp
         assert res.exit_code == ExitCode.error, out
         assert f"error: cannot open ledger {ledger}: file is not a database" in out
         assert "hint: the file is damaged or not a devin-fleet ledger" in out
+
+
+# =========================================================================== pydantic errors
+
+
+def test_an_invalid_simulator_profile_reads_like_a_manifest_problem(write: Write) -> None:
+    bad = write("bad-profile.yaml", "platforms: linux\nmembers: [1]\nsurprise: 1\n")
+    res = run("apply", fleet_manifest(write, 1), "--sim", "--sim-profile", bad, "-y")
+    out = clean(res)
+    assert res.exit_code == ExitCode.error, out
+    assert f"{bad}: platforms: expected a list; got 'linux'" in out
+    assert f"{bad}: members[0]: expected a string; got 1" in out
+    assert f"{bad}: surprise: unknown field" in out
+    assert "pydantic" not in out and "Input should be" not in out and "https://" not in out
+
+
+def test_an_unreadable_api_session_says_what_is_wrong_without_pydantic_words() -> None:
+    import httpx
+
+    from launcher.client import ApiConfig, DevinClient
+    from launcher.errors import APIError
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"session_id": 5, "status": "new"}, request=request)
+
+    async def go() -> None:
+        cfg = ApiConfig("https://api.example.test", "org-1", "cog_x")
+        async with DevinClient(cfg, transport=httpx.MockTransport(handler)) as c:
+            await c.get_session("devin-1")
+
+    with pytest.raises(APIError) as info:
+        anyio.run(go)
+    text = info.value.message
+    assert text.startswith("unreadable session object from the API: session_id: expected a string")
+    assert "Input should be" not in text and "https://" not in text

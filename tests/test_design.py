@@ -176,6 +176,19 @@ def test_every_ledger_read_goes_through_the_one_sqlite_translation() -> None:
             assert "_reads" in decorators, f"Ledger.{f.name} reads sqlite without translation"
 
 
+def test_pydantic_validation_errors_have_one_renderer() -> None:
+    """Only errors.py reads a ValidationError's `.errors()` (manifest problems, profiles, API
+    objects and the simulator's 422 bodies all start from errors.validation_errors)."""
+    for name, path, tree in modules():
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "errors"
+            ):
+                assert name == "errors", f"{path.name}:{node.lineno} renders a ValidationError"
+
+
 def test_readme_test_command_is_what_ci_runs() -> None:
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
