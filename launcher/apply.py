@@ -546,13 +546,13 @@ async def _drive(run: _ApplyRun, work: Sequence[tuple[PlannedSession, bool]]) ->
                     tg.cancel_scope.cancel()  # workers are done: end heartbeat and watchdog
             finally:
                 # Whatever happened, every event queued so far reaches the ledger.
-                for s, _ in work:
-                    if s.key not in run.summary.results:
-                        run.summary.results[s.key] = (
-                            Result.unknown if s.key in run.in_flight else Result.not_started
-                        )
-                        if s.key in run.in_flight:
-                            run.summary.errors[s.key] = "cancelled in flight: the next run looks it up"
+                for s, _ in work:  # ... and every key reaches the summary and the reporter
+                    if s.key in run.summary.results:
+                        continue
+                    if s.key in run.in_flight:
+                        run._done(s.key, Result.unknown, "cancelled in flight: the next run looks it up")
+                    else:
+                        run._done(s.key, Result.not_started)
                 run.writer.send.close()
     except BaseExceptionGroup as group:
         fleet = [e for e in _leaves(group) if isinstance(e, FleetError)]
