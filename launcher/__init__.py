@@ -18,9 +18,7 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
         Result as Result,
         apply_plan as apply_plan,
     )
-    from launcher.cancel import (
-        cancel as cancel,
-    )
+    from launcher.cancel import cancel_sessions as cancel_sessions
     from launcher.client import (
         ApiConfig as ApiConfig,
         CreateOutcome as CreateOutcome,
@@ -110,7 +108,7 @@ _HOMES: dict[str, str] = {
     "apply_plan": "launcher.apply",
     "build_plan": "launcher.plan",
     "campaign_view": "launcher.status",
-    "cancel": "launcher.cancel",
+    "cancel_sessions": "launcher.cancel",
     "check_remote": "launcher.remote",
     "classify": "launcher.status",
     "load_manifest": "launcher.manifest",

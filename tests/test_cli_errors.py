@@ -336,3 +336,24 @@ def test_an_unreadable_api_session_says_what_is_wrong_without_pydantic_words() -
     text = info.value.message
     assert text.startswith("unreadable session object from the API: session_id: expected a string")
     assert "Input should be" not in text and "https://" not in text
+
+
+@pytest.mark.parametrize(
+    ("exc", "hint"),
+    [
+        ("database is locked", "another devin-fleet process is using it"),
+        ("database disk image is malformed", "the file is damaged or not a devin-fleet ledger"),
+        ("attempt to write a readonly database", "check that the file and its folder"),
+        ("disk I/O error", "re-run with --debug"),
+    ],
+)
+def test_every_sqlite_error_becomes_a_located_ledger_error(exc: str, hint: str) -> None:
+    import sqlite3
+
+    from launcher.errors import LedgerError
+    from launcher.ledger import sqlite_errors
+
+    with pytest.raises(LedgerError) as info, sqlite_errors(Path("/x/l.db"), "read"):
+        raise sqlite3.OperationalError(exc)
+    assert info.value.message == f"cannot read ledger /x/l.db: {exc}"
+    assert info.value.path == "/x/l.db" and (info.value.hint or "").startswith(hint)

@@ -29,9 +29,17 @@ def type_checking_imports() -> dict[str, str]:
 def test_all_is_derived_from_the_homes_and_every_name_resolves() -> None:
     homes = launcher._HOMES
     assert launcher.__all__ == sorted(homes)
+    for module in set(homes.values()):  # as after any command ran: submodules are loaded
+        importlib.import_module(module)
     for name in launcher.__all__:
         value = getattr(launcher, name)
         assert value is getattr(importlib.import_module(homes[name]), name)
+
+
+def test_no_public_name_is_shadowed_by_a_submodule() -> None:
+    # Importing launcher.X sets the package attribute X to the module, hiding a function X.
+    submodules = {p.stem for p in INIT.parent.iterdir() if p.suffix == ".py" or p.is_dir()}
+    assert not set(launcher.__all__) & submodules
 
 
 def test_type_checking_imports_match_the_homes() -> None:

@@ -326,7 +326,7 @@ def cancel(
 
 
 async def _cancel(cfg: ApiConfig, led: Ledger, keys: list[str], archive: bool) -> CancelReport:
-    from launcher.cancel import cancel as cancel_sessions
+    from launcher.cancel import cancel_sessions
     from launcher.client import DevinClient
 
     async with DevinClient(cfg) as client:
