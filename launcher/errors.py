@@ -72,6 +72,25 @@ class FleetError(Exception):
         return text
 
 
+def fleet_errors(exc: BaseException) -> list[FleetError]:
+    """The FleetErrors `exc` stands for: itself, or every leaf of an exception group (task
+    groups wrap what their tasks raise) when all its leaves are FleetErrors; else none (a
+    group holding anything else is a bug, shown with its traceback)."""
+    if isinstance(exc, FleetError):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [e for sub in exc.exceptions for e in fleet_errors(sub)]
+        if leaves and len(leaves) == _count_leaves(exc):
+            return leaves
+    return []
+
+
+def _count_leaves(exc: BaseException) -> int:
+    if isinstance(exc, BaseExceptionGroup):
+        return sum(_count_leaves(sub) for sub in exc.exceptions)
+    return 1
+
+
 @dataclass(frozen=True)
 class Problem:
     """One problem found in a manifest, located as precisely as we can."""

@@ -13,8 +13,8 @@ import anyio
 import pytest
 from click.testing import CliRunner, Result
 
-from launcher.cli import cli, fleet_errors
-from launcher.errors import ExitCode, FleetError, LockedError, SecretError
+from launcher.cli import cli
+from launcher.errors import ExitCode, FleetError, LockedError, SecretError, fleet_errors
 from launcher.sim import SimServer
 from tests.test_follow import fleet_manifest
 

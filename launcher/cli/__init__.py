@@ -14,27 +14,9 @@ from launcher.cli.common import err
 from launcher.cli.follow_cmds import cancel, results, status, unlock
 from launcher.cli.plan_cmds import plan, schema, validate
 from launcher.cli.sim_cmd import sim
-from launcher.errors import ExitCode, FleetError
+from launcher.errors import ExitCode, FleetError, fleet_errors
 
 EXIT_CODES = {int(code): code.meaning for code in ExitCode}
-
-
-def fleet_errors(exc: BaseException) -> list[FleetError]:
-    """The FleetErrors `exc` stands for: itself, or every leaf of an exception group (task
-    groups wrap what their tasks raise) when all its leaves are FleetErrors; else none."""
-    if isinstance(exc, FleetError):
-        return [exc]
-    if isinstance(exc, BaseExceptionGroup):
-        leaves = [e for sub in exc.exceptions for e in fleet_errors(sub)]
-        if leaves and len(leaves) == _count_leaves(exc):
-            return leaves
-    return []
-
-
-def _count_leaves(exc: BaseException) -> int:
-    if isinstance(exc, BaseExceptionGroup):
-        return sum(_count_leaves(sub) for sub in exc.exceptions)
-    return 1
 
 
 class _Group(click.Group):
