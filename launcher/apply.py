@@ -278,8 +278,9 @@ class _ApplyRun:
                     if isinstance(exc, FleetError) and not isinstance(exc, APIError):
                         raise
                     self._done(s.key, Result.unknown, f"{type(exc).__name__}: {exc}")
-                finally:
-                    self.in_flight.discard(s.key)
+                # Not in a `finally`: a create cancelled mid-flight (drain timeout) stays in
+                # `in_flight`, so the summary says "unknown", not "not started".
+                self.in_flight.discard(s.key)
 
     async def launch(self, s: PlannedSession, lookup_first: bool) -> None:
         key = s.key

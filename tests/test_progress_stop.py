@@ -93,3 +93,57 @@ def test_apply_stopped_part_way_reports_every_key_once_and_the_bar_shows_what_wa
     assert set(reporter.seen.values()) == {1}  # every key reported once
     last = stream.getvalue().rstrip().splitlines()[-1]
     assert last == f"apply: {created}/8 created={created}; stopped: {8 - created} not started"
+
+
+def test_creates_cancelled_by_the_drain_timeout_still_reach_the_reporter(
+    write: Write, tmp_path: Path
+) -> None:
+    """A stop whose in-flight create never answers: after `drain_timeout` the workers and the
+    feeder are cancelled; the keys they held are reported all the same (unknown/not started)."""
+    import httpx
+
+    plan = build_plan(load_manifest(fleet_manifest(write, 5)))
+    stream = io.StringIO()
+    seen: Counter[str] = Counter()
+
+    class Recording(ProgressReporter):
+        def advance(self, key: str, result: Result | str) -> None:
+            seen[key] += 1
+            super().advance(key, result)
+
+    async def go() -> ApplySummary:
+        stop, sent = anyio.Event(), anyio.Event()
+
+        async def handler(request: httpx.Request) -> httpx.Response:  # noqa: ARG001
+            sent.set()
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        cfg = ApiConfig("https://api.example.test", "org-1", "cog_x")
+        reporter = Recording("apply", stream=stream, every=0.0, force_terminal=False)
+        async with (
+            DevinClient(cfg, transport=httpx.MockTransport(handler)) as client,
+            anyio.create_task_group() as tg,
+        ):
+
+            async def press_ctrl_c() -> None:
+                await sent.wait()
+                stop.set()
+
+            tg.start_soon(press_ctrl_c)
+            with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "l.db") as led:
+                return await apply_plan(
+                    plan,
+                    client,
+                    led,
+                    ApplyOptions(concurrency=1, rate=500.0, drain_timeout=0.0, verify_token=False),
+                    reporter=reporter,
+                    environ={},
+                    stop=stop,
+                )
+
+    summary = anyio.run(go)
+    assert summary.count(Result.unknown) == 1 and summary.count(Result.not_started) == 4
+    assert set(seen) == {s.key for s in plan.sessions} and set(seen.values()) == {1}
+    last = stream.getvalue().rstrip().splitlines()[-1]
+    assert last == "apply: 1/5 unknown=1; stopped: 4 not started"
