@@ -11,31 +11,66 @@ The library API is what `__all__` lists; the `devin-fleet` CLI is a thin layer o
 
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from launcher.apply import ApplyOptions, ApplySummary, Result, apply_plan
-    from launcher.cancel import cancel
-    from launcher.client import ApiConfig, CreateOutcome, DevinClient
-    from launcher.errors import (
-        APIError,
-        AuthError,
-        CircuitOpenError,
-        ConfigError,
-        ConfirmationError,
-        ExitCode,
-        FleetError,
-        LedgerError,
-        LockedError,
-        ManifestError,
-        Problem,
-        RemoteCheckError,
-        SecretError,
+if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES for run time
+    from launcher.apply import (
+        ApplyOptions as ApplyOptions,
+        ApplySummary as ApplySummary,
+        Result as Result,
+        apply_plan as apply_plan,
     )
-    from launcher.ledger import Change, LaunchState, Ledger, open_ledger
-    from launcher.manifest import LoadedManifest, Manifest, load_manifest, manifest_json_schema
-    from launcher.models import CreateSessionRequest, Session
-    from launcher.plan import Plan, PlannedSession, build_plan
-    from launcher.remote import check_remote
-    from launcher.status import CampaignView, Outcome, campaign_view, classify, refresh, watch
+    from launcher.cancel import cancel_sessions as cancel_sessions
+    from launcher.client import (
+        ApiConfig as ApiConfig,
+        CreateOutcome as CreateOutcome,
+        DevinClient as DevinClient,
+    )
+    from launcher.errors import (
+        APIError as APIError,
+        AuthError as AuthError,
+        CircuitOpenError as CircuitOpenError,
+        ConfigError as ConfigError,
+        ConfirmationError as ConfirmationError,
+        ExitCode as ExitCode,
+        FleetError as FleetError,
+        LedgerError as LedgerError,
+        LockedError as LockedError,
+        ManifestError as ManifestError,
+        Problem as Problem,
+        RemoteCheckError as RemoteCheckError,
+        SecretError as SecretError,
+    )
+    from launcher.ledger import (
+        Change as Change,
+        LaunchState as LaunchState,
+        Ledger as Ledger,
+        open_ledger as open_ledger,
+    )
+    from launcher.manifest import (
+        LoadedManifest as LoadedManifest,
+        Manifest as Manifest,
+        load_manifest as load_manifest,
+        manifest_json_schema as manifest_json_schema,
+    )
+    from launcher.models import (
+        CreateSessionRequest as CreateSessionRequest,
+        Session as Session,
+    )
+    from launcher.plan import (
+        Plan as Plan,
+        PlannedSession as PlannedSession,
+        build_plan as build_plan,
+    )
+    from launcher.remote import (
+        check_remote as check_remote,
+    )
+    from launcher.status import (
+        CampaignView as CampaignView,
+        Outcome as Outcome,
+        campaign_view as campaign_view,
+        classify as classify,
+        refresh as refresh,
+        watch as watch,
+    )
 
 # Names resolve on first use (PEP 562), so `devin-fleet validate` does not pay for httpx,
 # sqlite or the executor at start-up.
@@ -73,7 +108,7 @@ _HOMES: dict[str, str] = {
     "apply_plan": "launcher.apply",
     "build_plan": "launcher.plan",
     "campaign_view": "launcher.status",
-    "cancel": "launcher.cancel",
+    "cancel_sessions": "launcher.cancel",
     "check_remote": "launcher.remote",
     "classify": "launcher.status",
     "load_manifest": "launcher.manifest",
@@ -92,46 +127,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'launcher' has no attribute {name!r}")
 
 
-__all__ = [
-    "APIError",
-    "ApiConfig",
-    "ApplyOptions",
-    "ApplySummary",
-    "AuthError",
-    "CampaignView",
-    "Change",
-    "CircuitOpenError",
-    "ConfigError",
-    "ConfirmationError",
-    "CreateOutcome",
-    "CreateSessionRequest",
-    "DevinClient",
-    "ExitCode",
-    "FleetError",
-    "LaunchState",
-    "Ledger",
-    "LedgerError",
-    "LoadedManifest",
-    "LockedError",
-    "Manifest",
-    "ManifestError",
-    "Outcome",
-    "Plan",
-    "PlannedSession",
-    "Problem",
-    "RemoteCheckError",
-    "Result",
-    "SecretError",
-    "Session",
-    "apply_plan",
-    "build_plan",
-    "campaign_view",
-    "cancel",
-    "check_remote",
-    "classify",
-    "load_manifest",
-    "manifest_json_schema",
-    "open_ledger",
-    "refresh",
-    "watch",
-]
+__all__ = sorted(_HOMES)  # listed once: _HOMES above

@@ -278,8 +278,9 @@ class _ApplyRun:
                     if isinstance(exc, FleetError) and not isinstance(exc, APIError):
                         raise
                     self._done(s.key, Result.unknown, f"{type(exc).__name__}: {exc}")
-                finally:
-                    self.in_flight.discard(s.key)
+                # Not in a `finally`: a create cancelled mid-flight (drain timeout) stays in
+                # `in_flight`, so the summary says "unknown", not "not started".
+                self.in_flight.discard(s.key)
 
     async def launch(self, s: PlannedSession, lookup_first: bool) -> None:
         key = s.key
@@ -546,13 +547,13 @@ async def _drive(run: _ApplyRun, work: Sequence[tuple[PlannedSession, bool]]) ->
                     tg.cancel_scope.cancel()  # workers are done: end heartbeat and watchdog
             finally:
                 # Whatever happened, every event queued so far reaches the ledger.
-                for s, _ in work:
-                    if s.key not in run.summary.results:
-                        run.summary.results[s.key] = (
-                            Result.unknown if s.key in run.in_flight else Result.not_started
-                        )
-                        if s.key in run.in_flight:
-                            run.summary.errors[s.key] = "cancelled in flight: the next run looks it up"
+                for s, _ in work:  # ... and every key reaches the summary and the reporter
+                    if s.key in run.summary.results:
+                        continue
+                    if s.key in run.in_flight:
+                        run._done(s.key, Result.unknown, "cancelled in flight: the next run looks it up")
+                    else:
+                        run._done(s.key, Result.not_started)
                 run.writer.send.close()
     except BaseExceptionGroup as group:
         fleet = [e for e in _leaves(group) if isinstance(e, FleetError)]

@@ -45,7 +45,7 @@ def cancellable(view: CampaignView, only: tuple[str, ...] = ()) -> list[str]:
     ]
 
 
-async def cancel(
+async def cancel_sessions(
     client: DevinClient, ledger: Ledger, keys: list[str], *, archive: bool = False
 ) -> CancelReport:
     """Terminate the sessions of `keys` (and archive them); record what was done in the ledger.

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import ValidationError
 
-from launcher.errors import APIError, AuthError, ConfigError
+from launcher.errors import APIError, AuthError, ConfigError, validation_lines
 from launcher.models import Page, Session, session_path_id
 
 DEFAULT_BASE_URL = "https://api.devin.ai"
@@ -97,6 +97,44 @@ class CreateOutcome(StrEnum):
     rejected = "rejected"  # other 4xx: nothing created; do not retry
     ambiguous = "ambiguous"  # timeout after sending, dropped connection, 5xx, unreadable 2xx
     auth = "auth"  # 401/403: every request would fail
+
+
+# Every httpx exception by where the request was when it failed: the one translation table,
+# used by create_session (an outcome) and by every other request (an APIError). Before the
+# request could leave (connecting, waiting for a pooled connection, an unusable URL or proxy):
+# not_sent, safe to retry. Once it may have been written: ambiguous (a create is looked up).
+# A type missing here falls back to its nearest listed base; tests require every httpx type.
+TRANSPORT_OUTCOMES: dict[type[httpx.HTTPError], CreateOutcome] = {
+    httpx.ConnectError: CreateOutcome.not_sent,
+    httpx.ConnectTimeout: CreateOutcome.not_sent,
+    httpx.PoolTimeout: CreateOutcome.not_sent,
+    httpx.ProxyError: CreateOutcome.not_sent,
+    httpx.UnsupportedProtocol: CreateOutcome.not_sent,
+    httpx.WriteTimeout: CreateOutcome.ambiguous,
+    httpx.WriteError: CreateOutcome.ambiguous,
+    httpx.LocalProtocolError: CreateOutcome.ambiguous,  # may fail half-way through sending
+    httpx.ReadTimeout: CreateOutcome.ambiguous,
+    httpx.ReadError: CreateOutcome.ambiguous,
+    httpx.CloseError: CreateOutcome.ambiguous,
+    httpx.RemoteProtocolError: CreateOutcome.ambiguous,
+    httpx.DecodingError: CreateOutcome.ambiguous,
+    httpx.TooManyRedirects: CreateOutcome.ambiguous,
+    httpx.HTTPStatusError: CreateOutcome.ambiguous,
+    httpx.ProtocolError: CreateOutcome.ambiguous,
+    httpx.NetworkError: CreateOutcome.ambiguous,
+    httpx.TimeoutException: CreateOutcome.ambiguous,
+    httpx.TransportError: CreateOutcome.ambiguous,
+    httpx.RequestError: CreateOutcome.ambiguous,
+    httpx.HTTPError: CreateOutcome.ambiguous,
+}
+
+
+def transport_outcome(exc: httpx.HTTPError) -> CreateOutcome:
+    """What an httpx exception says about whether the request reached the server."""
+    for kind in type(exc).__mro__:
+        if kind in TRANSPORT_OUTCOMES:
+            return TRANSPORT_OUTCOMES[kind]
+    return CreateOutcome.ambiguous  # unreachable: httpx.HTTPError is in the table
 
 
 @dataclass(frozen=True)
@@ -193,11 +231,9 @@ class DevinClient:
         self.requests += 1
         try:
             resp = await self._http.post(f"{self._org}/sessions", json=body)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            return CreateResult(CreateOutcome.not_sent, message=self._describe(exc))
-        except (httpx.TransportError, httpx.DecodingError) as exc:
-            # The request may have reached the server: a session may exist.
-            return CreateResult(CreateOutcome.ambiguous, message=self._describe(exc))
+        except httpx.HTTPError as exc:
+            # ambiguous: the request may have reached the server, so a session may exist
+            return CreateResult(transport_outcome(exc), message=self._describe(exc))
         code = resp.status_code
         if code == 429:
             return CreateResult(
@@ -229,7 +265,7 @@ class DevinClient:
         try:
             resp = await self._http.request(method, path, **kw)
         except httpx.HTTPError as exc:
-            raise APIError(f"{method} {path}: {self._describe(exc)}") from None
+            raise self._transport_error(method, path, exc) from None
         if resp.status_code in (401, 403):
             raise AuthError(
                 f"{method} {path}: HTTP {resp.status_code}: {self._msg(resp)}",
@@ -342,13 +378,24 @@ class DevinClient:
         try:
             return Session.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"])
             raise APIError(
-                f"unreadable session object from the API: {where}: {first['msg']}",
+                f"unreadable session object from the API: {'; '.join(validation_lines(exc))}",
                 hint="the API answered with a shape this version does not know; "
                 "re-run with --debug and report it",
             ) from None
+
+    def _transport_error(self, method: str, path: str, exc: httpx.HTTPError) -> APIError:
+        base = self.config.base_url
+        if transport_outcome(exc) is CreateOutcome.not_sent:
+            return APIError(
+                f"cannot reach the API at {base} ({method} {path}): {self._describe(exc)}",
+                hint="check DEVIN_API_BASE_URL (or --base-url) and the network",
+            )
+        return APIError(
+            f"no answer from the API at {base} ({method} {path}): {self._describe(exc)}",
+            hint="the connection failed after the request was sent; check the network and "
+            "re-run (devin-fleet resumes where it stopped)",
+        )
 
     def _msg(self, resp: httpx.Response) -> str:
         return self.config.redact(error_message(resp))

@@ -6,8 +6,8 @@
     ├── SecretError                 a session secret's environment variable is not set
     ├── LedgerError                 the ledger cannot be opened, read, written or migrated
     │   └── LockedError             another apply holds the campaign lock
-    ├── APIError                    a run-level failure talking to the API (exit 1)
-    │   ├── AuthError               401/403: every request would fail the same way (exit 5)
+    ├── APIError                    a run-level failure talking to the API (unreachable, 5xx; exit 1)
+    │   ├── AuthError               401/403 (exit 5)
     │   └── CircuitOpenError        too many consecutive ambiguous/5xx outcomes (exit 5)
     ├── RemoteCheckError            referenced ids (secrets, playbooks, knowledge) do not exist
     └── ConfirmationError           apply/cancel needs --yes when stdin is not a terminal
@@ -18,8 +18,13 @@ conditions raise. The CLI renders these without a traceback unless --debug.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class ExitCode(IntEnum):
@@ -67,6 +72,25 @@ class FleetError(Exception):
         return text
 
 
+def fleet_errors(exc: BaseException) -> list[FleetError]:
+    """The FleetErrors `exc` stands for: itself, or every leaf of an exception group (task
+    groups wrap what their tasks raise) when all its leaves are FleetErrors; else none (a
+    group holding anything else is a bug, shown with its traceback)."""
+    if isinstance(exc, FleetError):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [e for sub in exc.exceptions for e in fleet_errors(sub)]
+        if leaves and len(leaves) == _count_leaves(exc):
+            return leaves
+    return []
+
+
+def _count_leaves(exc: BaseException) -> int:
+    if isinstance(exc, BaseExceptionGroup):
+        return sum(_count_leaves(sub) for sub in exc.exceptions)
+    return 1
+
+
 @dataclass(frozen=True)
 class Problem:
     """One problem found in a manifest, located as precisely as we can."""
@@ -91,10 +115,11 @@ class Problem:
 class ManifestError(FleetError):
     """A manifest (or a file it references) is invalid; nothing was sent."""
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Problem], *, nothing_sent: bool = True) -> None:
         self.problems = list(problems)
         n = len(self.problems)
-        super().__init__(f"{n} problem{'s' if n != 1 else ''} in the manifest; nothing was sent")
+        tail = "; nothing was sent" if nothing_sent else ""
+        super().__init__(f"{n} problem{'s' if n != 1 else ''} in the manifest{tail}")
 
     def render(self) -> str:
         lines = [p.render() for p in self.problems]
@@ -173,3 +198,79 @@ class RemoteCheckError(FleetError):
 
 class ConfirmationError(FleetError):
     """A destructive or spending command needs confirmation and there is no terminal."""
+
+
+# --------------------------------------------------------------------------- validation errors
+# The one renderer of pydantic ValidationErrors (manifest problems, simulator profiles, API
+# objects): short sentences with the offending value, no pydantic jargon or URLs. Callers
+# locate the lines (the manifest adds file:line:col from its YAML marks).
+
+EXPECTED_TYPES = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "string_type": "a string",
+    "bool_type": "true/false",
+    "bool_parsing": "true/false",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "list_type": "a list",
+}
+
+
+def dotted_path(loc: Sequence[str | int]) -> str:
+    """`("fleets", 0, "session", "repos")` -> `fleets[0].session.repos`."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def describe_value(value: Any) -> str:
+    """A value as a message shows it: short repr of scalars, the kind of anything else."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str | int | float):
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+    return (
+        "a mapping"
+        if isinstance(value, dict)
+        else ("a list" if isinstance(value, list) else type(value).__name__)
+    )
+
+
+def validation_message(err: Mapping[str, Any]) -> str:
+    """One pydantic error (from `errors(include_url=False)`) as a short sentence."""
+    etype, msg, value = err["type"], err["msg"], err.get("input")
+    if etype == "missing":
+        return "required field is missing"
+    if etype == "extra_forbidden":
+        return "unknown field"
+    if etype in EXPECTED_TYPES:
+        return f"expected {EXPECTED_TYPES[etype]}; got {describe_value(value)}"
+    if etype == "string_pattern_mismatch" and tuple(err["loc"]) == ("campaign",):
+        return f"bad campaign name {describe_value(value)}"
+    if etype == "string_pattern_mismatch":
+        return f"{describe_value(value)} does not match {err['ctx']['pattern']}"
+    if etype == "too_short" and isinstance(value, list) and not value:
+        return f"needs at least {err['ctx']['min_length']} entry; got none"
+    text = str(msg).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if isinstance(value, str | int | float) and etype not in ("value_error", "assertion_error"):
+        text += f" (got {describe_value(value)})"
+    return text
+
+
+def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """pydantic's error list without documentation URLs (the one call of `.errors()`)."""
+    return [dict(e) for e in exc.errors(include_url=False)]
+
+
+def validation_lines(exc: ValidationError) -> list[str]:
+    """Every error of `exc` as `field.path: message` (`(root)` for the object itself)."""
+    return [
+        f"{dotted_path(e['loc']) or '(root)'}: {validation_message(e)}" for e in validation_errors(exc)
+    ]

@@ -7,17 +7,18 @@ versioned migrations so old ledgers keep working. No secret value ever enters it
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from launcher.errors import LedgerError, LockedError
 from launcher.plan import Plan
@@ -173,6 +174,41 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+@contextmanager
+def sqlite_errors(path: Path, doing: str) -> Iterator[None]:
+    """The one place sqlite3 errors become LedgerErrors: the ledger's path, and what to do."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        text = str(exc).lower()
+        if "locked" in text or "busy" in text:
+            hint = "another devin-fleet process is using it; wait for it to finish, then retry"
+        elif "malformed" in text or "not a database" in text or "corrupt" in text:
+            hint = (
+                "the file is damaged or not a devin-fleet ledger; restore it from a backup "
+                "(it is the only record of what was launched), or pass --ledger PATH"
+            )
+        elif "readonly" in text or "unable to open" in text or "permission" in text:
+            hint = "check that the file and its folder exist and are readable and writable"
+        else:
+            hint = "re-run with --debug to see the full error"
+        raise LedgerError(f"cannot {doing} ledger {path}: {exc}", path=str(path), hint=hint) from exc
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _reads(method: _F) -> _F:
+    """Ledger reads translate sqlite3 errors like writes do (through `sqlite_errors`)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Ledger, *args: Any, **kwargs: Any) -> Any:
+        with sqlite_errors(self.path, "read"):
+            return method(self, *args, **kwargs)
+
+    return cast(_F, wrapper)
+
+
 class Ledger:
     """A campaign's ledger. Methods are synchronous; apply calls them from one writer task."""
 
@@ -187,6 +223,11 @@ class Ledger:
             )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LedgerError(
+                f"cannot create ledger {self.path}: {exc.strerror}", path=str(self.path)
+            ) from None
+        with sqlite_errors(self.path, "open"):
             self.db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=10.0
             )
@@ -195,16 +236,6 @@ class Ledger:
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise LedgerError(
-                f"cannot open ledger {self.path}: {exc}",
-                path=str(self.path),
-                hint="is it a devin-fleet ledger? is the folder writable?",
-            ) from None
-        except OSError as exc:
-            raise LedgerError(
-                f"cannot create ledger {self.path}: {exc.strerror}", path=str(self.path)
-            ) from None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -219,7 +250,7 @@ class Ledger:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        try:
+        with sqlite_errors(self.path, "write"):
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield self.db
@@ -227,8 +258,6 @@ class Ledger:
                 self.db.execute("ROLLBACK")
                 raise
             self.db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            raise LedgerError(f"ledger write failed: {exc}", path=str(self.path)) from None
 
     def _version(self) -> int:
         row = self.db.execute("PRAGMA user_version").fetchone()
@@ -301,14 +330,17 @@ class Ledger:
 
     # ------------------------------------------------------------------ records
 
+    @_reads
     def records(self) -> dict[str, Record]:
         rows = self.db.execute("SELECT * FROM sessions ORDER BY rowid").fetchall()
         return {r["key"]: Record.from_row(r) for r in rows}
 
+    @_reads
     def record(self, key: str) -> Record | None:
         row = self.db.execute("SELECT * FROM sessions WHERE key=?", (key,)).fetchone()
         return Record.from_row(row) if row else None
 
+    @_reads
     def known_session_ids(self, key: str) -> set[str]:
         """Every session id ever recorded for `key` (earlier attempts, replaced sessions)."""
         rows = self.db.execute(
@@ -316,6 +348,7 @@ class Ledger:
         ).fetchall()
         return {r[0] for r in rows}
 
+    @_reads
     def session_ids_by_key(self) -> dict[str, set[str]]:
         """`known_session_ids` for every key, in one query (apply reads it once at start)."""
         out: dict[str, set[str]] = {}
@@ -325,6 +358,7 @@ class Ledger:
             out.setdefault(key, set()).add(sid)
         return out
 
+    @_reads
     def events(self, key: str | None = None) -> list[dict[str, Any]]:
         if key is None:
             rows = self.db.execute("SELECT * FROM events ORDER BY id").fetchall()
@@ -332,6 +366,7 @@ class Ledger:
             rows = self.db.execute("SELECT * FROM events WHERE key=? ORDER BY id", (key,)).fetchall()
         return [dict(r) for r in rows]
 
+    @_reads
     def sync_plan(self, plan: Plan, *, replace: Iterable[str] = ()) -> None:
         """Make sure every planned key has a row; forget never-attempted keys that left the plan.
 
@@ -452,6 +487,7 @@ class Ledger:
 
     # ------------------------------------------------------------------ diff
 
+    @_reads
     def diff(self, plan: Plan) -> list[tuple[Change, str, str]]:
         """Compare the plan with the ledger: (change, key, note) in plan order, then `-` rows."""
         records = self.records()

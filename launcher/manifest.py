@@ -32,7 +32,14 @@ from pydantic import (
     model_validator,
 )
 
-from launcher.errors import ManifestError, Problem
+from launcher.errors import (
+    EXPECTED_TYPES,
+    ManifestError,
+    Problem,
+    describe_value,
+    validation_errors,
+    validation_message,
+)
 from launcher.source import Loc, Marks, dotted_path, read_yaml
 
 MAX_REPEATED = 20  # similar problems (one per CSV row, say) listed before a summary line
@@ -339,43 +346,14 @@ def _user_loc(loc: Loc) -> tuple[Loc, bool, type[BaseModel] | None]:
     return tuple(out), at_member, holder if is_model else None
 
 
-_EXPECTED = {
-    "int_type": "an integer",
-    "int_parsing": "an integer",
-    "int_from_float": "an integer",
-    "string_type": "a string",
-    "bool_type": "true/false",
-    "bool_parsing": "true/false",
-    "dict_type": "a mapping",
-    "model_type": "a mapping",
-    "model_attributes_type": "a mapping",
-    "list_type": "a list",
-}
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, str | int | float):
-        text = repr(value)
-        return text if len(text) <= 40 else text[:37] + "..."
-    return (
-        "a mapping"
-        if isinstance(value, dict)
-        else ("a list" if isinstance(value, list) else type(value).__name__)
-    )
-
-
 def _validation_problems(exc: ValidationError, marks: Marks) -> list[Problem]:
     """One located line per problem; a union's per-member failures become one line."""
     merged: dict[Loc, tuple[list[str], Any]] = {}
     problems: list[Problem] = []
-    for err in exc.errors(include_url=False):
+    for err in validation_errors(exc):
         loc, at_member, holder = _user_loc(tuple(err["loc"]))
-        if at_member and err["type"] in _EXPECTED:
-            merged.setdefault(loc, ([], err.get("input")))[0].append(_EXPECTED[err["type"]])
+        if at_member and err["type"] in EXPECTED_TYPES:
+            merged.setdefault(loc, ([], err.get("input")))[0].append(EXPECTED_TYPES[err["type"]])
         else:
             problems.append(_one_problem(loc, err, holder, marks))
     for loc, (expected, value) in merged.items():
@@ -386,7 +364,9 @@ def _validation_problems(exc: ValidationError, marks: Marks) -> list[Problem]:
         if loc[-1:] == ("structured_output_schema",):
             what = "an inline schema (a mapping) or {file: path}"
         problems.append(
-            Problem(marks.file, line, col, dotted_path(loc), f"expected {what}; got {_describe(value)}")
+            Problem(
+                marks.file, line, col, dotted_path(loc), f"expected {what}; got {describe_value(value)}"
+            )
         )
     unique = {(p.line, p.col, p.field, p.message): p for p in problems}
     return sorted(unique.values(), key=lambda p: (p.line or 0, p.col or 0, p.field))
@@ -411,26 +391,7 @@ def _one_problem(
         hint = "lowercase letters, digits and '-', starting with a letter or digit, ≤ 63 chars"
     elif err["type"] == "string_type" and isinstance(err.get("input"), int | float):
         hint = "quote it to make it a string"
-    return Problem(marks.file, line, col, dotted_path(loc), error_message(err), hint)
-
-
-def error_message(err: Mapping[str, Any]) -> str:
-    """A pydantic error as a short sentence, with the offending value (no pydantic jargon)."""
-    etype, msg, value = err["type"], err["msg"], err.get("input")
-    if etype == "missing":
-        return "required field is missing"
-    if etype in _EXPECTED:
-        return f"expected {_EXPECTED[etype]}; got {_describe(value)}"
-    if etype == "string_pattern_mismatch" and tuple(err["loc"]) == ("campaign",):
-        return f"bad campaign name {_describe(value)}"
-    if etype == "string_pattern_mismatch":
-        return f"{_describe(value)} does not match {err['ctx']['pattern']}"
-    if etype == "too_short" and isinstance(value, list) and not value:
-        return f"needs at least {err['ctx']['min_length']} entry; got none"
-    text = str(msg).removeprefix("Value error, ")
-    if isinstance(value, str | int | float) and etype not in ("value_error", "assertion_error"):
-        text += f" (got {_describe(value)})"
-    return text
+    return Problem(marks.file, line, col, dotted_path(loc), validation_message(err), hint)
 
 
 class IncompleteManifest(ManifestError):
@@ -472,7 +433,7 @@ def _prune(data: dict[str, Any], exc: ValidationError, skipped: set[int]) -> boo
     """Make `data` valid where `exc` says it is not, without inventing meaning: unknown fields
     go, a fleet with any other problem is replaced by a stand-in (and noted in `skipped`).
     False when what is broken is something every fleet depends on (defaults, vars, fleets)."""
-    for err in exc.errors(include_url=False):
+    for err in validation_errors(exc):
         loc, _, _ = _user_loc(tuple(err["loc"]))
         if err["type"] == "extra_forbidden" and _drop(data, loc):
             continue
@@ -564,7 +525,7 @@ def load_manifest(path: str | Path) -> LoadedManifest:
                     col,
                     "version",
                     "unsupported manifest version "
-                    f"{_describe(data['version'])}; this tool reads version 1",
+                    f"{describe_value(data['version'])}; this tool reads version 1",
                     "write `version: 1`",
                 )
             ]

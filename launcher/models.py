@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from launcher.errors import validation_errors
+
 MAX_TAGS = 50
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_URL_CHARS = 2083
@@ -349,11 +351,12 @@ def _short(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
-def api_error_details(exc: ValidationError) -> list[dict[str, Any]]:
-    """Render a ValidationError as FastAPI's 422 `detail` list ({loc, msg, type})."""
+def api_error_details(exc: ValidationError, where: str = "body") -> list[dict[str, Any]]:
+    """A ValidationError as the API's (FastAPI's) 422 `detail` list ({loc, msg, type}): the
+    simulator's wire format, not a message for people (that is errors.validation_lines)."""
     return [
-        {"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]}
-        for err in exc.errors(include_url=False)
+        {"loc": [where, *err["loc"]], "msg": err["msg"], "type": err["type"]}
+        for err in validation_errors(exc)
     ]
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from launcher.errors import ManifestError, Problem, SecretError
+from launcher.errors import ManifestError, Problem, SecretError, validation_errors, validation_message
 from launcher.items import Item, read_items
 from launcher.manifest import (
     MAX_REPEATED,
@@ -26,7 +26,6 @@ from launcher.manifest import (
     IncompleteManifest,
     LoadedManifest,
     SessionTemplate,
-    error_message,
     load_manifest,
     resolve_file,
 )
@@ -488,6 +487,15 @@ def _load_schema(
     return schema
 
 
+def secrets_warning(missing: list[str]) -> str:
+    """The plan's warning that session secrets' variables are unset (commands that only read
+    the campaign leave it out)."""
+    return (
+        f"environment variable(s) for session secrets not set: {', '.join(missing)}"
+        " (apply will refuse until they are)"
+    )
+
+
 def build_plan(loaded: LoadedManifest, *, environ: Mapping[str, str] | None = None) -> Plan:
     """Expand and validate every session of a manifest; raise ManifestError with all problems.
 
@@ -547,10 +555,7 @@ def build_plan(loaded: LoadedManifest, *, environ: Mapping[str, str] | None = No
     env = os.environ if environ is None else environ
     missing = sorted({n for s in sessions for _, n in s.secret_env if n not in env})
     if missing:
-        warnings.append(
-            f"environment variable(s) for session secrets not set: {', '.join(missing)}"
-            " (apply will refuse until they are)"
-        )
+        warnings.append(secrets_warning(missing))
     return Plan(m.campaign, loaded, tuple(sessions), tuple(warnings), schemas)
 
 
@@ -665,13 +670,13 @@ def _plan_one(
     try:
         model = CreateSessionRequest.model_validate(request)
     except ValidationError as exc:
-        for err in exc.errors(include_url=False):
+        for err in validation_errors(exc):
             eloc = err["loc"]
             name = str(eloc[0]) if eloc else "prompt"
             if name in failed:
                 continue
             base = locs.get(name, ("fleets", spec.index, "session"))
-            problems.add(loaded.problem((*base, *eloc[1:]), error_message(err)), item.origin)
+            problems.add(loaded.problem((*base, *eloc[1:]), validation_message(err)), item.origin)
         return None
     if failed:
         return None

@@ -37,6 +37,7 @@ class ProgressReporter:
         self.counts: Counter[str] = Counter()
         self.total = 0
         self.done = 0
+        self.not_started = 0  # not counted as done: the bar shows what was done
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._last = 0.0
@@ -68,9 +69,17 @@ class ProgressReporter:
             self.console.print(f"{self.label}: {total} to do", highlight=False)
 
     def _counts(self) -> str:
-        return " ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
+        text = " ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
+        if self.not_started:
+            text += f"; stopped: {self.not_started} not started"
+        return text
 
     def advance(self, key: str, result: Result | str) -> None:  # noqa: ARG002 (Reporter)
+        if result == Result.not_started:  # stopped (Ctrl-C, --timeout, breaker): not done
+            self.not_started += 1
+            if self._progress is not None and self._task is not None:
+                self._progress.update(self._task, counts=self._counts())
+            return
         self.counts[str(result)] += 1
         self.done += 1
         now = time.monotonic()

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from launcher.errors import ManifestError, Problem
+from launcher.errors import dotted_path as dotted_path  # its home is errors; re-exported
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_DATA_BYTES = 64 * 1024 * 1024
@@ -23,14 +24,6 @@ MAX_ALIAS_EXPANSION = 100_000  # values that aliases may add beyond what is writ
 MAX_DEPTH = 64
 
 Loc = tuple[str | int, ...]
-
-
-def dotted_path(loc: Loc) -> str:
-    """`("fleets", 0, "session", "repos")` -> `fleets[0].session.repos`."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 @dataclass

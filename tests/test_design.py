@@ -11,6 +11,7 @@ import click
 import pytest
 
 from launcher.cli import EXIT_CODES, cli
+from launcher.errors import ExitCode
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "launcher"
@@ -111,6 +112,81 @@ def test_readme_documents_every_command_and_exit_code() -> None:
         assert re.search(rf"`devin-fleet {name}\b", readme), f"README misses `devin-fleet {name}`"
     for code in EXIT_CODES:
         assert re.search(rf"^\|\s*{code}\s*\|", readme, re.M), f"README misses exit code {code}"
+
+
+def test_readme_exit_code_table_is_the_exit_code_enum() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Exit codes") :]
+    section = section[: section.index("\n## ", 1)]
+    rows = re.findall(r"^\|\s*(\d+)\s*\|\s*(.*?)\s*\|\s*$", section, re.M)
+    assert [(int(code), meaning) for code, meaning in rows] == [(int(c), c.meaning) for c in ExitCode]
+
+
+def test_readme_error_tree_is_the_one_in_errors_py() -> None:
+    import launcher.errors
+
+    readme = (ROOT / "README.md").read_text()
+    tree = readme[readme.index("```\nFleetError") + 4 :]
+    doc = launcher.errors.__doc__ or ""
+    in_code = [ln.strip() for ln in doc.splitlines() if ln.strip()[:1] in ("F", "├", "│", "└")]
+    assert [ln.strip() for ln in tree[: tree.index("```")].splitlines()] == in_code
+
+
+def _typed_exit_code(node: ast.expr) -> bool:
+    """An ExitCode member, something's `.exit_code`, or a choice between those."""
+    if isinstance(node, ast.IfExp):
+        return _typed_exit_code(node.body) and _typed_exit_code(node.orelse)
+    if isinstance(node, ast.Attribute):
+        return node.attr == "exit_code" or (
+            isinstance(node.value, ast.Name) and node.value.id == "ExitCode"
+        )
+    return False
+
+
+def test_every_exit_in_the_cli_uses_an_exit_code() -> None:
+    exits = 0
+    for path in sorted((PKG / "cli").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("exit", "_exit")  # sys.exit, os._exit, ctx.exit
+            ):
+                exits += 1
+                assert len(node.args) == 1 and _typed_exit_code(node.args[0]), where
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id not in ("SystemExit", "exit"), where
+            if isinstance(node, ast.Assign | ast.AugAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if any(isinstance(t, ast.Attribute) and t.attr == "exit_code" for t in targets):
+                    assert _typed_exit_code(node.value), where
+    assert exits >= 5
+
+
+def test_every_ledger_read_goes_through_the_one_sqlite_translation() -> None:
+    """Ledger methods touching `self.db` outside a transaction are `@_reads` (which, like
+    `transaction` and opening, turns sqlite3.Error into LedgerError via `sqlite_errors`)."""
+    tree = ast.parse((PKG / "ledger.py").read_text())
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Ledger"]
+    plumbing = {"__init__", "close", "transaction", "_version"}
+    for f in cls.body:
+        if isinstance(f, ast.FunctionDef) and f.name not in plumbing and "self.db" in ast.unparse(f):
+            decorators = [ast.unparse(d) for d in f.decorator_list]
+            assert "_reads" in decorators, f"Ledger.{f.name} reads sqlite without translation"
+
+
+def test_pydantic_validation_errors_have_one_renderer() -> None:
+    """Only errors.py reads a ValidationError's `.errors()` (manifest problems, profiles, API
+    objects and the simulator's 422 bodies all start from errors.validation_errors)."""
+    for name, path, tree in modules():
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "errors"
+            ):
+                assert name == "errors", f"{path.name}:{node.lineno} renders a ValidationError"
 
 
 def test_readme_test_command_is_what_ci_runs() -> None:

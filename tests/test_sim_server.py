@@ -166,7 +166,7 @@ def test_load_profile_from_json_and_yaml(write: Any) -> None:
     ("name", "text", "message"),
     [
         ("bad.yaml", "faults: {error_before_create: 2}\n", "faults.error_before_create"),
-        ("typo.json", '{"fautls": {}}', "fautls: Extra inputs are not permitted"),
+        ("typo.json", '{"fautls": {}}', "fautls: unknown field"),
         ("zero.yaml", "outcomes: {delivered: 0}\n", "at least one outcome weight"),
         ("list.yaml", "- a\n", "mapping at the top level"),
         ("broken.json", "{", "invalid JSON"),

@@ -14,34 +14,45 @@ from launcher.cli.common import err
 from launcher.cli.follow_cmds import cancel, results, status, unlock
 from launcher.cli.plan_cmds import plan, schema, validate
 from launcher.cli.sim_cmd import sim
-from launcher.errors import ExitCode, FleetError
+from launcher.errors import ExitCode, FleetError, fleet_errors
 
 EXIT_CODES = {int(code): code.meaning for code in ExitCode}
 
 
 class _Group(click.Group):
-    """Renders FleetErrors as located messages (tracebacks only with --debug)."""
+    """Renders FleetErrors as located messages, however deep they were raised (tracebacks
+    only with --debug)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except FleetError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
+        except (FleetError, BaseExceptionGroup) as exc:
+            errors = fleet_errors(exc)
+            if not errors or (ctx.obj and ctx.obj.get("debug")):
                 raise
-            err.print(exc.render(), markup=False)
-            sys.exit(exc.exit_code)
+            for text in dict.fromkeys(e.render() for e in errors):
+                err.print(text, markup=False)
+            sys.exit(errors[0].exit_code)
         except click.UsageError as exc:
             exc.exit_code = ExitCode.usage  # type: ignore[misc]  # EX_USAGE: 2 means "changes" for plan
             raise
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=_Group,
+    invoke_without_command=True,
+    no_args_is_help=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.version_option(package_name="devin-fleet")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
     """Declarative batch launcher for Devin sessions: validate, plan, apply, status, results."""
     ctx.obj = {"debug": debug}
+    if ctx.invoked_subcommand is None:  # bare `devin-fleet`: help, and success (2 means changes)
+        click.echo(ctx.get_help())
+        ctx.exit(ExitCode.ok)
 
 
 def main() -> None:

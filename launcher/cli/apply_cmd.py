@@ -75,7 +75,7 @@ def apply(
     """Launch every planned session not launched yet: paced, exactly once, resumable."""
     from launcher.apply import ApplyOptions
 
-    p = load_plan(manifest)
+    p = load_plan(manifest, "send")
     options = ApplyOptions(
         concurrency=concurrency, rate=rate, only=only, limit=limit, replace=replace, run_timeout=timeout
     )

@@ -8,13 +8,13 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 from rich.console import Console
 
-from launcher.errors import ConfirmationError
-from launcher.plan import Plan, plan_manifest
+from launcher.errors import ConfirmationError, ManifestError
+from launcher.plan import Plan, plan_manifest, secrets_warning
 
 if TYPE_CHECKING:
     from launcher.client import ApiConfig
@@ -57,10 +57,20 @@ def sim_options(f: F) -> F:
     )(f)
 
 
-def load_plan(path: str) -> Plan:
-    plan = plan_manifest(path)
+def load_plan(path: str, purpose: Literal["check", "send", "read"] = "check") -> Plan:
+    """The manifest's plan, its warnings printed. `check` (validate, plan) warns about unset
+    session-secret variables; `send` (apply, cancel) does not (apply refuses with an error);
+    `read` (status, results, unlock) neither warns nor says "nothing was sent" on an error."""
+    try:
+        plan = plan_manifest(path)
+    except ManifestError as exc:
+        if purpose == "read":
+            raise ManifestError(exc.problems, nothing_sent=False) from None
+        raise
+    skip = secrets_warning(plan.missing_secret_env()) if purpose != "check" else None
     for w in plan.warnings:
-        err.print(f"warning: {w}", markup=False)
+        if w != skip:
+            err.print(f"warning: {w}", markup=False)
     return plan
 
 

@@ -73,7 +73,7 @@ def status(
     still running (or not launched)."""
     from launcher.status import campaign_view
 
-    p = load_plan(manifest)
+    p = load_plan(manifest, "read")
     with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led:
         if offline:
             view = campaign_view(p, led)
@@ -187,7 +187,7 @@ def results(
 ) -> None:
     """One record per session joined with its item, with its structured output validated
     against the fleet's schema (invalid or missing output is flagged), and campaign totals."""
-    p = load_plan(manifest)
+    p = load_plan(manifest, "read")
     from launcher.results import results_rows
     from launcher.status import campaign_view
 
@@ -287,7 +287,7 @@ def cancel(
     record it in the ledger. Safe to re-run: cancelled sessions are skipped."""
     from launcher.cancel import CancelResult, cancellable
 
-    p = load_plan(manifest)
+    p = load_plan(manifest, "send")
     with (
         open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led,
         api_config(base_url, org_id) as cfg,
@@ -326,7 +326,7 @@ def cancel(
 
 
 async def _cancel(cfg: ApiConfig, led: Ledger, keys: list[str], archive: bool) -> CancelReport:
-    from launcher.cancel import cancel as cancel_sessions
+    from launcher.cancel import cancel_sessions
     from launcher.client import DevinClient
 
     async with DevinClient(cfg) as client:
@@ -338,7 +338,7 @@ async def _cancel(cfg: ApiConfig, led: Ledger, keys: list[str], archive: bool) -
 @ledger_option
 def unlock(manifest: str, ledger: str | None) -> None:
     """Break a stale campaign lock (left by an apply that was killed on another host)."""
-    p = load_plan(manifest)
+    p = load_plan(manifest, "read")
     with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led:
         held = led.break_lock()
     out.print(f"removed lock held by {held['owner']}" if held else "no lock was held")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -139,5 +140,7 @@ def _plan_table(p: Plan, changes: list[tuple[Change, str, str]], show_prompts: b
 
 @click.command()
 def schema() -> None:
-    """Print the manifest JSON Schema (draft-07) for editors."""
-    emit_json(manifest_json_schema())
+    """Print the manifest JSON Schema (draft-07) for editors.
+
+    Indented as committed: `devin-fleet schema > schemas/manifest.schema.json` reproduces it."""
+    click.echo(json.dumps(manifest_json_schema(), indent=2, ensure_ascii=False))

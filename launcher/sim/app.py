@@ -111,11 +111,7 @@ def _query(request: Request, model: type[_M]) -> _M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        detail = [
-            {"loc": ["query", *e["loc"]], "msg": e["msg"], "type": e["type"]}
-            for e in exc.errors(include_url=False)
-        ]
-        raise HTTPProblem(422, detail) from exc
+        raise HTTPProblem(422, api_error_details(exc, "query")) from exc
 
 
 async def _body(request: Request, model: type[_M]) -> _M:

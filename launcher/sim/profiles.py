@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from launcher.errors import ConfigError, ManifestError
+from launcher.errors import ConfigError, ManifestError, validation_lines
 from launcher.models import StatusDetail
 from launcher.source import MAX_MANIFEST_BYTES, load_json_or_yaml
 
@@ -336,14 +336,6 @@ def builtin_profile(name: str) -> Profile:
     return Profile.model_validate({"name": name, **_SEED_DATA, **_BUILTIN[name]})
 
 
-def _render(exc: ValidationError, source: str) -> str:
-    lines = []
-    for err in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in err["loc"]) or "(root)"
-        lines.append(f"{source}: {where}: {err['msg']}")
-    return "\n".join(lines)
-
-
 def load_profile(name_or_path: str) -> Profile:
     """A built-in profile by name, or a profile read from a .json/.yaml/.yml file."""
     if name_or_path in _BUILTIN:
@@ -369,6 +361,7 @@ def load_profile(name_or_path: str) -> Profile:
         return Profile.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(
-            f"invalid simulator profile {path}:\n{_render(exc, str(path))}",
+            f"invalid simulator profile {path}:\n"
+            + "\n".join(f"{path}: {line}" for line in validation_lines(exc)),
             hint="see launcher.sim.Profile for the fields and their meaning",
         ) from exc
