@@ -29,7 +29,7 @@ from launcher.manifest import (
 )
 from launcher.models import MAX_TAGS, CreateSessionRequest, check_output_schema
 from launcher.source import MAX_MANIFEST_BYTES, Loc, dotted_path, load_json_or_yaml, read_text
-from launcher.templating import TemplateFailure, Templates
+from launcher.templating import Rule, TemplateFailure, Templates
 
 SECRET_PLACEHOLDER = "***"
 IDENTITY_TAGS = 2
@@ -163,6 +163,7 @@ class Plan:
     sessions: tuple[PlannedSession, ...]
     warnings: tuple[str, ...] = ()
     schemas: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # fleet -> schema
+    rules: dict[str, Rule] = field(default_factory=dict)  # fleet -> compiled success_when
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -496,6 +497,7 @@ def build_plan(loaded: LoadedManifest, *, environ: Mapping[str, str] | None = No
     sessions: list[PlannedSession] = []
     keys: dict[str, tuple[str, str]] = {}
     schemas: dict[str, dict[str, Any] | None] = {}
+    rules: dict[str, Rule] = {}
     n_items = 0
     for fi, fleet in enumerate(m.fleets):
         try:
@@ -504,6 +506,8 @@ def build_plan(loaded: LoadedManifest, *, environ: Mapping[str, str] | None = No
             problems.extend(exc.problems)
             items = None
         spec = _merge(loaded, fi, templates, problems)
+        if (rule := _compile_rule(loaded, fi, problems)) is not None:
+            rules[fleet.name] = rule
         if items is None:
             continue
         n_items += len(items)
@@ -546,7 +550,21 @@ def build_plan(loaded: LoadedManifest, *, environ: Mapping[str, str] | None = No
             f"environment variable(s) for session secrets not set: {', '.join(missing)}"
             " (apply will refuse until they are)"
         )
-    return Plan(m.campaign, loaded, tuple(sessions), tuple(warnings), schemas)
+    return Plan(m.campaign, loaded, tuple(sessions), tuple(warnings), schemas, rules)
+
+
+def _compile_rule(loaded: LoadedManifest, fi: int, problems: _Problems) -> Rule | None:
+    """The fleet's success rule (its own, else the campaign's), compiled once; located errors."""
+    m = loaded.manifest
+    own = m.fleets[fi].success_when
+    source, loc = (own, ("fleets", fi, "success_when")) if own else (m.success_when, ("success_when",))
+    if source is None:
+        return None
+    try:
+        return Rule(source)
+    except TemplateFailure as exc:
+        problems.add(loaded.problem(loc, exc.message, exc.hint))
+        return None
 
 
 def _plan_one(

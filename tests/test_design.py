@@ -30,10 +30,12 @@ ALLOWED: dict[str, set[str]] = {
     "pacing": set(),
     "ledger": {"errors", "plan"},
     "apply": {"errors", "plan", "client", "pacing", "ledger", "models"},
-    "status": {"errors", "plan", "client", "ledger", "models"},
+    "status": {"errors", "plan", "client", "ledger", "models", "templating"},
     "cancel": {"errors", "plan", "client", "ledger", "status"},
     "remote": {"errors", "plan", "client", "source"},
     "results": {"status"},
+    "report": {"plan", "status", "results"},
+    "messages": {"errors", "plan", "client", "ledger", "pacing", "status", "templating"},
     "progress": {"apply"},
     "sim": {"errors", "models", "source", "sim"},
 }

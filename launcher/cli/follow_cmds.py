@@ -1,9 +1,7 @@
-"""`status`, `results`, `cancel` and `unlock`: following a launched campaign."""
+"""`status`, `cancel` and `unlock`: following a launched campaign."""
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 from typing import TYPE_CHECKING
 
@@ -159,112 +157,6 @@ def _status_table(view: CampaignView) -> None:
             "" if s.acus_consumed is None else f"{s.acus_consumed:g}",
         )
     out.print(table)
-
-
-@click.command()
-@click.argument("manifest", type=click.Path())
-@click.option("-o", "--output", type=click.Choice(["table", "jsonl", "csv"]), default="table")
-@click.option(
-    "--group-by",
-    metavar="FIELD",
-    help="Count sessions per value of a structured-output field (dotted path).",
-)
-@click.option(
-    "--refresh/--no-refresh",
-    default=False,
-    help="Refresh from the API first (default: what the last `status` stored).",
-)
-@ledger_option
-@api_options
-def results(
-    manifest: str,
-    output: str,
-    group_by: str | None,
-    refresh: bool,
-    ledger: str | None,
-    base_url: str | None,
-    org_id: str | None,
-) -> None:
-    """One record per session joined with its item, with its structured output validated
-    against the fleet's schema (invalid or missing output is flagged), and campaign totals."""
-    p = load_plan(manifest)
-    from launcher.results import results_rows
-    from launcher.status import campaign_view
-
-    with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led:
-        if refresh:
-            with api_config(base_url, org_id) as cfg:
-                view = anyio.run(_refresh, p, cfg, led)
-        else:
-            view = campaign_view(p, led)
-            if any(s.session_id and s.status is None for s in view.sessions):
-                err.print(
-                    "note: some sessions were never refreshed: run `devin-fleet status` "
-                    "first, or pass --refresh",
-                    markup=False,
-                )
-    warn(view)
-    if group_by:
-        _group_by(view, group_by, output)
-    elif output == "jsonl":
-        for s in view.sessions:
-            click.echo(json.dumps(s.result_json(), ensure_ascii=False))
-    elif output == "csv":
-        rows = results_rows(view)
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-        w = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n", restval="")
-        w.writeheader()
-        w.writerows(rows)
-    else:
-        _results_table(view)
-    (out if output == "table" else err).print(_totals_line(view), markup=False)
-
-
-def _group_by(view: CampaignView, field: str, output: str) -> None:
-    groups = view.group_by(field)
-    if output == "jsonl":
-        for value, n in groups.items():
-            click.echo(json.dumps({field: value, "sessions": n}, ensure_ascii=False))
-    elif output == "csv":
-        w = csv.writer(sys.stdout, lineterminator="\n")
-        w.writerow([field, "sessions"])
-        w.writerows(groups.items())
-    else:
-        table = Table(title=f"{view.campaign}: sessions by output.{field}")
-        table.add_column(field)
-        table.add_column("sessions", justify="right")
-        for value, n in groups.items():
-            table.add_row(value, str(n))
-        out.print(table)
-
-
-def _results_table(view: CampaignView) -> None:
-    table = Table(title=f"campaign {view.campaign}: results")
-    for col in ("key", "outcome", "PR", "ACUs", "output", "valid"):
-        table.add_column(col, overflow="fold")
-    for s in view.sessions:
-        valid = {None: "-", True: "yes", False: "NO"}[s.output_valid]
-        if s.output_errors:
-            valid += f" ({s.output_errors[0]})"
-        table.add_row(
-            s.key,
-            s.outcome.value,
-            " ".join(s.pr_urls),
-            "" if s.acus_consumed is None else f"{s.acus_consumed:g}",
-            json.dumps(s.structured_output)[:80] if s.structured_output else "",
-            valid,
-        )
-    out.print(table)
-
-
-def _totals_line(view: CampaignView) -> str:
-    t = view.totals()
-    budget = f" of a {t['max_total_acu']} ACU budget" if t["max_total_acu"] else ""
-    return (
-        f"{t['sessions']} sessions, {t['succeeded']} succeeded, {t['pull_requests']} PRs "
-        f"opened, {t['acus_consumed']:g} ACUs consumed{budget}, {t['invalid_outputs']} "
-        "invalid or missing outputs"
-    )
 
 
 @click.command()
