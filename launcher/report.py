@@ -33,7 +33,7 @@ HIDDEN = ("fleet", "status", "output_errors", "session_id", "url", "pr_url", "pr
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
-margin:2rem;color:#212121;background:#fff;max-width:1200px}
+margin:2rem;color:#212121;background:#fff;max-width:1200px}svg{max-width:100%;height:auto}
 h1{margin:0 0 .25rem}h2{margin-top:2rem;border-bottom:1px solid #e0e0e0;padding-bottom:.25rem}
 .muted{color:#616161}.legend span{display:inline-block;margin-right:1rem}
 .sw{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:middle}
@@ -173,7 +173,7 @@ def _columns_chart(columns: Sequence[tuple[str, Mapping[str, int]]]) -> str:
     width, height, pad = 800, 220, 30
     peak = max((sum(c.values()) for _, c in columns), default=1) or 1
     slot = (width - pad) / max(1, len(columns))
-    bar = max(4.0, slot * 0.7)
+    bar = min(60.0, max(4.0, slot * 0.7))
     shapes = []
     for i, (label, counts) in enumerate(columns):
         x = pad + i * slot + (slot - bar) / 2
