@@ -116,7 +116,7 @@ def test_the_report_holds_the_campaign_and_fetches_nothing(
     assert {r["data-key"]: r["data-outcome"] for r in rows} == want
 
 
-def test_values_are_escaped_and_only_http_links_are_made(tmp_path: Path, write: Any) -> None:
+def test_values_are_escaped_and_only_http_links_are_made(write: Any) -> None:
     path = write(
         "x.yaml",
         """
