@@ -164,6 +164,13 @@ def _status_table(view: CampaignView) -> None:
 @click.option("--only", multiple=True, metavar="GLOB", help="Only keys matching this glob (repeatable).")
 @click.option("--archive", is_flag=True, help="Archive the sessions too.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    help="json: a report on stdout.",
+)
 @ledger_option
 @api_options
 def cancel(
@@ -171,6 +178,7 @@ def cancel(
     only: tuple[str, ...],
     archive: bool,
     yes: bool,
+    output: str,
     ledger: str | None,
     base_url: str | None,
     org_id: str | None,
@@ -179,6 +187,7 @@ def cancel(
     record it in the ledger. Safe to re-run: cancelled sessions are skipped."""
     from launcher.cancel import CancelResult, cancellable
 
+    say = err if output == "json" else out  # with -o json, stdout holds only the JSON
     p = load_plan(manifest)
     with (
         open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led,
@@ -188,32 +197,48 @@ def cancel(
         warn(view)
         keys = cancellable(view, only)
         if not keys:
-            out.print(
+            say.print(
                 "nothing to cancel" + (f" matching {' '.join(only)}" if only else ""), markup=False
             )
+            if output == "json":
+                emit_json(
+                    {"campaign": p.campaign, "selected": [], "results": {}, "errors": {}, "ok": True}
+                )
             return
         by_key = {s.key: s for s in view.sessions}
-        out.print(
+        say.print(
             f"{len(keys)} live session(s) to terminate{' and archive' if archive else ''}:", markup=False
         )
         for key in keys[:20]:
             s = by_key[key]
-            out.print(f"  {key}  {s.session_id}  {s.outcome.value}", markup=False)
+            say.print(f"  {key}  {s.session_id}  {s.outcome.value}", markup=False)
         if len(keys) > 20:
-            out.print(f"  ... and {len(keys) - 20} more", markup=False)
+            say.print(f"  ... and {len(keys) - 20} more", markup=False)
         confirm(
             f"Terminate {len(keys)} session(s) of campaign {p.campaign}? This cannot be undone.", yes
         )
         report = anyio.run(_cancel, cfg, led, keys, archive)
-    for key, what in report.results.items():
-        why = report.errors.get(key)
-        out.print(f"  {key}: {what.value}" + (f": {why}" if why else ""), markup=False)
     done = sum(1 for r in report.results.values() if r != CancelResult.error)
-    out.print(
-        f"cancelled {done} of {len(keys)} session(s)"
-        + ("; re-run to retry the rest" if report.errors else ""),
-        markup=False,
-    )
+    if output == "json":
+        emit_json(
+            {
+                "campaign": p.campaign,
+                "selected": keys,
+                "results": {k: v.value for k, v in report.results.items()},
+                "errors": dict(report.errors),
+                "cancelled": done,
+                "ok": report.ok,
+            }
+        )
+    else:
+        for key, what in report.results.items():
+            why = report.errors.get(key)
+            out.print(f"  {key}: {what.value}" + (f": {why}" if why else ""), markup=False)
+        out.print(
+            f"cancelled {done} of {len(keys)} session(s)"
+            + ("; re-run to retry the rest" if report.errors else ""),
+            markup=False,
+        )
     sys.exit(ExitCode.ok if report.ok else ExitCode.error)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,10 +20,10 @@ from launcher.cli.common import (
     load_plan,
     out,
 )
-from launcher.errors import ExitCode, FleetError
+from launcher.errors import ExitCode, FleetError, ManifestError, Problem
 from launcher.ledger import Change, Ledger
-from launcher.manifest import manifest_json_schema
-from launcher.plan import Plan
+from launcher.manifest import load_manifest, manifest_json_schema
+from launcher.plan import Plan, build_plan
 
 if TYPE_CHECKING:
     from launcher.client import ApiConfig
@@ -30,18 +31,80 @@ if TYPE_CHECKING:
 
 @click.command()
 @click.argument("manifests", nargs=-1, required=True, type=click.Path())
-def validate(manifests: tuple[str, ...]) -> None:
+@click.option(
+    "-o",
+    "--output",
+    "--format",
+    "output",
+    type=click.Choice(["text", "json", "github"]),
+    default="text",
+    show_default=True,
+    help="json: one report on stdout; github: GitHub Actions annotations (::error file=...).",
+)
+def validate(manifests: tuple[str, ...], output: str) -> None:
     """Check manifests fully (templates, data files, API rules, budget), offline."""
-    failed: list[FleetError] = []
+    failed = 0
+    reports = []
     for path in manifests:
         try:
-            plan = load_plan(path)
-            out.print(f"{path}: ok ({len(plan)} sessions)")
+            plan = build_plan(load_manifest(path))
         except FleetError as exc:
-            failed.append(exc)
-            err.print(exc.render(), markup=False)
+            failed += 1
+            problems = exc.problems if isinstance(exc, ManifestError) else []
+            reports.append(
+                {
+                    "path": path,
+                    "ok": False,
+                    "sessions": None,
+                    "problems": [dataclasses.asdict(p) for p in problems],
+                    "error": exc.message,
+                    "hint": exc.hint,
+                }
+            )
+            if output == "github":
+                for p in problems or [Problem(path, None, None, "", exc.message, exc.hint)]:
+                    click.echo(_annotation("error", p))
+            elif output == "text":
+                err.print(exc.render(), markup=False)
+            continue
+        reports.append(
+            {
+                "path": path,
+                "ok": True,
+                "sessions": len(plan),
+                "problems": [],
+                "warnings": list(plan.warnings),
+            }
+        )
+        if output == "github":
+            for w in plan.warnings:
+                click.echo(_annotation("warning", Problem(path, None, None, "", w)))
+        elif output == "text":
+            for w in plan.warnings:
+                err.print(f"warning: {w}", markup=False)
+            out.print(f"{path}: ok ({len(plan)} sessions)", markup=False)
+    if output == "json":
+        emit_json({"ok": not failed, "manifests": reports})
     if failed:
         sys.exit(ExitCode.error)
+
+
+def _annotation(level: str, p: Problem) -> str:
+    """A GitHub Actions workflow command: shows on the pull request's diff at the line."""
+
+    def data(text: str) -> str:
+        return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+    def prop(text: str) -> str:
+        return data(text).replace(":", "%3A").replace(",", "%2C")
+
+    props = [f"file={prop(p.file)}"]
+    if p.line is not None:
+        props += [f"line={p.line}", f"col={p.col or 1}"]
+    if p.field:
+        props.append(f"title={prop(p.field)}")
+    message = p.message + (f" (hint: {p.hint})" if p.hint else "")
+    return f"::{level} {','.join(props)}::{data(message)}"
 
 
 @click.command()
