@@ -188,9 +188,18 @@ class MessageRecord:
     sent_at: float | None
 
 
-def stored_request(request: Mapping[str, Any]) -> dict[str, Any]:
-    """A planned request as the ledger keeps it: the output schema by digest."""
+def stored_request(
+    request: Mapping[str, Any], secret_env: Iterable[tuple[int, str]] = ()
+) -> dict[str, Any]:
+    """A planned request as the ledger keeps it: the output schema by digest, and each secret
+    by the name of the variable it comes from (`env:NAME`), as the fingerprint sees it."""
     out = dict(request)
+    env = dict(secret_env)
+    if env and isinstance(out.get("session_secrets"), list):
+        out["session_secrets"] = [
+            dict(s, value=f"env:{env[i]}") if i in env else s
+            for i, s in enumerate(out["session_secrets"])
+        ]
     schema = out.get("structured_output_schema")
     if schema is not None:
         text = json.dumps(schema, sort_keys=True, separators=(",", ":"))
@@ -427,13 +436,13 @@ class Ledger:
     def _remember_requests(self, db: sqlite3.Connection, plan: Plan) -> None:
         """Keep each planned request by fingerprint (what `plan --diff` compares a `~` with).
 
-        Secret values are already "***" in a planned request; the output schema is kept by
-        digest so a 10,000-session campaign stores it once per distinct request, small.
+        Secret values are already "***" in a planned request (kept as the variable's name);
+        the output schema is kept by digest, so rows stay small.
         """
         db.executemany(
             "INSERT OR IGNORE INTO launched_requests VALUES (?, ?)",
             [
-                (s.fingerprint, json.dumps(stored_request(s.request), sort_keys=True))
+                (s.fingerprint, json.dumps(stored_request(s.request, s.secret_env), sort_keys=True))
                 for s in plan.sessions
             ],
         )

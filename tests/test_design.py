@@ -35,6 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "remote": {"errors", "plan", "client", "source"},
     "results": {"status"},
     "report": {"plan", "status", "results"},
+    "diff": set(),
     "messages": {"errors", "plan", "client", "ledger", "pacing", "status", "templating"},
     "progress": {"apply"},
     "sim": {"errors", "models", "source", "sim"},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import click
@@ -20,8 +20,9 @@ from launcher.cli.common import (
     load_plan,
     out,
 )
+from launcher.diff import changed_fields, field_diff
 from launcher.errors import ExitCode, FleetError, ManifestError, Problem
-from launcher.ledger import Change, Ledger
+from launcher.ledger import Change, Ledger, stored_request
 from launcher.manifest import load_manifest, manifest_json_schema
 from launcher.plan import Plan, build_plan
 
@@ -113,6 +114,12 @@ def _annotation(level: str, p: Problem) -> str:
 @click.option("--show-prompts", is_flag=True, help="Print each rendered prompt.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0: nothing to do, 2: changes, 1: error.")
 @click.option("--check-remote", is_flag=True, help="Check the token and referenced ids in the org.")
+@click.option(
+    "--diff",
+    "show_diff",
+    is_flag=True,
+    help="For sessions changed since launch: a unified diff of the prompt, old -> new for the rest.",
+)
 @ledger_option
 @api_options
 def plan(
@@ -121,6 +128,7 @@ def plan(
     show_prompts: bool,
     detailed_exitcode: bool,
     check_remote: bool,
+    show_diff: bool,
     ledger: str | None,
     base_url: str | None,
     org_id: str | None,
@@ -138,14 +146,27 @@ def plan(
             markup=False,
         )
     changes = _diff(p, ledger)
+    launched = _launched_requests(p, ledger, changes)
+    fields = {k: changed_fields(old, new) for k, (old, new) in launched.items()}
     if output == "json":
         data = p.to_json()
-        for entry, (change, _, note) in zip(data["sessions"], changes, strict=False):
+        for entry, (change, key, note) in zip(data["sessions"], changes, strict=False):
             entry["change"], entry["note"] = change.value, note
+            entry["changed_fields"] = fields.get(key, [])
         data["gone"] = [k for c, k, _ in changes[len(p) :]]
         emit_json(data)
     else:
-        _plan_table(p, changes, show_prompts)
+        noted = [
+            (c, k, f"{n}; changed: {', '.join(fields[k]) or 'secret sources'}" if k in fields else n)
+            for c, k, n in changes
+        ]
+        _plan_table(p, noted, show_prompts)
+        if show_diff:
+            for key, (old, new) in launched.items():
+                out.rule(f"~ {key}")
+                out.print(
+                    field_diff(key, old, stored_request(new)) or "(no field differs)", markup=False
+                )
     pending = any(c != Change.same for c, _, _ in changes)
     sys.exit(ExitCode.changes if detailed_exitcode and pending else ExitCode.ok)
 
@@ -166,6 +187,29 @@ def _diff(p: Plan, ledger_path: str | None) -> list[tuple[Change, str, str]]:
         return [(Change.create, s.key, "") for s in p.sessions]
     with Ledger(path, p.campaign, create=False) as led:
         return led.diff(p)
+
+
+def _launched_requests(
+    p: Plan, ledger_path: str | None, changes: list[tuple[Change, str, str]]
+) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """(launched request, planned request) of each `~` session the ledger kept a request for,
+    both as the ledger keeps them (schema by digest, secrets by variable name, never a value)."""
+    from launcher.ledger import default_ledger_path
+
+    changed = [k for c, k, _ in changes if c == Change.changed]
+    path = Path(ledger_path) if ledger_path else default_ledger_path(p.manifest.path, p.campaign)
+    if not changed or not path.exists():
+        return {}
+    by_key = p.by_key()
+    out = {}
+    with Ledger(path, p.campaign, create=False) as led:
+        records = led.records()
+        for key in changed:
+            old = led.launched_request(records[key].fingerprint)
+            if old is not None:  # launched before the ledger kept requests: no field diff
+                s = by_key[key]
+                out[key] = (old, stored_request(s.request, s.secret_env))
+    return out
 
 
 def _plan_table(p: Plan, changes: list[tuple[Change, str, str]], show_prompts: bool) -> None:
