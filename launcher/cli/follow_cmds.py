@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import TYPE_CHECKING
 
 import anyio
 import click
+from rich.console import Group
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from launcher.cli.common import (
     api_config,
@@ -107,29 +111,36 @@ async def _refresh(
         if not watch:
             return await refresh(p, client, led)
         started = anyio.current_time()
+        # On a terminal: one live table redrawn in place (cleared at the end, when the final
+        # table is printed); otherwise one line per refresh, for logs and CI.
+        live = Live(console=err, transient=True, auto_refresh=False) if err.is_terminal else None
 
         def show(view: CampaignView, wait: float) -> None:
             counts = ", ".join(f"{k} {v}" for k, v in view.counts().items() if v)
             then = f"; next refresh in {wait:.1f}s" if wait else ""
-            err.print(
+            line = (
                 f"[{anyio.current_time() - started:6.1f}s] {counts or 'no sessions'} "
-                f"({view.requests} requests){then}",
-                markup=False,
+                f"({view.requests} requests){then}"
             )
+            if live is None:
+                err.print(line, markup=False)
+            else:
+                live.update(Group(Text(line), _status_renderable(view)), refresh=True)
 
         def failed(exc: APIError) -> None:
             err.print(f"warning: refresh failed, retrying: {exc.message}", markup=False)
 
-        view = await watch_view(
-            p,
-            client,
-            led,
-            interval=interval,
-            max_interval=max_interval,
-            wait_timeout=wait_timeout,
-            on_refresh=show,
-            on_error=failed,
-        )
+        with live or contextlib.nullcontext():
+            view = await watch_view(
+                p,
+                client,
+                led,
+                interval=interval,
+                max_interval=max_interval,
+                wait_timeout=wait_timeout,
+                on_refresh=show,
+                on_error=failed,
+            )
         if view.timed_out:
             err.print(
                 f"timeout: {view.counts()['running']} session(s) still running after {wait_timeout:g}s",
@@ -141,6 +152,10 @@ async def _refresh(
 def _status_table(view: CampaignView) -> None:
     counts = view.counts()
     out.print("  ".join(f"{k}: {v}" for k, v in counts.items() if v) or "no sessions", markup=False)
+    out.print(_status_renderable(view))
+
+
+def _status_renderable(view: CampaignView) -> Table:
     table = Table(title=f"campaign {view.campaign}")
     for col in ("key", "outcome", "status", "detail", "PR", "ACUs"):
         table.add_column(col, overflow="fold")
@@ -156,7 +171,7 @@ def _status_table(view: CampaignView) -> None:
             " ".join(s.pr_urls),
             "" if s.acus_consumed is None else f"{s.acus_consumed:g}",
         )
-    out.print(table)
+    return table
 
 
 @click.command()
