@@ -3,6 +3,7 @@ a crash between the intent and the POST's answer, and real processes killed with
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -13,12 +14,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.lowlevel
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 
 from launcher import build_plan, load_manifest, open_ledger
 from launcher.cli import cli
-from launcher.messages import digest
+from launcher.client import ApiConfig, DevinClient
+from launcher.ledger import Ledger
+from launcher.messages import MessageBatch, MessageReport, Outgoing, digest, send_messages
 from launcher.sim import Profile, SimServer
 from tests.test_follow import apply_all, fleet_manifest
 
@@ -181,3 +187,87 @@ def test_sigkill_mid_send_then_rerun_delivers_each_message_exactly_once(
     out, errs = again.communicate(timeout=120)
     assert again.returncode == 0 and "nothing to send" in out, errs
     assert user_messages(sim, http) == got
+
+
+# =========================================================================== scripted cases
+
+
+class FakeAPI:
+    """A scripted messages endpoint: POSTs answer 500 (after storing the message, or not)."""
+
+    def __init__(self, *, stores: bool, status: int = 500) -> None:
+        self.stores, self.status = stores, status
+        self.stored: list[str] = []
+        self.posts = 0
+        self.gets = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            self.posts += 1
+            if self.stores:
+                self.stored.append(json.loads(request.content)["message"])
+            return httpx.Response(self.status, json={"detail": "boom"})
+        self.gets += 1
+        items = [
+            {"message_id": str(i), "source": "user", "message": m} for i, m in enumerate(self.stored)
+        ]
+        return httpx.Response(200, json={"items": items, "end_cursor": None, "has_next_page": False})
+
+
+class NoWait:
+    def now(self) -> float:
+        return 0.0
+
+    async def sleep(self, seconds: float) -> None:  # noqa: ARG002 (the Clock protocol)
+        await anyio.lowlevel.checkpoint()
+
+
+@pytest.mark.parametrize("stores", [True, False])
+def test_an_ambiguous_send_is_read_back_and_never_blindly_resent(tmp_path: Path, stores: bool) -> None:
+    api = FakeAPI(stores=stores)
+    with Ledger(tmp_path / "l.db", "c") as led:
+        batch = MessageBatch([Outgoing("k", "devin-1", TEXT, digest(TEXT))], [])
+
+        async def go() -> MessageReport:
+            cfg = ApiConfig("https://api.example.test", "org-1", "tok")
+            async with DevinClient(cfg, transport=httpx.MockTransport(api)) as client:
+                return await send_messages(client, led, batch, rate=100, clock=NoWait())
+
+        report = anyio.run(go)
+        state = led.messages()[("devin-1", digest(TEXT))].state
+    assert api.posts == 1 and api.gets == 1  # one POST, then a look, never a second POST
+    if stores:
+        assert (report.sent, report.found, report.errors) == (0, 1, {}) and state == "sent"
+    else:
+        assert report.found == 0 and "next run looks it up" in report.errors["k"]
+        assert state == "pending"  # the next run reads back before sending
+
+
+def test_a_refused_message_is_recorded_and_retried_on_the_next_run(tmp_path: Path) -> None:
+    api = FakeAPI(stores=False, status=400)
+    with Ledger(tmp_path / "l.db", "c") as led:
+        batch = MessageBatch([Outgoing("k", "devin-1", TEXT, digest(TEXT))], [])
+
+        async def go() -> MessageReport:
+            cfg = ApiConfig("https://api.example.test", "org-1", "tok")
+            async with DevinClient(cfg, transport=httpx.MockTransport(api)) as client:
+                return await send_messages(client, led, batch, rate=100, clock=NoWait())
+
+        report = anyio.run(go)
+        assert led.messages()[("devin-1", digest(TEXT))].state == "rejected"
+    assert api.posts == 1 and api.gets == 0 and report.errors["k"] == "boom"
+
+
+def test_message_from_a_file_template_reads_item_output_and_session(
+    launched: tuple[SimServer, Path, Path], sim_client: Callable[..., Any], write: Write
+) -> None:
+    sim, path, ledger = launched
+    tmpl = write(
+        "msg.md.j2",
+        "{{ session.key }} of team {{ item.team }}: {{ output.verdict | default('no output yet') }}\n",
+    )
+    res = run("message", path, "--ledger", ledger, "--only", "r-003", "--file", tmpl, "--yes")
+    assert res.exit_code == 0, res.output
+    with open_ledger(path, "fu", ledger) as led:
+        sid = led.records()["r-003"].session_id or ""
+    assert user_messages(sim, sim_client(sim))[sid]["r-003 of team b: no output yet"] == 1
