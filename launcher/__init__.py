@@ -32,9 +32,12 @@ if TYPE_CHECKING:
     )
     from launcher.ledger import Change, LaunchState, Ledger, open_ledger
     from launcher.manifest import LoadedManifest, Manifest, load_manifest, manifest_json_schema
+    from launcher.messages import prepare_messages, send_messages
     from launcher.models import CreateSessionRequest, Session
     from launcher.plan import Plan, PlannedSession, build_plan
     from launcher.remote import check_remote
+    from launcher.report import render_report
+    from launcher.results import build_results
     from launcher.status import CampaignView, Outcome, campaign_view, classify, refresh, watch
 
 # Names resolve on first use (PEP 562), so `devin-fleet validate` does not pay for httpx,
@@ -72,6 +75,7 @@ _HOMES: dict[str, str] = {
     "Session": "launcher.models",
     "apply_plan": "launcher.apply",
     "build_plan": "launcher.plan",
+    "build_results": "launcher.results",
     "campaign_view": "launcher.status",
     "cancel": "launcher.cancel",
     "check_remote": "launcher.remote",
@@ -79,7 +83,10 @@ _HOMES: dict[str, str] = {
     "load_manifest": "launcher.manifest",
     "manifest_json_schema": "launcher.manifest",
     "open_ledger": "launcher.ledger",
+    "prepare_messages": "launcher.messages",
     "refresh": "launcher.status",
+    "render_report": "launcher.report",
+    "send_messages": "launcher.messages",
     "watch": "launcher.status",
 }
 
@@ -125,6 +132,7 @@ __all__ = [
     "Session",
     "apply_plan",
     "build_plan",
+    "build_results",
     "campaign_view",
     "cancel",
     "check_remote",
@@ -132,6 +140,9 @@ __all__ = [
     "load_manifest",
     "manifest_json_schema",
     "open_ledger",
+    "prepare_messages",
     "refresh",
+    "render_report",
+    "send_messages",
     "watch",
 ]

@@ -147,7 +147,8 @@ async def send_messages(
     rate: float = 1.0,
     clock: Clock | None = None,
 ) -> MessageReport:
-    """Send every message of `batch` once; raises AuthError (401/403) after stopping."""
+    """Send every message of `batch` once, holding the campaign lock (LockedError when another
+    run holds it); raises AuthError (401/403) after stopping."""
     pacer = Pacer(rate, clock or MonotonicClock())
     report = MessageReport()
     auth: list[AuthError] = []
@@ -175,6 +176,7 @@ async def send_messages(
                     return
             while True:
                 await pacer.acquire()
+                ledger.heartbeat()  # a long, slowly paced run keeps its lease
                 ledger.message_intent(out.key, out.session_id, out.digest, out.text)
                 result = await client.send_message(out.session_id, out.text)
                 if result.outcome is CreateOutcome.created:
@@ -208,9 +210,15 @@ async def send_messages(
                     )
                 return
 
-    async with anyio.create_task_group() as tg:
-        for out in batch.todo:
-            tg.start_soon(one, out, tg.cancel_scope)
+    # The campaign lease keeps two senders (or a sender and an apply) apart: without it two
+    # runs could both find a message unsent and both send it.
+    ledger.acquire_lock()
+    try:
+        async with anyio.create_task_group() as tg:
+            for out in batch.todo:
+                tg.start_soon(one, out, tg.cancel_scope)
+    finally:
+        ledger.release_lock()
     if auth:
         raise auth[0]
     return report

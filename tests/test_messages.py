@@ -271,3 +271,19 @@ def test_message_from_a_file_template_reads_item_output_and_session(
     with open_ledger(path, "fu", ledger) as led:
         sid = led.records()["r-003"].session_id or ""
     assert user_messages(sim, sim_client(sim))[sid]["r-003 of team b: no output yet"] == 1
+
+
+def test_a_second_sender_is_kept_out_by_the_campaign_lock(
+    launched: tuple[SimServer, Path, Path],
+) -> None:
+    sim, path, ledger = launched
+    import socket
+
+    with open_ledger(path, "fu", ledger) as led:  # another live process on this host holds it
+        led.db.execute(
+            "INSERT INTO lock VALUES ('fu', 'other', ?, ?, ?, ?)",
+            (socket.gethostname(), os.getppid(), time.time(), time.time()),
+        )
+    res = run("message", path, "--ledger", ledger, "--text", TEXT, "--yes")
+    assert res.exit_code == 1 and "is locked by other" in res.stderr and "Traceback" not in res.output
+    assert sim.stats()["requests"].get("POST /sessions/{id}/messages", 0) == 0

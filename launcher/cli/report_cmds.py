@@ -336,7 +336,13 @@ def message(
         first = batch.todo[0].text
         out.print(f"message to {batch.todo[0].key}:\n{first}", markup=False)
         confirm(f"Send to {len(batch.todo)} session(s) of campaign {p.campaign}?", yes)
-        report = anyio.run(_send, cfg, led, batch, rate)
+        try:
+            report = anyio.run(_send, cfg, led, batch, rate)
+        except KeyboardInterrupt:
+            err.print(
+                "interrupted: the ledger records what was sent; re-run to send the rest", markup=False
+            )
+            sys.exit(ExitCode.interrupted)
     for key, why in report.errors.items():
         err.print(f"  {key}: {why}", markup=False)
     out.print(
