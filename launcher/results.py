@@ -99,6 +99,7 @@ class Results:
         return [
             {
                 **s.result_json(),
+                **({"output_valid": None, "output_errors": []} if _not_yet(s) else {}),
                 "fleet": s.fleet,
                 "status": s.status,
                 "status_detail": s.status_detail,
@@ -239,6 +240,11 @@ def build_results(
     return Results(view.campaign, columns, ordered, chosen, view.budget_acu)
 
 
+def _not_yet(s: SessionView) -> bool:
+    """A session still on its way with no output: its output is not invalid, just not there yet."""
+    return s.structured_output is None and s.outcome in (Outcome.running, Outcome.not_launched)
+
+
 def _row(s: SessionView) -> dict[str, Any]:
     row: dict[str, Any] = {"key": s.key, "fleet": s.fleet}
     if isinstance(s.item, Mapping):
@@ -255,8 +261,8 @@ def _row(s: SessionView) -> dict[str, Any]:
             "pr_url": " ".join(str(p["pr_url"]) for p in prs) or None,
             "pr_state": " ".join(str(p.get("pr_state") or "") for p in prs).strip() or None,
             "acus": acus(s.acus_consumed),
-            "output_valid": s.output_valid,
-            "output_errors": s.output_errors or None,
+            "output_valid": None if _not_yet(s) else s.output_valid,
+            "output_errors": None if _not_yet(s) else s.output_errors or None,
             "session_id": s.session_id,
             "url": s.url,
         }

@@ -355,3 +355,29 @@ def test_running_sessions_are_not_counted_as_missing_outputs() -> None:
     view = CampaignView("c", [sv("a", Outcome.running), sv("b", Outcome.succeeded)])
     totals = build_results(view, {"f": SCHEMA}).totals()
     assert (totals["missing_outputs"], totals["invalid_outputs"]) == (1, 0)
+
+
+def test_a_running_session_without_output_is_not_flagged_invalid() -> None:
+    def sv(key: str, outcome: Outcome) -> SessionView:
+        return SessionView(
+            key,
+            "f",
+            None,
+            "devin-1",
+            None,
+            "running",
+            None,
+            outcome,
+            [],
+            1.0,
+            None,
+            False,
+            ["missing: no structured output"],
+        )
+
+    res = build_results(
+        CampaignView("c", [sv("a", Outcome.running), sv("b", Outcome.succeeded)]), {"f": SCHEMA}
+    )
+    assert [r["output_valid"] for r in res.rows] == [None, False]
+    assert [r["output_valid"] for r in res.records()] == [None, False]
+    assert [r["output_errors"] for r in res.records()] == [[], ["missing: no structured output"]]
