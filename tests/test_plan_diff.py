@@ -40,6 +40,7 @@ fleets:
         Upgrade {{ item.repo }} to Python 3.12.
         Open a pull request.
       max_acu_limit: "{{ item.acu }}"
+      structured_output_schema: {type: object, properties: {done: {type: boolean}}}
       session_secrets:
         - key: TOKEN
           value: {env: GH_TOKEN}
@@ -104,6 +105,21 @@ def test_a_prompt_edit_and_an_acu_change_are_named_and_diffed(launched: tuple[Pa
     assert "-Open a pull request." in res.stdout and "+Open a draft pull request." in res.stdout
     assert "r-1: max_acu_limit: 3 -> 5" in res.stdout
     assert "r-0: max_acu_limit" not in res.stdout
+    assert "structured_output_schema" not in res.stdout  # unchanged: kept by digest, same digest
+
+
+def test_a_session_launched_before_requests_were_kept_has_no_field_diff(
+    launched: tuple[Path, Path],
+) -> None:
+    path, ledger = launched
+    with open_ledger(path, "d", ledger) as led:
+        led.db.execute("DELETE FROM launched_requests")
+    path.write_text(path.read_text().replace("Open a pull request.", "Open a PR."))
+    res = run("plan", path, "--ledger", ledger, "--diff", "-o", "json")
+    assert {s["change"] for s in json.loads(res.stdout)["sessions"]} == {"~"}
+    assert all(s["changed_fields"] is None for s in json.loads(res.stdout)["sessions"])  # unknown
+    res = run("plan", path, "--ledger", ledger, "--diff")
+    assert res.exit_code == 0 and "launched before the ledger kept requests" in res.stdout
 
 
 def test_a_secret_source_change_shows_the_variable_never_the_value(

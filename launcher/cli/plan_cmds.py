@@ -152,7 +152,8 @@ def plan(
         data = p.to_json()
         for entry, (change, key, note) in zip(data["sessions"], changes, strict=False):
             entry["change"], entry["note"] = change.value, note
-            entry["changed_fields"] = fields.get(key, [])
+            # null: changed, but launched before the ledger kept requests (unknown fields)
+            entry["changed_fields"] = fields.get(key, None if change == Change.changed else [])
         data["gone"] = [k for c, k, _ in changes[len(p) :]]
         emit_json(data)
     else:
@@ -162,11 +163,15 @@ def plan(
         ]
         _plan_table(p, noted, show_prompts)
         if show_diff:
-            for key, (old, new) in launched.items():
+            for c, key, _ in changes:
+                if c != Change.changed:
+                    continue
                 out.rule(f"~ {key}")
-                out.print(
-                    field_diff(key, old, stored_request(new)) or "(no field differs)", markup=False
-                )
+                if key not in launched:
+                    out.print("(launched before the ledger kept requests: no field diff)", markup=False)
+                    continue
+                old, new = launched[key]
+                out.print(field_diff(key, old, new) or "(no field differs)", markup=False)
     pending = any(c != Change.same for c, _, _ in changes)
     sys.exit(ExitCode.changes if detailed_exitcode and pending else ExitCode.ok)
 
