@@ -20,7 +20,7 @@ from launcher.errors import ManifestError
 from launcher.results import build_results, schema_fields
 from launcher.sim import SimServer
 from launcher.status import CampaignView, Outcome, SessionView
-from launcher.templating import Rule
+from launcher.templating import Rule, TemplateFailure
 from tests.test_follow import apply_all
 
 Write = Callable[[str, str], Path]
@@ -381,3 +381,9 @@ def test_a_running_session_without_output_is_not_flagged_invalid() -> None:
     assert [r["output_valid"] for r in res.rows] == [None, False]
     assert [r["output_valid"] for r in res.records()] == [None, False]
     assert [r["output_errors"] for r in res.records()] == [[], ["missing: no structured output"]]
+
+
+def test_a_rule_that_cannot_compare_a_missing_field_fails_with_a_reason() -> None:
+    with pytest.raises(TemplateFailure) as exc:
+        Rule("output.files_changed > 3").evaluate({"output": {}})
+    assert "files_changed" in exc.value.message
