@@ -39,7 +39,8 @@ h1{margin:0 0 .25rem}h2{margin-top:2rem;border-bottom:1px solid #e0e0e0;padding-
 .sw{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:middle}
 table{border-collapse:collapse;width:100%;font-size:.85rem}
 th,td{border:1px solid #e0e0e0;padding:.25rem .4rem;text-align:left;vertical-align:top}
-th{background:#f5f5f5}.badge{color:#fff;border-radius:3px;padding:0 .3rem;white-space:nowrap}
+th{background:#f5f5f5}td:first-child{white-space:nowrap}.scroll{overflow-x:auto}
+.badge{color:#fff;border-radius:3px;padding:0 .3rem;white-space:nowrap}
 .fields{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:1rem}
 .field{border:1px solid #e0e0e0;border-radius:4px;padding:.5rem}.field h3{margin:.1rem 0 .4rem;
 font-size:.95rem}.field table{font-size:.8rem}
@@ -251,7 +252,12 @@ def _link(url: Any, text: str) -> str:
 
 def _sessions_table(res: Results) -> str:
     cols = [c for c in res.columns if c not in HIDDEN]
-    head = "".join(f"<th>{escape(c.removeprefix('output.'))}</th>" for c in ["key", "PR", *cols])
+
+    def name(c: str) -> str:  # output fields by their own name, unless a fixed column has it
+        bare = c.removeprefix("output.")
+        return c if bare in res.columns or bare in ("key", "PR") else bare
+
+    head = "".join(f"<th>{escape(name(c))}</th>" for c in ["key", "PR", *cols])
     rows = []
     for row, s in zip(res.rows, res.sessions, strict=True):
         prs = " ".join(
@@ -271,5 +277,6 @@ def _sessions_table(res: Results) -> str:
             f'<tr data-key="{escape(s.key)}" data-outcome="{s.outcome.value}">{"".join(cells)}</tr>'
         )
     return (
-        f'<table id="session-table"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        f'<div class="scroll"><table id="session-table"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
     )

@@ -57,6 +57,7 @@ SUSPEND_FAILURES = frozenset(
     }
 )
 CONCURRENCY = 8  # GET fallbacks / terminates in flight
+RULE_NOT_MET = "success rule not met"  # the reason; the rule itself is in the manifest
 
 
 class Outcome(StrEnum):
@@ -318,7 +319,7 @@ def _judge(rule: Rule, r: Record, item: Any) -> tuple[Outcome, str | None]:
         met = rule.evaluate(values)
     except TemplateFailure as exc:
         return Outcome.failed, exc.message
-    return (Outcome.succeeded, None) if met else (Outcome.failed, f"success rule not met: {rule.source}")
+    return (Outcome.succeeded, None) if met else (Outcome.failed, RULE_NOT_MET)
 
 
 def _build_view(plan: Plan, records: Mapping[str, Record]) -> CampaignView:

@@ -159,8 +159,9 @@ def _results_table(res: Results) -> None:
 
     cols = table_columns(res)
     table = Table(title=f"campaign {res.campaign}: results")
-    for col in cols:
-        table.add_column(col.removeprefix("output."), overflow="fold")
+    for col in cols:  # output fields by their own name, unless it is one of the fixed columns
+        bare = col.removeprefix("output.")
+        table.add_column(col if bare in res.columns else bare, overflow="fold")
     for row in res.rows:
         cells: list[Text | str] = []
         for c in cols:
