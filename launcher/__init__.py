@@ -71,6 +71,12 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
         refresh as refresh,
         watch as watch,
     )
+    from launcher.messages import (
+        prepare_messages as prepare_messages,
+        send_messages as send_messages,
+    )
+    from launcher.report import render_report as render_report
+    from launcher.results import build_results as build_results
 
 # Names resolve on first use (PEP 562), so `devin-fleet validate` does not pay for httpx,
 # sqlite or the executor at start-up.
@@ -107,6 +113,7 @@ _HOMES: dict[str, str] = {
     "Session": "launcher.models",
     "apply_plan": "launcher.apply",
     "build_plan": "launcher.plan",
+    "build_results": "launcher.results",
     "campaign_view": "launcher.status",
     "cancel_sessions": "launcher.cancel",
     "check_remote": "launcher.remote",
@@ -114,7 +121,10 @@ _HOMES: dict[str, str] = {
     "load_manifest": "launcher.manifest",
     "manifest_json_schema": "launcher.manifest",
     "open_ledger": "launcher.ledger",
+    "prepare_messages": "launcher.messages",
     "refresh": "launcher.status",
+    "render_report": "launcher.report",
+    "send_messages": "launcher.messages",
     "watch": "launcher.status",
 }
 

@@ -349,6 +349,41 @@ class DevinClient:
         self._checked(resp)
         return True
 
+    async def send_message(self, session_id: str, text: str) -> CreateResult:
+        """POST a message to a session, classified like a create: `created` means delivered,
+        `ambiguous` that it may have been (look it up with `list_messages` before resending)."""
+        self.requests += 1
+        path = f"{self._org}/sessions/{session_path_id(session_id)}/messages"
+        try:
+            resp = await self._http.post(path, json={"message": text})
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            return CreateResult(CreateOutcome.not_sent, message=self._describe(exc))
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            return CreateResult(CreateOutcome.ambiguous, message=self._describe(exc))
+        code = resp.status_code
+        if code == 429:
+            return CreateResult(
+                CreateOutcome.rate_limited,
+                status=code,
+                retry_after=parse_retry_after(resp.headers.get("retry-after")),
+                message="rate limited",
+            )
+        if code in (401, 403):
+            return CreateResult(CreateOutcome.auth, status=code, message=self._msg(resp))
+        if code >= 500:
+            return CreateResult(CreateOutcome.ambiguous, status=code, message=self._msg(resp))
+        if 200 <= code < 300:
+            return CreateResult(CreateOutcome.created, status=code)
+        return CreateResult(CreateOutcome.rejected, status=code, message=self._msg(resp))
+
+    async def list_messages(self, session_id: str) -> list[dict[str, Any]]:
+        """Every message of a session (user and Devin), oldest first."""
+        out: list[dict[str, Any]] = []
+        path = f"/sessions/{session_path_id(session_id)}/messages"
+        async for page in self.list_pages(path):
+            out.extend(item for item in page.items if isinstance(item, dict))
+        return out
+
     async def list_ids(self, path: str) -> set[str] | None:
         """Ids from a list endpoint (secrets, playbooks, knowledge); None when forbidden (403).
 

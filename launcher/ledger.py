@@ -8,6 +8,7 @@ versioned migrations so old ledgers keep working. No secret value ever enters it
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import socket
@@ -102,6 +103,25 @@ MIGRATIONS: list[str] = [
     ALTER TABLE sessions ADD COLUMN refreshed_at REAL;
     ALTER TABLE sessions ADD COLUMN cancelled_at REAL;
     """,
+    # v3: what was launched (for `plan --diff`; secret values are "***" in it) and messages
+    # sent to sessions (intent first: exactly once per session and text across crashes)
+    """
+    CREATE TABLE launched_requests (
+        fingerprint TEXT PRIMARY KEY,
+        request TEXT NOT NULL
+    );
+    CREATE TABLE messages (
+        session_id TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        key TEXT NOT NULL,
+        text TEXT NOT NULL,
+        state TEXT NOT NULL,
+        detail TEXT,
+        intent_at REAL NOT NULL,
+        sent_at REAL,
+        PRIMARY KEY (session_id, digest)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -153,6 +173,39 @@ class LedgerEvent:
     detail: str | None = None
     state: LaunchState | None = None  # the key's new state, if this event changes it
     url: str | None = None
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """A message to one session, as the ledger knows it."""
+
+    session_id: str
+    digest: str
+    key: str
+    text: str
+    state: str  # pending (intent recorded, outcome unknown), sent, not_sent, rejected
+    detail: str | None
+    intent_at: float
+    sent_at: float | None
+
+
+def stored_request(
+    request: Mapping[str, Any], secret_env: Iterable[tuple[int, str]] = ()
+) -> dict[str, Any]:
+    """A planned request as the ledger keeps it: the output schema by digest, and each secret
+    by the name of the variable it comes from (`env:NAME`), as the fingerprint sees it."""
+    out = dict(request)
+    env = dict(secret_env)
+    if env and isinstance(out.get("session_secrets"), list):
+        out["session_secrets"] = [
+            dict(s, value=f"env:{env[i]}") if i in env else s
+            for i, s in enumerate(out["session_secrets"])
+        ]
+    schema = out.get("structured_output_schema")
+    if schema is not None:
+        text = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+        out["structured_output_schema"] = "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    return out
 
 
 def default_ledger_path(manifest_path: Path, campaign: str) -> Path:
@@ -411,6 +464,62 @@ class Ledger:
             keys = {s.key for s in plan.sessions}
             gone = [k for k, (state, _) in existing.items() if k not in keys and state == "planned"]
             db.executemany("DELETE FROM sessions WHERE key=?", [(k,) for k in gone])
+            self._remember_requests(db, plan)
+
+    # ------------------------------------------------------------------ launched requests
+
+    def _remember_requests(self, db: sqlite3.Connection, plan: Plan) -> None:
+        """Keep each planned request by fingerprint (what `plan --diff` compares a `~` with).
+
+        Secret values are already "***" in a planned request (kept as the variable's name);
+        the output schema is kept by digest, so rows stay small.
+        """
+        db.executemany(
+            "INSERT OR IGNORE INTO launched_requests VALUES (?, ?)",
+            [
+                (s.fingerprint, json.dumps(stored_request(s.request, s.secret_env), sort_keys=True))
+                for s in plan.sessions
+            ],
+        )
+
+    @_reads
+    def launched_request(self, fingerprint: str) -> dict[str, Any] | None:
+        """The request planned under `fingerprint` (None for ledgers older than v3)."""
+        row = self.db.execute(
+            "SELECT request FROM launched_requests WHERE fingerprint=?", (fingerprint,)
+        ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    # ------------------------------------------------------------------ messages
+
+    @_reads
+    def messages(self) -> dict[tuple[str, str], MessageRecord]:
+        """Every message recorded, by (session id, text digest)."""
+        rows = self.db.execute("SELECT * FROM messages").fetchall()
+        return {(r["session_id"], r["digest"]): MessageRecord(**dict(r)) for r in rows}
+
+    def message_intent(self, key: str, session_id: str, digest: str, text: str) -> None:
+        """Durably record that a message is about to be sent (before the POST)."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO messages (session_id, digest, key, text, state, intent_at) VALUES "
+                "(?, ?, ?, ?, 'pending', ?) ON CONFLICT (session_id, digest) DO UPDATE SET "
+                "state='pending', detail=NULL, intent_at=excluded.intent_at",
+                (session_id, digest, key, text, now),
+            )
+
+    def message_outcome(
+        self, session_id: str, digest: str, state: str, detail: str | None = None
+    ) -> None:
+        """Record what became of a message: sent, not_sent, rejected, or still pending."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE messages SET state=?, detail=?, sent_at=CASE WHEN ?='sent' THEN ? "
+                "ELSE sent_at END WHERE session_id=? AND digest=?",
+                (state, detail, state, now, session_id, digest),
+            )
 
     def write_events(self, events: Iterable[LedgerEvent]) -> None:
         """Append events and apply their state changes, in one durable transaction."""

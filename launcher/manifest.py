@@ -219,6 +219,8 @@ class Fleet(BaseModel):
     """Template of each session's key: unique, stable (no `index`); default: values joined by '-'."""
     session: SessionTemplate
     """The session to create for each item."""
+    success_when: str | None = Field(default=None, min_length=1)
+    """This fleet's success rule (overrides the campaign's `success_when`)."""
 
 
 class Manifest(BaseModel):
@@ -243,6 +245,10 @@ class Manifest(BaseModel):
     """Create-session fields for every session."""
     budget: Budget = Field(default_factory=Budget)
     """Plan-time limits."""
+    success_when: str | None = Field(default=None, min_length=1)
+    """Success rule: an expression over `output`, `pull_requests`, `status`, `status_detail`,
+    `item` (e.g. `output.migrated and not output.blockers`) that decides succeeded vs failed
+    for sessions that delivered."""
     fleets: list[Fleet] = Field(min_length=1)
     """The fleets of sessions."""
 

@@ -31,7 +31,7 @@ from launcher.manifest import (
 )
 from launcher.models import MAX_TAGS, CreateSessionRequest, check_output_schema
 from launcher.source import MAX_MANIFEST_BYTES, Loc, dotted_path, load_json_or_yaml, read_text
-from launcher.templating import TemplateFailure, Templates
+from launcher.templating import Rule, TemplateFailure, Templates
 
 SECRET_PLACEHOLDER = "***"
 IDENTITY_TAGS = 2
@@ -165,6 +165,7 @@ class Plan:
     sessions: tuple[PlannedSession, ...]
     warnings: tuple[str, ...] = ()
     schemas: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # fleet -> schema
+    rules: dict[str, Rule] = field(default_factory=dict)  # fleet -> compiled success_when
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -507,6 +508,7 @@ def build_plan(loaded: LoadedManifest, *, environ: Mapping[str, str] | None = No
     sessions: list[PlannedSession] = []
     keys: dict[str, tuple[str, str]] = {}
     schemas: dict[str, dict[str, Any] | None] = {}
+    rules: dict[str, Rule] = {}
     n_items = 0
     for fi, fleet in enumerate(m.fleets):
         if fi in loaded.skipped_fleets:  # broken in the manifest itself: reported already
@@ -517,6 +519,8 @@ def build_plan(loaded: LoadedManifest, *, environ: Mapping[str, str] | None = No
             problems.extend(exc.problems)
             items = None
         spec = _merge(loaded, fi, templates, problems)
+        if (rule := _compile_rule(loaded, fi, problems)) is not None:
+            rules[fleet.name] = rule
         if items is None:
             continue
         n_items += len(items)
@@ -556,7 +560,21 @@ def build_plan(loaded: LoadedManifest, *, environ: Mapping[str, str] | None = No
     missing = sorted({n for s in sessions for _, n in s.secret_env if n not in env})
     if missing:
         warnings.append(secrets_warning(missing))
-    return Plan(m.campaign, loaded, tuple(sessions), tuple(warnings), schemas)
+    return Plan(m.campaign, loaded, tuple(sessions), tuple(warnings), schemas, rules)
+
+
+def _compile_rule(loaded: LoadedManifest, fi: int, problems: _Problems) -> Rule | None:
+    """The fleet's success rule (its own, else the campaign's), compiled once; located errors."""
+    m = loaded.manifest
+    own = m.fleets[fi].success_when
+    source, loc = (own, ("fleets", fi, "success_when")) if own else (m.success_when, ("success_when",))
+    if source is None:
+        return None
+    try:
+        return Rule(source)
+    except TemplateFailure as exc:
+        problems.add(loaded.problem(loc, exc.message, exc.hint))
+        return None
 
 
 def plan_manifest(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Plan:

@@ -16,6 +16,9 @@ means the session has a pull request, or a structured output valid against its f
 - `cancelled`: terminated by `devin-fleet cancel`, or exited without delivering.
 - `running`: new, claimed, working, resuming, not refreshed yet, and any status value the API
   adds later (unknown values never crash: they keep `status --watch` polling until its timeout).
+- The manifest's success rule (`success_when`), when it has one, then decides between
+  `succeeded` and `failed` for every session the rules above call `succeeded`: a session whose
+  output does not meet it (or on which it fails to evaluate) is `failed`, with the rule as reason.
 - `not-launched`: planned but never created, or its create's outcome is still unknown (apply
   reconciles it): final for `--watch`, counted as unfinished (exit 4) by `status`.
 """
@@ -37,6 +40,7 @@ from launcher.errors import APIError, AuthError, ExitCode
 from launcher.ledger import LaunchState, Ledger, Record
 from launcher.models import Session, output_errors, session_path_id
 from launcher.plan import Plan
+from launcher.templating import Rule, TemplateFailure
 
 SUSPEND_FAILURES = frozenset(
     {
@@ -53,6 +57,7 @@ SUSPEND_FAILURES = frozenset(
     }
 )
 CONCURRENCY = 8  # GET fallbacks / terminates in flight
+RULE_NOT_MET = "success rule not met"  # the reason; the rule itself is in the manifest
 
 
 class Outcome(StrEnum):
@@ -126,6 +131,19 @@ class SessionView:
     output_errors: list[str] = field(default_factory=list)
     note: str | None = None  # why it was not launched, or why its state may be stale
     in_plan: bool = True  # False: launched earlier, since removed from the manifest
+    attempts: int = 0  # create attempts the ledger recorded
+    rule_note: str | None = None  # why the success rule made a delivered session `failed`
+
+    @property
+    def reason(self) -> str:
+        """Why the session stands where it does: the rule, the API's refusal, or status_detail."""
+        if self.rule_note:
+            return self.rule_note
+        if self.outcome in (Outcome.failed, Outcome.not_launched) and self.note:
+            return self.note
+        if self.status_detail:
+            return self.status_detail
+        return self.status or "" if self.outcome is Outcome.failed else ""
 
     @property
     def pr_urls(self) -> list[str]:
@@ -255,6 +273,7 @@ def _session_view(
             None,
             note=note,
             in_plan=in_plan,
+            attempts=r.attempts if r is not None else 0,
         )
     schema = plan.schemas.get(fleet)
     prs = r.pull_requests or []
@@ -264,6 +283,9 @@ def _session_view(
     # the ledger keeps cancelled_at across a relaunch, so compare the times.
     cancelled = r.cancelled_at is not None and (r.created_at is None or r.cancelled_at >= r.created_at)
     outcome = classify(r.status, r.status_detail, delivered=delivered, cancelled=cancelled)
+    rule, rule_note = plan.rules.get(fleet), None
+    if rule is not None and outcome is Outcome.succeeded:
+        outcome, rule_note = _judge(rule, r, item)
     return SessionView(
         key,
         fleet,
@@ -279,7 +301,25 @@ def _session_view(
         valid,
         errors,
         in_plan=in_plan,
+        attempts=r.attempts,
+        rule_note=rule_note,
     )
+
+
+def _judge(rule: Rule, r: Record, item: Any) -> tuple[Outcome, str | None]:
+    """The success rule's verdict on a session the default rules call succeeded."""
+    values = {
+        "output": r.structured_output,
+        "pull_requests": r.pull_requests or [],
+        "status": r.status,
+        "status_detail": r.status_detail,
+        "item": item,
+    }
+    try:
+        met = rule.evaluate(values)
+    except TemplateFailure as exc:
+        return Outcome.failed, exc.message
+    return (Outcome.succeeded, None) if met else (Outcome.failed, RULE_NOT_MET)
 
 
 def _build_view(plan: Plan, records: Mapping[str, Record]) -> CampaignView:

@@ -219,3 +219,61 @@ def _undefined_hint(message: str, context: Mapping[str, Any]) -> str:
         parts.append(f"available: {', '.join(CONTEXT_NAMES)}")
     parts.append("use `| default(...)` for optional values")
     return "; ".join(parts)
+
+
+class _LenientSandbox(_Sandbox):
+    """The rule sandbox: a missing field (`output.blockers` when there is no output) is falsy
+    rather than an error, since sessions deliver partial outputs."""
+
+
+RULE_NAMES = ("output", "pull_requests", "status", "status_detail", "item")
+
+
+class Rule:
+    """A compiled boolean expression (a manifest's `success_when`), evaluated in the sandbox.
+
+    Raises TemplateFailure at compile time for a syntax error or a name it cannot read.
+    """
+
+    _env: _LenientSandbox | None = None
+
+    def __init__(self, source: str) -> None:
+        env = Rule._shared_env()
+        self.source = source
+        try:
+            ast = env.parse(f"{{{{ {source} }}}}")
+            names = jinja2.meta.find_undeclared_variables(ast)
+            self._expr = env.compile_expression(source, undefined_to_none=False)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateFailure(
+                f"success rule syntax error: {exc.message}",
+                'write an expression, e.g. "output.migrated and not output.blockers"',
+            ) from None
+        unknown = sorted(names - set(RULE_NAMES) - set(env.globals))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], RULE_NAMES, n=1)
+            raise TemplateFailure(
+                f"success rule reads unknown name {unknown[0]!r}",
+                (f"did you mean {close[0]!r}? " if close else "")
+                + f"a rule may read {', '.join(RULE_NAMES)}",
+            )
+
+    @classmethod
+    def _shared_env(cls) -> _LenientSandbox:
+        if cls._env is None:
+            env = _LenientSandbox(undefined=jinja2.ChainableUndefined, autoescape=False)
+            env.globals.pop("lipsum", None)
+            cls._env = env
+        return cls._env
+
+    def evaluate(self, values: Mapping[str, Any]) -> bool:
+        """The rule's truth for one session; TemplateFailure when evaluating it fails."""
+        try:
+            result = self._expr(**values)
+        except SecurityError as exc:
+            raise TemplateFailure(f"success rule tried to leave the sandbox: {exc}") from None
+        except Exception as exc:  # a comparison or filter failed on this session's data
+            raise TemplateFailure(f"success rule failed: {type(exc).__name__}: {exc}") from None
+        if isinstance(result, jinja2.Undefined):
+            return False
+        return bool(result)

@@ -283,7 +283,7 @@ def test_a_corrupt_ledger_on_read_commands_is_one_located_message(write: Write, 
     with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
         led.sync_plan(plan)
     corrupt_sessions_table(ledger)
-    for args in (("status", "--offline"), ("plan",), ("results",)):
+    for args in (("status", "--offline"), ("plan",), ("results", "--offline")):
         res = run(args[0], path, *args[1:], "--ledger", ledger)
         out = clean(res)
         assert res.exit_code == ExitCode.error, (args, out)

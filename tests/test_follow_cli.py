@@ -240,17 +240,17 @@ def test_results_validate_outputs_and_shape_jsonl_csv_and_group_by(
     } <= set(rows[0])
     by_key = {r["key"]: r for r in records}
     for row in rows:
-        assert row["output_valid"] == str(by_key[row["key"]]["output_valid"])
-        assert row["pull_requests"] == " ".join(by_key[row["key"]]["pull_requests"])
+        assert row["output_valid"] == str(by_key[row["key"]]["output_valid"]).lower()
+        assert row["pr_url"] == " ".join(by_key[row["key"]]["pull_requests"])
 
     res = run("results", path, "--ledger", ledger, "--group-by", "verdict", "-o", "jsonl")
-    groups = {g["verdict"]: g["sessions"] for g in map(json.loads, res.stdout.splitlines())}
+    groups = {g["output.verdict"]: g["sessions"] for g in map(json.loads, res.stdout.splitlines())}
     want = Counter((r["structured_output"] or {}).get("verdict", "(missing)") for r in records)
     assert groups == dict(want) and sum(groups.values()) == 24
     assert "(missing)" in groups
 
     res = run("results", path, "--ledger", ledger)  # the table, with totals on stdout
-    assert res.exit_code == 0 and "NO (missing" in res.stdout and "24 sessions" in res.stdout
+    assert res.exit_code == 0 and " NO " in res.stdout and "24 sessions" in res.stdout
 
 
 def test_results_flag_sessions_never_refreshed(
@@ -259,11 +259,11 @@ def test_results_flag_sessions_never_refreshed(
     sim = make_sim("clean")
     path = fleet_manifest(write, 3)
     apply_all(build_plan(load_manifest(path)), sim, tmp_path / "l.db", limit=2)
-    res = run("results", path, "--ledger", tmp_path / "l.db", "-o", "jsonl")
+    res = run("results", path, "--ledger", tmp_path / "l.db", "-o", "jsonl", "--offline")
     assert res.exit_code == 0 and "never refreshed" in res.stderr
     records = [json.loads(line) for line in res.stdout.splitlines()]
     assert [r["outcome"] for r in records] == ["running", "running", "not-launched"]
-    assert sim.stats()["requests"].get("GET /sessions", 0) == 0  # no API without --refresh
+    assert sim.stats()["requests"].get("GET /sessions", 0) == 0  # no API with --offline
 
 
 def test_cancel_terminates_exactly_the_chosen_sessions_and_reruns_are_no_ops(

@@ -11,8 +11,9 @@ import click
 
 from launcher.cli.apply_cmd import apply
 from launcher.cli.common import err
-from launcher.cli.follow_cmds import cancel, results, status, unlock
+from launcher.cli.follow_cmds import cancel, status, unlock
 from launcher.cli.plan_cmds import plan, schema, validate
+from launcher.cli.report_cmds import message, report, results
 from launcher.cli.sim_cmd import sim
 from launcher.errors import ExitCode, FleetError, fleet_errors
 
@@ -59,5 +60,5 @@ def main() -> None:
     cli(prog_name="devin-fleet")
 
 
-for _command in (validate, plan, schema, apply, status, results, cancel, unlock, sim):
+for _command in (validate, plan, schema, apply, status, results, report, message, cancel, unlock, sim):
     cli.add_command(_command)

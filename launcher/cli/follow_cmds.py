@@ -1,15 +1,17 @@
-"""`status`, `results`, `cancel` and `unlock`: following a launched campaign."""
+"""`status`, `cancel` and `unlock`: following a launched campaign."""
 
 from __future__ import annotations
 
-import csv
-import json
+import contextlib
 import sys
 from typing import TYPE_CHECKING
 
 import anyio
 import click
+from rich.console import Group
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from launcher.cli.common import (
     api_config,
@@ -109,29 +111,36 @@ async def _refresh(
         if not watch:
             return await refresh(p, client, led)
         started = anyio.current_time()
+        # On a terminal: one live table redrawn in place (cleared at the end, when the final
+        # table is printed); otherwise one line per refresh, for logs and CI.
+        live = Live(console=err, transient=True, auto_refresh=False) if err.is_terminal else None
 
         def show(view: CampaignView, wait: float) -> None:
             counts = ", ".join(f"{k} {v}" for k, v in view.counts().items() if v)
             then = f"; next refresh in {wait:.1f}s" if wait else ""
-            err.print(
+            line = (
                 f"[{anyio.current_time() - started:6.1f}s] {counts or 'no sessions'} "
-                f"({view.requests} requests){then}",
-                markup=False,
+                f"({view.requests} requests){then}"
             )
+            if live is None:
+                err.print(line, markup=False)
+            else:
+                live.update(Group(Text(line), _status_renderable(view)), refresh=True)
 
         def failed(exc: APIError) -> None:
             err.print(f"warning: refresh failed, retrying: {exc.message}", markup=False)
 
-        view = await watch_view(
-            p,
-            client,
-            led,
-            interval=interval,
-            max_interval=max_interval,
-            wait_timeout=wait_timeout,
-            on_refresh=show,
-            on_error=failed,
-        )
+        with live or contextlib.nullcontext():
+            view = await watch_view(
+                p,
+                client,
+                led,
+                interval=interval,
+                max_interval=max_interval,
+                wait_timeout=wait_timeout,
+                on_refresh=show,
+                on_error=failed,
+            )
         if view.timed_out:
             err.print(
                 f"timeout: {view.counts()['running']} session(s) still running after {wait_timeout:g}s",
@@ -143,6 +152,10 @@ async def _refresh(
 def _status_table(view: CampaignView) -> None:
     counts = view.counts()
     out.print("  ".join(f"{k}: {v}" for k, v in counts.items() if v) or "no sessions", markup=False)
+    out.print(_status_renderable(view))
+
+
+def _status_renderable(view: CampaignView) -> Table:
     table = Table(title=f"campaign {view.campaign}")
     for col in ("key", "outcome", "status", "detail", "PR", "ACUs"):
         table.add_column(col, overflow="fold")
@@ -158,113 +171,7 @@ def _status_table(view: CampaignView) -> None:
             " ".join(s.pr_urls),
             "" if s.acus_consumed is None else f"{s.acus_consumed:g}",
         )
-    out.print(table)
-
-
-@click.command()
-@click.argument("manifest", type=click.Path())
-@click.option("-o", "--output", type=click.Choice(["table", "jsonl", "csv"]), default="table")
-@click.option(
-    "--group-by",
-    metavar="FIELD",
-    help="Count sessions per value of a structured-output field (dotted path).",
-)
-@click.option(
-    "--refresh/--no-refresh",
-    default=False,
-    help="Refresh from the API first (default: what the last `status` stored).",
-)
-@ledger_option
-@api_options
-def results(
-    manifest: str,
-    output: str,
-    group_by: str | None,
-    refresh: bool,
-    ledger: str | None,
-    base_url: str | None,
-    org_id: str | None,
-) -> None:
-    """One record per session joined with its item, with its structured output validated
-    against the fleet's schema (invalid or missing output is flagged), and campaign totals."""
-    p = load_plan(manifest, "read")
-    from launcher.results import results_rows
-    from launcher.status import campaign_view
-
-    with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led:
-        if refresh:
-            with api_config(base_url, org_id) as cfg:
-                view = anyio.run(_refresh, p, cfg, led)
-        else:
-            view = campaign_view(p, led)
-            if any(s.session_id and s.status is None for s in view.sessions):
-                err.print(
-                    "note: some sessions were never refreshed: run `devin-fleet status` "
-                    "first, or pass --refresh",
-                    markup=False,
-                )
-    warn(view)
-    if group_by:
-        _group_by(view, group_by, output)
-    elif output == "jsonl":
-        for s in view.sessions:
-            click.echo(json.dumps(s.result_json(), ensure_ascii=False))
-    elif output == "csv":
-        rows = results_rows(view)
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-        w = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n", restval="")
-        w.writeheader()
-        w.writerows(rows)
-    else:
-        _results_table(view)
-    (out if output == "table" else err).print(_totals_line(view), markup=False)
-
-
-def _group_by(view: CampaignView, field: str, output: str) -> None:
-    groups = view.group_by(field)
-    if output == "jsonl":
-        for value, n in groups.items():
-            click.echo(json.dumps({field: value, "sessions": n}, ensure_ascii=False))
-    elif output == "csv":
-        w = csv.writer(sys.stdout, lineterminator="\n")
-        w.writerow([field, "sessions"])
-        w.writerows(groups.items())
-    else:
-        table = Table(title=f"{view.campaign}: sessions by output.{field}")
-        table.add_column(field)
-        table.add_column("sessions", justify="right")
-        for value, n in groups.items():
-            table.add_row(value, str(n))
-        out.print(table)
-
-
-def _results_table(view: CampaignView) -> None:
-    table = Table(title=f"campaign {view.campaign}: results")
-    for col in ("key", "outcome", "PR", "ACUs", "output", "valid"):
-        table.add_column(col, overflow="fold")
-    for s in view.sessions:
-        valid = {None: "-", True: "yes", False: "NO"}[s.output_valid]
-        if s.output_errors:
-            valid += f" ({s.output_errors[0]})"
-        table.add_row(
-            s.key,
-            s.outcome.value,
-            " ".join(s.pr_urls),
-            "" if s.acus_consumed is None else f"{s.acus_consumed:g}",
-            json.dumps(s.structured_output)[:80] if s.structured_output else "",
-            valid,
-        )
-    out.print(table)
-
-
-def _totals_line(view: CampaignView) -> str:
-    t = view.totals()
-    budget = f" of a {t['max_total_acu']} ACU budget" if t["max_total_acu"] else ""
-    return (
-        f"{t['sessions']} sessions, {t['succeeded']} succeeded, {t['pull_requests']} PRs "
-        f"opened, {t['acus_consumed']:g} ACUs consumed{budget}, {t['invalid_outputs']} "
-        "invalid or missing outputs"
-    )
+    return table
 
 
 @click.command()
@@ -272,6 +179,13 @@ def _totals_line(view: CampaignView) -> str:
 @click.option("--only", multiple=True, metavar="GLOB", help="Only keys matching this glob (repeatable).")
 @click.option("--archive", is_flag=True, help="Archive the sessions too.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    help="json: a report on stdout.",
+)
 @ledger_option
 @api_options
 def cancel(
@@ -279,6 +193,7 @@ def cancel(
     only: tuple[str, ...],
     archive: bool,
     yes: bool,
+    output: str,
     ledger: str | None,
     base_url: str | None,
     org_id: str | None,
@@ -287,6 +202,7 @@ def cancel(
     record it in the ledger. Safe to re-run: cancelled sessions are skipped."""
     from launcher.cancel import CancelResult, cancellable
 
+    say = err if output == "json" else out  # with -o json, stdout holds only the JSON
     p = load_plan(manifest, "send")
     with (
         open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led,
@@ -296,32 +212,48 @@ def cancel(
         warn(view)
         keys = cancellable(view, only)
         if not keys:
-            out.print(
+            say.print(
                 "nothing to cancel" + (f" matching {' '.join(only)}" if only else ""), markup=False
             )
+            if output == "json":
+                emit_json(
+                    {"campaign": p.campaign, "selected": [], "results": {}, "errors": {}, "ok": True}
+                )
             return
         by_key = {s.key: s for s in view.sessions}
-        out.print(
+        say.print(
             f"{len(keys)} live session(s) to terminate{' and archive' if archive else ''}:", markup=False
         )
         for key in keys[:20]:
             s = by_key[key]
-            out.print(f"  {key}  {s.session_id}  {s.outcome.value}", markup=False)
+            say.print(f"  {key}  {s.session_id}  {s.outcome.value}", markup=False)
         if len(keys) > 20:
-            out.print(f"  ... and {len(keys) - 20} more", markup=False)
+            say.print(f"  ... and {len(keys) - 20} more", markup=False)
         confirm(
             f"Terminate {len(keys)} session(s) of campaign {p.campaign}? This cannot be undone.", yes
         )
         report = anyio.run(_cancel, cfg, led, keys, archive)
-    for key, what in report.results.items():
-        why = report.errors.get(key)
-        out.print(f"  {key}: {what.value}" + (f": {why}" if why else ""), markup=False)
     done = sum(1 for r in report.results.values() if r != CancelResult.error)
-    out.print(
-        f"cancelled {done} of {len(keys)} session(s)"
-        + ("; re-run to retry the rest" if report.errors else ""),
-        markup=False,
-    )
+    if output == "json":
+        emit_json(
+            {
+                "campaign": p.campaign,
+                "selected": keys,
+                "results": {k: v.value for k, v in report.results.items()},
+                "errors": dict(report.errors),
+                "cancelled": done,
+                "ok": report.ok,
+            }
+        )
+    else:
+        for key, what in report.results.items():
+            why = report.errors.get(key)
+            out.print(f"  {key}: {what.value}" + (f": {why}" if why else ""), markup=False)
+        out.print(
+            f"cancelled {done} of {len(keys)} session(s)"
+            + ("; re-run to retry the rest" if report.errors else ""),
+            markup=False,
+        )
     sys.exit(ExitCode.ok if report.ok else ExitCode.error)
 
 

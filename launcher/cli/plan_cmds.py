@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import click
@@ -20,10 +21,11 @@ from launcher.cli.common import (
     load_plan,
     out,
 )
-from launcher.errors import ExitCode, FleetError
-from launcher.ledger import Change, Ledger
+from launcher.diff import changed_fields, field_diff
+from launcher.errors import ExitCode, FleetError, ManifestError, Problem
+from launcher.ledger import Change, Ledger, stored_request
 from launcher.manifest import manifest_json_schema
-from launcher.plan import Plan
+from launcher.plan import Plan, plan_manifest
 
 if TYPE_CHECKING:
     from launcher.client import ApiConfig
@@ -31,18 +33,80 @@ if TYPE_CHECKING:
 
 @click.command()
 @click.argument("manifests", nargs=-1, required=True, type=click.Path())
-def validate(manifests: tuple[str, ...]) -> None:
+@click.option(
+    "-o",
+    "--output",
+    "--format",
+    "output",
+    type=click.Choice(["text", "json", "github"]),
+    default="text",
+    show_default=True,
+    help="json: one report on stdout; github: GitHub Actions annotations (::error file=...).",
+)
+def validate(manifests: tuple[str, ...], output: str) -> None:
     """Check manifests fully (templates, data files, API rules, budget), offline."""
-    failed: list[FleetError] = []
+    failed = 0
+    reports = []
     for path in manifests:
         try:
-            plan = load_plan(path)
-            out.print(f"{path}: ok ({len(plan)} sessions)")
+            plan = plan_manifest(path)
         except FleetError as exc:
-            failed.append(exc)
-            err.print(exc.render(), markup=False)
+            failed += 1
+            problems = exc.problems if isinstance(exc, ManifestError) else []
+            reports.append(
+                {
+                    "path": path,
+                    "ok": False,
+                    "sessions": None,
+                    "problems": [dataclasses.asdict(p) for p in problems],
+                    "error": exc.message,
+                    "hint": exc.hint,
+                }
+            )
+            if output == "github":
+                for p in problems or [Problem(path, None, None, "", exc.message, exc.hint)]:
+                    click.echo(_annotation("error", p))
+            elif output == "text":
+                err.print(exc.render(), markup=False)
+            continue
+        reports.append(
+            {
+                "path": path,
+                "ok": True,
+                "sessions": len(plan),
+                "problems": [],
+                "warnings": list(plan.warnings),
+            }
+        )
+        if output == "github":
+            for w in plan.warnings:
+                click.echo(_annotation("warning", Problem(path, None, None, "", w)))
+        elif output == "text":
+            for w in plan.warnings:
+                err.print(f"warning: {w}", markup=False)
+            out.print(f"{path}: ok ({len(plan)} sessions)", markup=False)
+    if output == "json":
+        emit_json({"ok": not failed, "manifests": reports})
     if failed:
         sys.exit(ExitCode.error)
+
+
+def _annotation(level: str, p: Problem) -> str:
+    """A GitHub Actions workflow command: shows on the pull request's diff at the line."""
+
+    def data(text: str) -> str:
+        return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+    def prop(text: str) -> str:
+        return data(text).replace(":", "%3A").replace(",", "%2C")
+
+    props = [f"file={prop(p.file)}"]
+    if p.line is not None:
+        props += [f"line={p.line}", f"col={p.col or 1}"]
+    if p.field:
+        props.append(f"title={prop(p.field)}")
+    message = p.message + (f" (hint: {p.hint})" if p.hint else "")
+    return f"::{level} {','.join(props)}::{data(message)}"
 
 
 @click.command()
@@ -51,6 +115,12 @@ def validate(manifests: tuple[str, ...]) -> None:
 @click.option("--show-prompts", is_flag=True, help="Print each rendered prompt.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0: nothing to do, 2: changes, 1: error.")
 @click.option("--check-remote", is_flag=True, help="Check the token and referenced ids in the org.")
+@click.option(
+    "--diff",
+    "show_diff",
+    is_flag=True,
+    help="For sessions changed since launch: a unified diff of the prompt, old -> new for the rest.",
+)
 @ledger_option
 @api_options
 def plan(
@@ -59,6 +129,7 @@ def plan(
     show_prompts: bool,
     detailed_exitcode: bool,
     check_remote: bool,
+    show_diff: bool,
     ledger: str | None,
     base_url: str | None,
     org_id: str | None,
@@ -76,14 +147,32 @@ def plan(
             markup=False,
         )
     changes = _diff(p, ledger)
+    launched = _launched_requests(p, ledger, changes)
+    fields = {k: changed_fields(old, new) for k, (old, new) in launched.items()}
     if output == "json":
         data = p.to_json()
-        for entry, (change, _, note) in zip(data["sessions"], changes, strict=False):
+        for entry, (change, key, note) in zip(data["sessions"], changes, strict=False):
             entry["change"], entry["note"] = change.value, note
+            # null: changed, but launched before the ledger kept requests (unknown fields)
+            entry["changed_fields"] = fields.get(key, None if change == Change.changed else [])
         data["gone"] = [k for c, k, _ in changes[len(p) :]]
         emit_json(data)
     else:
-        _plan_table(p, changes, show_prompts)
+        noted = [
+            (c, k, f"{n}; changed: {', '.join(fields[k]) or 'secret sources'}" if k in fields else n)
+            for c, k, n in changes
+        ]
+        _plan_table(p, noted, show_prompts)
+        if show_diff:
+            for c, key, _ in changes:
+                if c != Change.changed:
+                    continue
+                out.rule(f"~ {key}")
+                if key not in launched:
+                    out.print("(launched before the ledger kept requests: no field diff)", markup=False)
+                    continue
+                old, new = launched[key]
+                out.print(field_diff(key, old, new) or "(no field differs)", markup=False)
     pending = any(c != Change.same for c, _, _ in changes)
     sys.exit(ExitCode.changes if detailed_exitcode and pending else ExitCode.ok)
 
@@ -104,6 +193,29 @@ def _diff(p: Plan, ledger_path: str | None) -> list[tuple[Change, str, str]]:
         return [(Change.create, s.key, "") for s in p.sessions]
     with Ledger(path, p.campaign, create=False) as led:
         return led.diff(p)
+
+
+def _launched_requests(
+    p: Plan, ledger_path: str | None, changes: list[tuple[Change, str, str]]
+) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """(launched request, planned request) of each `~` session the ledger kept a request for,
+    both as the ledger keeps them (schema by digest, secrets by variable name, never a value)."""
+    from launcher.ledger import default_ledger_path
+
+    changed = [k for c, k, _ in changes if c == Change.changed]
+    path = Path(ledger_path) if ledger_path else default_ledger_path(p.manifest.path, p.campaign)
+    if not changed or not path.exists():
+        return {}
+    by_key = p.by_key()
+    out = {}
+    with Ledger(path, p.campaign, create=False) as led:
+        records = led.records()
+        for key in changed:
+            old = led.launched_request(records[key].fingerprint)
+            if old is not None:  # launched before the ledger kept requests: no field diff
+                s = by_key[key]
+                out[key] = (old, stored_request(s.request, s.secret_env))
+    return out
 
 
 def _plan_table(p: Plan, changes: list[tuple[Change, str, str]], show_prompts: bool) -> None:

@@ -1,0 +1,224 @@
+"""Messages to a campaign's sessions (`devin-fleet message`): rendered from a template, paced
+like creates, and sent exactly once per (session, text) across re-runs and crashes.
+
+The protocol mirrors creates: the intent is committed to the ledger before the POST; a send
+whose outcome is unknown (a timeout, a dropped connection, a 5xx, or a crash after the intent)
+stays `pending`, and before anything is sent again the session's messages are read back
+(`GET .../messages`) to see whether it arrived.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from launcher.client import CreateOutcome, DevinClient
+from launcher.errors import APIError, AuthError
+from launcher.ledger import Ledger
+from launcher.pacing import Clock, MonotonicClock, Pacer
+from launcher.plan import Plan
+from launcher.status import SessionView
+from launcher.templating import TemplateFailure, Templates
+
+CONCURRENCY = 4  # messages in flight; the pacer sets the rate
+MAX_MESSAGE_CHARS = 100_000
+
+
+class MessageError(Exception):
+    """The message template does not render for a session (internal: the CLI reports it)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def digest(text: str) -> str:
+    """What identifies a message to a session: sha256 of its text, 32 hex digits."""
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to one session."""
+
+    key: str
+    session_id: str
+    text: str
+    digest: str
+    pending: bool = False  # an earlier attempt's outcome is unknown: look it up first
+
+
+@dataclass(frozen=True)
+class MessageBatch:
+    todo: list[Outgoing]
+    already: list[Outgoing]  # the ledger says these were delivered
+    ended: list[str] = field(default_factory=list)  # keys of sessions that have exited
+
+
+@dataclass
+class MessageReport:
+    sent: int = 0
+    found: int = 0  # an unknown earlier send turned out delivered: not sent again
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def session_context(s: SessionView) -> dict[str, Any]:
+    return {
+        "key": s.key,
+        "fleet": s.fleet,
+        "session_id": s.session_id,
+        "url": s.url,
+        "status": s.status,
+        "status_detail": s.status_detail,
+        "outcome": s.outcome.value,
+        "reason": s.reason,
+        "pull_requests": s.pull_requests,
+        "acus_consumed": s.acus_consumed,
+    }
+
+
+def prepare_messages(
+    plan: Plan, sessions: Sequence[SessionView], source: str, ledger: Ledger
+) -> MessageBatch:
+    """Render the message for each session (`item`, `output`, `session`, `vars`, `campaign`)
+    and split what is still to send from what the ledger says was delivered."""
+    if not source.strip():
+        raise MessageError("the message is empty")
+    templates = Templates()
+    try:
+        templates.compile(source)
+    except TemplateFailure as exc:
+        raise MessageError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
+    known = ledger.messages()
+    m = plan.manifest.manifest
+    todo: list[Outgoing] = []
+    already: list[Outgoing] = []
+    ended: list[str] = []
+    for s in sessions:
+        if not s.session_id:
+            continue
+        if s.status == "exit":
+            ended.append(s.key)
+            continue
+        values = {
+            "item": s.item,
+            "output": s.structured_output,
+            "session": session_context(s),
+            "vars": m.vars,
+            "campaign": m.campaign,
+        }
+        try:
+            text = templates.render(source, values).strip()
+        except TemplateFailure as exc:
+            raise MessageError(f"{s.key}: {exc.message}") from None
+        if not text:
+            raise MessageError(f"{s.key}: the message renders empty")
+        if len(text) > MAX_MESSAGE_CHARS:
+            raise MessageError(f"{s.key}: the message is {len(text):,} characters")
+        d = digest(text)
+        record = known.get((s.session_id, d))
+        if record is not None and record.state == "sent":
+            already.append(Outgoing(s.key, s.session_id, text, d))
+        else:
+            pending = record is not None and record.state == "pending"
+            todo.append(Outgoing(s.key, s.session_id, text, d, pending=pending))
+    return MessageBatch(todo, already, ended)
+
+
+async def delivered(client: DevinClient, out: Outgoing) -> bool:
+    """Whether the session already holds this message (read back from the API)."""
+    for msg in await client.list_messages(out.session_id):
+        if msg.get("source") not in (None, "user"):
+            continue
+        if str(msg.get("message", "")).strip() == out.text:
+            return True
+    return False
+
+
+async def send_messages(
+    client: DevinClient,
+    ledger: Ledger,
+    batch: MessageBatch,
+    *,
+    rate: float = 1.0,
+    clock: Clock | None = None,
+) -> MessageReport:
+    """Send every message of `batch` once, holding the campaign lock (LockedError when another
+    run holds it); raises AuthError (401/403) after stopping."""
+    pacer = Pacer(rate, clock or MonotonicClock())
+    report = MessageReport()
+    auth: list[AuthError] = []
+    limiter = anyio.CapacityLimiter(CONCURRENCY)
+
+    async def lookup(out: Outgoing) -> bool | None:
+        try:
+            return await delivered(client, out)
+        except AuthError as exc:
+            auth.append(exc)
+            return None
+        except APIError as exc:
+            report.errors[out.key] = f"outcome unknown and the lookup failed: {exc.message}"
+            return None
+
+    async def one(out: Outgoing, scope: anyio.CancelScope) -> None:
+        async with limiter:
+            if out.pending:
+                found = await lookup(out)
+                if found is None:
+                    return
+                if found:
+                    ledger.message_outcome(out.session_id, out.digest, "sent", "found by lookup")
+                    report.found += 1
+                    return
+            while True:
+                await pacer.acquire()
+                ledger.heartbeat()  # a long, slowly paced run keeps its lease
+                ledger.message_intent(out.key, out.session_id, out.digest, out.text)
+                result = await client.send_message(out.session_id, out.text)
+                if result.outcome is CreateOutcome.created:
+                    ledger.message_outcome(out.session_id, out.digest, "sent")
+                    pacer.on_success()
+                    report.sent += 1
+                    return
+                if result.outcome is CreateOutcome.rate_limited:
+                    ledger.message_outcome(out.session_id, out.digest, "not_sent", "rate limited")
+                    pacer.on_429(result.retry_after)
+                    continue
+                if result.outcome is CreateOutcome.auth:
+                    ledger.message_outcome(out.session_id, out.digest, "not_sent", result.message)
+                    auth.append(AuthError(result.message, status=result.status))
+                    scope.cancel()
+                    return
+                if result.outcome in (CreateOutcome.not_sent, CreateOutcome.rejected):
+                    ledger.message_outcome(
+                        out.session_id, out.digest, result.outcome.value, result.message
+                    )
+                    report.errors[out.key] = result.message
+                    return
+                # ambiguous: it may have arrived; read back once, else the next run looks again
+                found = await lookup(out)
+                if found:
+                    ledger.message_outcome(out.session_id, out.digest, "sent", "found by lookup")
+                    report.found += 1
+                elif found is not None:
+                    report.errors[out.key] = (
+                        f"outcome unknown ({result.message}): the next run looks it up first"
+                    )
+                return
+
+    # The campaign lease keeps two senders (or a sender and an apply) apart: without it two
+    # runs could both find a message unsent and both send it.
+    ledger.acquire_lock()
+    try:
+        async with anyio.create_task_group() as tg:
+            for out in batch.todo:
+                tg.start_soon(one, out, tg.cancel_scope)
+    finally:
+        ledger.release_lock()
+    if auth:
+        raise auth[0]
+    return report
