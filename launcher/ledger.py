@@ -101,6 +101,16 @@ MIGRATIONS: list[str] = [
     ALTER TABLE sessions ADD COLUMN refreshed_at REAL;
     ALTER TABLE sessions ADD COLUMN cancelled_at REAL;
     """,
+    # v3: rollout waves: what each wave's gate decided, and the overrides (--wave, --skip-gate)
+    """
+    CREATE TABLE waves (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        wave INTEGER NOT NULL,
+        at REAL NOT NULL,
+        decision TEXT NOT NULL,
+        detail TEXT
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -449,6 +459,20 @@ class Ledger:
                     "INSERT INTO events (key, at, kind, detail) VALUES (?, ?, 'cancelled', ?)",
                     (key, now, "archived" if archived else None),
                 )
+
+    # ------------------------------------------------------------------ rollout waves
+
+    def record_wave(self, wave: int, decision: str, detail: str | None = None) -> None:
+        """Append a rollout decision for `wave` (1-based): passed, stopped, skipped, forced, ..."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO waves (wave, at, decision, detail) VALUES (?, ?, ?, ?)",
+                (wave, time.time(), decision, detail),
+            )
+
+    def wave_log(self) -> list[dict[str, Any]]:
+        """Every rollout decision, oldest first."""
+        return [dict(r) for r in self.db.execute("SELECT * FROM waves ORDER BY id").fetchall()]
 
     # ------------------------------------------------------------------ diff
 

@@ -34,6 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "cancel": {"errors", "plan", "client", "ledger", "status"},
     "remote": {"errors", "plan", "client", "source"},
     "results": {"status"},
+    "rollout": {"errors", "plan", "client", "pacing", "ledger", "apply", "status", "manifest"},
     "progress": {"apply"},
     "sim": {"errors", "models", "source", "sim"},
 }

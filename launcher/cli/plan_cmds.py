@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,14 +76,18 @@ def plan(
             markup=False,
         )
     changes = _diff(p, ledger)
+    from launcher.rollout import waves_by_key
+
+    waves = waves_by_key(p)
     if output == "json":
         data = p.to_json()
         for entry, (change, _, note) in zip(data["sessions"], changes, strict=False):
             entry["change"], entry["note"] = change.value, note
+            entry["wave"] = waves[entry["key"]]
         data["gone"] = [k for c, k, _ in changes[len(p) :]]
         emit_json(data)
     else:
-        _plan_table(p, changes, show_prompts)
+        _plan_table(p, changes, show_prompts, waves if p.manifest.manifest.rollout else None)
     pending = any(c != Change.same for c, _, _ in changes)
     sys.exit(ExitCode.changes if detailed_exitcode and pending else ExitCode.ok)
 
@@ -105,9 +110,14 @@ def _diff(p: Plan, ledger_path: str | None) -> list[tuple[Change, str, str]]:
         return led.diff(p)
 
 
-def _plan_table(p: Plan, changes: list[tuple[Change, str, str]], show_prompts: bool) -> None:
+def _plan_table(
+    p: Plan,
+    changes: list[tuple[Change, str, str]],
+    show_prompts: bool,
+    waves: dict[str, int] | None = None,
+) -> None:
     table = Table(title=f"campaign {p.campaign}", show_lines=False)
-    for col in ("", "key", "title", "repos", "mode", "ACU", "note"):
+    for col in ("", "key", *(["wave"] if waves else []), "title", "repos", "mode", "ACU", "note"):
         table.add_column(col, overflow="fold")
     by_key = p.by_key()
     for change, key, note in changes:
@@ -116,6 +126,7 @@ def _plan_table(p: Plan, changes: list[tuple[Change, str, str]], show_prompts: b
         table.add_row(
             change.value,
             key,
+            *([str(waves.get(key, ""))] if waves else []),
             req.get("title", ""),
             ", ".join(req.get("repos", [])),
             req.get("devin_mode", "default") if s else "",
@@ -135,6 +146,14 @@ def _plan_table(p: Plan, changes: list[tuple[Change, str, str]], show_prompts: b
         f"{t['sessions']} sessions{cap}; max ACU {t['acu']}{budget}; "
         + ", ".join(f"{c.value} {c.name}: {n}" for c, n in counts.items() if n)
     )
+    if waves:
+        sizes = Counter(waves.values())
+        out.print(
+            f"rollout: {len(sizes)} waves of "
+            + ", ".join(str(sizes[w]) for w in sorted(sizes))
+            + " sessions, a gate after each but the last",
+            markup=False,
+        )
 
 
 @click.command()
