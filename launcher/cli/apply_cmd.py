@@ -61,6 +61,12 @@ if TYPE_CHECKING:
     metavar="DURATION",
     help="Stop following after this long (seconds, or 90s, 30m, 2h): exit 8.",
 )
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.01),
+    help="First interval (s) between refreshes while following (default 5; 1 with --sim); "
+    "it grows while nothing changes.",
+)
 @click.option("--wave", type=click.IntRange(min=1), help="Go straight to rollout wave N.")
 @click.option("--skip-gate", is_flag=True, help="Open the gate of the wave this run resumes at.")
 @click.option(
@@ -84,6 +90,7 @@ def apply(
     request_timeout: float,
     wait: bool,
     wait_timeout: str | None,
+    interval: float | None,
     wave: int | None,
     skip_gate: bool,
     max_running: int | None,
@@ -116,11 +123,13 @@ def apply(
         wave=wave,
         skip_gate=skip_gate,
         max_running=max_running,
-        interval=1.0 if sim else 5.0,
-        max_interval=5.0 if sim else 60.0,
-        ceiling_interval=0.5 if sim else 2.0,
+        interval=interval or (1.0 if sim else 5.0),
+        max_interval=max(interval or 0, 5.0 if sim else 60.0),
+        ceiling_interval=min(2.0, interval or (0.5 if sim else 2.0)),
     )
     waves = assign_waves(p)
+    if wave is not None and wave > len(waves):
+        raise click.BadParameter(f"the plan has {len(waves)} wave(s)", param_hint="--wave")
     with contextlib.ExitStack() as stack:
         if sim and not ledger:
             ledger = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "sim.db")

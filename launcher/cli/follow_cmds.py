@@ -270,6 +270,9 @@ def _totals_line(view: CampaignView) -> str:
 @click.command()
 @click.argument("manifest", type=click.Path())
 @click.option("--only", multiple=True, metavar="GLOB", help="Only keys matching this glob (repeatable).")
+@click.option(
+    "--gone", is_flag=True, help="Only sessions of items removed from the manifest (`-` in plan)."
+)
 @click.option("--archive", is_flag=True, help="Archive the sessions too.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @ledger_option
@@ -277,14 +280,16 @@ def _totals_line(view: CampaignView) -> str:
 def cancel(
     manifest: str,
     only: tuple[str, ...],
+    gone: bool,
     archive: bool,
     yes: bool,
     ledger: str | None,
     base_url: str | None,
     org_id: str | None,
 ) -> None:
-    """Terminate the campaign's live sessions that have not delivered (all, or --only GLOB);
-    record it in the ledger. Safe to re-run: cancelled sessions are skipped."""
+    """Terminate the campaign's live sessions that have not delivered (all, --only GLOB, or
+    --gone: those of items removed from the manifest); record it in the ledger. Safe to
+    re-run: cancelled sessions are skipped."""
     from launcher.cancel import CancelResult, cancellable
 
     p = load_plan(manifest)
@@ -294,15 +299,18 @@ def cancel(
     ):
         view = anyio.run(_refresh, p, cfg, led)
         warn(view)
-        keys = cancellable(view, only)
+        keys = cancellable(view, only, gone=gone)
+        what = " of items removed from the manifest" if gone else ""
         if not keys:
             out.print(
-                "nothing to cancel" + (f" matching {' '.join(only)}" if only else ""), markup=False
+                f"nothing to cancel{what}" + (f" matching {' '.join(only)}" if only else ""),
+                markup=False,
             )
             return
         by_key = {s.key: s for s in view.sessions}
         out.print(
-            f"{len(keys)} live session(s) to terminate{' and archive' if archive else ''}:", markup=False
+            f"{len(keys)} live session(s){what} to terminate{' and archive' if archive else ''}:",
+            markup=False,
         )
         for key in keys[:20]:
             s = by_key[key]

@@ -504,6 +504,12 @@ class SimState:
                     "seq": rec.seq,
                     "session_id": rec.session_id,
                     "created_at": int(rec.created),
+                    # exact real times: created, and when the status turned final (None while
+                    # new/claimed/working), so tests can replay who was running when
+                    "created_time": rec.created,
+                    "settled_time": v.updated
+                    if v.outcome is not None or v.status is SessionStatus.exit
+                    else None,
                     "title": rec.title,
                     "prompt": req["prompt"],
                     "tags": list(rec.tags),
