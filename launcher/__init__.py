@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from launcher.models import CreateSessionRequest, Session
     from launcher.plan import Plan, PlannedSession, build_plan
     from launcher.remote import check_remote
+    from launcher.rollout import RolloutOptions, RolloutSummary, follow, run_rollout
     from launcher.status import CampaignView, Outcome, campaign_view, classify, refresh, watch
 
 # Names resolve on first use (PEP 562), so `devin-fleet validate` does not pay for httpx,
@@ -68,6 +69,8 @@ _HOMES: dict[str, str] = {
     "Problem": "launcher.errors",
     "RemoteCheckError": "launcher.errors",
     "Result": "launcher.apply",
+    "RolloutOptions": "launcher.rollout",
+    "RolloutSummary": "launcher.rollout",
     "SecretError": "launcher.errors",
     "Session": "launcher.models",
     "apply_plan": "launcher.apply",
@@ -76,10 +79,12 @@ _HOMES: dict[str, str] = {
     "cancel": "launcher.cancel",
     "check_remote": "launcher.remote",
     "classify": "launcher.status",
+    "follow": "launcher.rollout",
     "load_manifest": "launcher.manifest",
     "manifest_json_schema": "launcher.manifest",
     "open_ledger": "launcher.ledger",
     "refresh": "launcher.status",
+    "run_rollout": "launcher.rollout",
     "watch": "launcher.status",
 }
 
@@ -121,6 +126,8 @@ __all__ = [
     "Problem",
     "RemoteCheckError",
     "Result",
+    "RolloutOptions",
+    "RolloutSummary",
     "SecretError",
     "Session",
     "apply_plan",
@@ -129,9 +136,11 @@ __all__ = [
     "cancel",
     "check_remote",
     "classify",
+    "follow",
     "load_manifest",
     "manifest_json_schema",
     "open_ledger",
     "refresh",
+    "run_rollout",
     "watch",
 ]

@@ -341,10 +341,10 @@ class RunningCeiling:
             await self._list()
         while not stop.is_set():
             if self.running < self.limit:
-                self.pending.add(key)
                 if self._shown is not None:
                     self._shown = None
-                    self.note(f"resuming: {self.running - 1} running (ceiling {self.limit})")
+                    self.note(f"launching again: {self.running} running (ceiling {self.limit})")
+                self.pending.add(key)
                 return True
             before = self.running
             try:
@@ -418,7 +418,7 @@ class RolloutSummary:
     def apply(self) -> ApplySummary:
         """Every wave's apply summary folded into one."""
         first = self.applies[0][1] if self.applies else ApplySummary(self.campaign, 0)
-        out = ApplySummary(self.campaign, first.planned, already=first.already)
+        out = ApplySummary(self.campaign, first.planned)
         for _, s in self.applies:
             out.results.update(s.results)
             out.errors.update(s.errors)
@@ -429,7 +429,7 @@ class RolloutSummary:
             out.final_rate = s.final_rate
             out.aborted = out.aborted or s.aborted
             out.interrupted = out.interrupted or s.interrupted
-        out.already = sum(s.already for _, s in self.applies[:1])
+        out.already = sum(s.already for _, s in self.applies)
         return out
 
     @property
