@@ -336,7 +336,8 @@ class RunningCeiling:
         self.listings += 1
 
     async def admit(self, key: str, stop: anyio.Event) -> bool:
-        wait, failures = self.interval, 0
+        wait: float | None = None
+        failures = 0
         if self.listings == 0:
             await self._list()
         while not stop.is_set():
@@ -363,7 +364,10 @@ class RunningCeiling:
                 self.holds += 1 if self._shown is None else 0
                 self._shown = self.running
                 self.note(f"holding: {self.running} running (ceiling {self.limit})")
-            wait = self.interval if self.running != before else min(self.max_interval, wait * 1.5)
+            if wait is None or self.running != before:
+                wait = self.interval
+            else:
+                wait = min(self.max_interval, wait * 1.5)
             await _sleep(self.clock, wait, stop)
         return False
 

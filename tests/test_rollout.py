@@ -380,9 +380,10 @@ def test_the_running_ceiling_is_never_exceeded(
 ) -> None:
     longer = profile("longer", {"finished": 1}, (100, 200))  # 1-2 real seconds each
     sim = make_sim(longer, time_scale=100)
-    path = manifest(write, 8, budget="budget: {max_running: 3}")
+    path = manifest(write, 8, budget="budget: {max_running: 6}")
     env(sim)
-    res = run("apply", path, "--yes", "--ledger", tmp_path / "l.db", "--interval", "0.05", "--wait")
+    args = ("--yes", "--ledger", tmp_path / "l.db", "--interval", "0.05", "--wait")
+    res = run("apply", path, *args, "--max-running", "3")  # the flag beats the budget
     assert res.exit_code == 0, res.output
     sessions = sim.sessions()
     assert len(sessions) == 8
@@ -406,7 +407,81 @@ def test_without_a_ceiling_the_replay_sees_them_all_running(
     assert max_running(sessions) == 8
 
 
+def test_ceiling_counts_launches_the_listing_does_not_show_yet(
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+) -> None:
+    """The adversary: sessions appear in list results a second late (list lag), so a ceiling
+    that trusted the listing alone would launch past it."""
+    laggy = profile("laggy", {"finished": 1}, (100, 200), list_lag_seconds=1.0)
+    sim = make_sim(laggy, time_scale=100)
+    plan = build_plan(load_manifest(manifest(write, 7)))
+    ro = RolloutOptions(max_running=2, wait=True, interval=0.05, max_interval=0.2, ceiling_interval=0.05)
+    summary = rollout(plan, sim, tmp_path / "l.db", ro)
+    assert summary.exit_code == 0, summary.to_json()
+    assert sessions_per_key(plan, sim) == {s.key: 1 for s in plan.sessions}
+    assert max_running(sim.sessions()) <= 2
+    assert summary.holds >= 1
+
+
+def test_ceiling_holds_polls_with_backoff_on_the_injected_clock_and_survives_a_5xx(
+    write: Write,
+) -> None:
+    import httpx
+
+    from launcher.apply import Result
+    from launcher.rollout import RunningCeiling
+    from tests.test_follow import ScriptedApi, session_json
+
+    plan = build_plan(load_manifest(manifest(write, 2, name="fu")))
+    busy = [session_json(f"devin-{i}", "running", "working") for i in range(3)]
+    eased = [*busy[:2], session_json("devin-2", "running", "finished")]
+    api = ScriptedApi([busy, busy, busy, 503, eased])
+    clock, notes = FakeClock(), []
+    cfg = ApiConfig("https://api.example.test", "org-x", "cog_x")
+
+    async def go() -> tuple[bool, bool, int]:
+        async with DevinClient(cfg, transport=httpx.MockTransport(api)) as client:
+            ceiling = RunningCeiling(
+                plan, client, 3, clock=clock, interval=1, max_interval=2, note=notes.append
+            )
+            admitted = await ceiling.admit("repo-000", anyio.Event())
+            ceiling.done("repo-000", Result.created)  # not listed yet: still counted
+            stopped = anyio.Event()
+            stopped.set()
+            return admitted, await ceiling.admit("repo-001", stopped), ceiling.running
+
+    admitted, after_stop, running = anyio.run(go)
+    assert admitted and not after_stop and running == 3
+    assert clock.sleeps == [1, 1.5, 2]  # unchanged counts: the interval grows, capped
+    assert len(api.calls) == 5 and set(api.calls) == {"GET /v3/organizations/org-x/sessions"}
+    assert notes[0] == "holding: 3 running (ceiling 3)"
+    assert any("503" in n for n in notes) and notes[-1] == "launching again: 2 running (ceiling 3)"
+
+
 # =========================================================================== apply --wait
+
+
+@pytest.mark.slow
+def test_the_readme_first_command_shows_the_whole_loop() -> None:
+    """The README's first command, exactly as written: launch, follow, results table."""
+    import re
+    import shlex
+
+    root = Path(__file__).resolve().parent.parent
+    block = re.search(r"```bash\n(.*?)```", (root / "README.md").read_text(), re.S)
+    assert block is not None
+    line = next(ln for ln in block.group(1).splitlines() if ln.startswith("devin-fleet apply"))
+    argv = shlex.split(line.split("#")[0])
+    assert "--sim" in argv and "--wait" in argv
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "200"}
+    proc = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr
+    assert "created 20" in proc.stdout and "succeeded: 20" in proc.stdout
+    assert (
+        "campaign py312-upgrade: results" in proc.stdout and "20 sessions, 20 succeeded" in proc.stdout
+    )
+    assert "following: 20/20" in proc.stderr
 
 
 def test_apply_wait_all_succeeded_exits_0_with_the_results_table(
