@@ -182,6 +182,8 @@ def parse_duration(value: Any) -> float:
     """Seconds in a duration: a positive number of seconds, or `90s`, `30m`, `2h`, `1h30m`, `1d`."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"expected a duration such as 90s, 30m or 2h; got {_describe(value)}")
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):
+        value = float(value)  # seconds, as text (a command-line value)
     if isinstance(value, str):
         if not re.fullmatch(DURATION_PATTERN, value):
             raise ValueError(f"bad duration {value!r}: write seconds, or e.g. 90s, 30m, 2h, 1h30m")

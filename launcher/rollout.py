@@ -408,6 +408,7 @@ class RolloutSummary:
 
     campaign: str
     waves: int
+    planned: int = 0
     applies: list[tuple[int, ApplySummary]] = field(default_factory=list)  # (wave, summary)
     gates: list[GateResult] = field(default_factory=list)
     stopped: GateResult | None = None  # the gate that stopped the rollout
@@ -421,8 +422,7 @@ class RolloutSummary:
     @property
     def apply(self) -> ApplySummary:
         """Every wave's apply summary folded into one."""
-        first = self.applies[0][1] if self.applies else ApplySummary(self.campaign, 0)
-        out = ApplySummary(self.campaign, first.planned)
+        out = ApplySummary(self.campaign, self.planned)
         for _, s in self.applies:
             out.results.update(s.results)
             out.errors.update(s.errors)
@@ -454,6 +454,7 @@ class RolloutSummary:
     def to_json(self) -> dict[str, Any]:
         data = self.apply.to_json()
         data["exit_code"] = int(self.exit_code)
+        data["interrupted"] = data["interrupted"] or self.interrupted
         data["rollout"] = {
             "waves": self.waves,
             "launched_waves": [w for w, _ in self.applies],
@@ -504,7 +505,7 @@ async def run_rollout(
     follower = follower or (lambda _label: NullFollower())
     gate = plan.manifest.manifest.rollout.gate if plan.manifest.manifest.rollout else Gate()
     waves = assign_waves(plan)
-    summary = RolloutSummary(plan.campaign, len(waves))
+    summary = RolloutSummary(plan.campaign, len(waves), len(plan))
     if rollout.wave is not None and rollout.wave > len(waves):
         raise ConfigError(f"--wave {rollout.wave}: the plan has {len(waves)} wave(s)")
     limit = rollout.max_running or plan.manifest.manifest.budget.max_running

@@ -214,7 +214,7 @@ def test_bad_rollout_and_ceiling_are_located_manifest_errors(write: Write) -> No
 
 def test_durations() -> None:
     assert parse_duration("2h") == 7200 and parse_duration("1h30m") == 5400
-    assert parse_duration(90) == 90 and parse_duration("45s") == 45
+    assert parse_duration(90) == 90 and parse_duration("45s") == 45 and parse_duration("0.5") == 0.5
     for bad in ("2x", "", "-5", 0, True):
         with pytest.raises(ValueError):
             parse_duration(bad)
@@ -314,7 +314,7 @@ def test_a_wave_still_running_at_its_wait_timeout_stops_with_exit_8_on_the_injec
 # =========================================================================== kill -9 mid-wave
 
 
-def start_apply(path: Path, sim: SimServer, ledger: Path) -> subprocess.Popen[str]:
+def start_apply(path: Path, sim: SimServer, ledger: Path, *extra: str) -> subprocess.Popen[str]:
     env = {
         **os.environ,
         "DEVIN_API_KEY": sim.token,
@@ -323,7 +323,7 @@ def start_apply(path: Path, sim: SimServer, ledger: Path) -> subprocess.Popen[st
     }
     cmd = ["apply", str(path), "--yes", "--rate", "20", "--concurrency", "2", "--interval", "0.05"]
     return subprocess.Popen(
-        [sys.executable, "-m", "launcher", *cmd, "--ledger", str(ledger), "-o", "json"],
+        [sys.executable, "-m", "launcher", *cmd, *extra, "--ledger", str(ledger), "-o", "json"],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -361,6 +361,32 @@ def test_sigkill_mid_wave_then_rerun_resumes_at_that_wave_exactly_once(
     assert wave_log(plan, ledger) == [(1, "passed"), (2, "passed")]  # wave 1 not gated twice
     launched = [w for w, _ in waves_of_sim_sessions(plan, sim)]
     assert launched == sorted(launched)
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_following_exits_130_and_a_rerun_keeps_following(
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+) -> None:
+    import signal
+
+    sim = make_sim(FOREVER, time_scale=100)
+    path = manifest(write, 4)
+    ledger = tmp_path / "l.db"
+    proc = start_apply(path, sim, ledger, "--wait")
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if sim.stats()["requests"].get("GET /sessions", 0) >= 2:  # following
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, errs = proc.communicate(timeout=60)
+    assert proc.returncode == 130, errs
+    assert "interrupted" in errs and json.loads(out)["interrupted"] is True
+    assert len(sim.sessions()) == 4
+    again = start_apply(path, sim, ledger, "--wait-timeout", "0.3")
+    out, errs = again.communicate(timeout=60)
+    assert again.returncode == 8, errs  # nothing more to launch; following timed out
+    assert json.loads(out)["already_launched"] == 4 and len(sim.sessions()) == 4
 
 
 # =========================================================================== the ceiling

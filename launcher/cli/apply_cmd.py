@@ -180,7 +180,7 @@ async def _apply_async(
                     os._exit(ExitCode.interrupted)
                 interrupted.set()
                 stop.set()
-                err.print("interrupted: finishing in-flight creates (Ctrl-C again to quit now)")
+                err.print("interrupted: finishing in-flight creates, if any (Ctrl-C again to quit now)")
 
     from launcher.client import DevinClient
     from launcher.progress import ProgressReporter

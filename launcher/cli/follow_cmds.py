@@ -70,7 +70,7 @@ def status(
 ) -> None:
     """Refresh and classify the campaign's sessions (succeeded, needs-human, failed, running,
     cancelled). Exit 0: all succeeded/cancelled, 3: some failed, 6: some need a human, 4: some
-    still running (or not launched)."""
+    still running (or not launched), 8: --watch timed out with sessions still running."""
     from launcher.status import campaign_view
 
     p = load_plan(manifest)
