@@ -639,11 +639,13 @@ async def _waves(
             return
         if view.timed_out:
             ledger.record_wave(w.number, "timeout", "sessions still running at the wait timeout")
+            reporter.note(f"wave {w.number}: sessions still running at the wait timeout")
             summary.next_wave = w.number
             return
         result = evaluate_gate(gate, w.number, view.counts())
         summary.gates.append(result)
         ledger.record_wave(w.number, "passed" if result.passed else "stopped", result.describe())
+        reporter.note(result.describe())
         if not result.passed:
             summary.stopped = result
             summary.next_wave = w.number

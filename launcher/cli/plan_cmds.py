@@ -146,6 +146,12 @@ def _plan_table(
         f"{t['sessions']} sessions{cap}; max ACU {t['acu']}{budget}; "
         + ", ".join(f"{c.value} {c.name}: {n}" for c, n in counts.items() if n)
     )
+    if counts[Change.gone]:
+        out.print(
+            f"{counts[Change.gone]} launched session(s) of items removed from the manifest: "
+            "`devin-fleet cancel MANIFEST --gone` terminates the live ones",
+            markup=False,
+        )
     if waves:
         sizes = Counter(waves.values())
         out.print(
