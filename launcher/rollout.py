@@ -335,11 +335,27 @@ class RunningCeiling:
         self.listed_running, self.listed = running, listed
         self.listings += 1
 
+    async def _list_retrying(self, stop: anyio.Event, tries: int = 5) -> None:
+        """`_list`, retrying a failed listing (5xx, network) with a pause; raises after `tries`
+        (an error then ends the run; in-flight creates are reconciled by the next one)."""
+        for attempt in range(1, tries + 1):
+            try:
+                await self._list()
+                return
+            except AuthError:
+                raise
+            except APIError as exc:
+                if attempt == tries:
+                    raise
+                self.note(f"listing the campaign failed, retrying: {exc.message}")
+                await _sleep(self.clock, self.interval * attempt, stop)
+                if stop.is_set():
+                    return
+
     async def admit(self, key: str, stop: anyio.Event) -> bool:
         wait: float | None = None
-        failures = 0
         if self.listings == 0:
-            await self._list()
+            await self._list_retrying(stop)
         while not stop.is_set():
             if self.running < self.limit:
                 if self._shown is not None:
@@ -348,17 +364,8 @@ class RunningCeiling:
                 self.pending.add(key)
                 return True
             before = self.running
-            try:
-                await self._list()
-                failures = 0
-            except AuthError:
-                raise
-            except APIError as exc:
-                failures += 1
-                if failures >= 5:
-                    raise
-                self.note(f"listing the campaign failed, retrying: {exc.message}")
-            if self.running < self.limit:
+            await self._list_retrying(stop)
+            if self.running < self.limit or stop.is_set():
                 continue
             if self._shown != self.running:
                 self.holds += 1 if self._shown is None else 0

@@ -461,7 +461,7 @@ def test_ceiling_holds_polls_with_backoff_on_the_injected_clock_and_survives_a_5
     plan = build_plan(load_manifest(manifest(write, 2, name="fu")))
     busy = [session_json(f"devin-{i}", "running", "working") for i in range(3)]
     eased = [*busy[:2], session_json("devin-2", "running", "finished")]
-    api = ScriptedApi([busy, busy, busy, 503, eased])
+    api = ScriptedApi([busy] * 5 + [503, eased])  # the first call lists before any hold
     clock, notes = FakeClock(), []
     cfg = ApiConfig("https://api.example.test", "org-x", "cog_x")
 
@@ -478,8 +478,9 @@ def test_ceiling_holds_polls_with_backoff_on_the_injected_clock_and_survives_a_5
 
     admitted, after_stop, running = anyio.run(go)
     assert admitted and not after_stop and running == 3
-    assert clock.sleeps == [1, 1.5, 2]  # unchanged counts: the interval grows, capped
-    assert len(api.calls) == 5 and set(api.calls) == {"GET /v3/organizations/org-x/sessions"}
+    # Unchanged counts: the interval grows by half up to 2; the 503 is retried after a pause.
+    assert clock.sleeps == [1, 1.5, 2, 2, 1]
+    assert len(api.calls) == 7 and set(api.calls) == {"GET /v3/organizations/org-x/sessions"}
     assert notes[0] == "holding: 3 running (ceiling 3)"
     assert any("503" in n for n in notes) and notes[-1] == "launching again: 2 running (ceiling 3)"
 
