@@ -592,6 +592,7 @@ async def _waves(
 ) -> None:
     many = len(waves) > 1
     selected: list[str] = []
+    budget = options.limit  # --limit counts over the whole run, not per wave
     for w in waves:
         keys = _selected(w.keys, options.only)
         if not keys:
@@ -605,7 +606,7 @@ async def _waves(
             plan,
             client,
             ledger,
-            dataclasses.replace(options, keys=frozenset(w.keys)),
+            dataclasses.replace(options, keys=frozenset(w.keys), limit=budget),
             reporter=reporter,
             clock=clock,
             environ=environ,
@@ -615,6 +616,8 @@ async def _waves(
         )
         ledger.acquire_lock()  # apply_plan released it; this run keeps it until it ends
         summary.applies.append((w.number, launched))
+        if budget is not None:
+            budget = max(0, budget - len(launched.results))
         if launched.exit_code not in (ExitCode.ok, ExitCode.failed) or stop.is_set():
             summary.next_wave = w.number
             return
@@ -623,7 +626,8 @@ async def _waves(
             k for k in keys if not (records[k].state.launched or records[k].state == LaunchState.failed)
         ]
         if left:
-            summary.incomplete = f"wave {w.number}: {len(left)} session(s) not launched yet"
+            why = " (--limit)" if budget == 0 else ""
+            summary.incomplete = f"wave {w.number}: {len(left)} session(s) not launched yet{why}"
             summary.next_wave = w.number
             return
         if w is waves[-1] or w.number in decided:

@@ -282,6 +282,26 @@ def test_a_stopping_gate_stops_with_exit_7_until_skip_gate(
     assert wave_log(plan, ledger) == [(1, "stopped"), (1, "stopped"), (1, "skipped")]
 
 
+def test_limit_counts_over_the_whole_run_and_stops_inside_a_wave(
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+) -> None:
+    sim = make_sim(QUICK, time_scale=100)
+    plan = build_plan(load_manifest(manifest(write, 8, rollout="rollout: {waves: [2, rest]}")))
+    cfg = ApiConfig(sim.base_url, sim.org_id, sim.token)
+    ro = RolloutOptions(interval=0.05, max_interval=0.2)
+
+    async def go() -> RolloutSummary:
+        async with DevinClient(cfg) as client:
+            with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "l.db") as led:
+                options = ApplyOptions(rate=500.0, verify_token=False, limit=4)
+                return await run_rollout(plan, client, led, options, ro, environ={})
+
+    summary = anyio.run(go)
+    assert len(sim.sessions()) == 4 and summary.exit_code == 4  # unfinished: re-run to resume
+    assert summary.incomplete == "wave 2: 4 session(s) not launched yet (--limit)"
+    assert rollout(plan, sim, tmp_path / "l.db").exit_code == 0 and len(sim.sessions()) == 8
+
+
 def test_wave_n_goes_straight_to_that_wave_and_is_recorded(
     write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
 ) -> None:
