@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from launcher import ApiConfig, ApplyOptions, DevinClient, build_plan, load_manifest, open_ledger
+from launcher.apply import Result as LaunchResult
 from launcher.cli import cli
 from launcher.manifest import Gate, parse_duration
 from launcher.plan import Plan
@@ -469,12 +470,43 @@ def test_ceiling_counts_launches_the_listing_does_not_show_yet(
     assert summary.holds >= 1
 
 
+def test_waves_and_ceiling_under_ambiguous_creates_launch_each_key_once(
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+) -> None:
+    """The adversary: 500s after creating and dropped connections (the session exists, the
+    answer is lost) while waves and the ceiling are on: apply adopts, never duplicates, and
+    the adopted sessions count against the ceiling."""
+    faulty = profile(
+        "faulty",
+        {"finished": 1},
+        (100, 200),
+        error_before_create=0.1,
+        error_after_create=0.2,
+        drop_after_create=0.15,
+    )
+    sim = make_sim(faulty, time_scale=100, seed=7)
+    plan = build_plan(load_manifest(manifest(write, 10, rollout="rollout: {waves: [3, rest]}")))
+    cfg = ApiConfig(sim.base_url, sim.org_id, sim.token)
+    ro = RolloutOptions(max_running=3, wait=True, interval=0.05, max_interval=0.2, ceiling_interval=0.05)
+
+    async def go() -> RolloutSummary:
+        async with DevinClient(cfg) as client:
+            with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "l.db") as led:
+                options = ApplyOptions(rate=500.0, verify_token=False, lookup_grace=0.1)
+                return await run_rollout(plan, client, led, options, ro, environ={})
+
+    summary = anyio.run(go)
+    assert summary.exit_code == 0, summary.to_json()
+    assert summary.apply.count(LaunchResult.adopted) >= 1  # the faults did land
+    assert sessions_per_key(plan, sim) == {s.key: 1 for s in plan.sessions}
+    assert max_running(sim.sessions()) <= 3
+
+
 def test_ceiling_holds_polls_with_backoff_on_the_injected_clock_and_survives_a_5xx(
     write: Write,
 ) -> None:
     import httpx
 
-    from launcher.apply import Result
     from launcher.rollout import RunningCeiling
     from tests.test_follow import ScriptedApi, session_json
 
@@ -491,7 +523,7 @@ def test_ceiling_holds_polls_with_backoff_on_the_injected_clock_and_survives_a_5
                 plan, client, 3, clock=clock, interval=1, max_interval=2, note=notes.append
             )
             admitted = await ceiling.admit("repo-000", anyio.Event())
-            ceiling.done("repo-000", Result.created)  # not listed yet: still counted
+            ceiling.done("repo-000", LaunchResult.created)  # not listed yet: still counted
             stopped = anyio.Event()
             stopped.set()
             return admitted, await ceiling.admit("repo-001", stopped), ceiling.running
