@@ -42,6 +42,7 @@ from launcher.status import CampaignView, Outcome, campaign_view, classify, refr
 
 OPEN = frozenset({"passed", "skipped", "forced"})  # decisions that let the next wave launch
 HEARTBEAT_EVERY = 10.0
+NOTE_EVERY = 30.0  # seconds between two "holding" notes
 
 
 # =========================================================================== waves
@@ -318,7 +319,7 @@ class RunningCeiling:
         self.listed_running = 0
         self.listings = 0
         self.holds = 0  # times a launch had to wait
-        self._shown: int | None = None
+        self._noted: float | None = None  # when a hold was last said
 
     @property
     def running(self) -> int:
@@ -358,19 +359,17 @@ class RunningCeiling:
             await self._list_retrying(stop)
         while not stop.is_set():
             if self.running < self.limit:
-                if self._shown is not None:
-                    self._shown = None
-                    self.note(f"launching again: {self.running} running (ceiling {self.limit})")
                 self.pending.add(key)
                 return True
             before = self.running
             await self._list_retrying(stop)
             if self.running < self.limit or stop.is_set():
                 continue
-            if self._shown != self.running:
-                self.holds += 1 if self._shown is None else 0
-                self._shown = self.running
-                self.note(f"holding: {self.running} running (ceiling {self.limit})")
+            if wait is None:  # a new hold; said at most every NOTE_EVERY (a big fleet holds often)
+                self.holds += 1
+                if self._noted is None or self.clock.now() - self._noted >= NOTE_EVERY:
+                    self._noted = self.clock.now()
+                    self.note(f"holding: {self.running} running (ceiling {self.limit})")
             if wait is None or self.running != before:
                 wait = self.interval
             else:
