@@ -77,6 +77,12 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
     )
     from launcher.report import render_report as render_report
     from launcher.results import build_results as build_results
+    from launcher.rollout import (
+        RolloutOptions as RolloutOptions,
+        RolloutSummary as RolloutSummary,
+        follow as follow,
+        run_rollout as run_rollout,
+    )
 
 # Names resolve on first use (PEP 562), so `devin-fleet validate` does not pay for httpx,
 # sqlite or the executor at start-up.
@@ -109,6 +115,8 @@ _HOMES: dict[str, str] = {
     "Problem": "launcher.errors",
     "RemoteCheckError": "launcher.errors",
     "Result": "launcher.apply",
+    "RolloutOptions": "launcher.rollout",
+    "RolloutSummary": "launcher.rollout",
     "SecretError": "launcher.errors",
     "Session": "launcher.models",
     "apply_plan": "launcher.apply",
@@ -118,6 +126,7 @@ _HOMES: dict[str, str] = {
     "cancel_sessions": "launcher.cancel",
     "check_remote": "launcher.remote",
     "classify": "launcher.status",
+    "follow": "launcher.rollout",
     "load_manifest": "launcher.manifest",
     "manifest_json_schema": "launcher.manifest",
     "open_ledger": "launcher.ledger",
@@ -125,6 +134,7 @@ _HOMES: dict[str, str] = {
     "refresh": "launcher.status",
     "render_report": "launcher.report",
     "send_messages": "launcher.messages",
+    "run_rollout": "launcher.rollout",
     "watch": "launcher.status",
 }
 

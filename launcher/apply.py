@@ -61,6 +61,17 @@ class Reporter(Protocol):
     def finish(self) -> None: ...
 
 
+class Admission(Protocol):
+    """A gate in front of every launch (e.g. a ceiling on running sessions): the producer awaits
+    `admit` before handing a session to a worker; `done` hears how each admitted one ended."""
+
+    async def admit(self, key: str, stop: anyio.Event) -> bool:
+        """Wait until `key` may launch; False when `stop` was set first (nothing launches)."""
+        ...
+
+    def done(self, key: str, result: Result) -> None: ...
+
+
 class NullReporter:
     def start(self, total: int) -> None:
         pass
@@ -82,6 +93,7 @@ class ApplyOptions:
     concurrency: int = 8  # most requests in flight
     rate: float = 5.0  # most creates per second (the adaptive rate never exceeds it)
     only: tuple[str, ...] = ()  # globs over keys
+    keys: frozenset[str] | None = None  # explicit selection (a rollout wave), with `only`
     limit: int | None = None  # most sessions to launch in this run
     replace: tuple[str, ...] = ()  # launched keys whose changed request is launched again
     max_attempts: int = 6  # per session, not counting 429s
@@ -163,6 +175,8 @@ def select(
     for s in plan.sessions:
         if options.only and not any(fnmatch.fnmatchcase(s.key, g) for g in options.only):
             continue
+        if options.keys is not None and s.key not in options.keys:
+            continue
         r = records[s.key]
         if r.state.launched:
             if r.fingerprint != s.fingerprint:
@@ -234,6 +248,7 @@ class _ApplyRun:
         environ: Mapping[str, str] | None,
         stop: anyio.Event,
         summary: ApplySummary,
+        admission: Admission | None = None,
     ) -> None:
         self.plan = plan
         self.client = client
@@ -244,6 +259,7 @@ class _ApplyRun:
         self.environ = environ
         self.stop = stop
         self.summary = summary
+        self.admission = admission
         self.pacer = Pacer(options.rate, clock)
         self.breaker = CircuitBreaker(options.breaker_threshold)
         self.writer = _Writer(ledger)
@@ -260,6 +276,8 @@ class _ApplyRun:
         self.summary.results[key] = result
         if error:
             self.summary.errors[key] = error
+        if self.admission is not None:
+            self.admission.done(key, result)
         self.reporter.advance(key, result)
 
     async def worker(self, recv: ObjectReceiveStream[tuple[PlannedSession, bool]]) -> None:
@@ -480,11 +498,13 @@ async def apply_plan(
     environ: Mapping[str, str] | None = None,
     stop: anyio.Event | None = None,
     interrupted: anyio.Event | None = None,
+    admission: Admission | None = None,
 ) -> ApplySummary:
     """Launch every planned session that is not launched yet; return what happened.
 
     `stop` (set by the caller, e.g. on Ctrl-C) stops starting new creates and lets in-flight
     ones finish within `drain_timeout`; set `interrupted` too so the summary says so.
+    `admission`, when given, is awaited before each session is handed to a worker.
     """
     options = options or ApplyOptions()
     reporter = reporter or NullReporter()
@@ -499,7 +519,9 @@ async def apply_plan(
     try:
         ledger.sync_plan(plan, replace=options.replace)
         work = select(plan, ledger, options, summary)
-        run = _ApplyRun(plan, client, ledger, options, reporter, clock, environ, stop, summary)
+        run = _ApplyRun(
+            plan, client, ledger, options, reporter, clock, environ, stop, summary, admission
+        )
         run.known = ledger.session_ids_by_key()  # one query, not one per key
         if work and options.verify_token:
             try:
@@ -540,7 +562,10 @@ async def _drive(run: _ApplyRun, work: Sequence[tuple[PlannedSession, bool]]) ->
                                 workers.start_soon(run.worker, recv_work.clone())
                         async with send_work:
                             for item in work:
-                                if run.stop.is_set():
+                                if run.stop.is_set() or not (
+                                    run.admission is None
+                                    or await run.admission.admit(item[0].key, run.stop)
+                                ):
                                     run._done(item[0].key, Result.not_started)
                                     continue
                                 await send_work.send(item)

@@ -31,10 +31,10 @@ class CancelReport:
         return not self.errors
 
 
-def cancellable(view: CampaignView, only: tuple[str, ...] = ()) -> list[str]:
+def cancellable(view: CampaignView, only: tuple[str, ...] = (), *, gone: bool = False) -> list[str]:
     """Keys of sessions still live and not delivered (running or needing a human) that match
-    `only` (globs). Delivered and failed sessions are left alone; cancelled ones too (re-runs
-    are no-ops)."""
+    `only` (globs), and with `gone` only those whose item was removed from the manifest.
+    Delivered and failed sessions are left alone; cancelled ones too (re-runs are no-ops)."""
     return [
         s.key
         for s in view.sessions
@@ -42,6 +42,7 @@ def cancellable(view: CampaignView, only: tuple[str, ...] = ()) -> list[str]:
         and s.outcome in (Outcome.running, Outcome.needs_human)
         and s.status != "exit"
         and (not only or any(fnmatch.fnmatchcase(s.key, g) for g in only))
+        and not (gone and s.in_plan)
     ]
 
 

@@ -51,6 +51,16 @@ class ExitCode(IntEnum):
     )
     aborted = 5, "aborted: bad credentials (401/403) or the circuit breaker opened"
     needs_human = 6, "status: some sessions need a human"
+    gate_stopped = (
+        7,
+        "apply: a rollout gate stopped the campaign before its next wave (fix, then re-run; "
+        "or `--skip-gate`)",
+    )
+    wait_timeout = (
+        8,
+        "apply `--wait` / `status --watch`: the timeout passed with sessions still running "
+        "(re-run to keep following)",
+    )
     usage = 64, "usage error (bad command-line options)"
     interrupted = 130, "interrupted (Ctrl-C); re-run to resume"
 

@@ -122,6 +122,16 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (session_id, digest)
     );
     """,
+    # v4: rollout waves: what each wave's gate decided, and the overrides (--wave, --skip-gate)
+    """
+    CREATE TABLE waves (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        wave INTEGER NOT NULL,
+        at REAL NOT NULL,
+        decision TEXT NOT NULL,
+        detail TEXT
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -593,6 +603,21 @@ class Ledger:
                     "INSERT INTO events (key, at, kind, detail) VALUES (?, ?, 'cancelled', ?)",
                     (key, now, "archived" if archived else None),
                 )
+
+    # ------------------------------------------------------------------ rollout waves
+
+    def record_wave(self, wave: int, decision: str, detail: str | None = None) -> None:
+        """Append a rollout decision for `wave` (1-based): passed, stopped, skipped, forced, ..."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO waves (wave, at, decision, detail) VALUES (?, ?, ?, ?)",
+                (wave, time.time(), decision, detail),
+            )
+
+    @_reads
+    def wave_log(self) -> list[dict[str, Any]]:
+        """Every rollout decision, oldest first."""
+        return [dict(r) for r in self.db.execute("SELECT * FROM waves ORDER BY id").fetchall()]
 
     # ------------------------------------------------------------------ diff
 

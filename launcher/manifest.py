@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -179,6 +181,112 @@ class Budget(BaseModel):
     """Most sessions the plan may hold."""
     max_total_acu: int | None = Field(default=None, gt=0, strict=True)
     """Most ACUs: the sum of max_acu_limit over the plan."""
+    max_running: int | None = Field(default=None, gt=0, strict=True)
+    """Most of the campaign's sessions running at once: `apply` holds new launches while this
+    many are not final yet (`--max-running` overrides)."""
+
+
+DURATION_PATTERN = r"^\s*(\d+(\.\d+)?\s*[smhd]\s*)+$"
+_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds in a duration: a positive number of seconds, or `90s`, `30m`, `2h`, `1h30m`, `1d`."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a duration such as 90s, 30m or 2h; got {describe_value(value)}")
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):
+        value = float(value)  # seconds, as text (a command-line value)
+    if isinstance(value, str):
+        if not re.fullmatch(DURATION_PATTERN, value):
+            raise ValueError(f"bad duration {value!r}: write seconds, or e.g. 90s, 30m, 2h, 1h30m")
+        value = sum(float(n) * _UNIT[u] for n, _, u in re.findall(r"(\d+(\.\d+)?)\s*([smhd])", value))
+    if not value > 0:
+        raise ValueError(f"a duration must be positive; got {value}")
+    return float(value)
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": DURATION_PATTERN},
+            ],
+            "description": "Seconds, or a duration such as 90s, 30m, 2h, 1h30m, 1d.",
+        }
+    ),
+]
+WAVE_PATTERN = r"^(\d+(\.\d+)?%|rest)$"
+
+
+def _wave_size(value: Any) -> int | str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ValueError(f"a wave needs at least 1 session; got {value}")
+        return value
+    if isinstance(value, str) and re.fullmatch(WAVE_PATTERN, value):
+        if value != "rest" and not 0 < float(value[:-1]) <= 100:
+            raise ValueError(f"a percentage must be in (0, 100]; got {value!r}")
+        return value
+    raise ValueError(
+        f'expected a count, a percentage such as "20%", or "rest"; got {describe_value(value)}'
+    )
+
+
+WaveSize = Annotated[
+    int | str,
+    BeforeValidator(_wave_size),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1},
+                {"type": "string", "pattern": WAVE_PATTERN},
+            ],
+            "description": 'Sessions in the wave: a count, a percentage of the plan ("20%"), or "rest".',
+        }
+    ),
+]
+
+
+class Gate(BaseModel):
+    """What a wave must show before the next one launches (checked when its sessions are final,
+    or when `wait_timeout` passes: then the rollout stops, and a re-run keeps following)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    min_success_rate: float = Field(default=1.0, ge=0, le=1)
+    """Least share of the wave's sessions that succeeded (cancelled ones are left out of the
+    count); default 1.0: every one."""
+    max_failed: int | None = Field(default=None, ge=0, strict=True)
+    """Most failed sessions in the wave (failed outcomes, including creates the API refused)."""
+    max_needs_human: int | None = Field(default=None, ge=0, strict=True)
+    """Most sessions in the wave waiting for a human."""
+    wait_timeout: Duration | None = None
+    """How long to follow a wave before giving up on it, in seconds or as `2h`, `30m`
+    (default: `--wait-timeout`, else no limit)."""
+
+
+class Rollout(BaseModel):
+    """Canary waves: `apply` launches a wave, follows it to final outcomes, checks the gate,
+    then launches the next. Sessions are assigned to waves by the hash of their key (stable
+    when items are reordered; a random sample, not the first rows of a file)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    waves: list[WaveSize] = Field(min_length=1)
+    """Wave sizes in launch order, e.g. `[5, "20%", "rest"]`; sessions left over after the
+    last size form a final wave of their own (as if `rest` were written)."""
+    gate: Gate = Field(default_factory=Gate)
+    """The check between waves."""
+
+    @field_validator("waves", mode="after")
+    @classmethod
+    def _rest_last(cls, v: list[int | str]) -> list[int | str]:
+        if "rest" in v[:-1]:
+            raise ValueError('"rest" can only be the last wave')
+        return v
 
 
 class ForEach(BaseModel):
@@ -249,6 +357,8 @@ class Manifest(BaseModel):
     """Success rule: an expression over `output`, `pull_requests`, `status`, `status_detail`,
     `item` (e.g. `output.migrated and not output.blockers`) that decides succeeded vs failed
     for sessions that delivered."""
+    rollout: Rollout | None = None
+    """Canary waves with a gate between them (absent: everything launches in one wave)."""
     fleets: list[Fleet] = Field(min_length=1)
     """The fleets of sessions."""
 

@@ -199,8 +199,10 @@ class CampaignView:
 
     @property
     def exit_code(self) -> ExitCode:
-        """0 all succeeded/cancelled; 3 some failed; 6 some need a human; 4 some still running
-        or not launched yet (in that order of precedence)."""
+        """8 a watch timed out with sessions still running; else 3 some failed; 6 some need a
+        human; 4 some still running or not launched yet; 0 all succeeded/cancelled."""
+        if self.timed_out:
+            return ExitCode.wait_timeout
         c = self.counts()
         if c[Outcome.failed]:
             return ExitCode.failed

@@ -38,6 +38,7 @@ ALLOWED: dict[str, set[str]] = {
     "report": {"plan", "status", "results"},
     "diff": set(),
     "messages": {"errors", "plan", "client", "ledger", "pacing", "status", "templating"},
+    "rollout": {"errors", "plan", "client", "pacing", "ledger", "apply", "status", "manifest"},
     "progress": {"apply"},
     "sim": {"errors", "models", "source", "sim"},
 }

@@ -30,6 +30,7 @@ EXPECTED = {
     "delivered": "succeeded",
     "finished": "succeeded",
     "invalid_output": "succeeded",
+    "blocked": "succeeded",  # a PR and a valid report (of failure): no success rule here
     "needs_user": "needs-human",
     "error": "failed",
     "suspended": "failed",
@@ -208,13 +209,15 @@ def test_results_validate_outputs_and_shape_jsonl_csv_and_group_by(
         }
         assert r["item"]["repo"] == r["key"] and r["item"]["team"] in "ab"
         planned = truth[r["session_id"]]
-        if planned == "delivered":
+        if planned in ("delivered", "blocked"):
             assert r["output_valid"] is True and r["output_errors"] == []
             assert r["pull_requests"][0].startswith("https://github.com/acme/")
+        elif planned == "finished":  # reported its output before ending its turn; no PR
+            assert r["output_valid"] is True and r["pull_requests"] == []
         elif planned == "invalid_output":  # delivered with a PR, but the output breaks the schema
             assert r["output_valid"] is False and r["structured_output"] is not None
             assert r["output_errors"] and r["outcome"] == "succeeded" and r["pull_requests"]
-        else:  # finished/needs_user/error/suspended: no output, flagged as missing (not dropped)
+        else:  # needs_user/error/suspended: no output, flagged as missing (not dropped)
             assert r["output_valid"] is False and r["structured_output"] is None
             assert r["output_errors"] == ["missing: no structured output"]
     succeeded = sum(1 for r in records if r["outcome"] == "succeeded")

@@ -115,6 +115,7 @@ def expected_outcome(t: dict[str, Any]) -> str:
         "delivered": "succeeded",
         "finished": "succeeded",
         "invalid_output": "succeeded",
+        "blocked": "succeeded",  # delivered (a PR, valid output): the rule judges its report
         "needs_user": "needs-human",
         "error": "failed",
         "suspended": "failed",
@@ -132,8 +133,8 @@ def test_every_format_shows_the_fleet_with_the_success_rule_applied(
     path, ledger, truth = campaign
     want = {k: expected_outcome(t) for k, t in truth.items()}
     # the rule turned some delivered sessions into failures: the case this test is about
-    assert any(want[k] == "failed" and t["planned"] == "delivered" for k, t in truth.items()), (
-        "seed gives no delivered session that breaks the rule"
+    assert any(want[k] == "failed" and t["planned"] == "blocked" for k, t in truth.items()), (
+        "seed gives no delivered (blocked) session that breaks the rule"
     )
 
     # --- json: counts, totals, and one nested record per session
@@ -245,13 +246,13 @@ def test_filters_and_grouping(campaign: tuple[Path, Path, dict[str, dict[str, An
         "b": N // 2,
     }
 
-    # a list field counts once per element; sessions without output are (missing)
+    # a list field counts once per element; an empty list is (empty), no output (missing)
     res = run(*base, "--group-by", "blockers", "-o", "jsonl")
     got = {json.loads(x)["output.blockers"]: json.loads(x)["sessions"] for x in res.stdout.splitlines()}
     expect: Counter[str] = Counter()
     for t in truth.values():
         out = t.get("structured_output")
-        expect.update(out["blockers"] if out else ["(missing)"])
+        expect.update((out["blockers"] or ["(empty)"]) if out else ["(missing)"])
     assert got == dict(expect)
 
     # two-way: outcome by team

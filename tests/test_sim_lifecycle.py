@@ -80,26 +80,27 @@ def state(s: dict[str, Any]) -> tuple[str, str | None, float]:
 def test_every_outcome_reaches_its_end_state(make_sim: Any, sim_client: Any) -> None:
     weights = {o: 1.0 for o in ("finished", "delivered", "needs_user", "error", "suspended")}
     clock = ManualClock()
-    sim = make_sim(profile({**weights, "invalid_output": 1.0}), seed=7, clock=clock)
+    sim = make_sim(profile({**weights, "invalid_output": 1.0, "blocked": 1.0}), seed=7, clock=clock)
     c = sim_client(sim)
-    for i in range(36):
+    for i in range(42):
         r = c.post(f"{api(sim)}/sessions", json={"prompt": f"t{i}", "structured_output_schema": SCHEMA})
         assert r.status_code == 200
     clock.advance(5 + 10 + 120)  # new + claimed + the longest working time of the profile
     states = list(reversed(c.get(f"{api(sim)}/sessions", params={"first": 200}).json()["items"]))
     planned = [s["planned_outcome"] for s in sim.sessions()]
-    assert set(planned) == set(weights) | {"invalid_output"}
+    assert set(planned) == set(weights) | {"invalid_output", "blocked"}
     for outcome, s in zip(planned, states, strict=True):
         out, prs = s["structured_output"], s["pull_requests"]
         assert 0.6 <= s["acus_consumed"] <= 1.2  # 60..120 s of work at 36 ACUs an hour
-        if outcome == "finished":
-            assert (s["status"], s["status_detail"], prs, out) == ("running", "finished", [], None)
-        elif outcome in ("delivered", "invalid_output"):
+        if outcome == "finished":  # with a schema, the output is reported before the turn ends
+            assert (s["status"], s["status_detail"], prs) == ("running", "finished", [])
+            assert output_errors(SCHEMA, out) == []
+        elif outcome in ("delivered", "invalid_output", "blocked"):
             assert (s["status"], s["status_detail"]) == ("running", "waiting_for_user")
             assert prs == [{"pr_url": prs[0]["pr_url"], "pr_state": "open"}]
             assert prs[0]["pr_url"].startswith("https://github.com/")
             problems = output_errors(SCHEMA, out)
-            assert (problems == []) == (outcome == "delivered"), (outcome, out, problems)
+            assert (problems == []) == (outcome != "invalid_output"), (outcome, out, problems)
         elif outcome == "needs_user":
             assert (s["status"], s["status_detail"], prs, out) == (
                 "running",
@@ -306,3 +307,24 @@ def test_generated_instances_validate(schema: dict[str, Any]) -> None:
     assert ok, (root, value, output_errors(root, value))
     broken = invalid_instance(root, value)
     assert broken is not None and output_errors(root, broken)
+
+
+def test_outputs_report_success_or_blocked_as_their_fate_says() -> None:
+    """Delivered sessions report success (first enum value, true flags, no optional list
+    entries); blocked ones a valid report of failure (last enum value, false flags, an entry)."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            "status": {"enum": ["upgraded", "already_current", "blocked"]},
+            "tests_passed": {"type": "boolean"},
+            "blockers": {"type": "array", "items": {"type": "string"}},
+            "steps": {"type": "array", "items": {"type": "string"}, "minItems": 2},
+        },
+        "required": ["status", "tests_passed", "blockers", "steps"],
+    }
+    good, ok = valid_instance(schema, "s1", "success")
+    assert ok and (good["status"], good["tests_passed"], good["blockers"]) == ("upgraded", True, [])
+    assert len(good["steps"]) == 2
+    bad, ok = valid_instance(schema, "s1", "blocked")
+    assert ok and (bad["status"], bad["tests_passed"]) == ("blocked", False)
+    assert len(bad["blockers"]) >= 1 and output_errors(schema, bad) == []

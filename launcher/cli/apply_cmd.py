@@ -33,6 +33,7 @@ from launcher.plan import Plan
 if TYPE_CHECKING:
     from launcher.apply import ApplyOptions, ApplySummary
     from launcher.client import ApiConfig
+    from launcher.rollout import RolloutOptions, RolloutSummary
 
 
 @click.command()
@@ -50,6 +51,29 @@ if TYPE_CHECKING:
     show_default=True,
     help="Seconds to wait for one API answer (a create that times out is looked up).",
 )
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Follow the launched sessions until every one is final, then show the results.",
+)
+@click.option(
+    "--wait-timeout",
+    metavar="DURATION",
+    help="Stop following after this long (seconds, or 90s, 30m, 2h): exit 8.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.01),
+    help="First interval (s) between refreshes while following (default 5; 1 with --sim); "
+    "it grows while nothing changes.",
+)
+@click.option("--wave", type=click.IntRange(min=1), help="Go straight to rollout wave N.")
+@click.option("--skip-gate", is_flag=True, help="Open the gate of the wave this run resumes at.")
+@click.option(
+    "--max-running",
+    type=click.IntRange(min=1),
+    help="Hold launches while this many sessions are not final (default: budget.max_running).",
+)
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @ledger_option
 @api_options
@@ -64,6 +88,12 @@ def apply(
     replace: tuple[str, ...],
     timeout: float | None,
     request_timeout: float,
+    wait: bool,
+    wait_timeout: str | None,
+    interval: float | None,
+    wave: int | None,
+    skip_gate: bool,
+    max_running: int | None,
     output: str,
     ledger: str | None,
     base_url: str | None,
@@ -72,13 +102,34 @@ def apply(
     sim_profile: str,
     sim_time_scale: float,
 ) -> None:
-    """Launch every planned session not launched yet: paced, exactly once, resumable."""
+    """Launch every planned session not launched yet: paced, exactly once, resumable; wave by
+    wave when the manifest has a rollout; with --wait, follow them to the end."""
     from launcher.apply import ApplyOptions
+    from launcher.manifest import parse_duration
+    from launcher.rollout import RolloutOptions, assign_waves
 
+    try:
+        wait_seconds = None if wait_timeout is None else parse_duration(wait_timeout)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--wait-timeout") from None
     p = load_plan(manifest, "send")
     options = ApplyOptions(
         concurrency=concurrency, rate=rate, only=only, limit=limit, replace=replace, run_timeout=timeout
     )
+    # The simulator's sessions finish in seconds: poll it more often than a real org.
+    rollout = RolloutOptions(
+        wait=wait or wait_timeout is not None,
+        wait_timeout=wait_seconds,
+        wave=wave,
+        skip_gate=skip_gate,
+        max_running=max_running,
+        interval=interval or (1.0 if sim else 5.0),
+        max_interval=max(interval or 0, 5.0 if sim else 60.0),
+        ceiling_interval=min(2.0, interval or (0.5 if sim else 2.0)),
+    )
+    waves = assign_waves(p)
+    if wave is not None and wave > len(waves):
+        raise click.BadParameter(f"the plan has {len(waves)} wave(s)", param_hint="--wave")
     with contextlib.ExitStack() as stack:
         if sim and not ledger:
             ledger = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "sim.db")
@@ -96,22 +147,29 @@ def apply(
                 + f"; max ACU {p.total_acu}",
                 markup=False,
             )
+        ceiling = max_running or p.manifest.manifest.budget.max_running
         confirm(
             f"Launch up to {min(todo, limit if limit is not None else todo)} session(s) "
-            f"of campaign {p.campaign} at {cfg.base_url}?",
+            f"of campaign {p.campaign} at {cfg.base_url}"
+            + (f", in {len(waves)} waves with a gate between them" if len(waves) > 1 else "")
+            + (f", at most {ceiling} running at once" if ceiling else "")
+            + "?",
             yes,
         )
-        summary = anyio.run(_apply_async, p, cfg, led, options)
+        summary = anyio.run(_apply_async, p, cfg, led, options, rollout)
     if output == "json":
         emit_json(summary.to_json())
     else:
-        _apply_summary(summary)
-    if summary.aborted is not None:
-        err.print(summary.aborted.render(), markup=False)
+        _apply_summary(summary.apply)
+        _rollout_summary(summary, p)
+    if summary.apply.aborted is not None:
+        err.print(summary.apply.aborted.render(), markup=False)
     sys.exit(summary.exit_code)
 
 
-async def _apply_async(p: Plan, cfg: ApiConfig, led: Ledger, options: ApplyOptions) -> ApplySummary:
+async def _apply_async(
+    p: Plan, cfg: ApiConfig, led: Ledger, options: ApplyOptions, rollout: RolloutOptions
+) -> RolloutSummary:
     stop, interrupted = anyio.Event(), anyio.Event()
 
     async def on_signals() -> None:
@@ -122,12 +180,12 @@ async def _apply_async(p: Plan, cfg: ApiConfig, led: Ledger, options: ApplyOptio
                     os._exit(ExitCode.interrupted)
                 interrupted.set()
                 stop.set()
-                err.print("interrupted: finishing in-flight creates (Ctrl-C again to quit now)")
+                err.print("interrupted: finishing in-flight creates, if any (Ctrl-C again to quit now)")
 
-    from launcher.apply import apply_plan
     from launcher.client import DevinClient
     from launcher.progress import ProgressReporter
     from launcher.remote import check_remote
+    from launcher.rollout import run_rollout
 
     async with DevinClient(cfg, max_connections=options.concurrency + 4) as client:
         # Prove the token and the referenced ids before anything is created (so apply_plan
@@ -137,14 +195,16 @@ async def _apply_async(p: Plan, cfg: ApiConfig, led: Ledger, options: ApplyOptio
         options = dataclasses.replace(options, verify_token=False)
         async with anyio.create_task_group() as tg:
             tg.start_soon(on_signals)
-            summary = await apply_plan(
+            summary = await run_rollout(
                 p,
                 client,
                 led,
                 options,
+                rollout,
                 stop=stop,
                 interrupted=interrupted,
-                reporter=ProgressReporter("apply"),
+                progress=ProgressReporter,
+                follower=ProgressReporter,
             )
             tg.cancel_scope.cancel()
     return summary
@@ -170,3 +230,37 @@ def _apply_summary(s: ApplySummary) -> None:
         out.print(f"  {s.results.get(key, '?')}: {key}: {why}", markup=False)
     if s.interrupted:
         out.print("interrupted: run apply again to resume")
+
+
+def _rollout_summary(s: RolloutSummary, p: Plan) -> None:
+    from launcher.cli.report_cmds import _results_table
+    from launcher.results import build_results, totals_line
+
+    for g in s.gates:
+        out.print(g.describe(), markup=False)
+    if s.stopped is not None:
+        out.print(
+            f"rollout stopped before wave {s.stopped.wave + 1} of {s.waves}: see "
+            "`devin-fleet results MANIFEST`; re-run apply to check the gate again, or pass "
+            "--skip-gate to go on",
+            markup=False,
+        )
+    elif s.incomplete is not None:
+        out.print(f"{s.incomplete}: re-run apply to resume", markup=False)
+    elif s.next_wave is not None and s.waves > 1 and not s.interrupted:
+        out.print(f"rollout paused at wave {s.next_wave} of {s.waves}: re-run apply to resume")
+    view = s.view
+    if view is None:
+        return
+    counts = "  ".join(f"{k}: {v}" for k, v in view.counts().items() if v)
+    if view.timed_out:
+        out.print(
+            f"wait timed out with {view.counts()['running']} session(s) still running "
+            f"({counts}): re-run apply, or `devin-fleet status MANIFEST --watch`, to keep following",
+            markup=False,
+        )
+    if s.followed:
+        out.print(counts or "no sessions", markup=False)
+        res = build_results(view, p.schemas)
+        _results_table(res)
+        out.print(totals_line(res), markup=False)

@@ -72,7 +72,7 @@ def status(
 ) -> None:
     """Refresh and classify the campaign's sessions (succeeded, needs-human, failed, running,
     cancelled). Exit 0: all succeeded/cancelled, 3: some failed, 6: some need a human, 4: some
-    still running (or not launched)."""
+    still running (or not launched), 8: --watch timed out with sessions still running."""
     from launcher.status import campaign_view
 
     p = load_plan(manifest, "read")
@@ -177,6 +177,9 @@ def _status_renderable(view: CampaignView) -> Table:
 @click.command()
 @click.argument("manifest", type=click.Path())
 @click.option("--only", multiple=True, metavar="GLOB", help="Only keys matching this glob (repeatable).")
+@click.option(
+    "--gone", is_flag=True, help="Only sessions of items removed from the manifest (`-` in plan)."
+)
 @click.option("--archive", is_flag=True, help="Archive the sessions too.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option(
@@ -191,6 +194,7 @@ def _status_renderable(view: CampaignView) -> Table:
 def cancel(
     manifest: str,
     only: tuple[str, ...],
+    gone: bool,
     archive: bool,
     yes: bool,
     output: str,
@@ -198,8 +202,9 @@ def cancel(
     base_url: str | None,
     org_id: str | None,
 ) -> None:
-    """Terminate the campaign's live sessions that have not delivered (all, or --only GLOB);
-    record it in the ledger. Safe to re-run: cancelled sessions are skipped."""
+    """Terminate the campaign's live sessions that have not delivered (all, --only GLOB, or
+    --gone: those of items removed from the manifest); record it in the ledger. Safe to
+    re-run: cancelled sessions are skipped."""
     from launcher.cancel import CancelResult, cancellable
 
     say = err if output == "json" else out  # with -o json, stdout holds only the JSON
@@ -210,10 +215,12 @@ def cancel(
     ):
         view = anyio.run(_refresh, p, cfg, led)
         warn(view)
-        keys = cancellable(view, only)
+        keys = cancellable(view, only, gone=gone)
+        what = " of items removed from the manifest" if gone else ""
         if not keys:
             say.print(
-                "nothing to cancel" + (f" matching {' '.join(only)}" if only else ""), markup=False
+                f"nothing to cancel{what}" + (f" matching {' '.join(only)}" if only else ""),
+                markup=False,
             )
             if output == "json":
                 emit_json(
@@ -222,7 +229,8 @@ def cancel(
             return
         by_key = {s.key: s for s in view.sessions}
         say.print(
-            f"{len(keys)} live session(s) to terminate{' and archive' if archive else ''}:", markup=False
+            f"{len(keys)} live session(s){what} to terminate{' and archive' if archive else ''}:",
+            markup=False,
         )
         for key in keys[:20]:
             s = by_key[key]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -149,12 +150,16 @@ def plan(
     changes = _diff(p, ledger)
     launched = _launched_requests(p, ledger, changes)
     fields = {k: changed_fields(old, new) for k, (old, new) in launched.items()}
+    from launcher.rollout import waves_by_key
+
+    waves = waves_by_key(p)
     if output == "json":
         data = p.to_json()
         for entry, (change, key, note) in zip(data["sessions"], changes, strict=False):
             entry["change"], entry["note"] = change.value, note
             # null: changed, but launched before the ledger kept requests (unknown fields)
             entry["changed_fields"] = fields.get(key, None if change == Change.changed else [])
+            entry["wave"] = waves[entry["key"]]
         data["gone"] = [k for c, k, _ in changes[len(p) :]]
         emit_json(data)
     else:
@@ -162,7 +167,7 @@ def plan(
             (c, k, f"{n}; changed: {', '.join(fields[k]) or 'secret sources'}" if k in fields else n)
             for c, k, n in changes
         ]
-        _plan_table(p, noted, show_prompts)
+        _plan_table(p, noted, show_prompts, waves if p.manifest.manifest.rollout else None)
         if show_diff:
             for c, key, _ in changes:
                 if c != Change.changed:
@@ -218,9 +223,14 @@ def _launched_requests(
     return out
 
 
-def _plan_table(p: Plan, changes: list[tuple[Change, str, str]], show_prompts: bool) -> None:
+def _plan_table(
+    p: Plan,
+    changes: list[tuple[Change, str, str]],
+    show_prompts: bool,
+    waves: dict[str, int] | None = None,
+) -> None:
     table = Table(title=f"campaign {p.campaign}", show_lines=False)
-    for col in ("", "key", "title", "repos", "mode", "ACU", "note"):
+    for col in ("", "key", *(["wave"] if waves else []), "title", "repos", "mode", "ACU", "note"):
         table.add_column(col, overflow="fold")
     by_key = p.by_key()
     for change, key, note in changes:
@@ -229,6 +239,7 @@ def _plan_table(p: Plan, changes: list[tuple[Change, str, str]], show_prompts: b
         table.add_row(
             change.value,
             key,
+            *([str(waves.get(key, ""))] if waves else []),
             req.get("title", ""),
             ", ".join(req.get("repos", [])),
             req.get("devin_mode", "default") if s else "",
@@ -248,6 +259,20 @@ def _plan_table(p: Plan, changes: list[tuple[Change, str, str]], show_prompts: b
         f"{t['sessions']} sessions{cap}; max ACU {t['acu']}{budget}; "
         + ", ".join(f"{c.value} {c.name}: {n}" for c, n in counts.items() if n)
     )
+    if counts[Change.gone]:
+        out.print(
+            f"{counts[Change.gone]} launched session(s) of items removed from the manifest: "
+            "`devin-fleet cancel MANIFEST --gone` terminates the live ones",
+            markup=False,
+        )
+    if waves:
+        sizes = Counter(waves.values())
+        out.print(
+            f"rollout: {len(sizes)} waves of "
+            + ", ".join(str(sizes[w]) for w in sorted(sizes))
+            + " sessions, a gate after each but the last",
+            markup=False,
+        )
 
 
 @click.command()

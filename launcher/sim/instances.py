@@ -1,6 +1,10 @@
 """Structured outputs for simulated sessions: instances generated from a Draft 7 schema.
 
-`valid_instance` builds a value that validates (checked with `launcher.models.output_errors`);
+`valid_instance` builds a value that validates (checked with `launcher.models.output_errors`),
+shaped like what a session reports: `success` (the first enum value, true flags, lists no longer
+than required: a delivered session that did the job), `blocked` (the last enum value, false
+flags, at least one list entry: a session that delivered a report of why it could not), or
+`random`;
 `invalid_instance` breaks one so a client's own validation can be exercised. Supported: type,
 properties, required, additionalProperties, items (schema or tuple), min/maxItems, uniqueItems,
 string min/maxLength and a few formats, integer/number bounds and multipleOf, boolean, null, enum,
@@ -14,7 +18,7 @@ from __future__ import annotations
 import copy
 import random
 import re
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote
 
 from launcher.models import output_errors
@@ -24,10 +28,14 @@ _PATTERN_TRIES = ("a", "abc", "A1", "x-1", "123", "a1b2c3", "ABC-123", "v1.0.0",
 _MAX_DEPTH = 12
 
 
+Reports = Literal["success", "blocked", "random"]
+
+
 class _Generator:
-    def __init__(self, root: dict[str, Any], rng: random.Random) -> None:
+    def __init__(self, root: dict[str, Any], rng: random.Random, reports: Reports) -> None:
         self.root = root
         self.rng = rng
+        self.reports = reports
 
     def resolve(self, ref: str) -> Any:
         node: Any = self.root
@@ -44,7 +52,9 @@ class _Generator:
         if "const" in schema:
             return copy.deepcopy(schema["const"])
         if "enum" in schema and schema["enum"]:
-            return copy.deepcopy(self.rng.choice(schema["enum"]))
+            pick = {"success": 0, "blocked": -1}.get(self.reports)
+            options = schema["enum"]
+            return copy.deepcopy(self.rng.choice(options) if pick is None else options[pick])
         if "allOf" in schema:
             merged = {k: v for k, v in schema.items() if k != "allOf"}
             for sub in schema["allOf"]:
@@ -66,7 +76,7 @@ class _Generator:
         if kind == "number":
             return self.gen_number(schema)
         if kind == "boolean":
-            return self.rng.random() < 0.5
+            return {"success": True, "blocked": False}.get(self.reports, self.rng.random() < 0.5)
         if kind == "null":
             return None
         return self.gen_string(schema)
@@ -92,7 +102,7 @@ class _Generator:
             while len(out) < low:
                 out.append(self.gen(extra, depth + 1))
             return out
-        count = min(max(low, 1), high)
+        count = min(max(low, 0 if self.reports == "success" else 1), high)
         out = []
         for _ in range(count * 4 if schema.get("uniqueItems") else count):
             value = self.gen(items, depth + 1)
@@ -190,11 +200,11 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def valid_instance(schema: dict[str, Any], seed: str) -> tuple[Any, bool]:
+def valid_instance(schema: dict[str, Any], seed: str, reports: Reports = "random") -> tuple[Any, bool]:
     """A value for `schema` and whether it validates (a few seeded attempts, then best effort)."""
     value: Any = None
     for attempt in range(4):
-        value = _Generator(schema, random.Random(f"{seed}:{attempt}")).gen(schema)
+        value = _Generator(schema, random.Random(f"{seed}:{attempt}"), reports).gen(schema)
         if not output_errors(schema, value):
             return value, True
     return value, False

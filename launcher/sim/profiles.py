@@ -38,6 +38,7 @@ class Fate(StrEnum):
     error = "error"  # status error
     suspended = "suspended"  # suspended with a limit detail
     invalid_output = "invalid_output"  # like delivered, but the output breaks the schema
+    blocked = "blocked"  # like delivered, but the (valid) output reports that it could not
 
 
 class _Strict(BaseModel):
@@ -66,6 +67,13 @@ class Outcomes(_Strict):
         ge=0,
         description="Weight of waiting_for_user with a PR and a structured_output that does NOT "
         "validate against the schema (behaves like `delivered` when there is no schema).",
+    )
+    blocked: float = Field(
+        default=0.0,
+        ge=0,
+        description="Weight of waiting_for_user with a PR and a valid structured_output that "
+        "reports failure (the last enum value, false flags, a list entry: e.g. blockers), which a "
+        "manifest's `success_when` rule should judge failed.",
     )
 
     @model_validator(mode="after")
@@ -280,6 +288,7 @@ _MIXED_OUTCOMES = {
     "error": 0.08,
     "suspended": 0.08,
     "invalid_output": 0.07,
+    "blocked": 0.06,
 }
 
 _BUILTIN: dict[str, dict[str, Any]] = {

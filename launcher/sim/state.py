@@ -20,14 +20,18 @@ from typing import Any
 
 from launcher.models import CreateSessionRequest, SessionStatus, StatusDetail, session_path_id
 from launcher.sim.clock import SimClock
-from launcher.sim.instances import invalid_instance, valid_instance
+from launcher.sim.instances import Reports, invalid_instance, valid_instance
 from launcher.sim.profiles import Fate, Profile
 
-_DELIVERING = (Fate.delivered, Fate.invalid_output)
+_DELIVERING = (Fate.delivered, Fate.invalid_output, Fate.blocked)
+# A finished session with a schema has reported too: structured_output_required defaults to true
+# (the agent must deliver its output before it ends its turn).
+_REPORTING = (*_DELIVERING, Fate.finished)
 _DEVIN_SAYS = {
     Fate.finished: "All done: the task is finished.",
     Fate.delivered: "Done: I opened {pr}. Anything else?",
     Fate.invalid_output: "Done: I opened {pr}. Anything else?",
+    Fate.blocked: "I opened {pr} with what I could do; the rest is blocked (see my report).",
     Fate.needs_user: "I need your input before I go on: which approach do you prefer?",
     Fate.error: "I hit an unrecoverable error and stopped.",
     Fate.suspended: "The session was suspended ({detail}).",
@@ -256,7 +260,7 @@ class SimState:
         if t < work_end:
             acus = seg.acus_before + (t - claimed_end) * self._acu_rate
             early = self.profile.lifecycle.early_output and t >= claimed_end + work / 2
-            output = self._output(rec, outcome) if early and outcome in _DELIVERING else None
+            output = self._output(rec, outcome) if early and outcome in _REPORTING else None
             return View(
                 SessionStatus.running,
                 StatusDetail.working,
@@ -271,6 +275,7 @@ class SimState:
             Fate.finished: (SessionStatus.running, StatusDetail.finished),
             Fate.delivered: (SessionStatus.running, StatusDetail.waiting_for_user),
             Fate.invalid_output: (SessionStatus.running, StatusDetail.waiting_for_user),
+            Fate.blocked: (SessionStatus.running, StatusDetail.waiting_for_user),
             Fate.needs_user: (SessionStatus.running, StatusDetail.waiting_for_user),
             Fate.error: (SessionStatus.error, None),
             Fate.suspended: (SessionStatus.suspended, rec.suspend_detail),
@@ -284,7 +289,7 @@ class SimState:
             when(work_end),
             acus,
             rec.pr_url if delivering else None,
-            self._output(rec, outcome) if delivering else None,
+            self._output(rec, outcome) if outcome in _REPORTING else None,
             outcome,
         )
 
@@ -292,12 +297,15 @@ class SimState:
         schema = rec.schema
         if schema is None:
             return None
-        if "valid" not in rec.outputs:
-            value, ok = valid_instance(schema, rec.session_id)
-            rec.outputs.update(valid=value, valid_ok=ok, invalid=invalid_instance(schema, value))
+        reports: Reports = "blocked" if outcome is Fate.blocked else "success"
+        if reports not in rec.outputs:
+            value, ok = valid_instance(schema, rec.session_id, reports)
+            rec.outputs[reports] = value
+            rec.outputs.setdefault("valid_ok", ok)
+            rec.outputs.setdefault("invalid", invalid_instance(schema, value))
         if outcome is Fate.invalid_output and rec.outputs["invalid"] is not None:
             return rec.outputs["invalid"]
-        return rec.outputs["valid"]
+        return rec.outputs[reports]
 
     def view(self, rec: Record, at: float | None = None) -> View:
         now = self.clock.now() if at is None else at
@@ -506,6 +514,12 @@ class SimState:
                     "seq": rec.seq,
                     "session_id": rec.session_id,
                     "created_at": int(rec.created),
+                    # exact real times: created, and when the status turned final (None while
+                    # new/claimed/working), so tests can replay who was running when
+                    "created_time": rec.created,
+                    "settled_time": v.updated
+                    if v.outcome is not None or v.status is SessionStatus.exit
+                    else None,
                     "title": rec.title,
                     "prompt": req["prompt"],
                     "tags": list(rec.tags),
