@@ -36,6 +36,7 @@ from launcher.client import DevinClient
 from launcher.errors import APIError, AuthError, ExitCode
 from launcher.ledger import LaunchState, Ledger, Record
 from launcher.models import Session, output_errors, session_path_id
+from launcher.pacing import Clock, MonotonicClock
 from launcher.plan import Plan
 
 SUSPEND_FAILURES = frozenset(
@@ -233,11 +234,13 @@ def _session_view(
     plan: Plan, key: str, fleet: str, item: Any, r: Record | None, in_plan: bool = True
 ) -> SessionView:
     if r is None or not r.state.launched:
-        failed = r is not None and r.state == LaunchState.failed
+        failed = r is not None and r.state == LaunchState.refused
         if failed:
             note = f"the API refused the create: {r.last_error}" if r and r.last_error else None
-        elif r is not None and r.state in (LaunchState.pending, LaunchState.unknown):
+        elif r is not None and r.state.uncertain:
             note = "create outcome unknown: apply looks it up"
+        elif r is not None and r.state == LaunchState.gave_up:
+            note = f"apply gave up (nothing created): {r.last_error or '?'}; re-run apply"
         else:
             note = "not launched yet"
         return SessionView(
@@ -406,41 +409,53 @@ async def watch(
     on_refresh: Callable[[CampaignView, float], None] | None = None,
     on_error: Callable[[APIError], None] | None = None,
     max_failures: int = 5,
+    clock: Clock | None = None,
 ) -> CampaignView:
     """Refresh until every session has a final outcome or `wait_timeout` seconds pass.
 
     The interval adapts: back to `interval` whenever something changed, otherwise it grows by
     half up to `max_interval` (polling a quiet fleet less often). `on_refresh(view, next_wait)`
     sees every refresh. A failed refresh (5xx, network) is reported to `on_error` and retried;
-    `max_failures` in a row, or any AuthError, raises.
+    `max_failures` in a row, or any AuthError, raises. Every wait goes through `clock`.
     """
+    clock = clock or MonotonicClock()
+    deadline = None if wait_timeout is None else clock.now() + wait_timeout
     view: CampaignView | None = None
     previous: dict[str, Any] | None = None
     wait = interval
     failures = 0
-    with anyio.move_on_after(wait_timeout) as scope:
-        while True:
-            try:
-                view = await refresh(plan, client, ledger)
-            except AuthError:
+    timed_out = False
+    while True:
+        try:
+            view = await refresh(plan, client, ledger)
+        except AuthError:
+            raise
+        except APIError as exc:
+            failures += 1
+            if failures >= max_failures:
                 raise
-            except APIError as exc:
-                failures += 1
-                if failures >= max_failures:
-                    raise
-                if on_error is not None:
-                    on_error(exc)
-            else:
-                failures = 0
-                snapshot = {s.key: (s.status, s.status_detail, s.outcome) for s in view.sessions}
-                wait = interval if snapshot != previous else min(max_interval, wait * 1.5)
-                previous = snapshot
+            if on_error is not None:
+                on_error(exc)
+        else:
+            failures = 0
+            snapshot = {s.key: (s.status, s.status_detail, s.outcome) for s in view.sessions}
+            wait = interval if snapshot != previous else min(max_interval, wait * 1.5)
+            previous = snapshot
+            if view.settled:
                 if on_refresh is not None:
-                    on_refresh(view, 0.0 if view.settled else wait)
-                if view.settled:
-                    break
-            await anyio.sleep(wait)
+                    on_refresh(view, 0.0)
+                break
+            if on_refresh is not None:
+                on_refresh(view, wait)
+        pause = wait
+        if deadline is not None:
+            remaining = deadline - clock.now()
+            if remaining <= 0:
+                timed_out = True
+                break
+            pause = min(wait, remaining)
+        await clock.sleep(pause)
     if view is None:  # the timeout came before any refresh succeeded
         view = campaign_view(plan, ledger)
-    view.timed_out = scope.cancelled_caught
+    view.timed_out = timed_out
     return view

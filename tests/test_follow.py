@@ -252,7 +252,7 @@ def test_campaign_view_offline_shows_unlaunched_and_refused_sessions(
         led.sync_plan(plan)
         led.write_events(
             [
-                LedgerEvent("r-000", "rejected", detail="HTTP 422: bad repo", state=LaunchState.failed),
+                LedgerEvent("r-000", "rejected", detail="HTTP 422: bad repo", state=LaunchState.refused),
                 LedgerEvent("r-001", "intent", 1),
             ]
         )

@@ -50,6 +50,23 @@ if TYPE_CHECKING:
     show_default=True,
     help="Seconds to wait for one API answer (a create that times out is looked up).",
 )
+@click.option(
+    "--lookup-grace",
+    default=3.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Least seconds between an ambiguous create and its lookup (the list lag seen in the "
+    "run, and the request timeout for unanswered creates, lengthen it).",
+)
+@click.option(
+    "--lock-ttl",
+    default=60.0,
+    show_default=True,
+    envvar="DEVIN_FLEET_LOCK_TTL",
+    type=click.FloatRange(min=0.5),
+    help="Campaign lease (s): renewed every TTL/6; this run stops sending once its last renewal "
+    "is TTL/2 old; another apply may take a lock silent for a whole TTL.",
+)
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @ledger_option
 @api_options
@@ -64,6 +81,8 @@ def apply(
     replace: tuple[str, ...],
     timeout: float | None,
     request_timeout: float,
+    lookup_grace: float,
+    lock_ttl: float,
     output: str,
     ledger: str | None,
     base_url: str | None,
@@ -77,7 +96,14 @@ def apply(
 
     p = load_plan(manifest)
     options = ApplyOptions(
-        concurrency=concurrency, rate=rate, only=only, limit=limit, replace=replace, run_timeout=timeout
+        concurrency=concurrency,
+        rate=rate,
+        only=only,
+        limit=limit,
+        replace=replace,
+        run_timeout=timeout,
+        lookup_grace=lookup_grace,
+        lock_ttl=lock_ttl,
     )
     with contextlib.ExitStack() as stack:
         if sim and not ledger:
@@ -156,8 +182,9 @@ def _apply_summary(s: ApplySummary) -> None:
     c = {r: s.count(r) for r in Result}
     out.print(
         f"campaign {s.campaign}: {s.planned} planned, {s.already} already launched; "
-        f"created {c[Result.created]}, adopted {c[Result.adopted]}, "
-        f"failed {c[Result.failed]}, unknown {c[Result.unknown]}, "
+        f"created {c[Result.created]}, adopted {c[Result.adopted]}"
+        + (f" ({s.reconciled} found by the start reconcile)" if s.reconciled else "")
+        + f", refused {c[Result.failed]}, gave up {c[Result.gave_up]}, unknown {c[Result.unknown]}, "
         f"not started {c[Result.not_started]} "
         f"in {s.elapsed:.1f}s ({s.requests} requests, {s.rate_limited} rate-limited)"
     )
@@ -165,6 +192,12 @@ def _apply_summary(s: ApplySummary) -> None:
         out.print(
             f"{len(s.changed)} launched session(s) changed in the manifest since; not "
             f"relaunched (use --replace KEY): {', '.join(s.changed[:5])}"
+        )
+    for key, ids in s.duplicates.items():
+        out.print(
+            f"  DUPLICATE: {key}: {len(ids)} live sessions ({', '.join(ids)}): "
+            "`devin-fleet cancel --duplicates` ends the extras, keeping the earliest",
+            markup=False,
         )
     for key, why in s.errors.items():
         out.print(f"  {s.results.get(key, '?')}: {key}: {why}", markup=False)
