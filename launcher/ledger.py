@@ -288,6 +288,23 @@ class Ledger:
                 f"cannot create ledger {self.path}: {exc.strerror}", path=str(self.path)
             ) from None
 
+    @classmethod
+    def scratch_copy(cls, path: Path, campaign: str) -> Ledger:
+        """An in-memory copy of the ledger at `path` (empty when there is none): `plan
+        --check-remote` reconciles into it and nothing is written to disk."""
+        mem = cls(Path(":memory:"), campaign)
+        if Path(path).exists():
+            try:
+                src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+                try:
+                    src.backup(mem.db)
+                finally:
+                    src.close()
+                mem._migrate()
+            except sqlite3.DatabaseError as exc:
+                raise LedgerError(f"cannot read ledger {path}: {exc}", path=str(path)) from None
+        return mem
+
     # ------------------------------------------------------------------ plumbing
 
     def close(self) -> None:

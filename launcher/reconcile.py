@@ -41,13 +41,17 @@ class Reconciliation:
     listed: int = 0
     requests: int = 0
 
+    keep: dict[str, str] = field(default_factory=dict)  # key -> the session the ledger holds
+
     def duplicates(self) -> dict[str, list[Session]]:
-        """Keys with more than one live session for one attempt (earliest first)."""
+        """Keys with more than one live session for one attempt: the one to keep first (the
+        ledger's, else the earliest created), then the extras."""
         out = {}
         for key, sessions in self.by_key.items():
             live = [s for s in sessions if s.status not in ENDED]
             if len(live) > 1:
-                out[key] = live
+                kept = self.keep.get(key)
+                out[key] = sorted(live, key=lambda s: (s.session_id != kept, *_order(s)))
         return out
 
     def warnings(self) -> list[str]:
@@ -135,6 +139,7 @@ def adoptions(plan: Plan, ledger: Ledger, rec: Reconciliation, *, how: str) -> l
 
 def duplicate_events(rec: Reconciliation, ledger: Ledger) -> list[LedgerEvent]:
     """One `duplicate` event per extra live session not logged as one yet (status, apply)."""
+    rec.keep = {k: r.session_id for k, r in ledger.records().items() if r.session_id}
     logged = ledger.session_ids_by_key()
     events = []
     for key, live in rec.duplicates().items():

@@ -38,6 +38,7 @@ from launcher.ledger import LaunchState, Ledger, Record
 from launcher.models import Session, output_errors, session_path_id
 from launcher.pacing import Clock, MonotonicClock
 from launcher.plan import Plan
+from launcher.reconcile import ENDED, adoptions, duplicate_events, scan
 
 SUSPEND_FAILURES = frozenset(
     {
@@ -169,6 +170,8 @@ class CampaignView:
     budget_acu: int | None = None
     requests: int = 0  # API requests the refresh that built this view made
     untracked: list[str] = field(default_factory=list)  # campaign-tagged, not in the ledger
+    strays: list[Session] = field(default_factory=list)  # live, campaign tag, no planned key
+    duplicates: dict[str, list[str]] = field(default_factory=dict)  # key -> live ids, earliest 1st
     warnings: list[str] = field(default_factory=list)
     timed_out: bool = False  # `watch` gave up before every outcome was final
 
@@ -210,6 +213,11 @@ class CampaignView:
             "counts": self.counts(),
             "totals": self.totals(),
             "sessions": [s.status_json() for s in self.sessions],
+            "strays": [
+                {"session_id": x.session_id, "url": x.url, "status": x.status, "tags": x.tags}
+                for x in self.strays
+            ],
+            "duplicates": self.duplicates,
         }
 
     def group_by(self, path: str) -> dict[str, int]:
@@ -319,6 +327,14 @@ async def refresh(
     page), then one GET per session the list missed; store states and outcomes in the ledger;
     return the joined view. Raises AuthError (401/403) and APIError when the list fails."""
     before = client.requests
+    # One listing of the campaign tag: it refreshes, and it reconciles (the API is the source
+    # of truth): planned keys the ledger does not hold as launched are adopted, extra live
+    # sessions of one key are logged as duplicates, unmatched ones are strays.
+    rec = await scan(plan, client, page_size=page_size)
+    healing = adoptions(plan, ledger, rec, how="reconcile (status)") + duplicate_events(rec, ledger)
+    if healing:
+        ledger.sync_plan(plan)  # rows for the adopted keys (a fresh ledger has none yet)
+        ledger.write_events(healing)
     records = ledger.records()
     # Match on the path form of ids: some bodies carry bare hex ids (devin-api.md section 1).
     wanted = {
@@ -326,7 +342,9 @@ async def refresh(
     }
     found: dict[str, Session] = {}
     untracked: list[str] = []
-    async for session in client.list_sessions(tags=[plan.campaign_tag], first=page_size):
+    listed = [x for v in rec.by_key.values() for x in v]
+    listed += [x for v in rec.other_attempts.values() for x in v] + rec.strays
+    for session in listed:
         sid = session_path_id(session.session_id)
         if sid in wanted:
             found[sid] = session
@@ -384,10 +402,14 @@ async def refresh(
         for r in refreshed
     )
     view.untracked = untracked
-    if untracked:
+    view.strays = [x for x in rec.strays if x.status not in ENDED]
+    view.duplicates = {k: [x.session_id for x in v] for k, v in rec.duplicates().items()}
+    view.warnings.extend(rec.warnings())
+    others = len(untracked) - len(rec.strays) - sum(len(v) - 1 for v in view.duplicates.values())
+    if others > 0:
         view.warnings.append(
-            f"{len(untracked)} session(s) carry the tag {plan.campaign_tag} but "
-            "are not in this ledger (another ledger's, or replaced ones)"
+            f"{others} session(s) carry the tag {plan.campaign_tag} and a planned key but are "
+            "not this ledger's (replaced ones, or another ledger's)"
         )
     if gone:
         view.warnings.append(f"{len(gone)} session(s) in the ledger are unknown to the API (404)")

@@ -227,7 +227,8 @@ def test_refresh_falls_back_to_get_only_for_sessions_the_list_misses(
     assert got["r-004"].status is not None and got["r-004"].session_id == bare
     assert got["r-005"].outcome == Outcome.failed and "404" in (got["r-005"].note or "")
     assert view.untracked == [stray["session_id"]]
-    assert any("not in this ledger" in w for w in view.warnings)
+    assert any("match no planned key" in w for w in view.warnings)
+    assert [x.session_id for x in view.strays] == [stray["session_id"]]
     assert any("404" in w for w in view.warnings)
     with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
         assert led.record("r-004").status == got["r-004"].status  # type: ignore[union-attr]

@@ -372,6 +372,6 @@ def test_check_remote_401_aborts_and_403_on_lists_only_warns(
     res = run("plan", path, "--check-remote", "--ledger", path.parent / "x.db")
     assert res.exit_code == 0, res.output
     for endpoint in ("/secrets", "/playbooks", "/knowledge/notes"):
-        assert f"warning: the token may not list {endpoint} (403)" in res.stderr
+        assert f"ids not verified: GET {endpoint} answered 403" in res.stderr
     assert "remote check passed" in res.stderr and "3 warning(s)" in res.stderr
     assert res.stdout.count("+") >= 2  # the plan itself is still shown
