@@ -287,9 +287,12 @@ def test_status_needs_a_ledger_and_a_working_token(
 ) -> None:
     sim = make_sim("clean")
     path = fleet_manifest(write, 2)
-    env(sim)
-    res = run("status", path, "--ledger", tmp_path / "none.db")
+    res = run("status", path, "--ledger", tmp_path / "none.db")  # no credentials, no ledger
     assert res.exit_code == 1 and "--ledger" in res.stderr and "Traceback" not in res.output
+    assert "DEVIN_API_KEY" in res.stderr  # the hint: credentials rebuild it from the API
+    env(sim)
+    res = run("status", path, "--ledger", tmp_path / "none.db")  # a fresh clone: rebuilt
+    assert res.exit_code == 4 and "rebuilding it from the API" in res.stderr
     apply_all(build_plan(load_manifest(path)), sim, tmp_path / "l.db")
     env(sim, "cog_wrong")
     res = run("status", path, "--ledger", tmp_path / "l.db")

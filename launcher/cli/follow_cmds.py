@@ -49,8 +49,10 @@ def follow_ledger(p: Plan, ledger: str | None, offline: bool = False) -> Iterato
                 yield led, False
         except LedgerError as exc:
             if not path.exists():
-                exc.hint = "run `devin-fleet apply` first, or set DEVIN_API_KEY and DEVIN_ORG_ID to "
-                exc.hint += "rebuild it from the API (sessions are found by their tags)"
+                exc.hint = (
+                    "run `devin-fleet apply` first, pass --ledger PATH, or set DEVIN_API_KEY "
+                    "and DEVIN_ORG_ID to rebuild it from the API (sessions are found by their tags)"
+                )
             raise
         return
     with open_ledger(p.manifest.path, p.campaign, ledger) as led:
