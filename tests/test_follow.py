@@ -29,6 +29,7 @@ from launcher.status import (
     refresh,
     watch,
 )
+from tests.fake_api import FakeClock
 
 Write = Callable[[str, str], Path]
 
@@ -326,6 +327,9 @@ def scripted_watch(
                     **kw,
                 )
 
+    clock = kw.get("clock")
+    if isinstance(clock, FakeClock):
+        return anyio.run(clock.run, go), waits, errors
     return anyio.run(go), waits, errors
 
 
@@ -350,17 +354,17 @@ def test_watch_retries_a_failed_refresh_and_stops_when_every_outcome_is_final(
 def test_watch_survives_unknown_statuses_and_times_out_with_a_growing_interval(
     write: Write, tmp_path: Path
 ) -> None:
+    """On a fake clock (no real waiting, no dependence on the machine's load): the interval
+    grows by half while nothing changes, up to max_interval, and the timeout ends the watch."""
     api = ScriptedApi([[session_json("devin-1", "hibernating", "cosmic_rays")]])
+    clock = FakeClock(start=0.0)
     view, waits, errors = scripted_watch(
-        write, tmp_path, api, interval=0.01, max_interval=0.03, wait_timeout=1.0
+        write, tmp_path, api, interval=5, max_interval=20, wait_timeout=60, clock=clock
     )
     assert view.timed_out and view.exit_code == 4 and not errors
     assert [(s.status, s.outcome) for s in view.sessions] == [("hibernating", Outcome.running)]
-    # Nothing changes between refreshes: the interval grows by half up to max_interval.
-    # (Checked as a rule over however many refreshes fit: a loaded machine fits fewer.)
-    assert len(waits) >= 3 and waits[0] == pytest.approx(0.01)
-    for before, after in zip(waits, waits[1:], strict=False):
-        assert after == pytest.approx(min(0.03, before * 1.5))
+    assert waits == [5, 7.5, 11.25, 16.875, 20, 20]  # 5 + 7.5 + 11.25 + 16.875 + 20 >= 60
+    assert clock.t == 60  # the last wait is cut to the timeout
 
 
 def test_watch_gives_up_after_repeated_failures_and_at_once_on_401(write: Write, tmp_path: Path) -> None:
