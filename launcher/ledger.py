@@ -261,6 +261,7 @@ class Ledger:
         self.path = Path(path)
         self.campaign = campaign
         self.lease: LockLease | None = None
+        self._reader: sqlite3.Connection | None = None
         if not create and not self.path.exists():
             raise LedgerError(
                 f"no ledger for campaign {campaign!r} at {self.path}",
@@ -308,6 +309,8 @@ class Ledger:
     # ------------------------------------------------------------------ plumbing
 
     def close(self) -> None:
+        if self._reader is not None and self._reader is not self.db:
+            self._reader.close()
         self.db.close()
 
     def __enter__(self) -> Ledger:
@@ -401,11 +404,20 @@ class Ledger:
         if self.lease is None:
             return False
         try:
-            row = self.db.execute(
-                "SELECT generation FROM lock WHERE campaign=?", (self.campaign,)
-            ).fetchone()
+            if self._reader is None:  # its own connection: the writer thread owns self.db
+                self._reader = (
+                    sqlite3.connect(self.path, check_same_thread=False, timeout=5.0)
+                    if str(self.path) != ":memory:"
+                    else self.db
+                )
+            query = "SELECT generation FROM lock WHERE campaign=?"
+            try:
+                row = self._reader.execute(query, (self.campaign,)).fetchone()
+            except sqlite3.OperationalError:  # busy for a moment: one more look, then decide
+                time.sleep(0.05)
+                row = self._reader.execute(query, (self.campaign,)).fetchone()
         except sqlite3.Error:
-            return False
+            return False  # cannot prove the lease is ours: do not send
         return row is not None and int(row[0]) == self.lease.generation
 
     def release_lock(self) -> None:
