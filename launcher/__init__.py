@@ -25,12 +25,13 @@ if TYPE_CHECKING:
         FleetError,
         LedgerError,
         LockedError,
+        LockLostError,
         ManifestError,
         Problem,
         RemoteCheckError,
         SecretError,
     )
-    from launcher.ledger import Change, LaunchState, Ledger, open_ledger
+    from launcher.ledger import Change, EventKind, LaunchState, Ledger, open_ledger
     from launcher.manifest import LoadedManifest, Manifest, load_manifest, manifest_json_schema
     from launcher.models import CreateSessionRequest, Session
     from launcher.plan import Plan, PlannedSession, build_plan
@@ -60,6 +61,8 @@ _HOMES: dict[str, str] = {
     "LedgerError": "launcher.errors",
     "LoadedManifest": "launcher.manifest",
     "LockedError": "launcher.errors",
+    "LockLostError": "launcher.errors",
+    "EventKind": "launcher.ledger",
     "Manifest": "launcher.manifest",
     "ManifestError": "launcher.errors",
     "Outcome": "launcher.status",
@@ -113,6 +116,8 @@ __all__ = [
     "LedgerError",
     "LoadedManifest",
     "LockedError",
+    "LockLostError",
+    "EventKind",
     "Manifest",
     "ManifestError",
     "Outcome",
