@@ -52,7 +52,8 @@ def run(
     clock = clock or FakeClock()
     options.setdefault("verify_token", False)
     options.setdefault("rate", 100.0)
-    cfg = ApiConfig("http://127.0.0.1:9", "org-test", "cog_test", read_timeout=5.0)
+    timeout = options.pop("request_timeout", 5.0)
+    cfg = ApiConfig("http://127.0.0.1:9", "org-test", "cog_test", read_timeout=timeout)
 
     async def go() -> ApplySummary:
         async with DevinClient(cfg, transport=api.transport()) as client:
@@ -219,3 +220,54 @@ def test_secret_values_never_reach_the_ledger_or_the_summary(write: Write, tmp_p
     assert secret.encode() not in (tmp_path / "l.db").read_bytes()
     for extra in tmp_path.glob("l.db-*"):
         assert secret.encode() not in extra.read_bytes()
+
+
+def test_a_create_landing_late_within_the_request_timeout_is_found_not_resent(
+    write: Write, tmp_path: Path
+) -> None:
+    """Issue 9, case 3 (the late-arrival race): the first create's answer never comes, and the
+    request lands on the server 10 s after the client gave up (well within the 30 s request
+    timeout), shown by the list 1 s later. The old fixed 3 s grace resent it: two sessions."""
+    plan = small(write, 1)
+    clock = FakeClock()
+    landing: list[tuple[float, dict[str, Any]]] = []
+
+    async def held_in_transit(request: httpx.Request, api: ScriptedAPI) -> httpx.Response:
+        body = json.loads(request.content)
+        if api.creates == 1:
+            await clock.sleep(30.0)  # the client's read timeout
+            landing.append((clock.now() + 10.0 + 1.0, body))  # lands +10 s, listed +1 s later
+            raise httpx.ReadTimeout("timed out", request=request)
+        return httpx.Response(200, json=api.new_session(body))
+
+    async def listing(request: httpx.Request, api: ScriptedAPI) -> httpx.Response:
+        while landing and landing[0][0] <= clock.now():
+            api.new_session(landing.pop(0)[1])
+        return api.listing(request)
+
+    api = ScriptedAPI(held_in_transit, on_list=listing)
+    summary = run(plan, api, tmp_path, clock=clock, request_timeout=30.0)
+    assert summary.results == {"r0": Result.adopted}
+    assert api.creates == 1 and len(api.sessions) == 1
+
+
+def test_an_apply_whose_lock_was_taken_over_stops_sending_and_exits_7(
+    write: Write, tmp_path: Path
+) -> None:
+    """Issue 9, case 2 on a fake clock: the lock row changes hands after the first create (as
+    when another apply took a stale lease over): not one more create is sent."""
+    plan = small(write, 5)
+
+    async def take_over_then_create(request: httpx.Request, api: ScriptedAPI) -> httpx.Response:
+        if api.creates == 1:
+            with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "l.db") as other:
+                other.acquire_lock(now=1e12)  # same host and pid here: a takeover
+        return httpx.Response(200, json=api.new_session(json.loads(request.content)))
+
+    api = ScriptedAPI(take_over_then_create)
+    summary = run(plan, api, tmp_path, concurrency=1)
+    assert api.creates == 1
+    assert summary.exit_code == ExitCode.lock_lost == 7
+    assert "lost the campaign lock" in (summary.aborted.message if summary.aborted else "")
+    assert summary.results["r0"] == Result.created  # the fact it learned is still recorded
+    assert state(plan, tmp_path, "r0") == LaunchState.created
