@@ -28,7 +28,8 @@ from anyio.abc import ObjectReceiveStream
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from launcher import ApiConfig, DevinClient, build_plan, load_manifest, open_ledger
-from launcher.ledger import Event, LaunchState
+from launcher.ledger import LaunchState
+from launcher.ledger import LedgerEvent as Event
 from launcher.plan import Plan
 from launcher.sim import SimServer, running_simulator
 from launcher.status import refresh

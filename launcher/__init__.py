@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
         FleetError as FleetError,
         LedgerError as LedgerError,
         LockedError as LockedError,
+        LockLostError as LockLostError,
         ManifestError as ManifestError,
         Problem as Problem,
         RemoteCheckError as RemoteCheckError,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
     )
     from launcher.ledger import (
         Change as Change,
+        EventKind as EventKind,
         LaunchState as LaunchState,
         Ledger as Ledger,
         open_ledger as open_ledger,
@@ -107,6 +109,8 @@ _HOMES: dict[str, str] = {
     "LedgerError": "launcher.errors",
     "LoadedManifest": "launcher.manifest",
     "LockedError": "launcher.errors",
+    "LockLostError": "launcher.errors",
+    "EventKind": "launcher.ledger",
     "Manifest": "launcher.manifest",
     "ManifestError": "launcher.errors",
     "Outcome": "launcher.status",

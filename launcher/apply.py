@@ -1,16 +1,20 @@
 """The executor: launches a plan's sessions concurrently, paced, exactly once, into the ledger.
 
 One task group owns a run: a producer feeds a bounded stream, workers launch, and one writer
-owns the ledger (group commits in a thread). The intent to create is durable before a request
-leaves the process; an ambiguous outcome is resolved by looking the identity tag up, never by
-blindly resending (the API has no idempotency key).
+owns the ledger (group commits in a thread). Before any create, the campaign's sessions are
+listed by tag and every planned key the API already has is adopted (the API is the source of
+truth). The intent to create is durable before a request leaves the process, and the campaign
+lease is checked (fencing) right before it is sent. An ambiguous outcome is deferred to the end
+of the run and resolved by looking the identity tag up after a wait covering the list lag
+observed in this run (and the request timeout), never by blindly resending (the API has no
+idempotency key). Every wait goes through the injected Clock.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
-import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,8 +22,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 import anyio
-from anyio.abc import ObjectReceiveStream
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.abc import ObjectReceiveStream, TaskGroup
 
 from launcher.client import CreateOutcome, DevinClient
 from launcher.errors import (
@@ -29,14 +32,16 @@ from launcher.errors import (
     ConfigError,
     ExitCode,
     FleetError,
+    LockLostError,
     SecretError,
 )
-from launcher.ledger import LaunchState, Ledger, LedgerEvent
+from launcher.ledger import LOCK_TTL, EventKind, Ledger, LedgerEvent
+from launcher.listlag import LAG_PROBE_STEP, LagProbe
 from launcher.models import Session
 from launcher.pacing import CircuitBreaker, Clock, MonotonicClock, Pacer, backoff_delay
-from launcher.plan import Plan, PlannedSession
-
-HEARTBEAT_EVERY = 10.0
+from launcher.plan import Plan, PlannedSession, attempt_of
+from launcher.reconcile import adoptions, duplicate_events, scan
+from launcher.writer import LedgerWriter
 
 
 class Result(StrEnum):
@@ -44,7 +49,8 @@ class Result(StrEnum):
 
     created = "created"
     adopted = "adopted"  # found by its identity tag after an ambiguous attempt or a crash
-    failed = "failed"
+    failed = "failed"  # refused by the API (a 4xx): nothing was created
+    gave_up = "gave_up"  # not sent (API unreachable) or 429s exhausted: nothing was created
     unknown = "unknown"  # ambiguous and not resolvable now: the next run looks again
     not_started = "not_started"  # stopped (Ctrl-C, breaker, auth) before it was sent
 
@@ -98,7 +104,9 @@ class ApplyOptions:
     replace: tuple[str, ...] = ()  # launched keys whose changed request is launched again
     max_attempts: int = 6  # per session, not counting 429s
     max_rate_limited: int = 200  # 429s per session before giving up
-    lookup_grace: float = 3.0  # between the two looks for an ambiguous session
+    lookup_grace: float = 3.0  # least wait between an ambiguous create and its lookup
+    lock_ttl: float = LOCK_TTL  # the lease: heartbeat every ttl/6, stop sending past ttl/2
+    reconcile: bool = True  # list the campaign tag and adopt what exists before creating
     drain_timeout: float = 30.0  # after a stop, how long in-flight creates may take
     run_timeout: float | None = None  # the whole run
     breaker_threshold: int = 12
@@ -111,6 +119,10 @@ class ApplyOptions:
             raise ConfigError("--rate must be positive")
         if self.limit is not None and self.limit < 0:
             raise ConfigError("--limit must not be negative")
+        if self.lookup_grace < 0:
+            raise ConfigError("--lookup-grace must not be negative")
+        if not self.lock_ttl > 0:
+            raise ConfigError("the lock TTL must be positive")
 
 
 @dataclass
@@ -129,6 +141,10 @@ class ApplySummary:
     requests: int = 0
     rate_limited: int = 0
     final_rate: float = 0.0
+    reconciled: int = 0  # planned keys found existing by the start-of-apply reconcile
+    duplicates: dict[str, list[str]] = field(default_factory=dict)  # key -> live session ids
+    strays: int = 0  # campaign-tagged sessions matching no planned key
+    observed_lag: float | None = None  # list lag measured in this run (seconds)
 
     def count(self, result: Result) -> int:
         return sum(1 for r in self.results.values() if r == result)
@@ -139,7 +155,7 @@ class ApplySummary:
             return self.aborted.exit_code
         if self.interrupted:
             return ExitCode.interrupted
-        if self.count(Result.unknown) or self.count(Result.not_started):
+        if self.count(Result.unknown) or self.count(Result.not_started) or self.count(Result.gave_up):
             return ExitCode.unfinished  # not done yet: re-run to reconcile and resume
         if self.count(Result.failed):
             return ExitCode.failed
@@ -162,6 +178,10 @@ class ApplySummary:
             "requests": self.requests,
             "rate_limited": self.rate_limited,
             "final_rate": round(self.final_rate, 2),
+            "reconciled": self.reconciled,
+            "duplicates": self.duplicates,
+            "strays": self.strays,
+            "observed_lag_s": None if self.observed_lag is None else round(self.observed_lag, 3),
             "exit_code": int(self.exit_code),
         }
 
@@ -184,54 +204,19 @@ def select(
             else:
                 summary.already += 1
             continue
-        work.append((s, r.state in (LaunchState.pending, LaunchState.unknown)))
+        work.append((s, r.state.uncertain))
     if options.limit is not None:
         work = work[: options.limit]
     return work
 
 
-class _Writer:
-    """The one owner of ledger writes during a run: batches events into group commits."""
+@dataclass
+class _Deferred:
+    """An ambiguous key waiting for its lookup at the end of the run."""
 
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger = ledger
-        self.send, self.recv = anyio.create_memory_object_stream[
-            tuple[list[LedgerEvent], bool, anyio.Event | None]
-        ](max_buffer_size=math.inf)
-
-    async def run(
-        self, recv: MemoryObjectReceiveStream[tuple[list[LedgerEvent], bool, anyio.Event | None]]
-    ) -> None:
-        async with recv:
-            async for first in recv:
-                batch = [first]
-                while True:
-                    try:
-                        batch.append(recv.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                events = [e for evs, _, _ in batch for e in evs]
-                beat = any(hb for _, hb, _ in batch)
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self._write, events, beat)
-                for _, _, done in batch:
-                    if done is not None:
-                        done.set()
-
-    def _write(self, events: list[LedgerEvent], beat: bool) -> None:
-        if events:
-            self.ledger.write_events(events)
-        if beat:
-            self.ledger.heartbeat()
-
-    async def submit(self, *events: LedgerEvent, wait: bool = True) -> None:
-        done = anyio.Event() if wait else None
-        await self.send.send((list(events), False, done))
-        if done is not None:
-            await done.wait()
-
-    async def heartbeat(self) -> None:
-        await self.send.send(([], True, None))
+    session: PlannedSession
+    since: float  # clock time of the ambiguous outcome
+    transport: bool  # no HTTP answer (timeout, dropped): the request may still be in transit
 
 
 class _ApplyRun:
@@ -262,12 +247,34 @@ class _ApplyRun:
         self.admission = admission
         self.pacer = Pacer(options.rate, clock)
         self.breaker = CircuitBreaker(options.breaker_threshold)
-        self.writer = _Writer(ledger)
+        env = os.environ if environ is None else environ
+        # Every session-secret value this run knows: never stored, never printed.
+        self.secrets = sorted(
+            {v for n in plan.secret_env_names() if len(v := env.get(n, "")) >= 3}, key=len, reverse=True
+        )
+        self.writer = LedgerWriter(ledger, self.redact)
         self.known: dict[str, set[str]] = {}
+        self.intents: dict[str, str] = {}  # key -> fingerprint of its latest create intent
         self.in_flight: set[str] = set()
+        self.attempts: dict[str, int] = {}
+        self.ambiguous_keys: set[str] = set()
+        self.deferred: dict[str, _Deferred] = {}
+        self.request_timeout = client.config.read_timeout
+        self.last_beat = clock.now()
+        self.lease_lost = False
+        self.lag = LagProbe(client, clock, stop)
+        self.task_group: TaskGroup | None = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def redact(self, text: str) -> str:
+        for value in self.secrets:
+            text = text.replace(value, "***")
+        return text
 
     def _halt(self, error: FleetError) -> None:
         if self.summary.aborted is None:
+            error.message = self.redact(error.message)
             self.summary.aborted = error
             self.reporter.note(error.message)
         self.stop.set()
@@ -275,109 +282,210 @@ class _ApplyRun:
     def _done(self, key: str, result: Result, error: str | None = None) -> None:
         self.summary.results[key] = result
         if error:
-            self.summary.errors[key] = error
+            self.summary.errors[key] = self.redact(error)
         if self.admission is not None:
             self.admission.done(key, result)
         self.reporter.advance(key, result)
 
-    async def worker(self, recv: ObjectReceiveStream[tuple[PlannedSession, bool]]) -> None:
+    async def wait_or_stop(self, delay: float) -> bool:
+        """Sleep `delay` on the run's clock, or less if the run is stopped; True if stopped."""
+        if self.stop.is_set() or delay <= 0:
+            return self.stop.is_set()
+        async with anyio.create_task_group() as tg:
+
+            async def sleeper() -> None:
+                await self.clock.sleep(delay)
+                tg.cancel_scope.cancel()
+
+            async def stopper() -> None:
+                await self.stop.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(sleeper)
+            tg.start_soon(stopper)
+        return self.stop.is_set()
+
+    # ------------------------------------------------------------------ the lease (fencing)
+
+    def lease_held(self) -> bool:
+        """Checked right before every create: the last successful heartbeat is younger than
+        half the TTL (by this process's clock), and the lock row still carries this run's
+        generation. Others may take the lock only after a whole TTL of silence."""
+        if self.lease_lost:
+            return False
+        age = self.clock.now() - self.last_beat
+        if age > self.options.lock_ttl / 2:
+            self._lose(
+                f"no successful heartbeat for {age:.1f}s (the lease lasts {self.options.lock_ttl:g}s)"
+            )
+            return False
+        if not self.ledger.holds_lock():
+            self._lose("another apply took the campaign lock over")
+            return False
+        return True
+
+    def _lose(self, why: str) -> None:
+        if self.lease_lost:
+            return
+        self.lease_lost = True
+        self.writer.fenced = True
+        self._halt(
+            LockLostError(
+                f"lost the campaign lock ({why}): stopped sending creates at once",
+                hint="another apply may be running this campaign; check `devin-fleet status`, "
+                "then re-run apply when it is done (it reconciles with the API first)",
+            )
+        )
+
+    async def heartbeat(self) -> None:
+        while True:
+            await self.clock.sleep(self.options.lock_ttl / 6)
+            started = self.clock.now()
+            try:
+                ok = await self.writer.heartbeat()
+            except FleetError:
+                ok = False
+            if not ok:
+                self._lose("the lock row is no longer this run's")
+                return
+            self.last_beat = started
+
+    async def watchdog(self, scope: anyio.CancelScope) -> None:
+        """After a stop, give in-flight creates `drain_timeout`, then cancel them."""
+        if self.options.run_timeout is not None and not await self.wait_or_stop(
+            self.options.run_timeout
+        ):
+            self.reporter.note(f"run timeout ({self.options.run_timeout:g}s): stopping")
+            self.stop.set()
+        await self.stop.wait()
+        await self.clock.sleep(self.options.drain_timeout)
+        scope.cancel()
+
+    def lookup_wait(self, d: _Deferred) -> float:
+        """How long after its ambiguous outcome a key is looked up: the grace, at least twice
+        the list lag observed in this run, and (when the request got no answer) the request
+        timeout, so a create still in transit has landed and shows."""
+        wait = self.options.lookup_grace
+        if self.lag.samples:
+            wait = max(wait, 2 * self.lag.lag + LAG_PROBE_STEP)
+        if d.transport:
+            wait = max(wait, self.request_timeout)
+        return wait
+
+    # ------------------------------------------------------------------ launching
+
+    async def worker(
+        self, recv: ObjectReceiveStream[tuple[PlannedSession, bool]], deferred: bool = False
+    ) -> None:
         async with recv:
             async for s, lookup_first in recv:
                 if self.stop.is_set():
-                    self._done(s.key, Result.not_started)
+                    self._stopped(s.key)
                     continue
                 self.in_flight.add(s.key)
+                returned = False
                 try:
-                    await self.launch(s, lookup_first)
+                    if deferred:
+                        await self.resolve(s)
+                    else:
+                        await self.launch(s, lookup_first)
+                    returned = True
                 except AuthError as exc:
+                    returned = True
                     self._halt(exc)
-                    self._done(s.key, Result.not_started, exc.message)
+                    self._done(s.key, Result.unknown if deferred else Result.not_started, exc.message)
                 except Exception as exc:  # a bug or a ledger failure must not hang the run
                     if isinstance(exc, FleetError) and not isinstance(exc, APIError):
                         raise
+                    returned = True
                     self._done(s.key, Result.unknown, f"{type(exc).__name__}: {exc}")
-                # Not in a `finally`: a create cancelled mid-flight (drain timeout) stays in
-                # `in_flight`, so the summary says "unknown", not "not started".
-                self.in_flight.discard(s.key)
+                finally:
+                    self.in_flight.discard(s.key)
+                    if not returned and s.key not in self.summary.results:  # the drain ended
+                        self._done(
+                            s.key, Result.unknown, "cancelled in flight: the next run looks it up"
+                        )
+
+    def _stopped(self, key: str) -> None:
+        if key in self.ambiguous_keys or key in self.deferred:
+            self._done(key, Result.unknown, "ambiguous; not looked up yet: the next run looks it up")
+        else:
+            self._done(key, Result.not_started)
 
     async def launch(self, s: PlannedSession, lookup_first: bool) -> None:
         key = s.key
+        self.deferred.pop(key, None)
         if lookup_first:
             found = await self.lookup(s, "earlier attempt's outcome unknown")
             if found is not None:
                 return
-        attempt = 0
         limited = 0
         while True:
             if not await self.pacer.acquire(self.stop):
-                self._done(key, Result.not_started)
+                self._stopped(key)
                 return
-            attempt += 1
+            attempt = self.attempts.get(key, 0) + 1
             body = s.body(self.environ)
-            await self.writer.submit(LedgerEvent(key, "intent", attempt, fingerprint=s.fingerprint))
+            await self.writer.submit(
+                LedgerEvent(key, EventKind.intent, attempt, fingerprint=s.fingerprint)
+            )
+            self.intents[key] = s.fingerprint
+            if not self.lease_held():  # fencing: right before the request leaves
+                self._done(key, Result.not_started, "not sent: this run lost the campaign lock")
+                return
+            self.attempts[key] = attempt
             result = await self.client.create_session(body)
             o = result.outcome
+            message = self.redact(result.message)
             if o == CreateOutcome.created:
                 assert result.session is not None
                 self.pacer.on_success()
                 self.breaker.record(True)
-                await self._adopt(s, result.session, "created", result.status)
+                self.lag.created(s.identity_tag)
+                await self._adopt(s, result.session, EventKind.created, result.status)
                 return
             if o == CreateOutcome.rate_limited:
                 limited += 1
-                attempt -= 1  # a 429 created nothing and is paced, not counted as a failure
+                self.attempts[key] = attempt - 1  # a 429 created nothing and is not a failure
                 pause = self.pacer.on_429(result.retry_after)
                 await self.writer.submit(
-                    LedgerEvent(
-                        key,
-                        "rate_limited",
-                        attempt + 1,
-                        429,
-                        detail=f"pause {pause:.1f}s",
-                        state=LaunchState.planned,
-                    ),
+                    LedgerEvent(key, EventKind.rate_limited, attempt, 429, detail=f"pause {pause:.1f}s"),
                     wait=False,
                 )
                 if limited >= self.options.max_rate_limited:
-                    await self._fail(s, f"rate limited {limited} times", 429)
+                    await self._give_up(s, f"rate limited {limited} times", 429)
                     return
                 continue
             if o == CreateOutcome.auth:
                 await self.writer.submit(
-                    LedgerEvent(
-                        key,
-                        "auth",
-                        attempt,
-                        result.status,
-                        detail=result.message,
-                        state=LaunchState.planned,
-                    )
+                    LedgerEvent(key, EventKind.auth, attempt, result.status, detail=message)
                 )
                 raise AuthError(
-                    f"the API refused the token (HTTP {result.status}): {result.message}",
+                    f"the API refused the token (HTTP {result.status}): {message}",
                     status=result.status,
                     hint="check DEVIN_API_KEY, DEVIN_ORG_ID and the token's "
                     "ManageOrgSessions permission",
                 )
             if o == CreateOutcome.rejected:
                 self.breaker.record(True)
-                await self._fail(s, f"HTTP {result.status}: {result.message}", result.status)
+                await self._refused(s, f"HTTP {result.status}: {message}", result.status)
                 return
             if o == CreateOutcome.not_sent:
                 await self.writer.submit(
-                    LedgerEvent(
-                        key, "not_sent", attempt, detail=result.message, state=LaunchState.planned
-                    ),
-                    wait=False,
+                    LedgerEvent(key, EventKind.not_sent, attempt, detail=message), wait=False
                 )
                 if attempt >= self.options.max_attempts:
-                    await self._fail(s, f"could not reach the API: {result.message}")
+                    await self._give_up(s, f"could not reach the API: {message}")
                     return
-                await self._backoff(attempt)
+                if await self.wait_or_stop(backoff_delay(attempt, base=0.5, cap=15.0)):
+                    self._stopped(key)
+                    return
                 continue
-            # Ambiguous: the session may exist. Never resend blindly: look it up by its tag.
+            # Ambiguous: the session may exist. Never resend blindly: defer the key to the end
+            # of the run and look its identity tag up once the list has caught up.
+            self.ambiguous_keys.add(key)
             await self.writer.submit(
-                LedgerEvent(key, "ambiguous", attempt, result.status, detail=result.message), wait=False
+                LedgerEvent(key, EventKind.ambiguous, attempt, result.status, detail=message)
             )
             if self.breaker.record(False):
                 self._halt(
@@ -388,103 +496,132 @@ class _ApplyRun:
                         "reconciles what is unknown",
                     )
                 )
-            found = await self.lookup(s, result.message)
-            if found is not None:
-                return
-            if self.stop.is_set():
-                self._done(key, Result.not_started)
-                return
-            if attempt >= self.options.max_attempts:
-                await self._fail(s, f"gave up after {attempt} attempts: {result.message}", result.status)
-                return
-            await self._backoff(attempt)
+            self.deferred[key] = _Deferred(s, self.clock.now(), result.status is None)
+            self.summary.errors[key] = message
+            if self.task_group is not None:
+                self.lag.start(self.task_group)
+            return
+
+    async def resolve(self, s: PlannedSession) -> None:
+        """A deferred key, after its wait: adopted if found, else resent (within the attempt
+        limit); ambiguous attempts exhausted leave it unknown, never resent without a lookup."""
+        found = await self.lookup(s, "ambiguous create")
+        if found is not None:
+            return
+        if self.attempts.get(s.key, 0) >= self.options.max_attempts:
+            why = self.summary.errors.get(s.key, "")
+            await self.writer.submit(
+                LedgerEvent(
+                    s.key,
+                    EventKind.unresolved,
+                    self.attempts[s.key],
+                    detail=f"gave up after {self.attempts[s.key]} ambiguous attempts: {why}",
+                )
+            )
+            self._done(s.key, Result.unknown, f"gave up after {self.attempts[s.key]} attempts: {why}")
+            return
+        await self.launch(s, False)
 
     async def lookup(self, s: PlannedSession, why: str) -> Result | None:
-        """Find a session created by an ambiguous attempt: look twice, a grace apart.
-
-        Returns adopted/unknown when this key is settled, None when it is surely absent.
-        """
+        """Find the session of an ambiguous attempt by its identity tag (one look: callers
+        wait for the list lag first). Returns adopted/unknown when the key is settled, None
+        when it is surely absent."""
         known = self.known.get(s.key, set())
-        for look in range(2):
-            sessions: list[Session] = []
-            for tries in range(3):
-                try:
-                    sessions = [x async for x in self.client.list_sessions(tags=[s.identity_tag])]
-                    break
-                except AuthError:
-                    raise
-                except APIError as exc:
-                    if tries == 2:
-                        await self.writer.submit(
-                            LedgerEvent(
-                                s.key, "lookup_failed", detail=exc.message, state=LaunchState.unknown
-                            )
-                        )
-                        self._done(s.key, Result.unknown, f"{why}; lookup failed: {exc.message}")
-                        return Result.unknown
-                    await self._backoff(tries + 1)
-            fresh = sorted(
-                (x for x in sessions if x.session_id not in known),
-                key=lambda x: (x.created_at, x.session_id),
-            )
-            if fresh:
-                if len(fresh) > 1:
-                    self.reporter.note(
-                        f"{s.key}: {len(fresh)} sessions carry its identity tag; "
-                        f"adopting the first ({fresh[0].session_id})"
-                    )
-                await self._adopt(s, fresh[0], "adopted", None)
-                return Result.adopted
-            if look == 0:
-                await self.clock.sleep(self.options.lookup_grace)
+        sessions: list[Session] = []
+        for tries in range(3):
+            try:
+                sessions = [x async for x in self.client.list_sessions(tags=[s.identity_tag])]
+                break
+            except AuthError:
+                raise
+            except APIError as exc:
+                if tries == 2:
+                    message = self.redact(exc.message)
+                    await self.writer.submit(LedgerEvent(s.key, EventKind.lookup_failed, detail=message))
+                    self._done(s.key, Result.unknown, f"{why}; lookup failed: {message}")
+                    return Result.unknown
+                if await self.wait_or_stop(backoff_delay(tries + 1, base=0.5, cap=15.0)):
+                    self._done(s.key, Result.unknown, f"{why}; not looked up: stopped")
+                    return Result.unknown
+        fresh = sorted(
+            (x for x in sessions if x.session_id not in known and attempt_of(x.tags) == 1),
+            key=lambda x: (x.created_at, x.session_id),
+        )
+        if fresh:
+            if len(fresh) > 1:
+                self.reporter.note(
+                    f"DUPLICATE: {s.key}: {len(fresh)} sessions carry its identity tag; "
+                    f"adopting the earliest ({fresh[0].session_id}); "
+                    "`devin-fleet cancel --duplicates` ends the others"
+                )
+                self.summary.duplicates[s.key] = [x.session_id for x in fresh]
+            await self._adopt(s, fresh[0], EventKind.adopted, None)
+            return Result.adopted
         await self.writer.submit(
-            LedgerEvent(s.key, "absent", detail="not found by identity tag", state=LaunchState.planned)
+            LedgerEvent(s.key, EventKind.absent, detail="not found by identity tag")
         )
         return None
 
-    async def _adopt(self, s: PlannedSession, session: Session, how: str, status: int | None) -> None:
+    async def _adopt(
+        self, s: PlannedSession, session: Session, how: EventKind, status: int | None
+    ) -> None:
         self.known.setdefault(s.key, set()).add(session.session_id)
-        state = LaunchState.created if how == "created" else LaunchState.adopted
+        # An adopted session is what its creating intent sent, not necessarily today's plan.
+        fp = s.fingerprint if how == EventKind.created else self.intents.get(s.key, s.fingerprint)
         await self.writer.submit(
             LedgerEvent(
                 s.key,
                 how,
                 http_status=status,
                 session_id=session.session_id,
-                fingerprint=s.fingerprint,
-                state=state,
+                fingerprint=fp,
                 url=session.url,
             )
         )
-        self._done(s.key, Result.created if how == "created" else Result.adopted)
+        self.summary.errors.pop(s.key, None)
+        self._done(s.key, Result.created if how == EventKind.created else Result.adopted)
 
-    async def _fail(self, s: PlannedSession, message: str, status: int | None = None) -> None:
+    async def _refused(self, s: PlannedSession, message: str, status: int | None = None) -> None:
         await self.writer.submit(
-            LedgerEvent(s.key, "rejected", http_status=status, detail=message, state=LaunchState.failed)
+            LedgerEvent(s.key, EventKind.refused, http_status=status, detail=message)
         )
         self._done(s.key, Result.failed, message)
 
-    async def _backoff(self, attempt: int) -> None:
-        delay = backoff_delay(attempt, base=0.5, cap=15.0)
-        with anyio.move_on_after(delay):
-            await self.stop.wait()
+    async def _give_up(self, s: PlannedSession, message: str, status: int | None = None) -> None:
+        if s.key in self.ambiguous_keys:  # an earlier attempt may have created it
+            await self.writer.submit(
+                LedgerEvent(s.key, EventKind.unresolved, http_status=status, detail=message)
+            )
+            self._done(s.key, Result.unknown, message + " (an earlier attempt was ambiguous)")
+            return
+        await self.writer.submit(
+            LedgerEvent(s.key, EventKind.gave_up, http_status=status, detail=message)
+        )
+        self._done(s.key, Result.gave_up, message)
 
-    async def heartbeat(self) -> None:
-        while True:
-            await anyio.sleep(HEARTBEAT_EVERY)
-            await self.writer.heartbeat()
+    # ------------------------------------------------------------------ reconcile
 
-    async def watchdog(self, scope: anyio.CancelScope) -> None:
-        """After a stop, give in-flight creates `drain_timeout`, then cancel them."""
-        if self.options.run_timeout is not None:
-            with anyio.move_on_after(self.options.run_timeout):
-                await self.stop.wait()
-            if not self.stop.is_set():
-                self.reporter.note(f"run timeout ({self.options.run_timeout:.0f}s): stopping")
-                self.stop.set()
-        await self.stop.wait()
-        await anyio.sleep(self.options.drain_timeout)
-        scope.cancel()
+    async def reconcile(self) -> None:
+        """Before any create: adopt every planned key the API already has a session for."""
+        rec = await scan(self.plan, self.client)
+        adopted = adoptions(self.plan, self.ledger, rec, how="reconcile")
+        dups = duplicate_events(rec, self.ledger)
+        if adopted or dups:
+            self.ledger.write_events(adopted + dups)
+        for e in adopted:
+            self.summary.results[e.key] = Result.adopted
+        self.summary.reconciled = len(adopted)
+        self.summary.strays = len(rec.strays)
+        self.summary.duplicates.update(
+            {k: [x.session_id for x in v] for k, v in rec.duplicates().items()}
+        )
+        for w in rec.warnings():
+            self.reporter.note(w)
+        if adopted:
+            self.reporter.note(
+                f"reconcile: {len(adopted)} planned session(s) already exist in the API "
+                "(a lost or other ledger): adopted, not relaunched"
+            )
 
 
 async def apply_plan(
@@ -515,20 +652,25 @@ async def apply_plan(
     missing = plan.missing_secret_env(environ)
     if missing:
         raise SecretError(missing)
-    ledger.acquire_lock()
+    ledger.acquire_lock(ttl=options.lock_ttl)
+    run = _ApplyRun(plan, client, ledger, options, reporter, clock, environ, stop, summary, admission)
     try:
         ledger.sync_plan(plan, replace=options.replace)
-        work = select(plan, ledger, options, summary)
-        run = _ApplyRun(
-            plan, client, ledger, options, reporter, clock, environ, stop, summary, admission
-        )
-        run.known = ledger.session_ids_by_key()  # one query, not one per key
-        if work and options.verify_token:
+        if options.verify_token:
             try:
                 await client.whoami()
             except AuthError as exc:
                 if exc.status != 403:  # 403: no ReadAccountMeta; creating may still be allowed
                     raise
+        if options.reconcile:
+            try:
+                await run.reconcile()
+            except AuthError as exc:  # may not list sessions: nothing is sent blind
+                run._halt(exc)
+        work = select(plan, ledger, options, summary)
+        run.known = ledger.session_ids_by_key()  # one query, not one per key
+        run.intents = ledger.intent_fingerprints()
+        run.last_beat = clock.now()
         reporter.start(len(work))
         try:
             await _drive(run, work)
@@ -542,41 +684,85 @@ async def apply_plan(
     summary.requests = client.requests
     summary.rate_limited = run.pacer.rate_limited
     summary.final_rate = run.pacer.adaptive.rate
+    summary.observed_lag = run.lag.lag if run.lag.samples else None
     return summary
 
 
-async def _drive(run: _ApplyRun, work: Sequence[tuple[PlannedSession, bool]]) -> None:
-    send_work, recv_work = anyio.create_memory_object_stream[tuple[PlannedSession, bool]](
+async def _pool(run: _ApplyRun, items: Sequence[tuple[PlannedSession, bool]], deferred: bool) -> None:
+    """Run `items` through `concurrency` workers (deferred ones are resolved, not launched)."""
+    send, recv = anyio.create_memory_object_stream[tuple[PlannedSession, bool]](
         max_buffer_size=run.options.concurrency
     )
+    async with anyio.create_task_group() as workers:
+        async with recv:
+            for _ in range(run.options.concurrency):
+                workers.start_soon(run.worker, recv.clone(), deferred)
+        async with send:
+            for item in items:
+                admitted = (
+                    deferred  # a deferred key is only looked up: nothing new starts running
+                    or run.admission is None
+                    or run.stop.is_set()
+                    or await run.admission.admit(item[0].key, run.stop)
+                )
+                if run.stop.is_set() or not admitted:
+                    run._stopped(item[0].key)
+                    continue
+                await send.send(item)
+
+
+async def _settle_deferred(run: _ApplyRun) -> None:
+    """Rounds of lookups for the keys whose creates were ambiguous, each after its wait."""
+    while run.deferred and not run.stop.is_set():
+        await run.lag.first_figure()  # the lag is being measured: wait for its first figure
+        now = run.clock.now()
+        due = max(d.since + run.lookup_wait(d) for d in run.deferred.values())
+        if due > now:
+            run.reporter.note(
+                f"{len(run.deferred)} ambiguous create(s): looking them up in {due - now:.1f}s "
+                f"(list lag seen: {run.lag.lag:.1f}s)"
+            )
+            if await run.wait_or_stop(due - now):
+                break
+        batch = [(d.session, True) for d in run.deferred.values()]
+        run.deferred.clear()
+        await _pool(run, batch, deferred=True)
+
+
+async def _drive(run: _ApplyRun, work: Sequence[tuple[PlannedSession, bool]]) -> None:
+    # Keys whose earlier outcome is unknown were just looked for in the reconcile listing;
+    # their second look comes after the lag wait, with the run's ambiguous keys.
+    fresh = [(s, False) for s, uncertain in work if not uncertain]
+    now = run.clock.now()
+    for s, uncertain in work:
+        if uncertain:
+            run.deferred[s.key] = _Deferred(s, now, False)
     try:
         async with anyio.create_task_group() as outer:
             outer.start_soon(run.writer.run, run.writer.recv)
             try:
                 async with anyio.create_task_group() as tg:
+                    run.task_group = tg
                     tg.start_soon(run.heartbeat)
                     tg.start_soon(run.watchdog, tg.cancel_scope)
-                    async with anyio.create_task_group() as workers:
-                        async with recv_work:
-                            for _ in range(run.options.concurrency):
-                                workers.start_soon(run.worker, recv_work.clone())
-                        async with send_work:
-                            for item in work:
-                                if run.stop.is_set() or not (
-                                    run.admission is None
-                                    or await run.admission.admit(item[0].key, run.stop)
-                                ):
-                                    run._done(item[0].key, Result.not_started)
-                                    continue
-                                await send_work.send(item)
+                    if run.deferred:
+                        run.lag.start(tg)
+                    await _pool(run, fresh, deferred=False)
+                    await _settle_deferred(run)
                     tg.cancel_scope.cancel()  # workers are done: end heartbeat and watchdog
             finally:
-                # Whatever happened, every event queued so far reaches the ledger.
-                for s, _ in work:  # ... and every key reaches the summary and the reporter
+                # Whatever happened, every event queued so far reaches the ledger ...
+                for s, _ in work:  # ... and every key reaches the summary and the reporter once
                     if s.key in run.summary.results:
                         continue
                     if s.key in run.in_flight:
                         run._done(s.key, Result.unknown, "cancelled in flight: the next run looks it up")
+                    elif s.key in run.deferred:
+                        run._done(
+                            s.key,
+                            Result.unknown,
+                            "ambiguous; not looked up yet: the next run looks it up",
+                        )
                     else:
                         run._done(s.key, Result.not_started)
                 run.writer.send.close()

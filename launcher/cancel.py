@@ -1,5 +1,5 @@
-"""Cancel: terminate a campaign's live sessions (all, or selected by glob) and record it in the
-ledger; safe to re-run."""
+"""Cancel: terminate a campaign's live sessions (all, or selected by glob), or the extra ones no
+planned key owns (strays, duplicates), and record it in the ledger; safe to re-run."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import anyio
 
 from launcher.client import DevinClient
 from launcher.errors import APIError, AuthError
-from launcher.ledger import Ledger
+from launcher.ledger import EventKind, Ledger, LedgerEvent
 from launcher.status import CONCURRENCY, CampaignView, Outcome
 
 
@@ -87,4 +87,53 @@ async def cancel_sessions(
     if auth:
         raise auth[0]
     report.results = {k: report.results[k] for k in keys if k in report.results}
+    return report
+
+
+def extras(view: CampaignView, *, strays: bool, duplicates: bool) -> list[tuple[str, str]]:
+    """(label, session id) of sessions no planned key owns: live strays (label `stray`), and
+    the extra live sessions of duplicated keys, keeping each key's earliest (label: the key)."""
+    out: list[tuple[str, str]] = []
+    if duplicates:
+        out += [(key, sid) for key, ids in view.duplicates.items() for sid in ids[1:]]
+    if strays:
+        out += [("stray", x.session_id) for x in view.strays]
+    return out
+
+
+async def cancel_ids(
+    client: DevinClient, ledger: Ledger, targets: list[tuple[str, str]], *, archive: bool = False
+) -> CancelReport:
+    """Terminate sessions by id (strays, duplicates); log each in the ledger's event log (the
+    planned keys' rows are untouched: the session each key keeps stays its own)."""
+    report = CancelReport()
+    limiter = anyio.CapacityLimiter(CONCURRENCY)
+    auth: list[AuthError] = []
+
+    async def one(sid: str, scope: anyio.CancelScope) -> None:
+        async with limiter:
+            try:
+                existed = await client.terminate(sid, archive=archive)
+            except AuthError as exc:
+                auth.append(exc)
+                scope.cancel()
+                return
+            except APIError as exc:
+                report.results[sid], report.errors[sid] = CancelResult.error, exc.message
+                return
+        report.results[sid] = CancelResult.terminated if existed else CancelResult.already_gone
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _, sid in targets:
+                tg.start_soon(one, sid, tg.cancel_scope)
+    finally:
+        done = {sid for sid, r in report.results.items() if r != CancelResult.error}
+        ledger.write_events(
+            LedgerEvent(label, EventKind.cancelled, session_id=sid, detail="extra session ended")
+            for label, sid in targets
+            if sid in done
+        )
+    if auth:
+        raise auth[0]
     return report

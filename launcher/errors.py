@@ -5,7 +5,8 @@
     ├── ConfigError                 missing/invalid settings (API key, org id, base URL, flags)
     ├── SecretError                 a session secret's environment variable is not set
     ├── LedgerError                 the ledger cannot be opened, read, written or migrated
-    │   └── LockedError             another apply holds the campaign lock
+    │   ├── LockedError             another apply holds the campaign lock
+    │   └── LockLostError           this apply lost the campaign lock mid-run (exit 9)
     ├── APIError                    a run-level failure talking to the API (unreachable, 5xx; exit 1)
     │   ├── AuthError               401/403 (exit 5)
     │   └── CircuitOpenError        too many consecutive ambiguous/5xx outcomes (exit 5)
@@ -45,8 +46,9 @@ class ExitCode(IntEnum):
     unfinished = (
         4,
         (
-            "apply: some sessions not launched yet (outcome unknown, or stopped by "
-            "`--timeout`): re-run to resume; status: some still running or not launched"
+            "apply: some sessions not launched yet (outcome unknown, gave up on an unreachable "
+            "API or a 429 storm, or stopped by `--timeout`): re-run to resume; status: some "
+            "still running or not launched"
         ),
     )
     aborted = 5, "aborted: bad credentials (401/403) or the circuit breaker opened"
@@ -60,6 +62,11 @@ class ExitCode(IntEnum):
         8,
         "apply `--wait` / `status --watch`: the timeout passed with sessions still running "
         "(re-run to keep following)",
+    )
+    lock_lost = (
+        9,
+        "apply: this run lost the campaign lock (paused past the lease, or taken over by "
+        "another apply): it stopped sending at once; re-run when the other is done",
     )
     usage = 64, "usage error (bad command-line options)"
     interrupted = 130, "interrupted (Ctrl-C); re-run to resume"
@@ -208,6 +215,15 @@ class RemoteCheckError(FleetError):
 
 class ConfirmationError(FleetError):
     """A destructive or spending command needs confirmation and there is no terminal."""
+
+
+class LockLostError(LedgerError):
+    """This apply lost the campaign lease (paused past its TTL, or taken over): it stopped."""
+
+    exit_code = ExitCode.lock_lost
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
 
 
 # --------------------------------------------------------------------------- validation errors

@@ -22,25 +22,78 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from launcher.errors import LedgerError, LockedError
-from launcher.plan import Plan
+from launcher.migrations import MIGRATIONS, SCHEMA_VERSION
+from launcher.plan import FP_TAG_PREFIX, Plan
 
 LOCK_TTL = 60.0  # seconds without a heartbeat after which a lock is stale
 LEDGER_DIR = ".devin-fleet"
+CANCELLED_OUTCOME = "cancelled"  # status.Outcome.cancelled's value (status imports the ledger)
 
 
 class LaunchState(StrEnum):
     """Where a planned session stands in launching."""
 
-    planned = "planned"  # not attempted yet
+    planned = "planned"  # not attempted yet (or every attempt surely created nothing)
     pending = "pending"  # an intent was committed; the outcome is not known yet (or crashed)
     created = "created"  # the API answered with a session
-    adopted = "adopted"  # an ambiguous attempt's session was found by its identity tag
-    failed = "failed"  # the API refused it (4xx); nothing was created
-    unknown = "unknown"  # ambiguous and could not be resolved yet: the next run looks again
+    adopted = "adopted"  # found by its identity tag (after an ambiguous attempt, or reconcile)
+    refused = "refused"  # the API refused it (a 4xx): nothing was created
+    gave_up = "gave_up"  # not sent (API unreachable) or 429s exhausted: surely nothing created
+    unknown = "unknown"  # ambiguous attempts not resolved: looked up before anything is resent
 
     @property
     def launched(self) -> bool:
         return self in (LaunchState.created, LaunchState.adopted)
+
+    @property
+    def uncertain(self) -> bool:
+        """A session may exist: the identity tag is looked up before anything is sent again."""
+        return self in (LaunchState.pending, LaunchState.unknown)
+
+
+class EventKind(StrEnum):
+    """What one line of the attempt log says (the values are stored: never rename one)."""
+
+    intent = "intent"  # about to send a create (durable before the request leaves)
+    created = "created"  # the API answered with the session
+    adopted = "adopted"  # the session was found by its identity tag
+    not_sent = "not_sent"  # nothing reached the server (connect failure): safe to retry
+    rate_limited = "rate_limited"  # 429: nothing created
+    ambiguous = "ambiguous"  # timeout after sending, dropped connection, 5xx: may exist
+    absent = "absent"  # looked up (twice, past the list lag): not there
+    lookup_failed = "lookup_failed"  # the lookup itself failed: outcome unknown
+    refused = "rejected"  # a 4xx: the API refused the create (stored as "rejected" since v1)
+    gave_up = "gave_up"  # attempts or 429s exhausted, nothing created
+    unresolved = "unresolved"  # ambiguous attempts exhausted: unknown until looked up
+    auth = "auth"  # 401/403: the run stops, the key is untouched
+    relaunch = "replace"  # relaunch requested (`apply --replace`)
+    cancelled = "cancelled"  # terminated by `cancel`
+    duplicate = "duplicate"  # another live session carries this key's identity tag
+    lock_lost = "lock_lost"  # this run lost the campaign lease: it stopped sending
+
+
+# The one table of state transitions: the state an event kind moves its key to (None: none).
+TRANSITIONS: dict[EventKind, LaunchState | None] = {
+    EventKind.intent: LaunchState.pending,
+    EventKind.created: LaunchState.created,
+    EventKind.adopted: LaunchState.adopted,
+    EventKind.not_sent: LaunchState.planned,
+    EventKind.rate_limited: LaunchState.planned,
+    EventKind.ambiguous: LaunchState.pending,
+    EventKind.absent: LaunchState.planned,
+    EventKind.lookup_failed: LaunchState.unknown,
+    EventKind.refused: LaunchState.refused,
+    EventKind.gave_up: LaunchState.gave_up,
+    EventKind.unresolved: LaunchState.unknown,
+    EventKind.auth: LaunchState.planned,
+    EventKind.relaunch: LaunchState.planned,
+    EventKind.cancelled: None,
+    EventKind.duplicate: None,
+    EventKind.lock_lost: None,
+}
+# A launched key leaves its state only through a relaunch: nothing else may move it (a late
+# event about an earlier attempt is logged, and the row keeps what it knows).
+_FROM_LAUNCHED = frozenset({EventKind.relaunch})
 
 
 class Change(StrEnum):
@@ -51,89 +104,6 @@ class Change(StrEnum):
     changed = "~"  # launched, but the manifest changed since (not relaunched unless replaced)
     gone = "-"  # in the ledger, gone from the manifest
     reconcile = "?"  # an earlier attempt's outcome is unknown: apply looks it up first
-
-
-MIGRATIONS: list[str] = [
-    # v1
-    """
-    CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE sessions (
-        key TEXT PRIMARY KEY,
-        fleet TEXT NOT NULL,
-        fingerprint TEXT NOT NULL,
-        item_tag TEXT NOT NULL,
-        state TEXT NOT NULL,
-        session_id TEXT,
-        url TEXT,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        last_error TEXT,
-        created_at REAL,
-        updated_at REAL NOT NULL
-    );
-    CREATE INDEX sessions_session_id ON sessions(session_id);
-    CREATE TABLE events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        key TEXT NOT NULL,
-        at REAL NOT NULL,
-        kind TEXT NOT NULL,
-        attempt INTEGER,
-        http_status INTEGER,
-        session_id TEXT,
-        fingerprint TEXT,
-        detail TEXT
-    );
-    CREATE INDEX events_key ON events(key);
-    CREATE TABLE lock (
-        campaign TEXT PRIMARY KEY,
-        owner TEXT NOT NULL,
-        host TEXT NOT NULL,
-        pid INTEGER NOT NULL,
-        acquired_at REAL NOT NULL,
-        heartbeat_at REAL NOT NULL
-    );
-    """,
-    # v2: follow-through (status refreshes and cancellation)
-    """
-    ALTER TABLE sessions ADD COLUMN status TEXT;
-    ALTER TABLE sessions ADD COLUMN status_detail TEXT;
-    ALTER TABLE sessions ADD COLUMN outcome TEXT;
-    ALTER TABLE sessions ADD COLUMN acus_consumed REAL;
-    ALTER TABLE sessions ADD COLUMN pull_requests TEXT;
-    ALTER TABLE sessions ADD COLUMN structured_output TEXT;
-    ALTER TABLE sessions ADD COLUMN refreshed_at REAL;
-    ALTER TABLE sessions ADD COLUMN cancelled_at REAL;
-    """,
-    # v3: what was launched (for `plan --diff`; secret values are "***" in it) and messages
-    # sent to sessions (intent first: exactly once per session and text across crashes)
-    """
-    CREATE TABLE launched_requests (
-        fingerprint TEXT PRIMARY KEY,
-        request TEXT NOT NULL
-    );
-    CREATE TABLE messages (
-        session_id TEXT NOT NULL,
-        digest TEXT NOT NULL,
-        key TEXT NOT NULL,
-        text TEXT NOT NULL,
-        state TEXT NOT NULL,
-        detail TEXT,
-        intent_at REAL NOT NULL,
-        sent_at REAL,
-        PRIMARY KEY (session_id, digest)
-    );
-    """,
-    # v4: rollout waves: what each wave's gate decided, and the overrides (--wave, --skip-gate)
-    """
-    CREATE TABLE waves (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        wave INTEGER NOT NULL,
-        at REAL NOT NULL,
-        decision TEXT NOT NULL,
-        detail TEXT
-    );
-    """,
-]
-SCHEMA_VERSION = len(MIGRATIONS)
 
 
 @dataclass(frozen=True)
@@ -172,17 +142,33 @@ class Record:
 
 @dataclass(frozen=True)
 class LedgerEvent:
-    """One line of the append-only attempt log."""
+    """One line of the append-only attempt log; its kind decides the key's new state."""
 
     key: str
-    kind: str  # intent, created, adopted, not_sent, rate_limited, rejected, ambiguous, absent, ...
+    kind: EventKind
     attempt: int | None = None
     http_status: int | None = None
     session_id: str | None = None
     fingerprint: str | None = None
     detail: str | None = None
-    state: LaunchState | None = None  # the key's new state, if this event changes it
+    state: LaunchState | None = None  # derived from TRANSITIONS (a given one must agree)
     url: str | None = None
+
+    def __post_init__(self) -> None:
+        kind = EventKind(self.kind)
+        object.__setattr__(self, "kind", kind)
+        expected = TRANSITIONS[kind]
+        if self.state is not None and self.state != expected:
+            raise ValueError(f"a {kind.value!r} event moves a key to {expected}, not {self.state}")
+        object.__setattr__(self, "state", expected)
+
+
+@dataclass(frozen=True)
+class LockLease:
+    """The campaign lease as its holder knows it: the fencing generation it acquired."""
+
+    generation: int
+    ttl: float
 
 
 @dataclass(frozen=True)
@@ -203,7 +189,8 @@ def stored_request(
     request: Mapping[str, Any], secret_env: Iterable[tuple[int, str]] = ()
 ) -> dict[str, Any]:
     """A planned request as the ledger keeps it: the output schema by digest, and each secret
-    by the name of the variable it comes from (`env:NAME`), as the fingerprint sees it."""
+    by the name of the variable it comes from (`env:NAME`), as the fingerprint sees it, and
+    without the fingerprint tag."""
     out = dict(request)
     env = dict(secret_env)
     if env and isinstance(out.get("session_secrets"), list):
@@ -211,6 +198,8 @@ def stored_request(
             dict(s, value=f"env:{env[i]}") if i in env else s
             for i, s in enumerate(out["session_secrets"])
         ]
+    if isinstance(out.get("tags"), list):  # the fingerprint tag is derived from all the rest
+        out["tags"] = [x for x in out["tags"] if not str(x).startswith(FP_TAG_PREFIX)]
     schema = out.get("structured_output_schema")
     if schema is not None:
         text = json.dumps(schema, sort_keys=True, separators=(",", ":"))
@@ -278,6 +267,8 @@ class Ledger:
     def __init__(self, path: Path, campaign: str, *, create: bool = True) -> None:
         self.path = Path(path)
         self.campaign = campaign
+        self.lease: LockLease | None = None
+        self._reader: sqlite3.Connection | None = None
         if not create and not self.path.exists():
             raise LedgerError(
                 f"no ledger for campaign {campaign!r} at {self.path}",
@@ -300,9 +291,26 @@ class Ledger:
             self.db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
 
+    @classmethod
+    def scratch_copy(cls, path: Path, campaign: str) -> Ledger:
+        """An in-memory copy of the ledger at `path` (empty when there is none): `plan
+        --check-remote` reconciles into it and nothing is written to disk."""
+        mem = cls(Path(":memory:"), campaign)
+        if Path(path).exists():
+            with sqlite_errors(Path(path), "read"):
+                src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+                try:
+                    src.backup(mem.db)
+                finally:
+                    src.close()
+                mem._migrate()
+        return mem
+
     # ------------------------------------------------------------------ plumbing
 
     def close(self) -> None:
+        if self._reader is not None and self._reader is not self.db:
+            self._reader.close()
         self.db.close()
 
     def __enter__(self) -> Ledger:
@@ -353,36 +361,68 @@ class Ledger:
 
     # ------------------------------------------------------------------ lock
 
-    def acquire_lock(self, *, now: float | None = None) -> None:
-        """Take the campaign lease; break it when its holder is gone or silent for LOCK_TTL."""
+    def acquire_lock(self, *, now: float | None = None, ttl: float = LOCK_TTL) -> LockLease:
+        """Take the campaign lease; break it when its holder is gone or silent for `ttl`.
+
+        Every acquisition (and takeover) increments the fencing generation: a holder whose
+        generation is no longer the lock row's has lost the lease, whatever its clock says.
+        """
         now = time.time() if now is None else now
         host, pid = _owner()
         with self.transaction() as db:
             row = db.execute("SELECT * FROM lock WHERE campaign=?", (self.campaign,)).fetchone()
             if row is not None and not (row["host"] == host and row["pid"] == pid):
                 dead = row["host"] == host and not _pid_alive(row["pid"])
-                stale = now - row["heartbeat_at"] > LOCK_TTL
+                stale = now - row["heartbeat_at"] > ttl
                 if not (dead or stale):
                     raise LockedError(self.campaign, row["owner"], row["acquired_at"], str(self.path))
+            got = db.execute("SELECT value FROM meta WHERE name='lock_generation'").fetchone()
+            generation = (int(got[0]) if got else 0) + 1
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('lock_generation', ?)", (str(generation),))
             db.execute(
-                "INSERT OR REPLACE INTO lock VALUES (?, ?, ?, ?, ?, ?)",
-                (self.campaign, f"{host}:{pid}", host, pid, now, now),
+                "INSERT OR REPLACE INTO lock (campaign, owner, host, pid, acquired_at, "
+                "heartbeat_at, generation) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (self.campaign, f"{host}:{pid}", host, pid, now, now, generation),
             )
+        self.lease = LockLease(generation, ttl)
+        return self.lease
 
-    def heartbeat(self) -> None:
-        host, pid = _owner()
+    def heartbeat(self) -> bool:
+        """Renew the lease; False when the lock row is no longer ours (the lease was lost)."""
+        generation = self.lease.generation if self.lease else -1
         with self.transaction() as db:
-            db.execute(
-                "UPDATE lock SET heartbeat_at=? WHERE campaign=? AND host=? AND pid=?",
-                (time.time(), self.campaign, host, pid),
+            cur = db.execute(
+                "UPDATE lock SET heartbeat_at=? WHERE campaign=? AND generation=?",
+                (time.time(), self.campaign, generation),
             )
+            return cur.rowcount == 1
+
+    def holds_lock(self) -> bool:
+        """Whether the lock row still carries this holder's generation (one indexed read)."""
+        if self.lease is None:
+            return False
+        try:
+            if self._reader is None:  # its own connection: the writer thread owns self.db
+                self._reader = (
+                    sqlite3.connect(self.path, check_same_thread=False, timeout=5.0)
+                    if str(self.path) != ":memory:"
+                    else self.db
+                )
+            query = "SELECT generation FROM lock WHERE campaign=?"
+            try:
+                row = self._reader.execute(query, (self.campaign,)).fetchone()
+            except sqlite3.OperationalError:  # busy for a moment: one more look, then decide
+                time.sleep(0.05)
+                row = self._reader.execute(query, (self.campaign,)).fetchone()
+        except sqlite3.Error:
+            return False  # cannot prove the lease is ours: do not send
+        return row is not None and int(row[0]) == self.lease.generation
 
     def release_lock(self) -> None:
-        host, pid = _owner()
+        generation = self.lease.generation if self.lease else -1
         with self.transaction() as db:
-            db.execute(
-                "DELETE FROM lock WHERE campaign=? AND host=? AND pid=?", (self.campaign, host, pid)
-            )
+            db.execute("DELETE FROM lock WHERE campaign=? AND generation=?", (self.campaign, generation))
+        self.lease = None
 
     def break_lock(self) -> dict[str, Any] | None:
         """Remove the lock whoever holds it (`devin-fleet unlock`); returns what was removed."""
@@ -430,6 +470,15 @@ class Ledger:
         return [dict(r) for r in rows]
 
     @_reads
+    def intent_fingerprints(self) -> dict[str, str]:
+        """The fingerprint of each key's latest create intent (what its last attempt sent)."""
+        rows = self.db.execute(
+            "SELECT key, fingerprint FROM events WHERE kind=? AND fingerprint IS NOT NULL ORDER BY id",
+            (EventKind.intent.value,),
+        )
+        return {k: fp for k, fp in rows}
+
+    @_reads
     def sync_plan(self, plan: Plan, *, replace: Iterable[str] = ()) -> None:
         """Make sure every planned key has a row; forget never-attempted keys that left the plan.
 
@@ -438,8 +487,10 @@ class Ledger:
         """
         now = time.time()
         replace = set(replace)
+        retryable = (LaunchState.planned, LaunchState.refused, LaunchState.gave_up)
         existing = {
-            r[0]: (r[1], r[2]) for r in self.db.execute("SELECT key, state, fingerprint FROM sessions")
+            r[0]: (LaunchState(r[1]), r[2])
+            for r in self.db.execute("SELECT key, state, fingerprint FROM sessions")
         }
         with self.transaction() as db:
             for s in plan.sessions:
@@ -447,32 +498,34 @@ class Ledger:
                 if have is None:
                     db.execute(
                         "INSERT INTO sessions (key, fleet, fingerprint, item_tag, state, "
-                        "updated_at) VALUES (?, ?, ?, ?, 'planned', ?)",
-                        (s.key, s.fleet, s.fingerprint, s.identity_tag, now),
+                        "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        (s.key, s.fleet, s.fingerprint, s.identity_tag, LaunchState.planned, now),
                     )
-                elif have[0] in ("planned", "failed") and have[1] != s.fingerprint:
+                elif have[0] in retryable and have[1] != s.fingerprint:
                     db.execute(
                         "UPDATE sessions SET fingerprint=?, updated_at=? WHERE key=?",
                         (s.fingerprint, now, s.key),
                     )
-                elif s.key in replace and LaunchState(have[0]).launched:
+                elif s.key in replace and have[0].launched:
                     # The relaunch starts clean: nothing of the old session's follow-through
                     # (status, outputs, ACUs, cancellation) may show as the new one's.
                     db.execute(
-                        "UPDATE sessions SET state='planned', fingerprint=?, "
+                        "UPDATE sessions SET state=?, fingerprint=?, "
                         "session_id=NULL, url=NULL, status=NULL, status_detail=NULL, "
                         "outcome=NULL, acus_consumed=NULL, pull_requests=NULL, "
                         "structured_output=NULL, refreshed_at=NULL, cancelled_at=NULL, "
                         "updated_at=? WHERE key=?",
-                        (s.fingerprint, now, s.key),
+                        (TRANSITIONS[EventKind.relaunch], s.fingerprint, now, s.key),
                     )
                     db.execute(
                         "INSERT INTO events (key, at, kind, fingerprint, detail) VALUES "
-                        "(?, ?, 'replace', ?, 'relaunch requested')",
-                        (s.key, now, s.fingerprint),
+                        "(?, ?, ?, ?, 'relaunch requested')",
+                        (s.key, now, EventKind.relaunch, s.fingerprint),
                     )
             keys = {s.key for s in plan.sessions}
-            gone = [k for k, (state, _) in existing.items() if k not in keys and state == "planned"]
+            gone = [
+                k for k, (state, _) in existing.items() if k not in keys and state == LaunchState.planned
+            ]
             db.executemany("DELETE FROM sessions WHERE key=?", [(k,) for k in gone])
             self._remember_requests(db, plan)
 
@@ -532,7 +585,9 @@ class Ledger:
             )
 
     def write_events(self, events: Iterable[LedgerEvent]) -> None:
-        """Append events and apply their state changes, in one durable transaction."""
+        """Append events and apply their state changes (from TRANSITIONS), in one durable
+        transaction. A launched key moves only on `replace`: a later event about it is logged
+        and leaves the row as it is."""
         now = time.time()
         with self.transaction() as db:
             for e in events:
@@ -542,7 +597,7 @@ class Ledger:
                     (
                         e.key,
                         now,
-                        e.kind,
+                        e.kind.value,
                         e.attempt,
                         e.http_status,
                         e.session_id,
@@ -550,26 +605,32 @@ class Ledger:
                         e.detail,
                     ),
                 )
-                if e.kind == "intent":
+                new = TRANSITIONS[e.kind]
+                if new is None:
+                    continue
+                row = db.execute("SELECT state FROM sessions WHERE key=?", (e.key,)).fetchone()
+                if row is None:
+                    continue
+                if LaunchState(row[0]).launched and e.kind not in _FROM_LAUNCHED:
+                    continue
+                if e.kind == EventKind.intent:
                     db.execute(
-                        "UPDATE sessions SET state='pending', attempts=attempts+1, "
-                        "updated_at=? WHERE key=?",
-                        (now, e.key),
+                        "UPDATE sessions SET state=?, attempts=attempts+1, updated_at=? WHERE key=?",
+                        (new.value, now, e.key),
                     )
-                if e.state is not None:
-                    if e.state.launched:
-                        db.execute(
-                            "UPDATE sessions SET state=?, session_id=?, url=?, "
-                            "last_error=NULL, created_at=?, fingerprint=COALESCE(?, "
-                            "fingerprint), updated_at=? WHERE key=?",
-                            (e.state.value, e.session_id, e.url, now, e.fingerprint, now, e.key),
-                        )
-                    else:
-                        db.execute(
-                            "UPDATE sessions SET state=?, last_error=COALESCE(?, "
-                            "last_error), updated_at=? WHERE key=?",
-                            (e.state.value, e.detail, now, e.key),
-                        )
+                elif new.launched:
+                    db.execute(
+                        "UPDATE sessions SET state=?, session_id=?, url=?, "
+                        "last_error=NULL, created_at=?, fingerprint=COALESCE(?, "
+                        "fingerprint), updated_at=? WHERE key=?",
+                        (new.value, e.session_id, e.url, now, e.fingerprint, now, e.key),
+                    )
+                else:
+                    db.execute(
+                        "UPDATE sessions SET state=?, last_error=COALESCE(?, "
+                        "last_error), updated_at=? WHERE key=?",
+                        (new.value, e.detail, now, e.key),
+                    )
 
     def update_status(self, updates: Iterable[Mapping[str, Any]]) -> None:
         """Store refreshed session states (from `status`): one mapping per session."""
@@ -597,11 +658,12 @@ class Ledger:
         with self.transaction() as db:
             for key in keys:
                 db.execute(
-                    "UPDATE sessions SET cancelled_at=?, outcome='cancelled' WHERE key=?", (now, key)
+                    "UPDATE sessions SET cancelled_at=?, outcome=? WHERE key=?",
+                    (now, CANCELLED_OUTCOME, key),
                 )
                 db.execute(
-                    "INSERT INTO events (key, at, kind, detail) VALUES (?, ?, 'cancelled', ?)",
-                    (key, now, "archived" if archived else None),
+                    "INSERT INTO events (key, at, kind, detail) VALUES (?, ?, ?, ?)",
+                    (key, now, EventKind.cancelled.value, "archived" if archived else None),
                 )
 
     # ------------------------------------------------------------------ rollout waves
@@ -630,9 +692,10 @@ class Ledger:
             r = records.get(s.key)
             if r is None or r.state == LaunchState.planned:
                 out.append((Change.create, s.key, ""))
-            elif r.state == LaunchState.failed:
-                out.append((Change.create, s.key, f"retry; last failed: {r.last_error or '?'}"))
-            elif r.state in (LaunchState.pending, LaunchState.unknown):
+            elif r.state in (LaunchState.refused, LaunchState.gave_up):
+                what = "refused" if r.state == LaunchState.refused else "gave up"
+                out.append((Change.create, s.key, f"retry; last {what}: {r.last_error or '?'}"))
+            elif r.state.uncertain:
                 out.append((Change.reconcile, s.key, "outcome unknown: apply looks it up first"))
             elif r.fingerprint != s.fingerprint:
                 out.append((Change.changed, s.key, f"{r.session_id} (relaunch with --replace)"))

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 
 from launcher.client import CreateOutcome, DevinClient
-from launcher.errors import APIError, AuthError
+from launcher.errors import APIError, AuthError, LockLostError
 from launcher.ledger import Ledger
 from launcher.pacing import Clock, MonotonicClock, Pacer
 from launcher.plan import Plan
@@ -152,6 +152,7 @@ async def send_messages(
     pacer = Pacer(rate, clock or MonotonicClock())
     report = MessageReport()
     auth: list[AuthError] = []
+    lost: list[LockLostError] = []
     limiter = anyio.CapacityLimiter(CONCURRENCY)
 
     async def lookup(out: Outgoing) -> bool | None:
@@ -176,7 +177,19 @@ async def send_messages(
                     return
             while True:
                 await pacer.acquire()
-                ledger.heartbeat()  # a long, slowly paced run keeps its lease
+                # A long, slowly paced run keeps its lease, and never sends on a lost one
+                # (paused past the lease and taken over: the other run may send it too).
+                if lost or not ledger.heartbeat():
+                    if not lost:
+                        lost.append(
+                            LockLostError(
+                                "lost the campaign lock: stopped sending messages at once",
+                                hint="another run holds this campaign now; re-run `message` "
+                                "when it is done (what was sent is recorded: nothing repeats)",
+                            )
+                        )
+                    scope.cancel()
+                    return
                 ledger.message_intent(out.key, out.session_id, out.digest, out.text)
                 result = await client.send_message(out.session_id, out.text)
                 if result.outcome is CreateOutcome.created:
@@ -221,4 +234,6 @@ async def send_messages(
         ledger.release_lock()
     if auth:
         raise auth[0]
+    if lost:
+        raise lost[0]
     return report

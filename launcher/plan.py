@@ -34,7 +34,15 @@ from launcher.source import MAX_MANIFEST_BYTES, Loc, dotted_path, load_json_or_y
 from launcher.templating import Rule, TemplateFailure, Templates
 
 SECRET_PLACEHOLDER = "***"
-IDENTITY_TAGS = 2
+# The tags devin-fleet adds to every session (the tag budget, documented in the README):
+# `fleet:<campaign>`, `fleet-key:<16 hex>` (identity), `fleet-fp:<8 hex>` (the fingerprint, so a
+# ledger rebuilt from the API tells `=` from `~`), and `fleet-attempt:<n>` reserved for
+# relaunches (attempt 1 carries none). A manifest may set the rest of the API's 50.
+LAUNCHER_TAGS = 4
+IDENTITY_TAGS = LAUNCHER_TAGS  # kept for importers of the old name
+FP_TAG_PREFIX = "fleet-fp:"
+KEY_TAG_PREFIX = "fleet-key:"
+ATTEMPT_TAG_PREFIX = "fleet-attempt:"
 _LIST_FIELDS = ("repos", "attachment_urls", "knowledge_ids", "secret_ids", "session_links")
 _TEXT_FIELDS = (
     "title",
@@ -110,7 +118,20 @@ def item_tag(campaign: str, key: str) -> str:
     create call failed ambiguously, since the API has no idempotency key.
     """
     digest = hashlib.sha256(f"{campaign}\x00{key}".encode()).hexdigest()[:16]
-    return f"fleet-key:{digest}"
+    return f"{KEY_TAG_PREFIX}{digest}"
+
+
+def fingerprint_tag(fingerprint: str) -> str:
+    """`fleet-fp:<first 8 hex of the fingerprint>`: what a session was launched from."""
+    return f"{FP_TAG_PREFIX}{fingerprint[:8]}"
+
+
+def attempt_of(tags: list[str] | tuple[str, ...]) -> int:
+    """The launch attempt a session's tags name (1 when it carries no `fleet-attempt:` tag)."""
+    for t in tags:
+        if t.startswith(ATTEMPT_TAG_PREFIX) and t[len(ATTEMPT_TAG_PREFIX) :].isdigit():
+            return int(t[len(ATTEMPT_TAG_PREFIX) :])
+    return 1
 
 
 @dataclass(frozen=True)
@@ -382,8 +403,9 @@ def _merge(
         problems.add(
             loaded.problem(
                 locs["tags"],
-                f"{n_tags} tags plus {IDENTITY_TAGS} identity tags is more than the API's {MAX_TAGS}",
-                f"use at most {MAX_TAGS - IDENTITY_TAGS} tags",
+                f"{n_tags} tags plus devin-fleet's {LAUNCHER_TAGS} (campaign, key, fingerprint, "
+                f"attempt) is more than the API's {MAX_TAGS}",
+                f"use at most {MAX_TAGS - LAUNCHER_TAGS} tags",
             )
         )
         ok = False
@@ -709,6 +731,8 @@ def _plan_one(
         ]
     if spec.schema_digest is not None:
         fp_body["structured_output_schema"] = f"sha256:{spec.schema_digest}"
+    fp = fingerprint(fp_body)  # over the body without its own tag: old fingerprints stay valid
+    body["tags"] = [*body["tags"], fingerprint_tag(fp)]
     return PlannedSession(
         key=key,
         fleet=spec.name,
@@ -716,7 +740,7 @@ def _plan_one(
         item=item.value,
         origin=item.origin,
         tags=(ctag, itag),
-        fingerprint=fingerprint(fp_body),
+        fingerprint=fp,
         request=body,
         secret_env=tuple(secret_env),
     )

@@ -4,10 +4,11 @@ playbooks, knowledge notes) exists in the org, before anything is created."""
 from __future__ import annotations
 
 from launcher.client import DevinClient
-from launcher.errors import AuthError, Problem, RemoteCheckError
+from launcher.errors import APIError, AuthError, Problem, RemoteCheckError
 from launcher.plan import Plan
 from launcher.source import Loc
 
+UNCHECKABLE = frozenset({403, 404, 405})  # a reference list we cannot read: "not verified"
 _REFERENCE_CHECKS: tuple[tuple[str, str, str], ...] = (
     ("secret_ids", "/secrets", "secret"),
     ("playbook_id", "/playbooks", "playbook"),
@@ -37,8 +38,9 @@ async def check_remote(plan: Plan, client: DevinClient) -> list[str]:
     warnings.
 
     Raises AuthError for a token that does not work (401), RemoteCheckError with one located
-    problem per manifest field that names a missing id. A 403 (the token may not read /self or
-    a list endpoint) is a warning, not a failure.
+    problem per manifest field that names a missing id. A 403 on /self, and a 403, 404 or 405
+    on a list endpoint (no permission, or no such list on this API), is a warning ("not
+    verified"), never a failure: preflight never blocks on what it cannot check.
     """
     warnings: list[str] = []
     try:
@@ -59,9 +61,19 @@ async def check_remote(plan: Plan, client: DevinClient) -> list[str]:
         if not refs:
             continue
         if path not in cache:
-            cache[path] = await client.list_ids(path)
+            try:
+                cache[path] = await client.list_ids(path)
+                why = "403"
+            except APIError as exc:
+                if exc.status not in UNCHECKABLE:
+                    raise
+                cache[path], why = None, str(exc.status)
             if cache[path] is None:
-                warnings.append(f"the token may not list {path} (403): {label} ids not checked")
+                # What cannot be checked never blocks: the create itself is the final check.
+                warnings.append(
+                    f"{label} ids not verified: GET {path} answered {why} (no permission, or "
+                    "this API has no such list)"
+                )
         have = cache[path]
         if have is None:
             continue

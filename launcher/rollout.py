@@ -33,7 +33,14 @@ import anyio
 
 from launcher.apply import ApplyOptions, ApplySummary, NullReporter, Reporter, Result, apply_plan
 from launcher.client import DevinClient
-from launcher.errors import APIError, AuthError, ConfigError, ExitCode
+from launcher.errors import (
+    APIError,
+    AuthError,
+    ConfigError,
+    ExitCode,
+    LedgerError,
+    LockLostError,
+)
 from launcher.ledger import LaunchState, Ledger
 from launcher.manifest import Gate
 from launcher.pacing import Clock, MonotonicClock
@@ -439,6 +446,11 @@ class RolloutSummary:
             out.final_rate = s.final_rate
             out.aborted = out.aborted or s.aborted
             out.interrupted = out.interrupted or s.interrupted
+            out.reconciled += s.reconciled
+            out.duplicates.update(s.duplicates)
+            out.strays = max(out.strays, s.strays)  # each wave's reconcile sees them all
+            if s.observed_lag is not None:
+                out.observed_lag = max(out.observed_lag or 0.0, s.observed_lag)
         out.already = sum(s.already for _, s in self.applies)
         return out
 
@@ -526,7 +538,7 @@ async def run_rollout(
             return left
         return extra if left is None else min(left, extra)
 
-    ledger.acquire_lock()
+    ledger.acquire_lock(ttl=options.lock_ttl)
     try:
         decided = {e["wave"] for e in ledger.wave_log() if e["decision"] in OPEN}
         if rollout.wave is not None:
@@ -552,21 +564,43 @@ async def run_rollout(
 
 
 async def _follow_locked(
-    plan: Plan, client: DevinClient, ledger: Ledger, keys: Collection[str], **kw: Any
+    plan: Plan,
+    client: DevinClient,
+    ledger: Ledger,
+    keys: Collection[str],
+    *,
+    lock_ttl: float,
+    **kw: Any,
 ) -> CampaignView:
-    """`follow`, keeping the campaign lock's heartbeat going (apply_plan is not running then,
-    so nothing else writes the ledger)."""
+    """`follow`, renewing the campaign lease (apply_plan is not running then, so nothing else
+    writes the ledger). A lease found lost (paused past it, and another apply took the
+    campaign over) stops the run: no gate is decided and no wave launched on a lost lease."""
+    lost: list[LockLostError] = []
+    view: CampaignView | None = None
     async with anyio.create_task_group() as tg:
 
         async def beat() -> None:
             while True:
-                await anyio.sleep(HEARTBEAT_EVERY)
-                with contextlib.suppress(Exception):
-                    ledger.heartbeat()
+                await anyio.sleep(min(HEARTBEAT_EVERY, lock_ttl / 6))
+                try:
+                    held = ledger.heartbeat()
+                except LedgerError:
+                    continue  # busy for a moment: the next beat tries again
+                if not held:
+                    lost.append(
+                        LockLostError(
+                            "lost the campaign lock while following the fleet: stopped",
+                            hint="another apply holds this campaign now; re-run when it is done",
+                        )
+                    )
+                    tg.cancel_scope.cancel()
+                    return
 
         tg.start_soon(beat)
         view = await follow(plan, client, ledger, keys, **kw)
         tg.cancel_scope.cancel()
+    if lost or view is None:
+        raise lost[0] if lost else LockLostError("following stopped without a view")
     return view
 
 
@@ -613,16 +647,18 @@ async def _waves(
             interrupted=interrupted,
             admission=ceiling,
         )
-        ledger.acquire_lock()  # apply_plan released it; this run keeps it until it ends
         summary.applies.append((w.number, launched))
         if budget is not None:
             budget = max(0, budget - len(launched.results))
         if launched.exit_code not in (ExitCode.ok, ExitCode.failed) or stop.is_set():
-            summary.next_wave = w.number
+            summary.next_wave = w.number  # a lost lease lands here too: never re-taken
             return
+        # apply_plan released it; this run keeps it until it ends (LockedError if another
+        # apply took the campaign in the meantime)
+        ledger.acquire_lock(ttl=options.lock_ttl)
         records = ledger.records()
         left = [
-            k for k in keys if not (records[k].state.launched or records[k].state == LaunchState.failed)
+            k for k in keys if not (records[k].state.launched or records[k].state == LaunchState.refused)
         ]
         if left:
             why = " (--limit)" if budget == 0 else ""
@@ -642,6 +678,7 @@ async def _waves(
             clock=clock,
             stop=stop,
             follower=follower(f"wave {w.number}/{len(waves)}: following"),
+            lock_ttl=options.lock_ttl,
         )
         summary.view = view
         if stop.is_set():
@@ -672,5 +709,6 @@ async def _waves(
             clock=clock,
             stop=stop,
             follower=follower("following"),
+            lock_ttl=options.lock_ttl,
         )
         summary.followed = not stop.is_set()

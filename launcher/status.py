@@ -39,7 +39,9 @@ from launcher.client import DevinClient
 from launcher.errors import APIError, AuthError, ExitCode
 from launcher.ledger import LaunchState, Ledger, Record
 from launcher.models import Session, output_errors, session_path_id
+from launcher.pacing import Clock, MonotonicClock
 from launcher.plan import Plan
+from launcher.reconcile import ENDED, adoptions, duplicate_events, scan
 from launcher.templating import Rule, TemplateFailure
 
 SUSPEND_FAILURES = frozenset(
@@ -186,6 +188,8 @@ class CampaignView:
     budget_acu: int | None = None
     requests: int = 0  # API requests the refresh that built this view made
     untracked: list[str] = field(default_factory=list)  # campaign-tagged, not in the ledger
+    strays: list[Session] = field(default_factory=list)  # live, campaign tag, no planned key
+    duplicates: dict[str, list[str]] = field(default_factory=dict)  # key -> live ids, earliest 1st
     warnings: list[str] = field(default_factory=list)
     timed_out: bool = False  # `watch` gave up before every outcome was final
 
@@ -229,6 +233,11 @@ class CampaignView:
             "counts": self.counts(),
             "totals": self.totals(),
             "sessions": [s.status_json() for s in self.sessions],
+            "strays": [
+                {"session_id": x.session_id, "url": x.url, "status": x.status, "tags": x.tags}
+                for x in self.strays
+            ],
+            "duplicates": self.duplicates,
         }
 
     def group_by(self, path: str) -> dict[str, int]:
@@ -253,11 +262,13 @@ def _session_view(
     plan: Plan, key: str, fleet: str, item: Any, r: Record | None, in_plan: bool = True
 ) -> SessionView:
     if r is None or not r.state.launched:
-        failed = r is not None and r.state == LaunchState.failed
+        failed = r is not None and r.state == LaunchState.refused
         if failed:
             note = f"the API refused the create: {r.last_error}" if r and r.last_error else None
-        elif r is not None and r.state in (LaunchState.pending, LaunchState.unknown):
+        elif r is not None and r.state.uncertain:
             note = "create outcome unknown: apply looks it up"
+        elif r is not None and r.state == LaunchState.gave_up:
+            note = f"apply gave up (nothing created): {r.last_error or '?'}; re-run apply"
         else:
             note = "not launched yet"
         return SessionView(
@@ -358,6 +369,14 @@ async def refresh(
     page), then one GET per session the list missed; store states and outcomes in the ledger;
     return the joined view. Raises AuthError (401/403) and APIError when the list fails."""
     before = client.requests
+    # One listing of the campaign tag: it refreshes, and it reconciles (the API is the source
+    # of truth): planned keys the ledger does not hold as launched are adopted, extra live
+    # sessions of one key are logged as duplicates, unmatched ones are strays.
+    rec = await scan(plan, client, page_size=page_size)
+    healing = adoptions(plan, ledger, rec, how="reconcile (status)") + duplicate_events(rec, ledger)
+    if healing:
+        ledger.sync_plan(plan)  # rows for the adopted keys (a fresh ledger has none yet)
+        ledger.write_events(healing)
     records = ledger.records()
     # Match on the path form of ids: some bodies carry bare hex ids (devin-api.md section 1).
     wanted = {
@@ -365,7 +384,9 @@ async def refresh(
     }
     found: dict[str, Session] = {}
     untracked: list[str] = []
-    async for session in client.list_sessions(tags=[plan.campaign_tag], first=page_size):
+    listed = [x for v in rec.by_key.values() for x in v]
+    listed += [x for v in rec.other_attempts.values() for x in v] + rec.strays
+    for session in listed:
         sid = session_path_id(session.session_id)
         if sid in wanted:
             found[sid] = session
@@ -423,10 +444,14 @@ async def refresh(
         for r in refreshed
     )
     view.untracked = untracked
-    if untracked:
+    view.strays = [x for x in rec.strays if x.status not in ENDED]
+    view.duplicates = {k: [x.session_id for x in v] for k, v in rec.duplicates().items()}
+    view.warnings.extend(rec.warnings())
+    others = len(untracked) - len(rec.strays) - sum(len(v) - 1 for v in view.duplicates.values())
+    if others > 0:
         view.warnings.append(
-            f"{len(untracked)} session(s) carry the tag {plan.campaign_tag} but "
-            "are not in this ledger (another ledger's, or replaced ones)"
+            f"{others} session(s) carry the tag {plan.campaign_tag} and a planned key but are "
+            "not this ledger's (replaced ones, or another ledger's)"
         )
     if gone:
         view.warnings.append(f"{len(gone)} session(s) in the ledger are unknown to the API (404)")
@@ -448,41 +473,53 @@ async def watch(
     on_refresh: Callable[[CampaignView, float], None] | None = None,
     on_error: Callable[[APIError], None] | None = None,
     max_failures: int = 5,
+    clock: Clock | None = None,
 ) -> CampaignView:
     """Refresh until every session has a final outcome or `wait_timeout` seconds pass.
 
     The interval adapts: back to `interval` whenever something changed, otherwise it grows by
     half up to `max_interval` (polling a quiet fleet less often). `on_refresh(view, next_wait)`
     sees every refresh. A failed refresh (5xx, network) is reported to `on_error` and retried;
-    `max_failures` in a row, or any AuthError, raises.
+    `max_failures` in a row, or any AuthError, raises. Every wait goes through `clock`.
     """
+    clock = clock or MonotonicClock()
+    deadline = None if wait_timeout is None else clock.now() + wait_timeout
     view: CampaignView | None = None
     previous: dict[str, Any] | None = None
     wait = interval
     failures = 0
-    with anyio.move_on_after(wait_timeout) as scope:
-        while True:
-            try:
-                view = await refresh(plan, client, ledger)
-            except AuthError:
+    timed_out = False
+    while True:
+        try:
+            view = await refresh(plan, client, ledger)
+        except AuthError:
+            raise
+        except APIError as exc:
+            failures += 1
+            if failures >= max_failures:
                 raise
-            except APIError as exc:
-                failures += 1
-                if failures >= max_failures:
-                    raise
-                if on_error is not None:
-                    on_error(exc)
-            else:
-                failures = 0
-                snapshot = {s.key: (s.status, s.status_detail, s.outcome) for s in view.sessions}
-                wait = interval if snapshot != previous else min(max_interval, wait * 1.5)
-                previous = snapshot
+            if on_error is not None:
+                on_error(exc)
+        else:
+            failures = 0
+            snapshot = {s.key: (s.status, s.status_detail, s.outcome) for s in view.sessions}
+            wait = interval if snapshot != previous else min(max_interval, wait * 1.5)
+            previous = snapshot
+            if view.settled:
                 if on_refresh is not None:
-                    on_refresh(view, 0.0 if view.settled else wait)
-                if view.settled:
-                    break
-            await anyio.sleep(wait)
+                    on_refresh(view, 0.0)
+                break
+            if on_refresh is not None:
+                on_refresh(view, wait)
+        pause = wait
+        if deadline is not None:
+            remaining = deadline - clock.now()
+            if remaining <= 0:
+                timed_out = True
+                break
+            pause = min(wait, remaining)
+        await clock.sleep(pause)
     if view is None:  # the timeout came before any refresh succeeded
         view = campaign_view(plan, ledger)
-    view.timed_out = scope.cancelled_caught
+    view.timed_out = timed_out
     return view

@@ -114,7 +114,7 @@ def test_clean_apply_creates_each_session_once_and_a_rerun_creates_nothing(
     assert second.already == 25 and second.results == {} and second.exit_code == 0
     assert_exactly_once_and_ledger_agrees(plan, sim, tmp_path / "l.db")
     # What was sent is what was planned: same prompt, repos, both identity tags.
-    sent = {s["tags"][-1]: s for s in sim.sessions()}
+    sent = {t: s for s in sim.sessions() for t in s["tags"]}
     for p in plan.sessions:
         assert sent[p.identity_tag]["prompt"] == p.request["prompt"]
         assert set(p.tags) <= set(sent[p.identity_tag]["tags"])
@@ -172,7 +172,7 @@ def test_403_on_create_aborts_after_the_first_answers(
     assert summary.exit_code == 5 and isinstance(summary.aborted, AuthError)
     assert sim.sessions() == []
     creates = sim.stats()["requests"].get("POST /sessions", 0)
-    assert 1 <= creates <= 4  # at most what was in flight, not 50
+    assert creates <= 4  # at most what was in flight, not 50 (the reconcile listing stops it first)
     assert summary.count(Result.not_started) >= 46
 
 
@@ -299,7 +299,7 @@ def test_a_live_lock_refuses_a_second_apply_and_a_dead_holder_is_taken_over(
     ledger_path = tmp_path / "l.db"
     with open_ledger(plan.manifest.path, plan.campaign, ledger_path) as led:
         led.db.execute(
-            "INSERT INTO lock VALUES (?, 'otherhost:1', 'otherhost', 1, ?, ?)",
+            "INSERT INTO lock VALUES (?, 'otherhost:1', 'otherhost', 1, ?, ?, 1)",
             (plan.campaign, 1e12, 1e12),
         )
     with pytest.raises(LockedError) as info:
@@ -313,7 +313,7 @@ def test_a_live_lock_refuses_a_second_apply_and_a_dead_holder_is_taken_over(
     with open_ledger(plan.manifest.path, plan.campaign, ledger_path) as led:
         host = __import__("socket").gethostname()
         led.db.execute(
-            "INSERT INTO lock VALUES (?, 'x', ?, ?, ?, ?)",
+            "INSERT INTO lock VALUES (?, 'x', ?, ?, ?, ?, 1)",
             (plan.campaign, host, 2**22 + 12345, 1e12, 1e12),
         )
     assert run_apply(plan, sim, ledger_path).count(Result.created) == 2

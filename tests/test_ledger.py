@@ -10,7 +10,15 @@ import pytest
 
 from launcher import build_plan, load_manifest
 from launcher.errors import LedgerError
-from launcher.ledger import MIGRATIONS, SCHEMA_VERSION, LaunchState, Ledger, LedgerEvent
+from launcher.ledger import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    TRANSITIONS,
+    EventKind,
+    LaunchState,
+    Ledger,
+    LedgerEvent,
+)
 
 Write = Callable[[str, str], Path]
 
@@ -131,3 +139,73 @@ def test_never_attempted_keys_that_left_the_plan_are_forgotten(write: Write, tmp
         )
         led.sync_plan(build_plan(load_manifest(path)))
         assert set(led.records()) == {"a", "c"}  # b was never attempted; a was launched
+
+
+def test_a_v2_ledger_splits_failed_into_refused_gave_up_and_unknown(tmp_path: Path) -> None:
+    """v3: `failed` meant three things; the migration tells them apart by the recorded reason,
+    so a key whose ambiguous attempts ran out is looked up (unknown), never resent blindly."""
+    path = tmp_path / "v2.db"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0])
+    db.executescript(MIGRATIONS[1])
+    db.execute("PRAGMA user_version = 2")
+    db.execute("INSERT INTO meta VALUES ('campaign', 'led')")
+    rows = [
+        ("a", "HTTP 422: bad repo"),
+        ("b", "gave up after 6 attempts: HTTP 500"),
+        ("c", "could not reach the API: ConnectError"),
+        ("d", "rate limited 200 times"),
+    ]
+    for key, why in rows:
+        db.execute(
+            "INSERT INTO sessions (key, fleet, fingerprint, item_tag, state, last_error, "
+            "updated_at) VALUES (?, 'f', 'fp', 't', 'failed', ?, 0)",
+            (key, why),
+        )
+    db.execute("INSERT INTO lock VALUES ('led', 'x', 'h', 1, 0, 0)")
+    db.commit()
+    db.close()
+    with Ledger(path, "led") as led:
+        got = {k: r.state for k, r in led.records().items()}
+        assert got == {
+            "a": LaunchState.refused,
+            "b": LaunchState.unknown,
+            "c": LaunchState.gave_up,
+            "d": LaunchState.gave_up,
+        }
+        assert led.db.execute("SELECT generation FROM lock").fetchone()[0] == 0
+        lease = led.acquire_lock(now=1e12)  # the old row is stale: taken over, generation 1
+        assert lease.generation == 1 and led.holds_lock()
+
+
+def test_every_event_kind_has_one_transition_and_a_given_state_must_agree() -> None:
+    assert set(TRANSITIONS) == set(EventKind)
+    assert LedgerEvent("a", EventKind.refused).state == LaunchState.refused
+    assert LedgerEvent("a", "ambiguous").kind is EventKind.ambiguous  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="moves a key to"):
+        LedgerEvent("a", EventKind.absent, state=LaunchState.created)
+
+
+def test_a_launched_key_moves_only_on_relaunch(write: Write, tmp_path: Path) -> None:
+    plan = small_plan(write)
+    with Ledger(tmp_path / "l.db", "led") as led:
+        led.sync_plan(plan)
+        led.write_events([LedgerEvent("a", EventKind.created, session_id="devin-1")])
+        led.write_events([LedgerEvent("a", EventKind.absent), LedgerEvent("a", EventKind.intent)])
+        r = led.record("a")
+        assert r is not None and r.state == LaunchState.created and r.session_id == "devin-1"
+        assert [e["kind"] for e in led.events("a")] == ["created", "absent", "intent"]
+
+
+def test_fencing_a_takeover_bumps_the_generation_and_the_old_holder_knows(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    with Ledger(path, "led") as first, Ledger(path, "led") as second:
+        one = first.acquire_lock(now=1000.0, ttl=2.0)
+        assert first.heartbeat() and first.holds_lock()
+        # Same host and pid here: the second takes over as if the first were silent past the TTL.
+        first.db.execute("UPDATE lock SET heartbeat_at=0")
+        two = second.acquire_lock(ttl=2.0)
+        assert two.generation == one.generation + 1
+        assert not first.holds_lock() and not first.heartbeat()
+        first.release_lock()  # the old holder's release must not free the new holder's lock
+        assert second.holds_lock()

@@ -14,7 +14,7 @@ import yaml
 
 from launcher.errors import ManifestError
 from launcher.manifest import load_manifest, manifest_json_schema
-from launcher.plan import Plan, build_plan, campaign_tag, item_tag
+from launcher.plan import Plan, build_plan, campaign_tag, fingerprint_tag, item_tag
 from launcher.source import parse_yaml
 
 ROOT = Path(__file__).parent.parent
@@ -99,7 +99,12 @@ def test_the_issue_example_plans_as_written(write: Write, tmp_path: Path) -> Non
         "prompt": "Upgrade acme/billing to Python 3.12.\n",
         "title": "Upgrade acme/billing to Python 3.12",
         "repos": ["acme/billing"],
-        "tags": ["team-platform", "fleet:py312-upgrade", item_tag("py312-upgrade", "acme/billing")],
+        "tags": [
+            "team-platform",
+            "fleet:py312-upgrade",
+            item_tag("py312-upgrade", "acme/billing"),
+            fingerprint_tag(billing.fingerprint),
+        ],
         "secret_ids": ["secret-gh"],
         "session_secrets": [{"key": "NPM_TOKEN", "value": "***", "sensitive": True}],
         "max_acu_limit": 10,
@@ -233,7 +238,14 @@ def test_defaults_then_session(write: Write) -> None:
     assert s.request["title"] == "a title"
     assert s.request["max_acu_limit"] == 6
     assert s.request["devin_mode"] == "fast"
-    assert s.request["tags"] == ["shared", "team", "a-tag", "fleet:t", item_tag("t", "a")]
+    assert s.request["tags"] == [
+        "shared",
+        "team",
+        "a-tag",
+        "fleet:t",
+        item_tag("t", "a"),
+        fingerprint_tag(s.fingerprint),
+    ]
 
 
 def test_a_session_prompt_replaces_a_default_prompt_file(write: Write) -> None:

@@ -187,7 +187,7 @@ CASES = [
         "too_many_tags.yaml",
         "too_many_tags.yaml:4:9",
         "defaults.tags",
-        "49 tags plus 2 identity tags is more than the API's 50",
+        "49 tags plus devin-fleet's 4 (campaign, key, fingerprint, attempt) is more than the API's 50",
     ),
     Expect(
         "bad_attachment_url.yaml",

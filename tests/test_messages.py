@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import time
@@ -281,9 +282,39 @@ def test_a_second_sender_is_kept_out_by_the_campaign_lock(
 
     with open_ledger(path, "fu", ledger) as led:  # another live process on this host holds it
         led.db.execute(
-            "INSERT INTO lock VALUES ('fu', 'other', ?, ?, ?, ?)",
+            "INSERT INTO lock VALUES ('fu', 'other', ?, ?, ?, ?, 1)",
             (socket.gethostname(), os.getppid(), time.time(), time.time()),
         )
     res = run("message", path, "--ledger", ledger, "--text", TEXT, "--yes")
     assert res.exit_code == 1 and "is locked by other" in res.stderr and "Traceback" not in res.output
     assert sim.stats()["requests"].get("POST /sessions/{id}/messages", 0) == 0
+
+
+def test_a_sender_whose_lock_was_taken_over_stops_before_its_next_send(tmp_path: Path) -> None:
+    """The adversary: while this sender is paused, another run takes the campaign lock over
+    (its generation moves on). The next send must not go out: fencing, as for creates."""
+    from launcher.errors import LockLostError
+
+    posts: list[str] = []
+    path = tmp_path / "l.db"
+
+    def api(request: httpx.Request) -> httpx.Response:
+        posts.append(json.loads(request.content)["message"])
+        other = sqlite3.connect(path)  # after the first send, another run takes the lock
+        other.execute("UPDATE lock SET generation = generation + 1, owner = 'other'")
+        other.commit()
+        other.close()
+        return httpx.Response(200, json={"message_id": "m", "source": "user", "message": "x"})
+
+    with Ledger(path, "c") as led:
+        todo = [Outgoing(f"k{i}", f"devin-{i}", TEXT, digest(TEXT)) for i in range(3)]
+        batch = MessageBatch(todo, [])
+
+        async def go() -> MessageReport:
+            cfg = ApiConfig("https://api.example.test", "org-1", "tok")
+            async with DevinClient(cfg, transport=httpx.MockTransport(api)) as client:
+                return await send_messages(client, led, batch, rate=100, clock=NoWait())
+
+        with pytest.raises(LockLostError, match="lost the campaign lock"):
+            anyio.run(go)
+    assert len(posts) == 1  # the sends after the takeover never left

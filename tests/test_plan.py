@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from launcher.cli import cli
 from launcher.errors import ManifestError, SecretError
 from launcher.manifest import load_manifest
-from launcher.plan import Plan, build_plan, fingerprint, item_tag
+from launcher.plan import Plan, build_plan, fingerprint, fingerprint_tag, item_tag
 
 Write = Callable[[str, str], Path]
 
@@ -82,7 +82,8 @@ def test_the_plan_is_ordered_and_complete(campaign: Path) -> None:
     assert plan.total_acu == 2 + 4 + 7 + 4 * 4
     for s in plan.sessions:
         assert s.request["tags"][:2] == ["team", "py-3.12"]
-        assert s.request["tags"][2:] == list(s.tags) == ["fleet:det", item_tag("det", s.key)]
+        assert s.request["tags"][2:4] == list(s.tags) == ["fleet:det", item_tag("det", s.key)]
+        assert s.request["tags"][4:] == [fingerprint_tag(s.fingerprint)]
 
 
 def test_plan_json_is_byte_identical_across_runs(campaign: Path) -> None:
@@ -239,7 +240,9 @@ def test_many_different_problems_at_one_field_are_capped(write: Write) -> None:
 
 
 def test_identity_tags_count_toward_the_limit(write: Write) -> None:
-    tags = ", ".join(f"t{i}" for i in range(48))
+    """devin-fleet reserves 4 of the API's 50 tags (campaign, key, fingerprint, and the attempt
+    tag of a relaunch): a manifest may use 46."""
+    tags = ", ".join(f"t{i}" for i in range(46))
     path = write(
         "m.yaml",
         f"""
@@ -252,10 +255,10 @@ def test_identity_tags_count_toward_the_limit(write: Write) -> None:
             session: {{prompt: hi, tags: [t0, t1]}}
         """,
     )
-    assert len(plan_of(path).sessions[0].request["tags"]) == 50
-    write("m.yaml", path.read_text().replace("[t0, t1]", "[t0, t48]"))
+    assert len(plan_of(path).sessions[0].request["tags"]) == 49  # room left for an attempt tag
+    write("m.yaml", path.read_text().replace("[t0, t1]", "[t0, t46]"))
     [problem] = problems_of(path)
-    assert "49 tags plus 2 identity tags is more than the API's 50" in problem
+    assert "47 tags plus devin-fleet's 4" in problem and "use at most 46 tags" in problem
 
 
 def test_budget_counts_acu_over_the_plan(write: Write) -> None:

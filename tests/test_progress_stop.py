@@ -114,8 +114,12 @@ def test_creates_cancelled_by_the_drain_timeout_still_reach_the_reporter(
     async def go() -> ApplySummary:
         stop, sent = anyio.Event(), anyio.Event()
 
-        async def handler(request: httpx.Request) -> httpx.Response:  # noqa: ARG001
-            sent.set()
+        async def handler(request: httpx.Request) -> httpx.Response:
+            if request.method == "GET":  # the start-of-apply reconcile: nothing exists yet
+                return httpx.Response(
+                    200, json={"items": [], "end_cursor": None, "has_next_page": False}
+                )
+            sent.set()  # a create that never answers
             await anyio.sleep_forever()
             raise AssertionError("unreachable")
 

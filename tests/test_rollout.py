@@ -665,3 +665,44 @@ def test_cancel_gone_asks_first_and_terminates_only_removed_items_sessions(
     assert {k for k, t in tags.items() if t in terminated} == {"repo-000", "repo-004"}
     again = run("cancel", path, "--ledger", ledger, "--gone", "--yes")
     assert again.exit_code == 0 and "nothing to cancel of items removed" in again.stdout
+
+
+def test_a_lease_lost_while_following_a_wave_stops_the_rollout(
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+) -> None:
+    """The adversary: another apply takes the campaign over while this one follows wave 1
+    (paused past its lease). This run must neither decide the gate nor launch wave 2."""
+    import sqlite3
+
+    from launcher.errors import LockLostError
+
+    sim = make_sim(FOREVER, time_scale=100)
+    plan = build_plan(load_manifest(manifest(write, 4, rollout="rollout: {waves: [1, rest]}")))
+    cfg = ApiConfig(sim.base_url, sim.org_id, sim.token)
+    ledger = tmp_path / "l.db"
+    ro = RolloutOptions(interval=0.05, max_interval=0.2)
+
+    async def go() -> None:
+        async with DevinClient(cfg) as client, anyio.create_task_group() as tg:
+
+            async def take_over() -> None:
+                while len(sim.sessions()) < 1:  # noqa: ASYNC110 (polls another thread: the sim)
+                    await anyio.sleep(0.02)
+                other = sqlite3.connect(ledger)
+                other.execute("UPDATE lock SET generation = generation + 1, owner = 'other:1'")
+                other.commit()
+                other.close()
+
+            tg.start_soon(take_over)
+            with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
+                options = ApplyOptions(rate=500.0, verify_token=False, lock_ttl=0.6)
+                await run_rollout(plan, client, led, options, ro, environ={})
+
+    with pytest.raises(LockLostError, match="lost the campaign lock"):
+        try:
+            anyio.run(go)
+        except BaseExceptionGroup as group:  # the task group wraps it
+            (leaf,) = group.exceptions
+            raise leaf from None
+    assert len(sim.sessions()) == 1  # wave 2 never launched
+    assert wave_log(plan, ledger) == []  # no gate decided on a lost lease

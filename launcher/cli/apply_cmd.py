@@ -74,6 +74,23 @@ if TYPE_CHECKING:
     type=click.IntRange(min=1),
     help="Hold launches while this many sessions are not final (default: budget.max_running).",
 )
+@click.option(
+    "--lookup-grace",
+    default=3.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Least seconds between an ambiguous create and its lookup (the list lag seen in the "
+    "run, and the request timeout for unanswered creates, lengthen it).",
+)
+@click.option(
+    "--lock-ttl",
+    default=60.0,
+    show_default=True,
+    envvar="DEVIN_FLEET_LOCK_TTL",
+    type=click.FloatRange(min=0.5),
+    help="Campaign lease (s): renewed every TTL/6; this run stops sending once its last renewal "
+    "is TTL/2 old; another apply may take a lock silent for a whole TTL.",
+)
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @ledger_option
 @api_options
@@ -94,6 +111,8 @@ def apply(
     wave: int | None,
     skip_gate: bool,
     max_running: int | None,
+    lookup_grace: float,
+    lock_ttl: float,
     output: str,
     ledger: str | None,
     base_url: str | None,
@@ -114,7 +133,14 @@ def apply(
         raise click.BadParameter(str(exc), param_hint="--wait-timeout") from None
     p = load_plan(manifest, "send")
     options = ApplyOptions(
-        concurrency=concurrency, rate=rate, only=only, limit=limit, replace=replace, run_timeout=timeout
+        concurrency=concurrency,
+        rate=rate,
+        only=only,
+        limit=limit,
+        replace=replace,
+        run_timeout=timeout,
+        lookup_grace=lookup_grace,
+        lock_ttl=lock_ttl,
     )
     # The simulator's sessions finish in seconds: poll it more often than a real org.
     rollout = RolloutOptions(
@@ -216,8 +242,9 @@ def _apply_summary(s: ApplySummary) -> None:
     c = {r: s.count(r) for r in Result}
     out.print(
         f"campaign {s.campaign}: {s.planned} planned, {s.already} already launched; "
-        f"created {c[Result.created]}, adopted {c[Result.adopted]}, "
-        f"failed {c[Result.failed]}, unknown {c[Result.unknown]}, "
+        f"created {c[Result.created]}, adopted {c[Result.adopted]}"
+        + (f" ({s.reconciled} found by the start reconcile)" if s.reconciled else "")
+        + f", refused {c[Result.failed]}, gave up {c[Result.gave_up]}, unknown {c[Result.unknown]}, "
         f"not started {c[Result.not_started]} "
         f"in {s.elapsed:.1f}s ({s.requests} requests, {s.rate_limited} rate-limited)"
     )
@@ -225,6 +252,12 @@ def _apply_summary(s: ApplySummary) -> None:
         out.print(
             f"{len(s.changed)} launched session(s) changed in the manifest since; not "
             f"relaunched (use --replace KEY): {', '.join(s.changed[:5])}"
+        )
+    for key, ids in s.duplicates.items():
+        out.print(
+            f"  DUPLICATE: {key}: {len(ids)} live sessions ({', '.join(ids)}): "
+            "`devin-fleet cancel --duplicates` ends the extras, keeping the earliest",
+            markup=False,
         )
     for key, why in s.errors.items():
         out.print(f"  {s.results.get(key, '?')}: {key}: {why}", markup=False)

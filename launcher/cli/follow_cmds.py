@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -24,14 +26,43 @@ from launcher.cli.common import (
     out,
     warn,
 )
-from launcher.errors import APIError, ExitCode
-from launcher.ledger import Ledger, open_ledger
+from launcher.errors import APIError, ExitCode, LedgerError
+from launcher.ledger import Ledger, default_ledger_path, open_ledger
 from launcher.plan import Plan
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from launcher.cancel import CancelReport
     from launcher.client import ApiConfig
     from launcher.status import CampaignView
+
+
+@contextlib.contextmanager
+def follow_ledger(p: Plan, ledger: str | None, offline: bool = False) -> Iterator[tuple[Ledger, bool]]:
+    """The campaign's ledger, and whether it is new: on a fresh clone (no ledger) with
+    credentials, an empty one is created and the caller rebuilds it from the API (the API is
+    the source of truth); offline, or without credentials, "no ledger" is an error."""
+    path = Path(ledger) if ledger else default_ledger_path(p.manifest.path, p.campaign)
+    if path.exists() or offline or not os.environ.get("DEVIN_API_KEY"):
+        try:
+            with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led:
+                yield led, False
+        except LedgerError as exc:
+            if not path.exists():
+                exc.hint = (
+                    "run `devin-fleet apply` first, pass --ledger PATH, or set DEVIN_API_KEY "
+                    "and DEVIN_ORG_ID to rebuild it from the API (sessions are found by their tags)"
+                )
+            raise
+        return
+    with open_ledger(p.manifest.path, p.campaign, ledger) as led:
+        err.print(
+            f"note: no ledger at {path}: rebuilding it from the API (sessions found by their "
+            "identity tags)",
+            markup=False,
+        )
+        yield led, True
 
 
 @click.command()
@@ -76,7 +107,7 @@ def status(
     from launcher.status import campaign_view
 
     p = load_plan(manifest, "read")
-    with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led:
+    with follow_ledger(p, ledger, offline) as (led, _):
         if offline:
             view = campaign_view(p, led)
         else:
@@ -153,6 +184,16 @@ def _status_table(view: CampaignView) -> None:
     counts = view.counts()
     out.print("  ".join(f"{k}: {v}" for k, v in counts.items() if v) or "no sessions", markup=False)
     out.print(_status_renderable(view))
+    for key, ids in view.duplicates.items():
+        out.print(
+            f"DUPLICATE: {key}: {len(ids)} live sessions: {', '.join(ids)} "
+            "(`devin-fleet cancel --duplicates` ends all but the earliest)",
+            markup=False,
+        )
+    if view.strays:
+        out.print(f"{len(view.strays)} stray session(s) (campaign tag, no planned key):", markup=False)
+        for x in view.strays:
+            out.print(f"  stray  {x.session_id}  {x.status}  {x.url}", markup=False)
 
 
 def _status_renderable(view: CampaignView) -> Table:
@@ -180,6 +221,14 @@ def _status_renderable(view: CampaignView) -> Table:
 @click.option(
     "--gone", is_flag=True, help="Only sessions of items removed from the manifest (`-` in plan)."
 )
+@click.option(
+    "--strays", is_flag=True, help="End live sessions with the campaign tag and no planned key."
+)
+@click.option(
+    "--duplicates",
+    is_flag=True,
+    help="End the extra live sessions of keys launched more than once (keeps the earliest).",
+)
 @click.option("--archive", is_flag=True, help="Archive the sessions too.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option(
@@ -195,6 +244,8 @@ def cancel(
     manifest: str,
     only: tuple[str, ...],
     gone: bool,
+    strays: bool,
+    duplicates: bool,
     archive: bool,
     yes: bool,
     output: str,
@@ -203,23 +254,30 @@ def cancel(
     org_id: str | None,
 ) -> None:
     """Terminate the campaign's live sessions that have not delivered (all, --only GLOB, or
-    --gone: those of items removed from the manifest); record it in the ledger. Safe to
-    re-run: cancelled sessions are skipped."""
-    from launcher.cancel import CancelResult, cancellable
+    --gone: those of items removed from the manifest); or, with --strays / --duplicates, the
+    sessions no planned key owns. Records it in the ledger. Safe to re-run: cancelled sessions
+    are skipped."""
+    from launcher.cancel import CancelResult, cancellable, extras
 
     say = err if output == "json" else out  # with -o json, stdout holds only the JSON
     p = load_plan(manifest, "send")
-    with (
-        open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led,
-        api_config(base_url, org_id) as cfg,
-    ):
+    with follow_ledger(p, ledger) as (led, _), api_config(base_url, org_id) as cfg:
         view = anyio.run(_refresh, p, cfg, led)
         warn(view)
-        keys = cancellable(view, only, gone=gone)
-        what = " of items removed from the manifest" if gone else ""
-        if not keys:
+        by_key = {s.key: s for s in view.sessions}
+        if strays or duplicates:
+            targets = extras(view, strays=strays, duplicates=duplicates)
+            listing = [f"  {label}  {sid}" for label, sid in targets]
+            what, of = "stray or duplicate", ""
+        else:
+            keys = cancellable(view, only, gone=gone)
+            targets = [(k, by_key[k].session_id or "") for k in keys]
+            listing = [f"  {k}  {by_key[k].session_id}  {by_key[k].outcome.value}" for k in keys]
+            what, of = "live", " of items removed from the manifest" if gone else ""
+        if not targets:
             say.print(
-                f"nothing to cancel{what}" + (f" matching {' '.join(only)}" if only else ""),
+                f"nothing to cancel{of or f' ({what})'}"
+                + (f" matching {' '.join(only)}" if only else ""),
                 markup=False,
             )
             if output == "json":
@@ -227,26 +285,25 @@ def cancel(
                     {"campaign": p.campaign, "selected": [], "results": {}, "errors": {}, "ok": True}
                 )
             return
-        by_key = {s.key: s for s in view.sessions}
         say.print(
-            f"{len(keys)} live session(s){what} to terminate{' and archive' if archive else ''}:",
+            f"{len(targets)} {what} session(s){of} to terminate{' and archive' if archive else ''}:",
             markup=False,
         )
-        for key in keys[:20]:
-            s = by_key[key]
-            say.print(f"  {key}  {s.session_id}  {s.outcome.value}", markup=False)
-        if len(keys) > 20:
-            say.print(f"  ... and {len(keys) - 20} more", markup=False)
+        for line in listing[:20]:
+            say.print(line, markup=False)
+        if len(listing) > 20:
+            say.print(f"  ... and {len(listing) - 20} more", markup=False)
         confirm(
-            f"Terminate {len(keys)} session(s) of campaign {p.campaign}? This cannot be undone.", yes
+            f"Terminate {len(targets)} session(s) of campaign {p.campaign}? This cannot be undone.",
+            yes,
         )
-        report = anyio.run(_cancel, cfg, led, keys, archive)
+        report = anyio.run(_cancel, cfg, led, targets, archive, strays or duplicates)
     done = sum(1 for r in report.results.values() if r != CancelResult.error)
     if output == "json":
         emit_json(
             {
                 "campaign": p.campaign,
-                "selected": keys,
+                "selected": [k for k, _ in targets],
                 "results": {k: v.value for k, v in report.results.items()},
                 "errors": dict(report.errors),
                 "cancelled": done,
@@ -254,23 +311,27 @@ def cancel(
             }
         )
     else:
-        for key, what in report.results.items():
+        for key, what_done in report.results.items():
             why = report.errors.get(key)
-            out.print(f"  {key}: {what.value}" + (f": {why}" if why else ""), markup=False)
+            out.print(f"  {key}: {what_done.value}" + (f": {why}" if why else ""), markup=False)
         out.print(
-            f"cancelled {done} of {len(keys)} session(s)"
+            f"cancelled {done} of {len(targets)} session(s)"
             + ("; re-run to retry the rest" if report.errors else ""),
             markup=False,
         )
     sys.exit(ExitCode.ok if report.ok else ExitCode.error)
 
 
-async def _cancel(cfg: ApiConfig, led: Ledger, keys: list[str], archive: bool) -> CancelReport:
-    from launcher.cancel import cancel_sessions
+async def _cancel(
+    cfg: ApiConfig, led: Ledger, targets: list[tuple[str, str]], archive: bool, by_id: bool
+) -> CancelReport:
+    from launcher.cancel import cancel_ids, cancel_sessions
     from launcher.client import DevinClient
 
     async with DevinClient(cfg) as client:
-        return await cancel_sessions(client, led, keys, archive=archive)
+        if by_id:
+            return await cancel_ids(client, led, targets, archive=archive)
+        return await cancel_sessions(client, led, [k for k, _ in targets], archive=archive)
 
 
 @click.command()

@@ -137,9 +137,10 @@ def plan(
 ) -> None:
     """Expand a manifest and show exactly what apply would send, diffed against the ledger."""
     p = load_plan(manifest)
+    changes: list[tuple[Change, str, str]] | None = None
     if check_remote:
         with api_config(base_url, org_id) as cfg:
-            warnings = anyio.run(_check_remote, p, cfg)
+            warnings, changes = anyio.run(_check_remote, p, cfg, ledger)
         for w in warnings:
             err.print(f"warning: {w}", markup=False)
         err.print(
@@ -147,7 +148,8 @@ def plan(
             + (f" with {len(warnings)} warning(s)" if warnings else ""),
             markup=False,
         )
-    changes = _diff(p, ledger)
+    if changes is None:
+        changes = _diff(p, ledger)
     launched = _launched_requests(p, ledger, changes)
     fields = {k: changed_fields(old, new) for k, (old, new) in launched.items()}
     from launcher.rollout import waves_by_key
@@ -182,12 +184,23 @@ def plan(
     sys.exit(ExitCode.changes if detailed_exitcode and pending else ExitCode.ok)
 
 
-async def _check_remote(p: Plan, cfg: ApiConfig) -> list[str]:
+async def _check_remote(
+    p: Plan, cfg: ApiConfig, ledger_path: str | None
+) -> tuple[list[str], list[tuple[Change, str, str]]]:
+    """The remote checks, then the diff against the ledger reconciled with the API (in memory:
+    `plan` writes nothing), so what exists shows `=` even on a fresh clone."""
     from launcher.client import DevinClient
+    from launcher.ledger import default_ledger_path
+    from launcher.reconcile import rebuild
     from launcher.remote import check_remote
 
+    path = Path(ledger_path) if ledger_path else default_ledger_path(p.manifest.path, p.campaign)
     async with DevinClient(cfg) as client:
-        return await check_remote(p, client)
+        warnings = await check_remote(p, client)
+        with Ledger.scratch_copy(path, p.campaign) as led:
+            rec = await rebuild(p, client, led)
+            warnings += rec.warnings()
+            return warnings, led.diff(p)
 
 
 def _diff(p: Plan, ledger_path: str | None) -> list[tuple[Change, str, str]]:

@@ -66,9 +66,10 @@ def _view(
     org_id: str | None,
 ) -> CampaignView:
     """The campaign now: refreshed from the API, or (offline) as the ledger last saw it."""
+    from launcher.cli.follow_cmds import follow_ledger
     from launcher.status import campaign_view
 
-    with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led:
+    with follow_ledger(p, ledger, offline) as (led, _):
         if offline:
             view = campaign_view(p, led)
             if any(s.session_id and s.status is None for s in view.sessions):

@@ -1,0 +1,79 @@
+"""List lag: how long a created session takes to show up in a tag listing, measured during an
+apply from creates that did answer, so that ambiguous creates are looked up only once the list
+has caught up (a resend decision never rests on a guess)."""
+
+from __future__ import annotations
+
+import anyio
+from anyio.abc import TaskGroup
+
+from launcher.client import DevinClient
+from launcher.errors import APIError, AuthError
+from launcher.pacing import Clock
+
+LAG_PROBE_STEP = 0.25  # seconds between looks while measuring
+LAG_PROBE_CAP = 60.0  # a session not listed after this long: the lag is at least this
+LAG_SAMPLES = 3
+
+
+class LagProbe:
+    """Started at a run's first ambiguous create: takes the latest created session and lists
+    its identity tag every LAG_PROBE_STEP until it shows; the time from the create's answer is
+    one sample (an upper bound within a step). Up to LAG_SAMPLES samples; `lag` is the most."""
+
+    def __init__(self, client: DevinClient, clock: Clock, stop: anyio.Event) -> None:
+        self.client = client
+        self.clock = clock
+        self.stop = stop
+        self.samples: list[float] = []
+        self.last_created: tuple[str, float] | None = None  # (identity tag, clock time)
+        self.running = False
+        self.first = anyio.Event()
+
+    @property
+    def lag(self) -> float:
+        return max(self.samples, default=0.0)
+
+    def created(self, identity_tag: str) -> None:
+        self.last_created = (identity_tag, self.clock.now())
+
+    def start(self, tg: TaskGroup) -> None:
+        if not self.running:
+            self.running = True
+            tg.start_soon(self._run)
+
+    async def first_figure(self) -> None:
+        """Wait for the first sample when one is being taken (else return at once)."""
+        if self.running and not self.samples and self.last_created is not None:
+            await self.first.wait()
+
+    async def _run(self) -> None:
+        try:
+            measured_at = -1.0
+            for _ in range(LAG_SAMPLES):
+                while self.last_created is None or self.last_created[1] <= measured_at:
+                    if self.stop.is_set():
+                        return
+                    await self.clock.sleep(LAG_PROBE_STEP)
+                tag, answered = self.last_created
+                measured_at = answered
+                if not await self._sample(tag, answered):
+                    return
+        finally:
+            self.first.set()
+
+    async def _sample(self, tag: str, answered: float) -> bool:
+        while not self.stop.is_set():
+            try:
+                seen = [x async for x in self.client.list_sessions(tags=[tag])]
+            except AuthError:
+                return False
+            except APIError:
+                seen = []
+            waited = self.clock.now() - answered
+            if seen or waited > LAG_PROBE_CAP:
+                self.samples.append(max(0.0, waited))
+                self.first.set()
+                return True
+            await self.clock.sleep(LAG_PROBE_STEP)
+        return False

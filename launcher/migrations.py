@@ -1,0 +1,102 @@
+"""The ledger's SQLite schema as its history: one migration per version, applied in order.
+
+Frozen text: a migration, once released, is never edited (old ledgers replay it); state values
+written here are the values of their version (see `launcher.ledger.LaunchState`).
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # v1
+    """
+    CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE sessions (
+        key TEXT PRIMARY KEY,
+        fleet TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        item_tag TEXT NOT NULL,
+        state TEXT NOT NULL,
+        session_id TEXT,
+        url TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_at REAL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX sessions_session_id ON sessions(session_id);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        attempt INTEGER,
+        http_status INTEGER,
+        session_id TEXT,
+        fingerprint TEXT,
+        detail TEXT
+    );
+    CREATE INDEX events_key ON events(key);
+    CREATE TABLE lock (
+        campaign TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        acquired_at REAL NOT NULL,
+        heartbeat_at REAL NOT NULL
+    );
+    """,
+    # v2: follow-through (status refreshes and cancellation)
+    """
+    ALTER TABLE sessions ADD COLUMN status TEXT;
+    ALTER TABLE sessions ADD COLUMN status_detail TEXT;
+    ALTER TABLE sessions ADD COLUMN outcome TEXT;
+    ALTER TABLE sessions ADD COLUMN acus_consumed REAL;
+    ALTER TABLE sessions ADD COLUMN pull_requests TEXT;
+    ALTER TABLE sessions ADD COLUMN structured_output TEXT;
+    ALTER TABLE sessions ADD COLUMN refreshed_at REAL;
+    ALTER TABLE sessions ADD COLUMN cancelled_at REAL;
+    """,
+    # v3: what was launched (for `plan --diff`; secret values are "***" in it) and messages
+    # sent to sessions (intent first: exactly once per session and text across crashes)
+    """
+    CREATE TABLE launched_requests (
+        fingerprint TEXT PRIMARY KEY,
+        request TEXT NOT NULL
+    );
+    CREATE TABLE messages (
+        session_id TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        key TEXT NOT NULL,
+        text TEXT NOT NULL,
+        state TEXT NOT NULL,
+        detail TEXT,
+        intent_at REAL NOT NULL,
+        sent_at REAL,
+        PRIMARY KEY (session_id, digest)
+    );
+    """,
+    # v4: rollout waves: what each wave's gate decided, and the overrides (--wave, --skip-gate)
+    """
+    CREATE TABLE waves (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        wave INTEGER NOT NULL,
+        at REAL NOT NULL,
+        decision TEXT NOT NULL,
+        detail TEXT
+    );
+    """,
+    # v5: typed states: `failed` splits into refused (a 4xx), gave_up (nothing created) and
+    # unknown (ambiguous attempts exhausted: looked up before any resend); fencing generation.
+    # (Frozen text: the literals are the v5 state values, never to be renamed.)
+    """
+    UPDATE sessions SET state = CASE
+        WHEN last_error LIKE 'gave up after%' THEN 'unknown'
+        WHEN last_error LIKE 'could not reach the API%' THEN 'gave_up'
+        WHEN last_error LIKE 'rate limited%' THEN 'gave_up'
+        ELSE 'refused' END
+        WHERE state = 'failed';
+    ALTER TABLE lock ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+    INSERT OR IGNORE INTO meta VALUES ('lock_generation', '0');
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,167 @@
+"""Reconcile: the API is the source of truth. List a campaign's sessions by its tag (200 a page)
+and match them to planned keys by their identity tags, so that a lost, fresh or stale ledger
+never relaunches what exists, and strays and duplicates become visible.
+
+Identity of a launch = (campaign, key, attempt): `fleet:<campaign>`, `fleet-key:<16 hex>`, and
+`fleet-attempt:<n>` for n >= 2. `fleet-fp:<8 hex>` tells what the session was launched from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from launcher.client import DevinClient
+from launcher.ledger import EventKind, Ledger, LedgerEvent
+from launcher.models import Session
+from launcher.plan import FP_TAG_PREFIX, Plan, PlannedSession, attempt_of
+
+ENDED = frozenset({"exit", "error"})  # a session in these states is not live
+
+
+def fp_prefix(session: Session) -> str | None:
+    """The 8-hex fingerprint prefix a session's `fleet-fp:` tag carries, if any."""
+    for t in session.tags:
+        if t.startswith(FP_TAG_PREFIX):
+            return t[len(FP_TAG_PREFIX) :]
+    return None
+
+
+def _order(s: Session) -> tuple[float, str]:
+    return (s.created_at, s.session_id)
+
+
+@dataclass
+class Reconciliation:
+    """What the API holds under a campaign's tag, matched to the plan."""
+
+    by_key: dict[str, list[Session]] = field(default_factory=dict)  # current attempt, earliest first
+    other_attempts: dict[str, list[Session]] = field(default_factory=dict)
+    strays: list[Session] = field(default_factory=list)  # campaign tag, no planned key
+    listed: int = 0
+    requests: int = 0
+
+    keep: dict[str, str] = field(default_factory=dict)  # key -> the session the ledger holds
+
+    def duplicates(self) -> dict[str, list[Session]]:
+        """Keys with more than one live session for one attempt: the one to keep first (the
+        ledger's, else the earliest created), then the extras."""
+        out = {}
+        for key, sessions in self.by_key.items():
+            live = [s for s in sessions if s.status not in ENDED]
+            if len(live) > 1:
+                kept = self.keep.get(key)
+                out[key] = sorted(live, key=lambda s: (s.session_id != kept, *_order(s)))
+        return out
+
+    def warnings(self) -> list[str]:
+        out = []
+        dups = self.duplicates()
+        if dups:
+            extra = sum(len(v) - 1 for v in dups.values())
+            first = next(iter(dups))
+            out.append(
+                f"DUPLICATES: {len(dups)} key(s) have more than one live session ({extra} extra; "
+                f"first: {first}: {', '.join(s.session_id for s in dups[first])}); "
+                "`devin-fleet cancel --duplicates` ends the extras, keeping the earliest"
+            )
+        if self.strays:
+            out.append(
+                f"{len(self.strays)} session(s) carry the campaign tag but match no planned key "
+                "(removed items, or another manifest's): `status` lists them, "
+                "`cancel --strays` ends them"
+            )
+        return out
+
+
+async def scan(plan: Plan, client: DevinClient, *, page_size: int = 200) -> Reconciliation:
+    """One listing of the campaign tag (page_size a page), matched to the plan's keys."""
+    before = client.requests
+    keys = {s.identity_tag: s.key for s in plan.sessions}
+    rec = Reconciliation()
+    async for session in client.list_sessions(tags=[plan.campaign_tag], first=page_size):
+        rec.listed += 1
+        key = next((keys[t] for t in session.tags if t in keys), None)
+        if key is None:
+            rec.strays.append(session)
+            continue
+        if attempt_of(session.tags) == 1:
+            rec.by_key.setdefault(key, []).append(session)
+        else:
+            rec.other_attempts.setdefault(key, []).append(session)
+    for sessions in rec.by_key.values():
+        sessions.sort(key=_order)
+    rec.strays.sort(key=_order)
+    rec.requests = client.requests - before
+    return rec
+
+
+def adopted_fingerprint(s: PlannedSession, session: Session, intents: Mapping[str, str]) -> str:
+    """The fingerprint of the intent that created `session`: the ledger's last intent for the
+    key when it has one, else what the session's `fleet-fp:` tag says (the planned fingerprint
+    when the prefix matches, the bare prefix otherwise, so `plan` shows `~`). A session
+    launched before fingerprint tags existed is taken as unchanged (the README says so)."""
+    if s.key in intents:
+        return intents[s.key]
+    prefix = fp_prefix(session)
+    if prefix is None or s.fingerprint.startswith(prefix):
+        return s.fingerprint
+    return f"{FP_TAG_PREFIX}{prefix}"
+
+
+def adoptions(plan: Plan, ledger: Ledger, rec: Reconciliation, *, how: str) -> list[LedgerEvent]:
+    """`adopted` events for every planned key the ledger does not hold as launched but the API
+    has a session for (the earliest, for the current attempt)."""
+    records = ledger.records()
+    intents = ledger.intent_fingerprints()
+    known = ledger.session_ids_by_key()  # sessions the ledger already had (e.g. replaced ones)
+    events = []
+    for s in plan.sessions:
+        r = records.get(s.key)
+        if r is not None and r.state.launched:
+            continue
+        found = [x for x in rec.by_key.get(s.key, []) if x.session_id not in known.get(s.key, ())]
+        if not found:
+            continue
+        first = found[0]
+        events.append(
+            LedgerEvent(
+                s.key,
+                EventKind.adopted,
+                session_id=first.session_id,
+                fingerprint=adopted_fingerprint(s, first, intents),
+                detail=how,
+                url=first.url,
+            )
+        )
+    return events
+
+
+def duplicate_events(rec: Reconciliation, ledger: Ledger) -> list[LedgerEvent]:
+    """One `duplicate` event per extra live session not logged as one yet (status, apply)."""
+    rec.keep = {k: r.session_id for k, r in ledger.records().items() if r.session_id}
+    logged = ledger.session_ids_by_key()
+    events = []
+    for key, live in rec.duplicates().items():
+        for extra in live[1:]:
+            if extra.session_id not in logged.get(key, set()):
+                events.append(
+                    LedgerEvent(
+                        key,
+                        EventKind.duplicate,
+                        session_id=extra.session_id,
+                        detail="extra live session",
+                    )
+                )
+    return events
+
+
+async def rebuild(plan: Plan, client: DevinClient, ledger: Ledger) -> Reconciliation:
+    """Bring the ledger up to what the API holds: rows for the plan, adopted sessions, logged
+    duplicates (used by apply, status/results/cancel on a fresh clone, `plan --check-remote`)."""
+    ledger.sync_plan(plan)
+    rec = await scan(plan, client)
+    events = adoptions(plan, ledger, rec, how="reconcile") + duplicate_events(rec, ledger)
+    if events:
+        ledger.write_events(events)
+    return rec
