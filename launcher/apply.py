@@ -38,7 +38,7 @@ from launcher.errors import (
 from launcher.ledger import LOCK_TTL, EventKind, Ledger, LedgerEvent
 from launcher.listlag import LAG_PROBE_STEP, LagProbe
 from launcher.models import Session
-from launcher.pacing import CircuitBreaker, Clock, MonotonicClock, Pacer, backoff_delay
+from launcher.pacing import CircuitBreaker, Clock, MonotonicClock, Pacer, backoff_delay, sleep_unless
 from launcher.plan import Plan, PlannedSession, attempt_of
 from launcher.reconcile import adoptions, duplicate_events, scan
 from launcher.writer import LedgerWriter
@@ -289,21 +289,7 @@ class _ApplyRun:
 
     async def wait_or_stop(self, delay: float) -> bool:
         """Sleep `delay` on the run's clock, or less if the run is stopped; True if stopped."""
-        if self.stop.is_set() or delay <= 0:
-            return self.stop.is_set()
-        async with anyio.create_task_group() as tg:
-
-            async def sleeper() -> None:
-                await self.clock.sleep(delay)
-                tg.cancel_scope.cancel()
-
-            async def stopper() -> None:
-                await self.stop.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(sleeper)
-            tg.start_soon(stopper)
-        return self.stop.is_set()
+        return await sleep_unless(self.clock, delay, self.stop)
 
     # ------------------------------------------------------------------ the lease (fencing)
 

@@ -23,6 +23,25 @@ class Clock(Protocol):
     async def sleep(self, seconds: float) -> None: ...
 
 
+async def sleep_unless(clock: Clock, seconds: float, stop: anyio.Event) -> bool:
+    """Sleep `seconds` on `clock`, waking early when `stop` is set; True if it was set."""
+    if stop.is_set() or seconds <= 0:
+        return stop.is_set()
+    async with anyio.create_task_group() as tg:
+
+        async def sleeper() -> None:
+            await clock.sleep(seconds)
+            tg.cancel_scope.cancel()
+
+        async def stopper() -> None:
+            await stop.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(sleeper)
+        tg.start_soon(stopper)
+    return stop.is_set()
+
+
 class MonotonicClock:
     def now(self) -> float:
         return time.monotonic()

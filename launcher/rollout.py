@@ -43,9 +43,9 @@ from launcher.errors import (
 )
 from launcher.ledger import LaunchState, Ledger
 from launcher.manifest import Gate
-from launcher.pacing import Clock, MonotonicClock
+from launcher.pacing import Clock, MonotonicClock, sleep_unless
 from launcher.plan import Plan
-from launcher.status import CampaignView, Outcome, campaign_view, classify, refresh
+from launcher.status import CampaignView, Outcome, classify, watch
 
 OPEN = frozenset({"passed", "skipped", "forced"})  # decisions that let the next wave launch
 HEARTBEAT_EVERY = 10.0
@@ -191,32 +191,6 @@ class NullFollower:
         pass
 
 
-def restrict(view: CampaignView, keys: Collection[str] | None) -> CampaignView:
-    """The view of only `keys` (None: every planned session; removed ones are not followed)."""
-    return dataclasses.replace(
-        view,
-        sessions=[s for s in view.sessions if (s.key in keys if keys is not None else s.in_plan)],
-    )
-
-
-async def _sleep(clock: Clock, seconds: float, stop: anyio.Event) -> None:
-    """Sleep on `clock`, waking early when `stop` is set."""
-    if stop.is_set() or seconds <= 0:
-        return
-    async with anyio.create_task_group() as tg:
-
-        async def sleeper() -> None:
-            await clock.sleep(seconds)
-            tg.cancel_scope.cancel()
-
-        async def stopper() -> None:
-            await stop.wait()
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(sleeper)
-        tg.start_soon(stopper)
-
-
 async def follow(
     plan: Plan,
     client: DevinClient,
@@ -231,60 +205,40 @@ async def follow(
     follower: Follower | None = None,
     max_failures: int = 5,
 ) -> CampaignView:
-    """Refresh (one campaign listing per round) until every session of `keys` is final,
-    `wait_timeout` seconds pass on `clock` (the view says `timed_out`), or `stop` is set.
-
-    The interval resets to `interval` when something changed and grows by half up to
-    `max_interval` while nothing does. A failing refresh is retried; `max_failures` in a row,
-    or an AuthError, raises.
-    """
-    clock = clock or MonotonicClock()
-    stop = stop or anyio.Event()
+    """`status.watch` over `keys` (one campaign listing per round), telling `follower` how
+    many sessions it follows and each one as it turns final."""
     follower = follower or NullFollower()
-    deadline = None if wait_timeout is None else clock.now() + wait_timeout
-    view: CampaignView | None = None
-    previous: dict[str, Any] | None = None
     final: set[str] = set()
-    wait, failures = interval, 0
     started = False
+
+    def on_refresh(view: CampaignView, _wait: float) -> None:
+        nonlocal started
+        if not started:
+            follower.start(len(view.sessions))
+            started = True
+        for s in view.sessions:
+            if s.outcome.final and s.key not in final:
+                final.add(s.key)
+                follower.advance(s.key, s.outcome.value)
+
     try:
-        while True:
-            try:
-                view = restrict(await refresh(plan, client, ledger), keys)
-            except AuthError:
-                raise
-            except APIError as exc:
-                failures += 1
-                if failures >= max_failures:
-                    raise
-                follower.note(f"refresh failed, retrying: {exc.message}")
-            else:
-                failures = 0
-                if not started:
-                    follower.start(len(view.sessions))
-                    started = True
-                for s in view.sessions:
-                    if s.outcome.final and s.key not in final:
-                        final.add(s.key)
-                        follower.advance(s.key, s.outcome.value)
-                if view.settled:
-                    return view
-                snapshot = {s.key: (s.status, s.status_detail) for s in view.sessions}
-                wait = interval if snapshot != previous else min(max_interval, wait * 1.5)
-                previous = snapshot
-            if stop.is_set():
-                break
-            if deadline is not None and clock.now() >= deadline:
-                if view is None:
-                    view = restrict(campaign_view(plan, ledger), keys)
-                view.timed_out = True
-                return view
-            pause = wait if deadline is None else min(wait, max(0.0, deadline - clock.now()))
-            await _sleep(clock, pause, stop)
+        return await watch(
+            plan,
+            client,
+            ledger,
+            keys=keys,
+            interval=interval,
+            max_interval=max_interval,
+            wait_timeout=wait_timeout,
+            on_refresh=on_refresh,
+            on_error=lambda exc: follower.note(f"refresh failed, retrying: {exc.message}"),
+            max_failures=max_failures,
+            clock=clock,
+            stop=stop,
+        )
     finally:
         if started:
             follower.finish()
-    return view if view is not None else restrict(campaign_view(plan, ledger), keys)
 
 
 # =========================================================================== the ceiling
@@ -356,7 +310,7 @@ class RunningCeiling:
                 if attempt == tries:
                     raise
                 self.note(f"listing the campaign failed, retrying: {exc.message}")
-                await _sleep(self.clock, self.interval * attempt, stop)
+                await sleep_unless(self.clock, self.interval * attempt, stop)
                 if stop.is_set():
                     return
 
@@ -381,7 +335,7 @@ class RunningCeiling:
                 wait = self.interval
             else:
                 wait = min(self.max_interval, wait * 1.5)
-            await _sleep(self.clock, wait, stop)
+            await sleep_unless(self.clock, wait, stop)
         return False
 
     def done(self, key: str, result: Result) -> None:

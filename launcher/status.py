@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -39,7 +39,7 @@ from launcher.client import DevinClient
 from launcher.errors import APIError, AuthError, ExitCode
 from launcher.ledger import LaunchState, Ledger, Record
 from launcher.models import Session, output_errors, session_path_id
-from launcher.pacing import Clock, MonotonicClock
+from launcher.pacing import Clock, MonotonicClock, sleep_unless
 from launcher.plan import Plan
 from launcher.reconcile import ENDED, adoptions, duplicate_events, scan
 from launcher.templating import Rule, TemplateFailure
@@ -462,11 +462,20 @@ async def refresh(
     return view
 
 
+def restrict(view: CampaignView, keys: Collection[str] | None) -> CampaignView:
+    """The view of only `keys` (None: every planned session; removed ones are not followed)."""
+    return dataclasses.replace(
+        view,
+        sessions=[s for s in view.sessions if (s.key in keys if keys is not None else s.in_plan)],
+    )
+
+
 async def watch(
     plan: Plan,
     client: DevinClient,
     ledger: Ledger,
     *,
+    keys: Collection[str] | None = None,
     interval: float = 5.0,
     max_interval: float = 60.0,
     wait_timeout: float | None = None,
@@ -474,8 +483,10 @@ async def watch(
     on_error: Callable[[APIError], None] | None = None,
     max_failures: int = 5,
     clock: Clock | None = None,
+    stop: anyio.Event | None = None,
 ) -> CampaignView:
-    """Refresh until every session has a final outcome or `wait_timeout` seconds pass.
+    """Refresh until every session (of `keys`, when given) has a final outcome,
+    `wait_timeout` seconds pass (the view says `timed_out`), or `stop` is set.
 
     The interval adapts: back to `interval` whenever something changed, otherwise it grows by
     half up to `max_interval` (polling a quiet fleet less often). `on_refresh(view, next_wait)`
@@ -483,6 +494,7 @@ async def watch(
     `max_failures` in a row, or any AuthError, raises. Every wait goes through `clock`.
     """
     clock = clock or MonotonicClock()
+    stop = stop or anyio.Event()
     deadline = None if wait_timeout is None else clock.now() + wait_timeout
     view: CampaignView | None = None
     previous: dict[str, Any] | None = None
@@ -492,6 +504,8 @@ async def watch(
     while True:
         try:
             view = await refresh(plan, client, ledger)
+            if keys is not None:
+                view = restrict(view, keys)
         except AuthError:
             raise
         except APIError as exc:
@@ -518,8 +532,11 @@ async def watch(
                 timed_out = True
                 break
             pause = min(wait, remaining)
-        await clock.sleep(pause)
-    if view is None:  # the timeout came before any refresh succeeded
+        if await sleep_unless(clock, pause, stop):
+            break
+    if view is None:  # the timeout (or a stop) came before any refresh succeeded
         view = campaign_view(plan, ledger)
+        if keys is not None:
+            view = restrict(view, keys)
     view.timed_out = timed_out
     return view
