@@ -305,11 +305,16 @@ class SimApp:
 
     async def create(self, request: Request, who: Principal) -> Response:
         limit = self.profile.faults.rate_limit
-        wait = self.plan.rate_limited(time.monotonic())
+        now = time.monotonic()
+        self.state.create_times.append(now)
+        wait = self.plan.rate_limited(now)
+        rate_headers = self.plan.rate_headers()
         if wait is not None and limit is not None:
             self.state.faults["rate_limited"] += 1
-            headers = {"Retry-After": retry_after_header(wait)} if limit.retry_after else None
-            raise ApiError(429, "Rate limit exceeded; slow down session creation", headers)
+            if limit.retry_after:
+                rate_headers["Retry-After"] = retry_after_header(wait, limit.retry_after_format)
+            raise ApiError(429, "Rate limit exceeded; slow down session creation",
+                           rate_headers or None)
         req = await _body(request, CreateSessionRequest)
         if req.platform is not None and req.platform.lower() != "default":
             labels = self.profile.platforms
@@ -338,7 +343,7 @@ class SimApp:
             raise ApiError(500, "Internal Server Error")  # no transport to cut: degrade
         if fault is CreateFault.delay_after:
             await self._sleep(self.profile.faults.delay_seconds)
-        return _json(body)
+        return _json(body, headers=rate_headers or None)
 
     async def list_sessions(self, request: Request, who: Principal) -> Response:
         q = _query(request, _SessionQuery)
