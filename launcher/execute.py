@@ -276,8 +276,10 @@ class _Run:
                 return
         attempt = 0
         limited = 0
+        retry_at = 0.0  # this request's own Retry-After, as a clock time
         while True:
-            if not await self.pacer.acquire(self.stop):
+            ticket = await self.pacer.acquire(self.stop, not_before=retry_at)
+            if ticket is None:
                 self._done(key, Result.not_started)
                 return
             attempt += 1
@@ -287,14 +289,15 @@ class _Run:
             o = result.outcome
             if o == CreateOutcome.created:
                 assert result.session is not None
-                self.pacer.on_success()
+                self.pacer.on_success(ticket, result.rate_limit)
                 self.breaker.record(True)
                 await self._adopt(s, result.session, "created", result.status)
                 return
             if o == CreateOutcome.rate_limited:
                 limited += 1
                 attempt -= 1  # a 429 created nothing and is paced, not counted as a failure
-                pause = self.pacer.on_429(result.retry_after)
+                retry_at = self.pacer.on_429(ticket, result.retry_after, result.rate_limit)
+                pause = retry_at - self.clock.now()
                 await self.writer.submit(Event(key, "rate_limited", attempt + 1, 429,
                                                detail=f"pause {pause:.1f}s",
                                                state=LaunchState.planned), wait=False)
