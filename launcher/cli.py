@@ -184,11 +184,11 @@ def plan(manifest: str, output: str, show_prompts: bool, detailed_exitcode: bool
                   + (f" with {len(warnings)} warning(s)" if warnings else ""), markup=False)
     changes = _diff(p, ledger)
     if output == "json":
-        data = p.to_json()
-        for entry, (change, _, note) in zip(data["sessions"], changes, strict=False):
-            entry["change"], entry["note"] = change.value, note
-        data["gone"] = [k for c, k, _ in changes[len(p):]]
-        _emit_json(data)
+        notes = [(c.value, note) for c, _, note in changes[:len(p)]]
+        sys.stdout.flush()  # bytes go under the text layer: nothing may wait in front of them
+        sys.stdout.buffer.writelines(p.json_chunks(notes, [k for _, k, _ in changes[len(p):]]))
+        sys.stdout.buffer.write(b"\n")
+        sys.stdout.buffer.flush()
     else:
         _plan_table(p, changes, show_prompts)
     pending = any(c != Change.same for c, _, _ in changes)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import to_json
 
 from launcher.errors import ManifestError, Problem, SecretError
 from launcher.items import Item, read_items
@@ -153,6 +154,30 @@ class Plan:
 
     def by_key(self) -> dict[str, PlannedSession]:
         return {s.key: s for s in self.sessions}
+
+    def json_chunks(self, notes: Sequence[tuple[str, str]] | None = None,
+                    gone: Sequence[str] | None = None, *, batch: int = 1000) -> Iterator[bytes]:
+        """`to_json()` as UTF-8 JSON, one line, in chunks of `batch` sessions: what `plan -o
+        json` prints. With `notes` (one (change, note) per session) and `gone`, each session
+        gets "change" and "note", and the object a "gone" list (the ledger's diff).
+
+        pydantic-core's encoder writes bytes straight from the dicts, and a chunk at a time
+        never holds the whole document (200 MB for 100,000 sessions) as a str and as bytes.
+        """
+        head = {"campaign": self.campaign}
+        yield to_json(head)[:-1] + b',"sessions":['
+        for start in range(0, len(self.sessions), batch):
+            entries = [s.to_json() for s in self.sessions[start:start + batch]]
+            if notes is not None:
+                for entry, (change, note) in zip(entries, notes[start:start + batch],
+                                                 strict=True):
+                    entry["change"], entry["note"] = change, note
+            body = to_json(entries)[1:-1]  # the items of the list, without its brackets
+            yield (b"," + body) if start else body
+        tail: dict[str, Any] = {"totals": self.totals(), "warnings": list(self.warnings)}
+        if gone is not None:
+            tail["gone"] = list(gone)
+        yield b"]," + to_json(tail)[1:]
 
 
 def fingerprint(request: Mapping[str, Any]) -> str:
