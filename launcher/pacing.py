@@ -43,6 +43,9 @@ from typing import Protocol
 import anyio
 
 
+_TICK = 1e-6  # the shortest wait try_acquire returns
+
+
 class Clock(Protocol):
     """Time as the executor sees it; tests plug in a fake one."""
 
@@ -108,10 +111,12 @@ class WindowLimit:
         self.log: deque[float] = deque()
 
     @classmethod
-    def for_rate(cls, rate: float) -> WindowLimit:
-        """`--rate R` as a window: floor(R) per second; below 1/s, one per 1/R seconds."""
+    def for_rate(cls, rate: float, margin: float = 0.02) -> WindowLimit:
+        """`--rate R` as a window: floor(R) per second; below 1/s, one per 1/R seconds. The
+        window is `margin` longer, so a server still counts no more than R in any second when
+        the network delays one create a little more than the next."""
         count = max(1, math.floor(rate + 1e-9))
-        return cls(count, max(1.0, count / rate))
+        return cls(count, max(1.0, count / rate) * (1 + margin))
 
     def wait(self, now: float) -> float:
         """0.0 when one more admission now keeps the bound; else the seconds until it does."""
@@ -308,19 +313,20 @@ class Pacer:
         return self.pause.until
 
     def try_acquire(self, now: float, not_before: float = 0.0) -> Ticket | float:
-        """Admit one create now (a Ticket), or return the seconds to wait before asking again."""
+        """Admit one create now (a Ticket), or return the seconds to wait before asking again
+        (at least a microsecond, so that a clock that moves only by the waits moves)."""
         if now < max(self.pause.until, not_before):
-            return max(self.pause.until, not_before) - now
+            return max(self.pause.until - now, not_before - now, _TICK)
         rate = self.adaptive.rate
         if rate != self.bucket.rate:
             self.bucket.set_rate(rate, now)
         wait = self.window.wait(now)
         if wait > 0:
-            return wait
+            return max(wait, _TICK)
         wait = self.bucket.try_take(now)
         if wait > 0:
             self.adaptive.demand = True  # the rate, not the workers, is what holds creates back
-            return wait
+            return max(wait, _TICK)
         self.window.take(now)
         return Ticket(now, rate)
 

@@ -92,7 +92,7 @@ def run_model(*, n: int, limit: float, burst: int, retry_after: str = "seconds",
                 delay = latency + (rng.random() * jitter if jitter else 0.0)
                 push(now + delay, "arrive", w, got)
             else:
-                push(now + min(max(got, 1e-6), 0.25), "ready", w, None, nb)
+                push(now + min(got, 0.25), "ready", w, None, nb)
         elif kind == "arrive":
             assert ticket is not None
             tokens = min(float(burst), tokens + (now - stamp) * limit)

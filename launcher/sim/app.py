@@ -253,6 +253,17 @@ class SimApp:
 
         async def endpoint(request: Request) -> Response:
             method = "GET" if request.method == "HEAD" else request.method
+            if method == "POST" and short == "/sessions":
+                self.state.creates_in_flight += 1
+                self.state.creates_max_in_flight = max(self.state.creates_max_in_flight,
+                                                       self.state.creates_in_flight)
+                try:
+                    return await handle(request, method)
+                finally:
+                    self.state.creates_in_flight -= 1
+            return await handle(request, method)
+
+        async def handle(request: Request, method: str) -> Response:
             permission, handler = methods[method]
             self.state.requests[f"{method} {short}"] += 1
             self.request_number += 1

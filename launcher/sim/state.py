@@ -180,6 +180,8 @@ class SimState:
         self.responses: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.create_times: list[float] = []  # monotonic arrival of every create (pacing checks)
+        self.creates_in_flight = 0
+        self.creates_max_in_flight = 0  # the most create requests being answered at once
         self._acu_rate = profile.lifecycle.acus_per_hour / 3600.0
         self._weights = profile.outcomes.weights()
 
@@ -538,4 +540,5 @@ class SimState:
             "faults": dict(self.faults),
             # The most create requests (answered 429 or not) that arrived in any one second.
             "creates_max_per_second": max_in_window(self.create_times, 1.0),
+            "creates_max_in_flight": self.creates_max_in_flight,
         }
