@@ -42,7 +42,6 @@ from typing import Protocol
 
 import anyio
 
-
 _TICK = 1e-6  # the shortest wait try_acquire returns
 
 
