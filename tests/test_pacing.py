@@ -187,7 +187,7 @@ def test_429s_in_flight_before_a_cut_do_not_cut_again() -> None:
     assert ar.rate == after_first
 
 
-def test_headers_set_the_rate_directly_and_remaining_zero_spends_the_token() -> None:
+def test_headers_set_the_rate_and_remaining_lets_the_servers_burst_go_at_once() -> None:
     clock = FakeClock()
     pacer = Pacer(100.0, clock)
     ticket = pacer.try_acquire(clock.now())
@@ -195,7 +195,14 @@ def test_headers_set_the_rate_directly_and_remaining_zero_spends_the_token() -> 
     pacer.on_success(ticket, Hint(rate=20.0, remaining=0))
     assert pacer.adaptive.rate == pytest.approx(19.8)
     assert pacer.try_acquire(clock.now()) == pytest.approx(1 / 19.8)
-    pacer.on_success(ticket, Hint(rate=1000.0, remaining=None))
+    clock.t += 1 / 19.8
+    second = pacer.try_acquire(clock.now())
+    assert isinstance(second, Ticket)
+    # The server has 3 tokens left after `second`: three more may go now, then the rate.
+    pacer.on_success(second, Hint(rate=20.0, remaining=3))
+    assert all(isinstance(pacer.try_acquire(clock.now()), Ticket) for _ in range(3))
+    assert pacer.try_acquire(clock.now()) == pytest.approx(1 / 19.8)
+    pacer.on_success(second, Hint(rate=1000.0, remaining=None))
     assert pacer.adaptive.rate == 100.0  # a header never lifts the rate above --rate
 
 
