@@ -217,11 +217,9 @@ class AdaptiveRate:
 
     def accepted_rate(self, since: float, until: float) -> float | None:
         """What the server accepts per second, from the answers to creates sent in
-        [since, until] (a run of 429s: its bucket was empty at `since`).
-
-        In pacing time, sum(1 / paced rate), so gaps (pauses, idle workers) do not dilute it.
-        With fewer than `min_measured` accepted, (accepted + 1) / time: the most it could
-        have accepted, so a cut to it is never too deep."""
+        [since, until] (a run of 429s: its bucket was empty at `since`): accepted / sending
+        time. With fewer than `min_measured` accepted, (accepted + 1) / time: the most it
+        could have accepted, so a cut to it is never deeper than needed."""
         lo = bisect.bisect_left(self._answers, (since,))
         hi = bisect.bisect_right(self._answers, (until, True, math.inf))
         answers = self._answers[lo:hi]
@@ -279,6 +277,10 @@ class AdaptiveRate:
         self._since_cut = 0
         self.cuts += 1
         return True
+
+    def after_cut(self, ticket: Ticket) -> bool:
+        """Whether `ticket` was sent at the rate now in force (after the last cut)."""
+        return ticket.at >= self._cut_at
 
     def restart_run(self) -> None:
         """After a pause every measurement starts afresh (the server refilled meanwhile)."""
@@ -360,7 +362,7 @@ class Pacer:
     def on_success(self, ticket: Ticket, hint: RateHint | None = None) -> None:
         now = self.clock.now()
         self.adaptive.on_success(ticket, now)
-        if ticket.at >= self.adaptive._cut_at:
+        if self.adaptive.after_cut(ticket):
             self.pause.fresh_429s = 0
         self._use_hint(hint, ticket)
 
