@@ -185,10 +185,9 @@ def plan(manifest: str, output: str, show_prompts: bool, detailed_exitcode: bool
     changes = _diff(p, ledger)
     if output == "json":
         notes = [(c.value, note) for c, _, note in changes[:len(p)]]
-        sys.stdout.flush()  # bytes go under the text layer: nothing may wait in front of them
-        sys.stdout.buffer.writelines(p.json_chunks(notes, [k for _, k, _ in changes[len(p):]]))
-        sys.stdout.buffer.write(b"\n")
-        sys.stdout.buffer.flush()
+        for chunk in p.json_chunks(notes, [k for _, k, _ in changes[len(p):]]):
+            click.echo(chunk.decode(), nl=False)  # text, a chunk at a time: never 200 MB twice
+        click.echo()
     else:
         _plan_table(p, changes, show_prompts)
     pending = any(c != Change.same for c, _, _ in changes)
