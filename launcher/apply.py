@@ -406,8 +406,10 @@ class _ApplyRun:
             if found is not None:
                 return
         limited = 0
+        retry_at = 0.0  # this request's own Retry-After, as a clock time
         while True:
-            if not await self.pacer.acquire(self.stop):
+            ticket = await self.pacer.acquire(self.stop, not_before=retry_at)
+            if ticket is None:
                 self._stopped(key)
                 return
             attempt = self.attempts.get(key, 0) + 1
@@ -425,7 +427,7 @@ class _ApplyRun:
             message = self.redact(result.message)
             if o == CreateOutcome.created:
                 assert result.session is not None
-                self.pacer.on_success()
+                self.pacer.on_success(ticket, result.rate_limit)
                 self.breaker.record(True)
                 self.lag.created(s.identity_tag)
                 await self._adopt(s, result.session, EventKind.created, result.status)
@@ -433,7 +435,8 @@ class _ApplyRun:
             if o == CreateOutcome.rate_limited:
                 limited += 1
                 self.attempts[key] = attempt - 1  # a 429 created nothing and is not a failure
-                pause = self.pacer.on_429(result.retry_after)
+                retry_at = self.pacer.on_429(ticket, result.retry_after, result.rate_limit)
+                pause = retry_at - self.clock.now()
                 await self.writer.submit(
                     LedgerEvent(key, EventKind.rate_limited, attempt, 429, detail=f"pause {pause:.1f}s"),
                     wait=False,

@@ -138,12 +138,94 @@ def transport_outcome(exc: httpx.HTTPError) -> CreateOutcome:
 
 
 @dataclass(frozen=True)
+class RateLimitInfo:
+    """What an answer's rate-limit headers say: the sustained rate they announce (quota over
+    window, the strictest policy), the creates allowed right now, and seconds until reset."""
+
+    rate: float | None = None
+    remaining: int | None = None
+    reset: float | None = None
+
+
+@dataclass(frozen=True)
 class CreateResult:
     outcome: CreateOutcome
     session: Session | None = None
     status: int | None = None
     message: str = ""
     retry_after: float | None = None
+    rate_limit: RateLimitInfo | None = None  # from the answer's headers, when it had any
+
+
+def _sf_items(value: str) -> list[tuple[str, dict[str, str]]]:
+    """A structured-field list, loosely: `"a";q=10;w=1, 20;w=60` -> [("a", {q, w}), ("20",
+    {w})]. Enough for the rate-limit fields; anything unreadable is skipped by the caller."""
+    items = []
+    for part in value.split(","):
+        head, *params = (p.strip() for p in part.split(";"))
+        kv = {}
+        for p in params:
+            k, _, v = p.partition("=")
+            kv[k.strip().lower()] = v.strip().strip('"')
+        items.append((head.strip('"'), kv))
+    return items
+
+
+def _num(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def parse_rate_limit(headers: Mapping[str, str], *, now: float | None = None) -> RateLimitInfo | None:
+    """Rate-limit headers, in any of three families; None when there are none.
+
+    - IETF structured fields: `RateLimit-Policy: "p";q=20;w=1` and `RateLimit: "p";r=3;t=1`.
+    - The earlier drafts: `RateLimit-Limit`, `-Remaining`, `-Reset` (delta seconds), with the
+      window in `RateLimit-Policy: 20;w=1` or in `RateLimit-Limit: 20, 20;w=1`.
+    - `X-RateLimit-Limit`, `-Remaining`, `-Reset` (Unix seconds when large, else delta).
+
+    The rate is quota / window; without a window the quota is read as per second (the unit
+    create limits are quoted in), and a wrong guess only costs the 429s that correct it.
+    """
+    h = {k.lower(): v for k, v in headers.items()}
+    rates: list[float] = []
+    remaining: float | None = None
+    reset: float | None = None
+    policy = h.get("ratelimit-policy")
+    if policy is not None:
+        for head, kv in _sf_items(policy):
+            q = _num(kv.get("q")) if "q" in kv else _num(head)
+            w = _num(kv.get("w")) or 1.0
+            if q is not None and q > 0 and w > 0:
+                rates.append(q / w)
+    if "ratelimit" in h:
+        for _, kv in _sf_items(h["ratelimit"]):
+            r, t = _num(kv.get("r")), _num(kv.get("t"))
+            if r is not None:
+                remaining = r if remaining is None else min(remaining, r)
+            if t is not None:
+                reset = t if reset is None else max(reset, t)
+    for prefix in ("ratelimit-", "x-ratelimit-"):
+        limit = h.get(prefix + "limit")
+        if limit is not None and not rates:
+            for head, kv in _sf_items(limit):
+                q, w = _num(head), _num(kv.get("w")) or 1.0
+                if q is not None and q > 0 and w > 0:
+                    rates.append(q / w)
+        if remaining is None:
+            remaining = _num(h.get(prefix + "remaining"))
+        if reset is None and (r := _num(h.get(prefix + "reset"))) is not None:
+            wall = time.time() if now is None else now
+            reset = max(0.0, r - wall) if r > 1e9 else r  # Unix seconds vs delta seconds
+    if not rates and remaining is None and reset is None:
+        return None
+    return RateLimitInfo(
+        rate=min(rates) if rates else None,
+        remaining=None if remaining is None else max(0, int(remaining)),
+        reset=reset,
+    )
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -235,12 +317,14 @@ class DevinClient:
             # ambiguous: the request may have reached the server, so a session may exist
             return CreateResult(transport_outcome(exc), message=self._describe(exc))
         code = resp.status_code
+        limits = parse_rate_limit(resp.headers)
         if code == 429:
             return CreateResult(
                 CreateOutcome.rate_limited,
                 status=code,
                 retry_after=parse_retry_after(resp.headers.get("retry-after")),
                 message="rate limited",
+                rate_limit=limits,
             )
         if code in (401, 403):
             return CreateResult(CreateOutcome.auth, status=code, message=self._msg(resp))
@@ -255,7 +339,7 @@ class DevinClient:
                     status=code,
                     message=f"unreadable {code} response: {type(exc).__name__}",
                 )
-            return CreateResult(CreateOutcome.created, session=session, status=code)
+            return CreateResult(CreateOutcome.created, session=session, status=code, rate_limit=limits)
         return CreateResult(CreateOutcome.rejected, status=code, message=self._msg(resp))
 
     # ------------------------------------------------------------------ reads and actions

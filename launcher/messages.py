@@ -175,8 +175,10 @@ async def send_messages(
                     ledger.message_outcome(out.session_id, out.digest, "sent", "found by lookup")
                     report.found += 1
                     return
+            retry_at = 0.0  # this message's own Retry-After, as a clock time
             while True:
-                await pacer.acquire()
+                ticket = await pacer.acquire(not_before=retry_at)
+                assert ticket is not None  # no stop event: acquire always admits in the end
                 # A long, slowly paced run keeps its lease, and never sends on a lost one
                 # (paused past the lease and taken over: the other run may send it too).
                 if lost or not ledger.heartbeat():
@@ -194,12 +196,12 @@ async def send_messages(
                 result = await client.send_message(out.session_id, out.text)
                 if result.outcome is CreateOutcome.created:
                     ledger.message_outcome(out.session_id, out.digest, "sent")
-                    pacer.on_success()
+                    pacer.on_success(ticket)
                     report.sent += 1
                     return
                 if result.outcome is CreateOutcome.rate_limited:
                     ledger.message_outcome(out.session_id, out.digest, "not_sent", "rate limited")
-                    pacer.on_429(result.retry_after)
+                    retry_at = pacer.on_429(ticket, result.retry_after)
                     continue
                 if result.outcome is CreateOutcome.auth:
                     ledger.message_outcome(out.session_id, out.digest, "not_sent", result.message)

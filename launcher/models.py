@@ -78,6 +78,60 @@ _checked_objects: dict[int, tuple[dict[str, Any], str | None]] = {}  # id -> (sc
 _MAX_CACHED_OBJECTS = 64
 
 
+# Every keyword of JSON Schema Draft 7: an output schema with none of them is most likely a
+# sample output pasted where the schema belongs.
+DRAFT7_KEYWORDS = frozenset(
+    {
+        "$schema",
+        "$id",
+        "$ref",
+        "$comment",
+        "title",
+        "description",
+        "default",
+        "readOnly",
+        "writeOnly",
+        "examples",
+        "multipleOf",
+        "maximum",
+        "exclusiveMaximum",
+        "minimum",
+        "exclusiveMinimum",
+        "maxLength",
+        "minLength",
+        "pattern",
+        "additionalItems",
+        "items",
+        "maxItems",
+        "minItems",
+        "uniqueItems",
+        "contains",
+        "maxProperties",
+        "minProperties",
+        "required",
+        "additionalProperties",
+        "definitions",
+        "properties",
+        "patternProperties",
+        "dependencies",
+        "propertyNames",
+        "const",
+        "enum",
+        "type",
+        "format",
+        "contentMediaType",
+        "contentEncoding",
+        "if",
+        "then",
+        "else",
+        "allOf",
+        "anyOf",
+        "oneOf",
+        "not",
+    }
+)
+
+
 def _external_refs(node: Any, path: str = "") -> list[str]:
     found: list[str] = []
     if isinstance(node, dict):

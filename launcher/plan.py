@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import to_json
 
 from launcher.errors import ManifestError, Problem, SecretError, validation_errors, validation_message
 from launcher.items import Item, read_items
@@ -29,7 +30,7 @@ from launcher.manifest import (
     load_manifest,
     resolve_file,
 )
-from launcher.models import MAX_TAGS, CreateSessionRequest, check_output_schema
+from launcher.models import DRAFT7_KEYWORDS, MAX_TAGS, CreateSessionRequest, check_output_schema
 from launcher.source import MAX_MANIFEST_BYTES, Loc, dotted_path, load_json_or_yaml, read_text
 from launcher.templating import Rule, TemplateFailure, Templates
 
@@ -54,56 +55,6 @@ _TEXT_FIELDS = (
 )
 # Not strings in the API: a template's text is converted (by the API model) after rendering.
 _CONVERTED_FIELDS = ("max_acu_limit", "bypass_approval", "structured_output_required", "resumable")
-_DRAFT7_KEYWORDS = frozenset(
-    {
-        "$schema",
-        "$id",
-        "$ref",
-        "$comment",
-        "title",
-        "description",
-        "default",
-        "readOnly",
-        "writeOnly",
-        "examples",
-        "multipleOf",
-        "maximum",
-        "exclusiveMaximum",
-        "minimum",
-        "exclusiveMinimum",
-        "maxLength",
-        "minLength",
-        "pattern",
-        "additionalItems",
-        "items",
-        "maxItems",
-        "minItems",
-        "uniqueItems",
-        "contains",
-        "maxProperties",
-        "minProperties",
-        "required",
-        "additionalProperties",
-        "definitions",
-        "properties",
-        "patternProperties",
-        "dependencies",
-        "propertyNames",
-        "const",
-        "enum",
-        "type",
-        "format",
-        "contentMediaType",
-        "contentEncoding",
-        "if",
-        "then",
-        "else",
-        "allOf",
-        "anyOf",
-        "oneOf",
-        "not",
-    }
-)
 
 
 def campaign_tag(campaign: str) -> str:
@@ -226,6 +177,34 @@ class Plan:
 
     def by_key(self) -> dict[str, PlannedSession]:
         return {s.key: s for s in self.sessions}
+
+    def json_chunks(
+        self,
+        extras: Sequence[Mapping[str, Any]] | None = None,
+        gone: Sequence[str] | None = None,
+        *,
+        batch: int = 1000,
+    ) -> Iterator[bytes]:
+        """`to_json()` as UTF-8 JSON, one line, in chunks of `batch` sessions: what `plan -o
+        json` prints. With `extras` (one mapping per session: its change, note, changed fields,
+        wave) merged into each session, and `gone`, a "gone" list (the ledger's diff).
+
+        pydantic-core's encoder writes bytes straight from the dicts, and a chunk at a time
+        never holds the whole document (200 MB for 100,000 sessions) as a str and as bytes.
+        """
+        head = {"campaign": self.campaign}
+        yield to_json(head)[:-1] + b',"sessions":['
+        for start in range(0, len(self.sessions), batch):
+            entries = [s.to_json() for s in self.sessions[start : start + batch]]
+            if extras is not None:
+                for entry, extra in zip(entries, extras[start : start + batch], strict=True):
+                    entry.update(extra)
+            body = to_json(entries)[1:-1]  # the items of the list, without its brackets
+            yield (b"," + body) if start else body
+        tail: dict[str, Any] = {"totals": self.totals(), "warnings": list(self.warnings)}
+        if gone is not None:
+            tail["gone"] = list(gone)
+        yield b"]," + to_json(tail)[1:]
 
 
 def fingerprint(request: Mapping[str, Any]) -> str:
@@ -491,7 +470,7 @@ def _load_schema(
             return None
     else:
         schema = ref
-        if schema and not (set(schema) & _DRAFT7_KEYWORDS):
+        if schema and not (set(schema) & DRAFT7_KEYWORDS):
             problems.add(
                 loaded.problem(
                     loc,

@@ -216,10 +216,16 @@ class FakeAPI:
 
 
 class NoWait:
-    def now(self) -> float:
-        return 0.0
+    """A clock whose sleeps pass at once (virtual time moves by what is slept)."""
 
-    async def sleep(self, seconds: float) -> None:  # noqa: ARG002 (the Clock protocol)
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
         await anyio.lowlevel.checkpoint()
 
 

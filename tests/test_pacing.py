@@ -1,13 +1,37 @@
-"""Pacing: token bucket bound, backoff bounds, the adaptive rate, the circuit breaker."""
+"""Pacing, driven by a fake clock: the bucket and window bounds, the pacer's --rate and ceiling
+guarantees under any sequence of answers, Retry-After, escalation, headers, backoff, the
+breaker; and the adaptive rate against server token buckets in the virtual-time model."""
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from launcher.pacing import AdaptiveRate, CircuitBreaker, TokenBucket, backoff_delay
+from launcher.pacing import (
+    AdaptiveRate,
+    CircuitBreaker,
+    Pacer,
+    Ticket,
+    TokenBucket,
+    WindowLimit,
+    backoff_delay,
+)
+from tests.pacing_model import FakeClock, run_model
+
+
+def most_in_window(times: list[float], window: float) -> int:
+    """The most of the sorted `times` in any half-open window [t, t + window)."""
+    best, j = 0, 0
+    for i, t in enumerate(times):
+        j = max(j, i)
+        while j < len(times) and times[j] < t + window:
+            j += 1
+        best = max(best, j - i)
+    return best
 
 
 @settings(max_examples=200, deadline=None)
@@ -44,6 +68,197 @@ def test_token_bucket_wait_is_exactly_enough(rate: float, burst: int) -> None:
     assert bucket.try_take(wait * 1.0001) == 0.0
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    rate=st.floats(min_value=0.2, max_value=300),
+    gaps=st.lists(st.floats(min_value=0, max_value=0.3), min_size=1, max_size=200),
+)
+def test_window_limit_admits_at_most_floor_rate_in_any_second(rate: float, gaps: list[float]) -> None:
+    limit = WindowLimit.for_rate(rate, margin=0.0)
+    now, admitted = 50.0, []
+    for gap in gaps:
+        now += gap
+        while limit.wait(now) == 0.0:
+            limit.take(now)
+            admitted.append(now)
+    assert most_in_window(admitted, 1.0) <= max(1, int(rate + 1e-9))
+    if rate < 1:  # below one a second: one per 1/rate seconds
+        assert most_in_window(admitted, 1 / rate) <= 1
+
+
+@dataclass
+class Hint:
+    rate: float | None
+    remaining: int | None
+
+
+answer = st.one_of(
+    st.just(("ok", None, None)),
+    st.tuples(st.just("429"), st.one_of(st.none(), st.floats(0, 3)), st.none()),
+    st.tuples(
+        st.sampled_from(["ok", "429"]),
+        st.none(),
+        st.builds(
+            Hint, st.one_of(st.none(), st.floats(0.01, 1000)), st.one_of(st.none(), st.integers(0, 5))
+        ),
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rate=st.floats(min_value=1, max_value=200),
+    answers=st.lists(answer, min_size=1, max_size=150),
+    latency=st.floats(min_value=0, max_value=0.4),
+    seed=st.integers(0, 1000),
+)
+def test_pacer_never_exceeds_rate_per_second_nor_the_ceiling(
+    rate: float,
+    answers: list[tuple[str, float | None, Hint | None]],
+    latency: float,
+    seed: int,
+) -> None:
+    """Whatever the server answers (429s with or without Retry-After, headers announcing any
+    rate), a greedy client never gets more than --rate creates into any one second, the
+    adaptive rate never leaves (0, ceiling], and a retry never precedes its Retry-After."""
+    clock = FakeClock()
+    pacer = Pacer(rate, clock, rng=random.Random(seed))
+    sends: list[float] = []
+    in_flight: list[tuple[float, Ticket, tuple[str, float | None, Hint | None]]] = []
+    not_before = 0.0
+    for a in answers:
+        while True:
+            got = pacer.try_acquire(clock.now(), not_before)
+            if isinstance(got, Ticket):
+                break
+            assert got > 0
+            clock.t += got
+        assert clock.now() >= not_before
+        sends.append(clock.now())
+        in_flight.append((clock.now() + latency, got, a))
+        # Answers come back after `latency`; meanwhile the caller keeps asking.
+        while in_flight and (in_flight[0][0] <= clock.now() or len(in_flight) > 8):
+            due, ticket, (kind, retry_after, hint) = in_flight.pop(0)
+            clock.t = max(clock.t, due)
+            if kind == "ok":
+                pacer.on_success(ticket, hint)
+            else:
+                not_before = pacer.on_429(ticket, retry_after, hint)
+                if retry_after is not None:
+                    assert not_before >= clock.now() + min(retry_after, 300.0) - 1e-9
+            assert 0 < pacer.adaptive.rate <= rate
+    assert most_in_window(sends, 1.0) <= max(1, int(rate + 1e-9))
+
+
+def test_a_429_holds_back_only_its_own_request_for_retry_after() -> None:
+    clock = FakeClock()
+    pacer = Pacer(10.0, clock)
+    first = pacer.try_acquire(clock.now())
+    assert isinstance(first, Ticket)
+    clock.t += 0.1
+    retry_at = pacer.on_429(first, 2.0)
+    assert retry_at == pytest.approx(clock.now() + 2.0)
+    clock.t += 0.2
+    assert isinstance(pacer.try_acquire(clock.now()), Ticket)  # the others go on
+    assert pacer.try_acquire(clock.now(), retry_at) == pytest.approx(2.0 - 0.2)
+    assert pacer.pause_until < clock.now()  # no global pause for one 429
+
+
+def test_429s_that_keep_coming_after_cuts_pause_every_worker() -> None:
+    clock = FakeClock()
+    pacer = Pacer(50.0, clock, escalate_after=3)
+    for _ in range(3):
+        got = pacer.try_acquire(clock.now())
+        while not isinstance(got, Ticket):
+            clock.t += got
+            got = pacer.try_acquire(clock.now())
+        clock.t += 0.001
+        pacer.on_429(got, 1.0)  # each was sent after the previous cut: fresh evidence
+    assert pacer.pause_until == pytest.approx(clock.now() + 1.0)
+    assert pacer.try_acquire(clock.now()) == pytest.approx(1.0)  # nobody sends meanwhile
+
+
+def test_a_long_retry_after_pauses_every_worker_at_once() -> None:
+    clock = FakeClock()
+    pacer = Pacer(50.0, clock, long_pause=5.0)
+    ticket = pacer.try_acquire(clock.now())
+    assert isinstance(ticket, Ticket)
+    pacer.on_429(ticket, 60.0)
+    assert pacer.pause_until == pytest.approx(clock.now() + 60.0)
+
+
+def test_429s_in_flight_before_a_cut_do_not_cut_again() -> None:
+    ar = AdaptiveRate(ceiling=100.0)
+    sent = [Ticket(1000.0 + i * 0.01, 100.0) for i in range(5)]
+    assert ar.on_429(sent[0], 1000.3)
+    after_first = ar.rate
+    for t in sent[1:3]:  # answered after the cut, sent before it: no new information
+        assert not ar.on_429(t, 1000.31)
+    assert ar.rate == after_first
+
+
+def test_headers_set_the_rate_and_remaining_lets_the_servers_burst_go_at_once() -> None:
+    clock = FakeClock()
+    pacer = Pacer(100.0, clock)
+    ticket = pacer.try_acquire(clock.now())
+    assert isinstance(ticket, Ticket)
+    pacer.on_success(ticket, Hint(rate=20.0, remaining=0))
+    assert pacer.adaptive.rate == pytest.approx(19.8)
+    assert pacer.try_acquire(clock.now()) == pytest.approx(1 / 19.8)
+    clock.t += 1 / 19.8
+    second = pacer.try_acquire(clock.now())
+    assert isinstance(second, Ticket)
+    # The server has 3 tokens left after `second`: three more may go now, then the rate.
+    pacer.on_success(second, Hint(rate=20.0, remaining=3))
+    assert all(isinstance(pacer.try_acquire(clock.now()), Ticket) for _ in range(3))
+    assert pacer.try_acquire(clock.now()) == pytest.approx(1 / 19.8)
+    pacer.on_success(second, Hint(rate=1000.0, remaining=None))
+    assert pacer.adaptive.rate == 100.0  # a header never lifts the rate above --rate
+
+
+@pytest.mark.parametrize(
+    ("limit", "burst", "retry_after", "latency"),
+    [
+        (20, 5, "seconds", 0.0),
+        (20, 5, "none", 0.0),
+        (50, 10, "seconds", 0.2),
+        (5, 1, "seconds", 0.0),
+        (2, 1, "http-date", 0.1),
+        (10, 10, "http-date", 0.05),
+        (3, 3, "seconds", 0.3),
+        (8, 8, "none", 0.2),
+        (40, 40, "seconds", 0.0),
+    ],
+)
+def test_the_adaptive_rate_finds_and_holds_an_unknown_limit(
+    limit: int, burst: int, retry_after: str, latency: float
+) -> None:
+    """In virtual time (no start-up, no scheduler): 300 creates at >= 0.9 of the server's
+    limit, few 429s, never more than the concurrency in flight."""
+    concurrency = max(16, round(1.5 * limit * latency + 0.5))
+    out = run_model(
+        n=300,
+        limit=limit,
+        burst=burst,
+        retry_after=retry_after,
+        latency=latency,
+        rate=max(100.0, 2 * limit),
+        concurrency=concurrency,
+        jitter=0.0005,
+    )
+    assert out.created == 300
+    assert out.efficiency(limit) >= 0.9, out.efficiency(limit)
+    assert out.rate_limited <= 0.13 * 300
+    assert out.max_in_flight <= concurrency
+    assert max(out.rates) <= max(100.0, 2 * limit)
+
+
+def test_headers_mean_no_probing_and_no_429s() -> None:
+    out = run_model(n=300, limit=20, burst=5, latency=0.05, rate=100, headers=True)
+    assert out.rate_limited <= 5  # only before the first answer arrived
+    assert out.efficiency(20) >= 0.95
+
+
 @given(
     attempt=st.integers(min_value=0, max_value=100),
     base=st.floats(0.01, 5),
@@ -61,40 +276,6 @@ def test_backoff_uses_full_jitter() -> None:
     rng = random.Random(1)
     samples = [backoff_delay(6, base=1, cap=30, rng=rng) for _ in range(500)]
     assert min(samples) < 3 and max(samples) > 27  # spread over the whole [0, 30] range
-
-
-def test_adaptive_rate_finds_and_holds_an_unknown_limit() -> None:
-    """Drive AdaptiveRate against a server that accepts `limit`/s: it settles just below."""
-    limit, now, dt = 50.0, 0.0, 0.01
-    ar = AdaptiveRate(ceiling=200.0)
-    server_tokens, credit = 10.0, 0.0
-    sent = ok = cuts = 0
-    history = []
-    for _ in range(int(120 / dt)):
-        now += dt
-        server_tokens = min(10.0, server_tokens + limit * dt)
-        credit += ar.tick(now) * dt
-        while credit >= 1:
-            credit -= 1
-            sent += 1
-            if server_tokens >= 1:
-                server_tokens -= 1
-                ok += 1
-                ar.on_success(now)
-            else:
-                cuts += ar.on_429(now)
-        history.append(ar.rate)
-    late = history[len(history) // 2 :]
-    assert 0.8 * limit <= sum(late) / len(late) <= 1.05 * limit
-    assert ok / 120 >= 0.85 * limit  # throughput close to the server's limit
-    assert cuts < 20  # learned, not oscillating on every request
-
-
-def test_adaptive_rate_never_exceeds_the_configured_ceiling() -> None:
-    ar = AdaptiveRate(ceiling=5.0)
-    for t in range(1000):
-        ar.on_success(float(t))
-        assert ar.tick(float(t)) <= 5.0
 
 
 def test_circuit_breaker_opens_after_consecutive_failures_and_success_closes() -> None:

@@ -156,14 +156,20 @@ def plan(
 
     waves = waves_by_key(p)
     if output == "json":
-        data = p.to_json()
-        for entry, (change, key, note) in zip(data["sessions"], changes, strict=False):
-            entry["change"], entry["note"] = change.value, note
-            # null: changed, but launched before the ledger kept requests (unknown fields)
-            entry["changed_fields"] = fields.get(key, None if change == Change.changed else [])
-            entry["wave"] = waves[entry["key"]]
-        data["gone"] = [k for c, k, _ in changes[len(p) :]]
-        emit_json(data)
+        extras = [
+            {
+                "change": change.value,
+                "note": note,
+                # null: changed, but launched before the ledger kept requests (unknown fields)
+                "changed_fields": fields.get(key, None if change == Change.changed else []),
+                "wave": waves[key],
+            }
+            for change, key, note in changes[: len(p)]
+        ]
+        # Text a chunk at a time: 100,000 sessions are 200 MB of JSON, never held twice.
+        for chunk in p.json_chunks(extras, [k for _, k, _ in changes[len(p) :]]):
+            click.echo(chunk.decode(), nl=False)
+        click.echo()
     else:
         noted = [
             (c, k, f"{n}; changed: {', '.join(fields[k]) or 'secret sources'}" if k in fields else n)

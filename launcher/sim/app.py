@@ -246,6 +246,18 @@ class SimApp:
 
         async def endpoint(request: Request) -> Response:
             method = "GET" if request.method == "HEAD" else request.method
+            if method == "POST" and short == "/sessions":
+                self.state.creates_in_flight += 1
+                self.state.creates_max_in_flight = max(
+                    self.state.creates_max_in_flight, self.state.creates_in_flight
+                )
+                try:
+                    return await handle(request, method)
+                finally:
+                    self.state.creates_in_flight -= 1
+            return await handle(request, method)
+
+        async def handle(request: Request, method: str) -> Response:
             permission, handler = methods[method]
             self.state.requests[f"{method} {short}"] += 1
             self.request_number += 1
@@ -307,11 +319,17 @@ class SimApp:
 
     async def create(self, request: Request, who: Principal) -> Response:
         limit = self.profile.faults.rate_limit
-        wait = self.plan.rate_limited(self.state.clock.now())
+        now = self.state.clock.now()
+        self.state.create_times.append(now)
+        wait = self.plan.rate_limited(now)
+        rate_headers = self.plan.rate_headers()
         if wait is not None and limit is not None:
             self.state.faults["rate_limited"] += 1
-            headers = {"Retry-After": retry_after_header(wait)} if limit.retry_after else None
-            raise HTTPProblem(429, "Rate limit exceeded; slow down session creation", headers)
+            if limit.retry_after:
+                rate_headers["Retry-After"] = retry_after_header(wait, limit.retry_after_format)
+            raise HTTPProblem(
+                429, "Rate limit exceeded; slow down session creation", rate_headers or None
+            )
         req = await _body(request, CreateSessionRequest)
         if req.platform is not None and req.platform.lower() != "default":
             labels = self.profile.platforms
@@ -340,7 +358,7 @@ class SimApp:
             raise HTTPProblem(500, "Internal Server Error")  # no transport to cut: degrade
         if fault is CreateFault.delay_after:
             await self._sleep(self.profile.faults.delay_seconds)
-        return _json(body)
+        return _json(body, headers=rate_headers or None)
 
     async def list_sessions(self, request: Request, who: Principal) -> Response:
         q = _query(request, _SessionQuery)

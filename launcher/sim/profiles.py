@@ -131,13 +131,41 @@ class Lifecycle(_Strict):
         return self
 
 
+class RetryAfterFormat(StrEnum):
+    """How a 429's `Retry-After` is written (RFC 9110 allows both)."""
+
+    seconds = "seconds"  # delta-seconds, rounded up, never 0
+    http_date = "http-date"  # an IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`
+
+
+class RateLimitHeaders(StrEnum):
+    """Which family of rate-limit headers the simulator sends with every create answer."""
+
+    none = "none"
+    ratelimit = "ratelimit"  # RateLimit-Limit / -Remaining / -Reset (+ RateLimit-Policy q;w)
+    ietf = "ietf"  # structured fields: RateLimit: "creates";r=..;t=..  RateLimit-Policy: ..;q;w
+    x_ratelimit = "x-ratelimit"  # X-RateLimit-Limit / -Remaining / -Reset (epoch seconds)
+
+
 class RateLimit(_Strict):
     """A token bucket on creates: `burst` at once, refilled at `rate` per real second."""
 
     rate: float = Field(gt=0, description="Creates admitted per real second, sustained.")
     burst: int = Field(ge=1, description="Creates admitted back to back from a full bucket.")
-    retry_after: bool = Field(
-        default=True, description="Send `Retry-After` (integer seconds) with each 429."
+    retry_after: bool = Field(default=True, description="Send `Retry-After` with each 429.")
+    retry_after_format: RetryAfterFormat = Field(
+        default=RetryAfterFormat.seconds,
+        description="`seconds` (whole seconds, rounded up, never 0) or `http-date` (the moment "
+        "a token is back, as an HTTP date: 1-second resolution).",
+    )
+    headers: RateLimitHeaders = Field(
+        default=RateLimitHeaders.none,
+        description="Rate-limit headers sent with every create answer (200 and 429): `none`, "
+        "`ratelimit` (RateLimit-Limit/-Remaining/-Reset and RateLimit-Policy), `ietf` (the "
+        "structured `RateLimit` and `RateLimit-Policy` fields) or `x-ratelimit` "
+        "(X-RateLimit-Limit/-Remaining/-Reset, reset as Unix seconds). The quota is the "
+        "sustained rate over a window of `w` whole seconds; remaining is the bucket's whole "
+        "tokens.",
     )
 
 

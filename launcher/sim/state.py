@@ -20,6 +20,7 @@ from typing import Any
 
 from launcher.models import CreateSessionRequest, SessionStatus, StatusDetail, session_path_id
 from launcher.sim.clock import SimClock
+from launcher.sim.faults import max_in_window
 from launcher.sim.instances import Reports, invalid_instance, valid_instance
 from launcher.sim.profiles import Fate, Profile
 
@@ -184,6 +185,9 @@ class SimState:
         self.requests: Counter[str] = Counter()
         self.responses: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
+        self.create_times: list[float] = []  # monotonic arrival of every create (pacing checks)
+        self.creates_in_flight = 0
+        self.creates_max_in_flight = 0  # the most create requests being answered at once
         self._acu_rate = profile.lifecycle.acus_per_hour / 3600.0
         self._weights = profile.outcomes.weights()
 
@@ -548,4 +552,7 @@ class SimState:
             "requests": dict(self.requests),
             "responses": dict(self.responses),
             "faults": dict(self.faults),
+            # The most create requests (answered 429 or not) that arrived in any one second.
+            "creates_max_per_second": max_in_window(self.create_times, 1.0),
+            "creates_max_in_flight": self.creates_max_in_flight,
         }

@@ -1,0 +1,213 @@
+"""Pacing matrix: `apply` against a server-side token bucket it is not told about.
+
+Each shape runs a fresh simulator process (its rate limit, burst, Retry-After style, latency and
+optional rate-limit headers) and one real `devin-fleet apply` process with `--rate 100`, and
+prints one line per shape:
+
+    efficiency = (sessions / server limit) / apply wall time including start-up
+
+plus the 429 count, duplicates (from the simulator's introspection), the most creates that
+reached the server in any one second, and the rate apply ended at.
+
+    .venv/bin/python bench/pacing_bench.py                  # the default matrix (~6 min)
+    .venv/bin/python bench/pacing_bench.py --shape a --shape d
+    .venv/bin/python bench/pacing_bench.py --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from apply_bench import Sim, write_campaign
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One server: limit/s, burst, Retry-After (`seconds`, `http-date` or `none`), latency,
+    and which rate-limit headers it sends (`none` = the client must probe)."""
+
+    name: str
+    limit: float
+    burst: int
+    retry_after: str
+    latency_ms: int
+    headers: str = "none"
+    in_default: bool = True
+
+    def profile(self) -> dict[str, object]:
+        rate_limit: dict[str, object] = {
+            "rate": self.limit,
+            "burst": self.burst,
+            "retry_after": self.retry_after != "none",
+            "headers": self.headers,
+        }
+        if self.retry_after == "http-date":
+            rate_limit["retry_after_format"] = "http-date"
+        return {
+            "name": f"pacing-{self.name}",
+            "faults": {"rate_limit": rate_limit, "latency_seconds": self.latency_ms / 1000},
+        }
+
+    def concurrency(self, default: int) -> int:
+        # Little's law: launching at the limit keeps limit x latency creates in flight. Below
+        # that, concurrency (not pacing) caps the rate, so give the shape the slots it needs.
+        return max(default, math.ceil(1.5 * self.limit * self.latency_ms / 1000))
+
+    def rate(self, default: float) -> float:
+        # The issue's premise is a --rate ceiling well above the limit: at least twice it.
+        return max(default, 2 * self.limit)
+
+    def describe(self) -> str:
+        hdr = "" if self.headers == "none" else f", headers {self.headers}"
+        return (
+            f"{self.limit:g}/s burst {self.burst}, Retry-After {self.retry_after}, "
+            f"{self.latency_ms} ms{hdr}"
+        )
+
+
+SHAPES = [
+    # The four shapes of issue 12.
+    Shape("a", 20, 5, "seconds", 0),
+    Shape("b", 20, 5, "none", 0),
+    Shape("c", 50, 10, "seconds", 200),
+    Shape("d", 5, 1, "seconds", 0),
+    # More corners: the slowest limit, the fastest, dates, no Retry-After with latency.
+    Shape("e", 2, 1, "http-date", 100),
+    Shape("f", 100, 1, "seconds", 0),
+    Shape("g", 100, 100, "none", 300),
+    Shape("h", 10, 10, "http-date", 50),
+    Shape("i", 35, 1, "none", 300),
+    Shape("j", 75, 20, "seconds", 100),
+    # Headers: the rate is read from the answers instead of probed.
+    Shape("k", 20, 5, "seconds", 0, "ietf"),
+    Shape("l", 50, 10, "seconds", 200, "ratelimit"),
+    Shape("m", 5, 1, "seconds", 0, "x-ratelimit"),
+]
+
+
+def run_shape(shape: Shape, n: int, rate: float, concurrency: int) -> dict[str, object]:
+    """Apply `n` sessions against a fresh simulator of `shape`; what happened, as a dict."""
+    with tempfile.TemporaryDirectory(prefix="pacing-bench-") as tmp:
+        workdir = Path(tmp)
+        sim = Sim(shape.profile(), workdir)
+        try:
+            path = write_campaign(workdir, n)
+            env = {**os.environ, **sim.env}
+            cmd = [
+                sys.executable,
+                "-m",
+                "launcher",
+                "apply",
+                str(path),
+                "--yes",
+                "-o",
+                "json",
+                "--concurrency",
+                str(concurrency),
+                "--rate",
+                str(rate),
+                "--ledger",
+                str(workdir / "ledger.db"),
+            ]
+            start = time.perf_counter()
+            done = subprocess.run(
+                cmd, env=env, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
+            )
+            wall = time.perf_counter() - start
+            if not done.stdout.strip():
+                raise SystemExit(f"apply failed ({done.returncode}):\n{done.stderr}")
+            summary = json.loads(done.stdout)
+            sessions = sim.sessions()
+            import httpx
+
+            stats = httpx.get(f"{sim.env['DEVIN_API_BASE_URL']}/_sim/stats", timeout=30).json()
+        finally:
+            sim.close()
+    keys = Counter(
+        t
+        for s in sessions
+        for t in s["tags"]  # type: ignore[attr-defined]
+        if str(t).startswith("fleet-key:")
+    )
+    ideal = n / shape.limit
+    return {
+        "shape": shape.name,
+        "server": shape.describe(),
+        "concurrency": concurrency,
+        "rate": rate,
+        "sessions": len(sessions),
+        "duplicates": sum(c - 1 for c in keys.values() if c > 1),
+        "wall_s": round(wall, 2),
+        "apply_s": summary["elapsed_s"],
+        "ideal_s": round(ideal, 2),
+        "efficiency": round(ideal / wall, 3),
+        "efficiency_in_apply": round(ideal / summary["elapsed_s"], 3),
+        "rate_limited": summary["rate_limited"],
+        "rate_limited_pct": round(100 * summary["rate_limited"] / max(1, n), 1),
+        "max_creates_per_s": stats.get("creates_max_per_second"),
+        "final_rate": summary["final_rate"],
+        "exit_code": summary["exit_code"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", action="append", help="shape name (repeatable); default: all")
+    ap.add_argument("--n", type=int, default=300, help="sessions per shape (default 300)")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=100.0,
+        help="apply --rate (default 100; at least twice the shape's limit)",
+    )
+    ap.add_argument(
+        "--concurrency",
+        type=int,
+        default=16,
+        help="apply --concurrency (default 16; raised for limit x latency)",
+    )
+    ap.add_argument("--json", action="store_true", help="one JSON object per shape")
+    ap.add_argument("--list", action="store_true", help="list the shapes and exit")
+    a = ap.parse_args()
+    if a.list:
+        for s in SHAPES:
+            print(f"{s.name}: {s.describe()}, ideal {a.n / s.limit:.0f}s")
+        return
+    chosen = [s for s in SHAPES if (s.name in a.shape if a.shape else s.in_default)]
+    if not chosen:
+        raise SystemExit(f"no such shape; choose from {', '.join(s.name for s in SHAPES)}")
+    print(
+        f"{a.n} sessions per shape; efficiency = (sessions / limit) / wall incl. start-up; "
+        "eff(apply) leaves start-up out"
+    )
+    print(
+        f"{'':2} {'server':52} {'rate':>4} {'conc':>4} {'wall s':>7} {'ideal':>6} {'eff':>6} "
+        f"{'eff(apply)':>10} {'429s':>5} {'429%':>5} {'dup':>4} {'max/s':>5} {'final':>6}"
+    )
+    for shape in chosen:
+        r = run_shape(shape, a.n, shape.rate(a.rate), shape.concurrency(a.concurrency))
+        if a.json:
+            print(json.dumps(r), flush=True)
+            continue
+        print(
+            f"{r['shape']:2} {r['server']:52} {r['rate']:>4g} {r['concurrency']:>4} {r['wall_s']:>7} "
+            f"{r['ideal_s']:>6} {r['efficiency']:>6} {r['efficiency_in_apply']:>10} "
+            f"{r['rate_limited']:>5} {r['rate_limited_pct']:>5} {r['duplicates']:>4} "
+            f"{r['max_creates_per_s']:>5} {r['final_rate']:>6}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

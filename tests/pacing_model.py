@@ -1,0 +1,138 @@
+"""A discrete-event model of `apply` against a server-side token bucket, in virtual time.
+
+It drives the real `Pacer` (its pure `try_acquire`/`on_success`/`on_429`) with a fake clock:
+`concurrency` workers, a server bucket of `limit`/s and `burst`, a fixed latency before the
+server decides, and Retry-After as the simulator writes it (whole seconds rounded up, an HTTP
+date rounded up to the next second, or none). Nothing here sleeps or reads the wall clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from dataclasses import dataclass, field
+
+from launcher.pacing import Pacer, Ticket
+
+
+class FakeClock:
+    """A clock that only moves when told to."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.t = start
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += max(0.0, seconds)
+
+
+@dataclass
+class Hint:
+    rate: float | None
+    remaining: int | None
+
+
+@dataclass
+class Outcome:
+    elapsed: float
+    created: int
+    rate_limited: int
+    sends: list[float] = field(default_factory=list)  # every create's send time
+    max_in_flight: int = 0
+    rates: list[float] = field(default_factory=list)  # the adaptive rate at each send
+
+    def efficiency(self, limit: float) -> float:
+        return (self.created / limit) / self.elapsed
+
+
+def run_model(
+    *,
+    n: int,
+    limit: float,
+    burst: int,
+    retry_after: str = "seconds",
+    latency: float = 0.0,
+    rate: float = 100.0,
+    concurrency: int = 16,
+    headers: bool = False,
+    jitter: float = 0.0,
+    seed: int = 0,
+) -> Outcome:
+    """Launch `n` creates; return when the last one was accepted and what happened."""
+    rng = random.Random(seed)
+    clock = FakeClock()
+    start = clock.now()
+    pacer = Pacer(rate, clock, rng=random.Random(seed))
+    tokens, stamp = float(burst), start
+    todo = n
+    created = limited = 0
+    in_flight = 0
+    out = Outcome(0.0, 0, 0)
+    # (time, seq, kind, worker, ticket, not_before)
+    events: list[tuple[float, int, str, int, Ticket | None, float]] = []
+    seq = 0
+
+    def push(t: float, kind: str, w: int, ticket: Ticket | None = None, nb: float = 0.0) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(events, (t, seq, kind, w, ticket, nb))
+
+    has_item = [False] * concurrency
+    for w in range(concurrency):
+        push(start, "ready", w)
+    while events and created < n:
+        t, _, kind, w, ticket, nb = heapq.heappop(events)
+        clock.t = max(clock.t, t)
+        now = clock.t
+        if kind == "ready":
+            if not has_item[w]:
+                if todo == 0:
+                    continue
+                todo -= 1
+                has_item[w] = True
+            got = pacer.try_acquire(now, nb)
+            if isinstance(got, Ticket):
+                in_flight += 1
+                out.max_in_flight = max(out.max_in_flight, in_flight)
+                out.sends.append(now)
+                out.rates.append(pacer.adaptive.rate)
+                delay = latency + (rng.random() * jitter if jitter else 0.0)
+                push(now + delay, "arrive", w, got)
+            else:
+                push(now + min(got, 0.25), "ready", w, None, nb)
+        elif kind == "arrive":
+            assert ticket is not None
+            tokens = min(float(burst), tokens + (now - stamp) * limit)
+            stamp = now
+            in_flight -= 1
+            hint = Hint(limit, None) if headers else None
+            if tokens >= 1.0:
+                tokens -= 1.0
+                created += 1
+                if headers:
+                    hint = Hint(limit, math.floor(tokens))
+                pacer.on_success(ticket, hint)
+                has_item[w] = False
+                push(now, "ready", w)
+            else:
+                limited += 1
+                wait = (1.0 - tokens) / limit
+                ra: float | None
+                if retry_after == "seconds":
+                    ra = float(max(1, math.ceil(wait)))
+                elif retry_after == "http-date":
+                    wall = 1.7e9 + now + rng.random()  # the client's and server's clocks agree
+                    ra = math.ceil(wall + wait) - wall
+                else:
+                    ra = None
+                if headers:
+                    hint = Hint(limit, 0)
+                not_before = pacer.on_429(ticket, ra, hint)
+                push(now, "ready", w, None, not_before)
+    out.elapsed = clock.now() - start
+    out.created = created
+    out.rate_limited = limited
+    return out
