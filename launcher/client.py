@@ -310,11 +310,17 @@ class DevinClient:
 
     async def create_session(self, body: Mapping[str, Any]) -> CreateResult:
         """POST one create; classify the outcome (never raises for per-session problems)."""
+        return await self._post_classified(f"{self._org}/sessions", body, Session)
+
+    async def _post_classified(
+        self, path: str, body: Mapping[str, Any], model: type[Session] | None
+    ) -> CreateResult:
+        """POST a request that must not be repeated blindly (a create, a message) and say what
+        its outcome tells about whether it took effect: the one classification of answers."""
         self.requests += 1
         try:
-            resp = await self._http.post(f"{self._org}/sessions", json=body)
-        except httpx.HTTPError as exc:
-            # ambiguous: the request may have reached the server, so a session may exist
+            resp = await self._http.post(path, json=body)
+        except httpx.HTTPError as exc:  # TRANSPORT_OUTCOMES: not sent, or ambiguous
             return CreateResult(transport_outcome(exc), message=self._describe(exc))
         code = resp.status_code
         limits = parse_rate_limit(resp.headers)
@@ -330,17 +336,19 @@ class DevinClient:
             return CreateResult(CreateOutcome.auth, status=code, message=self._msg(resp))
         if code >= 500:
             return CreateResult(CreateOutcome.ambiguous, status=code, message=self._msg(resp))
-        if 200 <= code < 300:
-            try:
-                session = Session.model_validate(resp.json())
-            except Exception as exc:  # an unreadable 2xx is as ambiguous as a dropped one
-                return CreateResult(
-                    CreateOutcome.ambiguous,
-                    status=code,
-                    message=f"unreadable {code} response: {type(exc).__name__}",
-                )
-            return CreateResult(CreateOutcome.created, session=session, status=code, rate_limit=limits)
-        return CreateResult(CreateOutcome.rejected, status=code, message=self._msg(resp))
+        if not 200 <= code < 300:
+            return CreateResult(CreateOutcome.rejected, status=code, message=self._msg(resp))
+        if model is None:
+            return CreateResult(CreateOutcome.created, status=code, rate_limit=limits)
+        try:
+            session = model.model_validate(resp.json())
+        except Exception as exc:  # an unreadable 2xx is as ambiguous as a dropped one
+            return CreateResult(
+                CreateOutcome.ambiguous,
+                status=code,
+                message=f"unreadable {code} response: {type(exc).__name__}",
+            )
+        return CreateResult(CreateOutcome.created, session=session, status=code, rate_limit=limits)
 
     # ------------------------------------------------------------------ reads and actions
 
@@ -436,29 +444,8 @@ class DevinClient:
     async def send_message(self, session_id: str, text: str) -> CreateResult:
         """POST a message to a session, classified like a create: `created` means delivered,
         `ambiguous` that it may have been (look it up with `list_messages` before resending)."""
-        self.requests += 1
         path = f"{self._org}/sessions/{session_path_id(session_id)}/messages"
-        try:
-            resp = await self._http.post(path, json={"message": text})
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            return CreateResult(CreateOutcome.not_sent, message=self._describe(exc))
-        except (httpx.TransportError, httpx.DecodingError) as exc:
-            return CreateResult(CreateOutcome.ambiguous, message=self._describe(exc))
-        code = resp.status_code
-        if code == 429:
-            return CreateResult(
-                CreateOutcome.rate_limited,
-                status=code,
-                retry_after=parse_retry_after(resp.headers.get("retry-after")),
-                message="rate limited",
-            )
-        if code in (401, 403):
-            return CreateResult(CreateOutcome.auth, status=code, message=self._msg(resp))
-        if code >= 500:
-            return CreateResult(CreateOutcome.ambiguous, status=code, message=self._msg(resp))
-        if 200 <= code < 300:
-            return CreateResult(CreateOutcome.created, status=code)
-        return CreateResult(CreateOutcome.rejected, status=code, message=self._msg(resp))
+        return await self._post_classified(path, {"message": text}, None)
 
     async def list_messages(self, session_id: str) -> list[dict[str, Any]]:
         """Every message of a session (user and Devin), oldest first."""
