@@ -32,6 +32,7 @@ class AttemptRecord:
     created_at: float | None
     superseded_at: float
     termination: str  # none (was not live), pending (to terminate first), done, kept
+    request: str  # the relaunch request that superseded it: its selectors, sorted
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> AttemptRecord:
@@ -59,7 +60,7 @@ class AttemptRecord:
         }
 
 
-def relaunch(ledger: Ledger, key: str, *, live: bool, keep: bool) -> int:
+def relaunch(ledger: Ledger, key: str, *, live: bool, keep: bool, request: str) -> int:
     """Record a relaunch of `key` in one durable transaction, before anything is sent: its
     current attempt n is kept whole in `attempts` (to terminate first when `live` and not
     `keep`), and the row becomes attempt n+1, planned and clean. Returns n+1."""
@@ -73,8 +74,8 @@ def relaunch(ledger: Ledger, key: str, *, live: bool, keep: bool) -> int:
         db.execute(
             "INSERT INTO attempts (key, attempt, session_id, url, fingerprint, status, "
             "status_detail, outcome, acus_consumed, pull_requests, structured_output, "
-            "created_at, superseded_at, termination) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "created_at, superseded_at, termination, request) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key,
                 n,
@@ -90,6 +91,7 @@ def relaunch(ledger: Ledger, key: str, *, live: bool, keep: bool) -> int:
                 row["created_at"],
                 now,
                 termination,
+                request,
             ),
         )
         db.execute(
@@ -108,7 +110,8 @@ def relaunch(ledger: Ledger, key: str, *, live: bool, keep: bool) -> int:
                 EventKind.relaunch.value,
                 row["session_id"],
                 row["fingerprint"],
-                f"relaunch: attempt {n} -> {n + 1}" + (f" (earlier: {termination})" if live else ""),
+                f"relaunch ({request}): attempt {n} -> {n + 1}"
+                + (f" (earlier: {termination})" if live else ""),
                 n + 1,
             ),
         )

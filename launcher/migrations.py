@@ -99,7 +99,8 @@ MIGRATIONS: list[str] = [
     INSERT OR IGNORE INTO meta VALUES ('lock_generation', '0');
     """,
     # v6: relaunch with lineage: each key's current launch attempt (the `fleet-attempt:` tag of
-    # attempts >= 2), and every earlier attempt kept whole (its session, outcome, PRs, output).
+    # attempts >= 2), and every earlier attempt kept whole (its session, outcome, PRs, output),
+    # with the relaunch request (its selectors) that superseded it.
     """
     ALTER TABLE sessions ADD COLUMN launch_attempt INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE events ADD COLUMN launch_attempt INTEGER;
@@ -118,6 +119,7 @@ MIGRATIONS: list[str] = [
         created_at REAL,
         superseded_at REAL NOT NULL,
         termination TEXT NOT NULL,
+        request TEXT NOT NULL,
         PRIMARY KEY (key, attempt)
     );
     """,

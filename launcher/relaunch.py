@@ -8,9 +8,11 @@ attempt n whole in the ledger's `attempts` table and turns K's row into attempt 
 From then on attempt n+1 is an ordinary planned launch of apply (intent before the create,
 lookup by its identity tag and attempt tag after an ambiguous outcome or a crash, adoption by
 the start-of-apply reconcile). A selector is evaluated against each key's *latest* attempt:
-a key whose latest attempt was itself created by a relaunch and is not final yet (or not
-created yet) is "already relaunched", reported and left alone, so re-running the same command
-line creates nothing more.
+a key whose latest attempt was itself created by a relaunch that is not final yet (or not
+created yet), or by a relaunch with the same selectors (the request, recorded with it), is
+"already relaunched": reported and left alone. So re-running the same command line creates
+nothing more, whenever it runs; relaunching attempt n+1 again takes a different request (for
+example its key, or its key glob).
 
 The earlier attempt is terminated first when it is live (the termination is recorded as
 pending in the same write, and done before any attempt n+1 is created, also by a re-run after
@@ -59,6 +61,7 @@ class Pick:
 class Selection:
     """What `--relaunch` selected, and what it left alone and why."""
 
+    request: str = ""  # the selectors, sorted: what makes a re-run of the same command a no-op
     picks: list[Pick] = field(default_factory=list)
     already: dict[str, int] = field(default_factory=dict)  # key -> its relaunch attempt in progress
     not_launched: list[str] = field(default_factory=list)  # plain apply launches these
@@ -80,7 +83,7 @@ class Selection:
         if self.already:
             lines.append(
                 f"  already relaunched, not again: {len(self.already)} key(s) whose latest "
-                "attempt is still in progress: " + _few(self.already)
+                "attempt this same request created, or is still in progress: " + _few(self.already)
             )
         if self.not_launched:
             lines.append(
@@ -103,29 +106,29 @@ def select_relaunch(
     views = {v.key: v for v in view.sessions if v.in_plan}
     planned = plan.by_key()
     history = {(a.key, a.attempt): a for a in attempt_history(ledger)}
-    # A relaunch in progress is matched by the selector its earlier attempt matched (so a
-    # re-run, also after a crash, reports it as already relaunched rather than failing).
+    request = " ".join(sorted(set(selectors)))
+    # Already relaunched: the key's latest attempt was created by a relaunch that is not final
+    # yet, or by this same request (the same selectors). It is matched by the selector its
+    # earlier attempt matched, so a re-run (also after a crash) reports it, and creates nothing.
     progress = {
-        k: history.get((k, r.launch_attempt - 1))
+        k: a
         for k, r in records.items()
-        if k in planned and _in_progress(r, views.get(k))
+        if k in planned
+        and (a := history.get((k, r.launch_attempt - 1))) is not None
+        and (_in_progress(r, views.get(k)) or a.request == request)
     }
     matched: dict[str, bool] = {}  # key -> selected by key (a glob), else by outcome
     for sel in selectors:
         if sel in OUTCOME_SELECTORS:
             keys = [k for k, v in views.items() if v.outcome == OUTCOME_SELECTORS[sel]]
-            keys += [k for k, a in progress.items() if a is not None and a.outcome == sel]
+            keys += [k for k, a in progress.items() if a.outcome == sel]
         elif sel == CHANGED:
             keys = [
                 k
                 for k, r in records.items()
                 if k in planned and r.state.launched and r.fingerprint != planned[k].fingerprint
             ]
-            keys += [
-                k
-                for k, a in progress.items()
-                if a is not None and a.fingerprint != planned[k].fingerprint
-            ]
+            keys += [k for k, a in progress.items() if a.fingerprint != planned[k].fingerprint]
         else:
             keys = [k for k in planned if fnmatch.fnmatchcase(k, sel)]
             if not keys:
@@ -142,14 +145,14 @@ def select_relaunch(
             )
         for k in keys:
             matched[k] = matched.get(k, False) or sel not in OUTCOME_SELECTORS
-    out = Selection()
+    out = Selection(request)
     for key in planned:
         if key not in matched:
             continue
         r, v = records.get(key), views.get(key)
         if r is None or v is None:
             out.not_launched.append(key)
-        elif _in_progress(r, v):
+        elif key in progress or _in_progress(r, v):
             out.already[key] = r.launch_attempt
         elif not r.state.launched:
             out.not_launched.append(key)
@@ -180,7 +183,7 @@ def _in_progress(r: Any, v: Any) -> bool:
 def record(ledger: Ledger, selection: Selection, *, keep: bool) -> None:
     """The durable relaunch requests, one transaction per key, before anything is sent."""
     for p in selection.picks:
-        relaunch(ledger, p.key, live=p.live, keep=keep)
+        relaunch(ledger, p.key, live=p.live, keep=keep, request=selection.request)
 
 
 async def terminate_previous(client: DevinClient, ledger: Ledger) -> int:

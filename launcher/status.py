@@ -423,13 +423,14 @@ async def refresh(
     }
     found: dict[str, Session] = {}
     untracked: list[str] = []
+    earlier = {a.session_id for a in attempt_history(ledger)}  # superseded by a relaunch
     listed = [x for v in rec.by_key.values() for x in v]
     listed += [x for v in rec.other_attempts.values() for x in v] + rec.strays
     for session in listed:
         sid = session_path_id(session.session_id)
         if sid in wanted:
             found[sid] = session
-        else:
+        elif session.session_id not in earlier:
             untracked.append(session.session_id)
     gone: list[str] = []
     failures: dict[str, APIError] = {}
