@@ -298,3 +298,50 @@ def test_sigkill_mid_relaunch_then_rerun_still_makes_exactly_one_new_attempt_per
     assert {k: (r.launch_attempt, r.session_id) for k, r in records.items()} == {
         k: (2, v[1]["session_id"]) for k, v in sessions.items()
     }
+
+
+def test_ambiguous_creates_of_a_relaunch_are_adopted_as_that_attempt_not_resent(
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path, env: Callable[..., Any]
+) -> None:
+    """Half the creates answer 500 after creating, and the listing lags: each relaunched key
+    still gets exactly one attempt-2 session, found by its identity and attempt tags."""
+    faulty = profile("faulty", {"finished": 1}, 1e7, error_after_create=0.5, list_lag_seconds=0.3)
+    sim = make_sim(faulty, time_scale=100, seed=7)
+    env(sim)
+    path, ledger = manifest(write, 12), tmp_path / "l.db"
+    plan = build_plan(load_manifest(path))
+    args = ("--yes", "--ledger", ledger, "--lookup-grace", "0.5", "--rate", "50")
+    assert run("apply", path, *args).exit_code == 0
+    res = run("apply", path, *args, "--relaunch", "repo-00*")
+    assert res.exit_code == 0, res.output
+    assert sim.stats()["faults"], sim.stats()  # the fault did fire
+    for key, sessions in by_key(plan, sim).items():
+        want = [1, 2] if key.startswith("repo-00") else [1]
+        assert [attempt_of(x["tags"]) for x in sessions] == want, key
+    with open_ledger(path, plan.campaign, ledger) as led:
+        events = led.events()
+    assert any(e["kind"] == "adopted" and e["launch_attempt"] == 2 for e in events)
+
+
+def test_a_crash_right_after_the_relaunch_was_recorded_is_finished_by_a_plain_apply(
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path, env: Callable[..., Any]
+) -> None:
+    from launcher.attempts import relaunch
+
+    sim = make_sim(FOREVER, time_scale=100)
+    env(sim)
+    path, ledger = manifest(write, 2), tmp_path / "l.db"
+    plan = build_plan(load_manifest(path))
+    assert run("apply", path, "--yes", "--ledger", ledger).exit_code == 0
+    with open_ledger(path, plan.campaign, ledger) as led:  # what a killed run left behind
+        assert relaunch(led, "repo-000", live=True, keep=False, request="repo-000") == 2
+    shown = run("plan", path, "--ledger", ledger)
+    assert "+ create: 1, = same: 1" in shown.output, shown.output  # attempt 2: to create
+    res = run("apply", path, "--yes", "--ledger", ledger)
+    assert res.exit_code == 0, res.output
+    assert "relaunch: terminated 1 earlier attempt(s)" in res.output
+    s = by_key(plan, sim)
+    assert [(attempt_of(x["tags"]), x["terminated"]) for x in s["repo-000"]] == [(1, True), (2, False)]
+    assert len(s["repo-001"]) == 1
+    assert run("apply", path, "--yes", "--ledger", ledger).exit_code == 0
+    assert len(sim.sessions()) == 3
