@@ -12,6 +12,10 @@ from typing import Any
 
 from launcher.errors import LedgerError
 from launcher.ledger import TRANSITIONS, EventKind, LaunchState, Ledger
+from launcher.models import Session
+from launcher.plan import attempt_of
+
+ENDED = ("exit", "error")  # a session in these states is not live
 
 
 @dataclass(frozen=True)
@@ -138,3 +142,32 @@ def set_termination(ledger: Ledger, key: str, attempt: int, termination: str) ->
                 "INSERT INTO events (key, at, kind, detail, launch_attempt) VALUES (?, ?, ?, ?, ?)",
                 (key, time.time(), EventKind.cancelled.value, "earlier attempt ended", attempt),
             )
+
+
+def remember_earlier(ledger: Ledger, earlier: Mapping[str, list[Session]]) -> int:
+    """Keep the earlier attempts the API lists and the ledger never saw (a lost ledger rebuilt
+    from the API): `results --history` lists them and their pull requests. Returns how many."""
+    known = ledger.session_ids_by_key()
+    have = {(a.key, a.attempt) for a in attempt_history(ledger)}
+    now = time.time()
+    rows = []
+    for key, sessions in earlier.items():
+        for x in sessions:  # earliest first: one per (key, attempt), the earliest
+            n = attempt_of(x.tags)
+            if x.session_id in known.get(key, ()) or (key, n) in have:
+                continue
+            have.add((key, n))
+            prs = json.dumps([p.model_dump() for p in x.pull_requests])
+            output = None if x.structured_output is None else json.dumps(x.structured_output)
+            live = "none" if x.status in ENDED else "kept"
+            rows.append(
+                (key, n, x.session_id, x.url, None, x.status, x.status_detail, None)
+                + (x.acus_consumed, prs, output, float(x.created_at), now, live, "rebuilt")
+            )
+    if rows:
+        with ledger.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+    return len(rows)

@@ -35,7 +35,7 @@ from typing import Any
 
 import anyio
 
-from launcher.attempts import attempt_history
+from launcher.attempts import attempt_history, remember_earlier
 from launcher.client import DevinClient
 from launcher.errors import APIError, AuthError, ExitCode
 from launcher.ledger import LaunchState, Ledger, Record
@@ -416,6 +416,7 @@ async def refresh(
     if healing:
         ledger.sync_plan(plan)  # rows for the adopted keys (a fresh ledger has none yet)
         ledger.write_events(healing)
+    remember_earlier(ledger, rec.other_attempts)  # a rebuilt ledger keeps earlier attempts too
     records = ledger.records()
     # Match on the path form of ids: some bodies carry bare hex ids (devin-api.md section 1).
     wanted = {

@@ -64,7 +64,7 @@ ALLOWED: dict[str, set[str]] = {
     "messages": {"errors", "plan", "client", "ledger", "pacing", "status", "templating"},
     "rollout": {"errors", "plan", "client", "pacing", "ledger", "apply", "status", "manifest"},
     "progress": {"apply"},
-    "attempts": {"errors", "ledger"},
+    "attempts": {"errors", "ledger", "models", "plan"},
     "relaunch": {"errors", "plan", "client", "ledger", "status", "reconcile", "attempts"},
     "sim": {"errors", "models", "source", "sim"},
 }

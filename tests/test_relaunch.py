@@ -192,6 +192,10 @@ def test_the_earlier_live_attempt_is_terminated_first_unless_kept(
     assert latest["repo-000"] == (2, s["repo-000"][1]["session_id"])
     assert latest["repo-001"] == (2, s["repo-001"][1]["session_id"])
     assert latest["repo-002"] == (1, s["repo-002"][0]["session_id"])
+    hist = json.loads(run("results", path, "--ledger", ledger, "--history", "-o", "json").stdout)
+    rows = [(r["key"], r["attempt"], r["session_id"]) for r in hist["sessions"]]
+    assert ("repo-000", 1, s["repo-000"][0]["session_id"]) in rows  # attempt 1 is not lost
+    assert len(rows) == 5
     # ... and re-running the relaunch with the rebuilt ledger creates nothing more
     again = run("apply", path, "--yes", "--ledger", ledger, "--relaunch", "repo-000")
     assert again.exit_code == 0, again.output
