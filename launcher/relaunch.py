@@ -66,6 +66,34 @@ class Selection:
     already: dict[str, int] = field(default_factory=dict)  # key -> its relaunch attempt in progress
     not_launched: list[str] = field(default_factory=list)  # plain apply launches these
 
+    def to_json(self, keep: bool) -> dict[str, Any]:
+        live = [p.key for p in self.picks if p.live]
+        return {
+            "request": self.request,
+            "new_attempts": {p.key: p.attempt + 1 for p in self.picks},
+            "terminated_first": [] if keep else live,
+            "kept_running": live if keep else [],
+            "succeeded_relaunched": {
+                p.key: list(p.pr_urls) for p in self.picks if p.outcome == Outcome.succeeded
+            },
+            "already_relaunched": self.already,
+            "not_launched": self.not_launched,
+        }
+
+    def question(self, todo: int, keep: bool) -> str:
+        """The confirmation's first words ("" when there is nothing to do, so nothing to ask)."""
+        parts = []
+        if self.picks:
+            text = f"Relaunch {len(self.picks)} key(s) as new attempts"
+            live = sum(1 for p in self.picks if p.live)
+            if live:
+                text += f" ({'keeping' if keep else 'terminating'} {live} earlier live session(s)"
+                text += " running)" if keep else " first)"
+            parts.append(text)
+        if todo:
+            parts.append(f"{'launch' if parts else 'Launch'} up to {todo} session(s) not launched yet")
+        return ", and ".join(parts)
+
     def describe(self, keep: bool) -> list[str]:
         """The confirmation: exactly what will happen."""
         lines = [f"relaunch: {len(self.picks)} new attempt(s)"]

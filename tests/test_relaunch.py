@@ -116,9 +116,10 @@ def test_relaunch_failed_makes_one_attempt_per_failed_key_with_lineage_and_a_rer
     assert 0 < len(failed) < len(plan)
     old = {k: v[0]["session_id"] for k, v in by_key(plan, sim).items()}
 
-    res = run("apply", path, "--yes", "--ledger", ledger, "--relaunch", "failed")
+    res = run("apply", path, "--yes", "--ledger", ledger, "--relaunch", "failed", "-o", "json")
     assert res.exit_code == 0, res.output
-    assert f"relaunch: {len(failed)} new attempt(s)" in res.output
+    assert f"relaunch: {len(failed)} new attempt(s)" in res.stderr
+    assert json.loads(res.stdout)["relaunch"]["new_attempts"] == {k: 2 for k in sorted(failed)}
     sessions = by_key(plan, sim)
     assert {k: len(v) for k, v in sessions.items()} == {
         s.key: 2 if s.key in failed else 1 for s in plan.sessions
@@ -349,3 +350,33 @@ def test_a_crash_right_after_the_relaunch_was_recorded_is_finished_by_a_plain_ap
     assert len(s["repo-001"]) == 1
     assert run("apply", path, "--yes", "--ledger", ledger).exit_code == 0
     assert len(sim.sessions()) == 3
+
+
+def test_the_confirmation_says_exactly_what_will_happen() -> None:
+    from launcher.relaunch import Pick, Selection
+    from launcher.status import Outcome
+
+    def pick(key: str, outcome: Outcome, live: bool, prs: tuple[str, ...] = ()) -> Pick:
+        return Pick(key, 1, outcome, f"devin-{key}", live, prs)
+
+    sel = Selection(
+        "failed r-2",
+        [
+            pick("r-1", Outcome.failed, False),
+            pick("r-2", Outcome.succeeded, True, ("https://github.com/acme/r-2/pull/7",)),
+        ],
+        already={"r-3": 2},
+    )
+    assert sel.question(0, keep=False) == (
+        "Relaunch 2 key(s) as new attempts (terminating 1 earlier live session(s) first)"
+    )
+    assert sel.question(3, keep=True) == (
+        "Relaunch 2 key(s) as new attempts (keeping 1 earlier live session(s) running), and "
+        "launch up to 3 session(s) not launched yet"
+    )
+    text = "\n".join(sel.describe(keep=False))
+    assert "relaunch: 2 new attempt(s)" in text
+    assert "1 earlier live session(s) terminated first: r-2" in text
+    assert "r-2: attempt 1 SUCCEEDED (https://github.com/acme/r-2/pull/7)" in text
+    assert "already relaunched, not again: 1 key(s)" in text and "r-3" in text
+    assert Selection("failed", [], already={"r-3": 2}).question(0, keep=False) == ""

@@ -194,17 +194,11 @@ def apply(
                 markup=False,
             )
         ceiling = max_running or p.manifest.manifest.budget.max_running
-        new = len(selection.picks) if selection is not None else 0
-        if todo or not new:
-            what = f"Launch up to {min(todo, limit if limit is not None else todo)} session(s)"
-            if new:
-                what = f"Relaunch {new} key(s) as new attempts, and l" + what[1:]
-        else:
-            what = f"Relaunch {new} key(s) as new attempts"
-        if new and selection is not None and not keep_previous:
-            live = sum(1 for x in selection.picks if x.live)
-            what += f" (terminating {live} earlier live session(s) first)" if live else ""
-        if todo or new:
+        todo = min(todo, limit if limit is not None else todo)
+        what = f"Launch up to {todo} session(s)"
+        if selection is not None:
+            what = selection.question(todo, keep_previous)
+        if what:
             confirm(
                 f"{what} of campaign {p.campaign} at {cfg.base_url}"
                 + (f", in {len(waves)} waves with a gate between them" if len(waves) > 1 else "")
@@ -218,7 +212,10 @@ def apply(
             record(led, selection, keep=keep_previous)
         summary = anyio.run(_apply_async, p, cfg, led, options, rollout)
     if output == "json":
-        emit_json(summary.to_json())
+        data = summary.to_json()
+        if selection is not None:
+            data["relaunch"] = selection.to_json(keep_previous)
+        emit_json(data)
     else:
         _apply_summary(summary.apply)
         _rollout_summary(summary, p)
