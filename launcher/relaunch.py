@@ -214,13 +214,27 @@ def record(ledger: Ledger, selection: Selection, *, keep: bool) -> None:
         relaunch(ledger, p.key, live=p.live, keep=keep, request=selection.request)
 
 
-async def terminate_previous(client: DevinClient, ledger: Ledger) -> int:
+def kept(ledger: Ledger, only: Iterable[str] = ()) -> list[AttemptRecord]:
+    """Earlier attempts left running by `--keep-previous` (matching the `only` globs)."""
+    globs = list(only)
+    return [
+        a
+        for a in attempt_history(ledger)
+        if a.termination == "kept" and (not globs or any(fnmatch.fnmatchcase(a.key, g) for g in globs))
+    ]
+
+
+async def terminate_previous(
+    client: DevinClient, ledger: Ledger, which: Iterable[AttemptRecord] | None = None
+) -> int:
     """End every earlier attempt whose termination is pending (a re-run after a crash finishes
-    what the crashed run recorded). Raises when one could not be ended: nothing new may start
-    while its predecessor runs unrecorded. Returns how many were ended."""
+    what the crashed run recorded), or those in `which` (`cancel --earlier`). Raises when one
+    could not be ended: nothing new may start while its predecessor runs unrecorded. Returns
+    how many were ended."""
     done = 0
-    for a in attempt_history(ledger):
-        if a.termination != "pending":
+    chosen = which if which is not None else attempt_history(ledger)
+    for a in chosen:
+        if which is None and a.termination != "pending":
             continue
         if a.session_id:
             try:
@@ -229,9 +243,8 @@ async def terminate_previous(client: DevinClient, ledger: Ledger) -> int:
                 raise
             except APIError as exc:
                 raise FleetError(
-                    f"could not terminate {a.key}'s attempt {a.attempt} ({a.session_id}) before "
-                    f"relaunching it: {exc.message}",
-                    hint="nothing new was created for it; re-run apply to try again",
+                    f"could not terminate {a.key}'s attempt {a.attempt} ({a.session_id}): {exc.message}",
+                    hint="nothing new was created for it; re-run to try again",
                 ) from None
         set_termination(ledger, a.key, a.attempt, "done")
         done += 1

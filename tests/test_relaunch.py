@@ -185,6 +185,16 @@ def test_the_earlier_live_attempt_is_terminated_first_unless_kept(
     # The earlier attempts are known: no warning about sessions "not in this ledger".
     status = run("status", path, "--ledger", ledger)
     assert "not this ledger's" not in status.output, status.output
+    assert "attempt" in status.output  # the table shows each key's attempt once there are 2
+
+    # The kept one is still tracked: `cancel --earlier` ends it (and only it).
+    ended = run("cancel", path, "--ledger", ledger, "--earlier", "--yes")
+    assert ended.exit_code == 0, ended.output
+    assert "terminated 1 earlier attempt(s)" in ended.output
+    s = by_key(plan, sim)
+    assert [x["terminated"] for x in s["repo-001"]] == [True, False]
+    nothing = run("cancel", path, "--ledger", ledger, "--earlier", "--yes")
+    assert "nothing to cancel (no earlier attempt was kept running)" in nothing.output
 
     # A lost ledger: status rebuilds it from the API, attempt 2 as the latest.
     ledger.unlink()
