@@ -32,10 +32,10 @@ from typing import Any
 from launcher.attempts import AttemptRecord, attempt_history, relaunch, set_termination
 from launcher.client import DevinClient
 from launcher.errors import APIError, AuthError, FleetError, SelectorError
-from launcher.ledger import Ledger
+from launcher.ledger import Ledger, Record
 from launcher.plan import ATTEMPT_TAG_PREFIX, FP_TAG_PREFIX, Plan, build_plan, fingerprint_tag
 from launcher.reconcile import ENDED
-from launcher.status import CampaignView, Outcome
+from launcher.status import CampaignView, Outcome, SessionView
 
 OUTCOME_SELECTORS = {
     "failed": Outcome.failed,
@@ -198,7 +198,7 @@ def select_relaunch(
     return out
 
 
-def _in_progress(r: Any, v: Any) -> bool:
+def _in_progress(r: Record, v: SessionView | None) -> bool:
     """A relaunch already asked for: the key's latest attempt (>= 2) is not created yet, or
     is not final."""
     if r.launch_attempt < 2:

@@ -390,3 +390,30 @@ def test_the_confirmation_says_exactly_what_will_happen() -> None:
     assert "r-2: attempt 1 SUCCEEDED (https://github.com/acme/r-2/pull/7)" in text
     assert "already relaunched, not again: 1 key(s)" in text and "r-3" in text
     assert Selection("failed", [], already={"r-3": 2}).question(0, keep=False) == ""
+
+
+def test_relaunch_changed_then_plan_shows_them_unchanged_and_a_rerun_makes_none(
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path, env: Callable[..., Any]
+) -> None:
+    sim = make_sim(FOREVER, time_scale=100)
+    env(sim)
+    path, ledger = manifest(write, 3), tmp_path / "l.db"
+    assert run("apply", path, "--yes", "--ledger", ledger).exit_code == 0
+    path.write_text(path.read_text().replace("Fix {{ item }}", "Fix {{ item }} carefully"))
+    plan = build_plan(load_manifest(path))
+    assert "~ changed: 3" in run("plan", path, "--ledger", ledger).output
+    res = run("apply", path, "--yes", "--ledger", ledger, "--relaunch", "changed")
+    assert res.exit_code == 0, res.output
+    assert "3 earlier live session(s) terminated first" in res.output
+    for key, sessions in by_key(plan, sim).items():
+        assert [(attempt_of(x["tags"]), x["terminated"]) for x in sessions] == [
+            (1, True),
+            (2, False),
+        ], key
+        assert sessions[1]["prompt"].startswith(f"Fix {key} carefully (attempt 2:")
+    shown = run("plan", path, "--ledger", ledger)
+    assert "= same: 3" in shown.output and "~" not in shown.output, shown.output
+    again = run("apply", path, "--yes", "--ledger", ledger, "--relaunch", "changed")
+    assert again.exit_code == 0, again.output
+    assert "already relaunched, not again: 3 key(s)" in again.output
+    assert len(sim.sessions()) == 6
