@@ -453,9 +453,12 @@ class Ledger:
 
     @_reads
     def known_session_ids(self, key: str) -> set[str]:
-        """Every session id ever recorded for `key` (earlier attempts, replaced sessions)."""
+        """Every session id ever recorded for `key` (earlier attempts, also those a rebuilt
+        ledger learnt from the API, and replaced sessions)."""
         rows = self.db.execute(
-            "SELECT session_id FROM events WHERE key=? AND session_id IS NOT NULL", (key,)
+            "SELECT session_id FROM events WHERE key=? AND session_id IS NOT NULL UNION "
+            "SELECT session_id FROM attempts WHERE key=? AND session_id IS NOT NULL",
+            (key, key),
         ).fetchall()
         return {r[0] for r in rows}
 
@@ -464,7 +467,8 @@ class Ledger:
         """`known_session_ids` for every key, in one query (apply reads it once at start)."""
         out: dict[str, set[str]] = {}
         for key, sid in self.db.execute(
-            "SELECT key, session_id FROM events WHERE session_id IS NOT NULL"
+            "SELECT key, session_id FROM events WHERE session_id IS NOT NULL UNION "
+            "SELECT key, session_id FROM attempts WHERE session_id IS NOT NULL"
         ):
             out.setdefault(key, set()).add(sid)
         return out

@@ -207,6 +207,8 @@ def test_the_earlier_live_attempt_is_terminated_first_unless_kept(
     rows = [(r["key"], r["attempt"], r["session_id"]) for r in hist["sessions"]]
     assert ("repo-000", 1, s["repo-000"][0]["session_id"]) in rows  # attempt 1 is not lost
     assert len(rows) == 5
+    with open_ledger(path, plan.campaign, ledger) as led:  # never adopted as a later attempt
+        assert s["repo-000"][0]["session_id"] in led.known_session_ids("repo-000")
     # ... and re-running the relaunch with the rebuilt ledger creates nothing more
     again = run("apply", path, "--yes", "--ledger", ledger, "--relaunch", "repo-000")
     assert again.exit_code == 0, again.output
