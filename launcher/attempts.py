@@ -64,13 +64,18 @@ class AttemptRecord:
         }
 
 
-def relaunch(ledger: Ledger, key: str, *, live: bool, keep: bool, request: str) -> int:
+def relaunch(
+    ledger: Ledger, key: str, *, live: bool, keep: bool, request: str, expected: int | None = None
+) -> int | None:
     """Record a relaunch of `key` in one durable transaction, before anything is sent: its
     current attempt n is kept whole in `attempts` (to terminate first when `live` and not
-    `keep`), and the row becomes attempt n+1, planned and clean. Returns n+1."""
+    `keep`), and the row becomes attempt n+1, planned and clean. Returns n+1; None when the
+    key is no longer at attempt `expected` (another run relaunched it meanwhile)."""
     now = time.time()
     with ledger.transaction() as db:
         row = db.execute("SELECT * FROM sessions WHERE key=?", (key,)).fetchone()
+        if row is not None and expected is not None and row["launch_attempt"] != expected:
+            return None
         if row is None or not LaunchState(row["state"]).launched:
             raise LedgerError(f"cannot relaunch {key!r}: it is not launched", path=str(ledger.path))
         n = int(row["launch_attempt"])

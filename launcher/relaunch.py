@@ -209,9 +209,15 @@ def _in_progress(r: Record, v: SessionView | None) -> bool:
 
 
 def record(ledger: Ledger, selection: Selection, *, keep: bool) -> None:
-    """The durable relaunch requests, one transaction per key, before anything is sent."""
-    for p in selection.picks:
-        relaunch(ledger, p.key, live=p.live, keep=keep, request=selection.request)
+    """The durable relaunch requests, one transaction per key, before anything is sent. A key
+    another run relaunched since it was selected is moved to `already`, not relaunched again."""
+    for p in list(selection.picks):
+        n = relaunch(
+            ledger, p.key, live=p.live, keep=keep, request=selection.request, expected=p.attempt
+        )
+        if n is None:
+            selection.picks.remove(p)
+            selection.already[p.key] = p.attempt + 1
 
 
 def kept(ledger: Ledger, only: Iterable[str] = ()) -> list[AttemptRecord]:

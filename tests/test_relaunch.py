@@ -352,6 +352,8 @@ def test_a_crash_right_after_the_relaunch_was_recorded_is_finished_by_a_plain_ap
     assert run("apply", path, "--yes", "--ledger", ledger).exit_code == 0
     with open_ledger(path, plan.campaign, ledger) as led:  # what a killed run left behind
         assert relaunch(led, "repo-000", live=True, keep=False, request="repo-000") == 2
+        # a second run that selected attempt 1 before this one recorded: nothing more
+        assert relaunch(led, "repo-000", live=True, keep=False, request="x", expected=1) is None
     shown = run("plan", path, "--ledger", ledger)
     assert "+ create: 1, = same: 1" in shown.output, shown.output  # attempt 2: to create
     res = run("apply", path, "--yes", "--ledger", ledger)
