@@ -415,7 +415,13 @@ class _ApplyRun:
             attempt = self.attempts.get(key, 0) + 1
             body = s.body(self.environ)
             await self.writer.submit(
-                LedgerEvent(key, EventKind.intent, attempt, fingerprint=s.fingerprint)
+                LedgerEvent(
+                    key,
+                    EventKind.intent,
+                    attempt,
+                    fingerprint=s.fingerprint,
+                    launch_attempt=s.attempt,
+                )
             )
             self.intents[key] = s.fingerprint
             if not self.lease_held():  # fencing: right before the request leaves
@@ -533,7 +539,7 @@ class _ApplyRun:
                     self._done(s.key, Result.unknown, f"{why}; not looked up: stopped")
                     return Result.unknown
         fresh = sorted(
-            (x for x in sessions if x.session_id not in known and attempt_of(x.tags) == 1),
+            (x for x in sessions if x.session_id not in known and attempt_of(x.tags) == s.attempt),
             key=lambda x: (x.created_at, x.session_id),
         )
         if fresh:
@@ -565,6 +571,7 @@ class _ApplyRun:
                 session_id=session.session_id,
                 fingerprint=fp,
                 url=session.url,
+                launch_attempt=s.attempt,
             )
         )
         self.summary.errors.pop(s.key, None)

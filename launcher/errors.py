@@ -213,6 +213,12 @@ class RemoteCheckError(FleetError):
         return "\n".join([p.render() for p in self.problems] + [f"error: {self.message}"])
 
 
+class SelectorError(FleetError):
+    """A `--relaunch` selector matches nothing (a usage error: nothing was sent)."""
+
+    exit_code = ExitCode.usage
+
+
 class ConfirmationError(FleetError):
     """A destructive or spending command needs confirmation and there is no terminal."""
 

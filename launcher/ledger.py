@@ -129,6 +129,7 @@ class Record:
     structured_output: dict[str, Any] | None = None
     refreshed_at: float | None = None
     cancelled_at: float | None = None
+    launch_attempt: int = 1  # the current attempt (`fleet-attempt:<n>` for n >= 2)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Record:
@@ -153,6 +154,7 @@ class LedgerEvent:
     detail: str | None = None
     state: LaunchState | None = None  # derived from TRANSITIONS (a given one must agree)
     url: str | None = None
+    launch_attempt: int | None = None  # which launch attempt of the key it is about
 
     def __post_init__(self) -> None:
         kind = EventKind(self.kind)
@@ -431,6 +433,12 @@ class Ledger:
             db.execute("DELETE FROM lock WHERE campaign=?", (self.campaign,))
         return dict(row) if row else None
 
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Reads from modules beside the ledger translate sqlite3 errors like its own."""
+        with sqlite_errors(self.path, "read"):
+            yield
+
     # ------------------------------------------------------------------ records
 
     @_reads
@@ -445,9 +453,12 @@ class Ledger:
 
     @_reads
     def known_session_ids(self, key: str) -> set[str]:
-        """Every session id ever recorded for `key` (earlier attempts, replaced sessions)."""
+        """Every session id ever recorded for `key` (earlier attempts, also those a rebuilt
+        ledger learnt from the API, and replaced sessions)."""
         rows = self.db.execute(
-            "SELECT session_id FROM events WHERE key=? AND session_id IS NOT NULL", (key,)
+            "SELECT session_id FROM events WHERE key=? AND session_id IS NOT NULL UNION "
+            "SELECT session_id FROM attempts WHERE key=? AND session_id IS NOT NULL",
+            (key, key),
         ).fetchall()
         return {r[0] for r in rows}
 
@@ -456,7 +467,8 @@ class Ledger:
         """`known_session_ids` for every key, in one query (apply reads it once at start)."""
         out: dict[str, set[str]] = {}
         for key, sid in self.db.execute(
-            "SELECT key, session_id FROM events WHERE session_id IS NOT NULL"
+            "SELECT key, session_id FROM events WHERE session_id IS NOT NULL UNION "
+            "SELECT key, session_id FROM attempts WHERE session_id IS NOT NULL"
         ):
             out.setdefault(key, set()).add(sid)
         return out
@@ -593,7 +605,7 @@ class Ledger:
             for e in events:
                 db.execute(
                     "INSERT INTO events (key, at, kind, attempt, http_status, session_id, "
-                    "fingerprint, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "fingerprint, detail, launch_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         e.key,
                         now,
@@ -603,6 +615,7 @@ class Ledger:
                         e.session_id,
                         e.fingerprint,
                         e.detail,
+                        e.launch_attempt,
                     ),
                 )
                 new = TRANSITIONS[e.kind]
@@ -622,8 +635,18 @@ class Ledger:
                     db.execute(
                         "UPDATE sessions SET state=?, session_id=?, url=?, "
                         "last_error=NULL, created_at=?, fingerprint=COALESCE(?, "
-                        "fingerprint), updated_at=? WHERE key=?",
-                        (new.value, e.session_id, e.url, now, e.fingerprint, now, e.key),
+                        "fingerprint), launch_attempt=COALESCE(?, launch_attempt), "
+                        "updated_at=? WHERE key=?",
+                        (
+                            new.value,
+                            e.session_id,
+                            e.url,
+                            now,
+                            e.fingerprint,
+                            e.launch_attempt,
+                            now,
+                            e.key,
+                        ),
                     )
                 else:
                     db.execute(
@@ -698,7 +721,7 @@ class Ledger:
             elif r.state.uncertain:
                 out.append((Change.reconcile, s.key, "outcome unknown: apply looks it up first"))
             elif r.fingerprint != s.fingerprint:
-                out.append((Change.changed, s.key, f"{r.session_id} (relaunch with --replace)"))
+                out.append((Change.changed, s.key, f"{r.session_id} (relaunch with --relaunch changed)"))
             else:
                 out.append((Change.same, s.key, r.session_id or ""))
         keys = {s.key for s in plan.sessions}

@@ -98,5 +98,30 @@ MIGRATIONS: list[str] = [
     ALTER TABLE lock ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
     INSERT OR IGNORE INTO meta VALUES ('lock_generation', '0');
     """,
+    # v6: relaunch with lineage: each key's current launch attempt (the `fleet-attempt:` tag of
+    # attempts >= 2), and every earlier attempt kept whole (its session, outcome, PRs, output),
+    # with the relaunch request (its selectors) that superseded it.
+    """
+    ALTER TABLE sessions ADD COLUMN launch_attempt INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE events ADD COLUMN launch_attempt INTEGER;
+    CREATE TABLE attempts (
+        key TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        session_id TEXT,
+        url TEXT,
+        fingerprint TEXT,
+        status TEXT,
+        status_detail TEXT,
+        outcome TEXT,
+        acus_consumed REAL,
+        pull_requests TEXT,
+        structured_output TEXT,
+        created_at REAL,
+        superseded_at REAL NOT NULL,
+        termination TEXT NOT NULL,
+        request TEXT NOT NULL,
+        PRIMARY KEY (key, attempt)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -98,6 +98,7 @@ class PlannedSession:
     fingerprint: str
     request: dict[str, Any]  # the body, secret values replaced by "***"
     secret_env: tuple[tuple[int, str], ...] = ()  # (session_secrets index, env var name)
+    attempt: int = 1  # the launch attempt (a relaunch's request carries `fleet-attempt:<n>`)
 
     @property
     def identity_tag(self) -> str:
@@ -498,8 +499,14 @@ def secrets_warning(missing: list[str]) -> str:
     )
 
 
-def build_plan(loaded: LoadedManifest, *, environ: Mapping[str, str] | None = None) -> Plan:
+def build_plan(
+    loaded: LoadedManifest,
+    *,
+    environ: Mapping[str, str] | None = None,
+    previous: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Plan:
     """Expand and validate every session of a manifest; raise ManifestError with all problems.
+    Templates see `previous` (the key's earlier attempt, for a relaunch) or None.
 
     Deterministic: the same manifest and files give the same plan, byte for byte, in JSON.
     """
@@ -536,7 +543,7 @@ def build_plan(loaded: LoadedManifest, *, environ: Mapping[str, str] | None = No
             continue
         schemas[fleet.name] = spec.schema
         for idx, item in enumerate(items):
-            planned = _plan_one(loaded, spec, templates, idx, item, problems)
+            planned = _plan_one(loaded, spec, templates, idx, item, problems, previous or {})
             if planned is None:
                 continue
             if planned.key in keys:
@@ -607,12 +614,12 @@ def _plan_one(
     idx: int,
     item: Item,
     problems: _Problems,
+    previous: Mapping[str, Mapping[str, Any]],
 ) -> PlannedSession | None:
     m = loaded.manifest
     fields, locs = spec.fields, spec.locs
-    bound = templates.bind(
-        {"item": item.value, "vars": m.vars, "campaign": m.campaign, "fleet": spec.name, "index": idx}
-    )
+    values = {"item": item.value, "vars": m.vars, "campaign": m.campaign, "fleet": spec.name}
+    bound = templates.bind({**values, "index": idx, "previous": None})
     failed: set[str] = set()  # fields whose templates failed (already reported)
 
     def render(text: str, loc: Loc, name: str, file: str | None = None) -> str:
@@ -629,6 +636,8 @@ def _plan_one(
             return None
     else:
         key = _default_key(item.value)
+    if key in previous:  # a relaunch: the prompt may say what the last attempt did
+        bound = templates.bind({**values, "index": idx, "previous": dict(previous[key])})
     if not key:
         where = "key" if spec.key_source else "for_each"
         problems.add(

@@ -35,7 +35,8 @@ def _order(s: Session) -> tuple[float, str]:
 class Reconciliation:
     """What the API holds under a campaign's tag, matched to the plan."""
 
-    by_key: dict[str, list[Session]] = field(default_factory=dict)  # current attempt, earliest first
+    by_key: dict[str, list[Session]] = field(default_factory=dict)  # latest attempt, earliest first
+    attempts: dict[str, int] = field(default_factory=dict)  # key -> its latest attempt listed
     other_attempts: dict[str, list[Session]] = field(default_factory=dict)
     strays: list[Session] = field(default_factory=list)  # campaign tag, no planned key
     listed: int = 0
@@ -85,12 +86,15 @@ async def scan(plan: Plan, client: DevinClient, *, page_size: int = 200) -> Reco
         if key is None:
             rec.strays.append(session)
             continue
-        if attempt_of(session.tags) == 1:
-            rec.by_key.setdefault(key, []).append(session)
-        else:
-            rec.other_attempts.setdefault(key, []).append(session)
-    for sessions in rec.by_key.values():
-        sessions.sort(key=_order)
+        rec.by_key.setdefault(key, []).append(session)
+    # Each key's latest attempt is its current one; earlier attempts are set aside.
+    for key, sessions in list(rec.by_key.items()):
+        latest = max(attempt_of(x.tags) for x in sessions)
+        rec.attempts[key] = latest
+        rec.by_key[key] = sorted((x for x in sessions if attempt_of(x.tags) == latest), key=_order)
+        older = [x for x in sessions if attempt_of(x.tags) != latest]
+        if older:
+            rec.other_attempts[key] = sorted(older, key=_order)
     rec.strays.sort(key=_order)
     rec.requests = client.requests - before
     return rec
@@ -120,6 +124,11 @@ def adoptions(plan: Plan, ledger: Ledger, rec: Reconciliation, *, how: str) -> l
         r = records.get(s.key)
         if r is not None and r.state.launched:
             continue
+        # The API's latest attempt of the key, if it is not older than the ledger's current one
+        # (a relaunch recorded but not created yet leaves the earlier attempt the API's latest).
+        attempt = rec.attempts.get(s.key, 1)
+        if r is not None and attempt < r.launch_attempt:
+            continue
         found = [x for x in rec.by_key.get(s.key, []) if x.session_id not in known.get(s.key, ())]
         if not found:
             continue
@@ -132,6 +141,7 @@ def adoptions(plan: Plan, ledger: Ledger, rec: Reconciliation, *, how: str) -> l
                 fingerprint=adopted_fingerprint(s, first, intents),
                 detail=how,
                 url=first.url,
+                launch_attempt=attempt,
             )
         )
     return events

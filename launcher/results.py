@@ -104,7 +104,8 @@ class Results:
                 "status": s.status,
                 "status_detail": s.status_detail,
                 "reason": s.reason or None,
-                "attempt": s.attempts,
+                "attempt": s.attempt,
+                "latest": s.latest,
                 "pr_states": [str(p.get("pr_state") or "") for p in s.pull_requests if p.get("pr_url")],
                 "acus_consumed": acus(s.acus_consumed),
             }
@@ -257,7 +258,7 @@ def _row(s: SessionView) -> dict[str, Any]:
             "outcome": s.outcome.value,
             "reason": s.reason or None,
             "status": s.status,
-            "attempt": s.attempts or None,
+            "attempt": s.attempt,
             "pr_url": " ".join(str(p["pr_url"]) for p in prs) or None,
             "pr_state": " ".join(str(p.get("pr_state") or "") for p in prs).strip() or None,
             "acus": acus(s.acus_consumed),

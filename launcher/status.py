@@ -35,6 +35,7 @@ from typing import Any
 
 import anyio
 
+from launcher.attempts import attempt_history, remember_earlier
 from launcher.client import DevinClient
 from launcher.errors import APIError, AuthError, ExitCode
 from launcher.ledger import LaunchState, Ledger, Record
@@ -135,6 +136,8 @@ class SessionView:
     in_plan: bool = True  # False: launched earlier, since removed from the manifest
     attempts: int = 0  # create attempts the ledger recorded
     rule_note: str | None = None  # why the success rule made a delivered session `failed`
+    attempt: int = 1  # the launch attempt (a relaunch makes a new one)
+    latest: bool = True  # False: an earlier attempt, superseded by a relaunch (results --history)
 
     @property
     def reason(self) -> str:
@@ -154,6 +157,7 @@ class SessionView:
     def status_json(self) -> dict[str, Any]:
         return {
             "key": self.key,
+            "attempt": self.attempt,
             "session_id": self.session_id,
             "url": self.url,
             "status": self.status,
@@ -287,6 +291,7 @@ def _session_view(
             note=note,
             in_plan=in_plan,
             attempts=r.attempts if r is not None else 0,
+            attempt=r.launch_attempt if r is not None else 1,
         )
     schema = plan.schemas.get(fleet)
     prs = r.pull_requests or []
@@ -316,6 +321,7 @@ def _session_view(
         in_plan=in_plan,
         attempts=r.attempts,
         rule_note=rule_note,
+        attempt=r.launch_attempt,
     )
 
 
@@ -344,6 +350,39 @@ def _build_view(plan: Plan, records: Mapping[str, Record]) -> CampaignView:
         if k not in planned and r.state.launched
     ]
     return CampaignView(plan.campaign, views, plan.manifest.manifest.budget.max_total_acu)
+
+
+def history_views(plan: Plan, ledger: Ledger) -> dict[str, list[SessionView]]:
+    """Every earlier attempt (superseded by a relaunch) as it stood then, by key, oldest first:
+    `results --history` lists them, so no pull request of an earlier attempt is lost."""
+    items = {s.key: s.item for s in plan.sessions}
+    out: dict[str, list[SessionView]] = {}
+    for a in attempt_history(ledger):
+        prs = a.pull_requests or []
+        outcome = (
+            Outcome(a.outcome)
+            if a.outcome in {o.value for o in Outcome}
+            else classify(a.status, a.status_detail, delivered=bool(prs))
+        )
+        view = SessionView(
+            a.key,
+            "",
+            items.get(a.key),
+            a.session_id,
+            a.url,
+            a.status,
+            a.status_detail,
+            outcome,
+            prs,
+            a.acus_consumed,
+            a.structured_output,
+            None,
+            note=f"superseded by attempt {a.attempt + 1}",
+            attempt=a.attempt,
+            latest=False,
+        )
+        out.setdefault(a.key, []).append(view)
+    return out
 
 
 def campaign_view(plan: Plan, ledger: Ledger) -> CampaignView:
@@ -377,6 +416,7 @@ async def refresh(
     if healing:
         ledger.sync_plan(plan)  # rows for the adopted keys (a fresh ledger has none yet)
         ledger.write_events(healing)
+    remember_earlier(ledger, rec.other_attempts)  # a rebuilt ledger keeps earlier attempts too
     records = ledger.records()
     # Match on the path form of ids: some bodies carry bare hex ids (devin-api.md section 1).
     wanted = {
@@ -384,13 +424,14 @@ async def refresh(
     }
     found: dict[str, Session] = {}
     untracked: list[str] = []
+    earlier = {a.session_id for a in attempt_history(ledger)}  # superseded by a relaunch
     listed = [x for v in rec.by_key.values() for x in v]
     listed += [x for v in rec.other_attempts.values() for x in v] + rec.strays
     for session in listed:
         sid = session_path_id(session.session_id)
         if sid in wanted:
             found[sid] = session
-        else:
+        elif session.session_id not in earlier:
             untracked.append(session.session_id)
     gone: list[str] = []
     failures: dict[str, APIError] = {}

@@ -45,7 +45,17 @@ ALLOWED: dict[str, set[str]] = {
         "writer",
         "listlag",
     },
-    "status": {"errors", "plan", "client", "ledger", "models", "pacing", "reconcile", "templating"},
+    "status": {
+        "errors",
+        "plan",
+        "client",
+        "ledger",
+        "models",
+        "pacing",
+        "reconcile",
+        "templating",
+        "attempts",
+    },
     "cancel": {"errors", "plan", "client", "ledger", "status", "reconcile"},
     "remote": {"errors", "plan", "client", "source"},
     "results": {"status"},
@@ -54,6 +64,8 @@ ALLOWED: dict[str, set[str]] = {
     "messages": {"errors", "plan", "client", "ledger", "pacing", "status", "templating"},
     "rollout": {"errors", "plan", "client", "pacing", "ledger", "apply", "status", "manifest"},
     "progress": {"apply"},
+    "attempts": {"errors", "ledger", "models", "plan"},
+    "relaunch": {"errors", "plan", "client", "ledger", "status", "reconcile", "attempts"},
     "sim": {"errors", "models", "source", "sim"},
 }
 HOMES = {

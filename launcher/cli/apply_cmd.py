@@ -33,6 +33,7 @@ from launcher.plan import Plan
 if TYPE_CHECKING:
     from launcher.apply import ApplyOptions, ApplySummary
     from launcher.client import ApiConfig
+    from launcher.relaunch import Selection
     from launcher.rollout import RolloutOptions, RolloutSummary
 
 
@@ -43,7 +44,20 @@ if TYPE_CHECKING:
 @click.option("--rate", default=5.0, show_default=True, help="Most creates per second.")
 @click.option("--only", multiple=True, help="Only keys matching this glob (repeatable).")
 @click.option("--limit", type=int, help="Launch at most N sessions in this run.")
-@click.option("--replace", multiple=True, help="Relaunch this launched-but-changed key.")
+@click.option(
+    "--relaunch",
+    "relaunch",
+    multiple=True,
+    metavar="SELECTOR",
+    help="A new attempt of the keys selected: failed, needs-human, cancelled, changed, or a "
+    "key glob (repeatable; see README: Relaunch).",
+)
+@click.option(
+    "--keep-previous",
+    is_flag=True,
+    help="With --relaunch: leave earlier attempts that are still live running.",
+)
+@click.option("--replace", multiple=True, hidden=True, help="Old name of --relaunch KEY.")
 @click.option("--timeout", type=float, help="Stop starting creates after this many seconds.")
 @click.option(
     "--request-timeout",
@@ -102,6 +116,8 @@ def apply(
     rate: float,
     only: tuple[str, ...],
     limit: int | None,
+    relaunch: tuple[str, ...],
+    keep_previous: bool,
     replace: tuple[str, ...],
     timeout: float | None,
     request_timeout: float,
@@ -137,7 +153,6 @@ def apply(
         rate=rate,
         only=only,
         limit=limit,
-        replace=replace,
         run_timeout=timeout,
         lookup_grace=lookup_grace,
         lock_ttl=lock_ttl,
@@ -164,8 +179,13 @@ def apply(
             read_timeout=request_timeout,
         )
         led = stack.enter_context(open_ledger(p.manifest.path, p.campaign, ledger))
+        selectors = relaunch + replace  # --replace KEY is folded into --relaunch KEY
+        selection = anyio.run(_select, p, cfg, led, selectors) if selectors else None
         counts = Counter(c for c, _, _ in led.diff(p))
         todo = counts[Change.create] + counts[Change.reconcile]
+        if selection is not None:
+            for line in selection.describe(keep_previous):
+                err.print(line, markup=False)
         if not yes:
             err.print(
                 f"plan: {len(p)} sessions; "
@@ -174,17 +194,28 @@ def apply(
                 markup=False,
             )
         ceiling = max_running or p.manifest.manifest.budget.max_running
-        confirm(
-            f"Launch up to {min(todo, limit if limit is not None else todo)} session(s) "
-            f"of campaign {p.campaign} at {cfg.base_url}"
-            + (f", in {len(waves)} waves with a gate between them" if len(waves) > 1 else "")
-            + (f", at most {ceiling} running at once" if ceiling else "")
-            + "?",
-            yes,
-        )
+        todo = min(todo, limit if limit is not None else todo)
+        what = f"Launch up to {todo} session(s)"
+        if selection is not None:
+            what = selection.question(todo, keep_previous)
+        if what:
+            confirm(
+                f"{what} of campaign {p.campaign} at {cfg.base_url}"
+                + (f", in {len(waves)} waves with a gate between them" if len(waves) > 1 else "")
+                + (f", at most {ceiling} running at once" if ceiling else "")
+                + "?",
+                yes,
+            )
+        if selection is not None:
+            from launcher.relaunch import record
+
+            record(led, selection, keep=keep_previous)
         summary = anyio.run(_apply_async, p, cfg, led, options, rollout)
     if output == "json":
-        emit_json(summary.to_json())
+        data = summary.to_json()
+        if selection is not None:
+            data["relaunch"] = selection.to_json(keep_previous)
+        emit_json(data)
     else:
         _apply_summary(summary.apply)
         _rollout_summary(summary, p)
@@ -219,6 +250,14 @@ async def _apply_async(
         for warning in await check_remote(p, client):
             err.print(f"warning: {warning}", markup=False)
         options = dataclasses.replace(options, verify_token=False)
+        # Relaunches: earlier live attempts end before any new attempt starts (also those a
+        # crashed run recorded), and relaunched keys are planned at their current attempt.
+        from launcher.relaunch import attempt_plan, terminate_previous
+
+        ended = await terminate_previous(client, led)
+        if ended:
+            err.print(f"relaunch: terminated {ended} earlier attempt(s)", markup=False)
+        p = attempt_plan(p, led)
         async with anyio.create_task_group() as tg:
             tg.start_soon(on_signals)
             summary = await run_rollout(
@@ -236,6 +275,18 @@ async def _apply_async(
     return summary
 
 
+async def _select(p: Plan, cfg: ApiConfig, led: Ledger, selectors: tuple[str, ...]) -> Selection:
+    """Refresh the campaign (the latest outcome of each key), then resolve the selectors."""
+    from launcher.client import DevinClient
+    from launcher.relaunch import select_relaunch
+    from launcher.status import refresh
+
+    led.sync_plan(p)
+    async with DevinClient(cfg) as client:
+        view = await refresh(p, client, led)
+    return select_relaunch(p, view, led, selectors)
+
+
 def _apply_summary(s: ApplySummary) -> None:
     from launcher.apply import Result
 
@@ -251,7 +302,7 @@ def _apply_summary(s: ApplySummary) -> None:
     if s.changed:
         out.print(
             f"{len(s.changed)} launched session(s) changed in the manifest since; not "
-            f"relaunched (use --replace KEY): {', '.join(s.changed[:5])}"
+            f"relaunched (use --relaunch changed): {', '.join(s.changed[:5])}"
         )
     for key, ids in s.duplicates.items():
         out.print(

@@ -33,6 +33,8 @@ from launcher.plan import Plan
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from rich.console import Console
+
     from launcher.cancel import CancelReport
     from launcher.client import ApiConfig
     from launcher.status import CampaignView
@@ -198,14 +200,17 @@ def _status_table(view: CampaignView) -> None:
 
 def _status_renderable(view: CampaignView) -> Table:
     table = Table(title=f"campaign {view.campaign}")
-    for col in ("key", "outcome", "status", "detail", "PR", "ACUs"):
+    relaunched = any(s.attempt > 1 for s in view.sessions)  # the attempt column, when it tells
+    for col in ("key", *(("attempt",) if relaunched else ()), "outcome", "status", "detail", "PR"):
         table.add_column(col, overflow="fold")
+    table.add_column("ACUs", overflow="fold")
     for s in view.sessions:
         detail = " / ".join(x for x in (s.status_detail, s.note) if x)
         if not s.in_plan:
             detail = " / ".join(x for x in (detail, "removed from the manifest") if x)
         table.add_row(
             s.key,
+            *((str(s.attempt),) if relaunched else ()),
             s.outcome.value,
             s.status or "",
             detail,
@@ -229,6 +234,11 @@ def _status_renderable(view: CampaignView) -> Table:
     is_flag=True,
     help="End the extra live sessions of keys launched more than once (keeps the earliest).",
 )
+@click.option(
+    "--earlier",
+    is_flag=True,
+    help="End earlier attempts left running by `apply --relaunch --keep-previous` (--only too).",
+)
 @click.option("--archive", is_flag=True, help="Archive the sessions too.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option(
@@ -246,6 +256,7 @@ def cancel(
     gone: bool,
     strays: bool,
     duplicates: bool,
+    earlier: bool,
     archive: bool,
     yes: bool,
     output: str,
@@ -261,6 +272,9 @@ def cancel(
 
     say = err if output == "json" else out  # with -o json, stdout holds only the JSON
     p = load_plan(manifest, "send")
+    if earlier:
+        _cancel_earlier(p, ledger, only, yes, say, base_url, org_id)
+        return
     with follow_ledger(p, ledger) as (led, _), api_config(base_url, org_id) as cfg:
         view = anyio.run(_refresh, p, cfg, led)
         warn(view)
@@ -320,6 +334,36 @@ def cancel(
             markup=False,
         )
     sys.exit(ExitCode.ok if report.ok else ExitCode.error)
+
+
+def _cancel_earlier(
+    p: Plan,
+    ledger: str | None,
+    only: tuple[str, ...],
+    yes: bool,
+    say: Console,
+    base_url: str | None,
+    org_id: str | None,
+) -> None:
+    from launcher.client import DevinClient
+    from launcher.relaunch import kept, terminate_previous
+
+    with follow_ledger(p, ledger) as (led, _), api_config(base_url, org_id) as cfg:
+        targets = kept(led, only)
+        if not targets:
+            say.print("nothing to cancel (no earlier attempt was kept running)", markup=False)
+            return
+        say.print(f"{len(targets)} earlier attempt(s) kept running to terminate:", markup=False)
+        for a in targets[:20]:
+            say.print(f"  {a.key}  attempt {a.attempt}  {a.session_id}", markup=False)
+        confirm(f"Terminate {len(targets)} earlier attempt(s) of campaign {p.campaign}?", yes)
+
+        async def go() -> int:
+            async with DevinClient(cfg) as client:
+                return await terminate_previous(client, led, targets)
+
+        done = anyio.run(go)
+    say.print(f"terminated {done} earlier attempt(s)", markup=False)
 
 
 async def _cancel(

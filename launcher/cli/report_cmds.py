@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from launcher.messages import MessageBatch, MessageReport
     from launcher.plan import Plan
     from launcher.results import Results
-    from launcher.status import CampaignView
+    from launcher.status import CampaignView, SessionView
 
 OUTCOME_STYLE = {
     "succeeded": "green",
@@ -102,6 +103,11 @@ def _view(
     "output.FIELD); twice for a two-way count (rows by the first, columns by the second).",
 )
 @click.option("--offline", is_flag=True, help="What the ledger knows; no API calls.")
+@click.option(
+    "--history",
+    is_flag=True,
+    help="Every attempt of each key (earlier ones, superseded by a relaunch, before the latest).",
+)
 @click.option("--refresh/--no-refresh", default=True, hidden=True)  # before 0.2: opt-in refresh
 @ledger_option
 @api_options
@@ -112,6 +118,7 @@ def results(
     only: tuple[str, ...],
     group_by: tuple[str, ...],
     offline: bool,
+    history: bool,
     refresh: bool,
     ledger: str | None,
     base_url: str | None,
@@ -126,7 +133,10 @@ def results(
     p = load_plan(manifest, "read")
     view = _view(p, ledger, offline or not refresh, base_url, org_id)
     warn(view)
-    res = build_results(view, p.schemas, select(view, outcomes, only))
+    chosen = select(view, outcomes, only)
+    if history:
+        chosen = _with_history(p, ledger, chosen, outcomes)
+    res = build_results(view, p.schemas, chosen)
     try:
         if group_by:
             _groups(res, list(group_by), output)
@@ -136,6 +146,25 @@ def results(
         raise click.BadParameter(
             f"no column {exc.name!r}; columns: {', '.join(exc.available)}", param_hint="--group-by"
         ) from None
+
+
+def _with_history(
+    p: Plan, ledger: str | None, chosen: list[SessionView], outcomes: tuple[str, ...]
+) -> list[SessionView]:
+    """Each chosen key's earlier attempts (oldest first) before its latest."""
+    from launcher.status import history_views
+
+    with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led:
+        earlier = history_views(p, led)
+    out: list[SessionView] = []
+    for s in chosen:
+        out += [
+            dataclasses.replace(e, fleet=s.fleet)
+            for e in earlier.get(s.key, [])
+            if not outcomes or e.outcome.value in outcomes
+        ]
+        out.append(s)
+    return out
 
 
 def _emit(res: Results, output: str) -> None:

@@ -528,6 +528,7 @@ class SimState:
                     "prompt": req["prompt"],
                     "tags": list(rec.tags),
                     "repos": req.get("repos"),
+                    "session_links": req.get("session_links"),
                     "playbook_id": req.get("playbook_id"),
                     "platform": req.get("platform"),
                     "devin_mode": req.get("devin_mode"),
