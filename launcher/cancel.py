@@ -4,6 +4,7 @@ planned key owns (strays, duplicates), and record it in the ledger; safe to re-r
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -46,6 +47,44 @@ def cancellable(view: CampaignView, only: tuple[str, ...] = (), *, gone: bool = 
     ]
 
 
+async def _terminate(
+    client: DevinClient,
+    targets: list[tuple[str, str]],
+    report: CancelReport,
+    archive: bool,
+    on_done: Callable[[list[str]], None],
+) -> None:
+    """Terminate each (label, session id), `CONCURRENCY` at a time, into `report` by label.
+
+    A session the API no longer knows counts as done. An AuthError stops the rest and is
+    raised; `on_done(labels)` records what was terminated whatever stopped the rest.
+    """
+    limiter = anyio.CapacityLimiter(CONCURRENCY)
+    auth: list[AuthError] = []
+
+    async def one(label: str, sid: str, scope: anyio.CancelScope) -> None:
+        async with limiter:
+            try:
+                existed = await client.terminate(sid, archive=archive)
+            except AuthError as exc:
+                auth.append(exc)
+                scope.cancel()
+                return
+            except APIError as exc:
+                report.results[label], report.errors[label] = CancelResult.error, exc.message
+                return
+        report.results[label] = CancelResult.terminated if existed else CancelResult.already_gone
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for label, sid in targets:
+                tg.start_soon(one, label, sid, tg.cancel_scope)
+    finally:
+        on_done([k for k, v in report.results.items() if v != CancelResult.error])
+    if auth:
+        raise auth[0]
+
+
 async def cancel_sessions(
     client: DevinClient, ledger: Ledger, keys: list[str], *, archive: bool = False
 ) -> CancelReport:
@@ -56,36 +95,16 @@ async def cancel_sessions(
     """
     records = ledger.records()
     report = CancelReport()
-    auth: list[AuthError] = []
-    limiter = anyio.CapacityLimiter(CONCURRENCY)
-
-    async def one(key: str, scope: anyio.CancelScope) -> None:
+    targets = []
+    for key in keys:
         r = records.get(key)
         if r is None or not r.session_id:
             report.results[key], report.errors[key] = CancelResult.error, "not launched"
-            return
-        async with limiter:
-            try:
-                existed = await client.terminate(r.session_id, archive=archive)
-            except AuthError as exc:
-                auth.append(exc)
-                scope.cancel()
-                return
-            except APIError as exc:
-                report.results[key], report.errors[key] = CancelResult.error, exc.message
-                return
-        report.results[key] = CancelResult.terminated if existed else CancelResult.already_gone
-
-    try:
-        async with anyio.create_task_group() as tg:
-            for key in keys:
-                tg.start_soon(one, key, tg.cancel_scope)
-    finally:  # what was terminated is recorded, whatever stopped the rest
-        ledger.mark_cancelled(
-            [k for k, v in report.results.items() if v != CancelResult.error], archived=archive
-        )
-    if auth:
-        raise auth[0]
+        else:
+            targets.append((key, r.session_id))
+    await _terminate(
+        client, targets, report, archive, lambda done: ledger.mark_cancelled(done, archived=archive)
+    )
     report.results = {k: report.results[k] for k in keys if k in report.results}
     return report
 
@@ -105,35 +124,16 @@ async def cancel_ids(
     client: DevinClient, ledger: Ledger, targets: list[tuple[str, str]], *, archive: bool = False
 ) -> CancelReport:
     """Terminate sessions by id (strays, duplicates); log each in the ledger's event log (the
-    planned keys' rows are untouched: the session each key keeps stays its own)."""
+    planned keys' rows are untouched: the session each key keeps stays its own). The report
+    is by session id."""
     report = CancelReport()
-    limiter = anyio.CapacityLimiter(CONCURRENCY)
-    auth: list[AuthError] = []
+    label_of = {sid: label for label, sid in targets}
 
-    async def one(sid: str, scope: anyio.CancelScope) -> None:
-        async with limiter:
-            try:
-                existed = await client.terminate(sid, archive=archive)
-            except AuthError as exc:
-                auth.append(exc)
-                scope.cancel()
-                return
-            except APIError as exc:
-                report.results[sid], report.errors[sid] = CancelResult.error, exc.message
-                return
-        report.results[sid] = CancelResult.terminated if existed else CancelResult.already_gone
-
-    try:
-        async with anyio.create_task_group() as tg:
-            for _, sid in targets:
-                tg.start_soon(one, sid, tg.cancel_scope)
-    finally:
-        done = {sid for sid, r in report.results.items() if r != CancelResult.error}
+    def record(done: list[str]) -> None:
         ledger.write_events(
-            LedgerEvent(label, EventKind.cancelled, session_id=sid, detail="extra session ended")
-            for label, sid in targets
-            if sid in done
+            LedgerEvent(label_of[sid], EventKind.cancelled, session_id=sid, detail="extra session ended")
+            for sid in done
         )
-    if auth:
-        raise auth[0]
+
+    await _terminate(client, [(sid, sid) for _, sid in targets], report, archive, record)
     return report
