@@ -101,7 +101,6 @@ class ApplyOptions:
     only: tuple[str, ...] = ()  # globs over keys
     keys: frozenset[str] | None = None  # explicit selection (a rollout wave), with `only`
     limit: int | None = None  # most sessions to launch in this run
-    replace: tuple[str, ...] = ()  # launched keys whose changed request is launched again
     max_attempts: int = 6  # per session, not counting 429s
     max_rate_limited: int = 200  # 429s per session before giving up
     lookup_grace: float = 3.0  # least wait between an ambiguous create and its lookup
@@ -132,7 +131,7 @@ class ApplySummary:
     campaign: str
     planned: int
     already: int = 0  # launched before this run, unchanged
-    changed: list[str] = field(default_factory=list)  # launched, manifest changed, not replaced
+    changed: list[str] = field(default_factory=list)  # launched, manifest changed, not relaunched
     results: dict[str, Result] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # key -> why it failed / is unknown
     interrupted: bool = False
@@ -651,7 +650,7 @@ async def apply_plan(
     ledger.acquire_lock(ttl=options.lock_ttl)
     run = _ApplyRun(plan, client, ledger, options, reporter, clock, environ, stop, summary, admission)
     try:
-        ledger.sync_plan(plan, replace=options.replace)
+        ledger.sync_plan(plan)
         if options.verify_token:
             try:
                 await client.whoami()

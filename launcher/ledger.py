@@ -66,7 +66,7 @@ class EventKind(StrEnum):
     gave_up = "gave_up"  # attempts or 429s exhausted, nothing created
     unresolved = "unresolved"  # ambiguous attempts exhausted: unknown until looked up
     auth = "auth"  # 401/403: the run stops, the key is untouched
-    relaunch = "replace"  # relaunch requested (`apply --replace`)
+    relaunch = "replace"  # a new attempt was recorded (`apply --relaunch`; stored value kept)
     cancelled = "cancelled"  # terminated by `cancel`
     duplicate = "duplicate"  # another live session carries this key's identity tag
     lock_lost = "lock_lost"  # this run lost the campaign lease: it stopped sending
@@ -101,7 +101,7 @@ class Change(StrEnum):
 
     create = "+"  # to create
     same = "="  # already launched, unchanged
-    changed = "~"  # launched, but the manifest changed since (not relaunched unless replaced)
+    changed = "~"  # launched, but the manifest changed since (`--relaunch changed` relaunches)
     gone = "-"  # in the ledger, gone from the manifest
     reconcile = "?"  # an earlier attempt's outcome is unknown: apply looks it up first
 
@@ -491,14 +491,13 @@ class Ledger:
         return {k: fp for k, fp in rows}
 
     @_reads
-    def sync_plan(self, plan: Plan, *, replace: Iterable[str] = ()) -> None:
+    def sync_plan(self, plan: Plan) -> None:
         """Make sure every planned key has a row; forget never-attempted keys that left the plan.
 
-        A launched row keeps the fingerprint it was launched with (so `plan` shows `~`), unless
-        the key is in `replace`, which turns it back into `planned` with the new fingerprint.
+        A launched row keeps the fingerprint it was launched with (so `plan` shows `~`); only a
+        relaunch (`launcher.attempts.relaunch`) starts a new attempt of it.
         """
         now = time.time()
-        replace = set(replace)
         retryable = (LaunchState.planned, LaunchState.refused, LaunchState.gave_up)
         existing = {
             r[0]: (LaunchState(r[1]), r[2])
@@ -517,22 +516,6 @@ class Ledger:
                     db.execute(
                         "UPDATE sessions SET fingerprint=?, updated_at=? WHERE key=?",
                         (s.fingerprint, now, s.key),
-                    )
-                elif s.key in replace and have[0].launched:
-                    # The relaunch starts clean: nothing of the old session's follow-through
-                    # (status, outputs, ACUs, cancellation) may show as the new one's.
-                    db.execute(
-                        "UPDATE sessions SET state=?, fingerprint=?, "
-                        "session_id=NULL, url=NULL, status=NULL, status_detail=NULL, "
-                        "outcome=NULL, acus_consumed=NULL, pull_requests=NULL, "
-                        "structured_output=NULL, refreshed_at=NULL, cancelled_at=NULL, "
-                        "updated_at=? WHERE key=?",
-                        (TRANSITIONS[EventKind.relaunch], s.fingerprint, now, s.key),
-                    )
-                    db.execute(
-                        "INSERT INTO events (key, at, kind, fingerprint, detail) VALUES "
-                        "(?, ?, ?, ?, 'relaunch requested')",
-                        (s.key, now, EventKind.relaunch, s.fingerprint),
                     )
             keys = {s.key for s in plan.sessions}
             gone = [

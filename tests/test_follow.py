@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from launcher import ApiConfig, ApplyOptions, DevinClient, apply_plan, build_plan, load_manifest
+from launcher.attempts import relaunch
 from launcher.errors import AuthError
 from launcher.ledger import LaunchState, LedgerEvent, open_ledger
 from launcher.models import SessionStatus, StatusDetail
@@ -410,7 +411,8 @@ def test_a_cancellation_does_not_stick_to_the_session_that_replaced_it(
         )
         led.mark_cancelled(["r-000", "r-001"])
         assert {v.outcome for v in campaign_view(plan, led).sessions} == {Outcome.cancelled}
-        led.sync_plan(plan, replace=["r-000"])  # relaunched: a new session for r-000
+        # relaunched: a new attempt (and session) for r-000
+        relaunch(led, "r-000", live=False, keep=False, request="r-000")
         led.write_events(
             [LedgerEvent("r-000", "created", session_id="devin-9", state=LaunchState.created, url="u")]
         )

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from launcher import build_plan, load_manifest
+from launcher.attempts import relaunch
 from launcher.errors import LedgerError
 from launcher.ledger import (
     MIGRATIONS,
@@ -76,7 +77,7 @@ def test_a_newer_ledger_and_another_campaigns_ledger_are_refused(tmp_path: Path)
         Ledger(tmp_path / "junk.db", "one")
 
 
-def test_replace_starts_the_relaunch_clean(write: Write, tmp_path: Path) -> None:
+def test_a_relaunch_starts_the_new_attempt_clean(write: Write, tmp_path: Path) -> None:
     plan = small_plan(write)
     with Ledger(tmp_path / "l.db", "led") as led:
         led.sync_plan(plan)
@@ -100,8 +101,7 @@ def test_replace_starts_the_relaunch_clean(write: Write, tmp_path: Path) -> None
             ]
         )
         led.mark_cancelled(["a"])
-        changed = small_plan(write, prompt="Fix {{ item }} now")
-        led.sync_plan(changed, replace=["a"])
+        assert relaunch(led, "a", live=False, keep=False, request="a") == 2
         r = led.record("a")
         assert r is not None and r.state == LaunchState.planned and r.session_id is None
         assert (r.outcome, r.acus_consumed, r.pull_requests, r.structured_output, r.cancelled_at) == (
@@ -111,7 +111,6 @@ def test_replace_starts_the_relaunch_clean(write: Write, tmp_path: Path) -> None
             None,
             None,
         )
-        assert r.fingerprint == changed.by_key()["a"].fingerprint
         assert led.known_session_ids("a") == {"devin-1"}  # history is kept
         assert [e["kind"] for e in led.events("a")] == ["intent", "created", "cancelled", "replace"]
 
