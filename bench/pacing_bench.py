@@ -19,17 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 import tempfile
-import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from apply_bench import Sim, write_campaign
+from apply_bench import Sim, duplicates, run_apply, write_campaign
 
 
 @dataclass(frozen=True)
@@ -103,51 +99,23 @@ def run_shape(shape: Shape, n: int, rate: float, concurrency: int) -> dict[str, 
         sim = Sim(shape.profile(), workdir)
         try:
             path = write_campaign(workdir, n)
-            env = {**os.environ, **sim.env}
-            cmd = [
-                sys.executable,
-                "-m",
-                "launcher",
-                "apply",
-                str(path),
-                "--yes",
-                "-o",
-                "json",
-                "--concurrency",
-                str(concurrency),
-                "--rate",
-                str(rate),
-                "--ledger",
-                str(workdir / "ledger.db"),
-            ]
-            start = time.perf_counter()
-            done = subprocess.run(
-                cmd, env=env, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
-            )
-            wall = time.perf_counter() - start
-            if not done.stdout.strip():
-                raise SystemExit(f"apply failed ({done.returncode}):\n{done.stderr}")
-            summary = json.loads(done.stdout)
-            sessions = sim.sessions()
+            wall, _, summary = run_apply(path, sim, concurrency, rate)
+            if not summary:
+                raise SystemExit("apply printed no summary")
+            sessions, dups = duplicates(sim)
             import httpx
 
             stats = httpx.get(f"{sim.env['DEVIN_API_BASE_URL']}/_sim/stats", timeout=30).json()
         finally:
             sim.close()
-    keys = Counter(
-        t
-        for s in sessions
-        for t in s["tags"]  # type: ignore[attr-defined]
-        if str(t).startswith("fleet-key:")
-    )
     ideal = n / shape.limit
     return {
         "shape": shape.name,
         "server": shape.describe(),
         "concurrency": concurrency,
         "rate": rate,
-        "sessions": len(sessions),
-        "duplicates": sum(c - 1 for c in keys.values() if c > 1),
+        "sessions": sessions,
+        "duplicates": dups,
         "wall_s": round(wall, 2),
         "apply_s": summary["elapsed_s"],
         "ideal_s": round(ideal, 2),

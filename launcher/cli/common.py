@@ -1,5 +1,6 @@
 """What every command shares: the two consoles, common options, loading a plan, the API
-configuration (or the embedded simulator), confirmation and JSON output."""
+configuration (or the embedded simulator), the follow commands' ledger (rebuilt from the API on a
+fresh clone), confirmation and JSON output."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 from rich.console import Console
 
-from launcher.errors import ConfirmationError, ManifestError
+from launcher.errors import ConfirmationError, LedgerError, ManifestError
+from launcher.ledger import Ledger, default_ledger_path, open_ledger
 from launcher.plan import Plan, plan_manifest, secrets_warning
 
 if TYPE_CHECKING:
@@ -114,3 +117,30 @@ def emit_json(data: Any) -> None:
 def warn(view: CampaignView) -> None:
     for w in view.warnings:
         err.print(f"warning: {w}", markup=False)
+
+
+@contextlib.contextmanager
+def follow_ledger(p: Plan, ledger: str | None, offline: bool = False) -> Iterator[tuple[Ledger, bool]]:
+    """The campaign's ledger, and whether it is new: on a fresh clone (no ledger) with
+    credentials, an empty one is created and the caller rebuilds it from the API (the API is
+    the source of truth); offline, or without credentials, "no ledger" is an error."""
+    path = Path(ledger) if ledger else default_ledger_path(p.manifest.path, p.campaign)
+    if path.exists() or offline or not os.environ.get("DEVIN_API_KEY"):
+        try:
+            with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led:
+                yield led, False
+        except LedgerError as exc:
+            if not path.exists():
+                exc.hint = (
+                    "run `devin-fleet apply` first, pass --ledger PATH, or set DEVIN_API_KEY "
+                    "and DEVIN_ORG_ID to rebuild it from the API (sessions are found by their tags)"
+                )
+            raise
+        return
+    with open_ledger(p.manifest.path, p.campaign, ledger) as led:
+        err.print(
+            f"note: no ledger at {path}: rebuilding it from the API (sessions found by their "
+            "identity tags)",
+            markup=False,
+        )
+        yield led, True

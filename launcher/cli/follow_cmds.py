@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -21,50 +19,22 @@ from launcher.cli.common import (
     confirm,
     emit_json,
     err,
+    follow_ledger,
     ledger_option,
     load_plan,
     out,
     warn,
 )
-from launcher.errors import APIError, ExitCode, LedgerError
-from launcher.ledger import Ledger, default_ledger_path, open_ledger
+from launcher.errors import APIError, ExitCode
+from launcher.ledger import Ledger, open_ledger
 from launcher.plan import Plan
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from rich.console import Console
 
     from launcher.cancel import CancelReport
     from launcher.client import ApiConfig
     from launcher.status import CampaignView
-
-
-@contextlib.contextmanager
-def follow_ledger(p: Plan, ledger: str | None, offline: bool = False) -> Iterator[tuple[Ledger, bool]]:
-    """The campaign's ledger, and whether it is new: on a fresh clone (no ledger) with
-    credentials, an empty one is created and the caller rebuilds it from the API (the API is
-    the source of truth); offline, or without credentials, "no ledger" is an error."""
-    path = Path(ledger) if ledger else default_ledger_path(p.manifest.path, p.campaign)
-    if path.exists() or offline or not os.environ.get("DEVIN_API_KEY"):
-        try:
-            with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led:
-                yield led, False
-        except LedgerError as exc:
-            if not path.exists():
-                exc.hint = (
-                    "run `devin-fleet apply` first, pass --ledger PATH, or set DEVIN_API_KEY "
-                    "and DEVIN_ORG_ID to rebuild it from the API (sessions are found by their tags)"
-                )
-            raise
-        return
-    with open_ledger(p.manifest.path, p.campaign, ledger) as led:
-        err.print(
-            f"note: no ledger at {path}: rebuilding it from the API (sessions found by their "
-            "identity tags)",
-            markup=False,
-        )
-        yield led, True
 
 
 @click.command()

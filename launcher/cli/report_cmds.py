@@ -20,6 +20,7 @@ from launcher.cli.common import (
     confirm,
     emit_json,
     err,
+    follow_ledger,
     ledger_option,
     load_plan,
     out,
@@ -67,7 +68,6 @@ def _view(
     org_id: str | None,
 ) -> CampaignView:
     """The campaign now: refreshed from the API, or (offline) as the ledger last saw it."""
-    from launcher.cli.follow_cmds import follow_ledger
     from launcher.status import campaign_view
 
     with follow_ledger(p, ledger, offline) as (led, _):
