@@ -21,6 +21,7 @@ import json
 import math
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +100,9 @@ def run_shape(shape: Shape, n: int, rate: float, concurrency: int) -> dict[str, 
         sim = Sim(shape.profile(), workdir)
         try:
             path = write_campaign(workdir, n)
+            spawned = time.time()
             wall, _, summary = run_apply(path, sim, concurrency, rate)
+            ended = time.time()
             if not summary:
                 raise SystemExit("apply printed no summary")
             sessions, dups = duplicates(sim)
@@ -126,7 +129,18 @@ def run_shape(shape: Shape, n: int, rate: float, concurrency: int) -> dict[str, 
         "max_creates_per_s": stats.get("creates_max_per_second"),
         "final_rate": summary["final_rate"],
         "exit_code": summary["exit_code"],
+        # Where the wall time went (the simulator stamps arrivals on the same wall clock).
+        "startup_s": _span(spawned, stats.get("first_request_at")),
+        "before_creates_s": _span(stats.get("first_request_at"), stats.get("first_create_at")),
+        "creating_s": _span(stats.get("first_create_at"), stats.get("last_create_at")),
+        "tail_s": _span(stats.get("last_create_at"), ended),
     }
+
+
+def _span(start: object, end: object) -> float | None:
+    if not isinstance(start, float | int) or not isinstance(end, float | int):
+        return None
+    return round(float(end) - float(start), 3)
 
 
 def main() -> None:
@@ -172,7 +186,9 @@ def main() -> None:
             f"{r['shape']:2} {r['server']:52} {r['rate']:>4g} {r['concurrency']:>4} {r['wall_s']:>7} "
             f"{r['ideal_s']:>6} {r['efficiency']:>6} {r['efficiency_in_apply']:>10} "
             f"{r['rate_limited']:>5} {r['rate_limited_pct']:>5} {r['duplicates']:>4} "
-            f"{r['max_creates_per_s']:>5} {r['final_rate']:>6}",
+            f"{r['max_creates_per_s']:>5} {r['final_rate']:>6}"
+            f"  {r['startup_s']:>5} {r['before_creates_s']:>5} {r['creating_s']:>5} "
+            f"{r['tail_s']:>5}",
             flush=True,
         )
 

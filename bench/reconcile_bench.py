@@ -71,7 +71,7 @@ def reconcile(n: int, concurrency: int) -> None:
                     with open_ledger(plan.manifest.path, plan.campaign, root / "lost.db") as led:
                         t = time.perf_counter()
                         summary = await apply_plan(
-                            plan, client, led, ApplyOptions(verify_token=False), environ={}
+                            plan, client, led, ApplyOptions(preflight=False), environ={}
                         )
                         return time.perf_counter() - t, summary
 
@@ -148,7 +148,7 @@ def late(lag: float, timeout: float, grace: float, step: float, top: float) -> N
             ) -> Any:
                 async with DevinClient(cfg, transport=httpx.MockTransport(api.handle)) as client:
                     with open_ledger(path, plan.campaign, root / f"{d}.db") as led:
-                        opts = ApplyOptions(verify_token=False, lookup_grace=grace)
+                        opts = ApplyOptions(preflight=False, lookup_grace=grace)
                         return await apply_plan(plan, client, led, opts, clock=clock, environ={})
 
             anyio.run(clock.run, go)
@@ -187,7 +187,7 @@ def laggy(n: int, lag: float, fail_after: float, seed: int) -> None:
             async def go() -> Any:
                 async with DevinClient(cfg) as client:
                     with open_ledger(plan.manifest.path, plan.campaign, root / "l.db") as led:
-                        opts = ApplyOptions(verify_token=False, rate=50, breaker_threshold=10_000)
+                        opts = ApplyOptions(preflight=False, rate=50, breaker_threshold=10_000)
                         return await apply_plan(plan, client, led, opts, environ={})
 
             t = time.perf_counter()

@@ -70,7 +70,7 @@ def main() -> None:
             async with DevinClient(cfg) as client:
                 with open_ledger(path, plan.campaign, Path(tmp) / "l.db") as led:
                     return await run_rollout(
-                        plan, client, led, ApplyOptions(rate=50, verify_token=False), ro, environ={}
+                        plan, client, led, ApplyOptions(rate=50, preflight=False), ro, environ={}
                     )
 
         started = time.monotonic()

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES for run time
     from launcher.apply import (
         ApplyOptions as ApplyOptions,
-        ApplySummary as ApplySummary,
-        Result as Result,
         apply_plan as apply_plan,
     )
     from launcher.cancel import cancel_sessions as cancel_sessions
+    from launcher.summary import ApplySummary as ApplySummary
+    from launcher.summary import Result as Result
     from launcher.client import (
         ApiConfig as ApiConfig,
         CreateOutcome as CreateOutcome,
@@ -92,7 +92,7 @@ _HOMES: dict[str, str] = {
     "APIError": "launcher.errors",
     "ApiConfig": "launcher.client",
     "ApplyOptions": "launcher.apply",
-    "ApplySummary": "launcher.apply",
+    "ApplySummary": "launcher.summary",
     "AuthError": "launcher.errors",
     "CampaignView": "launcher.status",
     "Change": "launcher.ledger",
@@ -118,7 +118,7 @@ _HOMES: dict[str, str] = {
     "PlannedSession": "launcher.plan",
     "Problem": "launcher.errors",
     "RemoteCheckError": "launcher.errors",
-    "Result": "launcher.apply",
+    "Result": "launcher.summary",
     "RolloutOptions": "launcher.rollout",
     "RolloutSummary": "launcher.rollout",
     "SecretError": "launcher.errors",

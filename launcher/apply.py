@@ -16,10 +16,9 @@ import contextlib
 import fnmatch
 import os
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
 from anyio.abc import ObjectReceiveStream, TaskGroup
@@ -30,7 +29,6 @@ from launcher.errors import (
     AuthError,
     CircuitOpenError,
     ConfigError,
-    ExitCode,
     FleetError,
     LockLostError,
     SecretError,
@@ -41,18 +39,9 @@ from launcher.models import Session
 from launcher.pacing import CircuitBreaker, Clock, MonotonicClock, Pacer, backoff_delay, sleep_unless
 from launcher.plan import Plan, PlannedSession, attempt_of
 from launcher.reconcile import adoptions, duplicate_events, scan
+from launcher.remote import check_remote
+from launcher.summary import ApplySummary, Result
 from launcher.writer import LedgerWriter
-
-
-class Result(StrEnum):
-    """What this run did for one planned session."""
-
-    created = "created"
-    adopted = "adopted"  # found by its identity tag after an ambiguous attempt or a crash
-    failed = "failed"  # refused by the API (a 4xx): nothing was created
-    gave_up = "gave_up"  # not sent (API unreachable) or 429s exhausted: nothing was created
-    unknown = "unknown"  # ambiguous and not resolvable now: the next run looks again
-    not_started = "not_started"  # stopped (Ctrl-C, breaker, auth) before it was sent
 
 
 class Reporter(Protocol):
@@ -109,7 +98,7 @@ class ApplyOptions:
     drain_timeout: float = 30.0  # after a stop, how long in-flight creates may take
     run_timeout: float | None = None  # the whole run
     breaker_threshold: int = 12
-    verify_token: bool = True  # GET /v3/self first (off when the caller already checked it)
+    preflight: bool = True  # prove the token and referenced ids first (off: the caller did)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -122,67 +111,6 @@ class ApplyOptions:
             raise ConfigError("--lookup-grace must not be negative")
         if not self.lock_ttl > 0:
             raise ConfigError("the lock TTL must be positive")
-
-
-@dataclass
-class ApplySummary:
-    """The outcome of one apply run."""
-
-    campaign: str
-    planned: int
-    already: int = 0  # launched before this run, unchanged
-    changed: list[str] = field(default_factory=list)  # launched, manifest changed, not relaunched
-    results: dict[str, Result] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)  # key -> why it failed / is unknown
-    interrupted: bool = False
-    aborted: FleetError | None = None
-    elapsed: float = 0.0
-    requests: int = 0
-    rate_limited: int = 0
-    final_rate: float = 0.0
-    reconciled: int = 0  # planned keys found existing by the start-of-apply reconcile
-    duplicates: dict[str, list[str]] = field(default_factory=dict)  # key -> live session ids
-    strays: int = 0  # campaign-tagged sessions matching no planned key
-    observed_lag: float | None = None  # list lag measured in this run (seconds)
-
-    def count(self, result: Result) -> int:
-        return sum(1 for r in self.results.values() if r == result)
-
-    @property
-    def exit_code(self) -> ExitCode:
-        if self.aborted is not None:
-            return self.aborted.exit_code
-        if self.interrupted:
-            return ExitCode.interrupted
-        if self.count(Result.unknown) or self.count(Result.not_started) or self.count(Result.gave_up):
-            return ExitCode.unfinished  # not done yet: re-run to reconcile and resume
-        if self.count(Result.failed):
-            return ExitCode.failed
-        return ExitCode.ok
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "campaign": self.campaign,
-            "planned": self.planned,
-            "already_launched": self.already,
-            "changed_not_relaunched": self.changed,
-            "counts": {r.value: self.count(r) for r in Result},
-            "failed": {k: self.errors.get(k, "") for k, r in self.results.items() if r == Result.failed},
-            "unknown": {
-                k: self.errors.get(k, "") for k, r in self.results.items() if r == Result.unknown
-            },
-            "interrupted": self.interrupted,
-            "aborted": self.aborted.message if self.aborted else None,
-            "elapsed_s": round(self.elapsed, 3),
-            "requests": self.requests,
-            "rate_limited": self.rate_limited,
-            "final_rate": round(self.final_rate, 2),
-            "reconciled": self.reconciled,
-            "duplicates": self.duplicates,
-            "strays": self.strays,
-            "observed_lag_s": None if self.observed_lag is None else round(self.observed_lag, 3),
-            "exit_code": int(self.exit_code),
-        }
 
 
 def select(
@@ -263,6 +191,8 @@ class _ApplyRun:
         self.lease_lost = False
         self.lag = LagProbe(client, clock, stop)
         self.task_group: TaskGroup | None = None
+        self.pool: TaskGroup | None = None  # the workers' group: parked keys wait in it
+        self.slots = anyio.CapacityLimiter(options.concurrency)
 
     # ------------------------------------------------------------------ helpers
 
@@ -280,6 +210,8 @@ class _ApplyRun:
 
     def _done(self, key: str, result: Result, error: str | None = None) -> None:
         self.summary.results[key] = result
+        if self.pacer.remaining:
+            self.pacer.remaining -= 1
         if error:
             self.summary.errors[key] = self.redact(error)
         if self.admission is not None:
@@ -364,32 +296,40 @@ class _ApplyRun:
     ) -> None:
         async with recv:
             async for s, lookup_first in recv:
-                if self.stop.is_set():
-                    self._stopped(s.key)
-                    continue
-                self.in_flight.add(s.key)
-                returned = False
-                try:
-                    if deferred:
-                        await self.resolve(s)
-                    else:
-                        await self.launch(s, lookup_first)
-                    returned = True
-                except AuthError as exc:
-                    returned = True
-                    self._halt(exc)
-                    self._done(s.key, Result.unknown if deferred else Result.not_started, exc.message)
-                except Exception as exc:  # a bug or a ledger failure must not hang the run
-                    if isinstance(exc, FleetError) and not isinstance(exc, APIError):
-                        raise
-                    returned = True
-                    self._done(s.key, Result.unknown, f"{type(exc).__name__}: {exc}")
-                finally:
-                    self.in_flight.discard(s.key)
-                    if not returned and s.key not in self.summary.results:  # the drain ended
-                        self._done(
-                            s.key, Result.unknown, "cancelled in flight: the next run looks it up"
-                        )
+                await self.handle(s, lookup_first, deferred)
+
+    async def handle(
+        self,
+        s: PlannedSession,
+        lookup_first: bool,
+        deferred: bool = False,
+        resume: tuple[float, int] | None = None,
+    ) -> None:
+        """Take one key to its outcome for this run (or park it: see `launch`)."""
+        if self.stop.is_set():
+            self._stopped(s.key)
+            return
+        self.in_flight.add(s.key)
+        returned = False
+        try:
+            if deferred:
+                await self.resolve(s)
+            else:
+                await self.launch(s, lookup_first, resume)
+            returned = True
+        except AuthError as exc:
+            returned = True
+            self._halt(exc)
+            self._done(s.key, Result.unknown if deferred else Result.not_started, exc.message)
+        except Exception as exc:  # a bug or a ledger failure must not hang the run
+            if isinstance(exc, FleetError) and not isinstance(exc, APIError):
+                raise
+            returned = True
+            self._done(s.key, Result.unknown, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.in_flight.discard(s.key)
+            if not returned and s.key not in self.summary.results:  # the drain ended
+                self._done(s.key, Result.unknown, "cancelled in flight: the next run looks it up")
 
     def _stopped(self, key: str) -> None:
         if key in self.ambiguous_keys or key in self.deferred:
@@ -397,37 +337,40 @@ class _ApplyRun:
         else:
             self._done(key, Result.not_started)
 
-    async def launch(self, s: PlannedSession, lookup_first: bool) -> None:
+    async def launch(
+        self, s: PlannedSession, lookup_first: bool, resume: tuple[float, int] | None = None
+    ) -> None:
+        """Create `s` (paced, fenced, its intent recorded first). A 429 parks the key: it
+        waits out its own Retry-After in a task of its own while its worker launches others,
+        and `resume` (retry time, 429s so far) carries on from there."""
         key = s.key
         self.deferred.pop(key, None)
         if lookup_first:
             found = await self.lookup(s, "earlier attempt's outcome unknown")
             if found is not None:
                 return
-        limited = 0
-        retry_at = 0.0  # this request's own Retry-After, as a clock time
+        retry_at, limited = resume or (0.0, 0)  # retry_at: its own Retry-After (clock time)
         while True:
-            ticket = await self.pacer.acquire(self.stop, not_before=retry_at)
-            if ticket is None:
+            if await self.wait_or_stop(retry_at - self.clock.now()):
                 self._stopped(key)
                 return
-            attempt = self.attempts.get(key, 0) + 1
-            body = s.body(self.environ)
-            await self.writer.submit(
-                LedgerEvent(
-                    key,
-                    EventKind.intent,
-                    attempt,
-                    fingerprint=s.fingerprint,
-                    launch_attempt=s.attempt,
+            async with self.slots:  # at most `concurrency` in flight, parked keys included
+                ticket = await self.pacer.acquire(self.stop, not_before=retry_at)
+                if ticket is None:
+                    self._stopped(key)
+                    return
+                attempt = self.attempts.get(key, 0) + 1
+                body = s.body(self.environ)
+                intent = LedgerEvent(
+                    key, EventKind.intent, attempt, fingerprint=s.fingerprint, launch_attempt=s.attempt
                 )
-            )
-            self.intents[key] = s.fingerprint
-            if not self.lease_held():  # fencing: right before the request leaves
-                self._done(key, Result.not_started, "not sent: this run lost the campaign lock")
-                return
-            self.attempts[key] = attempt
-            result = await self.client.create_session(body)
+                await self.writer.submit(intent)
+                self.intents[key] = s.fingerprint
+                if not self.lease_held():  # fencing: right before the request leaves
+                    self._done(key, Result.not_started, "not sent: this run lost the campaign lock")
+                    return
+                self.attempts[key] = attempt
+                result = await self.client.create_session(body)
             o = result.outcome
             message = self.redact(result.message)
             if o == CreateOutcome.created:
@@ -448,6 +391,9 @@ class _ApplyRun:
                 )
                 if limited >= self.options.max_rate_limited:
                     await self._give_up(s, f"rate limited {limited} times", 429)
+                    return
+                if self.pool is not None:  # park: its worker goes on with the next key
+                    self.pool.start_soon(self.handle, s, False, False, (retry_at, limited))
                     return
                 continue
             if o == CreateOutcome.auth:
@@ -524,7 +470,8 @@ class _ApplyRun:
         sessions: list[Session] = []
         for tries in range(3):
             try:
-                sessions = [x async for x in self.client.list_sessions(tags=[s.identity_tag])]
+                async with self.slots:
+                    sessions = [x async for x in self.client.list_sessions(tags=[s.identity_tag])]
                 break
             except AuthError:
                 raise
@@ -596,6 +543,33 @@ class _ApplyRun:
 
     # ------------------------------------------------------------------ reconcile
 
+    async def before_creates(self) -> None:
+        """The preflight (token, referenced ids) and the reconcile listing at once: both only
+        read, both end before the first create, and the run waits one round trip, not two."""
+        failed: dict[str, FleetError] = {}
+
+        async def guarded(name: str, step: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await step()
+            except FleetError as exc:
+                failed[name] = exc
+
+        async with anyio.create_task_group() as tg:
+            if self.options.preflight:
+                tg.start_soon(guarded, "preflight", self.preflight)
+            if self.options.reconcile:
+                tg.start_soon(guarded, "reconcile", self.reconcile)
+        if "preflight" in failed:  # a bad token or a missing id: the reconcile's 401 says less
+            raise failed["preflight"]
+        if "reconcile" in failed:
+            if not isinstance(failed["reconcile"], AuthError):
+                raise failed["reconcile"]
+            self._halt(failed["reconcile"])  # may not list sessions: nothing is sent blind
+
+    async def preflight(self) -> None:
+        for warning in await check_remote(self.plan, self.client):
+            self.reporter.note(f"warning: {warning}")
+
     async def reconcile(self) -> None:
         """Before any create: adopt every planned key the API already has a session for."""
         rec = await scan(self.plan, self.client)
@@ -651,21 +625,12 @@ async def apply_plan(
     run = _ApplyRun(plan, client, ledger, options, reporter, clock, environ, stop, summary, admission)
     try:
         ledger.sync_plan(plan)
-        if options.verify_token:
-            try:
-                await client.whoami()
-            except AuthError as exc:
-                if exc.status != 403:  # 403: no ReadAccountMeta; creating may still be allowed
-                    raise
-        if options.reconcile:
-            try:
-                await run.reconcile()
-            except AuthError as exc:  # may not list sessions: nothing is sent blind
-                run._halt(exc)
+        await run.before_creates()
         work = select(plan, ledger, options, summary)
         run.known = ledger.session_ids_by_key()  # one query, not one per key
         run.intents = ledger.intent_fingerprints()
         run.last_beat = clock.now()
+        run.pacer.remaining = len(work)  # the end game starts near its end
         reporter.start(len(work))
         try:
             await _drive(run, work)
@@ -689,6 +654,7 @@ async def _pool(run: _ApplyRun, items: Sequence[tuple[PlannedSession, bool]], de
         max_buffer_size=run.options.concurrency
     )
     async with anyio.create_task_group() as workers:
+        run.pool = workers
         async with recv:
             for _ in range(run.options.concurrency):
                 workers.start_soon(run.worker, recv.clone(), deferred)
@@ -704,6 +670,7 @@ async def _pool(run: _ApplyRun, items: Sequence[tuple[PlannedSession, bool]], de
                     run._stopped(item[0].key)
                     continue
                 await send.send(item)
+    run.pool = None
 
 
 async def _settle_deferred(run: _ApplyRun) -> None:

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import anyio
+import anyio.lowlevel
 
 _TICK = 1e-6  # the shortest wait try_acquire returns
 
@@ -79,11 +80,21 @@ async def sleep_unless(clock: Clock, seconds: float, stop: anyio.Event) -> bool:
 
 
 class MonotonicClock:
+    """Real time. Sleeps end on time to a few tens of microseconds: the event loop's timers
+    overshoot by up to a millisecond (epoll counts whole milliseconds), which at 100 creates/s
+    would cost a tenth of the rate, so the last `spin` seconds yield to the loop instead."""
+
+    spin = 0.0015
+
     def now(self) -> float:
         return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
-        await anyio.sleep(seconds)
+        deadline = time.monotonic() + seconds
+        if seconds > self.spin:
+            await anyio.sleep(seconds - self.spin)
+        while time.monotonic() < deadline:  # a timer cannot wake this precisely: yield instead
+            await anyio.lowlevel.checkpoint()
 
 
 class TokenBucket:
@@ -200,6 +211,9 @@ class AdaptiveRate:
     hint: float | None = None  # the rate the server's headers announced
     hint_trust: float = 0.99  # fraction of the announced rate used; 429s shrink it
     cuts: int = 0
+    peak: float | None = None  # the lowest rate a fresh 429 answered lately: just above the limit
+    recover: float = 0.1  # after a cut, each accepted create closes this share of the way back
+    single_token: bool | None = None  # the server's bucket holds one token (seen at its first 429)
     demand: bool = False  # creates waited for the rate since the last step up (else no probe)
     _cut_at: float = -math.inf  # tickets sent before this were paced at a rate already cut
     _since_cut: int = 0  # accepted creates sent after the last cut
@@ -232,6 +246,13 @@ class AdaptiveRate:
             return
         if ticket.at >= self._cut_at and self.cuts and self.demand:
             self.demand = False
+            target = self.hold * (self.peak or self.rate)
+            if self.rate < target * 0.995:  # a deep cut: back towards the limit quickly
+                self.rate = self._clamp(self.rate + (target - self.rate) * self.recover)
+                return
+            near = self.peak is not None and self.rate >= 0.99 * self.peak
+            if self.single_token and near and self._since_cut < 4 * self.probe_doubling:
+                return  # one token: just above the limit, half the creates are refused
             step = self.probe * 2 ** (self._since_cut / self.probe_doubling)
             self.rate = self._clamp(self.rate * (1 + min(step, self.probe_max)))
 
@@ -245,11 +266,9 @@ class AdaptiveRate:
         answers = self._answers[lo:hi]
         if len(answers) < self.min_answers:
             return None
-        # Each send's gap from the one before, at most its pacing interval: real sending time
-        # with the pauses and idle stretches left out (during them the server only refilled).
-        paced = sum(
-            min(s - p, 1.0 / r) for (p, _, _), (s, _, r) in zip(answers, answers[1:], strict=False)
-        )
+        # The bucket was empty at both ends (each a 429): what it accepted in between is what
+        # it refilled, pauses included (a refill during a pause is spent after it).
+        paced = answers[-1][0] - answers[0][0]
         accepted = sum(1 for _, ok, _ in answers[1:] if ok)
         if paced <= 0:
             return None
@@ -272,13 +291,27 @@ class AdaptiveRate:
     def on_429(self, ticket: Ticket, now: float) -> bool:
         """Learn from a 429 and lower the rate if it tells something new; True if cut."""
         self._record(ticket, False, now)
+        if self.single_token is None:  # how many creates its full bucket took before this
+            before = bisect.bisect_left(self._answers, (ticket.at,))
+            self.single_token = sum(1 for _, ok, _ in self._answers[:before] if ok) <= 1
         self._lower_bound(ticket.at)
         fresh = ticket.at >= self._cut_at
         settled = not self.cuts or self._since_cut >= self.settled
+        if fresh:  # a new run resets it: the limit may have moved either way
+            renew = settled or self.peak is None
+            self.peak = ticket.rate if renew else min(self.peak or ticket.rate, ticket.rate)
         if fresh and (settled or self._run_start == math.inf):
             self._run_start = ticket.at  # a first 429 after a settled period starts a run
         est = self.accepted_rate(self._run_start, ticket.at)
         cap = self.hold * ticket.rate
+        top = est  # the most the limit can be, by what was measured
+        if est is not None and self.single_token:
+            # One token wastes what refills while the next create is on its way: sent at r,
+            # one create in k goes through, k = ceil(r / limit). So the limit is between
+            # r / k and r / (k - 1) (r just above the limit: half go through); take the middle.
+            k = max(2, round(ticket.rate / est))
+            top = ticket.rate / (k - 1)
+            est = ticket.rate * (2 * k - 1) / (2 * k * (k - 1))
         if fresh and self.hint is not None:
             self.hint_trust *= self.hold
         if not fresh:
@@ -286,14 +319,16 @@ class AdaptiveRate:
             # already show the rate is far too high (saves a round trip of 429s).
             if est is None or est * 1.3 >= self.rate:
                 return False
-            new = max(ticket.rate * 0.25, est)
+            new = max(ticket.rate * 0.1, est)
         elif settled or self.hint is not None or est is None:
             new = cap  # held the rate a while: just above the limit, step back a little
-        else:  # 429s keep coming: go to what the server accepts, at most a quarter at once
-            new = max(ticket.rate * 0.25, min(cap, est))
+        else:  # 429s keep coming: go to what the server accepts (at most a tenth at once)
+            new = max(ticket.rate * 0.1, min(cap, est))
         if self.limit is not None:
             new = max(new, min(cap, self.limit))  # never below what it measurably accepts
         self.rate = self._clamp(min(self.rate, new))
+        if top is not None and (not fresh or not settled):
+            self.peak = min(self.peak or top, top)  # measured: recover to it, probe beyond
         self._cut_at = now
         self._since_cut = 0
         self.cuts += 1
@@ -330,6 +365,7 @@ class Pacer:
         *,
         long_pause: float = 5.0,
         escalate_after: int = 8,
+        endgame: float = 0.9,
         rng: random.Random | None = None,
     ) -> None:
         self.clock = clock
@@ -341,11 +377,19 @@ class Pacer:
         self.escalate_after = escalate_after
         self.rng = rng or random.Random()
         self.pause = _Pause()
+        self._turn = anyio.Lock()  # the workers queue here rather than all polling the bucket
         self.sent = 0  # admissions so far
         self.credit = 0.0  # creates the server's headers said it would take beyond the rate
         self._credit_seq = -1  # the ticket whose answer set the credit
         self.pauses = 0
         self.rate_limited = 0
+        # The end game: `remaining` (creates this run still has to send; None when unknown) is
+        # set by the executor. Once they fit in the longest Retry-After seen, a 429 would hold
+        # its request past everyone else's end: pace at `endgame` x the rate from there on.
+        self.remaining: int | None = None
+        self.endgame = endgame
+        self.retry_hold = 0.0  # the longest Retry-After seen (seconds, at most long_pause)
+        self._endgame_rate: float | None = None
 
     @property
     def pause_until(self) -> float:
@@ -356,7 +400,7 @@ class Pacer:
         (at least a microsecond, so that a clock that moves only by the waits moves)."""
         if now < max(self.pause.until, not_before):
             return max(self.pause.until - now, not_before - now, _TICK)
-        rate = self.adaptive.rate
+        rate = self.paced_rate()
         if rate != self.bucket.rate:
             self.bucket.set_rate(rate, now)
         wait = self.window.wait(now)
@@ -372,19 +416,34 @@ class Pacer:
         self.sent += 1
         return Ticket(now, rate, self.sent - 1)
 
+    def paced_rate(self) -> float:
+        """The rate admissions go at now: the adaptive rate, a little less in the end game."""
+        a = self.adaptive
+        if self._endgame_rate is None:
+            if self.remaining is None or self.remaining > a.rate * self.retry_hold:
+                return a.rate
+            # From here on no probing: the rate it had, less a margin, and lower after 429s.
+            self._endgame_rate = min(a.rate, a.peak or a.rate) * self.endgame
+        return max(a.floor, min(a.rate, self._endgame_rate))
+
     async def acquire(self, stop: anyio.Event | None = None, not_before: float = 0.0) -> Ticket | None:
         """Wait for permission to send one create; None if `stop` was set meanwhile.
 
         `not_before` is this request's own retry time (a Retry-After it was given).
         """
-        while True:
+        while (wait := not_before - self.clock.now()) > 0:  # its own wait, out of the queue
             if stop is not None and stop.is_set():
                 return None
-            got = self.try_acquire(self.clock.now(), not_before)
-            if isinstance(got, Ticket):
-                return got
-            # Short naps: a rate raised meanwhile, or a stop, is seen promptly.
-            await self.clock.sleep(min(got, 0.25))
+            await self.clock.sleep(min(wait, 0.25))
+        async with self._turn:  # one waiter at a time, first come first served
+            while True:
+                if stop is not None and stop.is_set():
+                    return None
+                got = self.try_acquire(self.clock.now(), not_before)
+                if isinstance(got, Ticket):
+                    return got
+                # Short naps: a rate raised meanwhile, or a stop, is seen promptly.
+                await self.clock.sleep(min(got, 0.25))
 
     def on_success(self, ticket: Ticket, hint: RateHint | None = None) -> None:
         now = self.clock.now()
@@ -414,6 +473,8 @@ class Pacer:
             else (2.0 / self.adaptive.rate) * (0.5 + self.rng.random())
         )
         wait = min(max(wait, 0.0), 300.0)
+        if retry_after is not None:
+            self.retry_hold = max(self.retry_hold, min(retry_after, self.long_pause))
         long_wait = retry_after is not None and retry_after > self.long_pause
         if long_wait or (fresh and self.pause.fresh_429s >= self.escalate_after):
             if retry_after is None:  # equal jitter over the episodes of this run

@@ -17,7 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from launcher.apply import Result
+from launcher.summary import Result
 
 
 class ProgressReporter:

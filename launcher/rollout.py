@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from launcher.apply import ApplyOptions, ApplySummary, NullReporter, Reporter, Result, apply_plan
+from launcher.apply import ApplyOptions, NullReporter, Reporter, apply_plan
 from launcher.client import DevinClient
 from launcher.errors import (
     APIError,
@@ -46,6 +46,7 @@ from launcher.manifest import Gate
 from launcher.pacing import Clock, MonotonicClock, sleep_unless
 from launcher.plan import Plan
 from launcher.status import CampaignView, Outcome, classify, watch
+from launcher.summary import ApplySummary, Result
 
 OPEN = frozenset({"passed", "skipped", "forced"})  # decisions that let the next wave launch
 HEARTBEAT_EVERY = 10.0
@@ -602,6 +603,7 @@ async def _waves(
             admission=ceiling,
         )
         summary.applies.append((w.number, launched))
+        options = dataclasses.replace(options, preflight=False)  # proven by the first wave
         if budget is not None:
             budget = max(0, budget - len(launched.results))
         if launched.exit_code not in (ExitCode.ok, ExitCode.failed) or stop.is_set():

@@ -71,6 +71,7 @@ class ScriptedAPI:
 
     on_create: Handler
     on_list: Handler | None = None
+    on_self: Handler | None = None
     sessions: list[dict[str, Any]] = field(default_factory=list)
     creates: int = 0
     lists: int = 0
@@ -106,6 +107,8 @@ class ScriptedAPI:
                 return await self.on_list(request, self)
             return self.listing(request)
         if request.url.path.endswith("/self"):
+            if self.on_self is not None:
+                return await self.on_self(request, self)
             return httpx.Response(200, json={"service_user_id": "su-1"})
         return httpx.Response(404, json={"detail": "not found"})
 

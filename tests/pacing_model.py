@@ -1,9 +1,11 @@
 """A discrete-event model of `apply` against a server-side token bucket, in virtual time.
 
-It drives the real `Pacer` (its pure `try_acquire`/`on_success`/`on_429`) with a fake clock:
-`concurrency` workers, a server bucket of `limit`/s and `burst`, a fixed latency before the
-server decides, and Retry-After as the simulator writes it (whole seconds rounded up, an HTTP
-date rounded up to the next second, or none). Nothing here sleeps or reads the wall clock.
+It drives the real `Pacer` (its pure `try_acquire`/`on_success`/`on_429`) with a fake clock as
+apply does: at most `concurrency` creates in flight, a 429 parks its key until its Retry-After
+while the others go on, and the pacer hears how many are left (its end game). The server is a
+bucket of `limit`/s and `burst`, decides after a fixed latency, and writes Retry-After as the
+simulator does (whole seconds rounded up, an HTTP date rounded up to the next second, or none).
+Nothing here sleeps or reads the wall clock.
 """
 
 from __future__ import annotations
@@ -66,44 +68,28 @@ def run_model(
     clock = FakeClock()
     start = clock.now()
     pacer = Pacer(rate, clock, rng=random.Random(seed))
+    pacer.remaining = n
     tokens, stamp = float(burst), start
-    todo = n
+    todo = n  # keys not handed out yet
     created = limited = 0
     in_flight = 0
     out = Outcome(0.0, 0, 0)
-    # (time, seq, kind, worker, ticket, not_before)
-    events: list[tuple[float, int, str, int, Ticket | None, float]] = []
+    parked: list[tuple[float, int]] = []  # (not before, seq): 429s waiting out Retry-After
+    # (time, seq, kind, ticket): "try" = whoever waits may send now; "arrive" = at the server
+    events: list[tuple[float, int, str, Ticket | None]] = []
     seq = 0
 
-    def push(t: float, kind: str, w: int, ticket: Ticket | None = None, nb: float = 0.0) -> None:
+    def push(t: float, kind: str, ticket: Ticket | None = None) -> None:
         nonlocal seq
         seq += 1
-        heapq.heappush(events, (t, seq, kind, w, ticket, nb))
+        heapq.heappush(events, (t, seq, kind, ticket))
 
-    has_item = [False] * concurrency
-    for w in range(concurrency):
-        push(start, "ready", w)
+    push(start, "try")
     while events and created < n:
-        t, _, kind, w, ticket, nb = heapq.heappop(events)
+        t, _, kind, ticket = heapq.heappop(events)
         clock.t = max(clock.t, t)
         now = clock.t
-        if kind == "ready":
-            if not has_item[w]:
-                if todo == 0:
-                    continue
-                todo -= 1
-                has_item[w] = True
-            got = pacer.try_acquire(now, nb)
-            if isinstance(got, Ticket):
-                in_flight += 1
-                out.max_in_flight = max(out.max_in_flight, in_flight)
-                out.sends.append(now)
-                out.rates.append(pacer.adaptive.rate)
-                delay = latency + (rng.random() * jitter if jitter else 0.0)
-                push(now + delay, "arrive", w, got)
-            else:
-                push(now + min(got, 0.25), "ready", w, None, nb)
-        elif kind == "arrive":
+        if kind == "arrive":
             assert ticket is not None
             tokens = min(float(burst), tokens + (now - stamp) * limit)
             stamp = now
@@ -112,11 +98,10 @@ def run_model(
             if tokens >= 1.0:
                 tokens -= 1.0
                 created += 1
+                pacer.remaining = n - created
                 if headers:
                     hint = Hint(limit, math.floor(tokens))
                 pacer.on_success(ticket, hint)
-                has_item[w] = False
-                push(now, "ready", w)
             else:
                 limited += 1
                 wait = (1.0 - tokens) / limit
@@ -130,8 +115,30 @@ def run_model(
                     ra = None
                 if headers:
                     hint = Hint(limit, 0)
-                not_before = pacer.on_429(ticket, ra, hint)
-                push(now, "ready", w, None, not_before)
+                # Parked, as apply does: its slot goes to the next key meanwhile.
+                heapq.heappush(parked, (pacer.on_429(ticket, ra, hint), seq))
+                push(parked[0][0], "try")
+            push(now, "try")
+            continue
+        # "try": fill the free slots, parked keys that are due first, then new keys
+        while in_flight < concurrency:
+            due = bool(parked) and parked[0][0] <= now
+            if not due and todo == 0:
+                break
+            got = pacer.try_acquire(now)
+            if not isinstance(got, Ticket):
+                push(now + min(got, 0.25), "try")
+                break
+            if due:
+                heapq.heappop(parked)
+            else:
+                todo -= 1
+            in_flight += 1
+            out.max_in_flight = max(out.max_in_flight, in_flight)
+            out.sends.append(now)
+            out.rates.append(pacer.adaptive.rate)
+            delay = latency + (rng.random() * jitter if jitter else 0.0)
+            push(now + delay, "arrive", got)
     out.elapsed = clock.now() - start
     out.created = created
     out.rate_limited = limited

@@ -25,11 +25,11 @@ from launcher import (
     load_manifest,
     open_ledger,
 )
-from launcher.apply import ApplySummary, Result
 from launcher.cli import cli
 from launcher.ledger import Change, LedgerEvent
 from launcher.plan import Plan
 from launcher.sim import Profile, SimServer
+from launcher.summary import ApplySummary, Result
 
 Write = Callable[[str, str], Path]
 

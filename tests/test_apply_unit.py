@@ -14,11 +14,11 @@ import httpx
 import pytest
 
 from launcher import ApiConfig, ApplyOptions, DevinClient, apply_plan, build_plan, load_manifest
-from launcher.apply import ApplySummary, Result
-from launcher.errors import CircuitOpenError, ExitCode
+from launcher.errors import AuthError, CircuitOpenError, ExitCode
 from launcher.ledger import EventKind, LaunchState, open_ledger
 from launcher.plan import Plan
-from tests.fake_api import FakeClock, ScriptedAPI
+from launcher.summary import ApplySummary, Result
+from tests.fake_api import FakeClock, ScriptedAPI, created
 
 Write = Callable[[str, str], Path]
 
@@ -50,7 +50,7 @@ def run(
     **options: Any,
 ) -> ApplySummary:
     clock = clock or FakeClock()
-    options.setdefault("verify_token", False)
+    options.setdefault("preflight", False)
     options.setdefault("rate", 100.0)
     timeout = options.pop("request_timeout", 5.0)
     cfg = ApiConfig("http://127.0.0.1:9", "org-test", "cog_test", read_timeout=timeout)
@@ -271,3 +271,97 @@ def test_an_apply_whose_lock_was_taken_over_stops_sending_and_exits_7(
     assert "lost the campaign lock" in (summary.aborted.message if summary.aborted else "")
     assert summary.results["r0"] == Result.created  # the fact it learned is still recorded
     assert state(plan, tmp_path, "r0") == LaunchState.created
+
+
+def test_the_preflight_and_the_campaign_listing_are_in_flight_together(
+    write: Write, tmp_path: Path
+) -> None:
+    """One round trip before the first create, not two: /v3/self is answered only once the
+    listing has been asked for (sequential requests would wait here until the bound)."""
+    plan = small(write, 3)
+    listed = anyio.Event()
+    order: list[str] = []
+
+    async def on_list(request: httpx.Request, api: ScriptedAPI) -> httpx.Response:
+        listed.set()
+        order.append("list")
+        return api.listing(request)
+
+    async def on_self(_request: httpx.Request, _api: ScriptedAPI) -> httpx.Response:
+        with anyio.move_on_after(10):  # real seconds, reached only when the two are sequential
+            await listed.wait()
+        order.append("self")
+        return httpx.Response(200, json={"service_user_id": "su-1"})
+
+    async def create(request: httpx.Request, api: ScriptedAPI) -> httpx.Response:
+        order.append("create")
+        return await created(request, api)
+
+    api = ScriptedAPI(create, on_list=on_list, on_self=on_self)
+    summary = run(plan, api, tmp_path, preflight=True)
+    assert summary.exit_code == ExitCode.ok
+    assert order[:2] == ["list", "self"] and order[2:] == ["create"] * 3
+
+
+def test_a_failed_preflight_wins_over_the_listing_and_nothing_is_created(
+    write: Write, tmp_path: Path
+) -> None:
+    plan = small(write, 2)
+    api = ScriptedAPI(created, on_list=answer(401), on_self=answer(401))
+    with pytest.raises(BaseExceptionGroup) as info:  # through the fake clock's task group
+        run(plan, api, tmp_path, preflight=True)
+    assert info.group_contains(AuthError, match="GET /self: HTTP 401") and api.creates == 0
+    # A token that may not read /v3/self (403) is only a warning; a listing it may not read
+    # stops the run before any create (nothing is sent blind).
+    api = ScriptedAPI(created, on_list=answer(403), on_self=answer(403))
+    summary = run(plan, api, tmp_path, preflight=True)
+    assert summary.exit_code == ExitCode.aborted and api.creates == 0
+    assert isinstance(summary.aborted, AuthError) and summary.aborted.status == 403
+
+
+def test_a_429_parks_its_key_and_its_worker_launches_the_next(write: Write, tmp_path: Path) -> None:
+    """With one worker, a 429 with a 3 s Retry-After does not idle the run for 3 s: the key
+    waits on its own and the worker goes on; it is sent again once its Retry-After is over."""
+    plan = small(write, 4)
+    clock = FakeClock()
+    sent: list[tuple[str, float]] = []
+
+    async def first_is_limited(request: httpx.Request, api: ScriptedAPI) -> httpx.Response:
+        sent.append((json.loads(request.content)["prompt"].removeprefix("Fix "), clock.now()))
+        if len(sent) == 1:
+            return httpx.Response(429, json={"detail": "slow down"}, headers={"Retry-After": "3"})
+        return await created(request, api)
+
+    api = ScriptedAPI(first_is_limited)
+    summary = run(plan, api, tmp_path, clock, concurrency=1, rate=100.0)
+    assert summary.exit_code == ExitCode.ok and summary.count(Result.created) == 4
+    keys = [k for k, _ in sent]
+    assert keys[0] == "r0" and keys[1:4] == ["r1", "r2", "r3"] and keys[4] == "r0"
+    assert sent[3][1] - sent[0][1] < 0.1  # the others did not wait on r0's Retry-After
+    assert sent[4][1] - sent[0][1] >= 3.0  # and r0 waited all of it
+    assert api.creates == 5
+
+
+def test_parked_keys_never_push_the_creates_in_flight_past_the_concurrency(
+    write: Write, tmp_path: Path
+) -> None:
+    plan = small(write, 12)
+    clock = FakeClock()
+    now_in_flight = [0, 0]  # current, most
+
+    async def slow_and_often_limited(request: httpx.Request, api: ScriptedAPI) -> httpx.Response:
+        now_in_flight[0] += 1
+        now_in_flight[1] = max(now_in_flight[1], now_in_flight[0])
+        try:
+            await clock.sleep(0.5)
+            if api.creates % 3 == 0:
+                return httpx.Response(429, json={"detail": "slow"}, headers={"Retry-After": "1"})
+            return await created(request, api)
+        finally:
+            now_in_flight[0] -= 1
+
+    api = ScriptedAPI(slow_and_often_limited)
+    summary = run(plan, api, tmp_path, clock, concurrency=3, rate=100.0)
+    assert summary.count(Result.created) == 12
+    assert summary.rate_limited > 0
+    assert now_in_flight[1] == 3

@@ -20,12 +20,12 @@ import pytest
 from click.testing import CliRunner
 
 from launcher import ApiConfig, DevinClient, build_plan, load_manifest, open_ledger
-from launcher.apply import Result
 from launcher.cli import cli
 from launcher.errors import ExitCode
 from launcher.ledger import Change, EventKind, LaunchState
 from launcher.remote import check_remote
 from launcher.sim import Profile, SimServer
+from launcher.summary import Result
 from tests.fake_api import ScriptedAPI, created
 from tests.test_apply import (
     assert_exactly_once_and_ledger_agrees,

@@ -364,6 +364,30 @@ def refs_manifest(write: Write, *, playbook: str, secret: str) -> Path:
     )
 
 
+def test_apply_proves_the_token_and_ids_before_any_create(
+    write: Write, make_sim: Callable[..., SimServer], env: Callable[..., None]
+) -> None:
+    """apply runs the remote check beside the campaign listing: both must end before a create."""
+    sim = make_sim("clean")
+    path = refs_manifest(write, playbook="playbook-sim-nope", secret="secret-sim-npm-token")
+    env(sim, "cog_wrong")
+    res = run("apply", path, "--yes", "--ledger", path.parent / "x.db")
+    assert res.exit_code == 5 and "401" in res.stderr and "Traceback" not in res.output
+    assert "POST /sessions" not in requests(sim)
+
+    env(sim)
+    res = run("apply", path, "--yes", "--ledger", path.parent / "x.db")
+    assert res.exit_code == 1, res.output
+    assert f"{where(path, 'playbook-sim-nope')}: fleets[0].session.playbook_id" in res.stderr
+    assert "POST /sessions" not in requests(sim)  # nothing was created
+
+    path = refs_manifest(write, playbook="playbook-sim-fix-tests", secret="secret-sim-npm-token")
+    res = run("apply", path, "--yes", "--ledger", path.parent / "x.db")
+    assert res.exit_code == 0, res.output
+    seen = requests(sim)
+    assert seen["POST /sessions"] == 2 and seen["GET /v3/self"] == 3 and seen["GET /sessions"] >= 2
+
+
 def where(path: Path, text: str) -> str:
     """file:line:col of the first occurrence of `text` in the file."""
     for n, line in enumerate(path.read_text().splitlines(), start=1):

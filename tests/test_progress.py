@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from launcher.apply import Result
 from launcher.progress import ProgressReporter
+from launcher.summary import Result
 
 
 def test_plain_lines_without_a_terminal_carry_counts_by_outcome() -> None:

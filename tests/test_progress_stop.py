@@ -11,10 +11,10 @@ from pathlib import Path
 import anyio
 
 from launcher import ApiConfig, ApplyOptions, DevinClient, apply_plan, build_plan, load_manifest
-from launcher.apply import ApplySummary, Result
 from launcher.ledger import open_ledger
 from launcher.progress import ProgressReporter
 from launcher.sim import SimServer
+from launcher.summary import ApplySummary, Result
 from tests.test_follow import fleet_manifest
 
 Write = Callable[[str, str], Path]
@@ -140,7 +140,7 @@ def test_creates_cancelled_by_the_drain_timeout_still_reach_the_reporter(
                     plan,
                     client,
                     led,
-                    ApplyOptions(concurrency=1, rate=500.0, drain_timeout=0.0, verify_token=False),
+                    ApplyOptions(concurrency=1, rate=500.0, drain_timeout=0.0, preflight=False),
                     reporter=reporter,
                     environ={},
                     stop=stop,

@@ -19,7 +19,6 @@ import pytest
 from click.testing import CliRunner, Result
 
 from launcher import ApiConfig, ApplyOptions, DevinClient, build_plan, load_manifest, open_ledger
-from launcher.apply import Result as LaunchResult
 from launcher.cli import cli
 from launcher.manifest import Gate, parse_duration
 from launcher.plan import Plan
@@ -32,6 +31,7 @@ from launcher.rollout import (
     wave_sizes,
 )
 from launcher.sim import Profile, SimServer
+from launcher.summary import Result as LaunchResult
 from tests.test_apply import sessions_per_key
 
 Write = Callable[[str, str], Path]
@@ -116,7 +116,7 @@ def rollout(
                     plan,
                     client,
                     led,
-                    ApplyOptions(rate=500.0, verify_token=False),
+                    ApplyOptions(rate=500.0, preflight=False),
                     ro or RolloutOptions(interval=0.05, max_interval=0.2, ceiling_interval=0.05),
                     environ={},
                     clock=clock,
@@ -294,7 +294,7 @@ def test_limit_counts_over_the_whole_run_and_stops_inside_a_wave(
     async def go() -> RolloutSummary:
         async with DevinClient(cfg) as client:
             with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "l.db") as led:
-                options = ApplyOptions(rate=500.0, verify_token=False, limit=4)
+                options = ApplyOptions(rate=500.0, preflight=False, limit=4)
                 return await run_rollout(plan, client, led, options, ro, environ={})
 
     summary = anyio.run(go)
@@ -493,7 +493,7 @@ def test_waves_and_ceiling_under_ambiguous_creates_launch_each_key_once(
     async def go() -> RolloutSummary:
         async with DevinClient(cfg) as client:
             with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "l.db") as led:
-                options = ApplyOptions(rate=500.0, verify_token=False, lookup_grace=0.1)
+                options = ApplyOptions(rate=500.0, preflight=False, lookup_grace=0.1)
                 return await run_rollout(plan, client, led, options, ro, environ={})
 
     summary = anyio.run(go)
@@ -697,7 +697,7 @@ def test_a_lease_lost_while_following_a_wave_stops_the_rollout(
             with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
                 # A lease of 3 s: renewed every 0.5 s, so a loaded machine does not lose it
                 # by itself; the takeover is what must stop the run.
-                options = ApplyOptions(rate=500.0, verify_token=False, lock_ttl=3.0)
+                options = ApplyOptions(rate=500.0, preflight=False, lock_ttl=3.0)
                 try:
                     summary = await run_rollout(plan, client, led, options, ro, environ={})
                     outcome.append(summary.exit_code)

@@ -31,10 +31,11 @@ from launcher.ledger import Change, Ledger, open_ledger
 from launcher.plan import Plan
 
 if TYPE_CHECKING:
-    from launcher.apply import ApplyOptions, ApplySummary
+    from launcher.apply import ApplyOptions
     from launcher.client import ApiConfig
     from launcher.relaunch import Selection
     from launcher.rollout import RolloutOptions, RolloutSummary
+    from launcher.summary import ApplySummary
 
 
 @click.command()
@@ -239,21 +240,23 @@ async def _apply_async(
                 stop.set()
                 err.print("interrupted: finishing in-flight creates, if any (Ctrl-C again to quit now)")
 
+    from launcher.attempts import attempt_history
     from launcher.client import DevinClient
     from launcher.progress import ProgressReporter
+    from launcher.relaunch import attempt_plan, terminate_previous
     from launcher.remote import check_remote
     from launcher.rollout import run_rollout
 
     async with DevinClient(cfg, max_connections=options.concurrency + 4) as client:
-        # Prove the token and the referenced ids before anything is created (so apply_plan
-        # need not ask /v3/self again).
-        for warning in await check_remote(p, client):
-            err.print(f"warning: {warning}", markup=False)
-        options = dataclasses.replace(options, verify_token=False)
+        if any(a.termination == "pending" for a in attempt_history(led)):
+            # A relaunch ends earlier attempts first: only once the token and the referenced
+            # ids are proven, so a relaunch that cannot start never ends its predecessor.
+            # Otherwise apply_plan proves them while it lists the campaign (one round trip).
+            for warning in await check_remote(p, client):
+                err.print(f"warning: {warning}", markup=False)
+            options = dataclasses.replace(options, preflight=False)
         # Relaunches: earlier live attempts end before any new attempt starts (also those a
         # crashed run recorded), and relaunched keys are planned at their current attempt.
-        from launcher.relaunch import attempt_plan, terminate_previous
-
         ended = await terminate_previous(client, led)
         if ended:
             err.print(f"relaunch: terminated {ended} earlier attempt(s)", markup=False)
@@ -288,7 +291,7 @@ async def _select(p: Plan, cfg: ApiConfig, led: Ledger, selectors: tuple[str, ..
 
 
 def _apply_summary(s: ApplySummary) -> None:
-    from launcher.apply import Result
+    from launcher.summary import Result
 
     c = {r: s.count(r) for r in Result}
     out.print(

@@ -260,6 +260,8 @@ class SimApp:
         async def handle(request: Request, method: str) -> Response:
             permission, handler = methods[method]
             self.state.requests[f"{method} {short}"] += 1
+            if self.state.first_request_at is None:
+                self.state.first_request_at = self.state.clock.now()
             self.request_number += 1
             if delay := self.plan.latency(self.request_number):
                 self.state.faults["latency"] += 1

@@ -186,6 +186,7 @@ class SimState:
         self.responses: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.create_times: list[float] = []  # monotonic arrival of every create (pacing checks)
+        self.first_request_at: float | None = None  # arrival of the first API request (clock)
         self.creates_in_flight = 0
         self.creates_max_in_flight = 0  # the most create requests being answered at once
         self._acu_rate = profile.lifecycle.acus_per_hour / 3600.0
@@ -556,4 +557,9 @@ class SimState:
             # The most create requests (answered 429 or not) that arrived in any one second.
             "creates_max_per_second": max_in_window(self.create_times, 1.0),
             "creates_max_in_flight": self.creates_max_in_flight,
+            # Clock times (Unix epoch scale) that split a run's wall time: start-up, the
+            # requests before the first create, the creates, the wait for the last answer.
+            "first_request_at": self.first_request_at,
+            "first_create_at": self.create_times[0] if self.create_times else None,
+            "last_create_at": self.create_times[-1] if self.create_times else None,
         }
