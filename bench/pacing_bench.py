@@ -7,7 +7,10 @@ prints one line per shape:
     efficiency = (sessions / server limit) / apply wall time including start-up
 
 plus the 429 count, duplicates (from the simulator's introspection), the most creates that
-reached the server in any one second, and the rate apply ended at.
+reached the server in any one second, the rate apply ended at, where the wall time went
+(start-up to the first request, to the first create, creating, after the last create), and
+the bound: the best efficiency any client with the same start-up could reach (the server's
+burst at once, the rest at its limit, one latency for the listing and one for the last answer).
 
     .venv/bin/python bench/pacing_bench.py                  # the default matrix (~6 min)
     .venv/bin/python bench/pacing_bench.py --shape a --shape d
@@ -134,7 +137,18 @@ def run_shape(shape: Shape, n: int, rate: float, concurrency: int) -> dict[str, 
         "before_creates_s": _span(stats.get("first_request_at"), stats.get("first_create_at")),
         "creating_s": _span(stats.get("first_create_at"), stats.get("last_create_at")),
         "tail_s": _span(stats.get("last_create_at"), ended),
+        # The best any client with this start-up could do: the server's burst at once, the
+        # rest at its limit, a latency for the listing before the first create and one for
+        # the last answer.
+        "bound": _bound(shape, n, stats.get("first_request_at"), spawned),
     }
+
+
+def _bound(shape: Shape, n: int, first_request: object, spawned: float) -> float | None:
+    if not isinstance(first_request, float | int):
+        return None
+    best = (float(first_request) - spawned) + (n - shape.burst) / shape.limit
+    return round((n / shape.limit) / (best + 2 * shape.latency_ms / 1000), 3)
 
 
 def _span(start: object, end: object) -> float | None:
@@ -188,7 +202,7 @@ def main() -> None:
             f"{r['rate_limited']:>5} {r['rate_limited_pct']:>5} {r['duplicates']:>4} "
             f"{r['max_creates_per_s']:>5} {r['final_rate']:>6}"
             f"  {r['startup_s']:>5} {r['before_creates_s']:>5} {r['creating_s']:>5} "
-            f"{r['tail_s']:>5}",
+            f"{r['tail_s']:>5} {r['bound']:>5}",
             flush=True,
         )
 

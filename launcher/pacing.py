@@ -3,36 +3,46 @@ with full jitter; the circuit breaker.
 
 The API publishes no limit, so apply learns it from the answers. Creates start at the `--rate`
 ceiling, one at a time: the client's bucket holds one token, so it never bursts into the
-server's bucket. Every admission is a `Ticket` (send time, rate it was paced at), and answers
-are kept by send time, so latency, pauses and idle workers never blur what they measure.
+server's bucket, and waiters queue first come first served (one polls the bucket; the real
+clock spins out the last 1.5 ms of a wait, as the event loop's timers overshoot by up to a
+millisecond). Every admission is a `Ticket` (send time, rate it was paced at), and answers
+are kept by send time, so latency never blurs what they measure.
 
 - A 429 means the server's bucket was empty when that create arrived. The first one after a
   settled period (30 creates accepted since the last cut) starts a *run* and steps the rate
-  back to 0.97 x the rate it was sent at: the server's limit is just below.
-- If 429s keep coming within the run, the rate goes to what the server accepted since the
-  run began: accepted / sending time (each send's gap from the previous one, at most its
-  pacing interval, so pauses count nothing). Before 8 are accepted, (accepted + 1) / time, the
-  most it could have accepted, so a cut is never deeper than needed; at most to a quarter at
-  once. 429s for creates sent before a cut cut again only when that figure is 30% below the
-  rate (at 300 ms latency this saves a round trip of 429s).
+  back to 0.97 x the rate it was sent at (its *peak*: the limit is just below).
+- If 429s keep coming within the run, the rate goes to what the server accepted between the
+  run's first 429 and this one: its bucket was empty at both, so accepted / the span between
+  them is its limit, pauses included (what refilled during a pause was spent after it).
+  Before 8 are accepted, (accepted + 1) / span, so a cut is never deeper than needed; at most
+  to a tenth at once. That measure becomes the peak. 429s for creates sent before a cut cut
+  again only when the measure is 30% below the rate (saves a round trip of 429s at 300 ms).
+- One token (at most one create went through before the first 429): the bucket wastes what
+  refills while the next create is on its way, so sent at r, one in k = ceil(r / limit) goes
+  through, and r just above the limit sees half. The limit is then between r / k and
+  r / (k - 1): the cut goes to the middle, the peak to the top, and the rate does not probe
+  past 0.99 x the rate of the latest 429 for 160 accepted creates (just above the limit,
+  half would be refused).
 - Between two 429s the bucket refilled more than (accepted - 1): a lower bound of the limit
   that no cut goes under.
-- Probe: while creates wait on the rate, each accepted one raises it by 0.075%, doubling every
-  40 accepted without a 429, at most 0.5%: near the limit a 429 comes every ~40 creates,
-  after a deep cut the rate is back within ~120.
-- Retry-After (seconds or HTTP date) holds back only the request it answered; the others keep
-  launching at the lowered rate. A whole second to refill one token would otherwise stop
-  everyone for 20 creates' worth at 20/s. Eight 429s in a row for creates sent after their
-  cut, or a Retry-After over 5 s, pause every worker as asked (or with equal-jitter backoff),
-  and measuring starts afresh.
+- Back up: after a cut, each accepted create closes a tenth of the way to 0.97 x the peak;
+  from there it probes by 0.075% per accepted create while creates wait on the rate, doubling
+  every 40 accepted without a 429, at most 0.5%.
+- Retry-After (seconds or HTTP date) holds back only the request it answered: apply parks
+  the key and its worker launches the next (at most `--concurrency` in flight, parked keys
+  included). Eight 429s in a row for creates sent after their cut, or a Retry-After over 5 s,
+  pause every worker as asked (or with equal-jitter backoff), and measuring starts afresh.
+- End game: once the creates left would all be sent within the longest Retry-After seen, a
+  429 would hold its request past everyone else's end, so the rate drops to 0.9 x (the rate,
+  at most the peak) and probes no more. A 0.1 s slower last second against a whole second.
 - Rate-limit headers, when an answer has them (the client parses three families), set the rate
   directly (0.99 x quota / window, no probing); Remaining, less the creates sent since, may go
   at once (the server's burst, still within `--rate`); a 429 anyway lowers their trust by 3%.
 
-Against the simulator's token bucket (bench/pacing_bench.py, 300 creates, `--rate` 100 or 2 x
-the limit) efficiency in wall time went from 0.07-0.83 to the figures in the README. Bounds:
-at most floor(`--rate`) admissions in any 1.02-second window (a sliding log over the bucket),
-at most `--concurrency` in flight (the executor's workers). The pure parts take explicit
+Figures: bench/pacing_bench.py (real sockets, the CLI, the simulator's token bucket) and
+bench/pacing_sweep.py (this module in the virtual-time model of apply, 384 server shapes);
+the README has both. Bounds: at most floor(`--rate`) admissions in any 1.02-second window (a
+sliding log over the bucket), at most `--concurrency` in flight. The pure parts take explicit
 times, so tests drive them with a fake clock.
 """
 
@@ -218,6 +228,7 @@ class AdaptiveRate:
     _cut_at: float = -math.inf  # tickets sent before this were paced at a rate already cut
     _since_cut: int = 0  # accepted creates sent after the last cut
     _run_start: float = -math.inf  # send time of the first 429 of the current run
+    _drew: float | None = None  # the rate of the latest create answered 429 (sent after a cut)
     # Answers by send time: (sent, accepted, paced rate); and 429 send times, both sorted.
     _answers: list[tuple[float, bool, float]] = field(default_factory=list)
     _limited: list[float] = field(default_factory=list)
@@ -250,7 +261,7 @@ class AdaptiveRate:
             if self.rate < target * 0.995:  # a deep cut: back towards the limit quickly
                 self.rate = self._clamp(self.rate + (target - self.rate) * self.recover)
                 return
-            near = self.peak is not None and self.rate >= 0.99 * self.peak
+            near = self._drew is not None and self.rate >= 0.99 * self._drew
             if self.single_token and near and self._since_cut < 4 * self.probe_doubling:
                 return  # one token: just above the limit, half the creates are refused
             step = self.probe * 2 ** (self._since_cut / self.probe_doubling)
@@ -297,6 +308,8 @@ class AdaptiveRate:
         self._lower_bound(ticket.at)
         fresh = ticket.at >= self._cut_at
         settled = not self.cuts or self._since_cut >= self.settled
+        if fresh:
+            self._drew = ticket.rate
         if fresh:  # a new run resets it: the limit may have moved either way
             renew = settled or self.peak is None
             self.peak = ticket.rate if renew else min(self.peak or ticket.rate, ticket.rate)
