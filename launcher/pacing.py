@@ -436,7 +436,8 @@ class Pacer:
             if self.remaining is None or self.remaining > a.rate * self.retry_hold:
                 return a.rate
             # From here on no probing: the rate it had, less a margin, and lower after 429s.
-            self._endgame_rate = min(a.rate, a.peak or a.rate) * self.endgame
+            margin = self.endgame if a.single_token else (1 + self.endgame) / 2
+            self._endgame_rate = min(a.rate, a.peak or a.rate) * margin
         return max(a.floor, min(a.rate, self._endgame_rate))
 
     async def acquire(self, stop: anyio.Event | None = None, not_before: float = 0.0) -> Ticket | None:

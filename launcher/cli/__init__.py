@@ -4,18 +4,27 @@ or exits. One module per group of commands. Exit codes are fixed
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Any
 
-import click
+# Start-up: importing the CLI allocates a great deal and frees almost nothing, so collecting
+# meanwhile is wasted (~10 ms); `main` then freezes what was imported (see there).
+_collecting = gc.isenabled()
+gc.disable()
+try:
+    import click
 
-from launcher.cli.apply_cmd import apply
-from launcher.cli.common import err
-from launcher.cli.follow_cmds import cancel, status, unlock
-from launcher.cli.plan_cmds import plan, schema, validate
-from launcher.cli.report_cmds import message, report, results
-from launcher.cli.sim_cmd import sim
-from launcher.errors import ExitCode, FleetError, fleet_errors
+    from launcher.cli.apply_cmd import apply
+    from launcher.cli.common import err
+    from launcher.cli.follow_cmds import cancel, status, unlock
+    from launcher.cli.plan_cmds import plan, schema, validate
+    from launcher.cli.report_cmds import message, report, results
+    from launcher.cli.sim_cmd import sim
+    from launcher.errors import ExitCode, FleetError, fleet_errors
+finally:
+    if _collecting:
+        gc.enable()
 
 EXIT_CODES = {int(code): code.meaning for code in ExitCode}
 
@@ -57,6 +66,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def main() -> None:
+    # What is alive now (modules, classes, compiled schemas) lives until the process ends:
+    # keep it out of every collection, the one at exit included (~50 ms off each command).
+    gc.freeze()
     cli(prog_name="devin-fleet")
 
 
