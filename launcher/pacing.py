@@ -10,7 +10,10 @@ are kept by send time, so latency never blurs what they measure.
 
 - A 429 means the server's bucket was empty when that create arrived. The first one after a
   settled period (30 creates accepted since the last cut) starts a *run* and steps the rate
-  back to 0.97 x the rate it was sent at (its *peak*: the limit is just below).
+  back to 0.97 x the rate it was sent at (its *peak*: the limit is just below), or, when an
+  earlier 429 is known, to what the bucket refilled between the two (empty at both ends: a
+  lower bound of the limit, at most 10% down), so the rate does not stay above the limit
+  while a bucket of many tokens drains slowly.
 - If 429s keep coming within the run, the rate goes to what the server accepted between the
   run's first 429 and this one: its bucket was empty at both, so accepted / the span between
   them is its limit, pauses included (what refilled during a pause was spent after it).
@@ -26,8 +29,8 @@ are kept by send time, so latency never blurs what they measure.
 - Between two 429s the bucket refilled more than (accepted - 1): a lower bound of the limit
   that no cut goes under.
 - Back up: after a cut, each accepted create closes a tenth of the way to 0.97 x the peak;
-  from there it probes by 0.075% per accepted create while creates wait on the rate, doubling
-  every 40 accepted without a 429, at most 0.5%.
+  from there it creeps by 0.075% per accepted create while creates wait on the rate; past the
+  peak (the limit may have moved up) the step doubles every 40 accepted, at most 0.5%.
 - Retry-After (seconds or HTTP date) holds back only the request it answered: apply parks
   the key and its worker launches the next (at most `--concurrency` in flight, parked keys
   included). Eight 429s in a row for creates sent after their cut, or a Retry-After over 5 s,
@@ -228,6 +231,7 @@ class AdaptiveRate:
     _cut_at: float = -math.inf  # tickets sent before this were paced at a rate already cut
     _since_cut: int = 0  # accepted creates sent after the last cut
     _run_start: float = -math.inf  # send time of the first 429 of the current run
+    _above: int = 0  # accepted creates probing past the peak
     _drew: float | None = None  # the rate of the latest create answered 429 (sent after a cut)
     # Answers by send time: (sent, accepted, paced rate); and 429 send times, both sorted.
     _answers: list[tuple[float, bool, float]] = field(default_factory=list)
@@ -264,7 +268,10 @@ class AdaptiveRate:
             near = self._drew is not None and self.rate >= 0.99 * self._drew
             if self.single_token and near and self._since_cut < 4 * self.probe_doubling:
                 return  # one token: just above the limit, half the creates are refused
-            step = self.probe * 2 ** (self._since_cut / self.probe_doubling)
+            # Below the rate that drew the last 429: creep (the limit is near). Past it, the
+            # limit has moved up: the step doubles with every `probe_doubling` accepted.
+            self._above = self._above + 1 if self.rate >= (self.peak or 0.0) else 0
+            step = self.probe * 2 ** (self._above / self.probe_doubling)
             self.rate = self._clamp(self.rate * (1 + min(step, self.probe_max)))
 
     def accepted_rate(self, since: float, until: float) -> float | None:
@@ -333,6 +340,10 @@ class AdaptiveRate:
             if est is None or est * 1.3 >= self.rate:
                 return False
             new = max(ticket.rate * 0.1, est)
+        elif settled and self.limit is not None and not self.single_token and self.hint is None:
+            # Held the rate a while, just above the limit: back to what the bucket refilled
+            # between the last two 429s (empty at both), at most 10% down.
+            new = min(cap, max(self.limit, 0.9 * ticket.rate))
         elif settled or self.hint is not None or est is None:
             new = cap  # held the rate a while: just above the limit, step back a little
         else:  # 429s keep coming: go to what the server accepts (at most a tenth at once)

@@ -437,3 +437,22 @@ def test_a_real_sleep_never_ends_early() -> None:
         return late
 
     assert all(x >= 0 for x in anyio.run(go))
+
+
+def test_a_429_after_a_steady_stretch_goes_back_to_what_the_bucket_refilled() -> None:
+    """Just above the limit a bucket of many tokens drains slowly: a 429 every few seconds.
+    Between two of them it was empty at both ends, so what it accepted in between is its
+    limit: the cut lands there (just under it), not 3% under a rate that is still too high."""
+    limit, rate = 20.0, 20.8
+    ar = AdaptiveRate(ceiling=100.0, rate=rate)
+    t = 1000.0
+    for i in range(5):  # its burst first: a bucket of five tokens
+        ar.on_success(Ticket(t - 0.5 + 0.01 * i, rate), t - 0.5 + 0.01 * i + 0.001)
+    ar.on_429(Ticket(t, rate), t + 0.001)  # empty here
+    assert not ar.single_token
+    sends = [t + 0.05 * i for i in range(1, 60)]  # 59 accepted in 3 s: 20/s, as the bucket
+    for at in sends:
+        ar.on_success(Ticket(at, rate), at + 0.001)
+    assert ar.on_429(Ticket(t + 3.0, rate), t + 3.001)  # empty again
+    assert ar.rate == pytest.approx((59 - 1) / 3.0)  # the refill, a lower bound of the limit
+    assert 0.95 * limit < ar.rate < limit < ar.hold * rate
