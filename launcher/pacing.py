@@ -29,8 +29,8 @@ are kept by send time, so latency never blurs what they measure.
 - Between two 429s the bucket refilled more than (accepted - 1): a lower bound of the limit
   that no cut goes under.
 - Back up: after a cut, each accepted create closes a tenth of the way to 0.97 x the peak;
-  from there it creeps by 0.075% per accepted create while creates wait on the rate; past the
-  peak (the limit may have moved up) the step doubles every 40 accepted, at most 0.5%.
+  from there it probes by 0.075% per accepted create while creates wait on the rate, doubling
+  every 40 accepted since the cut, at most 0.5% (the limit may have moved up).
 - Retry-After (seconds or HTTP date) holds back only the request it answered: apply parks
   the key and its worker launches the next (at most `--concurrency` in flight, parked keys
   included). Eight 429s in a row for creates sent after their cut, or a Retry-After over 5 s,
@@ -39,8 +39,9 @@ are kept by send time, so latency never blurs what they measure.
   429 would hold its request past everyone else's end, so the rate drops to 0.9 x (the rate,
   at most the peak) and probes no more. A 0.1 s slower last second against a whole second.
 - Rate-limit headers, when an answer has them (the client parses three families), set the rate
-  directly (0.99 x quota / window, no probing); Remaining, less the creates sent since, may go
-  at once (the server's burst, still within `--rate`); a 429 anyway lowers their trust by 3%.
+  directly (quota / window, no probing); Remaining, less the creates sent since, may go at
+  once (the server's burst, still within `--rate`); a 429 for a create sent at that rate
+  lowers their trust by 3%.
 
 Figures: bench/pacing_bench.py (real sockets, the CLI, the simulator's token bucket) and
 bench/pacing_sweep.py (this module in the virtual-time model of apply, 384 server shapes);
@@ -222,7 +223,7 @@ class AdaptiveRate:
     rate: float = 0.0
     limit: float | None = None  # a lower bound of the server's limit, creates/s
     hint: float | None = None  # the rate the server's headers announced
-    hint_trust: float = 0.99  # fraction of the announced rate used; 429s shrink it
+    hint_trust: float = 1.0  # fraction of the announced rate used; 429s shrink it
     cuts: int = 0
     peak: float | None = None  # the lowest rate a fresh 429 answered lately: just above the limit
     recover: float = 0.1  # after a cut, each accepted create closes this share of the way back
@@ -231,7 +232,6 @@ class AdaptiveRate:
     _cut_at: float = -math.inf  # tickets sent before this were paced at a rate already cut
     _since_cut: int = 0  # accepted creates sent after the last cut
     _run_start: float = -math.inf  # send time of the first 429 of the current run
-    _above: int = 0  # accepted creates probing past the peak
     _drew: float | None = None  # the rate of the latest create answered 429 (sent after a cut)
     # Answers by send time: (sent, accepted, paced rate); and 429 send times, both sorted.
     _answers: list[tuple[float, bool, float]] = field(default_factory=list)
@@ -268,10 +268,7 @@ class AdaptiveRate:
             near = self._drew is not None and self.rate >= 0.99 * self._drew
             if self.single_token and near and self._since_cut < 4 * self.probe_doubling:
                 return  # one token: just above the limit, half the creates are refused
-            # Below the rate that drew the last 429: creep (the limit is near). Past it, the
-            # limit has moved up: the step doubles with every `probe_doubling` accepted.
-            self._above = self._above + 1 if self.rate >= (self.peak or 0.0) else 0
-            step = self.probe * 2 ** (self._above / self.probe_doubling)
+            step = self.probe * 2 ** (self._since_cut / self.probe_doubling)
             self.rate = self._clamp(self.rate * (1 + min(step, self.probe_max)))
 
     def accepted_rate(self, since: float, until: float) -> float | None:
@@ -332,8 +329,8 @@ class AdaptiveRate:
             k = max(2, round(ticket.rate / est))
             top = ticket.rate / (k - 1)
             est = ticket.rate * (2 * k - 1) / (2 * k * (k - 1))
-        if fresh and self.hint is not None:
-            self.hint_trust *= self.hold
+        if fresh and self.hint is not None and ticket.rate <= self.hint * self.hint_trust * 1.001:
+            self.hint_trust *= self.hold  # sent at what the headers said, and refused anyway
         if not fresh:
             # In flight before the last cut, which answered it; unless the run's answers
             # already show the rate is far too high (saves a round trip of 429s).

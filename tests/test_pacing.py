@@ -203,15 +203,15 @@ def test_headers_set_the_rate_and_remaining_lets_the_servers_burst_go_at_once() 
     ticket = pacer.try_acquire(clock.now())
     assert isinstance(ticket, Ticket)
     pacer.on_success(ticket, Hint(rate=20.0, remaining=0))
-    assert pacer.adaptive.rate == pytest.approx(19.8)
-    assert pacer.try_acquire(clock.now()) == pytest.approx(1 / 19.8)
-    clock.t += 1 / 19.8
+    assert pacer.adaptive.rate == pytest.approx(20.0)
+    assert pacer.try_acquire(clock.now()) == pytest.approx(1 / 20.0)
+    clock.t += 1 / 20.0 + 1e-9
     second = pacer.try_acquire(clock.now())
     assert isinstance(second, Ticket)
     # The server has 3 tokens left after `second`: three more may go now, then the rate.
     pacer.on_success(second, Hint(rate=20.0, remaining=3))
     assert all(isinstance(pacer.try_acquire(clock.now()), Ticket) for _ in range(3))
-    assert pacer.try_acquire(clock.now()) == pytest.approx(1 / 19.8)
+    assert pacer.try_acquire(clock.now()) == pytest.approx(1 / 20.0)
     pacer.on_success(second, Hint(rate=1000.0, remaining=None))
     assert pacer.adaptive.rate == 100.0  # a header never lifts the rate above --rate
 
