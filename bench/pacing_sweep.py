@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.pacing_model import run_model
+from tests.pacing_model import run_shape
 
 LIMITS = [2, 5, 10, 20, 35, 50, 75, 100]
 LATENCIES = [0.0, 0.1, 0.2, 0.3]
@@ -41,19 +40,8 @@ def main() -> None:
     rows = []
     for limit, latency, ra in itertools.product(LIMITS, LATENCIES, RETRY_AFTER):
         for burst in bursts(limit):
-            conc = max(16, math.ceil(1.5 * limit * latency))
             outs = [
-                run_model(
-                    n=a.n,
-                    limit=limit,
-                    burst=burst,
-                    retry_after=ra,
-                    latency=latency,
-                    rate=max(100.0, 2 * limit),
-                    concurrency=conc,
-                    jitter=a.jitter,
-                    seed=seed,
-                )
+                run_shape(limit, burst, ra, latency, n=a.n, jitter=a.jitter, seed=seed)
                 for seed in range(a.seeds)
             ]
             eff = statistics.mean(o.efficiency(limit) for o in outs)

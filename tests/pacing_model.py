@@ -143,3 +143,33 @@ def run_model(
     out.created = created
     out.rate_limited = limited
     return out
+
+
+def bench_concurrency(limit: float, latency: float) -> int:
+    """The benches' --concurrency: 16, or 1.5 x what launching at the limit keeps in flight."""
+    return max(16, math.ceil(1.5 * limit * latency))
+
+
+def run_shape(
+    limit: float,
+    burst: int,
+    retry_after: str,
+    latency: float,
+    *,
+    n: int = 300,
+    jitter: float = 0.0005,
+    seed: int = 0,
+) -> Outcome:
+    """One server shape as the benches run it: `--rate` 100 or twice the limit, and
+    `bench_concurrency`."""
+    return run_model(
+        n=n,
+        limit=limit,
+        burst=burst,
+        retry_after=retry_after,
+        latency=latency,
+        rate=max(100.0, 2 * limit),
+        concurrency=bench_concurrency(limit, latency),
+        jitter=jitter,
+        seed=seed,
+    )

@@ -20,7 +20,7 @@ from launcher.pacing import (
     WindowLimit,
     backoff_delay,
 )
-from tests.pacing_model import FakeClock, run_model
+from tests.pacing_model import FakeClock, bench_concurrency, run_model, run_shape
 
 
 def most_in_window(times: list[float], window: float) -> int:
@@ -240,17 +240,8 @@ def test_the_adaptive_rate_finds_and_holds_an_unknown_limit(
 ) -> None:
     """In virtual time (no start-up, no scheduler): 300 creates at >= 0.9 of the server's
     limit, few 429s, never more than the concurrency in flight."""
-    concurrency = max(16, round(1.5 * limit * latency + 0.5))
-    out = run_model(
-        n=300,
-        limit=limit,
-        burst=burst,
-        retry_after=retry_after,
-        latency=latency,
-        rate=max(100.0, 2 * limit),
-        concurrency=concurrency,
-        jitter=0.0005,
-    )
+    concurrency = bench_concurrency(limit, latency)
+    out = run_shape(limit, burst, retry_after, latency)
     assert out.created == 300
     assert out.efficiency(limit) >= 0.9, out.efficiency(limit)
     assert out.rate_limited <= 0.1 * 300  # most of them in the first round trip
