@@ -186,3 +186,17 @@ def test_apply_uses_announced_rate_instead_of_probing(make_sim: Any, tmp_path: P
     # Only creates sent before the first answer can meet the limit unannounced.
     assert summary.rate_limited <= 4
     assert 0.9 * 15 <= summary.final_rate <= 15
+
+
+def test_parked_429s_keep_rate_and_concurrency_as_the_server_counts_them(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    """Against a limit below --rate, 429s park their keys while others launch: still at most
+    --concurrency creates in flight and --rate in a second, as the server counts them."""
+    sim = make_sim(limited(8, 2, retry_after=True))
+    summary = run(campaign(tmp_path, 30), sim, tmp_path, rate=20.0, concurrency=3)
+    assert summary.exit_code == 0 and summary.rate_limited > 0
+    stats = sim.stats()
+    assert stats["creates_max_per_second"] <= 20
+    assert stats["creates_max_in_flight"] <= 3
+    assert duplicates(sim) == 0 and len(sim.sessions()) == 30
