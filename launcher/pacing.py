@@ -326,9 +326,10 @@ class AdaptiveRate:
             # One token wastes what refills while the next create is on its way: sent at r,
             # one create in k goes through, k = ceil(r / limit). So the limit is between
             # r / k and r / (k - 1) (r just above the limit: half go through); take the middle.
-            k = max(2, round(ticket.rate / est))
-            top = ticket.rate / (k - 1)
-            est = ticket.rate * (2 * k - 1) / (2 * k * (k - 1))
+            # Most went through (k = 1): jitter near the limit, a step back is enough.
+            k = round(ticket.rate / est)
+            top = None if k < 2 else ticket.rate / (k - 1)
+            est = None if k < 2 else ticket.rate * (2 * k - 1) / (2 * k * (k - 1))
         if fresh and self.hint is not None and ticket.rate <= self.hint * self.hint_trust * 1.001:
             self.hint_trust *= self.hold  # sent at what the headers said, and refused anyway
         if not fresh:
