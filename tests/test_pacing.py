@@ -447,3 +447,19 @@ def test_a_429_after_a_steady_stretch_goes_back_to_what_the_bucket_refilled() ->
     assert ar.on_429(Ticket(t + 3.0, rate), t + 3.001)  # empty again
     assert ar.rate == pytest.approx((59 - 1) / 3.0)  # the refill, a lower bound of the limit
     assert 0.95 * limit < ar.rate < limit < ar.hold * rate
+
+
+def test_a_one_token_server_that_took_most_creates_only_draws_a_step_back() -> None:
+    """Near its limit a one-token bucket refuses the odd early create (jitter): most still go
+    through, so it is not the every-other pattern of a rate well above it. A step back."""
+    ar = AdaptiveRate(ceiling=100.0, rate=49.3)
+    ar.on_success(Ticket(999.9, 49.3), 999.901)
+    ar.on_429(Ticket(1000.0, 49.3), 1000.001)  # at most one through before: one token
+    assert ar.single_token
+    rate = ar.rate
+    for i in range(1, 21):  # 20 of 20 accepted since: just under the limit
+        at = 1000.0 + i / rate
+        ar.on_success(Ticket(at, rate), at + 0.001)
+    at = 1000.0 + 21 / rate
+    assert ar.on_429(Ticket(at, rate), at + 0.001)  # one early arrival
+    assert ar.rate == pytest.approx(ar.hold * rate)
