@@ -568,7 +568,7 @@ class _ApplyRun:
 
     async def preflight(self) -> None:
         for warning in await check_remote(self.plan, self.client):
-            self.reporter.note(f"warning: {warning}")
+            self.reporter.note(warning)  # "... not verified": it never blocks
 
     async def reconcile(self) -> None:
         """Before any create: adopt every planned key the API already has a session for."""

@@ -36,8 +36,9 @@ are kept by send time, so latency never blurs what they measure.
   included). Eight 429s in a row for creates sent after their cut, or a Retry-After over 5 s,
   pause every worker as asked (or with equal-jitter backoff), and measuring starts afresh.
 - End game: once the creates left would all be sent within the longest Retry-After seen, a
-  429 would hold its request past everyone else's end, so the rate drops to 0.9 x (the rate,
-  at most the peak) and probes no more. A 0.1 s slower last second against a whole second.
+  429 would hold its request past everyone else's end, so the rate drops 5% below the rate
+  (at most the peak), 10% with one token, and probes no more: a last second 0.05-0.1 s
+  slower, against a whole second for each 429 there.
 - Rate-limit headers, when an answer has them (the client parses three families), set the rate
   directly (quota / window, no probing); Remaining, less the creates sent since, may go at
   once (the server's burst, still within `--rate`); a 429 for a create sent at that rate
@@ -225,7 +226,7 @@ class AdaptiveRate:
     hint: float | None = None  # the rate the server's headers announced
     hint_trust: float = 1.0  # fraction of the announced rate used; 429s shrink it
     cuts: int = 0
-    peak: float | None = None  # the lowest rate a fresh 429 answered lately: just above the limit
+    peak: float | None = None  # just above the limit: a fresh 429's rate, or a run's measure
     recover: float = 0.1  # after a cut, each accepted create closes this share of the way back
     single_token: bool | None = None  # the server's bucket holds one token (seen at its first 429)
     demand: bool = False  # creates waited for the rate since the last step up (else no probe)
@@ -312,9 +313,8 @@ class AdaptiveRate:
         self._lower_bound(ticket.at)
         fresh = ticket.at >= self._cut_at
         settled = not self.cuts or self._since_cut >= self.settled
-        if fresh:
+        if fresh:  # a new run resets the peak: the limit may have moved either way
             self._drew = ticket.rate
-        if fresh:  # a new run resets it: the limit may have moved either way
             renew = settled or self.peak is None
             self.peak = ticket.rate if renew else min(self.peak or ticket.rate, ticket.rate)
         if fresh and (settled or self._run_start == math.inf):
