@@ -1,6 +1,6 @@
 """What every command shares: the two consoles, common options, loading a plan, the API
 configuration (or the embedded simulator), the follow commands' ledger (rebuilt from the API on a
-fresh clone), confirmation and JSON output."""
+fresh clone) and one refresh of the campaign, confirmation and JSON output."""
 
 from __future__ import annotations
 
@@ -112,6 +112,15 @@ def confirm(question: str, yes: bool) -> None:
 def emit_json(data: Any) -> None:
     # One line, C encoder: `plan -o json` of 10,000 sessions is ~30 MB; indenting costs 4x.
     click.echo(json.dumps(data, ensure_ascii=False))
+
+
+async def refresh_campaign(p: Plan, cfg: ApiConfig, led: Ledger) -> CampaignView:
+    """The campaign as the API sees it now, recorded in the ledger (one refresh)."""
+    from launcher.client import DevinClient
+    from launcher.status import refresh
+
+    async with DevinClient(cfg) as client:
+        return await refresh(p, client, led)
 
 
 def warn(view: CampaignView) -> None:

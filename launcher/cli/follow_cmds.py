@@ -23,6 +23,7 @@ from launcher.cli.common import (
     ledger_option,
     load_plan,
     out,
+    refresh_campaign,
     warn,
 )
 from launcher.errors import APIError, ExitCode
@@ -107,12 +108,11 @@ async def _refresh(
     wait_timeout: float | None = None,
 ) -> CampaignView:
     from launcher.client import DevinClient
-    from launcher.status import refresh
     from launcher.status import watch as watch_view
 
+    if not watch:
+        return await refresh_campaign(p, cfg, led)
     async with DevinClient(cfg) as client:
-        if not watch:
-            return await refresh(p, client, led)
         started = anyio.current_time()
         # On a terminal: one live table redrawn in place (cleared at the end, when the final
         # table is printed); otherwise one line per refresh, for logs and CI.
@@ -246,7 +246,7 @@ def cancel(
         _cancel_earlier(p, ledger, only, yes, say, base_url, org_id)
         return
     with follow_ledger(p, ledger) as (led, _), api_config(base_url, org_id) as cfg:
-        view = anyio.run(_refresh, p, cfg, led)
+        view = anyio.run(refresh_campaign, p, cfg, led)
         warn(view)
         by_key = {s.key: s for s in view.sessions}
         if strays or duplicates:

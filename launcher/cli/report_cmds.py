@@ -24,9 +24,9 @@ from launcher.cli.common import (
     ledger_option,
     load_plan,
     out,
+    refresh_campaign,
     warn,
 )
-from launcher.cli.follow_cmds import _refresh
 from launcher.errors import ExitCode
 from launcher.ledger import open_ledger
 from launcher.status import Outcome
@@ -80,7 +80,7 @@ def _view(
                 )
             return view
         with api_config(base_url, org_id) as cfg:
-            return anyio.run(_refresh, p, cfg, led)
+            return anyio.run(refresh_campaign, p, cfg, led)
 
 
 @click.command()
@@ -347,7 +347,7 @@ def message(
         open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led,
         api_config(base_url, org_id) as cfg,
     ):
-        view = anyio.run(_refresh, p, cfg, led)
+        view = anyio.run(refresh_campaign, p, cfg, led)
         warn(view)
         chosen = [s for s in select(view, outcomes, only) if s.session_id]
         try:
