@@ -355,17 +355,24 @@ class _ApplyRun:
                 self._stopped(key)
                 return
             async with self.slots:  # at most `concurrency` in flight, parked keys included
-                ticket = await self.pacer.acquire(self.stop, not_before=retry_at)
-                if ticket is None:
-                    self._stopped(key)
-                    return
                 attempt = self.attempts.get(key, 0) + 1
                 body = s.body(self.environ)
+                # The intent is durable before the pacer admits the create, so the request
+                # leaves as soon as it is admitted: a group commit's few milliseconds between
+                # the two would make the server see the paced gaps unevenly.
                 intent = LedgerEvent(
                     key, EventKind.intent, attempt, fingerprint=s.fingerprint, launch_attempt=s.attempt
                 )
                 await self.writer.submit(intent)
                 self.intents[key] = s.fingerprint
+                ticket = await self.pacer.acquire(self.stop, not_before=retry_at)
+                if ticket is None:  # stopped while waiting for the rate: nothing left
+                    await self.writer.submit(
+                        LedgerEvent(key, EventKind.not_sent, attempt, detail="stopped before sending"),
+                        wait=False,
+                    )
+                    self._stopped(key)
+                    return
                 if not self.lease_held():  # fencing: right before the request leaves
                     self._done(key, Result.not_started, "not sent: this run lost the campaign lock")
                     return

@@ -365,3 +365,21 @@ def test_parked_keys_never_push_the_creates_in_flight_past_the_concurrency(
     assert summary.count(Result.created) == 12
     assert summary.rate_limited > 0
     assert now_in_flight[1] == 3
+
+
+def test_keys_stopped_while_waiting_for_the_rate_were_not_sent_and_need_no_lookup(
+    write: Write, tmp_path: Path
+) -> None:
+    """The intent is durable before the pacer admits a create (so the request leaves the
+    moment it is admitted). A key whose intent is written but that the run stopped while it
+    waited for the rate says so: not sent, so the next run creates it without a lookup."""
+    plan = small(write, 4)
+    api = ScriptedAPI(answer(401))  # the first create halts the run
+    summary = run(plan, api, tmp_path, concurrency=4, rate=1.0)
+    assert isinstance(summary.aborted, AuthError)
+    assert api.creates == 1  # the others were waiting for the rate: 1/s
+    assert kinds(plan, tmp_path, "r0") == [EventKind.intent, EventKind.auth]
+    for key in ("r1", "r2", "r3"):
+        assert summary.results[key] == Result.not_started
+        assert kinds(plan, tmp_path, key) == [EventKind.intent, EventKind.not_sent]
+        assert state(plan, tmp_path, key) == LaunchState.planned  # not "?": no lookup first
