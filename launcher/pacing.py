@@ -20,12 +20,15 @@ are kept by send time, so latency never blurs what they measure.
   Before 8 are accepted, (accepted + 1) / span, so a cut is never deeper than needed; at most
   to a tenth at once. That measure becomes the peak. 429s for creates sent before a cut cut
   again only when the measure is 30% below the rate (saves a round trip of 429s at 300 ms).
-- One token (at most one create went through before the first 429): the bucket wastes what
-  refills while the next create is on its way, so sent at r, one in k = ceil(r / limit) goes
-  through, and r just above the limit sees half. The limit is then between r / k and
-  r / (k - 1): the cut goes to the middle, the peak to the top, and the rate does not probe
-  past 0.99 x the rate of the latest 429 for 160 accepted creates (just above the limit,
-  half would be refused).
+- One token (at most one create went through before the first 429): the server takes a
+  create only once 1 / limit has passed since the one it took last, and wastes what refills
+  while the next is on its way (just above the limit, half are refused). So gaps, not
+  counts, measure it: an accepted create sent g after the previous accepted one says
+  limit >= 1 / g, a refused one limit < 1 / g. The cut goes to the run's shortest accepted
+  gap (a rate that went through), the peak to its longest refused gap (quick recovery aims
+  there), and the rate does not probe past 0.99 x the rate of the latest 429 for 160
+  accepted creates. Measured by gaps, workers that all waited a while (a pause, every slot
+  in flight) do not read as a low limit.
 - Between two 429s the bucket refilled more than (accepted - 1): a lower bound of the limit
   that no cut goes under.
 - Back up: after a cut, each accepted create closes a tenth of the way to 0.97 x the peak;
@@ -37,8 +40,8 @@ are kept by send time, so latency never blurs what they measure.
   pause every worker as asked (or with equal-jitter backoff), and measuring starts afresh.
 - End game: once the creates left would all be sent within the longest Retry-After seen, a
   429 would hold its request past everyone else's end, so the rate drops 5% below the rate
-  (at most the peak), 10% with one token, and probes no more: a last second 0.05-0.1 s
-  slower, against a whole second for each 429 there.
+  (at most the peak) and probes no more: a last second 0.05 s slower, against a whole second
+  for each 429 there.
 - Rate-limit headers, when an answer has them (the client parses three families), set the rate
   directly (quota / window, no probing); Remaining, less the creates sent since, may go at
   once (the server's burst, still within `--rate`); a 429 for a create sent at that rate
@@ -290,6 +293,26 @@ class AdaptiveRate:
             return None
         return (accepted if accepted >= self.min_measured else accepted + 1) / paced
 
+    def _gaps(self, since: float, until: float) -> tuple[float | None, float | None]:
+        """For creates sent in [since, until]: the shortest send-time gap from the previous
+        accepted create to an accepted one, and the longest to a refused one (None when
+        there is none)."""
+        lo = bisect.bisect_left(self._answers, (since,))
+        hi = bisect.bisect_right(self._answers, (until, True, math.inf))
+        prev = next((at for at, ok, _ in reversed(self._answers[:lo]) if ok), None)
+        ok_gap: float | None = None
+        refused_gap: float | None = None
+        for at, ok, _ in self._answers[lo:hi]:
+            if prev is not None and at > prev:
+                g = at - prev
+                if ok:
+                    ok_gap = g if ok_gap is None else min(ok_gap, g)
+                else:
+                    refused_gap = g if refused_gap is None else max(refused_gap, g)
+            if ok:
+                prev = at
+        return ok_gap, refused_gap
+
     def _lower_bound(self, sent: float) -> None:
         """Between the previous 429 and this one the server's bucket refilled more than n - 1
         tokens (it was empty at both): (n - 1) / span is a lower bound of its limit."""
@@ -323,13 +346,18 @@ class AdaptiveRate:
         cap = self.hold * ticket.rate
         top = est  # the most the limit can be, by what was measured
         if est is not None and self.single_token:
-            # One token wastes what refills while the next create is on its way: sent at r,
-            # one create in k goes through, k = ceil(r / limit). So the limit is between
-            # r / k and r / (k - 1) (r just above the limit: half go through); take the middle.
-            # Most went through (k = 1): jitter near the limit, a step back is enough.
-            k = round(ticket.rate / est)
-            top = None if k < 2 else ticket.rate / (k - 1)
-            est = None if k < 2 else ticket.rate * (2 * k - 1) / (2 * k * (k - 1))
+            # One token: the server takes a create only once 1 / limit has passed since the
+            # one it last took. An accepted create sent g after the previous accepted one says
+            # limit >= 1 / g; a refused one, limit < 1 / g. The run's shortest accepted gap is
+            # where the cut goes, its longest refused gap where the rate may recover to.
+            ok_gap, refused_gap = self._gaps(self._run_start, ticket.at)
+            top = None if refused_gap is None else 1.0 / refused_gap
+            if ok_gap is not None:
+                est = 1.0 / ok_gap
+            elif top is not None:
+                est = min(est, top)  # at most one went through: below the refused gaps' rate
+            if est is not None and top is not None:
+                top = max(top, est)  # jitter can make the two overlap
         if fresh and self.hint is not None and ticket.rate <= self.hint * self.hint_trust * 1.001:
             self.hint_trust *= self.hold  # sent at what the headers said, and refused anyway
         if not fresh:
@@ -387,7 +415,7 @@ class Pacer:
         *,
         long_pause: float = 5.0,
         escalate_after: int = 8,
-        endgame: float = 0.9,
+        endgame: float = 0.95,
         rng: random.Random | None = None,
     ) -> None:
         self.clock = clock
@@ -445,8 +473,7 @@ class Pacer:
             if self.remaining is None or self.remaining > a.rate * self.retry_hold:
                 return a.rate
             # From here on no probing: the rate it had, less a margin, and lower after 429s.
-            margin = self.endgame if a.single_token else (1 + self.endgame) / 2
-            self._endgame_rate = min(a.rate, a.peak or a.rate) * margin
+            self._endgame_rate = min(a.rate, a.peak or a.rate) * self.endgame
         return max(a.floor, min(a.rate, self._endgame_rate))
 
     async def acquire(self, stop: anyio.Event | None = None, not_before: float = 0.0) -> Ticket | None:
