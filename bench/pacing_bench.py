@@ -14,6 +14,7 @@ burst at once, the rest at its limit, one latency for the listing and one for th
 
     .venv/bin/python bench/pacing_bench.py                  # the default matrix (~6 min)
     .venv/bin/python bench/pacing_bench.py --shape a --shape d
+    .venv/bin/python bench/pacing_bench.py --repeat 3       # each shape 3 times, then min/median/max
     .venv/bin/python bench/pacing_bench.py --list
 """
 
@@ -22,11 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from apply_bench import Sim, duplicates, run_apply, write_campaign
@@ -173,6 +176,9 @@ def main() -> None:
         default=16,
         help="apply --concurrency (default 16; raised for limit x latency)",
     )
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="runs per shape (default 1); then a summary per shape"
+    )
     ap.add_argument("--json", action="store_true", help="one JSON object per shape")
     ap.add_argument("--list", action="store_true", help="list the shapes and exit")
     a = ap.parse_args()
@@ -190,9 +196,12 @@ def main() -> None:
     print(
         f"{'':2} {'server':52} {'rate':>4} {'conc':>4} {'wall s':>7} {'ideal':>6} {'eff':>6} "
         f"{'eff(apply)':>10} {'429s':>5} {'429%':>5} {'dup':>4} {'max/s':>5} {'final':>6}"
+        f"  {'start':>5} {'pre':>5} {'send':>5} {'tail':>5} {'bound':>5}"
     )
-    for shape in chosen:
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for shape in [s for s in chosen for _ in range(max(1, a.repeat))]:
         r = run_shape(shape, a.n, shape.rate(a.rate), shape.concurrency(a.concurrency))
+        runs.setdefault(shape.name, []).append(r)
         if a.json:
             print(json.dumps(r), flush=True)
             continue
@@ -205,6 +214,16 @@ def main() -> None:
             f"{r['tail_s']:>5} {r['bound']:>5}",
             flush=True,
         )
+    if a.repeat > 1 and not a.json:
+        print(f"\nover {a.repeat} runs: efficiency min / median / max (bound median), 429s median")
+        for name, rs in runs.items():
+            effs = sorted(r["efficiency"] for r in rs)
+            bound = statistics.median(r["bound"] or 0.0 for r in rs)
+            limited = statistics.median(r["rate_limited"] for r in rs)
+            print(
+                f"{name:2} {rs[0]['server']:52} {effs[0]:.3f} / {statistics.median(effs):.3f} / "
+                f"{effs[-1]:.3f} ({bound:.3f}), {limited:g}"
+            )
 
 
 if __name__ == "__main__":
