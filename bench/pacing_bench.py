@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from apply_bench import Sim, duplicates, run_apply, write_campaign
+from apply_bench import Sim, as_installed, duplicates, run_apply, write_campaign
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,7 @@ def main() -> None:
     chosen = [s for s in SHAPES if (s.name in a.shape if a.shape else s.in_default)]
     if not chosen:
         raise SystemExit(f"no such shape; choose from {', '.join(s.name for s in SHAPES)}")
+    as_installed()
     print(
         f"{a.n} sessions per shape; efficiency = (sessions / limit) / wall incl. start-up; "
         "eff(apply) leaves start-up out"

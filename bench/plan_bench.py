@@ -19,6 +19,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from apply_bench import as_installed
+
 PROMPT = textwrap.dedent("""\
     Upgrade {{ item.repo }} to Python {{ vars.python }} ({{ campaign }}, fleet {{ fleet }}).
     {% if item.notes is defined %}Notes from the owning team: {{ item.notes }}{% endif %}
@@ -149,6 +151,7 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=3, help="CLI runs per N (best is shown)")
     args = parser.parse_args()
+    as_installed()
     ns = args.n or [10_000]
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; command: devin-fleet "
