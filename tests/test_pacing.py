@@ -355,37 +355,33 @@ def test_one_token_buckets_are_not_taken_at_half_what_they_accept() -> None:
     assert out.efficiency(limit) >= 0.9
 
 
-def test_a_one_token_cut_goes_to_the_shortest_accepted_gap_and_aims_at_the_longest_refused() -> None:
-    """One token, 35/s, sent at 100/s: the server takes a create only 1/35 s after the one it
-    took last, so every third goes through (30 ms apart) and the two between are refused
-    (10 and 20 ms after). The limit is at least 1/30 ms and below 1/20 ms: the cut goes to
-    the first (no guess above what went through), and the peak the rate recovers towards to
-    the second. Sent unevenly, the run's accepted count over time would say far less."""
+def one_token(limit: float, sends: list[float], latency: float = 0.3) -> AdaptiveRate:
+    """An adaptive rate that heard a one-token server of `limit` answer creates sent at 100/s
+    at `sends`: it takes a create only 1/limit after the one it took last."""
     ar = AdaptiveRate(ceiling=100.0)
-    t = 1000.0
     last_ok = -math.inf
-    for i in range(15):
-        at = t + i * 0.010
-        ticket = Ticket(at, 100.0)
-        if at - last_ok >= 1 / 35:
+    for at in sends:
+        if at - last_ok >= 1 / limit:
             last_ok = at
-            ar.on_success(ticket, at + 0.3)
+            ar.on_success(Ticket(at, 100.0), at + latency)
         else:
-            ar.on_429(ticket, at + 0.3)
+            ar.on_429(Ticket(at, 100.0), at + latency)
+    return ar
+
+
+def test_a_one_token_cut_goes_to_the_shortest_accepted_gap_and_aims_at_the_longest_refused() -> None:
+    """One token, 35/s, sent at 100/s: every third create goes through (30 ms apart) and the
+    two between are refused (10 and 20 ms after one). The limit is at least 1/30 ms and below
+    1/20 ms: the cut goes to the first (no guess above what went through), and the peak the
+    rate recovers towards to the second."""
+    ar = one_token(35.0, [1000.0 + i * 0.010 for i in range(15)])
     assert ar.single_token
     assert ar.rate == pytest.approx(1 / 0.030)  # what went through: at least the limit
     assert ar.peak == pytest.approx(1 / 0.020)  # refused 20 ms after one: the limit is below
-    # A pause in the sends (every worker busy) makes no difference: gaps, not counts.
-    ar2 = AdaptiveRate(ceiling=100.0)
-    sends = [t + i * 0.010 for i in range(6)] + [t + 0.3 + i * 0.010 for i in range(9)]
-    last_ok = -math.inf
-    for at in sends:
-        if at - last_ok >= 1 / 35:
-            last_ok = at
-            ar2.on_success(Ticket(at, 100.0), at + 0.3)
-        else:
-            ar2.on_429(Ticket(at, 100.0), at + 0.3)
-    assert ar2.rate == pytest.approx(1 / 0.030)
+    # Sends that stop a while (every worker waiting on an answer) change nothing: the gaps
+    # are the same, though accepted / time would read as a far lower limit.
+    paused = [1000.0 + i * 0.010 for i in range(6)] + [1000.3 + i * 0.010 for i in range(9)]
+    assert one_token(35.0, paused).rate == pytest.approx(1 / 0.030)
 
 
 def test_after_a_deep_cut_the_rate_comes_back_to_the_limit_quickly() -> None:
