@@ -366,7 +366,7 @@ class _ApplyRun:
                 await self.writer.submit(intent)
                 self.intents[key] = s.fingerprint
                 ticket = await self.pacer.acquire(self.stop, not_before=retry_at)
-                if ticket is None:  # stopped while waiting for the rate: nothing left
+                if ticket is None:  # stopped while waiting for the rate: nothing was sent
                     await self.writer.submit(
                         LedgerEvent(key, EventKind.not_sent, attempt, detail="stopped before sending"),
                         wait=False,

@@ -299,7 +299,7 @@ class AdaptiveRate:
         there is none)."""
         lo = bisect.bisect_left(self._answers, (since,))
         hi = bisect.bisect_right(self._answers, (until, True, math.inf))
-        prev = next((at for at, ok, _ in reversed(self._answers[:lo]) if ok), None)
+        prev = next((self._answers[j][0] for j in range(lo - 1, -1, -1) if self._answers[j][1]), None)
         ok_gap: float | None = None
         refused_gap: float | None = None
         for at, ok, _ in self._answers[lo:hi]:
@@ -346,10 +346,8 @@ class AdaptiveRate:
         cap = self.hold * ticket.rate
         top = est  # the most the limit can be, by what was measured
         if est is not None and self.single_token:
-            # One token: the server takes a create only once 1 / limit has passed since the
-            # one it last took. An accepted create sent g after the previous accepted one says
-            # limit >= 1 / g; a refused one, limit < 1 / g. The run's shortest accepted gap is
-            # where the cut goes, its longest refused gap where the rate may recover to.
+            # One token: gaps, not counts (module docstring). The cut goes to the run's
+            # shortest accepted gap, recovery aims at its longest refused one.
             ok_gap, refused_gap = self._gaps(self._run_start, ticket.at)
             top = None if refused_gap is None else 1.0 / refused_gap
             if ok_gap is not None:
