@@ -18,9 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from launcher import build_plan, load_manifest
-from launcher.report import render_report
-from launcher.results import build_results, to_csv, to_markdown
-from launcher.status import CampaignView, Outcome, SessionView
+from launcher.run.status import CampaignView, Outcome, SessionView
+from launcher.views.report import render_report
+from launcher.views.results import build_results, to_csv, to_markdown
 
 SCHEMA = """{"type": "object", "properties": {"migrated": {"type": "boolean"},
   "files_changed": {"type": "integer"}, "blockers": {"type": "array", "items": {"type": "string"}},

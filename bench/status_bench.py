@@ -28,11 +28,11 @@ from anyio.abc import ObjectReceiveStream
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from launcher import ApiConfig, DevinClient, build_plan, load_manifest, open_ledger
-from launcher.ledger import LaunchState
-from launcher.ledger import LedgerEvent as Event
-from launcher.plan import Plan
+from launcher.ledger.store import LaunchState
+from launcher.ledger.store import LedgerEvent as Event
+from launcher.run.status import refresh
 from launcher.sim import SimServer, running_simulator
-from launcher.status import refresh
+from launcher.spec.plan import Plan
 
 SCHEMA = {
     "type": "object",

@@ -12,14 +12,14 @@ The library API is what `__all__` lists; the `devin-fleet` CLI is a thin layer o
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES for run time
-    from launcher.apply import (
+    from launcher.run.apply import (
         ApplyOptions as ApplyOptions,
         apply_plan as apply_plan,
     )
-    from launcher.cancel import cancel_sessions as cancel_sessions
-    from launcher.summary import ApplySummary as ApplySummary
-    from launcher.summary import Result as Result
-    from launcher.client import (
+    from launcher.run.cancel import cancel_sessions as cancel_sessions
+    from launcher.run.summary import ApplySummary as ApplySummary
+    from launcher.run.summary import Result as Result
+    from launcher.api.client import (
         ApiConfig as ApiConfig,
         CreateOutcome as CreateOutcome,
         DevinClient as DevinClient,
@@ -40,32 +40,32 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
         RemoteCheckError as RemoteCheckError,
         SecretError as SecretError,
     )
-    from launcher.ledger import (
+    from launcher.ledger.store import (
         Change as Change,
         EventKind as EventKind,
         LaunchState as LaunchState,
         Ledger as Ledger,
         open_ledger as open_ledger,
     )
-    from launcher.manifest import (
+    from launcher.spec.manifest import (
         LoadedManifest as LoadedManifest,
         Manifest as Manifest,
         load_manifest as load_manifest,
         manifest_json_schema as manifest_json_schema,
     )
-    from launcher.models import (
+    from launcher.api.models import (
         CreateSessionRequest as CreateSessionRequest,
         Session as Session,
     )
-    from launcher.plan import (
+    from launcher.spec.plan import (
         Plan as Plan,
         PlannedSession as PlannedSession,
         build_plan as build_plan,
     )
-    from launcher.remote import (
+    from launcher.run.remote import (
         check_remote as check_remote,
     )
-    from launcher.status import (
+    from launcher.run.status import (
         CampaignView as CampaignView,
         Outcome as Outcome,
         campaign_view as campaign_view,
@@ -73,13 +73,13 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
         refresh as refresh,
         watch as watch,
     )
-    from launcher.messages import (
+    from launcher.run.messages import (
         prepare_messages as prepare_messages,
         send_messages as send_messages,
     )
-    from launcher.report import render_report as render_report
-    from launcher.results import build_results as build_results
-    from launcher.rollout import (
+    from launcher.views.report import render_report as render_report
+    from launcher.views.results import build_results as build_results
+    from launcher.run.rollout import (
         RolloutOptions as RolloutOptions,
         RolloutSummary as RolloutSummary,
         follow as follow,
@@ -90,56 +90,56 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
 # sqlite or the executor at start-up.
 _HOMES: dict[str, str] = {
     "APIError": "launcher.errors",
-    "ApiConfig": "launcher.client",
-    "ApplyOptions": "launcher.apply",
-    "ApplySummary": "launcher.summary",
+    "ApiConfig": "launcher.api.client",
+    "ApplyOptions": "launcher.run.apply",
+    "ApplySummary": "launcher.run.summary",
     "AuthError": "launcher.errors",
-    "CampaignView": "launcher.status",
-    "Change": "launcher.ledger",
+    "CampaignView": "launcher.run.status",
+    "Change": "launcher.ledger.store",
     "CircuitOpenError": "launcher.errors",
     "ConfigError": "launcher.errors",
     "ConfirmationError": "launcher.errors",
     "ExitCode": "launcher.errors",
-    "CreateOutcome": "launcher.client",
-    "CreateSessionRequest": "launcher.models",
-    "DevinClient": "launcher.client",
+    "CreateOutcome": "launcher.api.client",
+    "CreateSessionRequest": "launcher.api.models",
+    "DevinClient": "launcher.api.client",
     "FleetError": "launcher.errors",
-    "LaunchState": "launcher.ledger",
-    "Ledger": "launcher.ledger",
+    "LaunchState": "launcher.ledger.store",
+    "Ledger": "launcher.ledger.store",
     "LedgerError": "launcher.errors",
-    "LoadedManifest": "launcher.manifest",
+    "LoadedManifest": "launcher.spec.manifest",
     "LockedError": "launcher.errors",
     "LockLostError": "launcher.errors",
-    "EventKind": "launcher.ledger",
-    "Manifest": "launcher.manifest",
+    "EventKind": "launcher.ledger.store",
+    "Manifest": "launcher.spec.manifest",
     "ManifestError": "launcher.errors",
-    "Outcome": "launcher.status",
-    "Plan": "launcher.plan",
-    "PlannedSession": "launcher.plan",
+    "Outcome": "launcher.run.status",
+    "Plan": "launcher.spec.plan",
+    "PlannedSession": "launcher.spec.plan",
     "Problem": "launcher.errors",
     "RemoteCheckError": "launcher.errors",
-    "Result": "launcher.summary",
-    "RolloutOptions": "launcher.rollout",
-    "RolloutSummary": "launcher.rollout",
+    "Result": "launcher.run.summary",
+    "RolloutOptions": "launcher.run.rollout",
+    "RolloutSummary": "launcher.run.rollout",
     "SecretError": "launcher.errors",
-    "Session": "launcher.models",
-    "apply_plan": "launcher.apply",
-    "build_plan": "launcher.plan",
-    "build_results": "launcher.results",
-    "campaign_view": "launcher.status",
-    "cancel_sessions": "launcher.cancel",
-    "check_remote": "launcher.remote",
-    "classify": "launcher.status",
-    "follow": "launcher.rollout",
-    "load_manifest": "launcher.manifest",
-    "manifest_json_schema": "launcher.manifest",
-    "open_ledger": "launcher.ledger",
-    "prepare_messages": "launcher.messages",
-    "refresh": "launcher.status",
-    "render_report": "launcher.report",
-    "send_messages": "launcher.messages",
-    "run_rollout": "launcher.rollout",
-    "watch": "launcher.status",
+    "Session": "launcher.api.models",
+    "apply_plan": "launcher.run.apply",
+    "build_plan": "launcher.spec.plan",
+    "build_results": "launcher.views.results",
+    "campaign_view": "launcher.run.status",
+    "cancel_sessions": "launcher.run.cancel",
+    "check_remote": "launcher.run.remote",
+    "classify": "launcher.run.status",
+    "follow": "launcher.run.rollout",
+    "load_manifest": "launcher.spec.manifest",
+    "manifest_json_schema": "launcher.spec.manifest",
+    "open_ledger": "launcher.ledger.store",
+    "prepare_messages": "launcher.run.messages",
+    "refresh": "launcher.run.status",
+    "render_report": "launcher.views.report",
+    "send_messages": "launcher.run.messages",
+    "run_rollout": "launcher.run.rollout",
+    "watch": "launcher.run.status",
 }
 
 

@@ -15,7 +15,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from launcher.pacing import Pacer, Ticket
+from launcher.api.pacing import Pacer, Ticket
 
 
 class FakeClock:

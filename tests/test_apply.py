@@ -26,10 +26,10 @@ from launcher import (
     open_ledger,
 )
 from launcher.cli import cli
-from launcher.ledger import Change, LedgerEvent
-from launcher.plan import Plan
+from launcher.ledger.store import Change, LedgerEvent
+from launcher.run.summary import ApplySummary, Result
 from launcher.sim import Profile, SimServer
-from launcher.summary import ApplySummary, Result
+from launcher.spec.plan import Plan
 
 Write = Callable[[str, str], Path]
 

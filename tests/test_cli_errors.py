@@ -117,7 +117,7 @@ def lock_holder(tmp_path: Path, write: Write) -> Iterator[tuple[Path, Path]]:
     ledger = tmp_path / "l.db"
     code = (
         "import sys\n"
-        "from launcher.ledger import Ledger\n"
+        "from launcher.ledger.store import Ledger\n"
         f"led = Ledger({str(ledger)!r}, 'fu')\n"
         "led.acquire_lock()\n"
         "print('held', flush=True)\n"
@@ -192,7 +192,7 @@ def test_status_against_an_unreachable_api_names_the_url_and_exits_1(
 def test_apply_against_an_unreachable_api_creates_nothing_and_exits_1(
     write: Write, tmp_path: Path, dead_url: str
 ) -> None:
-    from launcher.ledger import Ledger
+    from launcher.ledger.store import Ledger
 
     path = fleet_manifest(write, 2)
     res = run("apply", path, "-y", "--ledger", tmp_path / "l.db")
@@ -320,7 +320,7 @@ def test_an_invalid_simulator_profile_reads_like_a_manifest_problem(write: Write
 def test_an_unreadable_api_session_says_what_is_wrong_without_pydantic_words() -> None:
     import httpx
 
-    from launcher.client import ApiConfig, DevinClient
+    from launcher.api.client import ApiConfig, DevinClient
     from launcher.errors import APIError
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -351,7 +351,7 @@ def test_every_sqlite_error_becomes_a_located_ledger_error(exc: str, hint: str) 
     import sqlite3
 
     from launcher.errors import LedgerError
-    from launcher.ledger import sqlite_errors
+    from launcher.ledger.store import sqlite_errors
 
     with pytest.raises(LedgerError) as info, sqlite_errors(Path("/x/l.db"), "read"):
         raise sqlite3.OperationalError(exc)

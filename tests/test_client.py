@@ -12,7 +12,7 @@ import anyio
 import httpx
 import pytest
 
-from launcher.client import (
+from launcher.api.client import (
     ApiConfig,
     CreateOutcome,
     DevinClient,

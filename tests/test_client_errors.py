@@ -9,7 +9,7 @@ import anyio
 import httpx
 import pytest
 
-from launcher.client import TRANSPORT_OUTCOMES, ApiConfig, CreateOutcome, CreateResult, DevinClient
+from launcher.api.client import TRANSPORT_OUTCOMES, ApiConfig, CreateOutcome, CreateResult, DevinClient
 from launcher.errors import APIError, ExitCode
 
 TOKEN = "cog_secret_token_value"

@@ -30,16 +30,16 @@ ALLOWED: dict[str, set[str]] = {
     "client": {"errors", "models"},
     "pacing": set(),
     "migrations": set(),
-    "ledger": {"errors", "plan", "migrations"},
-    "reconcile": {"plan", "client", "ledger", "models"},
-    "writer": {"ledger"},
+    "store": {"errors", "plan", "migrations"},
+    "reconcile": {"plan", "client", "store", "models"},
+    "writer": {"store"},
     "listlag": {"errors", "client", "pacing"},
     "apply": {
         "errors",
         "plan",
         "client",
         "pacing",
-        "ledger",
+        "store",
         "models",
         "reconcile",
         "remote",
@@ -51,25 +51,25 @@ ALLOWED: dict[str, set[str]] = {
         "errors",
         "plan",
         "client",
-        "ledger",
+        "store",
         "models",
         "pacing",
         "reconcile",
         "templating",
         "attempts",
     },
-    "cancel": {"errors", "plan", "client", "ledger", "status", "reconcile"},
+    "cancel": {"errors", "plan", "client", "store", "status", "reconcile"},
     "remote": {"errors", "plan", "client", "source"},
     "results": {"status"},
     "report": {"plan", "status", "results"},
     "diff": set(),
-    "messages": {"errors", "plan", "client", "ledger", "pacing", "status", "templating"},
+    "messages": {"errors", "plan", "client", "store", "pacing", "status", "templating"},
     "rollout": {
         "errors",
         "plan",
         "client",
         "pacing",
-        "ledger",
+        "store",
         "apply",
         "summary",
         "status",
@@ -77,8 +77,8 @@ ALLOWED: dict[str, set[str]] = {
     },
     "progress": {"summary"},
     "summary": {"errors"},
-    "attempts": {"errors", "ledger", "models", "plan"},
-    "relaunch": {"errors", "plan", "client", "ledger", "status", "reconcile", "attempts"},
+    "attempts": {"errors", "store", "models", "plan"},
+    "relaunch": {"errors", "plan", "client", "store", "status", "reconcile", "attempts"},
     "sim": {"errors", "models", "source", "sim"},
 }
 HOMES = {
@@ -89,7 +89,7 @@ HOMES = {
     "rich": {"cli", "progress"},
     "uvicorn": {"sim"},
     "starlette": {"sim"},
-    "sqlite3": {"ledger"},
+    "sqlite3": {"store"},
     "jsonschema": {"models"},
 }
 
@@ -98,9 +98,20 @@ def modules() -> list[tuple[str, Path, ast.Module]]:
     out = []
     for path in sorted(PKG.rglob("*.py")):
         rel = path.relative_to(PKG).with_suffix("")
-        name = "sim" if rel.parts[0] == "sim" else rel.parts[0]
+        if rel.parts[0] in ("sim", "cli"):
+            name = rel.parts[0]
+        elif rel.parts[-1] == "__init__":
+            name = "__init__"
+        else:
+            name = rel.parts[-1]
         out.append((name, path, ast.parse(path.read_text(), str(path))))
     return out
+
+
+def _module(dotted: str) -> str:
+    """`launcher.ledger.store` -> `store`; `launcher.sim.x` -> `sim`; `launcher.errors` -> `errors`."""
+    parts = dotted.split(".")
+    return "sim" if parts[1] == "sim" else parts[-1]
 
 
 def imported(tree: ast.Module) -> set[str]:
@@ -117,8 +128,31 @@ def imported(tree: ast.Module) -> set[str]:
 def test_imports_point_one_way(name: str, path: Path, tree: ast.Module) -> None:
     if name in ("cli", "__init__", "__main__"):
         return
-    own = {m.split(".")[1] for m in imported(tree) if m.startswith("launcher.")}
+    own = {_module(m) for m in imported(tree) if m.startswith("launcher.")}
     assert own <= ALLOWED[name], f"{path.name} imports {own - ALLOWED[name]}"
+
+
+# The subpackages are floors: a module imports only from its own floor or those below it.
+FLOORS = ["errors", "api", "spec", "ledger", "run", "views", "cli"]
+
+
+def _floor(dotted: str) -> int | None:
+    parts = dotted.split(".")
+    return FLOORS.index(parts[1]) if len(parts) > 1 and parts[1] in FLOORS else None
+
+
+def test_subpackages_are_floors_imports_go_down() -> None:
+    for path in sorted(PKG.rglob("*.py")):
+        here = _floor("launcher." + ".".join(path.relative_to(PKG).with_suffix("").parts))
+        if here is None:
+            continue
+        for mod in imported(ast.parse(path.read_text(), str(path))):
+            there = _floor(mod) if mod.startswith("launcher.") else None
+            assert there is None or there <= here, f"{path} imports {mod} (a floor above)"
+
+
+def test_at_most_twelve_top_level_modules() -> None:
+    assert len(list(PKG.glob("*.py"))) <= 12
 
 
 @pytest.mark.parametrize(("name", "path", "tree"), modules(), ids=lambda x: str(x)[-30:])
@@ -210,7 +244,7 @@ def test_every_exit_in_the_cli_uses_an_exit_code() -> None:
 def test_every_ledger_read_goes_through_the_one_sqlite_translation() -> None:
     """Ledger methods touching `self.db` outside a transaction are `@_reads` (which, like
     `transaction` and opening, turns sqlite3.Error into LedgerError via `sqlite_errors`)."""
-    tree = ast.parse((PKG / "ledger.py").read_text())
+    tree = ast.parse((PKG / "ledger" / "store.py").read_text())
     (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Ledger"]
     # holds_lock turns any sqlite3.Error into "not held" on purpose (fail safe: no create is
     # sent on a lease it cannot prove), so it is not a read that reports errors.
@@ -249,7 +283,7 @@ def test_readme_test_command_is_what_ci_runs() -> None:
 def test_committed_manifest_schema_is_fresh() -> None:
     import json
 
-    from launcher.manifest import manifest_json_schema
+    from launcher.spec.manifest import manifest_json_schema
 
     committed = json.loads((ROOT / "schemas" / "manifest.schema.json").read_text())
     assert committed == manifest_json_schema(), "run: devin-fleet schema > schemas/manifest.schema.json"

@@ -22,10 +22,10 @@ from click.testing import CliRunner
 from launcher import ApiConfig, DevinClient, build_plan, load_manifest, open_ledger
 from launcher.cli import cli
 from launcher.errors import ExitCode
-from launcher.ledger import Change, EventKind, LaunchState
-from launcher.remote import check_remote
+from launcher.ledger.store import Change, EventKind, LaunchState
+from launcher.run.remote import check_remote
+from launcher.run.summary import Result
 from launcher.sim import Profile, SimServer
-from launcher.summary import Result
 from tests.fake_api import ScriptedAPI, created
 from tests.test_apply import (
     assert_exactly_once_and_ledger_agrees,
@@ -266,7 +266,7 @@ def test_5_an_adopted_session_keeps_the_fingerprint_it_was_created_with(
     s = plan.sessions[0]
     with open_ledger(path, plan.campaign, ledger) as led:  # the crash: intent, request, no answer
         led.sync_plan(plan)
-        from launcher.ledger import LedgerEvent
+        from launcher.ledger.store import LedgerEvent
 
         led.write_events([LedgerEvent(s.key, EventKind.intent, 1, fingerprint=s.fingerprint)])
     httpx.post(

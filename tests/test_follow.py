@@ -14,13 +14,11 @@ import httpx
 import pytest
 
 from launcher import ApiConfig, ApplyOptions, DevinClient, apply_plan, build_plan, load_manifest
-from launcher.attempts import relaunch
+from launcher.api.models import SessionStatus, StatusDetail
 from launcher.errors import AuthError
-from launcher.ledger import LaunchState, LedgerEvent, open_ledger
-from launcher.models import SessionStatus, StatusDetail
-from launcher.plan import Plan
-from launcher.sim import ManualClock, SimServer
-from launcher.status import (
+from launcher.ledger.attempts import relaunch
+from launcher.ledger.store import LaunchState, LedgerEvent, open_ledger
+from launcher.run.status import (
     SUSPEND_FAILURES,
     CampaignView,
     Outcome,
@@ -30,6 +28,8 @@ from launcher.status import (
     refresh,
     watch,
 )
+from launcher.sim import ManualClock, SimServer
+from launcher.spec.plan import Plan
 from tests.fake_api import FakeClock
 
 Write = Callable[[str, str], Path]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from launcher import build_plan, load_manifest
-from launcher.attempts import relaunch
 from launcher.errors import LedgerError
-from launcher.ledger import (
+from launcher.ledger.attempts import relaunch
+from launcher.ledger.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     TRANSITIONS,

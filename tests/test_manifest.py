@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from launcher.errors import ManifestError
-from launcher.manifest import load_manifest, manifest_json_schema
-from launcher.plan import Plan, build_plan, campaign_tag, fingerprint_tag, item_tag
-from launcher.source import parse_yaml
+from launcher.spec.manifest import load_manifest, manifest_json_schema
+from launcher.spec.plan import Plan, build_plan, campaign_tag, fingerprint_tag, item_tag
+from launcher.spec.source import parse_yaml
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = sorted((ROOT / "manifests").glob("*.yaml"))

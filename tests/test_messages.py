@@ -22,10 +22,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from launcher import build_plan, load_manifest, open_ledger
+from launcher.api.client import ApiConfig, DevinClient
 from launcher.cli import cli
-from launcher.client import ApiConfig, DevinClient
-from launcher.ledger import Ledger
-from launcher.messages import MessageBatch, MessageReport, Outgoing, digest, send_messages
+from launcher.ledger.store import Ledger
+from launcher.run.messages import MessageBatch, MessageReport, Outgoing, digest, send_messages
 from launcher.sim import Profile, SimServer
 from tests.test_follow import apply_all, fleet_manifest
 

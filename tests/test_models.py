@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from launcher.models import (
+from launcher.api.models import (
     MAX_SCHEMA_BYTES,
     CreateSessionRequest,
     DevinMode,

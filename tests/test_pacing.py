@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from launcher.pacing import (
+from launcher.api.pacing import (
     AdaptiveRate,
     CircuitBreaker,
     Pacer,
@@ -434,7 +434,7 @@ def test_a_real_sleep_never_ends_early() -> None:
 
     import anyio
 
-    from launcher.pacing import MonotonicClock
+    from launcher.api.pacing import MonotonicClock
 
     async def go() -> list[float]:
         clock = MonotonicClock()

@@ -22,9 +22,9 @@ from launcher import (
     open_ledger,
 )
 from launcher.cli import cli
-from launcher.diff import changed_fields, field_diff
-from launcher.plan import Plan
 from launcher.sim import SimServer
+from launcher.spec.diff import changed_fields, field_diff
+from launcher.spec.plan import Plan
 
 Write = Callable[[str, str], Path]
 MANIFEST = """

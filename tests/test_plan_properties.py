@@ -15,8 +15,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from launcher.manifest import load_manifest
-from launcher.plan import Plan, build_plan
+from launcher.spec.manifest import load_manifest
+from launcher.spec.plan import Plan, build_plan
 
 SETTINGS = settings(max_examples=60, deadline=None)
 

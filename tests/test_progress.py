@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from launcher.progress import ProgressReporter
-from launcher.summary import Result
+from launcher.run.summary import Result
+from launcher.views.progress import ProgressReporter
 
 
 def test_plain_lines_without_a_terminal_carry_counts_by_outcome() -> None:

@@ -11,10 +11,10 @@ from pathlib import Path
 import anyio
 
 from launcher import ApiConfig, ApplyOptions, DevinClient, apply_plan, build_plan, load_manifest
-from launcher.ledger import open_ledger
-from launcher.progress import ProgressReporter
+from launcher.ledger.store import open_ledger
+from launcher.run.summary import ApplySummary, Result
 from launcher.sim import SimServer
-from launcher.summary import ApplySummary, Result
+from launcher.views.progress import ProgressReporter
 from tests.test_follow import fleet_manifest
 
 Write = Callable[[str, str], Path]

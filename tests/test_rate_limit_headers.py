@@ -15,11 +15,11 @@ import httpx
 import pytest
 
 from launcher import ApiConfig, ApplyOptions, DevinClient, apply_plan, build_plan, load_manifest
-from launcher.client import CreateOutcome, RateLimitInfo, parse_rate_limit, parse_retry_after
-from launcher.ledger import open_ledger
-from launcher.plan import Plan
+from launcher.api.client import CreateOutcome, RateLimitInfo, parse_rate_limit, parse_retry_after
+from launcher.ledger.store import open_ledger
+from launcher.run.summary import ApplySummary
 from launcher.sim import Profile, SimServer
-from launcher.summary import ApplySummary
+from launcher.spec.plan import Plan
 
 NOW = 1_800_000_000.0
 

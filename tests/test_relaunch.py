@@ -21,8 +21,8 @@ from click.testing import CliRunner, Result
 
 from launcher import build_plan, load_manifest, open_ledger
 from launcher.cli import cli
-from launcher.plan import Plan, attempt_of
 from launcher.sim import Profile, SimServer
+from launcher.spec.plan import Plan, attempt_of
 
 Write = Callable[[str, str], Path]
 
@@ -343,7 +343,7 @@ def test_ambiguous_creates_of_a_relaunch_are_adopted_as_that_attempt_not_resent(
 def test_a_crash_right_after_the_relaunch_was_recorded_is_finished_by_a_plain_apply(
     write: Write, make_sim: Callable[..., SimServer], tmp_path: Path, env: Callable[..., Any]
 ) -> None:
-    from launcher.attempts import relaunch
+    from launcher.ledger.attempts import relaunch
 
     sim = make_sim(FOREVER, time_scale=100)
     env(sim)
@@ -367,8 +367,8 @@ def test_a_crash_right_after_the_relaunch_was_recorded_is_finished_by_a_plain_ap
 
 
 def test_the_confirmation_says_exactly_what_will_happen() -> None:
-    from launcher.relaunch import Pick, Selection
-    from launcher.status import Outcome
+    from launcher.run.relaunch import Pick, Selection
+    from launcher.run.status import Outcome
 
     def pick(key: str, outcome: Outcome, live: bool, prs: tuple[str, ...] = ()) -> Pick:
         return Pick(key, 1, outcome, f"devin-{key}", live, prs)

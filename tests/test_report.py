@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from launcher import build_plan, load_manifest
 from launcher.cli import cli
-from launcher.report import render_report
-from launcher.status import CampaignView, Outcome, SessionView
+from launcher.run.status import CampaignView, Outcome, SessionView
+from launcher.views.report import render_report
 from tests.test_results import OUTPUT_COLUMNS, campaign, expected_outcome  # noqa: F401 (fixture)
 
 

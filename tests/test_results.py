@@ -17,10 +17,10 @@ from click.testing import CliRunner, Result
 from launcher import build_plan, load_manifest
 from launcher.cli import cli
 from launcher.errors import ManifestError
-from launcher.results import build_results, schema_fields
+from launcher.run.status import CampaignView, Outcome, SessionView
 from launcher.sim import SimServer
-from launcher.status import CampaignView, Outcome, SessionView
-from launcher.templating import Rule, TemplateFailure
+from launcher.spec.templating import Rule, TemplateFailure
+from launcher.views.results import build_results, schema_fields
 from tests.test_follow import apply_all
 
 Write = Callable[[str, str], Path]

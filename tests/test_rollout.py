@@ -20,9 +20,7 @@ from click.testing import CliRunner, Result
 
 from launcher import ApiConfig, ApplyOptions, DevinClient, build_plan, load_manifest, open_ledger
 from launcher.cli import cli
-from launcher.manifest import Gate, parse_duration
-from launcher.plan import Plan
-from launcher.rollout import (
+from launcher.run.rollout import (
     RolloutOptions,
     RolloutSummary,
     assign_waves,
@@ -30,8 +28,10 @@ from launcher.rollout import (
     run_rollout,
     wave_sizes,
 )
+from launcher.run.summary import Result as LaunchResult
 from launcher.sim import Profile, SimServer
-from launcher.summary import Result as LaunchResult
+from launcher.spec.manifest import Gate, parse_duration
+from launcher.spec.plan import Plan
 from tests.test_apply import sessions_per_key
 
 Write = Callable[[str, str], Path]
@@ -508,7 +508,7 @@ def test_ceiling_holds_polls_with_backoff_on_the_injected_clock_and_survives_a_5
 ) -> None:
     import httpx
 
-    from launcher.rollout import RunningCeiling
+    from launcher.run.rollout import RunningCeiling
     from tests.test_follow import ScriptedApi, session_json
 
     plan = build_plan(load_manifest(manifest(write, 2, name="fu")))

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from launcher.models import CreateSessionRequest, api_error_details
+from launcher.api.models import CreateSessionRequest, api_error_details
 from launcher.sim import Profile, SimServer, load_profile
 from launcher.sim.profiles import LIMITED_TOKEN
 

@@ -9,7 +9,7 @@ import httpx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from launcher.models import output_errors
+from launcher.api.models import output_errors
 from launcher.sim import ManualClock, Profile, SimServer
 from launcher.sim.instances import invalid_instance, valid_instance
 

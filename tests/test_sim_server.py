@@ -13,8 +13,8 @@ import anyio
 import httpx
 import pytest
 
+from launcher.api.models import CreateSessionRequest
 from launcher.errors import ConfigError
-from launcher.models import CreateSessionRequest
 from launcher.sim import (
     PROFILES,
     ManualClock,

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from launcher.templating import TemplateFailure, Templates
+from launcher.spec.templating import TemplateFailure, Templates
 
 CTX: dict[str, Any] = {
     "item": {"repo": "acme/api", "items": "a column", "acu": "4"},

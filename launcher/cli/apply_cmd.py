@@ -27,15 +27,15 @@ from launcher.cli.common import (
     sim_options,
 )
 from launcher.errors import ExitCode
-from launcher.ledger import Change, Ledger, open_ledger
-from launcher.plan import Plan
+from launcher.ledger.store import Change, Ledger, open_ledger
+from launcher.spec.plan import Plan
 
 if TYPE_CHECKING:
-    from launcher.apply import ApplyOptions
-    from launcher.client import ApiConfig
-    from launcher.relaunch import Selection
-    from launcher.rollout import RolloutOptions, RolloutSummary
-    from launcher.summary import ApplySummary
+    from launcher.api.client import ApiConfig
+    from launcher.run.apply import ApplyOptions
+    from launcher.run.relaunch import Selection
+    from launcher.run.rollout import RolloutOptions, RolloutSummary
+    from launcher.run.summary import ApplySummary
 
 
 @click.command()
@@ -140,9 +140,9 @@ def apply(
 ) -> None:
     """Launch every planned session not launched yet: paced, exactly once, resumable; wave by
     wave when the manifest has a rollout; with --wait, follow them to the end."""
-    from launcher.apply import ApplyOptions
-    from launcher.manifest import parse_duration
-    from launcher.rollout import RolloutOptions, assign_waves
+    from launcher.run.apply import ApplyOptions
+    from launcher.run.rollout import RolloutOptions, assign_waves
+    from launcher.spec.manifest import parse_duration
 
     try:
         wait_seconds = None if wait_timeout is None else parse_duration(wait_timeout)
@@ -208,7 +208,7 @@ def apply(
                 yes,
             )
         if selection is not None:
-            from launcher.relaunch import record
+            from launcher.run.relaunch import record
 
             record(led, selection, keep=keep_previous)
         summary = anyio.run(_apply_async, p, cfg, led, options, rollout)
@@ -240,12 +240,12 @@ async def _apply_async(
                 stop.set()
                 err.print("interrupted: finishing in-flight creates, if any (Ctrl-C again to quit now)")
 
-    from launcher.attempts import attempt_history
-    from launcher.client import DevinClient
-    from launcher.progress import ProgressReporter
-    from launcher.relaunch import attempt_plan, terminate_previous
-    from launcher.remote import check_remote
-    from launcher.rollout import run_rollout
+    from launcher.api.client import DevinClient
+    from launcher.ledger.attempts import attempt_history
+    from launcher.run.relaunch import attempt_plan, terminate_previous
+    from launcher.run.remote import check_remote
+    from launcher.run.rollout import run_rollout
+    from launcher.views.progress import ProgressReporter
 
     async with DevinClient(cfg, max_connections=options.concurrency + 4) as client:
         if any(a.termination == "pending" for a in attempt_history(led)):
@@ -280,9 +280,9 @@ async def _apply_async(
 
 async def _select(p: Plan, cfg: ApiConfig, led: Ledger, selectors: tuple[str, ...]) -> Selection:
     """Refresh the campaign (the latest outcome of each key), then resolve the selectors."""
-    from launcher.client import DevinClient
-    from launcher.relaunch import select_relaunch
-    from launcher.status import refresh
+    from launcher.api.client import DevinClient
+    from launcher.run.relaunch import select_relaunch
+    from launcher.run.status import refresh
 
     led.sync_plan(p)
     async with DevinClient(cfg) as client:
@@ -291,7 +291,7 @@ async def _select(p: Plan, cfg: ApiConfig, led: Ledger, selectors: tuple[str, ..
 
 
 def _apply_summary(s: ApplySummary) -> None:
-    from launcher.summary import Result
+    from launcher.run.summary import Result
 
     c = {r: s.count(r) for r in Result}
     out.print(
@@ -321,7 +321,7 @@ def _apply_summary(s: ApplySummary) -> None:
 
 def _rollout_summary(s: RolloutSummary, p: Plan) -> None:
     from launcher.cli.report_cmds import _results_table
-    from launcher.results import build_results, totals_line
+    from launcher.views.results import build_results, totals_line
 
     for g in s.gates:
         out.print(g.describe(), markup=False)

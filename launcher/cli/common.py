@@ -16,12 +16,12 @@ import click
 from rich.console import Console
 
 from launcher.errors import ConfirmationError, LedgerError, ManifestError
-from launcher.ledger import Ledger, default_ledger_path, open_ledger
-from launcher.plan import Plan, plan_manifest, secrets_warning
+from launcher.ledger.store import Ledger, default_ledger_path, open_ledger
+from launcher.spec.plan import Plan, plan_manifest, secrets_warning
 
 if TYPE_CHECKING:
-    from launcher.client import ApiConfig
-    from launcher.status import CampaignView
+    from launcher.api.client import ApiConfig
+    from launcher.run.status import CampaignView
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -85,7 +85,7 @@ def api_config(
     profile: str = "clean",
     time_scale: float = 60.0,
 ) -> Iterator[ApiConfig]:
-    from launcher.client import ApiConfig
+    from launcher.api.client import ApiConfig
 
     if not sim:
         yield ApiConfig.from_env(os.environ, base_url=base_url, org_id=org_id)
@@ -116,8 +116,8 @@ def emit_json(data: Any) -> None:
 
 async def refresh_campaign(p: Plan, cfg: ApiConfig, led: Ledger) -> CampaignView:
     """The campaign as the API sees it now, recorded in the ledger (one refresh)."""
-    from launcher.client import DevinClient
-    from launcher.status import refresh
+    from launcher.api.client import DevinClient
+    from launcher.run.status import refresh
 
     async with DevinClient(cfg) as client:
         return await refresh(p, client, led)

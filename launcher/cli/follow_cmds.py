@@ -27,15 +27,15 @@ from launcher.cli.common import (
     warn,
 )
 from launcher.errors import APIError, ExitCode
-from launcher.ledger import Ledger, open_ledger
-from launcher.plan import Plan
+from launcher.ledger.store import Ledger, open_ledger
+from launcher.spec.plan import Plan
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from launcher.cancel import CancelReport
-    from launcher.client import ApiConfig
-    from launcher.status import CampaignView
+    from launcher.api.client import ApiConfig
+    from launcher.run.cancel import CancelReport
+    from launcher.run.status import CampaignView
 
 
 @click.command()
@@ -77,7 +77,7 @@ def status(
     """Refresh and classify the campaign's sessions (succeeded, needs-human, failed, running,
     cancelled). Exit 0: all succeeded/cancelled, 3: some failed, 6: some need a human, 4: some
     still running (or not launched), 8: --watch timed out with sessions still running."""
-    from launcher.status import campaign_view
+    from launcher.run.status import campaign_view
 
     p = load_plan(manifest, "read")
     with follow_ledger(p, ledger, offline) as (led, _):
@@ -107,8 +107,8 @@ async def _refresh(
     max_interval: float = 60.0,
     wait_timeout: float | None = None,
 ) -> CampaignView:
-    from launcher.client import DevinClient
-    from launcher.status import watch as watch_view
+    from launcher.api.client import DevinClient
+    from launcher.run.status import watch as watch_view
 
     if not watch:
         return await refresh_campaign(p, cfg, led)
@@ -238,7 +238,7 @@ def cancel(
     --gone: those of items removed from the manifest); or, with --strays / --duplicates, the
     sessions no planned key owns. Records it in the ledger. Safe to re-run: cancelled sessions
     are skipped."""
-    from launcher.cancel import CancelResult, cancellable, extras
+    from launcher.run.cancel import CancelResult, cancellable, extras
 
     say = err if output == "json" else out  # with -o json, stdout holds only the JSON
     p = load_plan(manifest, "send")
@@ -315,8 +315,8 @@ def _cancel_earlier(
     base_url: str | None,
     org_id: str | None,
 ) -> None:
-    from launcher.client import DevinClient
-    from launcher.relaunch import kept, terminate_previous
+    from launcher.api.client import DevinClient
+    from launcher.run.relaunch import kept, terminate_previous
 
     with follow_ledger(p, ledger) as (led, _), api_config(base_url, org_id) as cfg:
         targets = kept(led, only)
@@ -339,8 +339,8 @@ def _cancel_earlier(
 async def _cancel(
     cfg: ApiConfig, led: Ledger, targets: list[tuple[str, str]], archive: bool, by_id: bool
 ) -> CancelReport:
-    from launcher.cancel import cancel_ids, cancel_sessions
-    from launcher.client import DevinClient
+    from launcher.api.client import DevinClient
+    from launcher.run.cancel import cancel_ids, cancel_sessions
 
     async with DevinClient(cfg) as client:
         if by_id:

@@ -22,14 +22,14 @@ from launcher.cli.common import (
     load_plan,
     out,
 )
-from launcher.diff import changed_fields, field_diff
 from launcher.errors import ExitCode, FleetError, ManifestError, Problem
-from launcher.ledger import Change, Ledger, stored_request
-from launcher.manifest import manifest_json_schema
-from launcher.plan import Plan, plan_manifest
+from launcher.ledger.store import Change, Ledger, stored_request
+from launcher.spec.diff import changed_fields, field_diff
+from launcher.spec.manifest import manifest_json_schema
+from launcher.spec.plan import Plan, plan_manifest
 
 if TYPE_CHECKING:
-    from launcher.client import ApiConfig
+    from launcher.api.client import ApiConfig
 
 
 @click.command()
@@ -152,7 +152,7 @@ def plan(
         changes = _diff(p, ledger)
     launched = _launched_requests(p, ledger, changes)
     fields = {k: changed_fields(old, new) for k, (old, new) in launched.items()}
-    from launcher.rollout import waves_by_key
+    from launcher.run.rollout import waves_by_key
 
     waves = waves_by_key(p)
     if output == "json":
@@ -195,10 +195,10 @@ async def _check_remote(
 ) -> tuple[list[str], list[tuple[Change, str, str]]]:
     """The remote checks, then the diff against the ledger reconciled with the API (in memory:
     `plan` writes nothing), so what exists shows `=` even on a fresh clone."""
-    from launcher.client import DevinClient
-    from launcher.ledger import default_ledger_path
-    from launcher.reconcile import rebuild
-    from launcher.remote import check_remote
+    from launcher.api.client import DevinClient
+    from launcher.ledger.store import default_ledger_path
+    from launcher.run.reconcile import rebuild
+    from launcher.run.remote import check_remote
 
     path = Path(ledger_path) if ledger_path else default_ledger_path(p.manifest.path, p.campaign)
     async with DevinClient(cfg) as client:
@@ -210,7 +210,7 @@ async def _check_remote(
 
 
 def _diff(p: Plan, ledger_path: str | None) -> list[tuple[Change, str, str]]:
-    from launcher.ledger import default_ledger_path
+    from launcher.ledger.store import default_ledger_path
 
     path = Path(ledger_path) if ledger_path else default_ledger_path(p.manifest.path, p.campaign)
     if not path.exists():
@@ -224,7 +224,7 @@ def _launched_requests(
 ) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     """(launched request, planned request) of each `~` session the ledger kept a request for,
     both as the ledger keeps them (schema by digest, secrets by variable name, never a value)."""
-    from launcher.ledger import default_ledger_path
+    from launcher.ledger.store import default_ledger_path
 
     changed = [k for c, k, _ in changes if c == Change.changed]
     path = Path(ledger_path) if ledger_path else default_ledger_path(p.manifest.path, p.campaign)

@@ -28,16 +28,16 @@ from launcher.cli.common import (
     warn,
 )
 from launcher.errors import ExitCode
-from launcher.ledger import open_ledger
-from launcher.status import Outcome
+from launcher.ledger.store import open_ledger
+from launcher.run.status import Outcome
 
 if TYPE_CHECKING:
-    from launcher.client import ApiConfig
-    from launcher.ledger import Ledger
-    from launcher.messages import MessageBatch, MessageReport
-    from launcher.plan import Plan
-    from launcher.results import Results
-    from launcher.status import CampaignView, SessionView
+    from launcher.api.client import ApiConfig
+    from launcher.ledger.store import Ledger
+    from launcher.run.messages import MessageBatch, MessageReport
+    from launcher.run.status import CampaignView, SessionView
+    from launcher.spec.plan import Plan
+    from launcher.views.results import Results
 
 OUTCOME_STYLE = {
     "succeeded": "green",
@@ -68,7 +68,7 @@ def _view(
     org_id: str | None,
 ) -> CampaignView:
     """The campaign now: refreshed from the API, or (offline) as the ledger last saw it."""
-    from launcher.status import campaign_view
+    from launcher.run.status import campaign_view
 
     with follow_ledger(p, ledger, offline) as (led, _):
         if offline:
@@ -126,7 +126,7 @@ def results(
 ) -> None:
     """The campaign as a report: a row per session with its item, outcome, reason, pull request,
     ACUs and one column per structured-output field (schema order), refreshed from the API."""
-    from launcher.results import FieldError, build_results, select
+    from launcher.views.results import FieldError, build_results, select
 
     if len(group_by) > 2:
         raise click.UsageError("--group-by takes one field, or two for a two-way count")
@@ -152,7 +152,7 @@ def _with_history(
     p: Plan, ledger: str | None, chosen: list[SessionView], outcomes: tuple[str, ...]
 ) -> list[SessionView]:
     """Each chosen key's earlier attempts (oldest first) before its latest."""
-    from launcher.status import history_views
+    from launcher.run.status import history_views
 
     with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led:
         earlier = history_views(p, led)
@@ -168,7 +168,7 @@ def _with_history(
 
 
 def _emit(res: Results, output: str) -> None:
-    from launcher.results import to_csv, to_markdown, totals_line
+    from launcher.views.results import to_csv, to_markdown, totals_line
 
     if output == "json":
         emit_json(res.to_json())
@@ -185,7 +185,7 @@ def _emit(res: Results, output: str) -> None:
 
 
 def _results_table(res: Results) -> None:
-    from launcher.results import cell_of, table_columns
+    from launcher.views.results import cell_of, table_columns
 
     cols = table_columns(res)
     table = Table(title=f"campaign {res.campaign}: results")
@@ -209,7 +209,7 @@ def _results_table(res: Results) -> None:
 
 
 def _groups(res: Results, fields: list[str], output: str) -> None:
-    from launcher.results import crosstab_markdown, group_markdown
+    from launcher.views.results import crosstab_markdown, group_markdown
 
     if len(fields) == 2:
         a, b = res.resolve(fields[0]), res.resolve(fields[1])
@@ -282,7 +282,7 @@ def report(
 ) -> None:
     """Write the campaign as one self-contained HTML file (no scripts, no network): outcomes,
     ACUs against the budget, outcomes over time, the sessions with links, output summaries."""
-    from launcher.report import render_report
+    from launcher.views.report import render_report
 
     p = load_plan(manifest, "read")
     view = _view(p, ledger, offline, base_url, org_id)
@@ -336,8 +336,8 @@ def message(
 ) -> None:
     """Send a message to each selected session (which resumes a suspended one); each session
     gets a given message once, across re-runs and crashes (the ledger records it)."""
-    from launcher.messages import MessageError, prepare_messages
-    from launcher.results import select
+    from launcher.run.messages import MessageError, prepare_messages
+    from launcher.views.results import select
 
     if (text is None) == (file is None):
         raise click.UsageError("give the message with --text or --file (one of them)")
@@ -385,8 +385,8 @@ def message(
 
 
 async def _send(cfg: ApiConfig, led: Ledger, batch: MessageBatch, rate: float) -> MessageReport:
-    from launcher.client import DevinClient
-    from launcher.messages import send_messages
+    from launcher.api.client import DevinClient
+    from launcher.run.messages import send_messages
 
     async with DevinClient(cfg) as client:
         return await send_messages(client, led, batch, rate=rate)

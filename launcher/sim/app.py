@@ -2,7 +2,7 @@
 
 Every API route goes through the checks built by `SimApp._route`, in this order: request count,
 latency, 401 (token), 403 (permission), 404 (unknown org); creates then check the rate limit,
-413/422 (body, validated with the shared `launcher.models.CreateSessionRequest`), 400 (platform,
+413/422 (body, validated with the shared `launcher.api.models.CreateSessionRequest`), 400 (platform,
 create_as_user_id), and the seeded create faults. Error bodies are FastAPI-style `{"detail": ...}`.
 A body with a non-JSON content type gets 422 (FastAPI validates it as raw bytes; no 415).
 """
@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from launcher.models import MAX_TAGS, CreateSessionRequest, api_error_details
+from launcher.api.models import MAX_TAGS, CreateSessionRequest, api_error_details
 from launcher.sim.faults import CreateFault, FaultPlan, retry_after_header
 from launcher.sim.profiles import Permission
 from launcher.sim.state import Page, Record, SessionEnded, SessionFilter, SimState, page_of

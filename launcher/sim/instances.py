@@ -1,6 +1,6 @@
 """Structured outputs for simulated sessions: instances generated from a Draft 7 schema.
 
-`valid_instance` builds a value that validates (checked with `launcher.models.output_errors`),
+`valid_instance` builds a value that validates (checked with `launcher.api.models.output_errors`),
 shaped like what a session reports: `success` (the first enum value, true flags, lists no longer
 than required: a delivered session that did the job), `blocked` (the last enum value, false
 flags, at least one list entry: a session that delivered a report of why it could not), or
@@ -21,7 +21,7 @@ import re
 from typing import Any, Literal
 from urllib.parse import unquote
 
-from launcher.models import output_errors
+from launcher.api.models import output_errors
 
 _WORDS = ("alpha", "bravo", "fix", "tests", "refactor", "module", "update", "docs", "build")
 _PATTERN_TRIES = ("a", "abc", "A1", "x-1", "123", "a1b2c3", "ABC-123", "v1.0.0", "main")

@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from launcher.api.models import StatusDetail
 from launcher.errors import ConfigError, ManifestError, validation_lines
-from launcher.models import StatusDetail
-from launcher.source import MAX_MANIFEST_BYTES, load_json_or_yaml
+from launcher.spec.source import MAX_MANIFEST_BYTES, load_json_or_yaml
 
 
 class Permission(StrEnum):

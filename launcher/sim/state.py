@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.models import CreateSessionRequest, SessionStatus, StatusDetail, session_path_id
+from launcher.api.models import CreateSessionRequest, SessionStatus, StatusDetail, session_path_id
 from launcher.sim.clock import SimClock
 from launcher.sim.faults import max_in_window
 from launcher.sim.instances import Reports, invalid_instance, valid_instance

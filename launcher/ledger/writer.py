@@ -10,7 +10,7 @@ from collections.abc import Callable
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from launcher.ledger import EventKind, Ledger, LedgerEvent
+from launcher.ledger.store import EventKind, Ledger, LedgerEvent
 
 
 class LedgerWriter:

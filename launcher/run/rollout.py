@@ -31,8 +31,8 @@ from typing import Any, Protocol
 
 import anyio
 
-from launcher.apply import ApplyOptions, NullReporter, Reporter, apply_plan
-from launcher.client import DevinClient
+from launcher.api.client import DevinClient
+from launcher.api.pacing import Clock, MonotonicClock, sleep_unless
 from launcher.errors import (
     APIError,
     AuthError,
@@ -41,12 +41,12 @@ from launcher.errors import (
     LedgerError,
     LockLostError,
 )
-from launcher.ledger import LaunchState, Ledger
-from launcher.manifest import Gate
-from launcher.pacing import Clock, MonotonicClock, sleep_unless
-from launcher.plan import Plan
-from launcher.status import CampaignView, Outcome, classify, watch
-from launcher.summary import ApplySummary, Result
+from launcher.ledger.store import LaunchState, Ledger
+from launcher.run.apply import ApplyOptions, NullReporter, Reporter, apply_plan
+from launcher.run.status import CampaignView, Outcome, classify, watch
+from launcher.run.summary import ApplySummary, Result
+from launcher.spec.manifest import Gate
+from launcher.spec.plan import Plan
 
 OPEN = frozenset({"passed", "skipped", "forced"})  # decisions that let the next wave launch
 HEARTBEAT_EVERY = 10.0

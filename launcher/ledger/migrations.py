@@ -1,7 +1,7 @@
 """The ledger's SQLite schema as its history: one migration per version, applied in order.
 
 Frozen text: a migration, once released, is never edited (old ledgers replay it); state values
-written here are the values of their version (see `launcher.ledger.LaunchState`).
+written here are the values of their version (see `launcher.ledger.store.LaunchState`).
 """
 
 from __future__ import annotations

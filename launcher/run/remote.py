@@ -3,10 +3,10 @@ playbooks, knowledge notes) exists in the org, before anything is created."""
 
 from __future__ import annotations
 
-from launcher.client import DevinClient
+from launcher.api.client import DevinClient
 from launcher.errors import APIError, AuthError, Problem, RemoteCheckError
-from launcher.plan import Plan
-from launcher.source import Loc
+from launcher.spec.plan import Plan
+from launcher.spec.source import Loc
 
 UNCHECKABLE = frozenset({403, 404, 405})  # a reference list we cannot read: "not verified"
 _REFERENCE_CHECKS: tuple[tuple[str, str, str], ...] = (

@@ -10,10 +10,10 @@ from enum import StrEnum
 
 import anyio
 
-from launcher.client import DevinClient
+from launcher.api.client import DevinClient
 from launcher.errors import APIError, AuthError
-from launcher.ledger import EventKind, Ledger, LedgerEvent
-from launcher.status import CONCURRENCY, CampaignView, Outcome
+from launcher.ledger.store import EventKind, Ledger, LedgerEvent
+from launcher.run.status import CONCURRENCY, CampaignView, Outcome
 
 
 class CancelResult(StrEnum):

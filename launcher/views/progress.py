@@ -17,7 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from launcher.summary import Result
+from launcher.run.summary import Result
 
 
 class ProgressReporter:

@@ -29,13 +29,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.attempts import AttemptRecord, attempt_history, relaunch, set_termination
-from launcher.client import DevinClient
+from launcher.api.client import DevinClient
 from launcher.errors import APIError, AuthError, FleetError, SelectorError
-from launcher.ledger import Ledger, Record
-from launcher.plan import ATTEMPT_TAG_PREFIX, FP_TAG_PREFIX, Plan, build_plan, fingerprint_tag
-from launcher.reconcile import ENDED
-from launcher.status import CampaignView, Outcome, SessionView
+from launcher.ledger.attempts import AttemptRecord, attempt_history, relaunch, set_termination
+from launcher.ledger.store import Ledger, Record
+from launcher.run.reconcile import ENDED
+from launcher.run.status import CampaignView, Outcome, SessionView
+from launcher.spec.plan import ATTEMPT_TAG_PREFIX, FP_TAG_PREFIX, Plan, build_plan, fingerprint_tag
 
 OUTCOME_SELECTORS = {
     "failed": Outcome.failed,

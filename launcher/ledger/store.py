@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from launcher.errors import LedgerError, LockedError
-from launcher.migrations import MIGRATIONS, SCHEMA_VERSION
-from launcher.plan import FP_TAG_PREFIX, Plan
+from launcher.ledger.migrations import MIGRATIONS, SCHEMA_VERSION
+from launcher.spec.plan import FP_TAG_PREFIX, Plan
 
 LOCK_TTL = 60.0  # seconds without a heartbeat after which a lock is stale
 LEDGER_DIR = ".devin-fleet"
@@ -495,7 +495,7 @@ class Ledger:
         """Make sure every planned key has a row; forget never-attempted keys that left the plan.
 
         A launched row keeps the fingerprint it was launched with (so `plan` shows `~`); only a
-        relaunch (`launcher.attempts.relaunch`) starts a new attempt of it.
+        relaunch (`launcher.ledger.attempts.relaunch`) starts a new attempt of it.
         """
         now = time.time()
         retryable = (LaunchState.planned, LaunchState.refused, LaunchState.gave_up)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import anyio
 from anyio.abc import TaskGroup
 
-from launcher.client import DevinClient
+from launcher.api.client import DevinClient
+from launcher.api.pacing import Clock
 from launcher.errors import APIError, AuthError
-from launcher.pacing import Clock
 
 LAG_PROBE_STEP = 0.25  # seconds between looks while measuring
 LAG_PROBE_CAP = 60.0  # a session not listed after this long: the lag is at least this

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from launcher.client import DevinClient
-from launcher.ledger import EventKind, Ledger, LedgerEvent
-from launcher.models import Session
-from launcher.plan import FP_TAG_PREFIX, Plan, PlannedSession, attempt_of
+from launcher.api.client import DevinClient
+from launcher.api.models import Session
+from launcher.ledger.store import EventKind, Ledger, LedgerEvent
+from launcher.spec.plan import FP_TAG_PREFIX, Plan, PlannedSession, attempt_of
 
 ENDED = frozenset({"exit", "error"})  # a session in these states is not live
 

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import ValidationError
 
+from launcher.api.models import Page, Session, session_path_id
 from launcher.errors import APIError, AuthError, ConfigError, validation_lines
-from launcher.models import Page, Session, session_path_id
 
 DEFAULT_BASE_URL = "https://api.devin.ai"
 USER_AGENT = "devin-fleet/0.1"

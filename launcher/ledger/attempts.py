@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from launcher.api.models import Session
 from launcher.errors import LedgerError
-from launcher.ledger import TRANSITIONS, EventKind, LaunchState, Ledger
-from launcher.models import Session
-from launcher.plan import attempt_of
+from launcher.ledger.store import TRANSITIONS, EventKind, LaunchState, Ledger
+from launcher.spec.plan import attempt_of
 
 ENDED = ("exit", "error")  # a session in these states is not live
 

@@ -42,7 +42,7 @@ from launcher.errors import (
     validation_errors,
     validation_message,
 )
-from launcher.source import Loc, Marks, dotted_path, read_yaml
+from launcher.spec.source import Loc, Marks, dotted_path, read_yaml
 
 MAX_REPEATED = 20  # similar problems (one per CSV row, say) listed before a summary line
 CAMPAIGN_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -515,7 +515,7 @@ class IncompleteManifest(ManifestError):
 
     `salvaged` (None when nothing can be planned) is the manifest without its unknown fields,
     with each fleet whose own definition is broken replaced by a stand-in to skip: planning it
-    finds the problems of everything else (`launcher.plan.plan_manifest` does both).
+    finds the problems of everything else (`launcher.spec.plan.plan_manifest` does both).
     """
 
     def __init__(self, problems: list[Problem], salvaged: LoadedManifest | None) -> None:

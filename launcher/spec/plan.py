@@ -19,9 +19,10 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import to_json
 
+from launcher.api.models import DRAFT7_KEYWORDS, MAX_TAGS, CreateSessionRequest, check_output_schema
 from launcher.errors import ManifestError, Problem, SecretError, validation_errors, validation_message
-from launcher.items import Item, read_items
-from launcher.manifest import (
+from launcher.spec.items import Item, read_items
+from launcher.spec.manifest import (
     MAX_REPEATED,
     FileRef,
     IncompleteManifest,
@@ -30,9 +31,8 @@ from launcher.manifest import (
     load_manifest,
     resolve_file,
 )
-from launcher.models import DRAFT7_KEYWORDS, MAX_TAGS, CreateSessionRequest, check_output_schema
-from launcher.source import MAX_MANIFEST_BYTES, Loc, dotted_path, load_json_or_yaml, read_text
-from launcher.templating import Rule, TemplateFailure, Templates
+from launcher.spec.source import MAX_MANIFEST_BYTES, Loc, dotted_path, load_json_or_yaml, read_text
+from launcher.spec.templating import Rule, TemplateFailure, Templates
 
 SECRET_PLACEHOLDER = "***"
 # The tags devin-fleet adds to every session (the tag budget, documented in the README):

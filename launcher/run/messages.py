@@ -16,13 +16,13 @@ from typing import Any
 
 import anyio
 
-from launcher.client import CreateOutcome, DevinClient
+from launcher.api.client import CreateOutcome, DevinClient
+from launcher.api.pacing import Clock, MonotonicClock, Pacer
 from launcher.errors import APIError, AuthError, LockLostError
-from launcher.ledger import Ledger
-from launcher.pacing import Clock, MonotonicClock, Pacer
-from launcher.plan import Plan
-from launcher.status import SessionView
-from launcher.templating import TemplateFailure, Templates
+from launcher.ledger.store import Ledger
+from launcher.run.status import SessionView
+from launcher.spec.plan import Plan
+from launcher.spec.templating import TemplateFailure, Templates
 
 CONCURRENCY = 4  # messages in flight; the pacer sets the rate
 MAX_MESSAGE_CHARS = 100_000

@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from launcher.plan import Plan
-from launcher.results import MISSING, Results, build_results, cell_of
-from launcher.status import CampaignView, Outcome
+from launcher.run.status import CampaignView, Outcome
+from launcher.spec.plan import Plan
+from launcher.views.results import MISSING, Results, build_results, cell_of
 
 COLOURS = {
     "succeeded": "#2e7d32",

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from launcher.errors import ManifestError, Problem
-from launcher.manifest import MAX_REPEATED, LoadedManifest
-from launcher.source import MAX_DATA_BYTES, Loc, parse_yaml, read_text
+from launcher.spec.manifest import MAX_REPEATED, LoadedManifest
+from launcher.spec.source import MAX_DATA_BYTES, Loc, parse_yaml, read_text
 
 
 def _scalar(value: Any) -> str:

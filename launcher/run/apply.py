@@ -23,7 +23,10 @@ from typing import Protocol
 import anyio
 from anyio.abc import ObjectReceiveStream, TaskGroup
 
-from launcher.client import CreateOutcome, DevinClient
+from launcher.api.client import CreateOutcome, DevinClient
+from launcher.api.listlag import LAG_PROBE_STEP, LagProbe
+from launcher.api.models import Session
+from launcher.api.pacing import CircuitBreaker, Clock, MonotonicClock, Pacer, backoff_delay, sleep_unless
 from launcher.errors import (
     APIError,
     AuthError,
@@ -33,15 +36,12 @@ from launcher.errors import (
     LockLostError,
     SecretError,
 )
-from launcher.ledger import LOCK_TTL, EventKind, Ledger, LedgerEvent
-from launcher.listlag import LAG_PROBE_STEP, LagProbe
-from launcher.models import Session
-from launcher.pacing import CircuitBreaker, Clock, MonotonicClock, Pacer, backoff_delay, sleep_unless
-from launcher.plan import Plan, PlannedSession, attempt_of
-from launcher.reconcile import adoptions, duplicate_events, scan
-from launcher.remote import check_remote
-from launcher.summary import ApplySummary, Result
-from launcher.writer import LedgerWriter
+from launcher.ledger.store import LOCK_TTL, EventKind, Ledger, LedgerEvent
+from launcher.ledger.writer import LedgerWriter
+from launcher.run.reconcile import adoptions, duplicate_events, scan
+from launcher.run.remote import check_remote
+from launcher.run.summary import ApplySummary, Result
+from launcher.spec.plan import Plan, PlannedSession, attempt_of
 
 
 class Reporter(Protocol):

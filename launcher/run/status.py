@@ -35,15 +35,15 @@ from typing import Any
 
 import anyio
 
-from launcher.attempts import attempt_history, remember_earlier
-from launcher.client import DevinClient
+from launcher.api.client import DevinClient
+from launcher.api.models import Session, output_errors, session_path_id
+from launcher.api.pacing import Clock, MonotonicClock, sleep_unless
 from launcher.errors import APIError, AuthError, ExitCode
-from launcher.ledger import LaunchState, Ledger, Record
-from launcher.models import Session, output_errors, session_path_id
-from launcher.pacing import Clock, MonotonicClock, sleep_unless
-from launcher.plan import Plan
-from launcher.reconcile import ENDED, adoptions, duplicate_events, scan
-from launcher.templating import Rule, TemplateFailure
+from launcher.ledger.attempts import attempt_history, remember_earlier
+from launcher.ledger.store import LaunchState, Ledger, Record
+from launcher.run.reconcile import ENDED, adoptions, duplicate_events, scan
+from launcher.spec.plan import Plan
+from launcher.spec.templating import Rule, TemplateFailure
 
 SUSPEND_FAILURES = frozenset(
     {

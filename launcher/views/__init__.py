@@ -1,0 +1,1 @@
+"""Views of a campaign for people: results tables, the HTML report, live progress."""
