@@ -265,11 +265,13 @@ class AdaptiveRate:
             return
         if ticket.at >= self._cut_at and self.cuts and self.demand:
             self.demand = False
-            target = self.hold * (self.peak or self.rate)
+            # One token: what was refused last is as much a ceiling as the run's measure.
+            refused = min((x for x in (self._drew, self.peak) if x is not None), default=self.rate)
+            target = self.hold * (refused if self.single_token else self.peak or self.rate)
             if self.rate < target * 0.995:  # a deep cut: back towards the limit quickly
                 self.rate = self._clamp(self.rate + (target - self.rate) * self.recover)
                 return
-            near = self._drew is not None and self.rate >= 0.99 * self._drew
+            near = self.rate >= 0.99 * refused
             if self.single_token and near and self._since_cut < 4 * self.probe_doubling:
                 return  # one token: just above the limit, half the creates are refused
             step = self.probe * 2 ** (self._since_cut / self.probe_doubling)
@@ -431,12 +433,14 @@ class Pacer:
         self._credit_seq = -1  # the ticket whose answer set the credit
         self.pauses = 0
         self.rate_limited = 0
+        self.answers = 0
         # The end game: `remaining` (creates this run still has to send; None when unknown) is
         # set by the executor. Once they fit in the longest Retry-After seen, a 429 would hold
         # its request past everyone else's end: pace at `endgame` x the rate from there on.
         self.remaining: int | None = None
         self.endgame = endgame
         self.retry_hold = 0.0  # the longest Retry-After seen (seconds, at most long_pause)
+        self.latency = 0.0  # how long answers take (send to answer, a moving average)
         self._endgame_rate: float | None = None
 
     @property
@@ -468,21 +472,30 @@ class Pacer:
         """The rate admissions go at now: the adaptive rate, a little less in the end game."""
         a = self.adaptive
         if self._endgame_rate is None:
-            if self.remaining is None or self.remaining > a.rate * self.retry_hold:
+            # A 429 now costs its request a latency there, the Retry-After, and a latency back.
+            horizon = self.retry_hold + 2 * self.latency if self.retry_hold else 0.0
+            if self.remaining is None or self.remaining > a.rate * horizon:
                 return a.rate
-            # From here on no probing: the rate it had, less a margin, and lower after 429s.
-            self._endgame_rate = min(a.rate, a.peak or a.rate) * self.endgame
-        return max(a.floor, min(a.rate, self._endgame_rate))
+            self._endgame_rate = min(a.rate, a.peak or a.rate)
+        # From here on no probing: the rate it had, less a margin, and lower after 429s.
+        return max(a.floor, min(a.rate, a.peak or a.rate, self._endgame_rate) * self.endgame)
+
+    async def wait_until(self, when: float, stop: anyio.Event | None = None) -> bool:
+        """Sleep until clock time `when` (a request's own Retry-After); False if `stop` was
+        set meanwhile."""
+        while (wait := when - self.clock.now()) > 0:
+            if stop is not None and stop.is_set():
+                return False
+            await self.clock.sleep(min(wait, 0.25))
+        return stop is None or not stop.is_set()
 
     async def acquire(self, stop: anyio.Event | None = None, not_before: float = 0.0) -> Ticket | None:
         """Wait for permission to send one create; None if `stop` was set meanwhile.
 
         `not_before` is this request's own retry time (a Retry-After it was given).
         """
-        while (wait := not_before - self.clock.now()) > 0:  # its own wait, out of the queue
-            if stop is not None and stop.is_set():
-                return None
-            await self.clock.sleep(min(wait, 0.25))
+        if not await self.wait_until(not_before, stop):  # its own wait, out of the queue
+            return None
         async with self._turn:  # one waiter at a time, first come first served
             while True:
                 if stop is not None and stop.is_set():
@@ -493,8 +506,14 @@ class Pacer:
                 # Short naps: a rate raised meanwhile, or a stop, is seen promptly.
                 await self.clock.sleep(min(got, 0.25))
 
+    def _answered(self, ticket: Ticket, now: float) -> None:
+        took = max(0.0, now - ticket.at)
+        self.latency = took if self.answers == 0 else self.latency + 0.1 * (took - self.latency)
+        self.answers += 1
+
     def on_success(self, ticket: Ticket, hint: RateHint | None = None) -> None:
         now = self.clock.now()
+        self._answered(ticket, now)
         self.adaptive.on_success(ticket, now)
         if self.adaptive.after_cut(ticket):
             self.pause.fresh_429s = 0
@@ -508,12 +527,13 @@ class Pacer:
         server asks for a long wait.
         """
         now = self.clock.now()
+        self._answered(ticket, now)
         self.rate_limited += 1
         fresh = self.adaptive.on_429(ticket, now)
         self._use_hint(hint, ticket)
-        self.bucket.spend(now)  # the server is empty now: no token is waiting for it
         self.credit = 0.0
         if fresh:
+            self.bucket.spend(now)  # the server is empty now: no token is waiting for it
             self.pause.fresh_429s += 1
         wait = (
             retry_after
@@ -521,8 +541,7 @@ class Pacer:
             else (2.0 / self.adaptive.rate) * (0.5 + self.rng.random())
         )
         wait = min(max(wait, 0.0), 300.0)
-        if retry_after is not None:
-            self.retry_hold = max(self.retry_hold, min(retry_after, self.long_pause))
+        self.retry_hold = max(self.retry_hold, min(wait, self.long_pause))
         long_wait = retry_after is not None and retry_after > self.long_pause
         if long_wait or (fresh and self.pause.fresh_429s >= self.escalate_after):
             if retry_after is None:  # equal jitter over the episodes of this run

@@ -319,6 +319,13 @@ def report(
     type=click.FloatRange(min=0.01),
     help="Messages per second (paced like creates).",
 )
+@click.option(
+    "--concurrency",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most messages in flight.",
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @ledger_option
 @api_options
@@ -329,6 +336,7 @@ def message(
     outcomes: tuple[str, ...],
     only: tuple[str, ...],
     rate: float,
+    concurrency: int,
     yes: bool,
     ledger: str | None,
     base_url: str | None,
@@ -368,7 +376,7 @@ def message(
         out.print(f"message to {batch.todo[0].key}:\n{first}", markup=False)
         confirm(f"Send to {len(batch.todo)} session(s) of campaign {p.campaign}?", yes)
         try:
-            report = anyio.run(_send, cfg, led, batch, rate)
+            report = anyio.run(_send, cfg, led, batch, rate, concurrency)
         except KeyboardInterrupt:
             err.print(
                 "interrupted: the ledger records what was sent; re-run to send the rest", markup=False
@@ -384,9 +392,11 @@ def message(
     sys.exit(ExitCode.error if report.errors else ExitCode.ok)
 
 
-async def _send(cfg: ApiConfig, led: Ledger, batch: MessageBatch, rate: float) -> MessageReport:
+async def _send(
+    cfg: ApiConfig, led: Ledger, batch: MessageBatch, rate: float, concurrency: int
+) -> MessageReport:
     from launcher.api.client import DevinClient
     from launcher.run.messages import send_messages
 
-    async with DevinClient(cfg) as client:
-        return await send_messages(client, led, batch, rate=rate)
+    async with DevinClient(cfg, max_connections=concurrency + 4) as client:
+        return await send_messages(client, led, batch, rate=rate, concurrency=concurrency)

@@ -24,7 +24,7 @@ from launcher.run.status import SessionView
 from launcher.spec.plan import Plan
 from launcher.spec.templating import TemplateFailure, Templates
 
-CONCURRENCY = 4  # messages in flight; the pacer sets the rate
+CONCURRENCY = 8  # messages in flight by default (as apply's creates); the pacer sets the rate
 MAX_MESSAGE_CHARS = 100_000
 
 
@@ -145,15 +145,21 @@ async def send_messages(
     batch: MessageBatch,
     *,
     rate: float = 1.0,
+    concurrency: int = CONCURRENCY,
     clock: Clock | None = None,
 ) -> MessageReport:
     """Send every message of `batch` once, holding the campaign lock (LockedError when another
-    run holds it); raises AuthError (401/403) after stopping."""
+    run holds it); raises AuthError (401/403) after stopping.
+
+    Paced as apply paces creates: one `Pacer` learns the server's limit (429s, rate-limit
+    headers), a 429 parks its message for its own Retry-After without holding one of the
+    `concurrency` slots, and the pacer's end game knows how many are left."""
     pacer = Pacer(rate, clock or MonotonicClock())
+    pacer.remaining = len(batch.todo)
     report = MessageReport()
     auth: list[AuthError] = []
     lost: list[LockLostError] = []
-    limiter = anyio.CapacityLimiter(CONCURRENCY)
+    limiter = anyio.CapacityLimiter(concurrency)
 
     async def lookup(out: Outgoing) -> bool | None:
         try:
@@ -166,17 +172,26 @@ async def send_messages(
             return None
 
     async def one(out: Outgoing, scope: anyio.CancelScope) -> None:
-        async with limiter:
-            if out.pending:
+        try:
+            await attempts(out, scope)
+        finally:
+            if pacer.remaining:
+                pacer.remaining -= 1
+
+    async def attempts(out: Outgoing, scope: anyio.CancelScope) -> None:
+        if out.pending:
+            async with limiter:
                 found = await lookup(out)
-                if found is None:
-                    return
-                if found:
-                    ledger.message_outcome(out.session_id, out.digest, "sent", "found by lookup")
-                    report.found += 1
-                    return
-            retry_at = 0.0  # this message's own Retry-After, as a clock time
-            while True:
+            if found is None:
+                return
+            if found:
+                ledger.message_outcome(out.session_id, out.digest, "sent", "found by lookup")
+                report.found += 1
+                return
+        retry_at = 0.0  # this message's own Retry-After, as a clock time
+        while True:
+            await pacer.wait_until(retry_at)  # parked: out of the queue and out of the slots
+            async with limiter:
                 ticket = await pacer.acquire(not_before=retry_at)
                 assert ticket is not None  # no stop event: acquire always admits in the end
                 # A long, slowly paced run keeps its lease, and never sends on a lost one
@@ -194,36 +209,35 @@ async def send_messages(
                     return
                 ledger.message_intent(out.key, out.session_id, out.digest, out.text)
                 result = await client.send_message(out.session_id, out.text)
-                if result.outcome is CreateOutcome.created:
-                    ledger.message_outcome(out.session_id, out.digest, "sent")
-                    pacer.on_success(ticket)
-                    report.sent += 1
-                    return
-                if result.outcome is CreateOutcome.rate_limited:
-                    ledger.message_outcome(out.session_id, out.digest, "not_sent", "rate limited")
-                    retry_at = pacer.on_429(ticket, result.retry_after)
-                    continue
-                if result.outcome is CreateOutcome.auth:
-                    ledger.message_outcome(out.session_id, out.digest, "not_sent", result.message)
-                    auth.append(AuthError(result.message, status=result.status))
-                    scope.cancel()
-                    return
-                if result.outcome in (CreateOutcome.not_sent, CreateOutcome.rejected):
-                    ledger.message_outcome(
-                        out.session_id, out.digest, result.outcome.value, result.message
-                    )
-                    report.errors[out.key] = result.message
-                    return
-                # ambiguous: it may have arrived; read back once, else the next run looks again
-                found = await lookup(out)
-                if found:
-                    ledger.message_outcome(out.session_id, out.digest, "sent", "found by lookup")
-                    report.found += 1
-                elif found is not None:
-                    report.errors[out.key] = (
-                        f"outcome unknown ({result.message}): the next run looks it up first"
-                    )
+            if result.outcome is CreateOutcome.created:
+                ledger.message_outcome(out.session_id, out.digest, "sent")
+                pacer.on_success(ticket, result.rate_limit)
+                report.sent += 1
                 return
+            if result.outcome is CreateOutcome.rate_limited:
+                ledger.message_outcome(out.session_id, out.digest, "not_sent", "rate limited")
+                retry_at = pacer.on_429(ticket, result.retry_after, result.rate_limit)
+                continue
+            if result.outcome is CreateOutcome.auth:
+                ledger.message_outcome(out.session_id, out.digest, "not_sent", result.message)
+                auth.append(AuthError(result.message, status=result.status))
+                scope.cancel()
+                return
+            if result.outcome in (CreateOutcome.not_sent, CreateOutcome.rejected):
+                ledger.message_outcome(out.session_id, out.digest, result.outcome.value, result.message)
+                report.errors[out.key] = result.message
+                return
+            # ambiguous: it may have arrived; read back once, else the next run looks again
+            async with limiter:
+                found = await lookup(out)
+            if found:
+                ledger.message_outcome(out.session_id, out.digest, "sent", "found by lookup")
+                report.found += 1
+            elif found is not None:
+                report.errors[out.key] = (
+                    f"outcome unknown ({result.message}): the next run looks it up first"
+                )
+            return
 
     # The campaign lease keeps two senders (or a sender and an apply) apart: without it two
     # runs could both find a message unsent and both send it.
