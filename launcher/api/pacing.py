@@ -57,6 +57,7 @@ times, so tests drive them with a fake clock.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import random
 import time
@@ -233,6 +234,7 @@ class AdaptiveRate:
     recover: float = 0.1  # after a cut, each accepted create closes this share of the way back
     single_token: bool | None = None  # the server's bucket holds one token (seen at its first 429)
     demand: bool = False  # creates waited for the rate since the last step up (else no probe)
+    cut_to: float | None = None  # the rate the last cut went to (below the limit, measured)
     _cut_at: float = -math.inf  # tickets sent before this were paced at a rate already cut
     _since_cut: int = 0  # accepted creates sent after the last cut
     _run_start: float = -math.inf  # send time of the first 429 of the current run
@@ -277,11 +279,12 @@ class AdaptiveRate:
             step = self.probe * 2 ** (self._since_cut / self.probe_doubling)
             self.rate = self._clamp(self.rate * (1 + min(step, self.probe_max)))
 
-    def accepted_rate(self, since: float, until: float) -> float | None:
+    def accepted_rate(self, since: float, until: float, *, busy: bool = False) -> float | None:
         """What the server accepts per second, from the answers to creates sent in
         [since, until] (a run of 429s: its bucket was empty at `since`): accepted / sending
         time. With fewer than `min_measured` accepted, (accepted + 1) / time: the most it
-        could have accepted, so a cut to it is never deeper than needed."""
+        could have accepted, so a cut to it is never deeper than needed. `busy`: the time
+        counts only while creates left at their pace (a gap is counted up to 1.5 intervals)."""
         lo = bisect.bisect_left(self._answers, (since,))
         hi = bisect.bisect_right(self._answers, (until, True, math.inf))
         answers = self._answers[lo:hi]
@@ -290,6 +293,8 @@ class AdaptiveRate:
         # The bucket was empty at both ends (each a 429): what it accepted in between is what
         # it refilled, pauses included (a refill during a pause is spent after it).
         paced = answers[-1][0] - answers[0][0]
+        if busy:
+            paced = sum(min(b[0] - a[0], 1.5 / b[2]) for a, b in itertools.pairwise(answers))
         accepted = sum(1 for _, ok, _ in answers[1:] if ok)
         if paced <= 0:
             return None
@@ -346,7 +351,10 @@ class AdaptiveRate:
             self._run_start = ticket.at  # a first 429 after a settled period starts a run
         est = self.accepted_rate(self._run_start, ticket.at)
         cap = self.hold * ticket.rate
-        top = est  # the most the limit can be, by what was measured
+        # The most the limit can be, by what was measured: the same count over the time the
+        # client was sending (a stall in the first round trip, every slot in flight, refills a
+        # small bucket only up to its size, so counting it would read low and recover slowly).
+        top = self.accepted_rate(self._run_start, ticket.at, busy=True)
         if est is not None and self.single_token:
             # One token: gaps, not counts (module docstring). The cut goes to the run's
             # shortest accepted gap, recovery aims at its longest refused one.
@@ -377,6 +385,7 @@ class AdaptiveRate:
         if self.limit is not None:
             new = max(new, min(cap, self.limit))  # never below what it measurably accepts
         self.rate = self._clamp(min(self.rate, new))
+        self.cut_to = self.rate
         if top is not None and (not fresh or not settled):
             self.peak = min(self.peak or top, top)  # measured: recover to it, probe beyond
         self._cut_at = now
@@ -476,7 +485,7 @@ class Pacer:
             horizon = self.retry_hold + 2 * self.latency if self.retry_hold else 0.0
             if self.remaining is None or self.remaining > a.rate * horizon:
                 return a.rate
-            self._endgame_rate = min(a.rate, a.peak or a.rate)
+            self._endgame_rate = min(a.rate, a.peak or a.rate, a.cut_to or a.rate)
         # From here on no probing: the rate it had, less a margin, and lower after 429s.
         return max(a.floor, min(a.rate, a.peak or a.rate, self._endgame_rate) * self.endgame)
 
