@@ -317,13 +317,22 @@ def test_the_end_game_slows_down_once_the_rest_fits_in_a_retry_after_and_stays_t
     assert gaps[2] - gaps[1] == pytest.approx(1 / (0.95 * rate))
 
 
-def test_without_a_retry_after_there_is_no_end_game() -> None:
+def test_without_a_retry_after_the_end_game_spans_the_short_wait_and_two_latencies() -> None:
+    """A 429 without Retry-After holds its request for a short jittered wait, and it costs a
+    latency to learn of it and one to send it again: the end game starts once what is left
+    fits in that (it used to start never, and the last 429 cost a round trip)."""
     clock = FakeClock()
     pacer = Pacer(20.0, clock)
-    pacer.remaining = 1
     first = drain(pacer, clock)
-    pacer.on_429(first, None)  # its own short wait: a 429 at the end costs little
-    assert pacer.paced_rate() == pacer.adaptive.rate
+    clock.t += 0.25  # the answer takes 250 ms
+    pacer.on_429(first, None)
+    rate = pacer.adaptive.rate
+    assert 0 < pacer.retry_hold < 0.2  # its own short wait: two token intervals, jittered
+    horizon = rate * (pacer.retry_hold + 2 * 0.25)
+    pacer.remaining = math.floor(horizon) + 1
+    assert pacer.paced_rate() == rate
+    pacer.remaining = math.floor(horizon)
+    assert pacer.paced_rate() == pytest.approx(0.95 * rate)
 
 
 def test_what_the_server_accepted_counts_the_refill_during_a_pause() -> None:

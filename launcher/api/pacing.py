@@ -393,6 +393,14 @@ class AdaptiveRate:
         self.cuts += 1
         return True
 
+    def mostly_refused(self, until: float) -> bool:
+        """Whether at least 4 in 5 of the (4 or more) answers in the current run of 429s, up to
+        send time `until`, were refused: the server takes far less than is sent."""
+        lo = bisect.bisect_left(self._answers, (self._run_start,))
+        hi = bisect.bisect_right(self._answers, (until, True, math.inf))
+        refused = sum(1 for _, ok, _ in self._answers[lo:hi] if not ok)
+        return hi - lo >= 4 and 5 * refused >= 4 * (hi - lo)
+
     def after_cut(self, ticket: Ticket) -> bool:
         """Whether `ticket` was sent at the rate now in force (after the last cut)."""
         return ticket.at >= self._cut_at
@@ -541,8 +549,11 @@ class Pacer:
         fresh = self.adaptive.on_429(ticket, now)
         self._use_hint(hint, ticket)
         self.credit = 0.0
-        if fresh:
-            self.bucket.spend(now)  # the server is empty now: no token is waiting for it
+        if fresh or self.adaptive.mostly_refused(ticket.at):
+            # The server is empty now: no token is waiting for it. (Not for every 429 of a
+            # train sent before a cut, unless 4 in 5 are refused: each would hold the
+            # next create back a whole interval, and the server would idle after the train.)
+            self.bucket.spend(now)
             self.pause.fresh_429s += 1
         wait = (
             retry_after
