@@ -18,15 +18,19 @@ are kept by send time, so latency never blurs what they measure.
   run's first 429 and this one: its bucket was empty at both, so accepted / the span between
   them is its limit, pauses included (what refilled during a pause was spent after it).
   Before 8 are accepted, (accepted + 1) / span, so a cut is never deeper than needed; at most
-  to a tenth at once. That measure becomes the peak. 429s for creates sent before a cut cut
-  again only when the measure is 30% below the rate (saves a round trip of 429s at 300 ms).
+  to a tenth at once. The same count over the time creates were going out (a gap counts up to
+  1.5 intervals) becomes the peak: a stall with every slot in flight refills a small bucket
+  only to its size, and would read as a low limit. 429s for creates sent before a cut cut
+  again only when the measure is 30% below the rate (saves a round trip of 429s at 300 ms);
+  they empty the client's bucket only when 4 in 5 answers of the run are refused (else the
+  next creates would wait a whole interval after each, and the server idle after the train).
 - One token (at most one create went through before the first 429): the server takes a
   create only once 1 / limit has passed since the one it took last, and wastes what refills
   while the next is on its way (just above the limit, half are refused). So gaps, not
   counts, measure it: an accepted create sent g after the previous accepted one says
   limit >= 1 / g, a refused one limit < 1 / g. The cut goes to the run's shortest accepted
-  gap (a rate that went through), the peak to its longest refused gap (quick recovery aims
-  there), and the rate does not probe past 0.99 x the rate of the latest 429 for 160
+  gap (a rate that went through), the peak to its longest refused gap, and recovery aims at,
+  and probing stops at 0.99 x, the lower of the peak and the rate of the latest 429, for 160
   accepted creates. Measured by gaps, workers that all waited a while (a pause, every slot
   in flight) do not read as a low limit.
 - Between two 429s the bucket refilled more than (accepted - 1): a lower bound of the limit
@@ -34,24 +38,23 @@ are kept by send time, so latency never blurs what they measure.
 - Back up: after a cut, each accepted create closes a tenth of the way to 0.97 x the peak;
   from there it probes by 0.075% per accepted create while creates wait on the rate, doubling
   every 40 accepted since the cut, at most 0.5% (the limit may have moved up).
-- Retry-After (seconds or HTTP date) holds back only the request it answered: apply parks
-  the key and its worker launches the next (at most `--concurrency` in flight, parked keys
-  included). Eight 429s in a row for creates sent after their cut, or a Retry-After over 5 s,
-  pause every worker as asked (or with equal-jitter backoff), and measuring starts afresh.
-- End game: once the creates left would all be sent within the longest Retry-After seen, a
-  429 would hold its request past everyone else's end, so the rate drops 5% below the rate
-  (at most the peak) and probes no more: a last second 0.05 s slower, against a whole second
-  for each 429 there.
+- Retry-After (seconds or HTTP date) holds back only the request it answered: apply (and
+  `message`) parks it, and its slot goes to the next. Eight 429s in a row for creates sent
+  after their cut, or a Retry-After over 5 s, pause every worker as asked (or with
+  equal-jitter backoff), and measuring starts afresh.
+- End game: once the creates left would all be sent within the longest wait a 429 has cost
+  (its Retry-After, or the short wait without one) plus two latencies (learning of the 429,
+  sending again), a 429 would hold its request past everyone else's end, so the rate drops 5%
+  below the lowest of the rate, the peak and the rate the last cut went to (a measure, not a
+  probe), and probes no more: a last second 0.05 s slower, against a whole second for a 429.
 - Rate-limit headers, when an answer has them (the client parses three families), set the rate
   directly (quota / window, no probing); Remaining, less the creates sent since, may go at
   once (the server's burst, still within `--rate`); a 429 for a create sent at that rate
   lowers their trust by 3%.
 
-Figures: bench/pacing_bench.py (real sockets, the CLI, the simulator's token bucket) and
-bench/pacing_sweep.py (this module in the virtual-time model of apply, 384 server shapes);
-the README has both. Bounds: at most floor(`--rate`) admissions in any 1.02-second window (a
-sliding log over the bucket), at most `--concurrency` in flight. The pure parts take explicit
-times, so tests drive them with a fake clock.
+Figures: bench/pacing_bench.py (real sockets, the CLI) and bench/pacing_sweep.py (the
+virtual-time model, 384 server shapes). Bounds: at most floor(`--rate`) admissions in any
+1.02-second window, at most `--concurrency` in flight. The pure parts take explicit times.
 """
 
 from __future__ import annotations
@@ -274,7 +277,7 @@ class AdaptiveRate:
                 self.rate = self._clamp(self.rate + (target - self.rate) * self.recover)
                 return
             near = self.rate >= 0.99 * refused
-            if self.single_token and near and self._since_cut < 4 * self.probe_doubling:
+            if self.single_token and near and self._since_cut < 8 * self.probe_doubling:
                 return  # one token: just above the limit, half the creates are refused
             step = self.probe * 2 ** (self._since_cut / self.probe_doubling)
             self.rate = self._clamp(self.rate * (1 + min(step, self.probe_max)))
@@ -351,9 +354,7 @@ class AdaptiveRate:
             self._run_start = ticket.at  # a first 429 after a settled period starts a run
         est = self.accepted_rate(self._run_start, ticket.at)
         cap = self.hold * ticket.rate
-        # The most the limit can be, by what was measured: the same count over the time the
-        # client was sending (a stall in the first round trip, every slot in flight, refills a
-        # small bucket only up to its size, so counting it would read low and recover slowly).
+        # The most the limit can be, by what was measured: counted while creates went out.
         top = self.accepted_rate(self._run_start, ticket.at, busy=True)
         if est is not None and self.single_token:
             # One token: gaps, not counts (module docstring). The cut goes to the run's
@@ -394,8 +395,7 @@ class AdaptiveRate:
         return True
 
     def mostly_refused(self, until: float) -> bool:
-        """Whether at least 4 in 5 of the (4 or more) answers in the current run of 429s, up to
-        send time `until`, were refused: the server takes far less than is sent."""
+        """Whether 4 in 5 of the (4+) answers of the current run up to `until` were refused."""
         lo = bisect.bisect_left(self._answers, (self._run_start,))
         hi = bisect.bisect_right(self._answers, (until, True, math.inf))
         refused = sum(1 for _, ok, _ in self._answers[lo:hi] if not ok)
@@ -451,12 +451,11 @@ class Pacer:
         self.pauses = 0
         self.rate_limited = 0
         self.answers = 0
-        # The end game: `remaining` (creates this run still has to send; None when unknown) is
-        # set by the executor. Once they fit in the longest Retry-After seen, a 429 would hold
-        # its request past everyone else's end: pace at `endgame` x the rate from there on.
+        # The end game (module docstring): `remaining` is what this run still has to send (the
+        # executor sets it; None when unknown).
         self.remaining: int | None = None
         self.endgame = endgame
-        self.retry_hold = 0.0  # the longest Retry-After seen (seconds, at most long_pause)
+        self.retry_hold = 0.0  # the longest wait a 429 asked for (seconds, at most long_pause)
         self.latency = 0.0  # how long answers take (send to answer, a moving average)
         self._endgame_rate: float | None = None
 
@@ -493,13 +492,14 @@ class Pacer:
             horizon = self.retry_hold + 2 * self.latency if self.retry_hold else 0.0
             if self.remaining is None or self.remaining > a.rate * horizon:
                 return a.rate
-            self._endgame_rate = min(a.rate, a.peak or a.rate, a.cut_to or a.rate)
+            # The rate the last cut measured, or 3% under the rate where it probed up since.
+            measured = max(a.cut_to or a.rate, a.hold * a.rate)
+            self._endgame_rate = min(a.rate, a.peak or a.rate, measured)
         # From here on no probing: the rate it had, less a margin, and lower after 429s.
         return max(a.floor, min(a.rate, a.peak or a.rate, self._endgame_rate) * self.endgame)
 
     async def wait_until(self, when: float, stop: anyio.Event | None = None) -> bool:
-        """Sleep until clock time `when` (a request's own Retry-After); False if `stop` was
-        set meanwhile."""
+        """Sleep until clock time `when` (its own Retry-After); False if `stop` was set."""
         while (wait := when - self.clock.now()) > 0:
             if stop is not None and stop.is_set():
                 return False
@@ -546,14 +546,13 @@ class Pacer:
         now = self.clock.now()
         self._answered(ticket, now)
         self.rate_limited += 1
-        fresh = self.adaptive.on_429(ticket, now)
+        fresh = self.adaptive.after_cut(ticket)  # sent at the rate in force (before this cut)
+        cut = self.adaptive.on_429(ticket, now)
         self._use_hint(hint, ticket)
         self.credit = 0.0
-        if fresh or self.adaptive.mostly_refused(ticket.at):
-            # The server is empty now: no token is waiting for it. (Not for every 429 of a
-            # train sent before a cut, unless 4 in 5 are refused: each would hold the
-            # next create back a whole interval, and the server would idle after the train.)
-            self.bucket.spend(now)
+        if cut or self.adaptive.mostly_refused(ticket.at):
+            self.bucket.spend(now)  # the server is empty now: no token waits (module docstring)
+        if fresh:
             self.pause.fresh_429s += 1
         wait = (
             retry_after
