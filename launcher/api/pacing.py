@@ -451,9 +451,7 @@ class Pacer:
         self.pauses = 0
         self.rate_limited = 0
         self.answers = 0
-        # The end game (module docstring): `remaining` is what this run still has to send (the
-        # executor sets it; None when unknown).
-        self.remaining: int | None = None
+        self.remaining: int | None = None  # left to send, for the end game (None: unknown)
         self.endgame = endgame
         self.retry_hold = 0.0  # the longest wait a 429 asked for (seconds, at most long_pause)
         self.latency = 0.0  # how long answers take (send to answer, a moving average)
@@ -492,8 +490,7 @@ class Pacer:
             horizon = self.retry_hold + 2 * self.latency if self.retry_hold else 0.0
             if self.remaining is None or self.remaining > a.rate * horizon:
                 return a.rate
-            # The rate the last cut measured, or 3% under the rate where it probed up since.
-            measured = max(a.cut_to or a.rate, a.hold * a.rate)
+            measured = max(a.cut_to or a.rate, a.hold * a.rate)  # 3% off a probe since the cut
             self._endgame_rate = min(a.rate, a.peak or a.rate, measured)
         # From here on no probing: the rate it had, less a margin, and lower after 429s.
         return max(a.floor, min(a.rate, a.peak or a.rate, self._endgame_rate) * self.endgame)
