@@ -551,12 +551,8 @@ class Pacer:
             self.bucket.spend(now)  # the server is empty now: no token waits (module docstring)
         if fresh:
             self.pause.fresh_429s += 1
-        wait = (
-            retry_after
-            if retry_after is not None
-            else (2.0 / self.adaptive.rate) * (0.5 + self.rng.random())
-        )
-        wait = min(max(wait, 0.0), 300.0)
+        short = (2.0 / self.adaptive.rate) * (0.5 + self.rng.random())  # no Retry-After
+        wait = min(max(short if retry_after is None else retry_after, 0.0), 300.0)
         self.retry_hold = max(self.retry_hold, min(wait, self.long_pause))
         long_wait = retry_after is not None and retry_after > self.long_pause
         if long_wait or (fresh and self.pause.fresh_429s >= self.escalate_after):
