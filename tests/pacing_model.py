@@ -45,7 +45,6 @@ class Outcome:
     sends: list[float] = field(default_factory=list)  # every create's send time
     max_in_flight: int = 0
     rates: list[float] = field(default_factory=list)  # the adaptive rate at each send
-    late_429s: int = 0  # 429s for creates sent after the first answer came back
 
     def efficiency(self, limit: float) -> float:
         return (self.created / limit) / self.elapsed
@@ -79,7 +78,6 @@ def run_model(
     # (time, seq, kind, ticket): "try" = whoever waits may send now; "arrive" = at the server
     events: list[tuple[float, int, str, Ticket | None]] = []
     seq = 0
-    first_answer = math.inf
 
     def push(t: float, kind: str, ticket: Ticket | None = None) -> None:
         nonlocal seq
@@ -93,7 +91,6 @@ def run_model(
         now = clock.t
         if kind == "arrive":
             assert ticket is not None
-            first_answer = min(first_answer, now)
             tokens = min(float(burst), tokens + (now - stamp) * limit)
             stamp = now
             in_flight -= 1
@@ -107,7 +104,6 @@ def run_model(
                 pacer.on_success(ticket, hint)
             else:
                 limited += 1
-                out.late_429s += ticket.at >= first_answer
                 wait = (1.0 - tokens) / limit
                 ra: float | None
                 if retry_after == "seconds":
