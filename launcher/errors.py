@@ -233,7 +233,12 @@ class GitHubError(FleetError):
     """The GitHub API refused a request or could not be reached (never carries the token)."""
 
     def __init__(
-        self, message: str, *, status: int | None = None, read_only: bool = False, hint: str | None = None
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        read_only: bool = False,
+        hint: str | None = None,
     ) -> None:
         super().__init__(message, hint=hint)
         self.status = status

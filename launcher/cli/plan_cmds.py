@@ -177,9 +177,16 @@ def plan(
             click.echo(chunk.decode(), nl=False)
         click.echo()
     elif output == "markdown":
-        from launcher.views.markdown import DEFAULT_BUDGET, offline_label, plan_view, render_plan_markdown
+        from launcher.views.markdown import (
+            DEFAULT_BUDGET,
+            offline_label,
+            plan_view,
+            render_plan_markdown,
+        )
 
-        view = plan_view(p, changes, changed_fields=fields, waves=waves, label=offline_label(check_remote))
+        view = plan_view(
+            p, changes, changed_fields=fields, waves=waves, label=offline_label(check_remote)
+        )
         click.echo(render_plan_markdown(view, budget=max_length or DEFAULT_BUDGET), nl=False)
     else:
         noted = [

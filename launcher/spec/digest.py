@@ -115,7 +115,9 @@ def check_reviewed(campaign: str, fingerprints: Mapping[str, str], reviewed: Rev
         )
         if n
     ]
-    named = ", ".join(differ[:_NAMED]) + (f", and {len(differ) - _NAMED} more" if len(differ) > _NAMED else "")
+    named = ", ".join(differ[:_NAMED]) + (
+        f", and {len(differ) - _NAMED} more" if len(differ) > _NAMED else ""
+    )
     raise PlanChangedError(
         f"the plan changed since it was reviewed ({reviewed.source}): {', '.join(parts)} "
         f"session(s): {named} (nothing was sent)",

@@ -21,6 +21,8 @@ _CELL = 80  # characters of a table cell; the full text is in the prompt block o
 _PROMPT_LINES = 200  # lines of one prompt shown; the rest are counted
 _FOOTER = 700  # units kept for the note that says what was left out
 _GROUP_NOTE = 160  # units kept per group for its heading and "N more" line
+_WORDS = {"~": "changed", "+": "to create", "-": "gone", "?": "to reconcile", "=": "unchanged"}
+_DIGEST_LINE = re.compile(r"^<!-- devin-fleet:plan-digest (sha256:[0-9a-f]{64}) -->$", re.M)
 # The order of the sections: what changes first, then what stays.
 _GROUPS = (
     ("~", "changed since launch (a relaunch replaces them: `apply --relaunch changed`)"),
@@ -115,6 +117,17 @@ def plan_view(
 # =========================================================================== text helpers
 
 
+def digest_marker(digest: str) -> str:
+    """The hidden line that carries the plan digest in a comment (read back at apply time)."""
+    return f"<!-- devin-fleet:plan-digest {digest} -->"
+
+
+def digest_in(body: str) -> str | None:
+    """The plan digest a comment carries, if exactly one."""
+    found = set(_DIGEST_LINE.findall(body))
+    return found.pop() if len(found) == 1 else None
+
+
 def cell(text: str, limit: int = _CELL) -> str:
     """Text safe in a table cell: one line, `|` escaped, no HTML, no @mentions; cut to `limit`."""
     text = " ".join(text.split())
@@ -190,13 +203,13 @@ def render_plan_markdown(
         out.add(["", f"#### {sym} {len(rows):,} {title}", ""], force=True)
         shown[sym] = _table(out, sym, rows)
         if shown[sym] < len(rows):
-            out.add([f"*… and {len(rows) - shown[sym]:,} more: not shown here.*"], force=True)
+            out.add(["", f"*… and {len(rows) - shown[sym]:,} more: not shown here.*"], force=True)
     if groups["="]:
         shown["="] = _unchanged(out, groups["="])
     prompts = [r for r in view.rows if r.prompt is not None and r.change in ("+", "~")]
     n_prompts = _prompts(out, prompts)
     left = [
-        f"{len(groups[sym]) - shown[sym]:,} {sym}"
+        f"{len(groups[sym]) - shown[sym]:,} {_WORDS[sym]} ({sym})"
         for sym in ("~", "+", "-", "?", "=")
         if len(groups[sym]) > shown[sym]
     ]
@@ -217,6 +230,7 @@ def _summary(view: PlanView, groups: Mapping[str, Sequence[PlanRow]]) -> list[st
     acu = f"{t['acu']:,}" + (f" of a {t['max_total_acu']:,} budget" if t["max_total_acu"] else "")
     lines = [
         f"### devin-fleet plan: `{view.campaign}` ({cell(view.source, 200)})",
+        digest_marker(view.digest),
         "",
     ]
     if view.label:
