@@ -4,7 +4,6 @@ prompts folded; deterministic bytes; 300 sessions whole, 10,000 cut to fit and s
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,8 +22,6 @@ from launcher.views.markdown import (
     render_plan_markdown,
     size,
 )
-
-Write = Callable[[str, str], Path]
 
 
 def matrix_manifest(path: Path, a: int, b: int) -> Path:
@@ -52,7 +49,9 @@ fleets:
 @pytest.fixture(scope="module")
 def big(tmp_path_factory: pytest.TempPathFactory) -> Plan:
     """10,000 sessions, planned once for the module."""
-    return build_plan(load_manifest(matrix_manifest(tmp_path_factory.mktemp("big") / "m.yaml", 100, 100)))
+    return build_plan(
+        load_manifest(matrix_manifest(tmp_path_factory.mktemp("big") / "m.yaml", 100, 100))
+    )
 
 
 def creates(p: Plan) -> list[tuple[str, str, str]]:
@@ -73,7 +72,7 @@ def balanced(text: str) -> None:
     assert fence is None
 
 
-def test_300_sessions_whole_summary_first_deterministic(write: Write, tmp_path: Path) -> None:
+def test_300_sessions_whole_summary_first_deterministic(tmp_path: Path) -> None:
     path = matrix_manifest(tmp_path / "m.yaml", 30, 10)
     res = CliRunner().invoke(cli, ["plan", str(path), "-o", "markdown"])
     assert res.exit_code == 0, res.output
@@ -112,9 +111,7 @@ def test_groups_by_change_name_changed_fields_and_fold_unchanged(tmp_path: Path)
 
 
 @pytest.mark.parametrize("budget", [3_000, 20_000, DEFAULT_BUDGET])
-def test_10000_sessions_never_exceed_the_budget_and_say_what_is_left_out(
-    big: Plan, budget: int
-) -> None:
+def test_10000_sessions_never_exceed_the_budget_and_say_what_is_left_out(big: Plan, budget: int) -> None:
     text = render_plan_markdown(plan_view(big, creates(big)), budget=budget)
     assert size(text) <= budget <= COMMENT_LIMIT
     assert text.startswith("### devin-fleet plan: `md`") and big.digest in text

@@ -168,11 +168,13 @@ def test_clear_errors_without_a_pull_request_or_a_token(
 def test_pages_are_followed_on_the_same_host_only() -> None:
     """A Link header pointing elsewhere is not followed (the token would go with it)."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(_: httpx.Request) -> httpx.Response:
         link = '<https://evil.example/next?page=2>; rel="next"'
         return httpx.Response(200, json=[], headers={"Link": link})
 
     cfg = GitHubConfig("https://api.github.com", "acme/x", "t")
-    with GitHubClient(cfg, transport=httpx.MockTransport(handler)) as gh:
-        with pytest.raises(GitHubError, match="another host"):
-            gh.comments(1)
+    with (
+        GitHubClient(cfg, transport=httpx.MockTransport(handler)) as gh,
+        pytest.raises(GitHubError, match="another host"),
+    ):
+        gh.comments(1)
