@@ -302,6 +302,7 @@ def _plan_table(
             "`devin-fleet cancel MANIFEST --gone` terminates the live ones",
             markup=False,
         )
+    out.print(f"plan digest: {p.digest} (`apply --plan-digest` applies exactly this)", markup=False)
     if waves:
         sizes = Counter(waves.values())
         out.print(

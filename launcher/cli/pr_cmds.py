@@ -19,6 +19,7 @@ from launcher.views.ghactions import append_summary, cap_annotations, event_pr, 
 from launcher.views.markdown import COMMENT_LIMIT, SUMMARY_LIMIT, digest_in, fit_markdown, size
 
 if TYPE_CHECKING:
+    from launcher.api.github import GitHubClient
     from launcher.ledger.store import Change
     from launcher.spec.plan import Plan
 
@@ -44,17 +45,13 @@ def _post(target: _Target, ident: str, body: str) -> str | None:
     step summary (an error instead with --strict)."""
     from launcher.api.github import GitHubClient, GitHubConfig, marker
 
-    if target.pr is None:
-        raise ConfigError(
-            "which pull request? no --pr, and $GITHUB_EVENT_PATH names none",
-            hint="pass --pr N, or run in a pull_request workflow",
-        )
     room = COMMENT_LIMIT - size(marker(ident)) - 1
     body = fit_markdown(body, room, more=_COMMENT_HINT)
     config = GitHubConfig.from_env(os.environ, repo=target.repo)
     try:
         with GitHubClient(config) as gh:
-            posted = gh.upsert(target.pr, ident, body, author=target.author)
+            pr = target.pr or _commit_prs(gh)[0]
+            posted = gh.upsert(pr, ident, body, author=target.author)
     except GitHubError as exc:
         if not exc.read_only or target.strict:
             raise
@@ -65,6 +62,19 @@ def _post(target: _Target, ident: str, body: str) -> str | None:
     extra = f" (and deleted {posted.removed} duplicate(s))" if posted.removed else ""
     err.print(f"{posted.outcome.value} {posted.comment.url}{extra}", markup=False)
     return posted.comment.url
+
+
+def _commit_prs(gh: GitHubClient) -> list[int]:
+    """No --pr and no pull request in the event (a push to main): the PRs `$GITHUB_SHA` merged."""
+    sha = os.environ.get("GITHUB_SHA", "")
+    prs = gh.pulls_of_commit(sha) if sha else []
+    if not prs:
+        raise ConfigError(
+            "which pull request? no --pr, $GITHUB_EVENT_PATH names none"
+            + (f", and commit {sha[:12]} belongs to none" if sha else ""),
+            hint="pass --pr N, or run in a pull_request workflow or on a merged commit",
+        )
+    return prs
 
 
 def _data(text: str) -> str:
@@ -286,7 +296,7 @@ def _reviewed_digest(p: Plan, target: _Target) -> str:
     from launcher.api.github import GitHubClient, GitHubConfig
 
     with GitHubClient(GitHubConfig.from_env(os.environ, repo=target.repo)) as gh:
-        prs = [target.pr] if target.pr else gh.pulls_of_commit(os.environ.get("GITHUB_SHA", ""))
+        prs = [target.pr] if target.pr else _commit_prs(gh)
         for pr in prs:
             found = gh.find(pr, f"plan-{p.campaign}", author=target.author)
             if found is not None and (digest := digest_in(found.body)):

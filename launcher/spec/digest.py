@@ -83,7 +83,8 @@ def read_reviewed(path: str | Path) -> Reviewed:
 
 def check_reviewed(campaign: str, fingerprints: Mapping[str, str], reviewed: Reviewed) -> None:
     """Raise PlanChangedError, naming what differs, unless the plan is the reviewed one."""
-    if digest_of(campaign, fingerprints.items()) == reviewed.digest:
+    digest = digest_of(campaign, fingerprints.items())
+    if digest == reviewed.digest:
         return
     hint = (
         "review the new plan (re-run `devin-fleet plan MANIFEST -o json`), or apply the "
@@ -91,9 +92,10 @@ def check_reviewed(campaign: str, fingerprints: Mapping[str, str], reviewed: Rev
     )
     if reviewed.fingerprints is None or reviewed.campaign is None:
         raise PlanChangedError(
-            f"the plan changed since it was reviewed: its digest is not {reviewed.digest} "
-            "(nothing was sent)",
-            hint=hint,
+            f"the plan changed since it was reviewed: its digest is {digest}, the reviewed "
+            f"plan's {reviewed.digest} (nothing was sent)",
+            hint=hint
+            + "; `--plan` with the reviewed `plan -o json` file names the sessions that differ",
         )
     if reviewed.campaign != campaign:
         raise PlanChangedError(
