@@ -185,3 +185,25 @@ def test_outputs_are_multiline_safe_and_annotations_capped() -> None:
     assert [ln for ln in capped if ln.startswith("::error")][:9] == lines[:9]
     assert len([ln for ln in capped if ln.startswith("::error")]) == 10 and "::warning::w" in capped
     assert cap_annotations(lines[:10]) == lines[:10]
+
+
+@pytest.mark.usefixtures("gha")
+def test_validate_ok_annotates_warnings_and_writes_the_summary(write: Write, tmp_path: Path) -> None:
+    path = write(
+        "s.yaml",
+        """
+        version: 1
+        campaign: sec
+        fleets:
+          - name: f
+            for_each: {items: [a]}
+            session:
+              prompt: "x"
+              session_secrets: [{key: K, value: {env: UNSET_FOR_THIS_TEST}}]
+        """,
+    )
+    res = ci("validate", "--manifests", path)
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith(f"::warning file={path}::environment variable(s) for session secrets")
+    assert f"- `{path}`: 1 sessions" in (tmp_path / "summary.md").read_text()
+    assert outputs(tmp_path / "out.txt") == {"has-changes": "false"}

@@ -4,10 +4,13 @@ prompts folded; deterministic bytes; 300 sessions whole, 10,000 cut to fit and s
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from launcher import build_plan, load_manifest
 from launcher.cli import cli
@@ -16,6 +19,7 @@ from launcher.views.markdown import (
     COMMENT_LIMIT,
     DEFAULT_BUDGET,
     SUMMARY_LIMIT,
+    Unit,
     digest_in,
     fit_markdown,
     plan_view,
@@ -145,3 +149,36 @@ def test_fit_markdown_cuts_at_lines_closes_what_is_open_and_counts_emoji_twice()
     kept = cut.splitlines()[4:-4]
     assert kept and set(kept) == {"🚀🚀🚀🚀"}  # whole lines only
     assert fit_markdown(text, 10_000) == text
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    budget=st.integers(min_value=2_000, max_value=COMMENT_LIMIT),
+    unit=st.sampled_from(["chars", "bytes"]),
+)
+def test_10000_sessions_fit_any_budget(big: Plan, budget: int, unit: Unit) -> None:
+    text = render_plan_markdown(plan_view(big, creates(big)), budget=budget, unit=unit)
+    assert size(text, unit) <= budget
+    assert text.startswith("### devin-fleet plan: `md`")
+    balanced(text)
+
+
+def test_rollout_waves_in_the_summary_and_the_table(write: Callable[[str, str], Path]) -> None:
+    path = write(
+        "w.yaml",
+        """
+        version: 1
+        campaign: waves
+        rollout: {waves: [1, "50%", "rest"]}
+        fleets:
+          - name: f
+            for_each: {items: [a, b, c, d]}
+            session: {prompt: "do {{ item }}"}
+        """,
+    )
+    res = CliRunner().invoke(cli, ["plan", str(path), "-o", "markdown"])
+    assert res.exit_code == 0, res.output
+    assert "| 4 | 0 (4 sessions without max_acu_limit) | 1 + 2 + 1 |" in res.stdout
+    assert "| key | fleet | wave | title | ACU |" in res.stdout
+    waves = re.findall(r"^\| `[a-d]` \| f \| (\d) \|", res.stdout, re.M)
+    assert sorted(waves) == ["1", "2", "2", "3"]

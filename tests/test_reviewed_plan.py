@@ -88,6 +88,7 @@ def test_a_matching_plan_applies_exactly_the_planned_sessions(
     planned = sorted(s["tags"][1] for s in data["sessions"])  # type: ignore[attr-defined,index]
     assert sent == planned and sim.stats()["requests"]["POST /sessions"] == 4
     assert "s3cr3t-value" not in (tmp_path / "plan.json").read_text()
+    assert "s3cr3t-value" not in run("plan", path, "-o", "markdown").output
     # nothing volatile: after the apply (a ledger, remote sessions) the digest is the same,
     # and the same --plan applies again as a no-op
     again = run("plan", path, "-o", "json", "--ledger", ledger)

@@ -206,20 +206,32 @@ def _fail_with_annotations(failed: list[tuple[str, FleetError]]) -> None:
     sys.exit(ExitCode.error)
 
 
-def _ci_validate(paths: list[str]) -> None:
-    from launcher.spec.plan import plan_manifest
+def _load_all(paths: list[str]) -> list[Plan]:
+    """Every manifest's plan, its warnings annotated; or every problem annotated and exit 1."""
+    from launcher.cli.plan_cmds import _annotation
 
     failed: list[tuple[str, FleetError]] = []
+    plans = []
     for path in paths:
         try:
-            plan_manifest(path)
+            plans.append((path, load_plan(path)))
         except FleetError as exc:
             failed.append((path, exc))
     if failed:
         _fail_with_annotations(failed)
+    for path, p in plans:
+        for w in p.warnings:
+            click.echo(_annotation("warning", Problem(path, None, None, "", w)))
+    return [p for _, p in plans]
+
+
+def _ci_validate(paths: list[str]) -> None:
+    plans = _load_all(paths)
     append_summary(
         os.environ.get("GITHUB_STEP_SUMMARY"),
-        "### devin-fleet: manifests valid\n\n" + "\n".join(f"- `{p}`" for p in paths) + "\n",
+        "### devin-fleet: manifests valid\n\n"
+        + "\n".join(f"- `{p.manifest.label}`: {len(p):,} sessions" for p in plans)
+        + "\n",
     )
     write_outputs(os.environ.get("GITHUB_OUTPUT"), {"has-changes": "false"})
 
@@ -251,15 +263,7 @@ def _plan_diff(
 def _ci_plan(paths: list[str], ledger: str | None, out_dir: str, target: _Target | None) -> None:
     from launcher.views.markdown import offline_label, plan_view, render_plan_markdown
 
-    failed: list[tuple[str, FleetError]] = []
-    plans = []
-    for path in paths:
-        try:
-            plans.append(load_plan(path))
-        except FleetError as exc:
-            failed.append((path, exc))
-    if failed:
-        _fail_with_annotations(failed)
+    plans = _load_all(paths)
     online = bool(os.environ.get("DEVIN_API_KEY"))
     digests, urls, pending = [], [], False
     os.makedirs(out_dir, exist_ok=True)

@@ -107,7 +107,10 @@ def plan_view(
         source=plan.manifest.label,
         digest=plan.digest,
         rows=rows,
-        totals={k: t[k] for k in ("sessions", "max_sessions", "acu", "max_total_acu")},
+        totals={
+            k: t[k]
+            for k in ("sessions", "max_sessions", "acu", "max_total_acu", "unbounded_acu_sessions")
+        },
         waves=dict(sorted(Counter(waves.values()).items())) if rollout and waves else {},
         warnings=plan.warnings,
         label=label,
@@ -228,6 +231,8 @@ def _summary(view: PlanView, groups: Mapping[str, Sequence[PlanRow]]) -> list[st
     counts = " · ".join(f"**{sym}** {len(groups[sym]):,}" for sym in ("+", "=", "~", "-", "?"))
     sessions = f"{t['sessions']:,}" + (f" of {t['max_sessions']:,} allowed" if t["max_sessions"] else "")
     acu = f"{t['acu']:,}" + (f" of a {t['max_total_acu']:,} budget" if t["max_total_acu"] else "")
+    if t.get("unbounded_acu_sessions"):
+        acu += f" ({t['unbounded_acu_sessions']:,} sessions without max_acu_limit)"
     lines = [
         f"### devin-fleet plan: `{view.campaign}` ({cell(view.source, 200)})",
         digest_marker(view.digest),
