@@ -149,6 +149,9 @@ def test_a_read_only_token_on_a_fork_degrades_to_the_step_summary(
     assert "Resource not accessible by integration" in res.stdout
     assert summary.read_text(encoding="utf-8") == "### the plan\n"
     assert tool_comments(github, "github-actions[bot]") == []
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY")  # run by hand: the text is printed, not lost
+    res = run("-", stdin="### the plan\n")
+    assert res.exit_code == 0 and res.stdout.endswith("### the plan\n")
     res = run("-", "--strict", stdin="### the plan\n")
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "Resource not accessible by integration" in res.stderr and "hint:" in res.stderr
@@ -178,3 +181,15 @@ def test_pages_are_followed_on_the_same_host_only() -> None:
         pytest.raises(GitHubError, match="another host"),
     ):
         gh.comments(1)
+
+
+def test_duplicates_a_race_left_are_folded_into_one(github: FakeGitHub) -> None:
+    """Two plan jobs that both found no comment both created one: the next run keeps one."""
+    for text in ("race 1", "race 2"):
+        github.add(PR, "fleet-bot", marker("devin-fleet") + "\n" + text)
+    github.add(PR, "fleet-bot", "a comment of the same user without the marker")
+    res = run("-", "--pr", PR, stdin="settled")
+    assert res.exit_code == 0, res.output
+    mine = [str(c["body"]) for c in tool_comments(github)]
+    assert mine == [marker("devin-fleet") + "\nsettled", "a comment of the same user without the marker"]
+    assert "deleted 1 duplicate(s)" in res.stderr

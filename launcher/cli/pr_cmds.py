@@ -56,8 +56,11 @@ def _post(target: _Target, ident: str, body: str) -> str | None:
         if not exc.read_only or target.strict:
             raise
         click.echo(f"::warning title=devin-fleet pr-comment::{_data(exc.message)}")
-        err.print(f"warning: {exc.message}; the markdown goes to the step summary", markup=False)
-        append_summary(os.environ.get("GITHUB_STEP_SUMMARY"), body)
+        if append_summary(os.environ.get("GITHUB_STEP_SUMMARY"), body):
+            err.print(f"warning: {exc.message}; the markdown went to the step summary", markup=False)
+        else:  # not in a workflow: the text is not lost
+            err.print(f"warning: {exc.message}; the markdown follows", markup=False)
+            click.echo(body, nl=False)
         return None
     extra = f" (and deleted {posted.removed} duplicate(s))" if posted.removed else ""
     err.print(f"{posted.outcome.value} {posted.comment.url}{extra}", markup=False)
