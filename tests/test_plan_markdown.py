@@ -26,6 +26,7 @@ from launcher.views.markdown import (
     render_plan_markdown,
     size,
 )
+from tests.test_plan_diff import launched  # noqa: F401  (a fixture: three launched sessions)
 
 
 def matrix_manifest(path: Path, a: int, b: int) -> Path:
@@ -182,3 +183,22 @@ def test_rollout_waves_in_the_summary_and_the_table(write: Callable[[str, str], 
     assert "| key | fleet | wave | title | ACU |" in res.stdout
     waves = re.findall(r"^\| `[a-d]` \| f \| (\d) \|", res.stdout, re.M)
     assert sorted(waves) == ["1", "2", "2", "3"]
+
+
+def test_changed_sessions_show_their_fields_and_diff_against_the_ledger(
+    launched: tuple[Path, Path],  # noqa: F811  (the fixture imported above)
+) -> None:
+    path, ledger = launched  # three sessions launched through the simulator
+    text = path.read_text().replace("Open a pull request.", "Open a draft pull request.")
+    path.write_text(text.replace("{repo: r-1, acu: 3}", "{repo: r-1, acu: 5}").replace("r-2", "r-9"))
+    res = CliRunner().invoke(cli, ["plan", str(path), "--ledger", str(ledger), "-o", "markdown"])
+    assert res.exit_code == 0, res.output
+    md = res.stdout
+    assert "**+** 1 · **=** 0 · **~** 2 · **-** 1 · **?** 0" in md
+    assert re.search(r"^\| `r-1` \| f \|  \| 5 \| prompt, max_acu_limit \|$", md, re.M)
+    assert re.search(r"^\| `r-2` \| .*devin-", md, re.M)  # gone, with its session
+    assert "<details><summary>~ <code>r-1</code> (changed since launch)</summary>" in md
+    assert "\n-Open a pull request.\n+Open a draft pull request.\n" in md
+    assert "r-1: max_acu_limit: 3 -> 5" in md
+    assert "ghp_supersecretvalue" not in md
+    balanced(md)

@@ -184,9 +184,9 @@ def plan(
             render_plan_markdown,
         )
 
-        view = plan_view(
-            p, changes, changed_fields=fields, waves=waves, label=offline_label(check_remote)
-        )
+        diffs = {k: field_diff(k, old, new) for k, (old, new) in launched.items()}
+        label = offline_label(check_remote)
+        view = plan_view(p, changes, changed_fields=fields, diffs=diffs, waves=waves, label=label)
         click.echo(render_plan_markdown(view, budget=max_length or DEFAULT_BUDGET), nl=False)
     else:
         noted = [

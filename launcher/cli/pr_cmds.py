@@ -20,8 +20,8 @@ from launcher.views.markdown import COMMENT_LIMIT, SUMMARY_LIMIT, digest_in, fit
 
 if TYPE_CHECKING:
     from launcher.api.github import GitHubClient
-    from launcher.ledger.store import Change
     from launcher.spec.plan import Plan
+    from launcher.views.markdown import PlanView
 
 _COMMENT_HINT = "the full text is in the workflow log"
 
@@ -239,17 +239,16 @@ def _ci_validate(paths: list[str]) -> None:
     write_outputs(os.environ.get("GITHUB_OUTPUT"), {"has-changes": "false"})
 
 
-def _plan_diff(
-    p: Plan, ledger: str | None, online: bool
-) -> tuple[list[tuple[Change, str, str]], dict[str, list[str]], dict[str, int]]:
-    """The plan's diff (against the API in memory when online, else the ledger), the changed
-    fields of `~` sessions, and the waves: what `plan` shows."""
+def _plan_view(p: Plan, ledger: str | None, online: bool) -> PlanView:
+    """The plan's diff (against the API in memory when online, else the ledger), with the
+    changed fields of `~` sessions and the waves: what `plan -o markdown` shows."""
     import anyio
 
     from launcher.cli.common import api_config
     from launcher.cli.plan_cmds import _check_remote, _diff, _launched_requests
     from launcher.run.rollout import waves_by_key
-    from launcher.spec.diff import changed_fields
+    from launcher.spec.diff import changed_fields, field_diff
+    from launcher.views.markdown import offline_label, plan_view
 
     if online:
         with api_config(None, None) as cfg:
@@ -260,20 +259,27 @@ def _plan_diff(
         changes = _diff(p, ledger)
     launched = _launched_requests(p, ledger, changes)
     fields = {k: changed_fields(old, new) for k, (old, new) in launched.items()}
-    return changes, fields, waves_by_key(p)
+    diffs = {k: field_diff(k, old, new) for k, (old, new) in launched.items()}
+    return plan_view(
+        p,
+        changes,
+        changed_fields=fields,
+        diffs=diffs,
+        waves=waves_by_key(p),
+        label=offline_label(online),
+    )
 
 
 def _ci_plan(paths: list[str], ledger: str | None, out_dir: str, target: _Target | None) -> None:
-    from launcher.views.markdown import offline_label, plan_view, render_plan_markdown
+    from launcher.views.markdown import render_plan_markdown
 
     plans = _load_all(paths)
     online = bool(os.environ.get("DEVIN_API_KEY"))
     digests, urls, pending = [], [], False
     os.makedirs(out_dir, exist_ok=True)
     for p in plans:
-        changes, fields, waves = _plan_diff(p, ledger, online)
-        pending |= any(c.value != "=" for c, _, _ in changes)
-        view = plan_view(p, changes, changed_fields=fields, waves=waves, label=offline_label(online))
+        view = _plan_view(p, ledger, online)
+        pending |= any(r.change != "=" for r in view.rows)
         md = render_plan_markdown(view, more=_COMMENT_HINT)
         with open(os.path.join(out_dir, f"{p.campaign}.plan.json"), "wb") as f:
             f.writelines(p.json_chunks())

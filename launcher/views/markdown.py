@@ -53,6 +53,7 @@ class PlanRow:
     acu: int | None = None
     changed_fields: Sequence[str] | None = None  # for `~`: the fields that differ (None: unknown)
     prompt: str | None = None
+    diff: str | None = None  # for `~`: launched -> manifest (a unified diff of the prompt)
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,12 @@ def plan_view(
     changes: Sequence[tuple[str, str, str]],
     *,
     changed_fields: Mapping[str, Sequence[str]] | None = None,
+    diffs: Mapping[str, str] | None = None,
     waves: Mapping[str, int] | None = None,
     label: str | None = None,
 ) -> PlanView:
-    """The view of a plan and its diff (`(change, key, note)` per key, as `Ledger.diff` gives)."""
+    """The view of a plan and its diff (`(change, key, note)` per key, as `Ledger.diff` gives);
+    `diffs`: for `~` sessions, what changed since launch (`launcher.spec.diff.field_diff`)."""
     by_key = plan.by_key()
     fields = changed_fields or {}
     rollout = waves is not None and plan.manifest.manifest.rollout is not None
@@ -99,6 +102,7 @@ def plan_view(
                 req.get("max_acu_limit"),
                 fields.get(key) if str(change) == "~" else None,
                 str(req["prompt"]),
+                (diffs or {}).get(key) if str(change) == "~" else None,
             )
         )
     t = plan.totals()
@@ -301,15 +305,16 @@ def _prompts(out: _Budget, rows: Sequence[PlanRow]) -> int:
     out.add(["", f"#### Prompts ({len(rows):,})"])
     n = 0
     for r in rows:
-        text = r.prompt or ""
+        text = r.diff or r.prompt or ""
         lines = text.splitlines() or [""]
         cut = len(lines) - _PROMPT_LINES
         fence = _fence_for(text)
+        what = " (changed since launch)" if r.diff else ""
         block = [
             "",
-            f"<details><summary>{r.change} <code>{html(r.key)}</code></summary>",
+            f"<details><summary>{r.change} <code>{html(r.key)}</code>{what}</summary>",
             "",
-            f"{fence}text",
+            f"{fence}{'diff' if r.diff else 'text'}",
             *lines[:_PROMPT_LINES],
             fence,
             *([f"*… {cut:,} more lines: `plan --show-prompts`*"] if cut > 0 else []),
