@@ -207,3 +207,21 @@ def test_validate_ok_annotates_warnings_and_writes_the_summary(write: Write, tmp
     assert res.stdout.startswith(f"::warning file={path}::environment variable(s) for session secrets")
     assert f"- `{path}`: 1 sessions" in (tmp_path / "summary.md").read_text()
     assert outputs(tmp_path / "out.txt") == {"has-changes": "false"}
+
+
+def test_a_forks_plan_is_offline_and_lands_in_the_summary_once(
+    gha: FakeGitHub, write: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gha.tokens["ghs_fork"] = Token("github-actions[bot]", installation=True, read_only=True)
+    monkeypatch.setenv("GITHUB_TOKEN", "ghs_fork")  # no DEVIN_API_KEY either: a fork's PR
+    res = ci("plan", "--manifests", manifest(write, "a, b"), "--comment")
+    assert res.exit_code == 0, res.output
+    assert "::warning title=devin-fleet pr-comment::" in res.stdout
+    summary = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert summary.count("### devin-fleet plan: `ci-camp`") == 1 and "offline plan" in summary
+    out = outputs(tmp_path / "out.txt")
+    assert out["comment-url"] == "" and out["has-changes"] == "true"
+    assert [c["user"]["login"] for c in gha.comments[PR]] == ["alice"] * 3
+    assert "--strict" not in res.output
+    res = ci("plan", "--manifests", manifest(write, "a, b"), "--comment", "--strict")
+    assert res.exit_code == 1 and "Resource not accessible by integration" in res.stderr

@@ -40,9 +40,9 @@ def _target(pr: int | None, repo: str | None, author: str | None, strict: bool) 
     return _Target(pr or event_pr(os.environ.get("GITHUB_EVENT_PATH")), repo, author, strict)
 
 
-def _post(target: _Target, ident: str, body: str) -> str | None:
-    """Post or edit the comment; its URL, or None when a read-only token made it degrade to the
-    step summary (an error instead with --strict)."""
+def _post(target: _Target, ident: str, body: str, *, fallback: bool = True) -> str | None:
+    """Post or edit the comment; its URL, or None when a read-only token made it degrade to a
+    warning and (`fallback`) the markdown in the step summary; an error instead with --strict."""
     from launcher.api.github import GitHubClient, GitHubConfig, marker
 
     room = COMMENT_LIMIT - size(marker(ident)) - 1
@@ -56,7 +56,9 @@ def _post(target: _Target, ident: str, body: str) -> str | None:
         if not exc.read_only or target.strict:
             raise
         click.echo(f"::warning title=devin-fleet pr-comment::{_data(exc.message)}")
-        if append_summary(os.environ.get("GITHUB_STEP_SUMMARY"), body):
+        if not fallback:  # the caller writes the step summary itself
+            err.print(f"warning: {exc.message}; see the step summary", markup=False)
+        elif append_summary(os.environ.get("GITHUB_STEP_SUMMARY"), body):
             err.print(f"warning: {exc.message}; the markdown went to the step summary", markup=False)
         else:  # not in a workflow: the text is not lost
             err.print(f"warning: {exc.message}; the markdown follows", markup=False)
@@ -290,7 +292,7 @@ def _ci_plan(paths: list[str], ledger: str | None, out_dir: str, target: _Target
         append_summary(os.environ.get("GITHUB_STEP_SUMMARY"), summary)
         err.print(f"{p.campaign}: {len(p)} sessions, plan digest {p.digest}", markup=False)
         digests.append((p.campaign, p.digest))
-        if target is not None and (url := _post(target, f"plan-{p.campaign}", md)):
+        if target is not None and (url := _post(target, f"plan-{p.campaign}", md, fallback=False)):
             urls.append(url)
     single = len(digests) == 1
     write_outputs(
@@ -351,6 +353,6 @@ def _ci_results(paths: list[str], ledger: str | None, target: _Target | None) ->
         view = _view(p, ledger, offline, None, None)
         md = to_markdown(build_results(view, p.schemas))
         append_summary(os.environ.get("GITHUB_STEP_SUMMARY"), md)
-        if target is not None and (url := _post(target, f"results-{p.campaign}", md)):
+        if target is not None and (url := _post(target, f"results-{p.campaign}", md, fallback=False)):
             urls.append(url)
     write_outputs(os.environ.get("GITHUB_OUTPUT"), {"comment-url": "\n".join(urls)})
