@@ -225,3 +225,14 @@ def test_a_forks_plan_is_offline_and_lands_in_the_summary_once(
     assert "--strict" not in res.output
     res = ci("plan", "--manifests", manifest(write, "a, b"), "--comment", "--strict")
     assert res.exit_code == 1 and "Resource not accessible by integration" in res.stderr
+
+
+@pytest.mark.usefixtures("gha")
+def test_apply_args_are_apply_options_and_a_bad_one_is_a_usage_error(
+    write: Write, sim_env: SimServer
+) -> None:
+    path = manifest(write, "a")
+    digest = build_plan(load_manifest(path)).digest
+    res = ci("apply", "--manifests", path, "--plan-digest", digest, "--args", "--rate fast")
+    assert res.exit_code == 64 and "'fast' is not a valid float" in res.output
+    assert sim_env.stats()["requests"] == {}

@@ -339,7 +339,8 @@ def _ci_apply(
     digest = plan_digest.strip() or _reviewed_digest(p, target)
     write_outputs(os.environ.get("GITHUB_OUTPUT"), {"plan-digest": digest, "has-changes": "false"})
     args = [paths[0], "--yes", "--plan-digest", digest, *shlex.split(extra)]
-    apply.main(args=args + (["--ledger", ledger] if ledger else []), prog_name="devin-fleet apply")
+    argv = args + (["--ledger", ledger] if ledger else [])
+    apply.main(args=argv, prog_name="devin-fleet apply", standalone_mode=False)
 
 
 def _ci_results(paths: list[str], ledger: str | None, target: _Target | None) -> None:
