@@ -12,10 +12,9 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from launcher import build_plan, load_manifest
+from launcher import build_plan, load_manifest, open_ledger
 from launcher.api.client import ApiConfig, DevinClient
 from launcher.cli import cli
-from launcher.ledger.store import Ledger
 from launcher.run.messages import MessageBatch, MessageReport, Outgoing, digest, send_messages
 from launcher.sim import Profile, SimServer
 from tests.fake_api import FakeClock
@@ -40,7 +39,7 @@ def test_a_rate_limited_message_waits_out_its_retry_after_without_holding_a_slot
         return httpx.Response(200, json={})
 
     todo = [Outgoing(f"k-{s}", f"devin-{s}", TEXT, digest(TEXT)) for s in "abc"]
-    with Ledger(tmp_path / "l.db", "c") as led:
+    with open_ledger(tmp_path / "l.db", "c", tmp_path / "l.db") as led:
 
         async def go() -> MessageReport:
             cfg = ApiConfig("https://api.example.test", "org-1", "tok")

@@ -27,7 +27,8 @@ from launcher.cli.common import (
     sim_options,
 )
 from launcher.errors import ExitCode
-from launcher.ledger.store import Change, Ledger, open_ledger
+from launcher.ledger.location import open_ledger
+from launcher.ledger.store import Change, Ledger, off_loop
 from launcher.spec.plan import Plan
 
 if TYPE_CHECKING:
@@ -106,6 +107,17 @@ if TYPE_CHECKING:
     help="Campaign lease (s): renewed every TTL/6; this run stops sending once its last renewal "
     "is TTL/2 old; another apply may take a lock silent for a whole TTL.",
 )
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(dir_okay=False),
+    help="The reviewed `plan -o json` file: refuse, sending nothing, unless the re-plan matches it.",
+)
+@click.option(
+    "--plan-digest",
+    metavar="DIGEST",
+    help="The reviewed plan's digest (`sha256:...`, as `plan -o json` and the PR comment show it).",
+)
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @ledger_option
 @api_options
@@ -130,6 +142,8 @@ def apply(
     max_running: int | None,
     lookup_grace: float,
     lock_ttl: float,
+    plan_file: str | None,
+    plan_digest: str | None,
     output: str,
     ledger: str | None,
     base_url: str | None,
@@ -149,6 +163,7 @@ def apply(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--wait-timeout") from None
     p = load_plan(manifest, "send")
+    check_reviewed_plan(p, plan_file, plan_digest)  # before anything is sent
     options = ApplyOptions(
         concurrency=concurrency,
         rate=rate,
@@ -225,6 +240,19 @@ def apply(
     sys.exit(summary.exit_code)
 
 
+def check_reviewed_plan(p: Plan, plan_file: str | None, plan_digest: str | None) -> None:
+    """`--plan` / `--plan-digest`: the re-plan must be the reviewed plan (PlanChangedError)."""
+    from launcher.spec.digest import check_reviewed, read_reviewed, reviewed_digest
+
+    for reviewed in (
+        *([read_reviewed(plan_file)] if plan_file else []),
+        *([reviewed_digest(plan_digest)] if plan_digest else []),
+    ):
+        check_reviewed(p.campaign, p.fingerprints(), reviewed)
+    if plan_file or plan_digest:
+        err.print(f"plan matches the reviewed plan ({p.digest})", markup=False)
+
+
 async def _apply_async(
     p: Plan, cfg: ApiConfig, led: Ledger, options: ApplyOptions, rollout: RolloutOptions
 ) -> RolloutSummary:
@@ -248,7 +276,7 @@ async def _apply_async(
     from launcher.views.progress import ProgressReporter
 
     async with DevinClient(cfg, max_connections=options.concurrency + 4) as client:
-        if any(a.termination == "pending" for a in attempt_history(led)):
+        if any(a.termination == "pending" for a in await off_loop(attempt_history, led)):
             # A relaunch ends earlier attempts first: only once the token and the referenced
             # ids are proven, so a relaunch that cannot start never ends its predecessor.
             # Otherwise apply_plan proves them while it lists the campaign (one round trip).
@@ -260,7 +288,7 @@ async def _apply_async(
         ended = await terminate_previous(client, led)
         if ended:
             err.print(f"relaunch: terminated {ended} earlier attempt(s)", markup=False)
-        p = attempt_plan(p, led)
+        p = await off_loop(attempt_plan, p, led)
         async with anyio.create_task_group() as tg:
             tg.start_soon(on_signals)
             summary = await run_rollout(
@@ -284,10 +312,10 @@ async def _select(p: Plan, cfg: ApiConfig, led: Ledger, selectors: tuple[str, ..
     from launcher.run.relaunch import select_relaunch
     from launcher.run.status import refresh
 
-    led.sync_plan(p)
+    await off_loop(led.sync_plan, p)
     async with DevinClient(cfg) as client:
         view = await refresh(p, client, led)
-    return select_relaunch(p, view, led, selectors)
+    return await off_loop(select_relaunch, p, view, led, selectors)
 
 
 def _apply_summary(s: ApplySummary) -> None:

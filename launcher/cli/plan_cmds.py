@@ -6,7 +6,6 @@ import dataclasses
 import json
 import sys
 from collections import Counter
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -23,7 +22,8 @@ from launcher.cli.common import (
     out,
 )
 from launcher.errors import ExitCode, FleetError, ManifestError, Problem
-from launcher.ledger.store import Change, Ledger, stored_request
+from launcher.ledger.location import ledger_exists, open_ledger, scratch_copy
+from launcher.ledger.store import Change, off_loop
 from launcher.spec.diff import changed_fields, field_diff
 from launcher.spec.manifest import manifest_json_schema
 from launcher.spec.plan import Plan, plan_manifest
@@ -112,7 +112,12 @@ def _annotation(level: str, p: Problem) -> str:
 
 @click.command()
 @click.argument("manifest", type=click.Path())
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.option("-o", "--output", type=click.Choice(["table", "json", "markdown"]), default="table")
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=2000),
+    help="-o markdown: most characters (default 65,000: a GitHub comment holds 65,536).",
+)
 @click.option("--show-prompts", is_flag=True, help="Print each rendered prompt.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0: nothing to do, 2: changes, 1: error.")
 @click.option("--check-remote", is_flag=True, help="Check the token and referenced ids in the org.")
@@ -127,6 +132,7 @@ def _annotation(level: str, p: Problem) -> str:
 def plan(
     manifest: str,
     output: str,
+    max_length: int | None,
     show_prompts: bool,
     detailed_exitcode: bool,
     check_remote: bool,
@@ -170,6 +176,18 @@ def plan(
         for chunk in p.json_chunks(extras, [k for _, k, _ in changes[len(p) :]]):
             click.echo(chunk.decode(), nl=False)
         click.echo()
+    elif output == "markdown":
+        from launcher.views.markdown import (
+            DEFAULT_BUDGET,
+            offline_label,
+            plan_view,
+            render_plan_markdown,
+        )
+
+        diffs = {k: field_diff(k, old, new) for k, (old, new) in launched.items()}
+        label = offline_label(check_remote)
+        view = plan_view(p, changes, changed_fields=fields, diffs=diffs, waves=waves, label=label)
+        click.echo(render_plan_markdown(view, budget=max_length or DEFAULT_BUDGET), nl=False)
     else:
         noted = [
             (c, k, f"{n}; changed: {', '.join(fields[k]) or 'secret sources'}" if k in fields else n)
@@ -196,26 +214,21 @@ async def _check_remote(
     """The remote checks, then the diff against the ledger reconciled with the API (in memory:
     `plan` writes nothing), so what exists shows `=` even on a fresh clone."""
     from launcher.api.client import DevinClient
-    from launcher.ledger.store import default_ledger_path
     from launcher.run.reconcile import rebuild
     from launcher.run.remote import check_remote
 
-    path = Path(ledger_path) if ledger_path else default_ledger_path(p.manifest.path, p.campaign)
     async with DevinClient(cfg) as client:
         warnings = await check_remote(p, client)
-        with Ledger.scratch_copy(path, p.campaign) as led:
+        with await off_loop(scratch_copy, p.manifest.path, p.campaign, ledger_path) as led:
             rec = await rebuild(p, client, led)
             warnings += rec.warnings()
-            return warnings, led.diff(p)
+            return warnings, await off_loop(led.diff, p)
 
 
 def _diff(p: Plan, ledger_path: str | None) -> list[tuple[Change, str, str]]:
-    from launcher.ledger.store import default_ledger_path
-
-    path = Path(ledger_path) if ledger_path else default_ledger_path(p.manifest.path, p.campaign)
-    if not path.exists():
+    if not ledger_exists(p.manifest.path, p.campaign, ledger_path):
         return [(Change.create, s.key, "") for s in p.sessions]
-    with Ledger(path, p.campaign, create=False) as led:
+    with open_ledger(p.manifest.path, p.campaign, ledger_path, create=False) as led:
         return led.diff(p)
 
 
@@ -224,21 +237,17 @@ def _launched_requests(
 ) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     """(launched request, planned request) of each `~` session the ledger kept a request for,
     both as the ledger keeps them (schema by digest, secrets by variable name, never a value)."""
-    from launcher.ledger.store import default_ledger_path
-
     changed = [k for c, k, _ in changes if c == Change.changed]
-    path = Path(ledger_path) if ledger_path else default_ledger_path(p.manifest.path, p.campaign)
-    if not changed or not path.exists():
+    if not changed or not ledger_exists(p.manifest.path, p.campaign, ledger_path):
         return {}
     by_key = p.by_key()
     out = {}
-    with Ledger(path, p.campaign, create=False) as led:
+    with open_ledger(p.manifest.path, p.campaign, ledger_path, create=False) as led:
         records = led.records()
         for key in changed:
             old = led.launched_request(records[key].fingerprint)
             if old is not None:  # launched before the ledger kept requests: no field diff
-                s = by_key[key]
-                out[key] = (old, stored_request(s.request, s.secret_env))
+                out[key] = (old, by_key[key].stored)
     return out
 
 
@@ -284,6 +293,7 @@ def _plan_table(
             "`devin-fleet cancel MANIFEST --gone` terminates the live ones",
             markup=False,
         )
+    out.print(f"plan digest: {p.digest} (`apply --plan-digest` applies exactly this)", markup=False)
     if waves:
         sizes = Counter(waves.values())
         out.print(
