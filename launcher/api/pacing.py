@@ -22,8 +22,9 @@ are kept by send time, so latency never blurs what they measure.
   1.5 intervals) becomes the peak: a stall with every slot in flight refills a small bucket
   only to its size, and would read as a low limit. 429s for creates sent before a cut cut
   again only when the measure is 30% below the rate (saves a round trip of 429s at 300 ms);
-  they empty the client's bucket only when 4 in 5 answers of the run are refused (else the
-  next creates would wait a whole interval after each, and the server idle after the train).
+  they empty the client's bucket only when answered within an interval or when 4 in 5 answers
+  of the run are refused (else, at high latency, the next creates would wait an interval
+  after each, and the server idle after the train).
 - One token (at most one create went through before the first 429): the server takes a
   create only once 1 / limit has passed since the one it took last, and wastes what refills
   while the next is on its way (just above the limit, half are refused). So gaps, not
@@ -270,14 +271,12 @@ class AdaptiveRate:
             return
         if ticket.at >= self._cut_at and self.cuts and self.demand:
             self.demand = False
-            # One token: what was refused last is as much a ceiling as the run's measure.
-            refused = min((x for x in (self._drew, self.peak) if x is not None), default=self.rate)
-            target = self.hold * (refused if self.single_token else self.peak or self.rate)
+            target = self.hold * (self.peak or self.rate)
             if self.rate < target * 0.995:  # a deep cut: back towards the limit quickly
                 self.rate = self._clamp(self.rate + (target - self.rate) * self.recover)
                 return
-            near = self.rate >= 0.99 * refused
-            if self.single_token and near and self._since_cut < 8 * self.probe_doubling:
+            near = self._drew is not None and self.rate >= 0.99 * self._drew
+            if self.single_token and near and self._since_cut < 4 * self.probe_doubling:
                 return  # one token: just above the limit, half the creates are refused
             step = self.probe * 2 ** (self._since_cut / self.probe_doubling)
             self.rate = self._clamp(self.rate * (1 + min(step, self.probe_max)))
@@ -547,7 +546,8 @@ class Pacer:
         cut = self.adaptive.on_429(ticket, now)
         self._use_hint(hint, ticket)
         self.credit = 0.0
-        if cut or self.adaptive.mostly_refused(ticket.at):
+        quick = now - ticket.at < 1 / self.paced_rate()  # answered within one interval
+        if cut or quick or self.adaptive.mostly_refused(ticket.at):
             self.bucket.spend(now)  # the server is empty now: no token waits (module docstring)
         if fresh:
             self.pause.fresh_429s += 1
