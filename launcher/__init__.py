@@ -12,9 +12,14 @@ The library API is what `__all__` lists; the `devin-fleet` CLI is a thin layer o
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES for run time
-    from launcher.run.apply import (
+    from launcher.run.apply import apply_plan as apply_plan
+    from launcher.run.options import (
         ApplyOptions as ApplyOptions,
-        apply_plan as apply_plan,
+        RolloutOptions as RolloutOptions,
+    )
+    from launcher.run.campaign import (
+        launch_campaign as launch_campaign,
+        relaunch_selection as relaunch_selection,
     )
     from launcher.run.cancel import cancel_sessions as cancel_sessions
     from launcher.run.summary import ApplySummary as ApplySummary
@@ -80,7 +85,6 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
     from launcher.views.report import render_report as render_report
     from launcher.views.results import build_results as build_results
     from launcher.run.rollout import (
-        RolloutOptions as RolloutOptions,
         RolloutSummary as RolloutSummary,
         follow as follow,
         run_rollout as run_rollout,
@@ -91,7 +95,7 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
 _HOMES: dict[str, str] = {
     "APIError": "launcher.errors",
     "ApiConfig": "launcher.api.client",
-    "ApplyOptions": "launcher.run.apply",
+    "ApplyOptions": "launcher.run.options",
     "ApplySummary": "launcher.run.summary",
     "AuthError": "launcher.errors",
     "CampaignView": "launcher.run.status",
@@ -119,7 +123,7 @@ _HOMES: dict[str, str] = {
     "Problem": "launcher.errors",
     "RemoteCheckError": "launcher.errors",
     "Result": "launcher.run.summary",
-    "RolloutOptions": "launcher.run.rollout",
+    "RolloutOptions": "launcher.run.options",
     "RolloutSummary": "launcher.run.rollout",
     "SecretError": "launcher.errors",
     "Session": "launcher.api.models",
@@ -131,11 +135,13 @@ _HOMES: dict[str, str] = {
     "check_remote": "launcher.run.remote",
     "classify": "launcher.run.status",
     "follow": "launcher.run.rollout",
+    "launch_campaign": "launcher.run.campaign",
     "load_manifest": "launcher.spec.manifest",
     "manifest_json_schema": "launcher.spec.manifest",
     "open_ledger": "launcher.ledger.store",
     "prepare_messages": "launcher.run.messages",
     "refresh": "launcher.run.status",
+    "relaunch_selection": "launcher.run.campaign",
     "render_report": "launcher.views.report",
     "send_messages": "launcher.run.messages",
     "run_rollout": "launcher.run.rollout",

@@ -145,7 +145,28 @@ class ManifestError(FleetError):
 
 
 class ConfigError(FleetError):
-    """A setting is missing or invalid (API key, org id, base URL, option values)."""
+    """A setting is missing or invalid (API key, org id, base URL, option values).
+
+    An invalid library option carries its name (`option`, e.g. "rate") and what is wrong with
+    it (`problem`): the library never names a command-line flag; the CLI maps `option` to its
+    flag."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        option: str | None = None,
+        problem: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.option = option
+        self.problem = problem
+
+    @classmethod
+    def invalid(cls, option: str, problem: str, value: object) -> ConfigError:
+        """`option` holds `value`, which `problem` (e.g. "must be positive")."""
+        return cls(f"{option} {problem} (got {value!r})", option=option, problem=problem)
 
 
 class SecretError(FleetError):
@@ -214,9 +235,15 @@ class RemoteCheckError(FleetError):
 
 
 class SelectorError(FleetError):
-    """A `--relaunch` selector matches nothing (a usage error: nothing was sent)."""
+    """A relaunch selector matches nothing (a usage error: nothing was sent). Like an invalid
+    option (ConfigError), it says which option (`relaunch`) and what is wrong (`problem`)."""
 
     exit_code = ExitCode.usage
+
+    def __init__(self, problem: str, *, hint: str | None = None) -> None:
+        super().__init__(f"relaunch selector {problem}", hint=hint)
+        self.option = "relaunch"
+        self.problem = problem
 
 
 class ConfirmationError(FleetError):

@@ -18,10 +18,17 @@ import anyio
 import pytest
 from click.testing import CliRunner, Result
 
-from launcher import ApiConfig, ApplyOptions, DevinClient, build_plan, load_manifest, open_ledger
+from launcher import (
+    ApiConfig,
+    ApplyOptions,
+    DevinClient,
+    RolloutOptions,
+    build_plan,
+    load_manifest,
+    open_ledger,
+)
 from launcher.cli import cli
 from launcher.run.rollout import (
-    RolloutOptions,
     RolloutSummary,
     assign_waves,
     evaluate_gate,

@@ -31,13 +31,13 @@ from launcher.errors import (
     APIError,
     AuthError,
     CircuitOpenError,
-    ConfigError,
     FleetError,
     LockLostError,
     SecretError,
 )
-from launcher.ledger.store import LOCK_TTL, EventKind, Ledger, LedgerEvent
+from launcher.ledger.store import EventKind, Ledger, LedgerEvent
 from launcher.ledger.writer import LedgerWriter
+from launcher.run.options import ApplyOptions
 from launcher.run.reconcile import adoptions, duplicate_events, scan
 from launcher.run.remote import check_remote
 from launcher.run.summary import ApplySummary, Result
@@ -79,38 +79,6 @@ class NullReporter:
 
     def finish(self) -> None:
         pass
-
-
-@dataclass(frozen=True)
-class ApplyOptions:
-    """How to apply: pacing, selection and time bounds."""
-
-    concurrency: int = 8  # most requests in flight
-    rate: float = 5.0  # most creates per second (the adaptive rate never exceeds it)
-    only: tuple[str, ...] = ()  # globs over keys
-    keys: frozenset[str] | None = None  # explicit selection (a rollout wave), with `only`
-    limit: int | None = None  # most sessions to launch in this run
-    max_attempts: int = 6  # per session, not counting 429s
-    max_rate_limited: int = 200  # 429s per session before giving up
-    lookup_grace: float = 3.0  # least wait between an ambiguous create and its lookup
-    lock_ttl: float = LOCK_TTL  # the lease: heartbeat every ttl/6, stop sending past ttl/2
-    reconcile: bool = True  # list the campaign tag and adopt what exists before creating
-    drain_timeout: float = 30.0  # after a stop, how long in-flight creates may take
-    run_timeout: float | None = None  # the whole run
-    breaker_threshold: int = 12
-    preflight: bool = True  # prove the token and referenced ids first (off: the caller did)
-
-    def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ConfigError("--concurrency must be at least 1")
-        if not self.rate > 0:
-            raise ConfigError("--rate must be positive")
-        if self.limit is not None and self.limit < 0:
-            raise ConfigError("--limit must not be negative")
-        if self.lookup_grace < 0:
-            raise ConfigError("--lookup-grace must not be negative")
-        if not self.lock_ttl > 0:
-            raise ConfigError("the lock TTL must be positive")
 
 
 def select(

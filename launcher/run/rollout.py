@@ -42,7 +42,8 @@ from launcher.errors import (
     LockLostError,
 )
 from launcher.ledger.store import LaunchState, Ledger
-from launcher.run.apply import ApplyOptions, NullReporter, Reporter, apply_plan
+from launcher.run.apply import NullReporter, Reporter, apply_plan
+from launcher.run.options import ApplyOptions, RolloutOptions
 from launcher.run.status import CampaignView, Outcome, classify, watch
 from launcher.run.summary import ApplySummary, Result
 from launcher.spec.manifest import Gate
@@ -266,7 +267,7 @@ class RunningCeiling:
         note: Callable[[str], None] | None = None,
     ) -> None:
         if limit < 1:
-            raise ConfigError("--max-running must be at least 1")
+            raise ConfigError.invalid("max_running", "must be at least 1", limit)
         self.plan = plan
         self.client = client
         self.limit = limit
@@ -346,28 +347,6 @@ class RunningCeiling:
 
 
 # =========================================================================== a whole run
-
-
-@dataclass(frozen=True)
-class RolloutOptions:
-    """What `apply` does beyond launching: follow, waves, ceiling."""
-
-    wait: bool = False  # follow every selected session to a final outcome
-    wait_timeout: float | None = None  # bounds all following in this run (seconds)
-    wave: int | None = None  # go straight to this wave (earlier gates: `forced`)
-    skip_gate: bool = False  # open the gate of the wave this run resumes at
-    max_running: int | None = None  # overrides the manifest's budget.max_running
-    interval: float = 5.0  # first follow interval (grows while nothing changes)
-    max_interval: float = 60.0
-    ceiling_interval: float = 2.0  # first poll interval while holding at the ceiling
-
-    def __post_init__(self) -> None:
-        if self.wait_timeout is not None and not self.wait_timeout > 0:
-            raise ConfigError("--wait-timeout must be positive")
-        if self.wave is not None and self.wave < 1:
-            raise ConfigError("--wave must be at least 1")
-        if self.max_running is not None and self.max_running < 1:
-            raise ConfigError("--max-running must be at least 1")
 
 
 @dataclass
@@ -480,7 +459,11 @@ async def run_rollout(
     waves = assign_waves(plan)
     summary = RolloutSummary(plan.campaign, len(waves), len(plan))
     if rollout.wave is not None and rollout.wave > len(waves):
-        raise ConfigError(f"--wave {rollout.wave}: the plan has {len(waves)} wave(s)")
+        raise ConfigError(
+            f"wave {rollout.wave}: the plan has {len(waves)} wave(s)",
+            option="wave",
+            problem=f"{rollout.wave}: the plan has {len(waves)} wave(s)",
+        )
     limit = rollout.max_running or plan.manifest.manifest.budget.max_running
     ceiling = None
     if limit is not None:
