@@ -165,16 +165,7 @@ def apply(
         selection = anyio.run(_select, p, cfg, led, selectors) if selectors else None
         _confirm_launch(p, cfg, led, selection, keep_previous, yes, options, rollout)
         summary = anyio.run(_launch, p, cfg, led, options, rollout, selection, keep_previous)
-    if output == "json":
-        data = summary.to_json()
-        if selection is not None:
-            data["relaunch"] = selection.to_json(keep_previous)
-        emit_json(data)
-    else:
-        _apply_summary(summary.apply)
-        _rollout_summary(summary, p)
-    if summary.apply.aborted is not None:
-        err.print(summary.apply.aborted.render(), markup=False)
+    _show(summary, p, output, selection, keep_previous)
     sys.exit(summary.exit_code)
 
 
@@ -308,6 +299,21 @@ async def _select(p: Plan, cfg: ApiConfig, led: Ledger, selectors: tuple[str, ..
 
     async with DevinClient(cfg) as client:
         return await relaunch_selection(p, client, led, selectors)
+
+
+def _show(
+    summary: RolloutSummary, p: Plan, output: str, selection: Selection | None, keep_previous: bool
+) -> None:
+    if output == "json":
+        data = summary.to_json()
+        if selection is not None:
+            data["relaunch"] = selection.to_json(keep_previous)
+        emit_json(data)
+    else:
+        _apply_summary(summary.apply)
+        _rollout_summary(summary, p)
+    if summary.apply.aborted is not None:
+        err.print(summary.apply.aborted.render(), markup=False)
 
 
 def _apply_summary(s: ApplySummary) -> None:
