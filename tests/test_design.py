@@ -76,6 +76,7 @@ ALLOWED: dict[str, set[str]] = {
     "cancel": {"errors", "plan", "client", "store", "status", "reconcile"},
     "remote": {"errors", "plan", "client", "source"},
     "results": {"status"},
+    "formats": {"results"},
     "report": {"plan", "status", "results"},
     "diff": set(),
     "messages": {"errors", "plan", "client", "store", "pacing", "status", "templating"},
