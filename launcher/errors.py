@@ -103,9 +103,14 @@ def fleet_errors(exc: BaseException) -> list[FleetError]:
 
 
 def _count_leaves(exc: BaseException) -> int:
+    return len(leaves(exc))
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions `exc` stands for: itself, or every leaf of an exception group."""
     if isinstance(exc, BaseExceptionGroup):
-        return sum(_count_leaves(sub) for sub in exc.exceptions)
-    return 1
+        return [e for sub in exc.exceptions for e in leaves(sub)]
+    return [exc]
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ from launcher.api.client import DevinClient
 from launcher.api.pacing import Clock
 from launcher.ledger.attempts import attempt_history
 from launcher.ledger.store import Ledger
-from launcher.run.apply import Reporter
 from launcher.run.options import ApplyOptions, RolloutOptions
 from launcher.run.relaunch import Selection, attempt_plan, record, select_relaunch, terminate_previous
 from launcher.run.remote import check_remote
 from launcher.run.rollout import Follower, RolloutSummary, run_rollout
 from launcher.run.status import refresh
+from launcher.run.summary import Reporter
 from launcher.spec.plan import Plan
 
 

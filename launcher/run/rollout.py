@@ -42,10 +42,10 @@ from launcher.errors import (
     LockLostError,
 )
 from launcher.ledger.store import LaunchState, Ledger
-from launcher.run.apply import NullReporter, Reporter, apply_plan
+from launcher.run.apply import apply_plan
 from launcher.run.options import ApplyOptions, RolloutOptions
 from launcher.run.status import CampaignView, Outcome, classify, watch
-from launcher.run.summary import ApplySummary, Result
+from launcher.run.summary import ApplySummary, NullReporter, Reporter, Result
 from launcher.spec.manifest import Gate
 from launcher.spec.plan import Plan
 
