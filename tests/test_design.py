@@ -48,6 +48,7 @@ ALLOWED: dict[str, set[str]] = {
         "startup",
     },
     "options": {"errors", "store"},
+    "ceiling": {"client", "pacing", "errors", "status", "summary", "plan"},
     "startup": {"client", "errors", "store", "options", "reconcile", "remote", "summary", "plan"},
     "campaign": {
         "client",
@@ -91,6 +92,7 @@ ALLOWED: dict[str, set[str]] = {
         "status",
         "manifest",
         "options",
+        "ceiling",
     },
     "progress": {"summary"},
     "summary": {"errors"},

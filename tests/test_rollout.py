@@ -515,7 +515,7 @@ def test_ceiling_holds_polls_with_backoff_on_the_injected_clock_and_survives_a_5
 ) -> None:
     import httpx
 
-    from launcher.run.rollout import RunningCeiling
+    from launcher.run.ceiling import RunningCeiling
     from tests.test_follow import ScriptedApi, session_json
 
     plan = build_plan(load_manifest(manifest(write, 2, name="fu")))
