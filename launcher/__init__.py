@@ -52,10 +52,13 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
         Ledger as Ledger,
         open_ledger as open_ledger,
     )
+    from launcher.spec.build import build_plan as build_plan
     from launcher.spec.manifest import (
         LoadedManifest as LoadedManifest,
-        Manifest as Manifest,
         load_manifest as load_manifest,
+    )
+    from launcher.spec.model import (
+        Manifest as Manifest,
         manifest_json_schema as manifest_json_schema,
     )
     from launcher.api.models import (
@@ -65,7 +68,6 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
     from launcher.spec.plan import (
         Plan as Plan,
         PlannedSession as PlannedSession,
-        build_plan as build_plan,
     )
     from launcher.run.remote import (
         check_remote as check_remote,
@@ -115,7 +117,7 @@ _HOMES: dict[str, str] = {
     "LockedError": "launcher.errors",
     "LockLostError": "launcher.errors",
     "EventKind": "launcher.ledger.store",
-    "Manifest": "launcher.spec.manifest",
+    "Manifest": "launcher.spec.model",
     "ManifestError": "launcher.errors",
     "Outcome": "launcher.run.status",
     "Plan": "launcher.spec.plan",
@@ -128,7 +130,7 @@ _HOMES: dict[str, str] = {
     "SecretError": "launcher.errors",
     "Session": "launcher.api.models",
     "apply_plan": "launcher.run.apply",
-    "build_plan": "launcher.spec.plan",
+    "build_plan": "launcher.spec.build",
     "build_results": "launcher.views.results",
     "campaign_view": "launcher.run.status",
     "cancel_sessions": "launcher.run.cancel",
@@ -137,7 +139,7 @@ _HOMES: dict[str, str] = {
     "follow": "launcher.run.rollout",
     "launch_campaign": "launcher.run.campaign",
     "load_manifest": "launcher.spec.manifest",
-    "manifest_json_schema": "launcher.spec.manifest",
+    "manifest_json_schema": "launcher.spec.model",
     "open_ledger": "launcher.ledger.store",
     "prepare_messages": "launcher.run.messages",
     "refresh": "launcher.run.status",

@@ -24,9 +24,11 @@ ALLOWED: dict[str, set[str]] = {
     "source": {"errors"},
     "models": {"errors"},
     "templating": {"errors"},
-    "manifest": {"errors", "source"},
-    "items": {"errors", "manifest", "source"},
-    "plan": {"errors", "manifest", "models", "templating", "items", "source"},
+    "model": {"errors"},
+    "manifest": {"errors", "source", "model"},
+    "items": {"errors", "manifest", "model", "source"},
+    "plan": {"errors", "manifest", "templating"},
+    "build": {"errors", "manifest", "model", "models", "templating", "items", "source", "plan"},
     "client": {"errors", "models"},
     "pacing": set(),
     "migrations": set(),
@@ -90,14 +92,14 @@ ALLOWED: dict[str, set[str]] = {
         "apply",
         "summary",
         "status",
-        "manifest",
+        "model",
         "options",
         "ceiling",
     },
     "progress": {"summary"},
     "summary": {"errors"},
     "attempts": {"errors", "store", "models", "plan"},
-    "relaunch": {"errors", "plan", "client", "store", "status", "reconcile", "attempts"},
+    "relaunch": {"errors", "plan", "build", "client", "store", "status", "reconcile", "attempts"},
     "sim": {"errors", "models", "source", "sim"},
 }
 HOMES = {
@@ -302,7 +304,7 @@ def test_readme_test_command_is_what_ci_runs() -> None:
 def test_committed_manifest_schema_is_fresh() -> None:
     import json
 
-    from launcher.spec.manifest import manifest_json_schema
+    from launcher.spec.model import manifest_json_schema
 
     committed = json.loads((ROOT / "schemas" / "manifest.schema.json").read_text())
     assert committed == manifest_json_schema(), "run: devin-fleet schema > schemas/manifest.schema.json"

@@ -37,7 +37,7 @@ from launcher.run.rollout import (
 )
 from launcher.run.summary import Result as LaunchResult
 from launcher.sim import Profile, SimServer
-from launcher.spec.manifest import Gate, parse_duration
+from launcher.spec.model import Gate, parse_duration
 from launcher.spec.plan import Plan
 from tests.test_apply import sessions_per_key
 

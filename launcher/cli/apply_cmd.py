@@ -181,7 +181,7 @@ def _rollout_options(
 ) -> RolloutOptions:
     """The rollout flags as options (a wave past the plan's is a usage error)."""
     from launcher.run.rollout import assign_waves
-    from launcher.spec.manifest import parse_duration
+    from launcher.spec.model import parse_duration
 
     try:
         wait_seconds = None if wait_timeout is None else parse_duration(wait_timeout)

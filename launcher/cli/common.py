@@ -24,7 +24,8 @@ from launcher.errors import (
     SelectorError,
 )
 from launcher.ledger.store import Ledger, default_ledger_path, open_ledger
-from launcher.spec.plan import Plan, plan_manifest, secrets_warning
+from launcher.spec.build import plan_manifest, secrets_warning
+from launcher.spec.plan import Plan
 
 if TYPE_CHECKING:
     from launcher.api.client import ApiConfig

@@ -24,9 +24,10 @@ from launcher.cli.common import (
 )
 from launcher.errors import ExitCode, FleetError, ManifestError, Problem
 from launcher.ledger.store import Change, Ledger, stored_request
+from launcher.spec.build import plan_manifest
 from launcher.spec.diff import changed_fields, field_diff
-from launcher.spec.manifest import manifest_json_schema
-from launcher.spec.plan import Plan, plan_manifest
+from launcher.spec.model import manifest_json_schema
+from launcher.spec.plan import Plan
 
 if TYPE_CHECKING:
     from launcher.api.client import ApiConfig

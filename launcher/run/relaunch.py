@@ -35,7 +35,8 @@ from launcher.ledger.attempts import AttemptRecord, attempt_history, relaunch, s
 from launcher.ledger.store import Ledger, Record
 from launcher.run.reconcile import ENDED
 from launcher.run.status import CampaignView, Outcome, SessionView
-from launcher.spec.plan import ATTEMPT_TAG_PREFIX, FP_TAG_PREFIX, Plan, build_plan, fingerprint_tag
+from launcher.spec.build import build_plan
+from launcher.spec.plan import ATTEMPT_TAG_PREFIX, FP_TAG_PREFIX, Plan, fingerprint_tag
 
 OUTCOME_SELECTORS = {
     "failed": Outcome.failed,

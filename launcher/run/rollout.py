@@ -45,7 +45,7 @@ from launcher.run.ceiling import RunningCeiling
 from launcher.run.options import ApplyOptions, RolloutOptions
 from launcher.run.status import CampaignView, Outcome, watch
 from launcher.run.summary import ApplySummary, NullReporter, Reporter
-from launcher.spec.manifest import Gate
+from launcher.spec.model import Gate
 from launcher.spec.plan import Plan
 
 OPEN = frozenset({"passed", "skipped", "forced"})  # decisions that let the next wave launch
