@@ -433,32 +433,8 @@ async def refresh(
             found[sid] = session
         elif session.session_id not in earlier:
             untracked.append(session.session_id)
-    gone: list[str] = []
-    failures: dict[str, APIError] = {}
-    missing = [sid for sid in wanted if sid not in found]
-    if missing:
-        limiter = anyio.CapacityLimiter(CONCURRENCY)
-        async with anyio.create_task_group() as tg:
-
-            async def one(sid: str) -> None:
-                async with limiter:
-                    try:
-                        session = await client.get_session(sid)
-                    except APIError as exc:  # AuthError too: raised below, not in a group
-                        failures[sid] = exc
-                        if isinstance(exc, AuthError):
-                            tg.cancel_scope.cancel()
-                        return
-                if session is None:
-                    gone.append(sid)
-                else:
-                    found[sid] = session
-
-            for sid in missing:
-                tg.start_soon(one, sid)
-        for exc in failures.values():
-            if isinstance(exc, AuthError):
-                raise exc
+    got, gone, failures = await _get_each(client, [sid for sid in wanted if sid not in found])
+    found.update(got)
     updated = dict(records)
     for sid, session in found.items():
         updated[wanted[sid]] = _refreshed(records[wanted[sid]], session)
@@ -501,6 +477,41 @@ async def refresh(
         view.warnings.append(f"{len(failures)} session(s) could not be refreshed: {first.message}")
     view.requests = client.requests - before
     return view
+
+
+async def _get_each(
+    client: DevinClient, ids: list[str]
+) -> tuple[dict[str, Session], list[str], dict[str, APIError]]:
+    """One GET per session id, `CONCURRENCY` at a time: the sessions found, the ids the API no
+    longer knows (404), and the ids that failed (why). Raises AuthError (401/403) at once."""
+    found: dict[str, Session] = {}
+    gone: list[str] = []
+    failures: dict[str, APIError] = {}
+    if not ids:
+        return found, gone, failures
+    limiter = anyio.CapacityLimiter(CONCURRENCY)
+    async with anyio.create_task_group() as tg:
+
+        async def one(sid: str) -> None:
+            async with limiter:
+                try:
+                    session = await client.get_session(sid)
+                except APIError as exc:  # AuthError too: raised below, not in a group
+                    failures[sid] = exc
+                    if isinstance(exc, AuthError):
+                        tg.cancel_scope.cancel()
+                    return
+            if session is None:
+                gone.append(sid)
+            else:
+                found[sid] = session
+
+        for sid in ids:
+            tg.start_soon(one, sid)
+    for exc in failures.values():
+        if isinstance(exc, AuthError):
+            raise exc
+    return found, gone, failures
 
 
 def restrict(view: CampaignView, keys: Collection[str] | None) -> CampaignView:
