@@ -234,10 +234,9 @@ async def send_messages(
                 elif answer == "auth":
                     auth.append(AuthError(result.message, status=result.status))
                     scope.cancel()
-                elif answer == "ambiguous":  # it may have arrived: read back once, else the
-                    await _settled_by_lookup(
-                        client, ledger, out, report, auth, result.message
-                    )  # next run looks again
+                elif answer == "ambiguous":  # it may have arrived: read back once (if not
+                    why = result.message  # there, the next run looks again)
+                    await _settled_by_lookup(client, ledger, out, report, auth, why)
                 return
 
     # The campaign lease keeps two senders (or a sender and an apply) apart: without it two
