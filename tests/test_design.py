@@ -198,9 +198,35 @@ def test_only_the_cli_prints_or_exits_and_modules_say_what_they_own(
             assert (node.value.id, node.attr) != ("sys", "exit"), f"{path.name}:{node.lineno}"
 
 
-def test_no_module_grows_past_800_lines() -> None:
+# Size limits (issue 17). The ledger is being rebuilt behind its store seam: it keeps the old
+# bound of 800 lines until that lands, then joins the rest.
+NOT_YET_LIMITED = ("ledger",)
+MODULE_LINES, FUNCTION_LINES, CLI_FUNCTION_LINES = 600, 80, 60
+
+
+def _limited(path: Path) -> bool:
+    return path.relative_to(PKG).parts[0] not in NOT_YET_LIMITED
+
+
+def test_no_module_is_over_600_lines() -> None:
     for path in PKG.rglob("*.py"):
-        assert len(path.read_text().splitlines()) <= 800, path
+        lines = len(path.read_text().splitlines())
+        assert lines <= (MODULE_LINES if _limited(path) else 800), f"{path}: {lines} lines"
+
+
+def test_no_function_is_over_80_lines_nor_a_cli_function_over_60() -> None:
+    """From `def` to its last line (the signature counts, decorators do not)."""
+    too_long = []
+    for path in sorted(PKG.rglob("*.py")):
+        if not _limited(path):
+            continue
+        limit = CLI_FUNCTION_LINES if path.relative_to(PKG).parts[0] == "cli" else FUNCTION_LINES
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > limit:
+                    too_long.append(f"{path.relative_to(PKG)}:{node.lineno} {node.name}: {lines}")
+    assert not too_long, f"functions over the limit: {too_long}"
 
 
 def test_readme_documents_every_command_and_exit_code() -> None:

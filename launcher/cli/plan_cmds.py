@@ -178,17 +178,25 @@ def plan(
         ]
         _plan_table(p, noted, show_prompts, waves if p.manifest.manifest.rollout else None)
         if show_diff:
-            for c, key, _ in changes:
-                if c != Change.changed:
-                    continue
-                out.rule(f"~ {key}")
-                if key not in launched:
-                    out.print("(launched before the ledger kept requests: no field diff)", markup=False)
-                    continue
-                old, new = launched[key]
-                out.print(field_diff(key, old, new) or "(no field differs)", markup=False)
+            _show_diffs(changes, launched)
     pending = any(c != Change.same for c, _, _ in changes)
     sys.exit(ExitCode.changes if detailed_exitcode and pending else ExitCode.ok)
+
+
+def _show_diffs(
+    changes: list[tuple[Change, str, str]],
+    launched: dict[str, tuple[dict[str, Any], dict[str, Any]]],
+) -> None:
+    """`plan --diff`: each changed session's fields, launched -> planned."""
+    for c, key, _ in changes:
+        if c != Change.changed:
+            continue
+        out.rule(f"~ {key}")
+        if key not in launched:
+            out.print("(launched before the ledger kept requests: no field diff)", markup=False)
+            continue
+        old, new = launched[key]
+        out.print(field_diff(key, old, new) or "(no field differs)", markup=False)
 
 
 async def _check_remote(
