@@ -21,7 +21,11 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
         launch_campaign as launch_campaign,
         relaunch_selection as relaunch_selection,
     )
-    from launcher.run.cancel import cancel_sessions as cancel_sessions
+    from launcher.run.cancel import (
+        cancel_campaign as cancel_campaign,
+        cancel_sessions as cancel_sessions,
+        cancel_targets as cancel_targets,
+    )
     from launcher.run.summary import ApplySummary as ApplySummary
     from launcher.run.summary import Result as Result
     from launcher.api.client import (
@@ -133,7 +137,9 @@ _HOMES: dict[str, str] = {
     "build_plan": "launcher.spec.build",
     "build_results": "launcher.views.results",
     "campaign_view": "launcher.run.status",
+    "cancel_campaign": "launcher.run.cancel",
     "cancel_sessions": "launcher.run.cancel",
+    "cancel_targets": "launcher.run.cancel",
     "check_remote": "launcher.run.remote",
     "classify": "launcher.run.status",
     "follow": "launcher.run.rollout",

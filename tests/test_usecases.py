@@ -20,13 +20,14 @@ from launcher import (
     RolloutOptions,
     build_plan,
     campaign_view,
+    cancel_targets,
     launch_campaign,
     load_manifest,
     open_ledger,
     relaunch_selection,
 )
 from launcher.cli import cli
-from launcher.run.cancel import CancelReport, CancelResult, cancel_targets
+from launcher.run.cancel import CancelReport, CancelResult
 from launcher.sim import Profile, SimServer
 from launcher.views.formats import FORMATS, grouping
 from launcher.views.results import build_results
