@@ -73,6 +73,11 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
         Plan as Plan,
         PlannedSession as PlannedSession,
     )
+    from launcher.run.preview import (
+        PlanPreview as PlanPreview,
+        preview_plan as preview_plan,
+        preview_plan_remote as preview_plan_remote,
+    )
     from launcher.run.remote import (
         check_remote as check_remote,
     )
@@ -126,6 +131,7 @@ _HOMES: dict[str, str] = {
     "Outcome": "launcher.run.status",
     "Plan": "launcher.spec.plan",
     "PlannedSession": "launcher.spec.plan",
+    "PlanPreview": "launcher.run.preview",
     "Problem": "launcher.errors",
     "RemoteCheckError": "launcher.errors",
     "Result": "launcher.run.summary",
@@ -148,6 +154,8 @@ _HOMES: dict[str, str] = {
     "manifest_json_schema": "launcher.spec.model",
     "open_ledger": "launcher.ledger.store",
     "prepare_messages": "launcher.run.messages",
+    "preview_plan": "launcher.run.preview",
+    "preview_plan_remote": "launcher.run.preview",
     "refresh": "launcher.run.status",
     "relaunch_selection": "launcher.run.campaign",
     "render_report": "launcher.views.report",

@@ -50,6 +50,7 @@ ALLOWED: dict[str, set[str]] = {
         "startup",
     },
     "options": {"errors", "store"},
+    "preview": {"client", "store", "reconcile", "remote", "rollout", "diff", "plan"},
     "ceiling": {"client", "pacing", "errors", "status", "summary", "plan"},
     "startup": {"client", "errors", "store", "options", "reconcile", "remote", "summary", "plan"},
     "campaign": {

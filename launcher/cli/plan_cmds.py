@@ -6,7 +6,6 @@ import dataclasses
 import json
 import sys
 from collections import Counter
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -23,14 +22,15 @@ from launcher.cli.common import (
     out,
 )
 from launcher.errors import ExitCode, FleetError, ManifestError, Problem
-from launcher.ledger.store import Change, Ledger, stored_request
+from launcher.ledger.store import Change
 from launcher.spec.build import plan_manifest
-from launcher.spec.diff import changed_fields, field_diff
+from launcher.spec.diff import field_diff
 from launcher.spec.model import manifest_json_schema
 from launcher.spec.plan import Plan
 
 if TYPE_CHECKING:
     from launcher.api.client import ApiConfig
+    from launcher.run.preview import PlanPreview
 
 
 @click.command()
@@ -137,25 +137,22 @@ def plan(
     org_id: str | None,
 ) -> None:
     """Expand a manifest and show exactly what apply would send, diffed against the ledger."""
+    from launcher.run.preview import preview_plan
+
     p = load_plan(manifest)
-    changes: list[tuple[Change, str, str]] | None = None
     if check_remote:
         with api_config(base_url, org_id) as cfg:
-            warnings, changes = anyio.run(_check_remote, p, cfg, ledger)
-        for w in warnings:
+            preview = anyio.run(_preview_remote, p, cfg, ledger)
+        for w in preview.warnings:
             err.print(f"warning: {w}", markup=False)
         err.print(
             f"remote check passed at {cfg.base_url} (org {cfg.org_id})"
-            + (f" with {len(warnings)} warning(s)" if warnings else ""),
+            + (f" with {len(preview.warnings)} warning(s)" if preview.warnings else ""),
             markup=False,
         )
-    if changes is None:
-        changes = _diff(p, ledger)
-    launched = _launched_requests(p, ledger, changes)
-    fields = {k: changed_fields(old, new) for k, (old, new) in launched.items()}
-    from launcher.run.rollout import waves_by_key
-
-    waves = waves_by_key(p)
+    else:
+        preview = preview_plan(p, ledger)
+    changes, fields, waves = preview.changes, preview.fields, preview.waves
     if output == "json":
         extras = [
             {
@@ -178,9 +175,8 @@ def plan(
         ]
         _plan_table(p, noted, show_prompts, waves if p.manifest.manifest.rollout else None)
         if show_diff:
-            _show_diffs(changes, launched)
-    pending = any(c != Change.same for c, _, _ in changes)
-    sys.exit(ExitCode.changes if detailed_exitcode and pending else ExitCode.ok)
+            _show_diffs(changes, preview.launched)
+    sys.exit(ExitCode.changes if detailed_exitcode and preview.pending else ExitCode.ok)
 
 
 def _show_diffs(
@@ -199,56 +195,12 @@ def _show_diffs(
         out.print(field_diff(key, old, new) or "(no field differs)", markup=False)
 
 
-async def _check_remote(
-    p: Plan, cfg: ApiConfig, ledger_path: str | None
-) -> tuple[list[str], list[tuple[Change, str, str]]]:
-    """The remote checks, then the diff against the ledger reconciled with the API (in memory:
-    `plan` writes nothing), so what exists shows `=` even on a fresh clone."""
+async def _preview_remote(p: Plan, cfg: ApiConfig, ledger_path: str | None) -> PlanPreview:
     from launcher.api.client import DevinClient
-    from launcher.ledger.store import default_ledger_path
-    from launcher.run.reconcile import rebuild
-    from launcher.run.remote import check_remote
+    from launcher.run.preview import preview_plan_remote
 
-    path = Path(ledger_path) if ledger_path else default_ledger_path(p.manifest.path, p.campaign)
     async with DevinClient(cfg) as client:
-        warnings = await check_remote(p, client)
-        with Ledger.scratch_copy(path, p.campaign) as led:
-            rec = await rebuild(p, client, led)
-            warnings += rec.warnings()
-            return warnings, led.diff(p)
-
-
-def _diff(p: Plan, ledger_path: str | None) -> list[tuple[Change, str, str]]:
-    from launcher.ledger.store import default_ledger_path
-
-    path = Path(ledger_path) if ledger_path else default_ledger_path(p.manifest.path, p.campaign)
-    if not path.exists():
-        return [(Change.create, s.key, "") for s in p.sessions]
-    with Ledger(path, p.campaign, create=False) as led:
-        return led.diff(p)
-
-
-def _launched_requests(
-    p: Plan, ledger_path: str | None, changes: list[tuple[Change, str, str]]
-) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
-    """(launched request, planned request) of each `~` session the ledger kept a request for,
-    both as the ledger keeps them (schema by digest, secrets by variable name, never a value)."""
-    from launcher.ledger.store import default_ledger_path
-
-    changed = [k for c, k, _ in changes if c == Change.changed]
-    path = Path(ledger_path) if ledger_path else default_ledger_path(p.manifest.path, p.campaign)
-    if not changed or not path.exists():
-        return {}
-    by_key = p.by_key()
-    out = {}
-    with Ledger(path, p.campaign, create=False) as led:
-        records = led.records()
-        for key in changed:
-            old = led.launched_request(records[key].fingerprint)
-            if old is not None:  # launched before the ledger kept requests: no field diff
-                s = by_key[key]
-                out[key] = (old, stored_request(s.request, s.secret_env))
-    return out
+        return await preview_plan_remote(p, client, ledger_path)
 
 
 def _plan_table(
