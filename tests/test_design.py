@@ -67,6 +67,7 @@ ALLOWED: dict[str, set[str]] = {
         "plan",
     },
     "status": {
+        "options",
         "errors",
         "plan",
         "client",
@@ -83,7 +84,7 @@ ALLOWED: dict[str, set[str]] = {
     "formats": {"results"},
     "report": {"plan", "status", "results"},
     "diff": set(),
-    "messages": {"errors", "plan", "client", "store", "pacing", "status", "templating"},
+    "messages": {"errors", "plan", "client", "store", "pacing", "status", "templating", "options"},
     "rollout": {
         "errors",
         "plan",

@@ -4,6 +4,7 @@ errors name the option (the CLI names the flag), and results formats come from o
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ import anyio
 import pytest
 from click.testing import CliRunner
 
+import launcher
 from launcher import (
     ApiConfig,
     ApplyOptions,
@@ -150,6 +152,15 @@ def test_the_cli_reads_the_library_defaults() -> None:
     defaults = ApplyOptions()
     for name in ("concurrency", "rate", "lookup_grace", "lock_ttl"):
         assert params[name].default == getattr(defaults, name), name
+    assert params["request_timeout"].default == ApiConfig("u", "o", "t").read_timeout
+    watch = inspect.signature(launcher.watch).parameters
+    status = {p.name: p.default for p in cli.commands["status"].params}
+    assert (status["interval"], status["max_interval"]) == (
+        watch["interval"].default,
+        watch["max_interval"].default,
+    )
+    message = {p.name: p.default for p in cli.commands["message"].params}
+    assert message["rate"] == inspect.signature(launcher.send_messages).parameters["rate"].default
 
 
 def test_results_formats_come_from_one_registry(write: Write, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import anyio
 import click
 
+from launcher.api.client import ApiConfig
 from launcher.cli.common import (
     api_config,
     api_options,
@@ -32,7 +33,6 @@ from launcher.run.options import ApplyOptions, RolloutOptions
 from launcher.spec.plan import Plan
 
 if TYPE_CHECKING:
-    from launcher.api.client import ApiConfig
     from launcher.run.relaunch import Selection
     from launcher.run.rollout import RolloutSummary
     from launcher.run.summary import ApplySummary
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 @click.option("--timeout", type=float, help="Stop starting creates after this many seconds.")
 @click.option(
     "--request-timeout",
-    default=30.0,
+    default=ApiConfig.read_timeout,
     show_default=True,
     help="Seconds to wait for one API answer (a create that times out is looked up).",
 )
@@ -197,9 +197,12 @@ def _rollout_options(
         wave=wave,
         skip_gate=skip_gate,
         max_running=max_running,
-        interval=interval or (1.0 if sim else 5.0),
-        max_interval=max(interval or 0, 5.0 if sim else 60.0),
-        ceiling_interval=min(2.0, interval or (0.5 if sim else 2.0)),
+        interval=interval or (1.0 if sim else RolloutOptions.interval),
+        max_interval=max(interval or 0, 5.0 if sim else RolloutOptions.max_interval),
+        ceiling_interval=min(
+            RolloutOptions.ceiling_interval,
+            interval or (0.5 if sim else RolloutOptions.ceiling_interval),
+        ),
     )
 
 

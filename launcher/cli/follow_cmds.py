@@ -28,6 +28,7 @@ from launcher.cli.common import (
 )
 from launcher.errors import APIError, ExitCode
 from launcher.ledger.store import Ledger, open_ledger
+from launcher.run.options import FOLLOW_INTERVAL, FOLLOW_MAX_INTERVAL
 from launcher.spec.plan import Plan
 
 if TYPE_CHECKING:
@@ -43,14 +44,14 @@ if TYPE_CHECKING:
 @click.option("--watch", is_flag=True, help="Refresh until every session has a final outcome.")
 @click.option(
     "--interval",
-    default=5.0,
+    default=FOLLOW_INTERVAL,
     show_default=True,
     type=click.FloatRange(min=0.05),
     help="First --watch interval (s); it grows while nothing changes.",
 )
 @click.option(
     "--max-interval",
-    default=60.0,
+    default=FOLLOW_MAX_INTERVAL,
     show_default=True,
     type=click.FloatRange(min=0.05),
     help="Longest --watch interval (s).",
@@ -103,8 +104,8 @@ async def _refresh(
     cfg: ApiConfig,
     led: Ledger,
     watch: bool = False,
-    interval: float = 5.0,
-    max_interval: float = 60.0,
+    interval: float = FOLLOW_INTERVAL,
+    max_interval: float = FOLLOW_MAX_INTERVAL,
     wait_timeout: float | None = None,
 ) -> CampaignView:
     from launcher.api.client import DevinClient

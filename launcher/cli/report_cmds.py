@@ -27,6 +27,7 @@ from launcher.cli.common import (
 )
 from launcher.errors import ExitCode
 from launcher.ledger.store import open_ledger
+from launcher.run.options import MESSAGE_RATE
 from launcher.run.status import Outcome
 from launcher.views.formats import FORMATS
 
@@ -274,7 +275,7 @@ def report(
 @click.option("--only", multiple=True, metavar="GLOB", help="Only keys matching this glob (repeatable).")
 @click.option(
     "--rate",
-    default=1.0,
+    default=MESSAGE_RATE,
     show_default=True,
     type=click.FloatRange(min=0.01),
     help="Messages per second (paced like creates).",

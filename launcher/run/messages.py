@@ -20,6 +20,7 @@ from launcher.api.client import CreateOutcome, CreateResult, DevinClient
 from launcher.api.pacing import Clock, MonotonicClock, Pacer
 from launcher.errors import APIError, AuthError, LockLostError
 from launcher.ledger.store import Ledger
+from launcher.run.options import MESSAGE_RATE
 from launcher.run.status import SessionView
 from launcher.spec.plan import Plan
 from launcher.spec.templating import TemplateFailure, Templates
@@ -191,7 +192,7 @@ async def send_messages(
     ledger: Ledger,
     batch: MessageBatch,
     *,
-    rate: float = 1.0,
+    rate: float = MESSAGE_RATE,
     clock: Clock | None = None,
 ) -> MessageReport:
     """Send every message of `batch` once, holding the campaign lock (LockedError when another

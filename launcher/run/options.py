@@ -9,6 +9,10 @@ from dataclasses import dataclass
 from launcher.errors import ConfigError
 from launcher.ledger.store import LOCK_TTL
 
+FOLLOW_INTERVAL = 5.0  # first interval between refreshes while following (it grows)
+FOLLOW_MAX_INTERVAL = 60.0  # the longest
+MESSAGE_RATE = 1.0  # messages per second
+
 
 @dataclass(frozen=True)
 class ApplyOptions:
@@ -51,8 +55,8 @@ class RolloutOptions:
     wave: int | None = None  # go straight to this wave (earlier gates: `forced`)
     skip_gate: bool = False  # open the gate of the wave this run resumes at
     max_running: int | None = None  # overrides the manifest's budget.max_running
-    interval: float = 5.0  # first follow interval (grows while nothing changes)
-    max_interval: float = 60.0
+    interval: float = FOLLOW_INTERVAL  # first follow interval (grows while nothing changes)
+    max_interval: float = FOLLOW_MAX_INTERVAL
     ceiling_interval: float = 2.0  # first poll interval while holding at the ceiling
 
     def __post_init__(self) -> None:

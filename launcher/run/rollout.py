@@ -42,7 +42,12 @@ from launcher.errors import (
 from launcher.ledger.store import LaunchState, Ledger
 from launcher.run.apply import apply_plan
 from launcher.run.ceiling import RunningCeiling
-from launcher.run.options import ApplyOptions, RolloutOptions
+from launcher.run.options import (
+    FOLLOW_INTERVAL,
+    FOLLOW_MAX_INTERVAL,
+    ApplyOptions,
+    RolloutOptions,
+)
 from launcher.run.status import CampaignView, Outcome, watch
 from launcher.run.summary import ApplySummary, NullReporter, Reporter
 from launcher.spec.model import Gate
@@ -198,8 +203,8 @@ async def follow(
     keys: Collection[str] | None = None,
     *,
     wait_timeout: float | None = None,
-    interval: float = 5.0,
-    max_interval: float = 60.0,
+    interval: float = FOLLOW_INTERVAL,
+    max_interval: float = FOLLOW_MAX_INTERVAL,
     clock: Clock | None = None,
     stop: anyio.Event | None = None,
     follower: Follower | None = None,

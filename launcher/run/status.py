@@ -41,6 +41,7 @@ from launcher.api.pacing import Clock, MonotonicClock, sleep_unless
 from launcher.errors import APIError, AuthError, ExitCode
 from launcher.ledger.attempts import attempt_history, remember_earlier
 from launcher.ledger.store import LaunchState, Ledger, Record
+from launcher.run.options import FOLLOW_INTERVAL, FOLLOW_MAX_INTERVAL
 from launcher.run.reconcile import ENDED, adoptions, duplicate_events, scan
 from launcher.spec.plan import Plan
 from launcher.spec.templating import Rule, TemplateFailure
@@ -528,8 +529,8 @@ async def watch(
     ledger: Ledger,
     *,
     keys: Collection[str] | None = None,
-    interval: float = 5.0,
-    max_interval: float = 60.0,
+    interval: float = FOLLOW_INTERVAL,
+    max_interval: float = FOLLOW_MAX_INTERVAL,
     wait_timeout: float | None = None,
     on_refresh: Callable[[CampaignView, float], None] | None = None,
     on_error: Callable[[APIError], None] | None = None,
