@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -151,20 +150,11 @@ def results(
 def _with_history(
     p: Plan, ledger: str | None, chosen: list[SessionView], outcomes: tuple[str, ...]
 ) -> list[SessionView]:
-    """Each chosen key's earlier attempts (oldest first) before its latest."""
     from launcher.run.status import history_views
+    from launcher.views.results import with_history
 
     with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led:
-        earlier = history_views(p, led)
-    out: list[SessionView] = []
-    for s in chosen:
-        out += [
-            dataclasses.replace(e, fleet=s.fleet)
-            for e in earlier.get(s.key, [])
-            if not outcomes or e.outcome.value in outcomes
-        ]
-        out.append(s)
-    return out
+        return with_history(chosen, history_views(p, led), outcomes)
 
 
 def _emit(res: Results, output: str) -> None:
