@@ -29,6 +29,7 @@ from launcher import (
     relaunch_selection,
 )
 from launcher.cli import cli
+from launcher.errors import SelectorError
 from launcher.run.cancel import CancelReport, CancelResult
 from launcher.sim import Profile, SimServer
 from launcher.views.formats import FORMATS, grouping
@@ -80,6 +81,9 @@ def test_a_library_user_relaunches_in_order_without_the_cli(
             with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "l.db") as led:
                 options = ApplyOptions(rate=500.0)
                 first = await launch_campaign(plan, client, led, options, RolloutOptions())
+                with pytest.raises(SelectorError) as nothing:  # names no flag: the CLI does
+                    await relaunch_selection(plan, client, led, ("nope-*",))
+                assert nothing.value.message.startswith("relaunch selector 'nope-*': no key")
                 chosen = await relaunch_selection(plan, client, led, ("r-1",))
                 again = await launch_campaign(
                     plan, client, led, options, relaunch=chosen, note=notes.append
