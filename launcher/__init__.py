@@ -57,6 +57,10 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
         open_ledger as open_ledger,
     )
     from launcher.spec.build import build_plan as build_plan
+    from launcher.spec.check import (
+        ManifestCheck as ManifestCheck,
+        check_manifest as check_manifest,
+    )
     from launcher.spec.manifest import (
         LoadedManifest as LoadedManifest,
         load_manifest as load_manifest,
@@ -127,6 +131,7 @@ _HOMES: dict[str, str] = {
     "LockLostError": "launcher.errors",
     "EventKind": "launcher.ledger.store",
     "Manifest": "launcher.spec.model",
+    "ManifestCheck": "launcher.spec.check",
     "ManifestError": "launcher.errors",
     "Outcome": "launcher.run.status",
     "Plan": "launcher.spec.plan",
@@ -146,6 +151,7 @@ _HOMES: dict[str, str] = {
     "cancel_campaign": "launcher.run.cancel",
     "cancel_sessions": "launcher.run.cancel",
     "cancel_targets": "launcher.run.cancel",
+    "check_manifest": "launcher.spec.check",
     "check_remote": "launcher.run.remote",
     "classify": "launcher.run.status",
     "follow": "launcher.run.rollout",

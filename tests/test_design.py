@@ -28,6 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "manifest": {"errors", "source", "model"},
     "items": {"errors", "manifest", "model", "source"},
     "plan": {"errors", "manifest", "templating"},
+    "check": {"errors", "build"},
     "build": {"errors", "manifest", "model", "models", "templating", "items", "source", "plan"},
     "client": {"errors", "models"},
     "pacing": set(),

@@ -23,6 +23,7 @@ from launcher import (
     build_plan,
     campaign_view,
     cancel_targets,
+    check_manifest,
     launch_campaign,
     load_manifest,
     open_ledger,
@@ -183,3 +184,14 @@ def test_results_formats_come_from_one_registry(write: Write, tmp_path: Path) ->
         assert fmt.results is not None and fmt.groups is not None
         assert "r-0" in fmt.results(res) and "not-launched" in fmt.groups(g), fmt.name
     assert json.loads(FORMATS["json"].groups(g)) == g.records  # type: ignore[misc]
+
+
+def test_validate_checks_in_the_library_and_a_problem_is_a_result(write: Write) -> None:
+    good = check_manifest(str(manifest(write, 2)))
+    assert good.ok and good.sessions == 2 and good.to_json()["problems"] == []
+    bad_path = write("bad.yaml", "version: 1\ncampaign: uc\nfleets: []\nbogus: 1\n")
+    bad = check_manifest(str(bad_path))
+    assert not bad.ok and bad.sessions is None
+    report = bad.to_json()
+    assert report["ok"] is False and "problem" in report["error"]
+    assert any(p["field"] == "bogus" and p["line"] == 4 for p in report["problems"]), report

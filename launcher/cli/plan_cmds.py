@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from collections import Counter
@@ -21,9 +20,8 @@ from launcher.cli.common import (
     load_plan,
     out,
 )
-from launcher.errors import ExitCode, FleetError, ManifestError, Problem
+from launcher.errors import ExitCode, Problem
 from launcher.ledger.store import Change
-from launcher.spec.build import plan_manifest
 from launcher.spec.diff import field_diff
 from launcher.spec.model import manifest_json_schema
 from launcher.spec.plan import Plan
@@ -47,49 +45,26 @@ if TYPE_CHECKING:
 )
 def validate(manifests: tuple[str, ...], output: str) -> None:
     """Check manifests fully (templates, data files, API rules, budget), offline."""
-    failed = 0
-    reports = []
+    from launcher.spec.check import check_manifest
+
+    checks = []
     for path in manifests:
-        try:
-            plan = plan_manifest(path)
-        except FleetError as exc:
-            failed += 1
-            problems = exc.problems if isinstance(exc, ManifestError) else []
-            reports.append(
-                {
-                    "path": path,
-                    "ok": False,
-                    "sessions": None,
-                    "problems": [dataclasses.asdict(p) for p in problems],
-                    "error": exc.message,
-                    "hint": exc.hint,
-                }
-            )
-            if output == "github":
-                for p in problems or [Problem(path, None, None, "", exc.message, exc.hint)]:
-                    click.echo(_annotation("error", p))
-            elif output == "text":
-                err.print(exc.render(), markup=False)
-            continue
-        reports.append(
-            {
-                "path": path,
-                "ok": True,
-                "sessions": len(plan),
-                "problems": [],
-                "warnings": list(plan.warnings),
-            }
-        )
+        check = check_manifest(path)
+        checks.append(check)
         if output == "github":
-            for w in plan.warnings:
+            for problem in check.problems:
+                click.echo(_annotation("error", problem))
+            for w in check.warnings:
                 click.echo(_annotation("warning", Problem(path, None, None, "", w)))
+        elif output == "text" and check.error is not None:
+            err.print(check.error.render(), markup=False)
         elif output == "text":
-            for w in plan.warnings:
+            for w in check.warnings:
                 err.print(f"warning: {w}", markup=False)
-            out.print(f"{path}: ok ({len(plan)} sessions)", markup=False)
+            out.print(f"{path}: ok ({check.sessions} sessions)", markup=False)
     if output == "json":
-        emit_json({"ok": not failed, "manifests": reports})
-    if failed:
+        emit_json({"ok": all(c.ok for c in checks), "manifests": [c.to_json() for c in checks]})
+    if not all(c.ok for c in checks):
         sys.exit(ExitCode.error)
 
 
