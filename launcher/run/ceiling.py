@@ -1,7 +1,6 @@
-"""The running ceiling (`max_running`): an `apply.Admission` that holds each launch while the
-campaign has that many sessions not final, counted from one listing by the campaign tag (pages
-of 200) plus the sessions admitted since that the listing may not show yet; it polls with
-backoff through the injected clock."""
+"""The running ceiling (`max_running`): an `Admission` holding each launch while the campaign has
+that many sessions not final (one listing by the campaign tag, plus those admitted since that it
+may not show yet), polling with backoff through the injected clock."""
 
 from __future__ import annotations
 
