@@ -29,6 +29,7 @@ from launcher.spec.plan import Plan
 if TYPE_CHECKING:
     from launcher.api.client import ApiConfig
     from launcher.run.preview import PlanPreview
+    from launcher.views.markdown import PlanView
 
 
 @click.command()
@@ -88,7 +89,12 @@ def _annotation(level: str, p: Problem) -> str:
 
 @click.command()
 @click.argument("manifest", type=click.Path())
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.option("-o", "--output", type=click.Choice(["table", "json", "markdown"]), default="table")
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=2000),
+    help="-o markdown: most characters (default 65,000: a GitHub comment holds 65,536).",
+)
 @click.option("--show-prompts", is_flag=True, help="Print each rendered prompt.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0: nothing to do, 2: changes, 1: error.")
 @click.option("--check-remote", is_flag=True, help="Check the token and referenced ids in the org.")
@@ -103,6 +109,7 @@ def _annotation(level: str, p: Problem) -> str:
 def plan(
     manifest: str,
     output: str,
+    max_length: int | None,
     show_prompts: bool,
     detailed_exitcode: bool,
     check_remote: bool,
@@ -112,37 +119,16 @@ def plan(
     org_id: str | None,
 ) -> None:
     """Expand a manifest and show exactly what apply would send, diffed against the ledger."""
-    from launcher.run.preview import preview_plan
-
     p = load_plan(manifest)
-    if check_remote:
-        with api_config(base_url, org_id) as cfg:
-            preview = anyio.run(_preview_remote, p, cfg, ledger)
-        for w in preview.warnings:
-            err.print(f"warning: {w}", markup=False)
-        err.print(
-            f"remote check passed at {cfg.base_url} (org {cfg.org_id})"
-            + (f" with {len(preview.warnings)} warning(s)" if preview.warnings else ""),
-            markup=False,
-        )
-    else:
-        preview = preview_plan(p, ledger)
+    preview = plan_preview(p, ledger, check_remote, base_url, org_id, say_passed=True)
     changes, fields, waves = preview.changes, preview.fields, preview.waves
     if output == "json":
-        extras = [
-            {
-                "change": change.value,
-                "note": note,
-                # null: changed, but launched before the ledger kept requests (unknown fields)
-                "changed_fields": fields.get(key, None if change == Change.changed else []),
-                "wave": waves[key],
-            }
-            for change, key, note in changes[: len(p)]
-        ]
-        # Text a chunk at a time: 100,000 sessions are 200 MB of JSON, never held twice.
-        for chunk in p.json_chunks(extras, [k for _, k, _ in changes[len(p) :]]):
-            click.echo(chunk.decode(), nl=False)
-        click.echo()
+        _plan_json(p, preview)
+    elif output == "markdown":
+        from launcher.views.markdown import DEFAULT_BUDGET, render_plan_markdown
+
+        view = markdown_view(p, preview, check_remote)
+        click.echo(render_plan_markdown(view, budget=max_length or DEFAULT_BUDGET), nl=False)
     else:
         noted = [
             (c, k, f"{n}; changed: {', '.join(fields[k]) or 'secret sources'}" if k in fields else n)
@@ -152,6 +138,68 @@ def plan(
         if show_diff:
             _show_diffs(changes, preview.launched)
     sys.exit(ExitCode.changes if detailed_exitcode and preview.pending else ExitCode.ok)
+
+
+def plan_preview(
+    p: Plan,
+    ledger: str | None,
+    online: bool,
+    base_url: str | None = None,
+    org_id: str | None = None,
+    *,
+    say_passed: bool = False,
+) -> PlanPreview:
+    """The plan against the ledger, or (online: the remote check) against the ledger
+    reconciled with the API in memory; the check's warnings printed."""
+    from launcher.run.preview import preview_plan
+
+    if not online:
+        return preview_plan(p, ledger)
+    with api_config(base_url, org_id) as cfg:
+        preview = anyio.run(_preview_remote, p, cfg, ledger)
+    for w in preview.warnings:
+        err.print(f"warning: {w}", markup=False)
+    if say_passed:
+        err.print(
+            f"remote check passed at {cfg.base_url} (org {cfg.org_id})"
+            + (f" with {len(preview.warnings)} warning(s)" if preview.warnings else ""),
+            markup=False,
+        )
+    return preview
+
+
+def markdown_view(p: Plan, preview: PlanPreview, online: bool) -> PlanView:
+    """What `plan -o markdown` (and the pull-request comment) shows: the diff, the changed
+    fields of `~` sessions and their field diffs, the waves."""
+    from launcher.views.markdown import offline_label, plan_view
+
+    diffs = {k: field_diff(k, old, new) for k, (old, new) in preview.launched.items()}
+    return plan_view(
+        p,
+        preview.changes,
+        changed_fields=preview.fields,
+        diffs=diffs,
+        waves=preview.waves,
+        label=offline_label(online),
+    )
+
+
+def _plan_json(p: Plan, preview: PlanPreview) -> None:
+    fields, waves = preview.fields, preview.waves
+    extras = [
+        {
+            "change": change.value,
+            "note": note,
+            # null: changed, but launched before the ledger kept requests (unknown fields)
+            "changed_fields": fields.get(key, None if change == Change.changed else []),
+            "wave": waves[key],
+        }
+        for change, key, note in preview.changes[: len(p)]
+    ]
+    # Text a chunk at a time: 100,000 sessions are 200 MB of JSON, never held twice.
+    for chunk in p.json_chunks(extras, [k for _, k, _ in preview.changes[len(p) :]]):
+        click.echo(chunk.decode(), nl=False)
+    click.echo()
 
 
 def _show_diffs(
@@ -220,6 +268,7 @@ def _plan_table(
             "`devin-fleet cancel MANIFEST --gone` terminates the live ones",
             markup=False,
         )
+    out.print(f"plan digest: {p.digest} (`apply --plan-digest` applies exactly this)", markup=False)
     if waves:
         sizes = Counter(waves.values())
         out.print(
