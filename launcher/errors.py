@@ -105,9 +105,14 @@ def fleet_errors(exc: BaseException) -> list[FleetError]:
 
 
 def _count_leaves(exc: BaseException) -> int:
+    return len(leaves(exc))
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions `exc` stands for: itself, or every leaf of an exception group."""
     if isinstance(exc, BaseExceptionGroup):
-        return sum(_count_leaves(sub) for sub in exc.exceptions)
-    return 1
+        return [e for sub in exc.exceptions for e in leaves(sub)]
+    return [exc]
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,28 @@ class ManifestError(FleetError):
 
 
 class ConfigError(FleetError):
-    """A setting is missing or invalid (API key, org id, base URL, option values)."""
+    """A setting is missing or invalid (API key, org id, base URL, option values).
+
+    An invalid library option carries its name (`option`, e.g. "rate") and what is wrong with
+    it (`problem`): the library never names a command-line flag; the CLI maps `option` to its
+    flag."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        option: str | None = None,
+        problem: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.option = option
+        self.problem = problem
+
+    @classmethod
+    def invalid(cls, option: str, problem: str, value: object) -> ConfigError:
+        """`option` holds `value`, which `problem` (e.g. "must be positive")."""
+        return cls(f"{option} {problem} (got {value!r})", option=option, problem=problem)
 
 
 class SecretError(FleetError):
@@ -216,9 +242,15 @@ class RemoteCheckError(FleetError):
 
 
 class SelectorError(FleetError):
-    """A `--relaunch` selector matches nothing (a usage error: nothing was sent)."""
+    """A relaunch selector matches nothing (a usage error: nothing was sent). Like an invalid
+    option (ConfigError), it says which option (`relaunch`) and what is wrong (`problem`)."""
 
     exit_code = ExitCode.usage
+
+    def __init__(self, problem: str, *, hint: str | None = None) -> None:
+        super().__init__(f"relaunch selector {problem}", hint=hint)
+        self.option = "relaunch"
+        self.problem = problem
 
 
 class PlanChangedError(FleetError):

@@ -24,10 +24,13 @@ ALLOWED: dict[str, set[str]] = {
     "source": {"errors"},
     "models": {"errors"},
     "templating": {"errors"},
-    "manifest": {"errors", "source"},
-    "items": {"errors", "manifest", "source"},
-    "plan": {"errors", "manifest", "models", "templating", "items", "source", "digest"},
+    "model": {"errors"},
+    "manifest": {"errors", "source", "model"},
+    "items": {"errors", "manifest", "model", "source"},
+    "plan": {"errors", "manifest", "templating", "digest"},
     "digest": {"errors"},
+    "check": {"errors", "build"},
+    "build": {"errors", "manifest", "model", "models", "templating", "items", "source", "plan"},
     "client": {"errors", "models"},
     "github": {"errors"},
     "pacing": set(),
@@ -47,14 +50,32 @@ ALLOWED: dict[str, set[str]] = {
         "pacing",
         "store",
         "models",
-        "reconcile",
-        "remote",
         "summary",
         "writer",
         "listlag",
         "lease",
+        "options",
+        "startup",
+    },
+    "options": {"errors", "store"},
+    "preview": {"client", "store", "location", "reconcile", "remote", "rollout", "diff", "plan"},
+    "ceiling": {"client", "pacing", "errors", "status", "summary", "plan"},
+    "startup": {"client", "errors", "store", "options", "reconcile", "remote", "summary", "plan"},
+    "campaign": {
+        "client",
+        "pacing",
+        "attempts",
+        "store",
+        "options",
+        "relaunch",
+        "remote",
+        "rollout",
+        "status",
+        "summary",
+        "plan",
     },
     "status": {
+        "options",
         "errors",
         "plan",
         "client",
@@ -68,9 +89,20 @@ ALLOWED: dict[str, set[str]] = {
     "cancel": {"errors", "plan", "client", "store", "status", "reconcile"},
     "remote": {"errors", "plan", "client", "source"},
     "results": {"status"},
+    "formats": {"results"},
     "report": {"plan", "status", "results"},
     "diff": set(),
-    "messages": {"errors", "plan", "client", "store", "pacing", "status", "templating", "lease"},
+    "messages": {
+        "errors",
+        "plan",
+        "client",
+        "store",
+        "pacing",
+        "status",
+        "templating",
+        "lease",
+        "options",
+    },
     "rollout": {
         "errors",
         "plan",
@@ -82,13 +114,16 @@ ALLOWED: dict[str, set[str]] = {
         "status",
         "manifest",
         "lease",
+        "model",
+        "options",
+        "ceiling",
     },
     "progress": {"summary"},
     "markdown": {"plan"},
     "ghactions": {"markdown"},
     "summary": {"errors"},
     "attempts": {"records", "store"},
-    "relaunch": {"errors", "plan", "client", "store", "status", "reconcile", "attempts"},
+    "relaunch": {"errors", "plan", "build", "client", "store", "status", "reconcile", "attempts"},
     "sim": {"errors", "models", "source", "sim"},
 }
 HOMES = {
@@ -189,9 +224,35 @@ def test_only_the_cli_prints_or_exits_and_modules_say_what_they_own(
             assert (node.value.id, node.attr) != ("sys", "exit"), f"{path.name}:{node.lineno}"
 
 
-def test_no_module_grows_past_800_lines() -> None:
+# Size limits (issue 17). The ledger is being rebuilt behind its store seam: it keeps the old
+# bound of 800 lines until that lands, then joins the rest.
+NOT_YET_LIMITED = ("ledger",)
+MODULE_LINES, FUNCTION_LINES, CLI_FUNCTION_LINES = 600, 80, 60
+
+
+def _limited(path: Path) -> bool:
+    return path.relative_to(PKG).parts[0] not in NOT_YET_LIMITED
+
+
+def test_no_module_is_over_600_lines() -> None:
     for path in PKG.rglob("*.py"):
-        assert len(path.read_text().splitlines()) <= 800, path
+        lines = len(path.read_text().splitlines())
+        assert lines <= (MODULE_LINES if _limited(path) else 800), f"{path}: {lines} lines"
+
+
+def test_no_function_is_over_80_lines_nor_a_cli_function_over_60() -> None:
+    """From `def` to its last line (the signature counts, decorators do not)."""
+    too_long = []
+    for path in sorted(PKG.rglob("*.py")):
+        if not _limited(path):
+            continue
+        limit = CLI_FUNCTION_LINES if path.relative_to(PKG).parts[0] == "cli" else FUNCTION_LINES
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > limit:
+                    too_long.append(f"{path.relative_to(PKG)}:{node.lineno} {node.name}: {lines}")
+    assert not too_long, f"functions over the limit: {too_long}"
 
 
 def test_readme_documents_every_command_and_exit_code() -> None:
@@ -296,7 +357,7 @@ def test_readme_test_command_is_what_ci_runs() -> None:
 def test_committed_manifest_schema_is_fresh() -> None:
     import json
 
-    from launcher.spec.manifest import manifest_json_schema
+    from launcher.spec.model import manifest_json_schema
 
     committed = json.loads((ROOT / "schemas" / "manifest.schema.json").read_text())
     assert committed == manifest_json_schema(), "run: devin-fleet schema > schemas/manifest.schema.json"

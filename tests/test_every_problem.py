@@ -14,8 +14,8 @@ from click.testing import CliRunner, Result
 from launcher.api.models import check_output_schema
 from launcher.cli import cli
 from launcher.errors import ManifestError
+from launcher.spec.build import plan_manifest
 from launcher.spec.manifest import IncompleteManifest, load_manifest
-from launcher.spec.plan import plan_manifest
 
 Write = Callable[[str, str], Path]
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from launcher.cli import cli
 from launcher.errors import ManifestError, Problem
-from launcher.spec.plan import plan_manifest
+from launcher.spec.build import plan_manifest
 
 CORPUS = Path(__file__).parent / "corpus" / "bad"
 

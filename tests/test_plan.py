@@ -15,8 +15,9 @@ from click.testing import CliRunner
 
 from launcher.cli import cli
 from launcher.errors import ManifestError, SecretError
+from launcher.spec.build import build_plan
 from launcher.spec.manifest import load_manifest
-from launcher.spec.plan import Plan, build_plan, fingerprint, fingerprint_tag, item_tag
+from launcher.spec.plan import Plan, fingerprint, fingerprint_tag, item_tag
 
 Write = Callable[[str, str], Path]
 

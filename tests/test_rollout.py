@@ -18,10 +18,17 @@ import anyio
 import pytest
 from click.testing import CliRunner, Result
 
-from launcher import ApiConfig, ApplyOptions, DevinClient, build_plan, load_manifest, open_ledger
+from launcher import (
+    ApiConfig,
+    ApplyOptions,
+    DevinClient,
+    RolloutOptions,
+    build_plan,
+    load_manifest,
+    open_ledger,
+)
 from launcher.cli import cli
 from launcher.run.rollout import (
-    RolloutOptions,
     RolloutSummary,
     assign_waves,
     evaluate_gate,
@@ -30,7 +37,7 @@ from launcher.run.rollout import (
 )
 from launcher.run.summary import Result as LaunchResult
 from launcher.sim import Profile, SimServer
-from launcher.spec.manifest import Gate, parse_duration
+from launcher.spec.model import Gate, parse_duration
 from launcher.spec.plan import Plan
 from tests.test_apply import sessions_per_key
 
@@ -508,7 +515,7 @@ def test_ceiling_holds_polls_with_backoff_on_the_injected_clock_and_survives_a_5
 ) -> None:
     import httpx
 
-    from launcher.run.rollout import RunningCeiling
+    from launcher.run.ceiling import RunningCeiling
     from tests.test_follow import ScriptedApi, session_json
 
     plan = build_plan(load_manifest(manifest(write, 2, name="fu")))

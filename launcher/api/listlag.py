@@ -34,6 +34,13 @@ class LagProbe:
     def lag(self) -> float:
         return max(self.samples, default=0.0)
 
+    def lookup_wait(self, grace: float, in_transit: float | None = None) -> float:
+        """How long after an ambiguous outcome to look its identity tag up: `grace`, at least
+        twice the lag observed, and `in_transit` (the request timeout, when the request got no
+        answer), so a create still in transit has landed and shows."""
+        wait = max(grace, 2 * self.lag + LAG_PROBE_STEP) if self.samples else grace
+        return wait if in_transit is None else max(wait, in_transit)
+
     def created(self, identity_tag: str) -> None:
         self.last_created = (identity_tag, self.clock.now())
 

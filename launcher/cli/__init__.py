@@ -18,7 +18,7 @@ try:
     import click
 
     from launcher.cli.apply_cmd import apply
-    from launcher.cli.common import err
+    from launcher.cli.common import err, flag_worded
     from launcher.cli.follow_cmds import cancel, status, unlock
     from launcher.cli.plan_cmds import plan, schema, validate
     from launcher.cli.pr_cmds import ci, pr_comment
@@ -44,7 +44,7 @@ class _Group(click.Group):
             errors = fleet_errors(exc)
             if not errors or (ctx.obj and ctx.obj.get("debug")):
                 raise
-            for text in dict.fromkeys(e.render() for e in errors):
+            for text in dict.fromkeys(flag_worded(e).render() for e in errors):
                 err.print(text, markup=False)
             sys.exit(errors[0].exit_code)
         except click.UsageError as exc:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import anyio
 import click
 
+from launcher.api.client import ApiConfig
 from launcher.cli.common import (
     api_config,
     api_options,
@@ -28,22 +29,23 @@ from launcher.cli.common import (
 )
 from launcher.errors import ExitCode
 from launcher.ledger.location import open_ledger
-from launcher.ledger.store import Change, Ledger, off_loop
+from launcher.ledger.store import Change, Ledger
+from launcher.run.options import ApplyOptions, RolloutOptions
 from launcher.spec.plan import Plan
 
 if TYPE_CHECKING:
-    from launcher.api.client import ApiConfig
-    from launcher.run.apply import ApplyOptions
     from launcher.run.relaunch import Selection
-    from launcher.run.rollout import RolloutOptions, RolloutSummary
+    from launcher.run.rollout import RolloutSummary
     from launcher.run.summary import ApplySummary
 
 
 @click.command()
 @click.argument("manifest", type=click.Path())
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--concurrency", default=8, show_default=True, help="Most requests in flight.")
-@click.option("--rate", default=5.0, show_default=True, help="Most creates per second.")
+@click.option(
+    "--concurrency", default=ApplyOptions.concurrency, show_default=True, help="Most requests in flight."
+)
+@click.option("--rate", default=ApplyOptions.rate, show_default=True, help="Most creates per second.")
 @click.option("--only", multiple=True, help="Only keys matching this glob (repeatable).")
 @click.option("--limit", type=int, help="Launch at most N sessions in this run.")
 @click.option(
@@ -63,7 +65,7 @@ if TYPE_CHECKING:
 @click.option("--timeout", type=float, help="Stop starting creates after this many seconds.")
 @click.option(
     "--request-timeout",
-    default=30.0,
+    default=ApiConfig.read_timeout,
     show_default=True,
     help="Seconds to wait for one API answer (a create that times out is looked up).",
 )
@@ -92,7 +94,7 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--lookup-grace",
-    default=3.0,
+    default=ApplyOptions.lookup_grace,
     show_default=True,
     type=click.FloatRange(min=0),
     help="Least seconds between an ambiguous create and its lookup (the list lag seen in the "
@@ -100,7 +102,7 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--lock-ttl",
-    default=60.0,
+    default=ApplyOptions.lock_ttl,
     show_default=True,
     envvar="DEVIN_FLEET_LOCK_TTL",
     type=click.FloatRange(min=0.5),
@@ -154,14 +156,6 @@ def apply(
 ) -> None:
     """Launch every planned session not launched yet: paced, exactly once, resumable; wave by
     wave when the manifest has a rollout; with --wait, follow them to the end."""
-    from launcher.run.apply import ApplyOptions
-    from launcher.run.rollout import RolloutOptions, assign_waves
-    from launcher.spec.manifest import parse_duration
-
-    try:
-        wait_seconds = None if wait_timeout is None else parse_duration(wait_timeout)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--wait-timeout") from None
     p = load_plan(manifest, "send")
     check_reviewed_plan(p, plan_file, plan_digest)  # before anything is sent
     options = ApplyOptions(
@@ -173,20 +167,8 @@ def apply(
         lookup_grace=lookup_grace,
         lock_ttl=lock_ttl,
     )
-    # The simulator's sessions finish in seconds: poll it more often than a real org.
-    rollout = RolloutOptions(
-        wait=wait or wait_timeout is not None,
-        wait_timeout=wait_seconds,
-        wave=wave,
-        skip_gate=skip_gate,
-        max_running=max_running,
-        interval=interval or (1.0 if sim else 5.0),
-        max_interval=max(interval or 0, 5.0 if sim else 60.0),
-        ceiling_interval=min(2.0, interval or (0.5 if sim else 2.0)),
-    )
-    waves = assign_waves(p)
-    if wave is not None and wave > len(waves):
-        raise click.BadParameter(f"the plan has {len(waves)} wave(s)", param_hint="--wave")
+    rollout = _rollout_options(p, sim, wait, wait_timeout, interval, wave, skip_gate, max_running)
+    selectors = relaunch + replace  # --replace KEY is folded into --relaunch KEY
     with contextlib.ExitStack() as stack:
         if sim and not ledger:
             ledger = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "sim.db")
@@ -195,48 +177,10 @@ def apply(
             read_timeout=request_timeout,
         )
         led = stack.enter_context(open_ledger(p.manifest.path, p.campaign, ledger))
-        selectors = relaunch + replace  # --replace KEY is folded into --relaunch KEY
         selection = anyio.run(_select, p, cfg, led, selectors) if selectors else None
-        counts = Counter(c for c, _, _ in led.diff(p))
-        todo = counts[Change.create] + counts[Change.reconcile]
-        if selection is not None:
-            for line in selection.describe(keep_previous):
-                err.print(line, markup=False)
-        if not yes:
-            err.print(
-                f"plan: {len(p)} sessions; "
-                + ", ".join(f"{c.value} {c.name} {counts[c]}" for c in Change if counts[c])
-                + f"; max ACU {p.total_acu}",
-                markup=False,
-            )
-        ceiling = max_running or p.manifest.manifest.budget.max_running
-        todo = min(todo, limit if limit is not None else todo)
-        what = f"Launch up to {todo} session(s)"
-        if selection is not None:
-            what = selection.question(todo, keep_previous)
-        if what:
-            confirm(
-                f"{what} of campaign {p.campaign} at {cfg.base_url}"
-                + (f", in {len(waves)} waves with a gate between them" if len(waves) > 1 else "")
-                + (f", at most {ceiling} running at once" if ceiling else "")
-                + "?",
-                yes,
-            )
-        if selection is not None:
-            from launcher.run.relaunch import record
-
-            record(led, selection, keep=keep_previous)
-        summary = anyio.run(_apply_async, p, cfg, led, options, rollout)
-    if output == "json":
-        data = summary.to_json()
-        if selection is not None:
-            data["relaunch"] = selection.to_json(keep_previous)
-        emit_json(data)
-    else:
-        _apply_summary(summary.apply)
-        _rollout_summary(summary, p)
-    if summary.apply.aborted is not None:
-        err.print(summary.apply.aborted.render(), markup=False)
+        _confirm_launch(p, cfg, led, selection, keep_previous, yes, options, rollout)
+        summary = anyio.run(_launch, p, cfg, led, options, rollout, selection, keep_previous)
+    _show(summary, p, output, selection, keep_previous)
     sys.exit(summary.exit_code)
 
 
@@ -253,9 +197,98 @@ def check_reviewed_plan(p: Plan, plan_file: str | None, plan_digest: str | None)
         err.print(f"plan matches the reviewed plan ({p.digest})", markup=False)
 
 
-async def _apply_async(
-    p: Plan, cfg: ApiConfig, led: Ledger, options: ApplyOptions, rollout: RolloutOptions
+def _rollout_options(
+    p: Plan,
+    sim: bool,
+    wait: bool,
+    wait_timeout: str | None,
+    interval: float | None,
+    wave: int | None,
+    skip_gate: bool,
+    max_running: int | None,
+) -> RolloutOptions:
+    """The rollout flags as options (a wave past the plan's is a usage error)."""
+    from launcher.run.rollout import assign_waves
+    from launcher.spec.model import parse_duration
+
+    try:
+        wait_seconds = None if wait_timeout is None else parse_duration(wait_timeout)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--wait-timeout") from None
+    waves = len(assign_waves(p))
+    if wave is not None and wave > waves:
+        raise click.BadParameter(f"the plan has {waves} wave(s)", param_hint="--wave")
+    # The simulator's sessions finish in seconds: poll it more often than a real org.
+    return RolloutOptions(
+        wait=wait or wait_timeout is not None,
+        wait_timeout=wait_seconds,
+        wave=wave,
+        skip_gate=skip_gate,
+        max_running=max_running,
+        interval=interval or (1.0 if sim else RolloutOptions.interval),
+        max_interval=max(interval or 0, 5.0 if sim else RolloutOptions.max_interval),
+        ceiling_interval=min(
+            RolloutOptions.ceiling_interval,
+            interval or (0.5 if sim else RolloutOptions.ceiling_interval),
+        ),
+    )
+
+
+def _confirm_launch(
+    p: Plan,
+    cfg: ApiConfig,
+    led: Ledger,
+    selection: Selection | None,
+    keep_previous: bool,
+    yes: bool,
+    options: ApplyOptions,
+    rollout: RolloutOptions,
+) -> None:
+    """Say what is about to happen (the plan's changes, the relaunch), and ask."""
+    from launcher.run.rollout import assign_waves
+
+    counts = Counter(c for c, _, _ in led.diff(p))
+    todo = counts[Change.create] + counts[Change.reconcile]
+    if selection is not None:
+        for line in selection.describe(keep_previous):
+            err.print(line, markup=False)
+    if not yes:
+        err.print(
+            f"plan: {len(p)} sessions; "
+            + ", ".join(f"{c.value} {c.name} {counts[c]}" for c in Change if counts[c])
+            + f"; max ACU {p.total_acu}",
+            markup=False,
+        )
+    waves = len(assign_waves(p))
+    ceiling = rollout.max_running or p.manifest.manifest.budget.max_running
+    todo = min(todo, options.limit if options.limit is not None else todo)
+    what = f"Launch up to {todo} session(s)"
+    if selection is not None:
+        what = selection.question(todo, keep_previous)
+    if what:
+        confirm(
+            f"{what} of campaign {p.campaign} at {cfg.base_url}"
+            + (f", in {waves} waves with a gate between them" if waves > 1 else "")
+            + (f", at most {ceiling} running at once" if ceiling else "")
+            + "?",
+            yes,
+        )
+
+
+async def _launch(
+    p: Plan,
+    cfg: ApiConfig,
+    led: Ledger,
+    options: ApplyOptions,
+    rollout: RolloutOptions,
+    selection: Selection | None,
+    keep_previous: bool,
 ) -> RolloutSummary:
+    """`launch_campaign` with a progress bar; Ctrl-C stops starting creates, twice exits."""
+    from launcher.api.client import DevinClient
+    from launcher.run.campaign import launch_campaign
+    from launcher.views.progress import ProgressReporter
+
     stop, interrupted = anyio.Event(), anyio.Event()
 
     async def on_signals() -> None:
@@ -268,54 +301,50 @@ async def _apply_async(
                 stop.set()
                 err.print("interrupted: finishing in-flight creates, if any (Ctrl-C again to quit now)")
 
-    from launcher.api.client import DevinClient
-    from launcher.ledger.attempts import attempt_history
-    from launcher.run.relaunch import attempt_plan, terminate_previous
-    from launcher.run.remote import check_remote
-    from launcher.run.rollout import run_rollout
-    from launcher.views.progress import ProgressReporter
-
-    async with DevinClient(cfg, max_connections=options.concurrency + 4) as client:
-        if any(a.termination == "pending" for a in await off_loop(attempt_history, led)):
-            # A relaunch ends earlier attempts first: only once the token and the referenced
-            # ids are proven, so a relaunch that cannot start never ends its predecessor.
-            # Otherwise apply_plan proves them while it lists the campaign (one round trip).
-            for warning in await check_remote(p, client):
-                err.print(f"warning: {warning}", markup=False)
-            options = dataclasses.replace(options, preflight=False)
-        # Relaunches: earlier live attempts end before any new attempt starts (also those a
-        # crashed run recorded), and relaunched keys are planned at their current attempt.
-        ended = await terminate_previous(client, led)
-        if ended:
-            err.print(f"relaunch: terminated {ended} earlier attempt(s)", markup=False)
-        p = await off_loop(attempt_plan, p, led)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(on_signals)
-            summary = await run_rollout(
-                p,
-                client,
-                led,
-                options,
-                rollout,
-                stop=stop,
-                interrupted=interrupted,
-                progress=ProgressReporter,
-                follower=ProgressReporter,
-            )
-            tg.cancel_scope.cancel()
+    async with (
+        DevinClient(cfg, max_connections=options.concurrency + 4) as client,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(on_signals)
+        summary = await launch_campaign(
+            p,
+            client,
+            led,
+            options,
+            rollout,
+            relaunch=selection,
+            keep_previous=keep_previous,
+            note=lambda message: err.print(message, markup=False),
+            stop=stop,
+            interrupted=interrupted,
+            progress=ProgressReporter,
+            follower=ProgressReporter,
+        )
+        tg.cancel_scope.cancel()
     return summary
 
 
 async def _select(p: Plan, cfg: ApiConfig, led: Ledger, selectors: tuple[str, ...]) -> Selection:
-    """Refresh the campaign (the latest outcome of each key), then resolve the selectors."""
     from launcher.api.client import DevinClient
-    from launcher.run.relaunch import select_relaunch
-    from launcher.run.status import refresh
+    from launcher.run.campaign import relaunch_selection
 
-    await off_loop(led.sync_plan, p)
     async with DevinClient(cfg) as client:
-        view = await refresh(p, client, led)
-    return await off_loop(select_relaunch, p, view, led, selectors)
+        return await relaunch_selection(p, client, led, selectors)
+
+
+def _show(
+    summary: RolloutSummary, p: Plan, output: str, selection: Selection | None, keep_previous: bool
+) -> None:
+    if output == "json":
+        data = summary.to_json()
+        if selection is not None:
+            data["relaunch"] = selection.to_json(keep_previous)
+        emit_json(data)
+    else:
+        _apply_summary(summary.apply)
+        _rollout_summary(summary, p)
+    if summary.apply.aborted is not None:
+        err.print(summary.apply.aborted.render(), markup=False)
 
 
 def _apply_summary(s: ApplySummary) -> None:

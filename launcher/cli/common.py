@@ -14,10 +14,18 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import click
 from rich.console import Console
 
-from launcher.errors import ConfirmationError, LedgerError, ManifestError
+from launcher.errors import (
+    ConfigError,
+    ConfirmationError,
+    FleetError,
+    LedgerError,
+    ManifestError,
+    SelectorError,
+)
 from launcher.ledger.location import describe, ledger_exists, ledger_location, open_ledger
 from launcher.ledger.store import Ledger
-from launcher.spec.plan import Plan, plan_manifest, secrets_warning
+from launcher.spec.build import plan_manifest, secrets_warning
+from launcher.spec.plan import Plan
 
 if TYPE_CHECKING:
     from launcher.api.client import ApiConfig
@@ -59,6 +67,20 @@ def sim_options(f: F) -> F:
         show_default=True,
         help="Simulated seconds per real second, with --sim.",
     )(f)
+
+
+# The library names an invalid option by its field; the command line by its flag, which is
+# the field with dashes unless listed here.
+FLAG_OF = {"run_timeout": "--timeout"}
+
+
+def flag_worded(error: FleetError) -> FleetError:
+    """`error`, worded for the command line: "rate must be positive (got 0.0)" from the library
+    reads "--rate must be positive" (the flag, as the user typed it)."""
+    if isinstance(error, ConfigError | SelectorError) and error.option and error.problem:
+        flag = FLAG_OF.get(error.option, "--" + error.option.replace("_", "-"))
+        error.message = f"{flag} {error.problem}"
+    return error
 
 
 def load_plan(path: str, purpose: Literal["check", "send", "read"] = "check") -> Plan:

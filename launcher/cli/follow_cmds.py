@@ -29,13 +29,14 @@ from launcher.cli.common import (
 from launcher.errors import APIError, ExitCode
 from launcher.ledger.location import open_ledger
 from launcher.ledger.store import Ledger
+from launcher.run.options import FOLLOW_INTERVAL, FOLLOW_MAX_INTERVAL
 from launcher.spec.plan import Plan
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from launcher.api.client import ApiConfig
-    from launcher.run.cancel import CancelReport
+    from launcher.run.cancel import CancelReport, CancelTargets
     from launcher.run.status import CampaignView
 
 
@@ -44,14 +45,14 @@ if TYPE_CHECKING:
 @click.option("--watch", is_flag=True, help="Refresh until every session has a final outcome.")
 @click.option(
     "--interval",
-    default=5.0,
+    default=FOLLOW_INTERVAL,
     show_default=True,
     type=click.FloatRange(min=0.05),
     help="First --watch interval (s); it grows while nothing changes.",
 )
 @click.option(
     "--max-interval",
-    default=60.0,
+    default=FOLLOW_MAX_INTERVAL,
     show_default=True,
     type=click.FloatRange(min=0.05),
     help="Longest --watch interval (s).",
@@ -104,8 +105,8 @@ async def _refresh(
     cfg: ApiConfig,
     led: Ledger,
     watch: bool = False,
-    interval: float = 5.0,
-    max_interval: float = 60.0,
+    interval: float = FOLLOW_INTERVAL,
+    max_interval: float = FOLLOW_MAX_INTERVAL,
     wait_timeout: float | None = None,
 ) -> CampaignView:
     from launcher.api.client import DevinClient
@@ -239,7 +240,7 @@ def cancel(
     --gone: those of items removed from the manifest); or, with --strays / --duplicates, the
     sessions no planned key owns. Records it in the ledger. Safe to re-run: cancelled sessions
     are skipped."""
-    from launcher.run.cancel import CancelResult, cancellable, extras
+    from launcher.run.cancel import cancel_targets
 
     say = err if output == "json" else out  # with -o json, stdout holds only the JSON
     p = load_plan(manifest, "send")
@@ -249,62 +250,44 @@ def cancel(
     with follow_ledger(p, ledger) as (led, _), api_config(base_url, org_id) as cfg:
         view = anyio.run(refresh_campaign, p, cfg, led)
         warn(view)
-        by_key = {s.key: s for s in view.sessions}
-        if strays or duplicates:
-            targets = extras(view, strays=strays, duplicates=duplicates)
-            listing = [f"  {label}  {sid}" for label, sid in targets]
-            what, of = "stray or duplicate", ""
-        else:
-            keys = cancellable(view, only, gone=gone)
-            targets = [(k, by_key[k].session_id or "") for k in keys]
-            listing = [f"  {k}  {by_key[k].session_id}  {by_key[k].outcome.value}" for k in keys]
-            what, of = "live", " of items removed from the manifest" if gone else ""
-        if not targets:
-            say.print(
-                f"nothing to cancel{of or f' ({what})'}"
-                + (f" matching {' '.join(only)}" if only else ""),
-                markup=False,
-            )
-            if output == "json":
-                emit_json(
-                    {"campaign": p.campaign, "selected": [], "results": {}, "errors": {}, "ok": True}
-                )
+        chosen = cancel_targets(view, only, gone=gone, strays=strays, duplicates=duplicates)
+        if not chosen.targets:
+            _nothing_to_cancel(say, chosen, only, p.campaign, output)
             return
+        n = len(chosen.targets)
         say.print(
-            f"{len(targets)} {what} session(s){of} to terminate{' and archive' if archive else ''}:",
+            f"{n} {chosen.what} session(s){chosen.of} to terminate{' and archive' if archive else ''}:",
             markup=False,
         )
-        for line in listing[:20]:
+        for line in chosen.listing[:20]:
             say.print(line, markup=False)
-        if len(listing) > 20:
-            say.print(f"  ... and {len(listing) - 20} more", markup=False)
-        confirm(
-            f"Terminate {len(targets)} session(s) of campaign {p.campaign}? This cannot be undone.",
-            yes,
-        )
-        report = anyio.run(_cancel, cfg, led, targets, archive, strays or duplicates)
-    done = sum(1 for r in report.results.values() if r != CancelResult.error)
+        if len(chosen.listing) > 20:
+            say.print(f"  ... and {len(chosen.listing) - 20} more", markup=False)
+        confirm(f"Terminate {n} session(s) of campaign {p.campaign}? This cannot be undone.", yes)
+        report = anyio.run(_cancel, cfg, led, chosen, archive)
     if output == "json":
-        emit_json(
-            {
-                "campaign": p.campaign,
-                "selected": [k for k, _ in targets],
-                "results": {k: v.value for k, v in report.results.items()},
-                "errors": dict(report.errors),
-                "cancelled": done,
-                "ok": report.ok,
-            }
-        )
+        emit_json(report.to_json(p.campaign, chosen.selected))
     else:
         for key, what_done in report.results.items():
             why = report.errors.get(key)
             out.print(f"  {key}: {what_done.value}" + (f": {why}" if why else ""), markup=False)
         out.print(
-            f"cancelled {done} of {len(targets)} session(s)"
+            f"cancelled {report.cancelled} of {n} session(s)"
             + ("; re-run to retry the rest" if report.errors else ""),
             markup=False,
         )
     sys.exit(ExitCode.ok if report.ok else ExitCode.error)
+
+
+def _nothing_to_cancel(
+    say: Console, chosen: CancelTargets, only: tuple[str, ...], campaign: str, output: str
+) -> None:
+    from launcher.run.cancel import CancelReport
+
+    what = chosen.of or f" ({chosen.what})"
+    say.print(f"nothing to cancel{what}" + (f" matching {' '.join(only)}" if only else ""), markup=False)
+    if output == "json":
+        emit_json(CancelReport().to_json(campaign, []))
 
 
 def _cancel_earlier(
@@ -337,16 +320,12 @@ def _cancel_earlier(
     say.print(f"terminated {done} earlier attempt(s)", markup=False)
 
 
-async def _cancel(
-    cfg: ApiConfig, led: Ledger, targets: list[tuple[str, str]], archive: bool, by_id: bool
-) -> CancelReport:
+async def _cancel(cfg: ApiConfig, led: Ledger, chosen: CancelTargets, archive: bool) -> CancelReport:
     from launcher.api.client import DevinClient
-    from launcher.run.cancel import cancel_ids, cancel_sessions
+    from launcher.run.cancel import cancel_campaign
 
     async with DevinClient(cfg) as client:
-        if by_id:
-            return await cancel_ids(client, led, targets, archive=archive)
-        return await cancel_sessions(client, led, [k for k, _ in targets], archive=archive)
+        return await cancel_campaign(client, led, chosen, archive=archive)
 
 
 @click.command()

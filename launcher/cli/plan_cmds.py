@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from collections import Counter
@@ -21,15 +20,16 @@ from launcher.cli.common import (
     load_plan,
     out,
 )
-from launcher.errors import ExitCode, FleetError, ManifestError, Problem
-from launcher.ledger.location import ledger_exists, open_ledger, scratch_copy
-from launcher.ledger.store import Change, off_loop
-from launcher.spec.diff import changed_fields, field_diff
-from launcher.spec.manifest import manifest_json_schema
-from launcher.spec.plan import Plan, plan_manifest
+from launcher.errors import ExitCode, Problem
+from launcher.ledger.store import Change
+from launcher.spec.diff import field_diff
+from launcher.spec.model import manifest_json_schema
+from launcher.spec.plan import Plan
 
 if TYPE_CHECKING:
     from launcher.api.client import ApiConfig
+    from launcher.run.preview import PlanPreview
+    from launcher.views.markdown import PlanView
 
 
 @click.command()
@@ -46,49 +46,26 @@ if TYPE_CHECKING:
 )
 def validate(manifests: tuple[str, ...], output: str) -> None:
     """Check manifests fully (templates, data files, API rules, budget), offline."""
-    failed = 0
-    reports = []
+    from launcher.spec.check import check_manifest
+
+    checks = []
     for path in manifests:
-        try:
-            plan = plan_manifest(path)
-        except FleetError as exc:
-            failed += 1
-            problems = exc.problems if isinstance(exc, ManifestError) else []
-            reports.append(
-                {
-                    "path": path,
-                    "ok": False,
-                    "sessions": None,
-                    "problems": [dataclasses.asdict(p) for p in problems],
-                    "error": exc.message,
-                    "hint": exc.hint,
-                }
-            )
-            if output == "github":
-                for p in problems or [Problem(path, None, None, "", exc.message, exc.hint)]:
-                    click.echo(_annotation("error", p))
-            elif output == "text":
-                err.print(exc.render(), markup=False)
-            continue
-        reports.append(
-            {
-                "path": path,
-                "ok": True,
-                "sessions": len(plan),
-                "problems": [],
-                "warnings": list(plan.warnings),
-            }
-        )
+        check = check_manifest(path)
+        checks.append(check)
         if output == "github":
-            for w in plan.warnings:
+            for problem in check.problems:
+                click.echo(_annotation("error", problem))
+            for w in check.warnings:
                 click.echo(_annotation("warning", Problem(path, None, None, "", w)))
+        elif output == "text" and check.error is not None:
+            err.print(check.error.render(), markup=False)
         elif output == "text":
-            for w in plan.warnings:
+            for w in check.warnings:
                 err.print(f"warning: {w}", markup=False)
-            out.print(f"{path}: ok ({len(plan)} sessions)", markup=False)
+            out.print(f"{path}: ok ({check.sessions} sessions)", markup=False)
     if output == "json":
-        emit_json({"ok": not failed, "manifests": reports})
-    if failed:
+        emit_json({"ok": all(c.ok for c in checks), "manifests": [c.to_json() for c in checks]})
+    if not all(c.ok for c in checks):
         sys.exit(ExitCode.error)
 
 
@@ -143,50 +120,14 @@ def plan(
 ) -> None:
     """Expand a manifest and show exactly what apply would send, diffed against the ledger."""
     p = load_plan(manifest)
-    changes: list[tuple[Change, str, str]] | None = None
-    if check_remote:
-        with api_config(base_url, org_id) as cfg:
-            warnings, changes = anyio.run(_check_remote, p, cfg, ledger)
-        for w in warnings:
-            err.print(f"warning: {w}", markup=False)
-        err.print(
-            f"remote check passed at {cfg.base_url} (org {cfg.org_id})"
-            + (f" with {len(warnings)} warning(s)" if warnings else ""),
-            markup=False,
-        )
-    if changes is None:
-        changes = _diff(p, ledger)
-    launched = _launched_requests(p, ledger, changes)
-    fields = {k: changed_fields(old, new) for k, (old, new) in launched.items()}
-    from launcher.run.rollout import waves_by_key
-
-    waves = waves_by_key(p)
+    preview = plan_preview(p, ledger, check_remote, base_url, org_id, say_passed=True)
+    changes, fields, waves = preview.changes, preview.fields, preview.waves
     if output == "json":
-        extras = [
-            {
-                "change": change.value,
-                "note": note,
-                # null: changed, but launched before the ledger kept requests (unknown fields)
-                "changed_fields": fields.get(key, None if change == Change.changed else []),
-                "wave": waves[key],
-            }
-            for change, key, note in changes[: len(p)]
-        ]
-        # Text a chunk at a time: 100,000 sessions are 200 MB of JSON, never held twice.
-        for chunk in p.json_chunks(extras, [k for _, k, _ in changes[len(p) :]]):
-            click.echo(chunk.decode(), nl=False)
-        click.echo()
+        _plan_json(p, preview)
     elif output == "markdown":
-        from launcher.views.markdown import (
-            DEFAULT_BUDGET,
-            offline_label,
-            plan_view,
-            render_plan_markdown,
-        )
+        from launcher.views.markdown import DEFAULT_BUDGET, render_plan_markdown
 
-        diffs = {k: field_diff(k, old, new) for k, (old, new) in launched.items()}
-        label = offline_label(check_remote)
-        view = plan_view(p, changes, changed_fields=fields, diffs=diffs, waves=waves, label=label)
+        view = markdown_view(p, preview, check_remote)
         click.echo(render_plan_markdown(view, budget=max_length or DEFAULT_BUDGET), nl=False)
     else:
         noted = [
@@ -195,60 +136,94 @@ def plan(
         ]
         _plan_table(p, noted, show_prompts, waves if p.manifest.manifest.rollout else None)
         if show_diff:
-            for c, key, _ in changes:
-                if c != Change.changed:
-                    continue
-                out.rule(f"~ {key}")
-                if key not in launched:
-                    out.print("(launched before the ledger kept requests: no field diff)", markup=False)
-                    continue
-                old, new = launched[key]
-                out.print(field_diff(key, old, new) or "(no field differs)", markup=False)
-    pending = any(c != Change.same for c, _, _ in changes)
-    sys.exit(ExitCode.changes if detailed_exitcode and pending else ExitCode.ok)
+            _show_diffs(changes, preview.launched)
+    sys.exit(ExitCode.changes if detailed_exitcode and preview.pending else ExitCode.ok)
 
 
-async def _check_remote(
-    p: Plan, cfg: ApiConfig, ledger_path: str | None
-) -> tuple[list[str], list[tuple[Change, str, str]]]:
-    """The remote checks, then the diff against the ledger reconciled with the API (in memory:
-    `plan` writes nothing), so what exists shows `=` even on a fresh clone."""
+def plan_preview(
+    p: Plan,
+    ledger: str | None,
+    online: bool,
+    base_url: str | None = None,
+    org_id: str | None = None,
+    *,
+    say_passed: bool = False,
+) -> PlanPreview:
+    """The plan against the ledger, or (online: the remote check) against the ledger
+    reconciled with the API in memory; the check's warnings printed."""
+    from launcher.run.preview import preview_plan
+
+    if not online:
+        return preview_plan(p, ledger)
+    with api_config(base_url, org_id) as cfg:
+        preview = anyio.run(_preview_remote, p, cfg, ledger)
+    for w in preview.warnings:
+        err.print(f"warning: {w}", markup=False)
+    if say_passed:
+        err.print(
+            f"remote check passed at {cfg.base_url} (org {cfg.org_id})"
+            + (f" with {len(preview.warnings)} warning(s)" if preview.warnings else ""),
+            markup=False,
+        )
+    return preview
+
+
+def markdown_view(p: Plan, preview: PlanPreview, online: bool) -> PlanView:
+    """What `plan -o markdown` (and the pull-request comment) shows: the diff, the changed
+    fields of `~` sessions and their field diffs, the waves."""
+    from launcher.views.markdown import offline_label, plan_view
+
+    diffs = {k: field_diff(k, old, new) for k, (old, new) in preview.launched.items()}
+    return plan_view(
+        p,
+        preview.changes,
+        changed_fields=preview.fields,
+        diffs=diffs,
+        waves=preview.waves,
+        label=offline_label(online),
+    )
+
+
+def _plan_json(p: Plan, preview: PlanPreview) -> None:
+    fields, waves = preview.fields, preview.waves
+    extras = [
+        {
+            "change": change.value,
+            "note": note,
+            # null: changed, but launched before the ledger kept requests (unknown fields)
+            "changed_fields": fields.get(key, None if change == Change.changed else []),
+            "wave": waves[key],
+        }
+        for change, key, note in preview.changes[: len(p)]
+    ]
+    # Text a chunk at a time: 100,000 sessions are 200 MB of JSON, never held twice.
+    for chunk in p.json_chunks(extras, [k for _, k, _ in preview.changes[len(p) :]]):
+        click.echo(chunk.decode(), nl=False)
+    click.echo()
+
+
+def _show_diffs(
+    changes: list[tuple[Change, str, str]],
+    launched: dict[str, tuple[dict[str, Any], dict[str, Any]]],
+) -> None:
+    """`plan --diff`: each changed session's fields, launched -> planned."""
+    for c, key, _ in changes:
+        if c != Change.changed:
+            continue
+        out.rule(f"~ {key}")
+        if key not in launched:
+            out.print("(launched before the ledger kept requests: no field diff)", markup=False)
+            continue
+        old, new = launched[key]
+        out.print(field_diff(key, old, new) or "(no field differs)", markup=False)
+
+
+async def _preview_remote(p: Plan, cfg: ApiConfig, ledger_path: str | None) -> PlanPreview:
     from launcher.api.client import DevinClient
-    from launcher.run.reconcile import rebuild
-    from launcher.run.remote import check_remote
+    from launcher.run.preview import preview_plan_remote
 
     async with DevinClient(cfg) as client:
-        warnings = await check_remote(p, client)
-        with await off_loop(scratch_copy, p.manifest.path, p.campaign, ledger_path) as led:
-            rec = await rebuild(p, client, led)
-            warnings += rec.warnings()
-            return warnings, await off_loop(led.diff, p)
-
-
-def _diff(p: Plan, ledger_path: str | None) -> list[tuple[Change, str, str]]:
-    if not ledger_exists(p.manifest.path, p.campaign, ledger_path):
-        return [(Change.create, s.key, "") for s in p.sessions]
-    with open_ledger(p.manifest.path, p.campaign, ledger_path, create=False) as led:
-        return led.diff(p)
-
-
-def _launched_requests(
-    p: Plan, ledger_path: str | None, changes: list[tuple[Change, str, str]]
-) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
-    """(launched request, planned request) of each `~` session the ledger kept a request for,
-    both as the ledger keeps them (schema by digest, secrets by variable name, never a value)."""
-    changed = [k for c, k, _ in changes if c == Change.changed]
-    if not changed or not ledger_exists(p.manifest.path, p.campaign, ledger_path):
-        return {}
-    by_key = p.by_key()
-    out = {}
-    with open_ledger(p.manifest.path, p.campaign, ledger_path, create=False) as led:
-        records = led.records()
-        for key in changed:
-            old = led.launched_request(records[key].fingerprint)
-            if old is not None:  # launched before the ledger kept requests: no field diff
-                out[key] = (old, by_key[key].stored)
-    return out
+        return await preview_plan_remote(p, client, ledger_path)
 
 
 def _plan_table(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +16,6 @@ from launcher.cli.common import (
     api_config,
     api_options,
     confirm,
-    emit_json,
     err,
     follow_ledger,
     ledger_option,
@@ -29,7 +26,9 @@ from launcher.cli.common import (
 )
 from launcher.errors import ExitCode
 from launcher.ledger.location import open_ledger
+from launcher.run.options import MESSAGE_RATE
 from launcher.run.status import Outcome
+from launcher.views.formats import FORMATS
 
 if TYPE_CHECKING:
     from launcher.api.client import ApiConfig
@@ -88,7 +87,7 @@ def _view(
 @click.option(
     "-o",
     "--output",
-    type=click.Choice(["table", "json", "jsonl", "csv", "markdown"]),
+    type=click.Choice(list(FORMATS)),
     default="table",
     show_default=True,
 )
@@ -151,37 +150,22 @@ def results(
 def _with_history(
     p: Plan, ledger: str | None, chosen: list[SessionView], outcomes: tuple[str, ...]
 ) -> list[SessionView]:
-    """Each chosen key's earlier attempts (oldest first) before its latest."""
     from launcher.run.status import history_views
+    from launcher.views.results import with_history
 
     with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led:
-        earlier = history_views(p, led)
-    out: list[SessionView] = []
-    for s in chosen:
-        out += [
-            dataclasses.replace(e, fleet=s.fleet)
-            for e in earlier.get(s.key, [])
-            if not outcomes or e.outcome.value in outcomes
-        ]
-        out.append(s)
-    return out
+        return with_history(chosen, history_views(p, led), outcomes)
 
 
 def _emit(res: Results, output: str) -> None:
-    from launcher.views.results import to_csv, to_markdown, totals_line
+    from launcher.views.results import totals_line
 
-    if output == "json":
-        emit_json(res.to_json())
-    elif output == "jsonl":
-        for record in res.records():
-            click.echo(json.dumps(record, ensure_ascii=False))
-    elif output == "csv":
-        click.echo(to_csv(res), nl=False)
-    elif output == "markdown":
-        click.echo(to_markdown(res), nl=False)
-    else:
+    write = FORMATS[output].results
+    if write is None:
         _results_table(res)
-    (out if output == "table" else err).print(totals_line(res), markup=False)
+    else:
+        click.echo(write(res), nl=False)
+    (out if FORMATS[output].drawn else err).print(totals_line(res), markup=False)
 
 
 def _results_table(res: Results) -> None:
@@ -209,52 +193,19 @@ def _results_table(res: Results) -> None:
 
 
 def _groups(res: Results, fields: list[str], output: str) -> None:
-    from launcher.views.results import crosstab_markdown, group_markdown
+    from launcher.views.formats import grouping
 
-    if len(fields) == 2:
-        a, b = res.resolve(fields[0]), res.resolve(fields[1])
-        cols, cross = res.crosstab(a, b)
-        rows = [[v, *(counts[c] for c in cols), sum(counts.values())] for v, counts in cross.items()]
-        header = [a, *cols, "total"]
-        if output == "markdown":
-            click.echo(crosstab_markdown(a, b, cols, cross), nl=False)
-            return
-        if output in ("json", "jsonl"):
-            records = [{a: v, **counts, "total": sum(counts.values())} for v, counts in cross.items()]
-            _records(records, output)
-            return
-    else:
-        a = res.resolve(fields[0])
-        groups = res.group(a)
-        rows = [[v, n] for v, n in groups.items()]
-        header = [a, "sessions"]
-        if output == "markdown":
-            click.echo(group_markdown(a, groups), nl=False)
-            return
-        if output in ("json", "jsonl"):
-            _records([{a: v, "sessions": n} for v, n in groups.items()], output)
-            return
-    if output == "csv":
-        import csv
-
-        w = csv.writer(sys.stdout, lineterminator="\r\n")
-        w.writerow(header)
-        w.writerows(rows)
+    g = grouping(res, fields)
+    write = FORMATS[output].groups
+    if write is not None:
+        click.echo(write(g), nl=False)
         return
-    table = Table(title=f"{res.campaign}: sessions by {' and '.join(header[:1] + fields[1:])}")
-    for i, h in enumerate(header):
+    table = Table(title=g.title)
+    for i, h in enumerate(g.header):
         table.add_column(h, justify="right" if i else "left")
-    for r in rows:
+    for r in g.rows:
         table.add_row(*(str(x) for x in r))
     out.print(table)
-
-
-def _records(records: list[dict[str, object]], output: str) -> None:
-    if output == "json":
-        emit_json(records)
-    else:
-        for r in records:
-            click.echo(json.dumps(r, ensure_ascii=False))
 
 
 # =========================================================================== report
@@ -314,7 +265,7 @@ def report(
 @click.option("--only", multiple=True, metavar="GLOB", help="Only keys matching this glob (repeatable).")
 @click.option(
     "--rate",
-    default=1.0,
+    default=MESSAGE_RATE,
     show_default=True,
     type=click.FloatRange(min=0.01),
     help="Messages per second (paced like creates).",

@@ -12,15 +12,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 
-from launcher.api.client import CreateOutcome, DevinClient
+from launcher.api.client import CreateOutcome, CreateResult, DevinClient
 from launcher.api.pacing import Clock, MonotonicClock, Pacer
 from launcher.errors import APIError, AuthError, LockLostError
 from launcher.ledger.lease import Lease
 from launcher.ledger.store import Ledger, off_loop
+from launcher.run.options import MESSAGE_RATE
 from launcher.run.status import SessionView
 from launcher.spec.plan import Plan
 from launcher.spec.templating import TemplateFailure, Templates
@@ -140,7 +141,51 @@ async def delivered(client: DevinClient, out: Outgoing) -> bool:
     return False
 
 
-LOOKUP = "found by lookup"
+async def _settled_by_lookup(
+    client: DevinClient,
+    ledger: Ledger,
+    out: Outgoing,
+    report: MessageReport,
+    auth: list[AuthError],
+    why: str | None = None,
+) -> bool:
+    """Read the session's messages back: True unless `out` is surely not there (found:
+    recorded as sent; lookup failed or, after `why`, not found: an error of the report)."""
+    try:
+        found = await delivered(client, out)
+    except AuthError as exc:
+        auth.append(exc)
+        return True
+    except APIError as exc:
+        report.errors[out.key] = f"outcome unknown and the lookup failed: {exc.message}"
+        return True
+    if found:
+        await off_loop(ledger.message_outcome, out.session_id, out.digest, "sent", "found by lookup")
+        report.found += 1
+    elif why is not None:
+        report.errors[out.key] = f"outcome unknown ({why}): the next run looks it up first"
+    return found or why is not None
+
+
+def _record_answer(
+    ledger: Ledger, out: Outgoing, result: CreateResult, report: MessageReport
+) -> Literal["sent", "retry", "auth", "failed", "ambiguous"]:
+    """Record what the API answered to `out` (the ledger, the report); say what comes next."""
+    if result.outcome is CreateOutcome.created:
+        ledger.message_outcome(out.session_id, out.digest, "sent")
+        report.sent += 1
+        return "sent"
+    if result.outcome is CreateOutcome.rate_limited:
+        ledger.message_outcome(out.session_id, out.digest, "not_sent", "rate limited")
+        return "retry"
+    if result.outcome is CreateOutcome.auth:
+        ledger.message_outcome(out.session_id, out.digest, "not_sent", result.message)
+        return "auth"
+    if result.outcome in (CreateOutcome.not_sent, CreateOutcome.rejected):
+        ledger.message_outcome(out.session_id, out.digest, result.outcome.value, result.message)
+        report.errors[out.key] = result.message
+        return "failed"
+    return "ambiguous"
 
 
 async def send_messages(
@@ -148,7 +193,7 @@ async def send_messages(
     ledger: Ledger,
     batch: MessageBatch,
     *,
-    rate: float = 1.0,
+    rate: float = MESSAGE_RATE,
     clock: Clock | None = None,
     concurrency: int = CONCURRENCY,
 ) -> MessageReport:
@@ -160,26 +205,10 @@ async def send_messages(
     lost: list[LockLostError] = []
     limiter = anyio.CapacityLimiter(concurrency)
 
-    async def lookup(out: Outgoing) -> bool | None:
-        try:
-            return await delivered(client, out)
-        except AuthError as exc:
-            auth.append(exc)
-            return None
-        except APIError as exc:
-            report.errors[out.key] = f"outcome unknown and the lookup failed: {exc.message}"
-            return None
-
     async def one(out: Outgoing, scope: anyio.CancelScope) -> None:
         async with limiter:
-            if out.pending:
-                found = await lookup(out)
-                if found is None:
-                    return
-                if found:
-                    await off_loop(ledger.message_outcome, out.session_id, out.digest, "sent", LOOKUP)
-                    report.found += 1
-                    return
+            if out.pending and await _settled_by_lookup(client, ledger, out, report, auth):
+                return
             retry_at = 0.0  # this message's own Retry-After, as a clock time
             while True:
                 ticket = await pacer.acquire(not_before=retry_at)
@@ -191,43 +220,18 @@ async def send_messages(
                     return
                 await off_loop(ledger.message_intent, out.key, out.session_id, out.digest, out.text)
                 result = await client.send_message(out.session_id, out.text)
-                if result.outcome is CreateOutcome.created:
-                    await off_loop(ledger.message_outcome, out.session_id, out.digest, "sent")
+                answer = await off_loop(_record_answer, ledger, out, result, report)
+                if answer == "sent":
                     pacer.on_success(ticket)
-                    report.sent += 1
-                    return
-                if result.outcome is CreateOutcome.rate_limited:
-                    await off_loop(
-                        ledger.message_outcome, out.session_id, out.digest, "not_sent", "rate limited"
-                    )
+                elif answer == "retry":
                     retry_at = pacer.on_429(ticket, result.retry_after)
                     continue
-                if result.outcome is CreateOutcome.auth:
-                    await off_loop(
-                        ledger.message_outcome, out.session_id, out.digest, "not_sent", result.message
-                    )
+                elif answer == "auth":
                     auth.append(AuthError(result.message, status=result.status))
                     scope.cancel()
-                    return
-                if result.outcome in (CreateOutcome.not_sent, CreateOutcome.rejected):
-                    await off_loop(
-                        ledger.message_outcome,
-                        out.session_id,
-                        out.digest,
-                        result.outcome.value,
-                        result.message,
-                    )
-                    report.errors[out.key] = result.message
-                    return
-                # ambiguous: it may have arrived; read back once, else the next run looks again
-                found = await lookup(out)
-                if found:
-                    await off_loop(ledger.message_outcome, out.session_id, out.digest, "sent", LOOKUP)
-                    report.found += 1
-                elif found is not None:
-                    report.errors[out.key] = (
-                        f"outcome unknown ({result.message}): the next run looks it up first"
-                    )
+                elif answer == "ambiguous":  # it may have arrived: read back once (if not
+                    why = result.message  # there, the next run looks again)
+                    await _settled_by_lookup(client, ledger, out, report, auth, why)
                 return
 
     # The campaign lease keeps two senders (or a sender and an apply) apart: without it two

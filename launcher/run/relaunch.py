@@ -35,7 +35,8 @@ from launcher.ledger.attempts import AttemptRecord, attempt_history, relaunch, s
 from launcher.ledger.store import Ledger, Record, off_loop
 from launcher.run.reconcile import ENDED
 from launcher.run.status import CampaignView, Outcome, SessionView
-from launcher.spec.plan import ATTEMPT_TAG_PREFIX, FP_TAG_PREFIX, Plan, build_plan, fingerprint_tag
+from launcher.spec.build import build_plan
+from launcher.spec.plan import ATTEMPT_TAG_PREFIX, FP_TAG_PREFIX, Plan, fingerprint_tag
 
 OUTCOME_SELECTORS = {
     "failed": Outcome.failed,
@@ -161,13 +162,13 @@ def select_relaunch(
             keys = [k for k in planned if fnmatch.fnmatchcase(k, sel)]
             if not keys:
                 raise SelectorError(
-                    f"--relaunch {sel!r}: no key of campaign {plan.campaign} matches it",
+                    f"{sel!r}: no key of campaign {plan.campaign} matches it",
                     hint="a selector is failed, needs-human, cancelled, changed, or a key glob; "
                     f"keys look like {_few(planned, 3)} (`devin-fleet status` lists them)",
                 )
         if (sel in OUTCOME_SELECTORS or sel == CHANGED) and not keys:
             raise SelectorError(
-                f"--relaunch {sel}: no session of campaign {plan.campaign} is {sel} "
+                f"{sel}: no session of campaign {plan.campaign} is {sel} "
                 "(by the latest status); nothing to relaunch",
                 hint="`devin-fleet status MANIFEST` shows each key's outcome",
             )

@@ -41,7 +41,15 @@ from launcher.api.pacing import Clock, MonotonicClock, sleep_unless
 from launcher.errors import APIError, AuthError, ExitCode
 from launcher.ledger.attempts import attempt_history
 from launcher.ledger.store import LaunchState, Ledger, Record, off_loop
-from launcher.run.reconcile import ENDED, adoptions, duplicate_events, remember_earlier, scan
+from launcher.run.options import FOLLOW_INTERVAL, FOLLOW_MAX_INTERVAL
+from launcher.run.reconcile import (
+    ENDED,
+    Reconciliation,
+    adoptions,
+    duplicate_events,
+    remember_earlier,
+    scan,
+)
 from launcher.spec.plan import Plan
 from launcher.spec.templating import Rule, TemplateFailure
 
@@ -412,14 +420,7 @@ async def refresh(
     # of truth): planned keys the ledger does not hold as launched are adopted, extra live
     # sessions of one key are logged as duplicates, unmatched ones are strays.
     rec = await scan(plan, client, page_size=page_size)
-    healing = await off_loop(adoptions, plan, ledger, rec, how="reconcile (status)")
-    healing += await off_loop(duplicate_events, rec, ledger)
-    if healing:
-        await off_loop(ledger.sync_plan, plan)  # rows for the adopted keys (a fresh ledger has none)
-        await off_loop(ledger.write_events, healing)
-    # a rebuilt ledger keeps earlier attempts too
-    await off_loop(remember_earlier, ledger, rec.other_attempts)
-    records = await off_loop(ledger.records)
+    records = await off_loop(_heal, plan, ledger, rec)
     # Match on the path form of ids: some bodies carry bare hex ids (devin-api.md section 1).
     wanted = {
         session_path_id(r.session_id): k for k, r in records.items() if r.state.launched and r.session_id
@@ -435,32 +436,8 @@ async def refresh(
             found[sid] = session
         elif session.session_id not in earlier:
             untracked.append(session.session_id)
-    gone: list[str] = []
-    failures: dict[str, APIError] = {}
-    missing = [sid for sid in wanted if sid not in found]
-    if missing:
-        limiter = anyio.CapacityLimiter(CONCURRENCY)
-        async with anyio.create_task_group() as tg:
-
-            async def one(sid: str) -> None:
-                async with limiter:
-                    try:
-                        session = await client.get_session(sid)
-                    except APIError as exc:  # AuthError too: raised below, not in a group
-                        failures[sid] = exc
-                        if isinstance(exc, AuthError):
-                            tg.cancel_scope.cancel()
-                        return
-                if session is None:
-                    gone.append(sid)
-                else:
-                    found[sid] = session
-
-            for sid in missing:
-                tg.start_soon(one, sid)
-        for exc in failures.values():
-            if isinstance(exc, AuthError):
-                raise exc
+    got, gone, failures = await _get_each(client, [sid for sid in wanted if sid not in found])
+    found.update(got)
     updated = dict(records)
     for sid, session in found.items():
         updated[wanted[sid]] = _refreshed(records[wanted[sid]], session)
@@ -508,6 +485,53 @@ async def refresh(
     return view
 
 
+def _heal(plan: Plan, ledger: Ledger, rec: Reconciliation) -> dict[str, Record]:
+    """What the listing teaches the ledger (adoptions, duplicates, earlier attempts a rebuilt
+    ledger did not know); returns the records as they are then."""
+    healing = adoptions(plan, ledger, rec, how="reconcile (status)")
+    healing += duplicate_events(rec, ledger)
+    if healing:
+        ledger.sync_plan(plan)  # rows for the adopted keys (a fresh ledger has none)
+        ledger.write_events(healing)
+    remember_earlier(ledger, rec.other_attempts)  # a rebuilt ledger keeps earlier attempts too
+    return ledger.records()
+
+
+async def _get_each(
+    client: DevinClient, ids: list[str]
+) -> tuple[dict[str, Session], list[str], dict[str, APIError]]:
+    """One GET per session id, `CONCURRENCY` at a time: the sessions found, the ids the API no
+    longer knows (404), and the ids that failed (why). Raises AuthError (401/403) at once."""
+    found: dict[str, Session] = {}
+    gone: list[str] = []
+    failures: dict[str, APIError] = {}
+    if not ids:
+        return found, gone, failures
+    limiter = anyio.CapacityLimiter(CONCURRENCY)
+    async with anyio.create_task_group() as tg:
+
+        async def one(sid: str) -> None:
+            async with limiter:
+                try:
+                    session = await client.get_session(sid)
+                except APIError as exc:  # AuthError too: raised below, not in a group
+                    failures[sid] = exc
+                    if isinstance(exc, AuthError):
+                        tg.cancel_scope.cancel()
+                    return
+            if session is None:
+                gone.append(sid)
+            else:
+                found[sid] = session
+
+        for sid in ids:
+            tg.start_soon(one, sid)
+    for exc in failures.values():
+        if isinstance(exc, AuthError):
+            raise exc
+    return found, gone, failures
+
+
 def restrict(view: CampaignView, keys: Collection[str] | None) -> CampaignView:
     """The view of only `keys` (None: every planned session; removed ones are not followed)."""
     return dataclasses.replace(
@@ -522,8 +546,8 @@ async def watch(
     ledger: Ledger,
     *,
     keys: Collection[str] | None = None,
-    interval: float = 5.0,
-    max_interval: float = 60.0,
+    interval: float = FOLLOW_INTERVAL,
+    max_interval: float = FOLLOW_MAX_INTERVAL,
     wait_timeout: float | None = None,
     on_refresh: Callable[[CampaignView, float], None] | None = None,
     on_error: Callable[[APIError], None] | None = None,

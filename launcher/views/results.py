@@ -9,6 +9,7 @@ writes `true`/`false`, lists joined by "; ", nothing for null (RFC 4180 quoting)
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fnmatch
 import io
 import json
@@ -204,6 +205,24 @@ def select(
         if (not wanted or s.outcome.value in wanted)
         and (not globs or any(fnmatch.fnmatchcase(s.key, g) for g in globs))
     ]
+
+
+def with_history(
+    chosen: list[SessionView],
+    earlier: Mapping[str, list[SessionView]],
+    outcomes: Sequence[str] = (),
+) -> list[SessionView]:
+    """Each chosen key's earlier attempts (oldest first; with `outcomes`, only those) before
+    its latest: what `results --history` lists."""
+    out: list[SessionView] = []
+    for s in chosen:
+        out += [
+            dataclasses.replace(e, fleet=s.fleet)
+            for e in earlier.get(s.key, [])
+            if not outcomes or e.outcome.value in outcomes
+        ]
+        out.append(s)
+    return out
 
 
 def build_results(

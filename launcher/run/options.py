@@ -1,0 +1,68 @@
+"""The options of a run, with their defaults written once: how `apply` launches (pacing,
+selection, time bounds) and what it does beyond launching (follow, waves, ceiling). The CLI
+reads its defaults from here; invalid values raise ConfigError naming the option, not a flag."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from launcher.errors import ConfigError
+from launcher.ledger.store import LOCK_TTL
+
+FOLLOW_INTERVAL = 5.0  # first interval between refreshes while following (it grows)
+FOLLOW_MAX_INTERVAL = 60.0  # the longest
+MESSAGE_RATE = 1.0  # messages per second
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    """How to apply: pacing, selection and time bounds."""
+
+    concurrency: int = 8  # most requests in flight
+    rate: float = 5.0  # most creates per second (the adaptive rate never exceeds it)
+    only: tuple[str, ...] = ()  # globs over keys
+    keys: frozenset[str] | None = None  # explicit selection (a rollout wave), with `only`
+    limit: int | None = None  # most sessions to launch in this run
+    max_attempts: int = 6  # per session, not counting 429s
+    max_rate_limited: int = 200  # 429s per session before giving up
+    lookup_grace: float = 3.0  # least wait between an ambiguous create and its lookup
+    lock_ttl: float = LOCK_TTL  # the lease: heartbeat every ttl/6, stop sending past ttl/2
+    reconcile: bool = True  # list the campaign tag and adopt what exists before creating
+    drain_timeout: float = 30.0  # after a stop, how long in-flight creates may take
+    run_timeout: float | None = None  # the whole run
+    breaker_threshold: int = 12
+    preflight: bool = True  # prove the token and referenced ids first (off: the caller did)
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ConfigError.invalid("concurrency", "must be at least 1", self.concurrency)
+        if not self.rate > 0:
+            raise ConfigError.invalid("rate", "must be positive", self.rate)
+        if self.limit is not None and self.limit < 0:
+            raise ConfigError.invalid("limit", "must not be negative", self.limit)
+        if self.lookup_grace < 0:
+            raise ConfigError.invalid("lookup_grace", "must not be negative", self.lookup_grace)
+        if not self.lock_ttl > 0:
+            raise ConfigError.invalid("lock_ttl", "must be positive", self.lock_ttl)
+
+
+@dataclass(frozen=True)
+class RolloutOptions:
+    """What `apply` does beyond launching: follow, waves, ceiling."""
+
+    wait: bool = False  # follow every selected session to a final outcome
+    wait_timeout: float | None = None  # bounds all following in this run (seconds)
+    wave: int | None = None  # go straight to this wave (earlier gates: `forced`)
+    skip_gate: bool = False  # open the gate of the wave this run resumes at
+    max_running: int | None = None  # overrides the manifest's budget.max_running
+    interval: float = FOLLOW_INTERVAL  # first follow interval (grows while nothing changes)
+    max_interval: float = FOLLOW_MAX_INTERVAL
+    ceiling_interval: float = 2.0  # first poll interval while holding at the ceiling
+
+    def __post_init__(self) -> None:
+        if self.wait_timeout is not None and not self.wait_timeout > 0:
+            raise ConfigError.invalid("wait_timeout", "must be positive", self.wait_timeout)
+        if self.wave is not None and self.wave < 1:
+            raise ConfigError.invalid("wave", "must be at least 1", self.wave)
+        if self.max_running is not None and self.max_running < 1:
+            raise ConfigError.invalid("max_running", "must be at least 1", self.max_running)
