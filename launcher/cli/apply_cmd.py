@@ -219,7 +219,7 @@ def apply(
         emit_json(data)
     else:
         _apply_summary(summary.apply)
-        _rollout_summary(summary, p)
+        _rollout_summary(summary, p, manifest)
     if summary.apply.aborted is not None:
         err.print(summary.apply.aborted.render(), markup=False)
     sys.exit(summary.exit_code)
@@ -319,16 +319,14 @@ def _apply_summary(s: ApplySummary) -> None:
         out.print("interrupted: run apply again to resume")
 
 
-def _rollout_summary(s: RolloutSummary, p: Plan) -> None:
-    from launcher.cli.report_cmds import _results_table
-    from launcher.views.results import build_results, totals_line
+def _rollout_summary(s: RolloutSummary, p: Plan, manifest: str) -> None:
+    from launcher.cli.report_cmds import attention_summary
 
-    for g in s.gates:
-        out.print(g.describe(), markup=False)
+    # Each gate's verdict was said as it was decided (progress, on stderr): only the stop here.
     if s.stopped is not None:
         out.print(
-            f"rollout stopped before wave {s.stopped.wave + 1} of {s.waves}: see "
-            "`devin-fleet results MANIFEST`; re-run apply to check the gate again, or pass "
+            f"rollout stopped before wave {s.stopped.wave + 1} of {s.waves}: {s.stopped.describe()}. "
+            f"See `devin-fleet results {manifest}`; re-run apply to check the gate again, or pass "
             "--skip-gate to go on",
             markup=False,
         )
@@ -339,15 +337,11 @@ def _rollout_summary(s: RolloutSummary, p: Plan) -> None:
     view = s.view
     if view is None:
         return
-    counts = "  ".join(f"{k}: {v}" for k, v in view.counts().items() if v)
     if view.timed_out:
         out.print(
-            f"wait timed out with {view.counts()['running']} session(s) still running "
-            f"({counts}): re-run apply, or `devin-fleet status MANIFEST --watch`, to keep following",
+            f"wait timed out with {view.counts()['running']} session(s) still running: re-run "
+            f"apply, or `devin-fleet status {manifest} --watch`, to keep following",
             markup=False,
         )
     if s.followed:
-        out.print(counts or "no sessions", markup=False)
-        res = build_results(view, p.schemas)
-        _results_table(res)
-        out.print(totals_line(res), markup=False)
+        attention_summary(p, view, manifest)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import click
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -108,6 +109,15 @@ def _view(
     is_flag=True,
     help="Every attempt of each key (earlier ones, superseded by a relaunch, before the latest).",
 )
+@click.option(
+    "--columns",
+    "columns",
+    multiple=True,
+    metavar="COLS",
+    help="The columns of the table, csv or markdown, comma-separated (key, outcome, reason, pr, "
+    "acus, url, attempt, status, item.COL, output fields by name; `all`). Default: key, "
+    "outcome, reason, PR, ACUs and the output fields that fit.",
+)
 @click.option("--refresh/--no-refresh", default=True, hidden=True)  # before 0.2: opt-in refresh
 @ledger_option
 @api_options
@@ -119,14 +129,17 @@ def results(
     group_by: tuple[str, ...],
     offline: bool,
     history: bool,
+    columns: tuple[str, ...],
     refresh: bool,
     ledger: str | None,
     base_url: str | None,
     org_id: str | None,
 ) -> None:
-    """The campaign as a report: a row per session with its item, outcome, reason, pull request,
-    ACUs and one column per structured-output field (schema order), refreshed from the API."""
-    from launcher.views.results import FieldError, build_results, select
+    """The campaign as a report: a row per session (what needs attention first in the table and
+    markdown) with its outcome, reason, pull request, ACUs and structured-output fields,
+    refreshed from the API. On a terminal a table that fits; otherwise a line per session."""
+    from launcher.run.status import by_attention, select
+    from launcher.views.results import FieldError, build_results, choose_columns
 
     if len(group_by) > 2:
         raise click.UsageError("--group-by takes one field, or two for a two-way count")
@@ -134,14 +147,22 @@ def results(
     view = _view(p, ledger, offline or not refresh, base_url, org_id)
     warn(view)
     chosen = select(view, outcomes, only)
+    if output in ("table", "markdown") and not group_by:
+        chosen = by_attention(chosen)
     if history:
         chosen = _with_history(p, ledger, chosen, outcomes)
     res = build_results(view, p.schemas, chosen)
     try:
+        cols = choose_columns(res, columns) if columns else None
+    except FieldError as exc:
+        raise click.BadParameter(
+            f"no column {exc.name!r}; columns: {', '.join(exc.available)}", param_hint="--columns"
+        ) from None
+    try:
         if group_by:
             _groups(res, list(group_by), output)
         else:
-            _emit(res, output)
+            _emit(res, output, cols, manifest)
     except FieldError as exc:
         raise click.BadParameter(
             f"no column {exc.name!r}; columns: {', '.join(exc.available)}", param_hint="--group-by"
@@ -167,7 +188,7 @@ def _with_history(
     return out
 
 
-def _emit(res: Results, output: str) -> None:
+def _emit(res: Results, output: str, cols: list[str] | None, manifest: str) -> None:
     from launcher.views.results import to_csv, to_markdown, totals_line
 
     if output == "json":
@@ -176,36 +197,74 @@ def _emit(res: Results, output: str) -> None:
         for record in res.records():
             click.echo(json.dumps(record, ensure_ascii=False))
     elif output == "csv":
-        click.echo(to_csv(res), nl=False)
+        click.echo(to_csv(res, cols), nl=False)
     elif output == "markdown":
-        click.echo(to_markdown(res), nl=False)
+        click.echo(to_markdown(res, cols), nl=False)
     else:
-        _results_table(res)
-    (out if output == "table" else err).print(totals_line(res), markup=False)
+        results_table(res, cols)
+        footer(res, manifest)
+        return
+    err.print(totals_line(res), markup=False)
 
 
-def _results_table(res: Results) -> None:
-    from launcher.views.results import cell_of, table_columns
+def results_table(res: Results, cols: list[str] | None = None) -> None:
+    """On a terminal a table that fits its width (cells on one line, cut with "…", keys and
+    pull requests linked); otherwise aligned lines, one per session, never wrapped."""
+    from launcher.views.results import default_columns, display, heading, plain_lines
 
-    cols = table_columns(res)
-    table = Table(title=f"campaign {res.campaign}: results")
-    for col in cols:  # output fields by their own name, unless it is one of the fixed columns
-        bare = col.removeprefix("output.")
-        table.add_column(col if bare in res.columns else bare, overflow="fold")
-    for row in res.rows:
+    if not out.is_terminal:
+        cols = cols or default_columns(res, None)
+        click.echo("\n".join(plain_lines(res, cols)))
+        return
+    cols = cols or default_columns(res, out.width)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for col in cols:
+        table.add_column(heading(res, col), no_wrap=True, overflow="ellipsis")
+    for row, s in zip(res.rows, res.sessions, strict=True):
         cells: list[Text | str] = []
         for c in cols:
-            text = cell_of(c, row[c])
+            text = display(c, row[c], terminal=True)
             if c == "outcome":
                 cells.append(Text(text, style=OUTCOME_STYLE.get(text, "")))
-            elif c == "output_valid":
-                cells.append({"true": "yes", "false": "NO", "": "-"}[text])
+            elif c == "key" and s.url:
+                cells.append(Text(text, style=f"link {s.url}"))
+            elif c == "pr_url" and s.pr_urls:
+                cells.append(Text(text, style=f"link {s.pr_urls[0]}"))
             else:
                 cells.append(text)
         table.add_row(*cells)
-    counts = "  ".join(f"{k}: {v}" for k, v in res.counts().items() if v) or "no sessions"
-    out.print(counts, markup=False)
     out.print(table)
+
+
+def footer(res: Results, manifest: str, *, rest: bool = False) -> None:
+    """After a table: the outcome counts (attention first), the totals, what to run next."""
+    from launcher.views.results import counts_line, totals_line
+
+    out.print(counts_line(res), markup=False)
+    out.print(totals_line(res), markup=False)
+    if rest:
+        out.print(f"every session: devin-fleet results {manifest}", markup=False)
+
+
+def attention_summary(p: Plan, view: CampaignView, manifest: str, limit: int = 10) -> None:
+    """The end of `apply --wait`: the outcome counts, the few sessions that need attention, and
+    the commands that show the rest (the whole table is `results`' job)."""
+    from launcher.run.status import by_attention
+    from launcher.views.results import build_results, needing_attention
+
+    res = build_results(view, p.schemas, by_attention(view.sessions))
+    todo = needing_attention(res)
+    if todo:
+        shown = build_results(view, p.schemas, todo[:limit])
+        out.print(f"{len(todo)} session(s) need attention:", markup=False)
+        results_table(shown, ["key", "outcome", "reason", "url"])
+        if len(todo) > limit:
+            out.print(f"... and {len(todo) - limit} more", markup=False)
+        out.print(
+            f"all of them: devin-fleet results {manifest} --outcome failed --outcome needs-human",
+            markup=False,
+        )
+    footer(res, manifest, rest=True)
 
 
 def _groups(res: Results, fields: list[str], output: str) -> None:
