@@ -42,6 +42,18 @@ def api_options(f: F) -> F:
     return click.option("--org", "org_id", help="Organization id (env DEVIN_ORG_ID).")(f)
 
 
+def outcome_option(f: F) -> F:
+    from launcher.run.status import Outcome
+
+    return click.option(
+        "--outcome",
+        "outcomes",
+        multiple=True,
+        type=click.Choice([o.value for o in Outcome]),
+        help="Only sessions with this outcome (repeatable).",
+    )(f)
+
+
 def sim_options(f: F) -> F:
     f = click.option(
         "--sim", is_flag=True, help="Rehearse against the embedded simulator (in-process, loopback)."

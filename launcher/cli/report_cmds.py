@@ -15,7 +15,6 @@ from rich.table import Table
 from rich.text import Text
 
 from launcher.cli.common import (
-    F,
     api_config,
     api_options,
     confirm,
@@ -25,12 +24,12 @@ from launcher.cli.common import (
     ledger_option,
     load_plan,
     out,
+    outcome_option,
     refresh_campaign,
     warn,
 )
 from launcher.errors import ExitCode
 from launcher.ledger.store import open_ledger
-from launcher.run.status import Outcome
 
 if TYPE_CHECKING:
     from launcher.api.client import ApiConfig
@@ -48,17 +47,6 @@ OUTCOME_STYLE = {
     "cancelled": "dim",
     "not-launched": "dim",
 }
-OUTCOMES = [o.value for o in Outcome]
-
-
-def outcome_option(f: F) -> F:
-    return click.option(
-        "--outcome",
-        "outcomes",
-        multiple=True,
-        type=click.Choice(OUTCOMES),
-        help="Only sessions with this outcome (repeatable).",
-    )(f)
 
 
 def _view(
