@@ -30,6 +30,14 @@ from launcher.errors import ExitCode
 from launcher.ledger.store import Change, Ledger, open_ledger
 from launcher.spec.plan import Plan
 
+# Creates per second. The API publishes no limit (devin-api.md section 5; one client saw no 429
+# at 3 concurrent creates, creates take 0.6-1.2 s), so with the default 8 in flight the
+# concurrency, not the rate, governs at about 7-13/s; 20/s is the simulator's rate-limited
+# profile, and a limit below it is learned from the first 429s (README: the pacing matrix). The
+# embedded simulator has no limit and answers at once: 100/s launches 2,000 sessions in 20 s.
+RATE = 20.0
+SIM_RATE = 100.0
+
 if TYPE_CHECKING:
     from launcher.api.client import ApiConfig
     from launcher.run.apply import ApplyOptions
@@ -42,7 +50,12 @@ if TYPE_CHECKING:
 @click.argument("manifest", type=click.Path())
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--concurrency", default=8, show_default=True, help="Most requests in flight.")
-@click.option("--rate", default=5.0, show_default=True, help="Most creates per second.")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0.01),
+    help=f"Most creates per second (default {RATE}; {SIM_RATE} with --sim); apply learns a lower "
+    "limit from 429s.",
+)
 @click.option("--only", multiple=True, help="Only keys matching this glob (repeatable).")
 @click.option("--limit", type=int, help="Launch at most N sessions in this run.")
 @click.option(
@@ -114,7 +127,7 @@ def apply(
     manifest: str,
     yes: bool,
     concurrency: int,
-    rate: float,
+    rate: float | None,
     only: tuple[str, ...],
     limit: int | None,
     relaunch: tuple[str, ...],
@@ -149,6 +162,7 @@ def apply(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--wait-timeout") from None
     p = load_plan(manifest, "send")
+    rate = rate or (SIM_RATE if sim else RATE)
     options = ApplyOptions(
         concurrency=concurrency,
         rate=rate,
@@ -176,7 +190,9 @@ def apply(
         if sim and not ledger:
             ledger = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "sim.db")
         cfg = dataclasses.replace(
-            stack.enter_context(api_config(base_url, org_id, sim, sim_profile, sim_time_scale)),
+            stack.enter_context(
+                api_config(base_url, org_id, sim, sim_profile, sim_time_scale, offers_sim=True)
+            ),
             read_timeout=request_timeout,
         )
         led = stack.enter_context(open_ledger(p.manifest.path, p.campaign, ledger))
@@ -200,13 +216,7 @@ def apply(
         if selection is not None:
             what = selection.question(todo, keep_previous)
         if what:
-            confirm(
-                f"{what} of campaign {p.campaign} at {cfg.base_url}"
-                + (f", in {len(waves)} waves with a gate between them" if len(waves) > 1 else "")
-                + (f", at most {ceiling} running at once" if ceiling else "")
-                + "?",
-                yes,
-            )
+            confirm(_question(what, p, cfg.base_url, rate, concurrency, ceiling, len(waves)), yes)
         if selection is not None:
             from launcher.run.relaunch import record
 
@@ -218,11 +228,37 @@ def apply(
             data["relaunch"] = selection.to_json(keep_previous)
         emit_json(data)
     else:
-        _apply_summary(summary.apply)
+        _apply_summary(summary.apply, sim)
         _rollout_summary(summary, p, manifest)
     if summary.apply.aborted is not None:
         err.print(summary.apply.aborted.render(), markup=False)
     sys.exit(summary.exit_code)
+
+
+def _question(
+    what: str, p: Plan, base_url: str, rate: float, concurrency: int, ceiling: int | None, waves: int
+) -> str:
+    """The confirmation: what, where, how fast, and how long apply keeps running."""
+    text = f"{what} of campaign {p.campaign} at {base_url}, at most {rate:g} creates/s"
+    text += f" and {concurrency} at a time"
+    if ceiling:
+        text += f", at most {ceiling} running at once"
+    if waves > 1:
+        rollout = p.manifest.manifest.rollout
+        gate = rollout.gate.wait_timeout if rollout is not None else None
+        limit = f"up to {_duration(gate)} a wave" if gate else "with no time limit"
+        text += (
+            f", in {waves} waves: apply stays running to follow each wave to its gate "
+            f"({limit}) before it launches the next"
+        )
+    return text + "?"
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 async def _apply_async(
@@ -272,7 +308,8 @@ async def _apply_async(
                 stop=stop,
                 interrupted=interrupted,
                 progress=ProgressReporter,
-                follower=ProgressReporter,
+                # sessions turn final in batches, one refresh at a time: a rate would mislead
+                follower=lambda label: ProgressReporter(label, rate=False),
             )
             tg.cancel_scope.cancel()
     return summary
@@ -290,7 +327,7 @@ async def _select(p: Plan, cfg: ApiConfig, led: Ledger, selectors: tuple[str, ..
     return select_relaunch(p, view, led, selectors)
 
 
-def _apply_summary(s: ApplySummary) -> None:
+def _apply_summary(s: ApplySummary, sim: bool = False) -> None:
     from launcher.run.summary import Result
 
     c = {r: s.count(r) for r in Result}
@@ -315,7 +352,9 @@ def _apply_summary(s: ApplySummary) -> None:
         )
     for key, why in s.errors.items():
         out.print(f"  {s.results.get(key, '?')}: {key}: {why}", markup=False)
-    if s.interrupted:
+    if s.interrupted and sim:
+        out.print("interrupted: the in-process simulator ended with this run (nothing to resume)")
+    elif s.interrupted:
         out.print("interrupted: run apply again to resume")
 
 

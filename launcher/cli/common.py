@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import click
 from rich.console import Console
 
-from launcher.errors import ConfirmationError, LedgerError, ManifestError
+from launcher.errors import ConfigError, ConfirmationError, LedgerError, ManifestError
 from launcher.ledger.store import Ledger, default_ledger_path, open_ledger
 from launcher.spec.plan import Plan, plan_manifest, secrets_warning
 
@@ -96,11 +96,24 @@ def api_config(
     sim: bool = False,
     profile: str = "clean",
     time_scale: float = 60.0,
+    *,
+    offers_sim: bool = False,
 ) -> Iterator[ApiConfig]:
     from launcher.api.client import ApiConfig
 
     if not sim:
-        yield ApiConfig.from_env(os.environ, base_url=base_url, org_id=org_id)
+        try:
+            cfg = ApiConfig.from_env(os.environ, base_url=base_url, org_id=org_id)
+        except ConfigError as exc:
+            if not os.environ.get("DEVIN_API_KEY") and not exc.message.startswith("DEVIN_API_BASE"):
+                # only `apply` has --sim; the others follow a simulator served on its own
+                exc.hint = (exc.hint or "") + (
+                    ", or rehearse with `devin-fleet apply MANIFEST --sim`"
+                    if offers_sim
+                    else ", or rehearse: `devin-fleet sim` prints the export lines to use"
+                )
+            raise
+        yield cfg
         return
     from launcher.sim import running_simulator
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import sys
 from collections import Counter
@@ -113,7 +114,8 @@ def _annotation(level: str, p: Problem) -> str:
 @click.command()
 @click.argument("manifest", type=click.Path())
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
-@click.option("--show-prompts", is_flag=True, help="Print each rendered prompt.")
+@click.option("--show-prompts", is_flag=True, help="Print each rendered prompt (of --only's keys).")
+@click.option("--only", multiple=True, metavar="GLOB", help="Only keys matching this glob (repeatable).")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0: nothing to do, 2: changes, 1: error.")
 @click.option("--check-remote", is_flag=True, help="Check the token and referenced ids in the org.")
 @click.option(
@@ -128,6 +130,7 @@ def plan(
     manifest: str,
     output: str,
     show_prompts: bool,
+    only: tuple[str, ...],
     detailed_exitcode: bool,
     check_remote: bool,
     show_diff: bool,
@@ -150,6 +153,16 @@ def plan(
         )
     if changes is None:
         changes = _diff(p, ledger)
+    if only:  # the selection: its table, prompts, JSON and totals
+        changes = [c for c in changes if any(fnmatch.fnmatchcase(c[1], g) for g in only)]
+        if not changes:
+            raise click.BadParameter(
+                f"no key of campaign {p.campaign} matches {' '.join(only)}; keys look like "
+                + ", ".join(s.key for s in p.sessions[:3]),
+                param_hint="--only",
+            )
+        keys = {k for _, k, _ in changes}
+        p = dataclasses.replace(p, sessions=tuple(s for s in p.sessions if s.key in keys))
     launched = _launched_requests(p, ledger, changes)
     fields = {k: changed_fields(old, new) for k, (old, new) in launched.items()}
     from launcher.run.rollout import waves_by_key
@@ -287,9 +300,9 @@ def _plan_table(
     if waves:
         sizes = Counter(waves.values())
         out.print(
-            f"rollout: {len(sizes)} waves of "
-            + ", ".join(str(sizes[w]) for w in sorted(sizes))
-            + " sessions, a gate after each but the last",
+            f"rollout: {len(sizes)} waves ("
+            + ", ".join(f"wave {w}: {sizes[w]} session(s)" for w in sorted(sizes))
+            + "), a gate after each wave but the last",
             markup=False,
         )
 
