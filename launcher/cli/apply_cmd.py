@@ -229,7 +229,7 @@ def apply(
         emit_json(data)
     else:
         _apply_summary(summary.apply, sim)
-        _rollout_summary(summary, p, manifest)
+        _rollout_summary(summary, p, manifest, sim)
     if summary.apply.aborted is not None:
         err.print(summary.apply.aborted.render(), markup=False)
     sys.exit(summary.exit_code)
@@ -358,7 +358,7 @@ def _apply_summary(s: ApplySummary, sim: bool = False) -> None:
         out.print("interrupted: run apply again to resume")
 
 
-def _rollout_summary(s: RolloutSummary, p: Plan, manifest: str) -> None:
+def _rollout_summary(s: RolloutSummary, p: Plan, manifest: str, sim: bool) -> None:
     from launcher.cli.report_cmds import attention_summary
 
     # Each gate's verdict was said as it was decided (progress, on stderr): only the stop here.
@@ -383,4 +383,4 @@ def _rollout_summary(s: RolloutSummary, p: Plan, manifest: str) -> None:
             markup=False,
         )
     if s.followed:
-        attention_summary(p, view, manifest)
+        attention_summary(p, view, manifest, sim=sim)

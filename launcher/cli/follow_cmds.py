@@ -185,13 +185,12 @@ async def _refresh(
 
 
 def _counts(view: CampaignView) -> str:
-    """`failed 3 · needs-human 2 · succeeded 35`: attention first."""
+    """`failed: 3  needs-human: 2  succeeded: 35`: attention first."""
     from launcher.run.status import Outcome
 
     c = view.counts()
-    return " · ".join(f"{o} {c[o]}" for o in sorted(c, key=lambda o: Outcome(o).rank) if c[o]) or (
-        "no sessions"
-    )
+    ranked = sorted(c, key=lambda o: Outcome(o).rank)
+    return "  ".join(f"{o}: {c[o]}" for o in ranked if c[o]) or "no sessions"
 
 
 def _status_table(view: CampaignView, pick: Filter) -> None:

@@ -234,7 +234,9 @@ def footer(res: Results, manifest: str, *, rest: bool = False) -> None:
         out.print(f"every session: devin-fleet results {manifest}", markup=False)
 
 
-def attention_summary(p: Plan, view: CampaignView, manifest: str, limit: int = 10) -> None:
+def attention_summary(
+    p: Plan, view: CampaignView, manifest: str, limit: int = 10, *, sim: bool = False
+) -> None:
     """The end of `apply --wait`: the outcome counts, the few sessions that need attention, and
     the commands that show the rest (the whole table is `results`' job)."""
     from launcher.run.status import by_attention
@@ -248,11 +250,18 @@ def attention_summary(p: Plan, view: CampaignView, manifest: str, limit: int = 1
         results_table(shown, ["key", "outcome", "reason", "url"])
         if len(todo) > limit:
             out.print(f"... and {len(todo) - limit} more", markup=False)
+        if not sim:
+            out.print(
+                f"all of them: devin-fleet results {manifest} --outcome failed --outcome needs-human",
+                markup=False,
+            )
+    footer(res, manifest, rest=not sim)
+    if sim:
         out.print(
-            f"all of them: devin-fleet results {manifest} --outcome failed --outcome needs-human",
+            "--sim: these sessions end with this run; to keep them for `results` and `status`, "
+            "serve the simulator on its own (`devin-fleet sim`) and apply to it",
             markup=False,
         )
-    footer(res, manifest, rest=True)
 
 
 def _groups(res: Results, fields: list[str], output: str) -> None:

@@ -1,11 +1,12 @@
 """Rollout: a campaign beyond one launch. Canary waves with a gate between them, a ceiling on
 the campaign's running sessions, and following launched sessions to their final outcomes.
 
-- Waves: the manifest's `rollout.waves` (e.g. `[5, "20%", "rest"]`) cut the plan into waves.
-  Sessions are ordered by their identity tag (the first 16 hex of sha256(campaign, NUL, key)),
-  so a key's wave does not depend on the order of the items (and a wave is a random sample of
-  the fleet, not the first rows of a file); a percentage is of the whole plan, rounded up;
-  sessions left over after the last size form a final wave.
+- Waves: the manifest's `rollout.waves` cut the plan into waves (`spec.waves`): named ones
+  first (`{keys: [...]}` or `{when: "item.risk == 'low'"}`), then sizes (e.g. `[5, "20%",
+  "rest"]`) over the sessions left, ordered by their identity tag (the first 16 hex of
+  sha256(campaign, NUL, key)), so a key's wave does not depend on the order of the items (and
+  a sized wave is a random sample of the fleet, not the first rows of a file); a percentage
+  is of the whole plan, rounded up; sessions left over after the last size form a final wave.
 - Each wave is launched by `apply.apply_plan` with the wave's keys as its selection, followed
   with `status.refresh` until its sessions are final (or the gate's `wait_timeout`), and its
   gate decides: `passed` opens the next wave, `stopped` ends the run (exit 7). Decisions and
@@ -24,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
-import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -47,6 +47,7 @@ from launcher.run.status import CampaignView, Outcome, classify, watch
 from launcher.run.summary import ApplySummary, Result
 from launcher.spec.manifest import Gate
 from launcher.spec.plan import Plan
+from launcher.spec.waves import Member, assign
 
 OPEN = frozenset({"passed", "skipped", "forced"})  # decisions that let the next wave launch
 HEARTBEAT_EVERY = 10.0
@@ -64,39 +65,13 @@ class Wave:
     keys: tuple[str, ...]
 
 
-def wave_sizes(sizes: list[int | str], total: int) -> list[int]:
-    """How many sessions each wave holds, for a plan of `total` (empty waves are dropped)."""
-    out: list[int] = []
-    left = total
-    for size in sizes:
-        if left <= 0:
-            break
-        if size == "rest":
-            n = left
-        elif isinstance(size, str):
-            n = max(1, math.ceil(total * float(size[:-1]) / 100))
-        else:
-            n = size
-        n = min(n, left)
-        out.append(n)
-        left -= n
-    if left > 0:
-        out.append(left)
-    return out
-
-
 def assign_waves(plan: Plan) -> list[Wave]:
-    """The plan's waves; one wave of everything when the manifest has no rollout."""
+    """The plan's waves (`spec.waves` decides membership); one wave of everything when the
+    manifest has no rollout."""
     rollout = plan.manifest.manifest.rollout
     if rollout is None:
         return [Wave(1, tuple(s.key for s in plan.sessions))]
-    ranked = sorted(plan.sessions, key=lambda s: (s.identity_tag, s.key))
-    number: dict[str, int] = {}
-    start = 0
-    for i, n in enumerate(wave_sizes(list(rollout.waves), len(ranked)), 1):
-        for s in ranked[start : start + n]:
-            number[s.key] = i
-        start += n
+    number = assign(rollout, [Member(s.key, s.identity_tag, s.item) for s in plan.sessions])
     count = max(number.values(), default=0)
     return [
         Wave(i, tuple(s.key for s in plan.sessions if number[s.key] == i)) for i in range(1, count + 1)
@@ -446,6 +421,15 @@ class RolloutSummary:
         return data
 
 
+def _done(records: Mapping[str, Any], keys: Collection[str]) -> set[str]:
+    """The keys launched, or refused by the API (nothing more to launch for them)."""
+    return {
+        k
+        for k in keys
+        if k in records and (records[k].state.launched or records[k].state == LaunchState.refused)
+    }
+
+
 def _selected(keys: tuple[str, ...], only: tuple[str, ...]) -> list[str]:
     return [k for k in keys if not only or any(fnmatch.fnmatchcase(k, g) for g in only)]
 
@@ -583,7 +567,17 @@ async def _waves(
     budget = options.limit  # --limit counts over the whole run, not per wave
     for w in waves:
         keys = _selected(w.keys, options.only)
+        gated = w is not waves[-1] and w.number not in decided  # its gate opens the next
         if not keys:
+            later = any(_selected(x.keys, options.only) for x in waves[w.number :])
+            if gated and later:
+                # --only must not walk past a gate that was never passed
+                summary.incomplete = (
+                    f"--only selects no session of wave {w.number}, whose gate is not open yet: "
+                    f"launch wave {w.number} first (without --only), or pass --skip-gate"
+                )
+                summary.next_wave = w.number
+                return
             continue
         selected += keys
         label = f"wave {w.number}/{len(waves)}" if many else "apply"
@@ -616,6 +610,16 @@ async def _waves(
         left = [
             k for k in keys if not (records[k].state.launched or records[k].state == LaunchState.refused)
         ]
+        done = _done(records, w.keys) if gated and not left else set(w.keys)
+        unselected = [k for k in w.keys if k not in done]
+        if unselected:  # the gate judges the whole wave: the rest of it first
+            summary.incomplete = (
+                f"wave {w.number}: {len(unselected)} session(s) not selected by --only are not "
+                "launched yet, and the gate judges the whole wave: launch them (without --only), "
+                "or pass --skip-gate"
+            )
+            summary.next_wave = w.number
+            return
         if left:
             why = " (--limit)" if budget == 0 else ""
             summary.incomplete = f"wave {w.number}: {len(left)} session(s) not launched yet{why}"
@@ -648,8 +652,9 @@ async def _waves(
         result = evaluate_gate(gate, w.number, view.counts())
         summary.gates.append(result)
         ledger.record_wave(w.number, "passed" if result.passed else "stopped", result.describe())
-        reporter.note(result.describe())
-        if not result.passed:
+        if result.passed:  # a stop is told once, by the run's summary
+            reporter.note(result.describe())
+        else:
             summary.stopped = result
             summary.next_wave = w.number
             return

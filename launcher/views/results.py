@@ -432,10 +432,10 @@ def plain_lines(results: Results, columns: Sequence[str]) -> list[str]:
 
 
 def counts_line(results: Results) -> str:
-    """`failed 3 · needs-human 2 · succeeded 35`: the outcome counts, attention first."""
+    """`failed: 3  needs-human: 2  succeeded: 35`: the outcome counts, attention first."""
     counts = results.counts()
     ranked = sorted(counts, key=lambda o: Outcome(o).rank)
-    return " · ".join(f"{o} {counts[o]}" for o in ranked if counts[o]) or "no sessions"
+    return "  ".join(f"{o}: {counts[o]}" for o in ranked if counts[o]) or "no sessions"
 
 
 def needing_attention(results: Results) -> list[SessionView]:
