@@ -405,7 +405,8 @@ def message(
     ):
         view = anyio.run(refresh_campaign, p, cfg, led)
         warn(view)
-        chosen = [s for s in select(view, outcomes, only) if s.session_id]
+        matching = select(view, outcomes, only)
+        chosen = [s for s in matching if s.session_id]
         try:
             batch = prepare_messages(p, chosen, source, led)
         except MessageError as exc:
@@ -413,7 +414,7 @@ def message(
         if batch.already:
             out.print(f"{len(batch.already)} session(s) already have this message", markup=False)
         if not batch.todo:
-            out.print("nothing to send", markup=False)
+            out.print(_nothing_to_send(view, matching, chosen, batch, outcomes, only), markup=False)
             return
         out.print(f"{len(batch.todo)} session(s) to message:", markup=False)
         for m in batch.todo[:20]:
@@ -434,15 +435,44 @@ def message(
         err.print(f"  {key}: {why}", markup=False)
     out.print(
         f"sent {report.sent} message(s), {report.found} found already delivered"
+        + (f", {len(batch.already)} had it before this run" if batch.already else "")
         + (f", {len(report.errors)} failed: re-run to retry" if report.errors else ""),
         markup=False,
     )
     sys.exit(ExitCode.error if report.errors else ExitCode.ok)
 
 
+def _nothing_to_send(
+    view: CampaignView,
+    matching: list[SessionView],
+    chosen: list[SessionView],
+    batch: MessageBatch,
+    outcomes: tuple[str, ...],
+    only: tuple[str, ...],
+) -> str:
+    """Why there is nothing to send: the filter matched nothing, or what became of the rest."""
+    if not matching:
+        given = " ".join([*(f"--outcome {o}" for o in outcomes), *(f"--only {g}" for g in only)])
+        return f"nothing to send: no session of the {len(view.sessions)} matches {given}"
+    why = []
+    if batch.already:
+        why.append(f"{len(batch.already)} already have this message")
+    if batch.ended:
+        why.append(f"{len(batch.ended)} have ended (exit) and cannot take one")
+    if len(matching) > len(chosen):
+        why.append(f"{len(matching) - len(chosen)} were never launched")
+    return "nothing to send: " + ", ".join(why)
+
+
 async def _send(cfg: ApiConfig, led: Ledger, batch: MessageBatch, rate: float) -> MessageReport:
     from launcher.api.client import DevinClient
     from launcher.run.messages import send_messages
+    from launcher.views.progress import ProgressReporter
 
-    async with DevinClient(cfg) as client:
-        return await send_messages(client, led, batch, rate=rate)
+    bar = ProgressReporter("message")  # stderr: a bar on a terminal, a line every 5 s otherwise
+    bar.start(len(batch.todo))
+    try:
+        async with DevinClient(cfg) as client:
+            return await send_messages(client, led, batch, rate=rate, on_done=bar.advance)
+    finally:
+        bar.finish()

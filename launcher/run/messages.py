@@ -10,7 +10,7 @@ stays `pending`, and before anything is sent again the session's messages are re
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,9 +146,11 @@ async def send_messages(
     *,
     rate: float = 1.0,
     clock: Clock | None = None,
+    on_done: Callable[[str, str], None] | None = None,
 ) -> MessageReport:
     """Send every message of `batch` once, holding the campaign lock (LockedError when another
-    run holds it); raises AuthError (401/403) after stopping."""
+    run holds it); raises AuthError (401/403) after stopping. `on_done(key, result)` hears of
+    each message as it settles: `sent`, `found` (delivered earlier) or `error`."""
     pacer = Pacer(rate, clock or MonotonicClock())
     report = MessageReport()
     auth: list[AuthError] = []
@@ -165,16 +167,16 @@ async def send_messages(
             report.errors[out.key] = f"outcome unknown and the lookup failed: {exc.message}"
             return None
 
-    async def one(out: Outgoing, scope: anyio.CancelScope) -> None:
+    async def one(out: Outgoing, scope: anyio.CancelScope) -> str | None:
         async with limiter:
             if out.pending:
                 found = await lookup(out)
                 if found is None:
-                    return
+                    return "error" if out.key in report.errors else None
                 if found:
                     ledger.message_outcome(out.session_id, out.digest, "sent", "found by lookup")
                     report.found += 1
-                    return
+                    return "found"
             retry_at = 0.0  # this message's own Retry-After, as a clock time
             while True:
                 ticket = await pacer.acquire(not_before=retry_at)
@@ -191,14 +193,14 @@ async def send_messages(
                             )
                         )
                     scope.cancel()
-                    return
+                    return None
                 ledger.message_intent(out.key, out.session_id, out.digest, out.text)
                 result = await client.send_message(out.session_id, out.text)
                 if result.outcome is CreateOutcome.created:
                     ledger.message_outcome(out.session_id, out.digest, "sent")
                     pacer.on_success(ticket)
                     report.sent += 1
-                    return
+                    return "sent"
                 if result.outcome is CreateOutcome.rate_limited:
                     ledger.message_outcome(out.session_id, out.digest, "not_sent", "rate limited")
                     retry_at = pacer.on_429(ticket, result.retry_after)
@@ -207,23 +209,29 @@ async def send_messages(
                     ledger.message_outcome(out.session_id, out.digest, "not_sent", result.message)
                     auth.append(AuthError(result.message, status=result.status))
                     scope.cancel()
-                    return
+                    return None
                 if result.outcome in (CreateOutcome.not_sent, CreateOutcome.rejected):
                     ledger.message_outcome(
                         out.session_id, out.digest, result.outcome.value, result.message
                     )
                     report.errors[out.key] = result.message
-                    return
+                    return "error"
                 # ambiguous: it may have arrived; read back once, else the next run looks again
                 found = await lookup(out)
                 if found:
                     ledger.message_outcome(out.session_id, out.digest, "sent", "found by lookup")
                     report.found += 1
-                elif found is not None:
+                    return "found"
+                if found is not None:
                     report.errors[out.key] = (
                         f"outcome unknown ({result.message}): the next run looks it up first"
                     )
-                return
+                return "error" if out.key in report.errors else None
+
+    async def tracked(out: Outgoing, scope: anyio.CancelScope) -> None:
+        result = await one(out, scope)
+        if result is not None and on_done is not None:
+            on_done(out.key, result)
 
     # The campaign lease keeps two senders (or a sender and an apply) apart: without it two
     # runs could both find a message unsent and both send it.
@@ -231,7 +239,7 @@ async def send_messages(
     try:
         async with anyio.create_task_group() as tg:
             for out in batch.todo:
-                tg.start_soon(one, out, tg.cancel_scope)
+                tg.start_soon(tracked, out, tg.cancel_scope)
     finally:
         ledger.release_lock()
     if auth:
