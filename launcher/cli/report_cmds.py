@@ -323,7 +323,8 @@ def _records(records: list[dict[str, object]], output: str) -> None:
     "--output",
     "output",
     type=click.Path(dir_okay=False),
-    help="The HTML file to write (default: <campaign>-report.html by the manifest).",
+    help="The HTML file to write (default: <campaign>-report.html beside the ledger, in "
+    ".devin-fleet/, not in the manifest's folder kept in git).",
 )
 @click.option("--offline", is_flag=True, help="What the ledger knows; no API calls.")
 @ledger_option
@@ -345,13 +346,18 @@ def report(
     warn(view)
     with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led:
         times = {k: r.created_at for k, r in led.records().items()}
-    target = Path(output) if output else p.manifest.path.parent / f"{p.campaign}-report.html"
+        # beside the ledger (local state), not in the manifest's folder (kept in git)
+        target = Path(output) if output else led.path.parent / f"{p.campaign}-report.html"
     html = render_report(p, view, times)
     try:
         target.write_text(html, encoding="utf-8")
     except OSError as exc:
         raise click.FileError(str(target), exc.strerror) from None
-    out.print(f"wrote {target} ({len(view.sessions)} sessions, {len(html):,} bytes)", markup=False)
+    out.print(
+        f"wrote {target} ({len(view.sessions)} sessions, {len(html):,} bytes): "
+        f"{target.resolve().as_uri()}",
+        markup=False,
+    )
 
 
 # =========================================================================== message
