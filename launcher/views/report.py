@@ -333,7 +333,7 @@ def _sessions_table(res: Results) -> str:
             return "ACUs"
         return c if bare in res.columns or bare in ("key", "PR") else bare
 
-    widths = {"key": 14, "PR": 8, "outcome": 9, "reason": 14, "attempt": 5, "acus": 5}
+    widths = {"key": 13, "PR": 8, "outcome": 10, "reason": 14, "attempt": 5, "acus": 5}
     fixed = sum(widths.get(c, 0) for c in ["key", "PR", *cols])
     share = max(4.0, (100 - fixed) / max(1, len(outputs)))
     colgroup = "".join(f'<col style="width:{widths.get(c, share):.1f}%">' for c in ["key", "PR", *cols])
