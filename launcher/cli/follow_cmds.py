@@ -250,27 +250,29 @@ def _status_lines(view: CampaignView) -> list[str]:
 
 
 def _status_renderable(view: CampaignView, limit: int | None = None) -> Table:
-    """The table on a terminal (keys link to their sessions), what needs attention first; at
-    most `limit` rows, the rest summed up in a last row."""
+    """The table on a terminal: a line per session (cells cut with "…", keys and pull requests
+    linked), what needs attention first; at most `limit` rows, the rest summed up below."""
     from launcher.run.status import by_attention
+    from launcher.views.results import short_pr
 
     cols = _status_columns(view, url=False)
     table = Table(title=f"campaign {view.campaign}", box=box.SIMPLE_HEAD)
     for col in cols:
-        table.add_column(col, no_wrap=col in ("key", "outcome", "ACUs"), overflow="fold")
+        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=len(col))
     ranked = by_attention(view.sessions)
     shown = ranked if limit is None or len(ranked) <= limit else ranked[: limit - 1]
     for s in shown:
         cells = _status_cells(s)
+        cells["PR"] = " ".join(short_pr(u) for u in s.pr_urls)
         row: list[Text | str] = [cells[c] for c in cols]
         row[0] = Text(s.key, style=f"link {s.url}" if s.url else "")
+        if s.pr_urls:
+            row[cols.index("PR")] = Text(cells["PR"], style=f"link {s.pr_urls[0]}")
         table.add_row(*row)
     if len(shown) < len(ranked):
         rest = Counter(s.outcome.value for s in ranked[len(shown) :])
-        table.add_row(
-            f"... {len(ranked) - len(shown)} more",
-            *([""] * (cols.index("outcome") - 1)),
-            ", ".join(f"{o} {n}" for o, n in rest.items()),
+        table.caption = f"... {len(ranked) - len(shown)} more: " + ", ".join(
+            f"{o} {n}" for o, n in rest.items()
         )
     return table
 
