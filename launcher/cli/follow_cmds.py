@@ -117,7 +117,7 @@ class Filter:
     only: tuple[str, ...] = ()
 
     def __call__(self, view: CampaignView) -> CampaignView:
-        from launcher.run.status import select
+        from launcher.views.results import select
 
         if not self.outcomes and not self.only:
             return view
@@ -239,7 +239,7 @@ def _status_columns(view: CampaignView, url: bool) -> list[str]:
 
 def _status_lines(view: CampaignView) -> list[str]:
     """Not a terminal: aligned lines, one per session (attention first), with its URL."""
-    from launcher.run.status import by_attention
+    from launcher.views.results import by_attention
 
     cols = _status_columns(view, url=True)
     rows = [_status_cells(s) for s in by_attention(view.sessions)]
@@ -252,8 +252,7 @@ def _status_lines(view: CampaignView) -> list[str]:
 def _status_renderable(view: CampaignView, limit: int | None = None) -> Table:
     """The table on a terminal: a line per session (cells cut with "…", keys and pull requests
     linked), what needs attention first; at most `limit` rows, the rest summed up below."""
-    from launcher.run.status import by_attention
-    from launcher.views.results import short_pr
+    from launcher.views.results import by_attention, short_pr
 
     cols = _status_columns(view, url=False)
     table = Table(title=f"campaign {view.campaign}", box=box.SIMPLE_HEAD)

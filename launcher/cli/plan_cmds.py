@@ -154,15 +154,7 @@ def plan(
     if changes is None:
         changes = _diff(p, ledger)
     if only:  # the selection: its table, prompts, JSON and totals
-        changes = [c for c in changes if any(fnmatch.fnmatchcase(c[1], g) for g in only)]
-        if not changes:
-            raise click.BadParameter(
-                f"no key of campaign {p.campaign} matches {' '.join(only)}; keys look like "
-                + ", ".join(s.key for s in p.sessions[:3]),
-                param_hint="--only",
-            )
-        keys = {k for _, k, _ in changes}
-        p = dataclasses.replace(p, sessions=tuple(s for s in p.sessions if s.key in keys))
+        p, changes = _only(p, changes, only)
     launched = _launched_requests(p, ledger, changes)
     fields = {k: changed_fields(old, new) for k, (old, new) in launched.items()}
     from launcher.run.rollout import waves_by_key
@@ -201,6 +193,21 @@ def plan(
                 out.print(field_diff(key, old, new) or "(no field differs)", markup=False)
     pending = any(c != Change.same for c, _, _ in changes)
     sys.exit(ExitCode.changes if detailed_exitcode and pending else ExitCode.ok)
+
+
+def _only(
+    p: Plan, changes: list[tuple[Change, str, str]], only: tuple[str, ...]
+) -> tuple[Plan, list[tuple[Change, str, str]]]:
+    """The plan and its changes restricted to the keys matching `--only`'s globs."""
+    picked = [c for c in changes if any(fnmatch.fnmatchcase(c[1], g) for g in only)]
+    if not picked:
+        raise click.BadParameter(
+            f"no key of campaign {p.campaign} matches {' '.join(only)}; keys look like "
+            + ", ".join(s.key for s in p.sessions[:3]),
+            param_hint="--only",
+        )
+    keys = {k for _, k, _ in picked}
+    return dataclasses.replace(p, sessions=tuple(s for s in p.sessions if s.key in keys)), picked
 
 
 async def _check_remote(

@@ -126,8 +126,7 @@ def results(
     """The campaign as a report: a row per session (what needs attention first in the table and
     markdown) with its outcome, reason, pull request, ACUs and structured-output fields,
     refreshed from the API. On a terminal a table that fits; otherwise a line per session."""
-    from launcher.run.status import by_attention, select
-    from launcher.views.results import FieldError, build_results, choose_columns
+    from launcher.views.results import FieldError, build_results, by_attention, choose_columns, select
 
     if len(group_by) > 2:
         raise click.UsageError("--group-by takes one field, or two for a two-way count")
@@ -239,8 +238,7 @@ def attention_summary(
 ) -> None:
     """The end of `apply --wait`: the outcome counts, the few sessions that need attention, and
     the commands that show the rest (the whole table is `results`' job)."""
-    from launcher.run.status import by_attention
-    from launcher.views.results import build_results, needing_attention
+    from launcher.views.results import build_results, by_attention, needing_attention
 
     res = build_results(view, p.schemas, by_attention(view.sessions))
     todo = needing_attention(res)
@@ -422,13 +420,7 @@ def message(
         if not batch.todo:
             out.print(_nothing_to_send(view, matching, chosen, batch, outcomes, only), markup=False)
             return
-        out.print(f"{len(batch.todo)} session(s) to message:", markup=False)
-        for m in batch.todo[:20]:
-            out.print(f"  {m.key}  {m.session_id}", markup=False)
-        if len(batch.todo) > 20:
-            out.print(f"  ... and {len(batch.todo) - 20} more", markup=False)
-        first = batch.todo[0].text
-        out.print(f"message to {batch.todo[0].key}:\n{first}", markup=False)
+        _show_batch(batch)
         confirm(f"Send to {len(batch.todo)} session(s) of campaign {p.campaign}?", yes)
         try:
             report = anyio.run(_send, cfg, led, batch, rate)
@@ -446,6 +438,16 @@ def message(
         markup=False,
     )
     sys.exit(ExitCode.error if report.errors else ExitCode.ok)
+
+
+def _show_batch(batch: MessageBatch) -> None:
+    """What is about to be sent: the sessions (20 at most), and the first message in full."""
+    out.print(f"{len(batch.todo)} session(s) to message:", markup=False)
+    for m in batch.todo[:20]:
+        out.print(f"  {m.key}  {m.session_id}", markup=False)
+    if len(batch.todo) > 20:
+        out.print(f"  ... and {len(batch.todo) - 20} more", markup=False)
+    out.print(f"message to {batch.todo[0].key}:\n{batch.todo[0].text}", markup=False)
 
 
 def _nothing_to_send(

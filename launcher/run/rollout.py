@@ -421,6 +421,22 @@ class RolloutSummary:
         return data
 
 
+_PAST_GATE = (
+    "--only selects no session of wave {w}, whose gate is not open yet: launch wave {w} first "
+    "(without --only), or pass --skip-gate"
+)
+_PART_OF_WAVE = (
+    "wave {{w}}: {n} session(s) not selected by --only are not launched yet, and the gate "
+    "judges the whole wave: launch them (without --only), or pass --skip-gate"
+)
+
+
+def _held(summary: RolloutSummary, wave: int, why: str) -> None:
+    """The run stops before a gate it may not pass (exit 4), saying why and what to do."""
+    summary.incomplete = why.format(w=wave)
+    summary.next_wave = wave
+
+
 def _done(records: Mapping[str, Any], keys: Collection[str]) -> set[str]:
     """The keys launched, or refused by the API (nothing more to launch for them)."""
     return {
@@ -569,14 +585,8 @@ async def _waves(
         keys = _selected(w.keys, options.only)
         gated = w is not waves[-1] and w.number not in decided  # its gate opens the next
         if not keys:
-            later = any(_selected(x.keys, options.only) for x in waves[w.number :])
-            if gated and later:
-                # --only must not walk past a gate that was never passed
-                summary.incomplete = (
-                    f"--only selects no session of wave {w.number}, whose gate is not open yet: "
-                    f"launch wave {w.number} first (without --only), or pass --skip-gate"
-                )
-                summary.next_wave = w.number
+            if gated and any(_selected(x.keys, options.only) for x in waves[w.number :]):
+                _held(summary, w.number, _PAST_GATE)  # --only must not walk past a shut gate
                 return
             continue
         selected += keys
@@ -611,14 +621,8 @@ async def _waves(
             k for k in keys if not (records[k].state.launched or records[k].state == LaunchState.refused)
         ]
         done = _done(records, w.keys) if gated and not left else set(w.keys)
-        unselected = [k for k in w.keys if k not in done]
-        if unselected:  # the gate judges the whole wave: the rest of it first
-            summary.incomplete = (
-                f"wave {w.number}: {len(unselected)} session(s) not selected by --only are not "
-                "launched yet, and the gate judges the whole wave: launch them (without --only), "
-                "or pass --skip-gate"
-            )
-            summary.next_wave = w.number
+        if len(done) < len(w.keys):  # the gate judges the whole wave: the rest of it first
+            _held(summary, w.number, _PART_OF_WAVE.format(n=len(w.keys) - len(done)))
             return
         if left:
             why = " (--limit)" if budget == 0 else ""

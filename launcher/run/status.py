@@ -26,10 +26,9 @@ means the session has a pull request, or a structured output valid against its f
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import json
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -83,16 +82,10 @@ class Outcome(StrEnum):
         return ATTENTION.index(self)
 
 
-# What a reader acts on first: failures, then sessions waiting for a person, then those still
-# on their way; the settled ones last.
-ATTENTION = (
-    Outcome.failed,
-    Outcome.needs_human,
-    Outcome.running,
-    Outcome.not_launched,
-    Outcome.cancelled,
-    Outcome.succeeded,
-)
+# What a reader acts on first: failures, sessions waiting for a person, those still on their
+# way; the settled ones last.
+ATTENTION: tuple[Outcome, ...] = (Outcome.failed, Outcome.needs_human, Outcome.running)
+ATTENTION += (Outcome.not_launched, Outcome.cancelled, Outcome.succeeded)
 
 
 def output_check(schema: dict[str, Any] | None, output: Any) -> tuple[bool | None, list[str]]:
@@ -521,26 +514,6 @@ async def refresh(
         view.warnings.append(f"{len(failures)} session(s) could not be refreshed: {first.message}")
     view.requests = client.requests - before
     return view
-
-
-def select(
-    view: CampaignView, outcomes: Iterable[str] = (), only: Iterable[str] = ()
-) -> list[SessionView]:
-    """Sessions whose outcome is one of `outcomes` and whose key matches one of the globs
-    (`status`, `results`, `report`, `message` filter alike)."""
-    wanted, globs = set(outcomes), list(only)
-    return [
-        s
-        for s in view.sessions
-        if (not wanted or s.outcome.value in wanted)
-        and (not globs or any(fnmatch.fnmatchcase(s.key, g) for g in globs))
-    ]
-
-
-def by_attention(sessions: Iterable[SessionView]) -> list[SessionView]:
-    """Failed, needs-human, running, not launched, cancelled, succeeded; plan order within each
-    (a stable sort: a person's eye lands on what to act on first)."""
-    return sorted(sessions, key=lambda s: s.outcome.rank)
 
 
 def restrict(view: CampaignView, keys: Collection[str] | None) -> CampaignView:

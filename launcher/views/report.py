@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from launcher.run.status import CampaignView, Outcome, by_attention
+from launcher.run.status import CampaignView, Outcome
 from launcher.spec.plan import Plan
-from launcher.views.results import MISSING, Results, build_results, cell_of
+from launcher.views.results import MISSING, Results, build_results, by_attention, cell_of
 
 COLOURS = {
     "succeeded": "#2e7d32",

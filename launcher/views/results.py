@@ -9,6 +9,7 @@ writes `true`/`false`, lists joined by "; ", nothing for null (RFC 4180 quoting)
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import json
 from collections import Counter
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from launcher.run.status import CampaignView, Outcome, SessionView
-from launcher.run.status import select as select  # re-exported: the filters live with status
 
 MISSING = "(missing)"
 FIXED_BEFORE = ("key", "fleet")
@@ -198,6 +198,26 @@ def cell(value: Any) -> str:
 
 def _compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def select(
+    view: CampaignView, outcomes: Iterable[str] = (), only: Iterable[str] = ()
+) -> list[SessionView]:
+    """Sessions whose outcome is one of `outcomes` and whose key matches one of the globs
+    (`status`, `results`, `report`, `message` filter alike)."""
+    wanted, globs = set(outcomes), list(only)
+    return [
+        s
+        for s in view.sessions
+        if (not wanted or s.outcome.value in wanted)
+        and (not globs or any(fnmatch.fnmatchcase(s.key, g) for g in globs))
+    ]
+
+
+def by_attention(sessions: Iterable[SessionView]) -> list[SessionView]:
+    """Failed, needs-human, running, not launched, cancelled, succeeded; plan order within each
+    (a stable sort: a person's eye lands on what to act on first)."""
+    return sorted(sessions, key=lambda s: s.outcome.rank)
 
 
 def build_results(
