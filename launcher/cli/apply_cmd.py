@@ -119,6 +119,17 @@ if TYPE_CHECKING:
     help="Campaign lease (s): renewed every TTL/6; this run stops sending once its last renewal "
     "is TTL/2 old; another apply may take a lock silent for a whole TTL.",
 )
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(dir_okay=False),
+    help="The reviewed `plan -o json` file: refuse, sending nothing, unless the re-plan matches it.",
+)
+@click.option(
+    "--plan-digest",
+    metavar="DIGEST",
+    help="The reviewed plan's digest (`sha256:...`, as `plan -o json` and the PR comment show it).",
+)
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @ledger_option
 @api_options
@@ -143,6 +154,8 @@ def apply(
     max_running: int | None,
     lookup_grace: float,
     lock_ttl: float,
+    plan_file: str | None,
+    plan_digest: str | None,
     output: str,
     ledger: str | None,
     base_url: str | None,
@@ -162,6 +175,7 @@ def apply(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--wait-timeout") from None
     p = load_plan(manifest, "send")
+    check_reviewed_plan(p, plan_file, plan_digest)  # before anything is sent
     rate = rate or (SIM_RATE if sim else RATE)
     options = ApplyOptions(
         concurrency=concurrency,
@@ -259,6 +273,19 @@ def _duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds / size:g}{unit}"
     return f"{seconds:g}s"
+
+
+def check_reviewed_plan(p: Plan, plan_file: str | None, plan_digest: str | None) -> None:
+    """`--plan` / `--plan-digest`: the re-plan must be the reviewed plan (PlanChangedError)."""
+    from launcher.spec.digest import check_reviewed, read_reviewed, reviewed_digest
+
+    for reviewed in (
+        *([read_reviewed(plan_file)] if plan_file else []),
+        *([reviewed_digest(plan_digest)] if plan_digest else []),
+    ):
+        check_reviewed(p.campaign, p.fingerprints(), reviewed)
+    if plan_file or plan_digest:
+        err.print(f"plan matches the reviewed plan ({p.digest})", markup=False)
 
 
 async def _apply_async(
