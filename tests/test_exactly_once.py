@@ -138,6 +138,8 @@ def test_strays_are_listed_and_cancellable_and_duplicates_are_healed(
         assert kept is not None and kept.session_id != dup["session_id"]
     res = invoke(sim, "status", path)
     assert "DUPLICATE" not in res.stdout and "stray session" not in res.stdout  # type: ignore[attr-defined]
+    # ended strays need nothing: no warning about them either (issue 21)
+    assert "match no planned key" not in res.output  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------ 2. a lost lock

@@ -33,12 +33,12 @@ from launcher.run.rollout import (
     assign_waves,
     evaluate_gate,
     run_rollout,
-    wave_sizes,
 )
 from launcher.run.summary import Result as LaunchResult
 from launcher.sim import Profile, SimServer
 from launcher.spec.model import Gate, parse_duration
 from launcher.spec.plan import Plan
+from launcher.spec.waves import wave_sizes
 from tests.test_apply import sessions_per_key
 
 Write = Callable[[str, str], Path]
@@ -195,7 +195,8 @@ def test_plan_shows_each_sessions_wave(write: Write) -> None:
     assert res.exit_code == 0, res.output
     assert {s["key"]: s["wave"] for s in json.loads(res.stdout)["sessions"]} == expected
     table = run("plan", path)
-    assert "wave" in table.stdout and "rollout: 3 waves of 2, 3, 5 sessions" in table.stdout
+    assert "wave" in table.stdout
+    assert "rollout: 3 waves (wave 1: 2 session(s), wave 2: 3 session(s), wave 3: 5" in table.stdout
     assert plan.manifest.manifest.rollout is not None
     assert plan.manifest.manifest.rollout.gate.wait_timeout == 1800.0
 
@@ -564,9 +565,7 @@ def test_the_readme_first_command_shows_the_whole_loop() -> None:
     proc = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stderr
     assert "created 20" in proc.stdout and "succeeded: 20" in proc.stdout
-    assert (
-        "campaign py312-upgrade: results" in proc.stdout and "20 sessions, 20 succeeded" in proc.stdout
-    )
+    assert "20 sessions, 20 succeeded" in proc.stdout and "need attention" not in proc.stdout
     assert "following: 20/20" in proc.stderr
 
 
@@ -578,7 +577,8 @@ def test_apply_wait_all_succeeded_exits_0_with_the_results_table(
     path = manifest(write, 6)
     res = run("apply", path, "--yes", "--ledger", tmp_path / "l.db", "--wait", "--interval", "0.05")
     assert res.exit_code == 0, res.output
-    assert "succeeded: 6" in res.stdout and "campaign ro: results" in res.stdout
+    assert "succeeded: 6" in res.stdout and "6 sessions, 6 succeeded" in res.stdout
+    assert f"every session: devin-fleet results {path}" in res.stdout
     assert "6 sessions, 6 succeeded" in res.stdout
 
 

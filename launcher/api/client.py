@@ -62,7 +62,7 @@ class ApiConfig:
         if not token:
             raise ConfigError(
                 "DEVIN_API_KEY is not set",
-                hint="export DEVIN_API_KEY=cog_... (a service-user token), or rehearse with --sim",
+                hint="export DEVIN_API_KEY=cog_... (a service-user token)",
             )
         if not org_id:
             raise ConfigError("no organization id", hint="export DEVIN_ORG_ID=org-... or pass --org")

@@ -30,7 +30,7 @@ from launcher.cli.common import (
 from launcher.errors import ExitCode
 from launcher.ledger.location import open_ledger
 from launcher.ledger.store import Change, Ledger
-from launcher.run.options import ApplyOptions, RolloutOptions
+from launcher.run.options import SIM_RATE, ApplyOptions, RolloutOptions
 from launcher.spec.plan import Plan
 
 if TYPE_CHECKING:
@@ -45,7 +45,12 @@ if TYPE_CHECKING:
 @click.option(
     "--concurrency", default=ApplyOptions.concurrency, show_default=True, help="Most requests in flight."
 )
-@click.option("--rate", default=ApplyOptions.rate, show_default=True, help="Most creates per second.")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0.01),
+    help=f"Most creates per second (default {ApplyOptions.rate:g}; {SIM_RATE:g} with --sim); apply "
+    "learns a lower limit from 429s.",
+)
 @click.option("--only", multiple=True, help="Only keys matching this glob (repeatable).")
 @click.option("--limit", type=int, help="Launch at most N sessions in this run.")
 @click.option(
@@ -128,7 +133,7 @@ def apply(
     manifest: str,
     yes: bool,
     concurrency: int,
-    rate: float,
+    rate: float | None,
     only: tuple[str, ...],
     limit: int | None,
     relaunch: tuple[str, ...],
@@ -158,6 +163,7 @@ def apply(
     wave when the manifest has a rollout; with --wait, follow them to the end."""
     p = load_plan(manifest, "send")
     check_reviewed_plan(p, plan_file, plan_digest)  # before anything is sent
+    rate = rate or (SIM_RATE if sim else ApplyOptions.rate)
     options = ApplyOptions(
         concurrency=concurrency,
         rate=rate,
@@ -173,15 +179,43 @@ def apply(
         if sim and not ledger:
             ledger = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "sim.db")
         cfg = dataclasses.replace(
-            stack.enter_context(api_config(base_url, org_id, sim, sim_profile, sim_time_scale)),
+            stack.enter_context(
+                api_config(base_url, org_id, sim, sim_profile, sim_time_scale, offers_sim=True)
+            ),
             read_timeout=request_timeout,
         )
         led = stack.enter_context(open_ledger(p.manifest.path, p.campaign, ledger))
         selection = anyio.run(_select, p, cfg, led, selectors) if selectors else None
         _confirm_launch(p, cfg, led, selection, keep_previous, yes, options, rollout)
         summary = anyio.run(_launch, p, cfg, led, options, rollout, selection, keep_previous)
-    _show(summary, p, output, selection, keep_previous)
+    _show(summary, p, output, selection, keep_previous, manifest, sim)
     sys.exit(summary.exit_code)
+
+
+def _question(
+    what: str, p: Plan, base_url: str, rate: float, concurrency: int, ceiling: int | None, waves: int
+) -> str:
+    """The confirmation: what, where, how fast, and how long apply keeps running."""
+    text = f"{what} of campaign {p.campaign} at {base_url}, at most {rate:g} creates/s"
+    text += f" and {concurrency} at a time"
+    if ceiling:
+        text += f", at most {ceiling} running at once"
+    if waves > 1:
+        rollout = p.manifest.manifest.rollout
+        gate = rollout.gate.wait_timeout if rollout is not None else None
+        limit = f"up to {_duration(gate)} a wave" if gate else "with no time limit"
+        text += (
+            f", in {waves} waves: apply stays running to follow each wave to its gate "
+            f"({limit}) before it launches the next"
+        )
+    return text + "?"
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def check_reviewed_plan(p: Plan, plan_file: str | None, plan_digest: str | None) -> None:
@@ -266,13 +300,8 @@ def _confirm_launch(
     if selection is not None:
         what = selection.question(todo, keep_previous)
     if what:
-        confirm(
-            f"{what} of campaign {p.campaign} at {cfg.base_url}"
-            + (f", in {waves} waves with a gate between them" if waves > 1 else "")
-            + (f", at most {ceiling} running at once" if ceiling else "")
-            + "?",
-            yes,
-        )
+        question = _question(what, p, cfg.base_url, options.rate, options.concurrency, ceiling, waves)
+        confirm(question, yes)
 
 
 async def _launch(
@@ -318,7 +347,8 @@ async def _launch(
             stop=stop,
             interrupted=interrupted,
             progress=ProgressReporter,
-            follower=ProgressReporter,
+            # sessions turn final in batches, one refresh at a time: a rate would mislead
+            follower=lambda label: ProgressReporter(label, rate=False),
         )
         tg.cancel_scope.cancel()
     return summary
@@ -333,7 +363,13 @@ async def _select(p: Plan, cfg: ApiConfig, led: Ledger, selectors: tuple[str, ..
 
 
 def _show(
-    summary: RolloutSummary, p: Plan, output: str, selection: Selection | None, keep_previous: bool
+    summary: RolloutSummary,
+    p: Plan,
+    output: str,
+    selection: Selection | None,
+    keep_previous: bool,
+    manifest: str,
+    sim: bool,
 ) -> None:
     if output == "json":
         data = summary.to_json()
@@ -341,13 +377,13 @@ def _show(
             data["relaunch"] = selection.to_json(keep_previous)
         emit_json(data)
     else:
-        _apply_summary(summary.apply)
-        _rollout_summary(summary, p)
+        _apply_summary(summary.apply, sim)
+        _rollout_summary(summary, p, manifest, sim)
     if summary.apply.aborted is not None:
         err.print(summary.apply.aborted.render(), markup=False)
 
 
-def _apply_summary(s: ApplySummary) -> None:
+def _apply_summary(s: ApplySummary, sim: bool = False) -> None:
     from launcher.run.summary import Result
 
     c = {r: s.count(r) for r in Result}
@@ -372,20 +408,20 @@ def _apply_summary(s: ApplySummary) -> None:
         )
     for key, why in s.errors.items():
         out.print(f"  {s.results.get(key, '?')}: {key}: {why}", markup=False)
-    if s.interrupted:
+    if s.interrupted and sim:
+        out.print("interrupted: the in-process simulator ended with this run (nothing to resume)")
+    elif s.interrupted:
         out.print("interrupted: run apply again to resume")
 
 
-def _rollout_summary(s: RolloutSummary, p: Plan) -> None:
-    from launcher.cli.report_cmds import _results_table
-    from launcher.views.results import build_results, totals_line
+def _rollout_summary(s: RolloutSummary, p: Plan, manifest: str, sim: bool) -> None:
+    from launcher.cli.report_cmds import attention_summary
 
-    for g in s.gates:
-        out.print(g.describe(), markup=False)
+    # Each gate's verdict was said as it was decided (progress, on stderr): only the stop here.
     if s.stopped is not None:
         out.print(
-            f"rollout stopped before wave {s.stopped.wave + 1} of {s.waves}: see "
-            "`devin-fleet results MANIFEST`; re-run apply to check the gate again, or pass "
+            f"rollout stopped before wave {s.stopped.wave + 1} of {s.waves}: {s.stopped.describe()}. "
+            f"See `devin-fleet results {manifest}`; re-run apply to check the gate again, or pass "
             "--skip-gate to go on",
             markup=False,
         )
@@ -396,15 +432,11 @@ def _rollout_summary(s: RolloutSummary, p: Plan) -> None:
     view = s.view
     if view is None:
         return
-    counts = "  ".join(f"{k}: {v}" for k, v in view.counts().items() if v)
     if view.timed_out:
         out.print(
-            f"wait timed out with {view.counts()['running']} session(s) still running "
-            f"({counts}): re-run apply, or `devin-fleet status MANIFEST --watch`, to keep following",
+            f"wait timed out with {view.counts()['running']} session(s) still running: re-run "
+            f"apply, or `devin-fleet status {manifest} --watch`, to keep following",
             markup=False,
         )
     if s.followed:
-        out.print(counts or "no sessions", markup=False)
-        res = build_results(view, p.schemas)
-        _results_table(res)
-        out.print(totals_line(res), markup=False)
+        attention_summary(p, view, manifest, sim=sim)

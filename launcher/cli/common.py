@@ -51,6 +51,18 @@ def api_options(f: F) -> F:
     return click.option("--org", "org_id", help="Organization id (env DEVIN_ORG_ID).")(f)
 
 
+def outcome_option(f: F) -> F:
+    from launcher.run.status import Outcome
+
+    return click.option(
+        "--outcome",
+        "outcomes",
+        multiple=True,
+        type=click.Choice([o.value for o in Outcome]),
+        help="Only sessions with this outcome (repeatable).",
+    )(f)
+
+
 def sim_options(f: F) -> F:
     f = click.option(
         "--sim", is_flag=True, help="Rehearse against the embedded simulator (in-process, loopback)."
@@ -107,11 +119,24 @@ def api_config(
     sim: bool = False,
     profile: str = "clean",
     time_scale: float = 60.0,
+    *,
+    offers_sim: bool = False,
 ) -> Iterator[ApiConfig]:
     from launcher.api.client import ApiConfig
 
     if not sim:
-        yield ApiConfig.from_env(os.environ, base_url=base_url, org_id=org_id)
+        try:
+            cfg = ApiConfig.from_env(os.environ, base_url=base_url, org_id=org_id)
+        except ConfigError as exc:
+            if not os.environ.get("DEVIN_API_KEY") and not exc.message.startswith("DEVIN_API_BASE"):
+                # only `apply` has --sim; the others follow a simulator served on its own
+                exc.hint = (exc.hint or "") + (
+                    ", or rehearse with `devin-fleet apply MANIFEST --sim`"
+                    if offers_sim
+                    else ", or rehearse: `devin-fleet sim` prints the export lines to use"
+                )
+            raise
+        yield cfg
         return
     from launcher.sim import running_simulator
 

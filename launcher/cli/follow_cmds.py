@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import anyio
 import click
+from rich import box
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
@@ -23,6 +26,7 @@ from launcher.cli.common import (
     ledger_option,
     load_plan,
     out,
+    outcome_option,
     refresh_campaign,
     warn,
 )
@@ -37,7 +41,7 @@ if TYPE_CHECKING:
 
     from launcher.api.client import ApiConfig
     from launcher.run.cancel import CancelReport, CancelTargets
-    from launcher.run.status import CampaignView
+    from launcher.run.status import CampaignView, SessionView
 
 
 @click.command()
@@ -61,6 +65,8 @@ if TYPE_CHECKING:
     "--timeout", type=click.FloatRange(min=0), help="Give up watching after this many seconds."
 )
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@outcome_option
+@click.option("--only", multiple=True, metavar="GLOB", help="Only keys matching this glob (repeatable).")
 @click.option("--offline", is_flag=True, help="Show what the ledger knows; no API calls.")
 @ledger_option
 @api_options
@@ -71,33 +77,57 @@ def status(
     max_interval: float,
     timeout: float | None,
     output: str,
+    outcomes: tuple[str, ...],
+    only: tuple[str, ...],
     offline: bool,
     ledger: str | None,
     base_url: str | None,
     org_id: str | None,
 ) -> None:
     """Refresh and classify the campaign's sessions (succeeded, needs-human, failed, running,
-    cancelled). Exit 0: all succeeded/cancelled, 3: some failed, 6: some need a human, 4: some
-    still running (or not launched), 8: --watch timed out with sessions still running."""
+    cancelled), what needs attention first. Exit 0: all succeeded/cancelled, 3: some failed,
+    6: some need a human, 4: some still running (or not launched), 8: --watch timed out with
+    sessions still running (the codes are of the sessions shown)."""
     from launcher.run.status import campaign_view
 
     p = load_plan(manifest, "read")
+    pick = Filter(outcomes, only)
     with follow_ledger(p, ledger, offline) as (led, _):
         if offline:
             view = campaign_view(p, led)
         else:
             with api_config(base_url, org_id) as cfg:
                 try:
-                    view = anyio.run(_refresh, p, cfg, led, watch, interval, max_interval, timeout)
+                    view = anyio.run(_refresh, p, cfg, led, watch, interval, max_interval, timeout, pick)
                 except KeyboardInterrupt:
                     err.print("interrupted: the ledger keeps the last refresh")
                     sys.exit(ExitCode.interrupted)
     warn(view)
+    view = pick(view)
     if output == "json":
         emit_json(view.status_json())
     else:
-        _status_table(view)
+        _status_table(view, pick)
     sys.exit(view.exit_code)
+
+
+@dataclasses.dataclass(frozen=True)
+class Filter:
+    """`--outcome` / `--only` of `status`: the view of the chosen sessions."""
+
+    outcomes: tuple[str, ...] = ()
+    only: tuple[str, ...] = ()
+
+    def __call__(self, view: CampaignView) -> CampaignView:
+        from launcher.views.results import select
+
+        if not self.outcomes and not self.only:
+            return view
+        return dataclasses.replace(view, sessions=select(view, self.outcomes, self.only))
+
+    def describe(self) -> str:
+        parts = [f"--outcome {o}" for o in self.outcomes] + [f"--only {g}" for g in self.only]
+        return " ".join(parts)
 
 
 async def _refresh(
@@ -108,6 +138,7 @@ async def _refresh(
     interval: float = FOLLOW_INTERVAL,
     max_interval: float = FOLLOW_MAX_INTERVAL,
     wait_timeout: float | None = None,
+    pick: Filter | None = None,
 ) -> CampaignView:
     from launcher.api.client import DevinClient
     from launcher.run.status import watch as watch_view
@@ -121,16 +152,17 @@ async def _refresh(
         live = Live(console=err, transient=True, auto_refresh=False) if err.is_terminal else None
 
         def show(view: CampaignView, wait: float) -> None:
-            counts = ", ".join(f"{k} {v}" for k, v in view.counts().items() if v)
+            view = pick(view) if pick is not None else view
             then = f"; next refresh in {wait:.1f}s" if wait else ""
             line = (
-                f"[{anyio.current_time() - started:6.1f}s] {counts or 'no sessions'} "
+                f"[{anyio.current_time() - started:6.1f}s] {_counts(view)} "
                 f"({view.requests} requests){then}"
             )
             if live is None:
                 err.print(line, markup=False)
-            else:
-                live.update(Group(Text(line), _status_renderable(view)), refresh=True)
+            else:  # what fits the screen, what needs attention first
+                rows = max(3, err.height - 8)
+                live.update(Group(Text(line), _status_renderable(view, rows)), refresh=True)
 
         def failed(exc: APIError) -> None:
             err.print(f"warning: refresh failed, retrying: {exc.message}", markup=False)
@@ -154,10 +186,24 @@ async def _refresh(
         return view
 
 
-def _status_table(view: CampaignView) -> None:
-    counts = view.counts()
-    out.print("  ".join(f"{k}: {v}" for k, v in counts.items() if v) or "no sessions", markup=False)
-    out.print(_status_renderable(view))
+def _counts(view: CampaignView) -> str:
+    """`failed: 3  needs-human: 2  succeeded: 35`: attention first."""
+    from launcher.run.status import Outcome
+
+    c = view.counts()
+    ranked = sorted(c, key=lambda o: Outcome(o).rank)
+    return "  ".join(f"{o}: {c[o]}" for o in ranked if c[o]) or "no sessions"
+
+
+def _status_table(view: CampaignView, pick: Filter) -> None:
+    if not view.sessions:
+        pass
+    elif out.is_terminal:
+        out.print(_status_renderable(view))
+    else:
+        click.echo("\n".join(_status_lines(view)))
+    if not view.sessions and pick.describe():
+        out.print(f"no session matches {pick.describe()}", markup=False)
     for key, ids in view.duplicates.items():
         out.print(
             f"DUPLICATE: {key}: {len(ids)} live sessions: {', '.join(ids)} "
@@ -168,26 +214,66 @@ def _status_table(view: CampaignView) -> None:
         out.print(f"{len(view.strays)} stray session(s) (campaign tag, no planned key):", markup=False)
         for x in view.strays:
             out.print(f"  stray  {x.session_id}  {x.status}  {x.url}", markup=False)
+    out.print(_counts(view), markup=False)
 
 
-def _status_renderable(view: CampaignView) -> Table:
-    table = Table(title=f"campaign {view.campaign}")
+def _status_cells(s: SessionView) -> dict[str, str]:
+    detail = " / ".join(x for x in (s.status_detail, s.rule_note, s.note) if x)
+    if not s.in_plan:
+        detail = " / ".join(x for x in (detail, "removed from the manifest") if x)
+    return {
+        "key": s.key,
+        "attempt": str(s.attempt),
+        "outcome": s.outcome.value,
+        "status": s.status or "",
+        "detail": detail,
+        "PR": " ".join(s.pr_urls),
+        "ACUs": "" if s.acus_consumed is None else f"{s.acus_consumed:.2f}",
+        "url": s.url or "",
+    }
+
+
+def _status_columns(view: CampaignView, url: bool) -> list[str]:
     relaunched = any(s.attempt > 1 for s in view.sessions)  # the attempt column, when it tells
-    for col in ("key", *(("attempt",) if relaunched else ()), "outcome", "status", "detail", "PR"):
-        table.add_column(col, overflow="fold")
-    table.add_column("ACUs", overflow="fold")
-    for s in view.sessions:
-        detail = " / ".join(x for x in (s.status_detail, s.note) if x)
-        if not s.in_plan:
-            detail = " / ".join(x for x in (detail, "removed from the manifest") if x)
-        table.add_row(
-            s.key,
-            *((str(s.attempt),) if relaunched else ()),
-            s.outcome.value,
-            s.status or "",
-            detail,
-            " ".join(s.pr_urls),
-            "" if s.acus_consumed is None else f"{s.acus_consumed:g}",
+    cols = ["key", *(["attempt"] if relaunched else []), "outcome", "status", "detail", "PR", "ACUs"]
+    return [*cols, "url"] if url else cols
+
+
+def _status_lines(view: CampaignView) -> list[str]:
+    """Not a terminal: aligned lines, one per session (attention first), with its URL."""
+    from launcher.views.results import by_attention
+
+    cols = _status_columns(view, url=True)
+    rows = [_status_cells(s) for s in by_attention(view.sessions)]
+    widths = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in cols}
+    return [
+        "  ".join(r[c].ljust(widths[c]) for c in cols).rstrip() for r in [{c: c for c in cols}, *rows]
+    ]
+
+
+def _status_renderable(view: CampaignView, limit: int | None = None) -> Table:
+    """The table on a terminal: a line per session (cells cut with "…", keys and pull requests
+    linked), what needs attention first; at most `limit` rows, the rest summed up below."""
+    from launcher.views.results import by_attention, short_pr
+
+    cols = _status_columns(view, url=False)
+    table = Table(title=f"campaign {view.campaign}", box=box.SIMPLE_HEAD)
+    for col in cols:
+        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=len(col))
+    ranked = by_attention(view.sessions)
+    shown = ranked if limit is None or len(ranked) <= limit else ranked[: limit - 1]
+    for s in shown:
+        cells = _status_cells(s)
+        cells["PR"] = " ".join(short_pr(u) for u in s.pr_urls)
+        row: list[Text | str] = [cells[c] for c in cols]
+        row[0] = Text(s.key, style=f"link {s.url}" if s.url else "")
+        if s.pr_urls:
+            row[cols.index("PR")] = Text(cells["PR"], style=f"link {s.pr_urls[0]}")
+        table.add_row(*row)
+    if len(shown) < len(ranked):
+        rest = Counter(s.outcome.value for s in ranked[len(shown) :])
+        table.caption = f"... {len(ranked) - len(shown)} more: " + ", ".join(
+            f"{o} {n}" for o, n in rest.items()
         )
     return table
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import json
 import sys
 from collections import Counter
@@ -95,7 +97,8 @@ def _annotation(level: str, p: Problem) -> str:
     type=click.IntRange(min=2000),
     help="-o markdown: most characters (default 65,000: a GitHub comment holds 65,536).",
 )
-@click.option("--show-prompts", is_flag=True, help="Print each rendered prompt.")
+@click.option("--show-prompts", is_flag=True, help="Print each rendered prompt (of --only's keys).")
+@click.option("--only", multiple=True, metavar="GLOB", help="Only keys matching this glob (repeatable).")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0: nothing to do, 2: changes, 1: error.")
 @click.option("--check-remote", is_flag=True, help="Check the token and referenced ids in the org.")
 @click.option(
@@ -111,6 +114,7 @@ def plan(
     output: str,
     max_length: int | None,
     show_prompts: bool,
+    only: tuple[str, ...],
     detailed_exitcode: bool,
     check_remote: bool,
     show_diff: bool,
@@ -121,6 +125,8 @@ def plan(
     """Expand a manifest and show exactly what apply would send, diffed against the ledger."""
     p = load_plan(manifest)
     preview = plan_preview(p, ledger, check_remote, base_url, org_id, say_passed=True)
+    if only:  # the selection: its table, prompts, JSON and totals (waves: of the whole plan)
+        p, preview = _only(p, preview, only)
     changes, fields, waves = preview.changes, preview.fields, preview.waves
     if output == "json":
         _plan_json(p, preview)
@@ -218,6 +224,23 @@ def _show_diffs(
         out.print(field_diff(key, old, new) or "(no field differs)", markup=False)
 
 
+def _only(p: Plan, preview: PlanPreview, only: tuple[str, ...]) -> tuple[Plan, PlanPreview]:
+    """The plan and its preview restricted to the keys matching `--only`'s globs."""
+    picked = [c for c in preview.changes if any(fnmatch.fnmatchcase(c[1], g) for g in only)]
+    if not picked:
+        raise click.BadParameter(
+            f"no key of campaign {p.campaign} matches {' '.join(only)}; keys look like "
+            + ", ".join(s.key for s in p.sessions[:3]),
+            param_hint="--only",
+        )
+    keys = {k for _, k, _ in picked}
+    launched = {k: v for k, v in preview.launched.items() if k in keys}
+    return (
+        dataclasses.replace(p, sessions=tuple(s for s in p.sessions if s.key in keys)),
+        dataclasses.replace(preview, changes=picked, launched=launched),
+    )
+
+
 async def _preview_remote(p: Plan, cfg: ApiConfig, ledger_path: str | None) -> PlanPreview:
     from launcher.api.client import DevinClient
     from launcher.run.preview import preview_plan_remote
@@ -272,9 +295,9 @@ def _plan_table(
     if waves:
         sizes = Counter(waves.values())
         out.print(
-            f"rollout: {len(sizes)} waves of "
-            + ", ".join(str(sizes[w]) for w in sorted(sizes))
-            + " sessions, a gate after each but the last",
+            f"rollout: {len(sizes)} waves ("
+            + ", ".join(f"wave {w}: {sizes[w]} session(s)" for w in sorted(sizes))
+            + "), a gate after each wave but the last",
             markup=False,
         )
 

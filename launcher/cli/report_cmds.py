@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 
 import anyio
 import click
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
 from launcher.cli.common import (
-    F,
     api_config,
     api_options,
     confirm,
@@ -21,13 +21,13 @@ from launcher.cli.common import (
     ledger_option,
     load_plan,
     out,
+    outcome_option,
     refresh_campaign,
     warn,
 )
 from launcher.errors import ExitCode
-from launcher.ledger.location import open_ledger
+from launcher.ledger.location import default_ledger_path, open_ledger
 from launcher.run.options import MESSAGE_RATE
-from launcher.run.status import Outcome
 from launcher.views.formats import FORMATS
 
 if TYPE_CHECKING:
@@ -46,17 +46,6 @@ OUTCOME_STYLE = {
     "cancelled": "dim",
     "not-launched": "dim",
 }
-OUTCOMES = [o.value for o in Outcome]
-
-
-def outcome_option(f: F) -> F:
-    return click.option(
-        "--outcome",
-        "outcomes",
-        multiple=True,
-        type=click.Choice(OUTCOMES),
-        help="Only sessions with this outcome (repeatable).",
-    )(f)
 
 
 def _view(
@@ -107,6 +96,15 @@ def _view(
     is_flag=True,
     help="Every attempt of each key (earlier ones, superseded by a relaunch, before the latest).",
 )
+@click.option(
+    "--columns",
+    "columns",
+    multiple=True,
+    metavar="COLS",
+    help="The columns of the table, csv or markdown, comma-separated (key, outcome, reason, pr, "
+    "acus, url, attempt, status, item.COL, output fields by name; `all`). Default: key, "
+    "outcome, reason, PR, ACUs and the output fields that fit.",
+)
 @click.option("--refresh/--no-refresh", default=True, hidden=True)  # before 0.2: opt-in refresh
 @ledger_option
 @api_options
@@ -118,14 +116,16 @@ def results(
     group_by: tuple[str, ...],
     offline: bool,
     history: bool,
+    columns: tuple[str, ...],
     refresh: bool,
     ledger: str | None,
     base_url: str | None,
     org_id: str | None,
 ) -> None:
-    """The campaign as a report: a row per session with its item, outcome, reason, pull request,
-    ACUs and one column per structured-output field (schema order), refreshed from the API."""
-    from launcher.views.results import FieldError, build_results, select
+    """The campaign as a report: a row per session (what needs attention first in the table and
+    markdown) with its outcome, reason, pull request, ACUs and structured-output fields,
+    refreshed from the API. On a terminal a table that fits; otherwise a line per session."""
+    from launcher.views.results import FieldError, build_results, by_attention, choose_columns, select
 
     if len(group_by) > 2:
         raise click.UsageError("--group-by takes one field, or two for a two-way count")
@@ -133,14 +133,22 @@ def results(
     view = _view(p, ledger, offline or not refresh, base_url, org_id)
     warn(view)
     chosen = select(view, outcomes, only)
+    if output in ("table", "markdown") and not group_by:
+        chosen = by_attention(chosen)
     if history:
         chosen = _with_history(p, ledger, chosen, outcomes)
     res = build_results(view, p.schemas, chosen)
     try:
+        cols = choose_columns(res, columns) if columns else None
+    except FieldError as exc:
+        raise click.BadParameter(
+            f"no column {exc.name!r}; columns: {', '.join(exc.available)}", param_hint="--columns"
+        ) from None
+    try:
         if group_by:
             _groups(res, list(group_by), output)
         else:
-            _emit(res, output)
+            _emit(res, output, cols, manifest)
     except FieldError as exc:
         raise click.BadParameter(
             f"no column {exc.name!r}; columns: {', '.join(exc.available)}", param_hint="--group-by"
@@ -157,39 +165,84 @@ def _with_history(
         return with_history(chosen, history_views(p, led), outcomes)
 
 
-def _emit(res: Results, output: str) -> None:
+def _emit(res: Results, output: str, cols: list[str] | None, manifest: str) -> None:
     from launcher.views.results import totals_line
 
     write = FORMATS[output].results
     if write is None:
-        _results_table(res)
-    else:
-        click.echo(write(res), nl=False)
-    (out if FORMATS[output].drawn else err).print(totals_line(res), markup=False)
+        results_table(res, cols)
+        footer(res, manifest)
+        return
+    click.echo(write(res, cols), nl=False)
+    err.print(totals_line(res), markup=False)
 
 
-def _results_table(res: Results) -> None:
-    from launcher.views.results import cell_of, table_columns
+def results_table(res: Results, cols: list[str] | None = None) -> None:
+    """On a terminal a table that fits its width (cells on one line, cut with "…", keys and
+    pull requests linked); otherwise aligned lines, one per session, never wrapped."""
+    from launcher.views.results import default_columns, display, heading, plain_lines
 
-    cols = table_columns(res)
-    table = Table(title=f"campaign {res.campaign}: results")
-    for col in cols:  # output fields by their own name, unless it is one of the fixed columns
-        bare = col.removeprefix("output.")
-        table.add_column(col if bare in res.columns else bare, overflow="fold")
-    for row in res.rows:
+    if not out.is_terminal:
+        cols = cols or default_columns(res, None)
+        click.echo("\n".join(plain_lines(res, cols)))
+        return
+    cols = cols or default_columns(res, out.width)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for col in cols:
+        table.add_column(heading(res, col), no_wrap=True, overflow="ellipsis")
+    for row, s in zip(res.rows, res.sessions, strict=True):
         cells: list[Text | str] = []
         for c in cols:
-            text = cell_of(c, row[c])
+            text = display(c, row[c], terminal=True)
             if c == "outcome":
                 cells.append(Text(text, style=OUTCOME_STYLE.get(text, "")))
-            elif c == "output_valid":
-                cells.append({"true": "yes", "false": "NO", "": "-"}[text])
+            elif c == "key" and s.url:
+                cells.append(Text(text, style=f"link {s.url}"))
+            elif c == "pr_url" and s.pr_urls:
+                cells.append(Text(text, style=f"link {s.pr_urls[0]}"))
             else:
                 cells.append(text)
         table.add_row(*cells)
-    counts = "  ".join(f"{k}: {v}" for k, v in res.counts().items() if v) or "no sessions"
-    out.print(counts, markup=False)
     out.print(table)
+
+
+def footer(res: Results, manifest: str, *, rest: bool = False) -> None:
+    """After a table: the outcome counts (attention first), the totals, what to run next."""
+    from launcher.views.results import counts_line, totals_line
+
+    out.print(counts_line(res), markup=False)
+    out.print(totals_line(res), markup=False)
+    if rest:
+        out.print(f"every session: devin-fleet results {manifest}", markup=False)
+
+
+def attention_summary(
+    p: Plan, view: CampaignView, manifest: str, limit: int = 10, *, sim: bool = False
+) -> None:
+    """The end of `apply --wait`: the outcome counts, the few sessions that need attention, and
+    the commands that show the rest (the whole table is `results`' job)."""
+    from launcher.views.results import build_results, by_attention, needing_attention
+
+    res = build_results(view, p.schemas, by_attention(view.sessions))
+    todo = needing_attention(res)
+    if todo:
+        shown = build_results(view, p.schemas, todo[:limit])
+        out.print(f"{len(todo)} session(s) need attention:", markup=False)
+        results_table(shown, ["key", "outcome", "reason", "url"])
+        if len(todo) > limit:
+            out.print(f"... and {len(todo) - limit} more", markup=False)
+        if not sim:
+            out.print(
+                f"all of them: devin-fleet results {manifest} --outcome failed --outcome needs-human",
+                markup=False,
+            )
+    footer(res, manifest, rest=not sim)
+    if sim:
+        out.print(
+            "--sim: these sessions end with this run; to keep them for `results` and `status`, "
+            "serve the simulator on its own (`devin-fleet sim`) and apply to it",
+            markup=False,
+        )
 
 
 def _groups(res: Results, fields: list[str], output: str) -> None:
@@ -218,7 +271,8 @@ def _groups(res: Results, fields: list[str], output: str) -> None:
     "--output",
     "output",
     type=click.Path(dir_okay=False),
-    help="The HTML file to write (default: <campaign>-report.html by the manifest).",
+    help="The HTML file to write (default: <campaign>-report.html beside the ledger, in "
+    ".devin-fleet/, not in the manifest's folder kept in git).",
 )
 @click.option("--offline", is_flag=True, help="What the ledger knows; no API calls.")
 @ledger_option
@@ -240,13 +294,20 @@ def report(
     warn(view)
     with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led:
         times = {k: r.created_at for k, r in led.records().items()}
-    target = Path(output) if output else p.manifest.path.parent / f"{p.campaign}-report.html"
+    # in the local state folder (.devin-fleet/, git-ignored), not among the manifests in git
+    local = default_ledger_path(p.manifest.path, p.campaign).parent
+    target = Path(output) if output else local / f"{p.campaign}-report.html"
     html = render_report(p, view, times)
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(html, encoding="utf-8")
     except OSError as exc:
         raise click.FileError(str(target), exc.strerror) from None
-    out.print(f"wrote {target} ({len(view.sessions)} sessions, {len(html):,} bytes)", markup=False)
+    out.print(
+        f"wrote {target} ({len(view.sessions)} sessions, {len(html):,} bytes): "
+        f"{target.resolve().as_uri()}",
+        markup=False,
+    )
 
 
 # =========================================================================== message
@@ -300,7 +361,8 @@ def message(
     ):
         view = anyio.run(refresh_campaign, p, cfg, led)
         warn(view)
-        chosen = [s for s in select(view, outcomes, only) if s.session_id]
+        matching = select(view, outcomes, only)
+        chosen = [s for s in matching if s.session_id]
         try:
             batch = prepare_messages(p, chosen, source, led)
         except MessageError as exc:
@@ -308,15 +370,9 @@ def message(
         if batch.already:
             out.print(f"{len(batch.already)} session(s) already have this message", markup=False)
         if not batch.todo:
-            out.print("nothing to send", markup=False)
+            out.print(_nothing_to_send(view, matching, chosen, batch, outcomes, only), markup=False)
             return
-        out.print(f"{len(batch.todo)} session(s) to message:", markup=False)
-        for m in batch.todo[:20]:
-            out.print(f"  {m.key}  {m.session_id}", markup=False)
-        if len(batch.todo) > 20:
-            out.print(f"  ... and {len(batch.todo) - 20} more", markup=False)
-        first = batch.todo[0].text
-        out.print(f"message to {batch.todo[0].key}:\n{first}", markup=False)
+        _show_batch(batch)
         confirm(f"Send to {len(batch.todo)} session(s) of campaign {p.campaign}?", yes)
         try:
             report = anyio.run(_send, cfg, led, batch, rate)
@@ -329,15 +385,54 @@ def message(
         err.print(f"  {key}: {why}", markup=False)
     out.print(
         f"sent {report.sent} message(s), {report.found} found already delivered"
+        + (f", {len(batch.already)} had it before this run" if batch.already else "")
         + (f", {len(report.errors)} failed: re-run to retry" if report.errors else ""),
         markup=False,
     )
     sys.exit(ExitCode.error if report.errors else ExitCode.ok)
 
 
+def _show_batch(batch: MessageBatch) -> None:
+    """What is about to be sent: the sessions (20 at most), and the first message in full."""
+    out.print(f"{len(batch.todo)} session(s) to message:", markup=False)
+    for m in batch.todo[:20]:
+        out.print(f"  {m.key}  {m.session_id}", markup=False)
+    if len(batch.todo) > 20:
+        out.print(f"  ... and {len(batch.todo) - 20} more", markup=False)
+    out.print(f"message to {batch.todo[0].key}:\n{batch.todo[0].text}", markup=False)
+
+
+def _nothing_to_send(
+    view: CampaignView,
+    matching: list[SessionView],
+    chosen: list[SessionView],
+    batch: MessageBatch,
+    outcomes: tuple[str, ...],
+    only: tuple[str, ...],
+) -> str:
+    """Why there is nothing to send: the filter matched nothing, or what became of the rest."""
+    if not matching:
+        given = " ".join([*(f"--outcome {o}" for o in outcomes), *(f"--only {g}" for g in only)])
+        return f"nothing to send: no session of the {len(view.sessions)} matches {given}"
+    why = []
+    if batch.already:
+        why.append(f"{len(batch.already)} already have this message")
+    if batch.ended:
+        why.append(f"{len(batch.ended)} have ended (exit) and cannot take one")
+    if len(matching) > len(chosen):
+        why.append(f"{len(matching) - len(chosen)} were never launched")
+    return "nothing to send: " + ", ".join(why)
+
+
 async def _send(cfg: ApiConfig, led: Ledger, batch: MessageBatch, rate: float) -> MessageReport:
     from launcher.api.client import DevinClient
     from launcher.run.messages import send_messages
+    from launcher.views.progress import ProgressReporter
 
-    async with DevinClient(cfg) as client:
-        return await send_messages(client, led, batch, rate=rate)
+    bar = ProgressReporter("message")  # stderr: a bar on a terminal, a line every 5 s otherwise
+    bar.start(len(batch.todo))
+    try:
+        async with DevinClient(cfg) as client:
+            return await send_messages(client, led, batch, rate=rate, on_done=bar.advance)
+    finally:
+        bar.finish()

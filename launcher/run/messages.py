@@ -10,7 +10,7 @@ stays `pending`, and before anything is sent again the session's messages are re
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -148,23 +148,26 @@ async def _settled_by_lookup(
     report: MessageReport,
     auth: list[AuthError],
     why: str | None = None,
-) -> bool:
-    """Read the session's messages back: True unless `out` is surely not there (found:
-    recorded as sent; lookup failed or, after `why`, not found: an error of the report)."""
+) -> Literal["found", "error", "auth"] | None:
+    """Read the session's messages back: None when `out` is surely not there; else `found`
+    (recorded as sent), `error` (the lookup failed or, after `why`, it is not there: an error
+    of the report) or `auth`."""
     try:
         found = await delivered(client, out)
     except AuthError as exc:
         auth.append(exc)
-        return True
+        return "auth"
     except APIError as exc:
         report.errors[out.key] = f"outcome unknown and the lookup failed: {exc.message}"
-        return True
+        return "error"
     if found:
         await off_loop(ledger.message_outcome, out.session_id, out.digest, "sent", "found by lookup")
         report.found += 1
-    elif why is not None:
+        return "found"
+    if why is not None:
         report.errors[out.key] = f"outcome unknown ({why}): the next run looks it up first"
-    return found or why is not None
+        return "error"
+    return None
 
 
 def _record_answer(
@@ -196,19 +199,23 @@ async def send_messages(
     rate: float = MESSAGE_RATE,
     clock: Clock | None = None,
     concurrency: int = CONCURRENCY,
+    on_done: Callable[[str, str], None] | None = None,
 ) -> MessageReport:
     """Send every message of `batch` once, holding the campaign lock (LockedError when another
-    run holds it); raises AuthError (401/403) after stopping."""
+    run holds it); raises AuthError (401/403) after stopping. `on_done(key, result)` hears of
+    each message as it settles: `sent`, `found` (delivered earlier) or `error`."""
     pacer = Pacer(rate, clock or MonotonicClock())
     report = MessageReport()
     auth: list[AuthError] = []
     lost: list[LockLostError] = []
     limiter = anyio.CapacityLimiter(concurrency)
 
-    async def one(out: Outgoing, scope: anyio.CancelScope) -> None:
+    async def one(out: Outgoing, scope: anyio.CancelScope) -> str | None:
         async with limiter:
-            if out.pending and await _settled_by_lookup(client, ledger, out, report, auth):
-                return
+            if out.pending:
+                settled = await _settled_by_lookup(client, ledger, out, report, auth)
+                if settled is not None:
+                    return None if settled == "auth" else settled
             retry_at = 0.0  # this message's own Retry-After, as a clock time
             while True:
                 ticket = await pacer.acquire(not_before=retry_at)
@@ -217,22 +224,31 @@ async def send_messages(
                 # (paused past the lease and taken over: the other run may send it too).
                 if not await lease.held():  # the fence: right before the intent and the POST
                     scope.cancel()
-                    return
+                    return None
                 await off_loop(ledger.message_intent, out.key, out.session_id, out.digest, out.text)
                 result = await client.send_message(out.session_id, out.text)
                 answer = await off_loop(_record_answer, ledger, out, result, report)
                 if answer == "sent":
                     pacer.on_success(ticket)
-                elif answer == "retry":
+                    return "sent"
+                if answer == "retry":
                     retry_at = pacer.on_429(ticket, result.retry_after)
                     continue
-                elif answer == "auth":
+                if answer == "auth":
                     auth.append(AuthError(result.message, status=result.status))
                     scope.cancel()
-                elif answer == "ambiguous":  # it may have arrived: read back once (if not
-                    why = result.message  # there, the next run looks again)
-                    await _settled_by_lookup(client, ledger, out, report, auth, why)
-                return
+                    return None
+                if answer == "failed":
+                    return "error"
+                # ambiguous: it may have arrived: read back once (if not there, the next run
+                # looks again)
+                settled = await _settled_by_lookup(client, ledger, out, report, auth, result.message)
+                return None if settled == "auth" else settled
+
+    async def tracked(out: Outgoing, scope: anyio.CancelScope) -> None:
+        result = await one(out, scope)
+        if result is not None and on_done is not None:
+            on_done(out.key, result)
 
     # The campaign lease keeps two senders (or a sender and an apply) apart: without it two
     # runs could both find a message unsent and both send it.
@@ -252,7 +268,7 @@ async def send_messages(
             tg.start_soon(lease.keep)
             async with anyio.create_task_group() as senders:
                 for out in batch.todo:
-                    senders.start_soon(one, out, senders.cancel_scope)
+                    senders.start_soon(tracked, out, senders.cancel_scope)
             tg.cancel_scope.cancel()  # every message is done: end the heartbeat
     finally:
         await lease.release()

@@ -12,6 +12,9 @@ from launcher.ledger.store import LOCK_TTL
 FOLLOW_INTERVAL = 5.0  # first interval between refreshes while following (it grows)
 FOLLOW_MAX_INTERVAL = 60.0  # the longest
 MESSAGE_RATE = 1.0  # messages per second
+# The embedded simulator (`--sim`) has no limit and answers at once: 100/s launches 2,000
+# sessions in 20 s.
+SIM_RATE = 100.0
 
 
 @dataclass(frozen=True)
@@ -19,7 +22,11 @@ class ApplyOptions:
     """How to apply: pacing, selection and time bounds."""
 
     concurrency: int = 8  # most requests in flight
-    rate: float = 5.0  # most creates per second (the adaptive rate never exceeds it)
+    # Most creates per second (the adaptive rate never exceeds it). The API publishes no limit
+    # (devin-api.md section 5; one client saw no 429 at 3 concurrent creates; creates take
+    # 0.6-1.2 s), so with 8 in flight the concurrency, not the rate, governs at about 7-13/s;
+    # 20/s is the simulator's rate-limited profile, and a lower limit is learned from 429s.
+    rate: float = 20.0
     only: tuple[str, ...] = ()  # globs over keys
     keys: frozenset[str] | None = None  # explicit selection (a rollout wave), with `only`
     limit: int | None = None  # most sessions to launch in this run

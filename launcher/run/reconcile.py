@@ -69,9 +69,10 @@ class Reconciliation:
                 f"first: {first}: {', '.join(s.session_id for s in dups[first])}); "
                 "`devin-fleet cancel --duplicates` ends the extras, keeping the earliest"
             )
-        if self.strays:
+        live = [x for x in self.strays if x.status not in ENDED]  # ended ones need nothing
+        if live:
             out.append(
-                f"{len(self.strays)} session(s) carry the campaign tag but match no planned key "
+                f"{len(live)} live session(s) carry the campaign tag but match no planned key "
                 "(removed items, or another manifest's): `status` lists them, "
                 "`cancel --strays` ends them"
             )

@@ -8,11 +8,12 @@ attempt n whole in the ledger's `attempts` table and turns K's row into attempt 
 From then on attempt n+1 is an ordinary planned launch of apply (intent before the create,
 lookup by its identity tag and attempt tag after an ambiguous outcome or a crash, adoption by
 the start-of-apply reconcile). A selector is evaluated against each key's *latest* attempt:
-a key whose latest attempt was itself created by a relaunch that is not final yet (or not
-created yet), or by a relaunch with the same selectors (the request, recorded with it), is
-"already relaunched": reported and left alone. So re-running the same command line creates
-nothing more, whenever it runs; relaunching attempt n+1 again takes a different request (for
-example its key, or its key glob).
+`failed` means the keys whose latest attempt is failed now, so the same command relaunches
+again the keys whose new attempt failed too, as often as needed. A key whose latest attempt
+is a relaunch not created or not final yet is "already relaunched": reported and left alone,
+so re-running the command while the new attempts are live creates nothing. A key glob names
+keys rather than a state: a key whose latest attempt the same request (its selectors,
+recorded with it) created is left alone too, final or not.
 
 The earlier attempt is terminated first when it is live (the termination is recorded as
 pending in the same write, and done before any attempt n+1 is created, also by a re-run after
@@ -111,8 +112,9 @@ class Selection:
                 )
         if self.already:
             lines.append(
-                f"  already relaunched, not again: {len(self.already)} key(s) whose latest "
-                "attempt this same request created, or is still in progress: " + _few(self.already)
+                f"  already relaunched, not again: {len(self.already)} key(s) whose new "
+                "attempt is not final yet (or, for a key glob, was made by this same command): "
+                + _few(self.already)
             )
         if self.not_launched:
             lines.append(
@@ -136,19 +138,27 @@ def select_relaunch(
     planned = plan.by_key()
     history = {(a.key, a.attempt): a for a in attempt_history(ledger)}
     request = " ".join(sorted(set(selectors)))
-    # Already relaunched: the key's latest attempt was created by a relaunch that is not final
-    # yet, or by this same request (the same selectors). It is matched by the selector its
-    # earlier attempt matched, so a re-run (also after a crash) reports it, and creates nothing.
+    # In progress: the key's latest attempt is a relaunch not created yet, or not final. It is
+    # left alone whatever selected it, and reported (matched by what its earlier attempt was),
+    # so a re-run while the new attempts are live creates nothing.
     progress = {
         k: a
         for k, r in records.items()
         if k in planned
         and (a := history.get((k, r.launch_attempt - 1))) is not None
-        and (_in_progress(r, views.get(k)) or a.request == request)
+        and _in_progress(r, views.get(k))
     }
-    matched: dict[str, bool] = {}  # key -> selected by key (a glob), else by outcome
+    # A key glob names keys, not a state: a key whose latest attempt this same request created
+    # is not relaunched again by re-running the command (also after a crash), final or not.
+    same = {
+        k
+        for k, r in records.items()
+        if (a := history.get((k, r.launch_attempt - 1))) is not None and a.request == request
+    }
+    matched: dict[str, bool] = {}  # key -> selected by a key glob (else by its state)
     for sel in selectors:
         if sel in OUTCOME_SELECTORS:
+            # the keys whose latest attempt is in that outcome now
             keys = [k for k, v in views.items() if v.outcome == OUTCOME_SELECTORS[sel]]
             keys += [k for k, a in progress.items() if a.outcome == sel]
         elif sel == CHANGED:
@@ -173,7 +183,7 @@ def select_relaunch(
                 hint="`devin-fleet status MANIFEST` shows each key's outcome",
             )
         for k in keys:
-            matched[k] = matched.get(k, False) or sel not in OUTCOME_SELECTORS
+            matched[k] = matched.get(k, False) or sel not in (*OUTCOME_SELECTORS, CHANGED)
     out = Selection(request)
     for key in planned:
         if key not in matched:
@@ -181,7 +191,7 @@ def select_relaunch(
         r, v = records.get(key), views.get(key)
         if r is None or v is None:
             out.not_launched.append(key)
-        elif key in progress or _in_progress(r, v):
+        elif key in progress or _in_progress(r, v) or (matched[key] and key in same):
             out.already[key] = r.launch_attempt
         elif not r.state.launched:
             out.not_launched.append(key)

@@ -1,11 +1,12 @@
 """Rollout: a campaign beyond one launch. Canary waves with a gate between them, a ceiling on
 the campaign's running sessions, and following launched sessions to their final outcomes.
 
-- Waves: the manifest's `rollout.waves` (e.g. `[5, "20%", "rest"]`) cut the plan into waves.
-  Sessions are ordered by their identity tag (the first 16 hex of sha256(campaign, NUL, key)),
-  so a key's wave does not depend on the order of the items (and a wave is a random sample of
-  the fleet, not the first rows of a file); a percentage is of the whole plan, rounded up;
-  sessions left over after the last size form a final wave.
+- Waves: the manifest's `rollout.waves` cut the plan into waves (`spec.waves`): named ones
+  first (`{keys: [...]}` or `{when: "item.risk == 'low'"}`), then sizes (e.g. `[5, "20%",
+  "rest"]`) over the sessions left, ordered by their identity tag (the first 16 hex of
+  sha256(campaign, NUL, key)), so a key's wave does not depend on the order of the items (and
+  a sized wave is a random sample of the fleet, not the first rows of a file); a percentage
+  is of the whole plan, rounded up; sessions left over after the last size form a final wave.
 - Each wave is launched by `apply.apply_plan` with the wave's keys as its selection, followed
   with `status.refresh` until its sessions are final (or the gate's `wait_timeout`), and its
   gate decides: `passed` opens the next wave, `stopped` ends the run (exit 7). Decisions and
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -51,6 +51,7 @@ from launcher.run.status import CampaignView, Outcome, watch
 from launcher.run.summary import ApplySummary, NullReporter, Reporter
 from launcher.spec.model import Gate
 from launcher.spec.plan import Plan
+from launcher.spec.waves import Member, assign
 
 OPEN = frozenset({"passed", "skipped", "forced"})  # decisions that let the next wave launch
 HEARTBEAT_EVERY = 10.0
@@ -67,39 +68,13 @@ class Wave:
     keys: tuple[str, ...]
 
 
-def wave_sizes(sizes: list[int | str], total: int) -> list[int]:
-    """How many sessions each wave holds, for a plan of `total` (empty waves are dropped)."""
-    out: list[int] = []
-    left = total
-    for size in sizes:
-        if left <= 0:
-            break
-        if size == "rest":
-            n = left
-        elif isinstance(size, str):
-            n = max(1, math.ceil(total * float(size[:-1]) / 100))
-        else:
-            n = size
-        n = min(n, left)
-        out.append(n)
-        left -= n
-    if left > 0:
-        out.append(left)
-    return out
-
-
 def assign_waves(plan: Plan) -> list[Wave]:
-    """The plan's waves; one wave of everything when the manifest has no rollout."""
+    """The plan's waves (`spec.waves` decides membership); one wave of everything when the
+    manifest has no rollout."""
     rollout = plan.manifest.manifest.rollout
     if rollout is None:
         return [Wave(1, tuple(s.key for s in plan.sessions))]
-    ranked = sorted(plan.sessions, key=lambda s: (s.identity_tag, s.key))
-    number: dict[str, int] = {}
-    start = 0
-    for i, n in enumerate(wave_sizes(list(rollout.waves), len(ranked)), 1):
-        for s in ranked[start : start + n]:
-            number[s.key] = i
-        start += n
+    number = assign(rollout, [Member(s.key, s.identity_tag, s.item) for s in plan.sessions])
     count = max(number.values(), default=0)
     return [
         Wave(i, tuple(s.key for s in plan.sessions if number[s.key] == i)) for i in range(1, count + 1)
@@ -324,6 +299,31 @@ class RolloutSummary:
         return data
 
 
+_PAST_GATE = (
+    "--only selects no session of wave {w}, whose gate is not open yet: launch wave {w} first "
+    "(without --only), or pass --skip-gate"
+)
+_PART_OF_WAVE = (
+    "wave {{w}}: {n} session(s) not selected by --only are not launched yet, and the gate "
+    "judges the whole wave: launch them (without --only), or pass --skip-gate"
+)
+
+
+def _held(summary: RolloutSummary, wave: int, why: str) -> None:
+    """The run stops before a gate it may not pass (exit 4), saying why and what to do."""
+    summary.incomplete = why.format(w=wave)
+    summary.next_wave = wave
+
+
+def _done(records: Mapping[str, Any], keys: Collection[str]) -> set[str]:
+    """The keys launched, or refused by the API (nothing more to launch for them)."""
+    return {
+        k
+        for k in keys
+        if k in records and (records[k].state.launched or records[k].state == LaunchState.refused)
+    }
+
+
 def _selected(keys: tuple[str, ...], only: tuple[str, ...]) -> list[str]:
     return [k for k in keys if not only or any(fnmatch.fnmatchcase(k, g) for g in only)]
 
@@ -475,6 +475,10 @@ class _WaveRun:
     deadline: float | None  # of all following (wait_timeout)
     budget: int | None = None  # --limit counts over the whole run, not per wave
 
+    def _gated(self, w: Wave) -> bool:
+        """Whether wave `w`'s gate is still to open the next one."""
+        return w is not self.waves[-1] and w.number not in self.decided
+
     def remaining(self, extra: float | None = None) -> float | None:
         left = None if self.deadline is None else max(0.0, self.deadline - self.clock.now())
         if extra is None:
@@ -489,6 +493,11 @@ class _WaveRun:
         for w in self.waves:
             keys = _selected(w.keys, self.options.only)
             if not keys:
+                if self._gated(w) and any(
+                    _selected(x.keys, self.options.only) for x in self.waves[w.number :]
+                ):
+                    _held(self.summary, w.number, _PAST_GATE)  # --only must not walk past a shut gate
+                    return
                 continue
             selected += keys
             label = f"wave {w.number}/{len(self.waves)}" if len(self.waves) > 1 else "apply"
@@ -533,6 +542,10 @@ class _WaveRun:
         left = [
             k for k in keys if not (records[k].state.launched or records[k].state == LaunchState.refused)
         ]
+        done = _done(records, w.keys) if self._gated(w) and not left else set(w.keys)
+        if len(done) < len(w.keys):  # the gate judges the whole wave: the rest of it first
+            _held(self.summary, w.number, _PART_OF_WAVE.format(n=len(w.keys) - len(done)))
+            return False
         if left:
             why = " (--limit)" if self.budget == 0 else ""
             self.summary.incomplete = f"wave {w.number}: {len(left)} session(s) not launched yet{why}"
@@ -562,8 +575,9 @@ class _WaveRun:
         self.summary.gates.append(result)
         decision = "passed" if result.passed else "stopped"
         await off_loop(self.ledger.record_wave, w.number, decision, result.describe())
-        reporter.note(result.describe())
-        if not result.passed:
+        if result.passed:  # a stop is told once, by the run's summary
+            reporter.note(result.describe())
+        else:
             self.summary.stopped = result
             self.summary.next_wave = w.number
             return False

@@ -84,6 +84,17 @@ class Outcome(StrEnum):
         """Whether polling can still change it (`status --watch` stops when all are final)."""
         return self is not Outcome.running
 
+    @property
+    def rank(self) -> int:
+        """Where it sorts when a person reads the fleet: what needs attention first."""
+        return ATTENTION.index(self)
+
+
+# What a reader acts on first: failures, sessions waiting for a person, those still on their
+# way; the settled ones last.
+ATTENTION: tuple[Outcome, ...] = (Outcome.failed, Outcome.needs_human, Outcome.running)
+ATTENTION += (Outcome.not_launched, Outcome.cancelled, Outcome.succeeded)
+
 
 def output_check(schema: dict[str, Any] | None, output: Any) -> tuple[bool | None, list[str]]:
     """(valid?, problems) of a structured output against the fleet's schema.
@@ -152,6 +163,8 @@ class SessionView:
         """Why the session stands where it does: the rule, the API's refusal, or status_detail."""
         if self.rule_note:
             return self.rule_note
+        if self.outcome is Outcome.succeeded:  # "waiting_for_user" reads as a problem: it is not
+            return ""
         if self.outcome in (Outcome.failed, Outcome.not_launched) and self.note:
             return self.note
         if self.status_detail:

@@ -36,6 +36,7 @@ from launcher.spec.plan import (
 )
 from launcher.spec.source import MAX_MANIFEST_BYTES, Loc, dotted_path, load_json_or_yaml, read_text
 from launcher.spec.templating import Rule, TemplateFailure, Templates
+from launcher.spec.waves import Member, wave_problems
 
 SECRET_PLACEHOLDER = "***"
 _LIST_FIELDS = ("repos", "attachment_urls", "knowledge_ids", "secret_ids", "session_links")
@@ -345,6 +346,10 @@ def build_plan(
             keys[planned.key] = (fleet.name, item.origin)
             sessions.append(planned)
     _check_budget(loaded, sessions, n_items, problems)
+    if m.rollout is not None and sessions:  # named waves: each names a session
+        members = [Member(s.key, s.identity_tag, s.item) for s in sessions]
+        for loc, message, hint in wave_problems(m.rollout, members):
+            problems.add(loaded.problem(loc, message, hint))
     if problems:
         raise ManifestError(problems.problems())
     warnings = []

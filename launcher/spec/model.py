@@ -247,24 +247,58 @@ class Gate(BaseModel):
     (default: `--wait-timeout`, else no limit)."""
 
 
-class Rollout(BaseModel):
-    """Canary waves: `apply` launches a wave, follows it to final outcomes, checks the gate,
-    then launches the next. Sessions are assigned to waves by the hash of their key (stable
-    when items are reordered; a random sample, not the first rows of a file)."""
+class NamedWave(BaseModel):
+    """A wave chosen by its members rather than its size (a canary on your own low-risk
+    services): `keys` (keys or key globs) or `when` (an expression over `item`)."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    waves: list[WaveSize] = Field(min_length=1)
-    """Wave sizes in launch order, e.g. `[5, "20%", "rest"]`; sessions left over after the
-    last size form a final wave of their own (as if `rest` were written)."""
+    keys: list[str] | None = Field(default=None, min_length=1)
+    """The wave's keys, or key globs such as `acme/billing-*`."""
+    when: str | None = Field(default=None, min_length=1)
+    """An expression over the item, e.g. `item.risk == 'low'`: the sessions whose item meets it."""
+
+    @model_validator(mode="after")
+    def _one_way(self) -> NamedWave:
+        if (self.keys is None) == (self.when is None):
+            raise ValueError("a named wave takes `keys` or `when` (one of them)")
+        return self
+
+
+def _wave_kind(value: Any) -> str:
+    return "named" if isinstance(value, dict | NamedWave) else "size"
+
+
+WaveSpec = Annotated[
+    Annotated[WaveSize, Tag("size")] | Annotated[NamedWave, Tag("named")],
+    Discriminator(_wave_kind),
+]
+
+
+class Rollout(BaseModel):
+    """Canary waves: `apply` launches a wave, follows it to final outcomes, checks the gate,
+    then launches the next. The first waves may be named by their members (`keys`, `when`);
+    the others are sizes, filled with the sessions left, ranked by the hash of their key
+    (stable when items are reordered; a random sample, not the first rows of a file)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    waves: list[WaveSpec] = Field(min_length=1)
+    """Waves in launch order: named ones first (`{keys: [acme/docs, "acme/internal-*"]}`,
+    `{when: "item.risk == 'low'"}`; a key goes to the first that names it), then sizes, e.g.
+    `[5, "20%", "rest"]` (a percentage is of the whole plan); sessions left over after the last
+    wave form a final wave of their own (as if `rest` were written)."""
     gate: Gate = Field(default_factory=Gate)
     """The check between waves."""
 
     @field_validator("waves", mode="after")
     @classmethod
-    def _rest_last(cls, v: list[int | str]) -> list[int | str]:
+    def _rest_last(cls, v: list[int | str | NamedWave]) -> list[int | str | NamedWave]:
         if "rest" in v[:-1]:
             raise ValueError('"rest" can only be the last wave')
+        kinds = [isinstance(w, NamedWave) for w in v]
+        if kinds != sorted(kinds, reverse=True):
+            raise ValueError("named waves (keys, when) come before the sized ones")
         return v
 
 

@@ -68,7 +68,8 @@ class ResultsFormat:
     """One way to write the results: the rows, and the grouped counts."""
 
     name: str
-    results: Callable[[Results], str] | None  # None: the CLI draws it
+    # the rows, in the columns chosen (None: the format's own); None: the CLI draws it
+    results: Callable[[Results, Sequence[str] | None], str] | None
     groups: Callable[[Grouping], str] | None
 
     @property
@@ -81,8 +82,9 @@ FORMATS: dict[str, ResultsFormat] = {
     f.name: f
     for f in (
         ResultsFormat("table", None, None),
-        ResultsFormat("json", lambda r: _json(r.to_json()), lambda g: _json(g.records)),
-        ResultsFormat("jsonl", lambda r: _lines(r.records()), lambda g: _lines(g.records)),
+        # JSON carries every column: a script picks what it reads
+        ResultsFormat("json", lambda r, _c: _json(r.to_json()), lambda g: _json(g.records)),
+        ResultsFormat("jsonl", lambda r, _c: _lines(r.records()), lambda g: _lines(g.records)),
         ResultsFormat("csv", to_csv, lambda g: _csv_rows(g.header, g.rows)),
         ResultsFormat("markdown", to_markdown, lambda g: g.markdown),
     )
