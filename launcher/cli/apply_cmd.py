@@ -163,10 +163,9 @@ def apply(
     wave when the manifest has a rollout; with --wait, follow them to the end."""
     p = load_plan(manifest, "send")
     check_reviewed_plan(p, plan_file, plan_digest)  # before anything is sent
-    rate = rate or (SIM_RATE if sim else ApplyOptions.rate)
     options = ApplyOptions(
         concurrency=concurrency,
-        rate=rate,
+        rate=rate or (SIM_RATE if sim else ApplyOptions.rate),
         only=only,
         limit=limit,
         run_timeout=timeout,

@@ -191,6 +191,24 @@ def _record_answer(
     return "ambiguous"
 
 
+async def _sender_lease(ledger: Ledger, lost: list[LockLostError]) -> Lease:
+    """The campaign lease, held while messages go out: it keeps two senders (or a sender and
+    an apply) apart, without which two runs could both find a message unsent and both send it.
+    Its loss is appended to `lost`."""
+    lease = Lease(ledger)
+    await lease.acquire()
+    lease.on_lost(
+        lambda _why: lost.append(
+            LockLostError(
+                "lost the campaign lock: stopped sending messages at once",
+                hint="another run holds this campaign now; re-run `message` "
+                "when it is done (what was sent is recorded: nothing repeats)",
+            )
+        )
+    )
+    return lease
+
+
 async def send_messages(
     client: DevinClient,
     ledger: Ledger,
@@ -250,19 +268,7 @@ async def send_messages(
         if result is not None and on_done is not None:
             on_done(out.key, result)
 
-    # The campaign lease keeps two senders (or a sender and an apply) apart: without it two
-    # runs could both find a message unsent and both send it.
-    lease = Lease(ledger)
-    await lease.acquire()
-    lease.on_lost(
-        lambda _why: lost.append(
-            LockLostError(
-                "lost the campaign lock: stopped sending messages at once",
-                hint="another run holds this campaign now; re-run `message` "
-                "when it is done (what was sent is recorded: nothing repeats)",
-            )
-        )
-    )
+    lease = await _sender_lease(ledger, lost)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(lease.keep)
