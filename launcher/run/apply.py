@@ -36,6 +36,7 @@ from launcher.errors import (
     LockLostError,
     SecretError,
 )
+from launcher.ledger.binding import check_target
 from launcher.ledger.store import LOCK_TTL, EventKind, Ledger, LedgerEvent
 from launcher.ledger.writer import LedgerWriter
 from launcher.run.reconcile import adoptions, duplicate_events, scan
@@ -628,6 +629,8 @@ async def apply_plan(
     missing = plan.missing_secret_env(environ)
     if missing:
         raise SecretError(missing)
+    # Bound to its org on the first launch: another org's ledger is refused, never reused.
+    check_target(ledger, client.config.base_url, client.config.org_id, claim=True)
     ledger.acquire_lock(ttl=options.lock_ttl)
     run = _ApplyRun(plan, client, ledger, options, reporter, clock, environ, stop, summary, admission)
     try:

@@ -12,6 +12,7 @@ import anyio
 
 from launcher.api.client import DevinClient
 from launcher.errors import APIError, AuthError
+from launcher.ledger.binding import check_target
 from launcher.ledger.store import EventKind, Ledger, LedgerEvent
 from launcher.run.status import CONCURRENCY, CampaignView, Outcome
 
@@ -93,6 +94,7 @@ async def cancel_sessions(
     A session the API no longer knows counts as cancelled. AuthError stops everything (after
     recording what was already terminated); other errors are per session.
     """
+    check_target(ledger, client.config.base_url, client.config.org_id)
     records = ledger.records()
     report = CancelReport()
     targets = []
@@ -126,6 +128,7 @@ async def cancel_ids(
     """Terminate sessions by id (strays, duplicates); log each in the ledger's event log (the
     planned keys' rows are untouched: the session each key keeps stays its own). The report
     is by session id."""
+    check_target(ledger, client.config.base_url, client.config.org_id)
     report = CancelReport()
     label_of = {sid: label for label, sid in targets}
 

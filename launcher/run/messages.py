@@ -19,6 +19,7 @@ import anyio
 from launcher.api.client import CreateOutcome, DevinClient
 from launcher.api.pacing import Clock, MonotonicClock, Pacer
 from launcher.errors import APIError, AuthError, LockLostError
+from launcher.ledger.binding import check_target
 from launcher.ledger.store import Ledger
 from launcher.run.status import SessionView
 from launcher.spec.plan import Plan
@@ -149,6 +150,7 @@ async def send_messages(
 ) -> MessageReport:
     """Send every message of `batch` once, holding the campaign lock (LockedError when another
     run holds it); raises AuthError (401/403) after stopping."""
+    check_target(ledger, client.config.base_url, client.config.org_id)
     pacer = Pacer(rate, clock or MonotonicClock())
     report = MessageReport()
     auth: list[AuthError] = []

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from launcher.api.client import DevinClient
 from launcher.api.models import Session
+from launcher.ledger.binding import check_target
 from launcher.ledger.store import EventKind, Ledger, LedgerEvent
 from launcher.spec.plan import FP_TAG_PREFIX, Plan, PlannedSession, attempt_of
 
@@ -169,6 +170,7 @@ def duplicate_events(rec: Reconciliation, ledger: Ledger) -> list[LedgerEvent]:
 async def rebuild(plan: Plan, client: DevinClient, ledger: Ledger) -> Reconciliation:
     """Bring the ledger up to what the API holds: rows for the plan, adopted sessions, logged
     duplicates (used by apply, status/results/cancel on a fresh clone, `plan --check-remote`)."""
+    check_target(ledger, client.config.base_url, client.config.org_id, claim=True)
     ledger.sync_plan(plan)
     rec = await scan(plan, client)
     events = adoptions(plan, ledger, rec, how="reconcile") + duplicate_events(rec, ledger)

@@ -40,6 +40,7 @@ from launcher.api.models import Session, output_errors, session_path_id
 from launcher.api.pacing import Clock, MonotonicClock, sleep_unless
 from launcher.errors import APIError, AuthError, ExitCode
 from launcher.ledger.attempts import attempt_history, remember_earlier
+from launcher.ledger.binding import check_target
 from launcher.ledger.store import LaunchState, Ledger, Record
 from launcher.run.reconcile import ENDED, adoptions, duplicate_events, scan
 from launcher.spec.plan import Plan
@@ -408,12 +409,15 @@ async def refresh(
     page), then one GET per session the list missed; store states and outcomes in the ledger;
     return the joined view. Raises AuthError (401/403) and APIError when the list fails."""
     before = client.requests
+    cfg = client.config
+    check_target(ledger, cfg.base_url, cfg.org_id)  # another org's ledger: its ids mean nothing
     # One listing of the campaign tag: it refreshes, and it reconciles (the API is the source
     # of truth): planned keys the ledger does not hold as launched are adopted, extra live
     # sessions of one key are logged as duplicates, unmatched ones are strays.
     rec = await scan(plan, client, page_size=page_size)
     healing = adoptions(plan, ledger, rec, how="reconcile (status)") + duplicate_events(rec, ledger)
     if healing:
+        check_target(ledger, cfg.base_url, cfg.org_id, claim=True)
         ledger.sync_plan(plan)  # rows for the adopted keys (a fresh ledger has none yet)
         ledger.write_events(healing)
     remember_earlier(ledger, rec.other_attempts)  # a rebuilt ledger keeps earlier attempts too
