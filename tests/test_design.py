@@ -81,7 +81,8 @@ ALLOWED: dict[str, set[str]] = {
     "progress": {"summary"},
     "summary": {"errors"},
     "attempts": {"errors", "store", "models", "plan"},
-    "relaunch": {"errors", "plan", "client", "store", "status", "reconcile", "attempts"},
+    "relaunch": {"errors", "plan", "client", "store", "status", "reconcile", "attempts", "budget"},
+    "budget": {"errors", "attempts", "store", "plan"},
     "sim": {"errors", "models", "source", "sim"},
 }
 HOMES = {

@@ -77,6 +77,7 @@ def status(
     """Refresh and classify the campaign's sessions (succeeded, needs-human, failed, running,
     cancelled). Exit 0: all succeeded/cancelled, 3: some failed, 6: some need a human, 4: some
     still running (or not launched), 8: --watch timed out with sessions still running."""
+    from launcher.run.budget import budget_use
     from launcher.run.status import campaign_view
 
     p = load_plan(manifest, "read")
@@ -90,11 +91,13 @@ def status(
                 except KeyboardInterrupt:
                     err.print("interrupted: the ledger keeps the last refresh")
                     sys.exit(ExitCode.interrupted)
+        use = budget_use(p, led)
     warn(view)
     if output == "json":
-        emit_json(view.status_json())
+        emit_json({**view.status_json(), "budget": use.to_json()})
     else:
         _status_table(view)
+        out.print(use.line(), markup=False)
     sys.exit(view.exit_code)
 
 

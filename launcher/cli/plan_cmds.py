@@ -30,6 +30,7 @@ from launcher.spec.plan import Plan, plan_manifest
 
 if TYPE_CHECKING:
     from launcher.api.client import ApiConfig
+    from launcher.run.budget import BudgetUse
 
 
 @click.command()
@@ -175,7 +176,8 @@ def plan(
             (c, k, f"{n}; changed: {', '.join(fields[k]) or 'secret sources'}" if k in fields else n)
             for c, k, n in changes
         ]
-        _plan_table(p, noted, show_prompts, waves if p.manifest.manifest.rollout else None)
+        spent = _spent(p, ledger)
+        _plan_table(p, noted, show_prompts, waves if p.manifest.manifest.rollout else None, spent)
         if show_diff:
             for c, key, _ in changes:
                 if c != Change.changed:
@@ -207,6 +209,18 @@ async def _check_remote(
             rec = await rebuild(p, client, led)
             warnings += rec.warnings()
             return warnings, led.diff(p)
+
+
+def _spent(p: Plan, ledger_path: str | None) -> BudgetUse | None:
+    """What the campaign has launched so far (every attempt), from the ledger when there is one."""
+    from launcher.ledger.store import default_ledger_path
+    from launcher.run.budget import budget_use
+
+    path = Path(ledger_path) if ledger_path else default_ledger_path(p.manifest.path, p.campaign)
+    if not path.exists():
+        return None
+    with Ledger(path, p.campaign, create=False) as led:
+        return budget_use(p, led)
 
 
 def _diff(p: Plan, ledger_path: str | None) -> list[tuple[Change, str, str]]:
@@ -247,6 +261,7 @@ def _plan_table(
     changes: list[tuple[Change, str, str]],
     show_prompts: bool,
     waves: dict[str, int] | None = None,
+    spent: BudgetUse | None = None,
 ) -> None:
     table = Table(title=f"campaign {p.campaign}", show_lines=False)
     for col in ("", "key", *(["wave"] if waves else []), "title", "repos", "mode", "ACU", "note"):
@@ -271,6 +286,8 @@ def _plan_table(
             out.rule(s.key)
             out.print(s.request["prompt"], markup=False)
     t = p.totals()
+    if spent is not None and (spent.launched or spent.relaunched):
+        out.print(spent.line(), markup=False)
     counts = {c: sum(1 for x, _, _ in changes if x == c) for c in Change}
     budget = f" / budget {t['max_total_acu']}" if t["max_total_acu"] else ""
     cap = f" / budget {t['max_sessions']}" if t["max_sessions"] else ""

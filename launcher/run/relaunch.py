@@ -33,6 +33,7 @@ from launcher.api.client import DevinClient
 from launcher.errors import APIError, AuthError, FleetError, SelectorError
 from launcher.ledger.attempts import AttemptRecord, attempt_history, relaunch, set_termination
 from launcher.ledger.store import Ledger, Record
+from launcher.run.budget import check_relaunch
 from launcher.run.reconcile import ENDED
 from launcher.run.status import CampaignView, Outcome, SessionView
 from launcher.spec.plan import ATTEMPT_TAG_PREFIX, FP_TAG_PREFIX, Plan, build_plan, fingerprint_tag
@@ -129,7 +130,8 @@ def select_relaunch(
     plan: Plan, view: CampaignView, ledger: Ledger, selectors: Iterable[str]
 ) -> Selection:
     """Resolve selectors (outcomes, `changed`, key globs) against each key's latest attempt.
-    Raises SelectorError for a selector that matches no key at all."""
+    Raises SelectorError for a selector that matches no key at all, ManifestError when the new
+    attempts would pass the campaign budget (every attempt counts)."""
     records = ledger.records()
     views = {v.key: v for v in view.sessions if v.in_plan}
     planned = plan.by_key()
@@ -195,6 +197,7 @@ def select_relaunch(
                     tuple(v.pr_urls),
                 )
             )
+    check_relaunch(plan, ledger, [p.key for p in out.picks])  # before anything is recorded or sent
     return out
 
 
