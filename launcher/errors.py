@@ -275,6 +275,19 @@ def describe_value(value: Any) -> str:
     )
 
 
+_BOUNDS = {
+    "less_than_equal": "at most",
+    "less_than": "less than",
+    "greater_than_equal": "at least",
+    "greater_than": "greater than",
+}
+
+
+def _num(ctx: Mapping[str, Any]) -> str:
+    bound = next(iter(ctx.values()), "?")
+    return str(int(bound)) if isinstance(bound, float) and bound.is_integer() else str(bound)
+
+
 def validation_message(err: Mapping[str, Any]) -> str:
     """One pydantic error (from `errors(include_url=False)`) as a short sentence."""
     etype, msg, value = err["type"], err["msg"], err.get("input")
@@ -288,6 +301,10 @@ def validation_message(err: Mapping[str, Any]) -> str:
         return f"bad campaign name {describe_value(value)}"
     if etype == "string_pattern_mismatch":
         return f"{describe_value(value)} does not match {err['ctx']['pattern']}"
+    if etype in _BOUNDS and isinstance(value, int | float) and not isinstance(value, bool):
+        return f"must be {_BOUNDS[etype]} {_num(err['ctx'])}; got {describe_value(value)}"
+    if etype in ("literal_error", "enum") and "expected" in err.get("ctx", {}):
+        return f"expected one of {err['ctx']['expected']}; got {describe_value(value)}"
     if etype == "too_short" and isinstance(value, list) and not value:
         return f"needs at least {err['ctx']['min_length']} entry; got none"
     text = str(msg).removeprefix("Value error, ").removeprefix("Assertion failed, ")
