@@ -564,8 +564,9 @@ def _neutralize(data: dict[str, Any], loc: Loc) -> bool:
             return False
         holder, name = (fleets[loc[1]] or {}).get("session"), loc[3]
     elif len(loc) == 3 and loc[0] == "fleets" and loc[2] == "success_when":
-        fleets = data.get("fleets")
-        holder, name = (fleets[loc[1]] if isinstance(fleets, list) else None), "success_when"
+        fleets, i = data.get("fleets"), loc[1]
+        ok = isinstance(fleets, list) and isinstance(i, int) and 0 <= i < len(fleets)
+        holder, name = (fleets[i] if ok else None), "success_when"
     else:
         return False
     if not isinstance(holder, dict) or name not in holder:
