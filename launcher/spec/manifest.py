@@ -566,7 +566,7 @@ def _neutralize(data: dict[str, Any], loc: Loc) -> bool:
     elif len(loc) == 3 and loc[0] == "fleets" and loc[2] == "success_when":
         fleets, i = data.get("fleets"), loc[1]
         ok = isinstance(fleets, list) and isinstance(i, int) and 0 <= i < len(fleets)
-        holder, name = (fleets[i] if ok else None), "success_when"
+        holder, name = (fleets[i] if ok and fleets is not None else None), "success_when"
     else:
         return False
     if not isinstance(holder, dict) or name not in holder:
