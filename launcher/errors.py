@@ -203,11 +203,14 @@ class CircuitOpenError(APIError):
 
 
 class RemoteCheckError(FleetError):
-    """Ids referenced by the manifest do not exist in the org."""
+    """Ids referenced by the manifest do not exist in the org, or tags it sends are not allowed."""
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
-        super().__init__(f"{len(problems)} referenced id(s) not found in the org; nothing was sent")
+        what = "referenced id(s) not found in the org"
+        if any("allowed session tags" in p.message for p in problems):
+            what = "problem(s) found by the remote check"
+        super().__init__(f"{len(problems)} {what}; nothing was sent")
 
     def render(self) -> str:
         return "\n".join([p.render() for p in self.problems] + [f"error: {self.message}"])

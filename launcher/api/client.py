@@ -460,9 +460,12 @@ class DevinClient:
 
         The endpoint's own id field is read first (`secret_id` for /secrets, ...), then `id`.
         """
-        own = {"/secrets": "secret_id", "/playbooks": "playbook_id", "/knowledge/notes": "note_id"}.get(
-            path
-        )
+        own = {
+            "/secrets": "secret_id",
+            "/playbooks": "playbook_id",
+            "/knowledge/notes": "note_id",
+            "/members/users": "user_id",
+        }.get(path)
         fields = [f for f in (own, "id", "knowledge_id") if f]
         ids: set[str] = set()
         try:
@@ -477,6 +480,24 @@ class DevinClient:
                 return None
             raise
         return ids
+
+    async def allowed_tags(self) -> list[str] | None:
+        """The org's allowed session tags (GET /v3/enterprise/organizations/{org_id}/tags,
+        ManageEnterpriseSettings); None when it cannot be read: 403 (no permission, or tag
+        validation is off) or no such endpoint (404/405)."""
+        try:
+            resp = await self._request("GET", f"/enterprise{self._org}/tags")
+        except AuthError as exc:
+            if exc.status == 403:
+                return None
+            raise
+        if resp.status_code in (404, 405):
+            return None
+        data = self._checked(resp)
+        tags = data.get("tags") if isinstance(data, dict) else None
+        if not isinstance(tags, list):
+            raise APIError(f"GET /enterprise{self._org}/tags: no `tags` list in the answer")
+        return [str(t) for t in tags]
 
     # ------------------------------------------------------------------ helpers
 

@@ -143,10 +143,11 @@ def plan(
         with api_config(base_url, org_id) as cfg:
             warnings, changes = anyio.run(_check_remote, p, cfg, ledger)
         for w in warnings:
-            err.print(f"warning: {w}", markup=False)
+            err.print(w if w.startswith("note: ") else f"warning: {w}", markup=False)
+        n = sum(1 for w in warnings if not w.startswith("note: "))
         err.print(
             f"remote check passed at {cfg.base_url} (org {cfg.org_id})"
-            + (f" with {len(warnings)} warning(s)" if warnings else ""),
+            + (f" with {n} warning(s)" if n else ""),
             markup=False,
         )
     if changes is None:

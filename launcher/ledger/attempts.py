@@ -13,6 +13,7 @@ from typing import Any
 from launcher.api.models import Session
 from launcher.errors import LedgerError
 from launcher.ledger.store import TRANSITIONS, EventKind, LaunchState, Ledger
+from launcher.spec.identity import session_markers
 from launcher.spec.plan import attempt_of
 
 ENDED = ("exit", "error")  # a session in these states is not live
@@ -158,7 +159,7 @@ def remember_earlier(ledger: Ledger, earlier: Mapping[str, list[Session]]) -> in
     rows = []
     for key, sessions in earlier.items():
         for x in sessions:  # earliest first: one per (key, attempt), the earliest
-            n = attempt_of(x.tags)
+            n = attempt_of(session_markers(x))
             if x.session_id in known.get(key, ()) or (key, n) in have:
                 continue
             have.add((key, n))

@@ -42,6 +42,7 @@ from launcher.ledger.writer import LedgerWriter
 from launcher.run.reconcile import adoptions, duplicate_events, scan
 from launcher.run.remote import check_remote
 from launcher.run.summary import ApplySummary, Result
+from launcher.spec.identity import session_markers
 from launcher.spec.plan import Plan, PlannedSession, attempt_of
 
 
@@ -385,7 +386,8 @@ class _ApplyRun:
                 assert result.session is not None
                 self.pacer.on_success(ticket, result.rate_limit)
                 self.breaker.record(True)
-                self.lag.created(s.identity_tag)
+                by_title = self.plan.manifest.manifest.identity == "title"
+                self.lag.created(s.identity_tag, result.session.session_id if by_title else None)
                 await self._adopt(s, result.session, EventKind.created, result.status)
                 return
             if o == CreateOutcome.rate_limited:
@@ -479,7 +481,9 @@ class _ApplyRun:
         for tries in range(3):
             try:
                 async with self.slots:
-                    sessions = [x async for x in self.client.list_sessions(tags=[s.identity_tag])]
+                    sessions = [
+                        x async for x in self.client.list_sessions(tags=[_listed_by(s, self.plan)])
+                    ]
                 break
             except AuthError:
                 raise
@@ -493,7 +497,13 @@ class _ApplyRun:
                     self._done(s.key, Result.unknown, f"{why}; not looked up: stopped")
                     return Result.unknown
         fresh = sorted(
-            (x for x in sessions if x.session_id not in known and attempt_of(x.tags) == s.attempt),
+            (
+                x
+                for x in sessions
+                if x.session_id not in known
+                and s.identity_tag in (marks := session_markers(x))
+                and attempt_of(marks) == s.attempt
+            ),
             key=lambda x: (x.created_at, x.session_id),
         )
         if fresh:
@@ -743,6 +753,12 @@ async def _drive(run: _ApplyRun, work: Sequence[tuple[PlannedSession, bool]]) ->
         if fleet:
             raise fleet[0] from None
         raise
+
+
+def _listed_by(s: PlannedSession, plan: Plan) -> str:
+    """The tag an ambiguous key is looked up by: its identity tag, or with `identity: title`
+    the campaign tag (the identity is in the title: matched here, a listing per lookup)."""
+    return plan.campaign_tag if plan.manifest.manifest.identity == "title" else s.identity_tag
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

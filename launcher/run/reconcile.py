@@ -4,6 +4,7 @@ never relaunches what exists, and strays and duplicates become visible.
 
 Identity of a launch = (campaign, key, attempt): `fleet:<campaign>`, `fleet-key:<16 hex>`, and
 `fleet-attempt:<n>` for n >= 2. `fleet-fp:<8 hex>` tells what the session was launched from.
+With `identity: title` the same markers travel in a title suffix (`launcher.spec.identity`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from launcher.api.client import DevinClient
 from launcher.api.models import Session
 from launcher.ledger.binding import check_target
 from launcher.ledger.store import EventKind, Ledger, LedgerEvent
+from launcher.spec.identity import session_markers
 from launcher.spec.plan import FP_TAG_PREFIX, Plan, PlannedSession, attempt_of
 
 ENDED = frozenset({"exit", "error"})  # a session in these states is not live
@@ -22,7 +24,7 @@ ENDED = frozenset({"exit", "error"})  # a session in these states is not live
 
 def fp_prefix(session: Session) -> str | None:
     """The 8-hex fingerprint prefix a session's `fleet-fp:` tag carries, if any."""
-    for t in session.tags:
+    for t in session_markers(session):
         if t.startswith(FP_TAG_PREFIX):
             return t[len(FP_TAG_PREFIX) :]
     return None
@@ -83,17 +85,19 @@ async def scan(plan: Plan, client: DevinClient, *, page_size: int = 200) -> Reco
     rec = Reconciliation()
     async for session in client.list_sessions(tags=[plan.campaign_tag], first=page_size):
         rec.listed += 1
-        key = next((keys[t] for t in session.tags if t in keys), None)
+        key = next((keys[t] for t in session_markers(session) if t in keys), None)
         if key is None:
             rec.strays.append(session)
             continue
         rec.by_key.setdefault(key, []).append(session)
     # Each key's latest attempt is its current one; earlier attempts are set aside.
     for key, sessions in list(rec.by_key.items()):
-        latest = max(attempt_of(x.tags) for x in sessions)
+        latest = max(attempt_of(session_markers(x)) for x in sessions)
         rec.attempts[key] = latest
-        rec.by_key[key] = sorted((x for x in sessions if attempt_of(x.tags) == latest), key=_order)
-        older = [x for x in sessions if attempt_of(x.tags) != latest]
+        rec.by_key[key] = sorted(
+            (x for x in sessions if attempt_of(session_markers(x)) == latest), key=_order
+        )
+        older = [x for x in sessions if attempt_of(session_markers(x)) != latest]
         if older:
             rec.other_attempts[key] = sorted(older, key=_order)
     rec.strays.sort(key=_order)

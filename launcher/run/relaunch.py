@@ -36,7 +36,8 @@ from launcher.ledger.store import Ledger, Record
 from launcher.run.budget import check_relaunch
 from launcher.run.reconcile import ENDED
 from launcher.run.status import CampaignView, Outcome, SessionView
-from launcher.spec.plan import ATTEMPT_TAG_PREFIX, FP_TAG_PREFIX, Plan, build_plan, fingerprint_tag
+from launcher.spec.identity import stamp
+from launcher.spec.plan import Plan, build_plan
 
 OUTCOME_SELECTORS = {
     "failed": Outcome.failed,
@@ -283,9 +284,8 @@ def attempt_plan(plan: Plan, ledger: Ledger, environ: Mapping[str, str] | None =
             sessions.append(s)
             continue
         n, before = current[s.key]
-        request: dict[str, Any] = dict(rendered[s.key].request)
-        tags = [t for t in request.get("tags", []) if not t.startswith(FP_TAG_PREFIX)]
-        request["tags"] = [*tags, fingerprint_tag(s.fingerprint), f"{ATTEMPT_TAG_PREFIX}{n}"]
+        mode = plan.manifest.manifest.identity
+        request = stamp(dict(rendered[s.key].request), mode, s.identity_tag, s.fingerprint, n)
         if before is not None and before.session_id:
             links = list(request.get("session_links") or [])
             request["session_links"] = list(dict.fromkeys([*links, before.session_id]))

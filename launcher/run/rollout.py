@@ -45,6 +45,7 @@ from launcher.ledger.store import LaunchState, Ledger
 from launcher.run.apply import ApplyOptions, NullReporter, Reporter, apply_plan
 from launcher.run.status import CampaignView, Outcome, classify, watch
 from launcher.run.summary import ApplySummary, Result
+from launcher.spec.identity import session_markers
 from launcher.spec.manifest import Gate
 from launcher.spec.plan import Plan
 
@@ -292,7 +293,7 @@ class RunningCeiling:
         async for s in self.client.list_sessions(tags=[self.plan.campaign_tag]):
             if not classify(s.status, s.status_detail, delivered=False).final:
                 running += 1
-            key = next((self.tag_key[t] for t in s.tags if t in self.tag_key), None)
+            key = next((self.tag_key[t] for t in session_markers(s) if t in self.tag_key), None)
             if key is not None:
                 listed.add(key)
         self.listed_running, self.listed = running, listed

@@ -21,6 +21,10 @@ from pydantic_core import to_json
 
 from launcher.api.models import DRAFT7_KEYWORDS, MAX_TAGS, CreateSessionRequest, check_output_schema
 from launcher.errors import ManifestError, Problem, SecretError, validation_errors, validation_message
+from launcher.spec.identity import ATTEMPT_TAG_PREFIX as ATTEMPT_TAG_PREFIX
+from launcher.spec.identity import FP_TAG_PREFIX as FP_TAG_PREFIX
+from launcher.spec.identity import KEY_TAG_PREFIX as KEY_TAG_PREFIX
+from launcher.spec.identity import stamp
 from launcher.spec.items import Item, read_items
 from launcher.spec.manifest import (
     MAX_REPEATED,
@@ -41,9 +45,6 @@ SECRET_PLACEHOLDER = "***"
 # relaunches (attempt 1 carries none). A manifest may set the rest of the API's 50.
 LAUNCHER_TAGS = 4
 IDENTITY_TAGS = LAUNCHER_TAGS  # kept for importers of the old name
-FP_TAG_PREFIX = "fleet-fp:"
-KEY_TAG_PREFIX = "fleet-key:"
-ATTEMPT_TAG_PREFIX = "fleet-attempt:"
 _LIST_FIELDS = ("repos", "attachment_urls", "knowledge_ids", "secret_ids", "session_links")
 _TEXT_FIELDS = (
     "title",
@@ -379,13 +380,14 @@ def _merge(
                 json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
             ).hexdigest()
     n_tags = len(fields.get("tags") or [])
-    if n_tags + IDENTITY_TAGS > MAX_TAGS:
+    own = LAUNCHER_TAGS if m.identity == "tags" else 1  # `identity: title`: the campaign tag only
+    if n_tags + own > MAX_TAGS:
+        what = "campaign, key, fingerprint, attempt" if own > 1 else "the campaign tag"
         problems.add(
             loaded.problem(
                 locs["tags"],
-                f"{n_tags} tags plus devin-fleet's {LAUNCHER_TAGS} (campaign, key, fingerprint, "
-                f"attempt) is more than the API's {MAX_TAGS}",
-                f"use at most {MAX_TAGS - LAUNCHER_TAGS} tags",
+                f"{n_tags} tags plus devin-fleet's {own} ({what}) is more than the API's {MAX_TAGS}",
+                f"use at most {MAX_TAGS - own} tags",
             )
         )
         ok = False
@@ -671,7 +673,11 @@ def _plan_one(
     tags = [
         render(t, loc, "tags") for t, loc in zip(fields.get("tags") or [], spec.tag_locs, strict=True)
     ]
-    request["tags"] = list(dict.fromkeys([*tags, ctag, itag]))
+    if m.identity == "title":  # the identity travels in the title: only the campaign tag is sent
+        request["tags"] = list(dict.fromkeys([*tags, ctag]))
+        request["title"] = request.get("title") or key
+    else:
+        request["tags"] = list(dict.fromkeys([*tags, ctag, itag]))
     secret_env: list[tuple[int, str]] = []
     if "session_secrets" in fields:
         secrets = []
@@ -720,7 +726,7 @@ def _plan_one(
     if spec.schema_digest is not None:
         fp_body["structured_output_schema"] = f"sha256:{spec.schema_digest}"
     fp = fingerprint(fp_body)  # over the body without its own tag: old fingerprints stay valid
-    body["tags"] = [*body["tags"], fingerprint_tag(fp)]
+    body = stamp(body, m.identity, itag, fp, 1)
     return PlannedSession(
         key=key,
         fleet=spec.name,
