@@ -10,6 +10,7 @@
     ├── APIError                    a run-level failure talking to the API (unreachable, 5xx; exit 1)
     │   ├── AuthError               401/403 (exit 5)
     │   └── CircuitOpenError        too many consecutive ambiguous/5xx outcomes (exit 5)
+├── CampaignRefusedError        a create refused for a campaign-wide reason (tag allow-list, ...; exit 3)
     ├── RemoteCheckError            referenced ids (secrets, playbooks, knowledge) do not exist
     └── ConfirmationError           apply/cancel needs --yes when stdin is not a terminal
 
@@ -202,18 +203,27 @@ class CircuitOpenError(APIError):
     exit_code = ExitCode.aborted
 
 
+class CampaignRefusedError(FleetError):
+    """A create was refused for a reason every session of the campaign shares (a tag the org's
+    allow-list lacks, an unknown platform or user): launching stopped (exit 3)."""
+
+    exit_code = ExitCode.failed
+
+
 class RemoteCheckError(FleetError):
     """Ids referenced by the manifest do not exist in the org, or tags it sends are not allowed."""
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Problem], notes: Sequence[str] = ()) -> None:
         self.problems = problems
+        self.notes = list(notes)  # what could not be checked, and why
         what = "referenced id(s) not found in the org"
         if any("allowed session tags" in p.message for p in problems):
             what = "problem(s) found by the remote check"
         super().__init__(f"{len(problems)} {what}; nothing was sent")
 
     def render(self) -> str:
-        return "\n".join([p.render() for p in self.problems] + [f"error: {self.message}"])
+        notes = [n if n.startswith("note: ") else f"warning: {n}" for n in self.notes]
+        return "\n".join([p.render() for p in self.problems] + notes + [f"error: {self.message}"])
 
 
 class SelectorError(FleetError):

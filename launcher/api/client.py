@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -242,6 +243,22 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+_CAMPAIGN_WIDE = (
+    ("tag", re.compile(r"\btags?\b.*\b(allow|register|permitted|not enabled)", re.I | re.S)),
+    ("platform", re.compile(r"\bplatform\b", re.I)),
+    ("user", re.compile(r"\b(create_as_user_id|org member|not a member)\b", re.I)),
+)
+
+
+def campaign_wide(status: int | None, message: str) -> str | None:
+    """What a refusal (a 4xx create) names that every session of the campaign shares, if
+    anything: `tag` (not in the org's allow-list), `platform`, `user`. Such a refusal will
+    repeat for every item, so apply stops at the first instead of refusing them all."""
+    if status is None or not 400 <= status < 500 or status in (401, 403, 429):
+        return None
+    return next((kind for kind, rx in _CAMPAIGN_WIDE if rx.search(message)), None)
 
 
 def error_message(response: httpx.Response) -> str:

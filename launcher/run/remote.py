@@ -111,7 +111,7 @@ async def check_remote(plan: Plan, client: DevinClient) -> list[str]:
             "at the first such refusal)"
         )
     if problems:
-        raise RemoteCheckError(problems)
+        raise RemoteCheckError(problems, warnings)
     return warnings
 
 
