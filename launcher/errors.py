@@ -43,7 +43,11 @@ class ExitCode(IntEnum):
     ok = 0, "success (apply: every selected session launched; status: all succeeded)"
     error = 1, "error: invalid manifest, configuration, ledger, unreachable API, or remote check"
     changes = 2, "`plan --detailed-exitcode`: changes pending"
-    failed = 3, "some sessions failed (apply: refused by the API; status: failed outcomes)"
+    failed = (
+        3,
+        "some sessions failed (apply: refused by the API, or stopped at the first refusal every "
+        "session would share, such as a tag the org does not allow; status: failed outcomes)",
+    )
     unfinished = (
         4,
         (
