@@ -147,3 +147,15 @@ def test_check_remote_checks_the_user_to_create_as_and_notes_the_platform(
     assert "note: platform 'amiga' not verified: the API publishes no list" in res.stderr
     m = manifest(write, 2, session="create_as_user_id: user-sim-alice")
     assert run("plan", m, "--check-remote").exit_code == 0
+
+
+def test_an_unknown_platform_stops_the_run_at_the_first_refusal(
+    make_sim: Callable[..., SimServer], write: Any, use: Callable[..., None]
+) -> None:
+    sim = make_sim("clean")
+    use(sim)
+    m = manifest(write, 20, session="platform: amiga")
+    res = run("apply", m, "--yes", "--concurrency", "2", "--rate", "100")
+    assert res.exit_code == 3, res.output
+    assert sim.stats()["requests"]["POST /sessions"] <= 2
+    assert "Unknown platform 'amiga'" in res.output and "platform labels" in res.output

@@ -22,7 +22,7 @@ import httpx
 from pydantic import ValidationError
 
 from launcher.api.models import Page, Session, session_path_id
-from launcher.errors import APIError, AuthError, ConfigError, validation_lines
+from launcher.errors import APIError, AuthError, CampaignRefusedError, ConfigError, validation_lines
 
 DEFAULT_BASE_URL = "https://api.devin.ai"
 USER_AGENT = "devin-fleet/0.1"
@@ -252,13 +252,30 @@ _CAMPAIGN_WIDE = (
 )
 
 
-def campaign_wide(status: int | None, message: str) -> str | None:
-    """What a refusal (a 4xx create) names that every session of the campaign shares, if
-    anything: `tag` (not in the org's allow-list), `platform`, `user`. Such a refusal will
-    repeat for every item, so apply stops at the first instead of refusing them all."""
+_CAMPAIGN_HINTS = {
+    "tag": "the org restricts session tags to an allow-list (an enterprise setting): set "
+    "`identity: title` in the manifest (then only `fleet:<campaign>` is sent: ask an admin to "
+    "register it), and register or drop the manifest's own tags; `plan --check-remote` lists "
+    "every tag that is not allowed",
+    "platform": "use one of the platform labels the API listed, or `default`",
+    "user": "create_as_user_id must name an org member, and the token needs ImpersonateOrgSessions",
+}
+
+
+def campaign_refusal(key: str, status: int | None, message: str) -> CampaignRefusedError | None:
+    """A refused create (a 4xx) whose reason every session of the campaign shares: a tag the
+    org's allow-list lacks, an unknown platform or user. It would repeat for every item, so
+    apply stops at the first (None: a refusal of this session alone)."""
     if status is None or not 400 <= status < 500 or status in (401, 403, 429):
         return None
-    return next((kind for kind, rx in _CAMPAIGN_WIDE if rx.search(message)), None)
+    kind = next((kind for kind, rx in _CAMPAIGN_WIDE if rx.search(message)), None)
+    if kind is None:
+        return None
+    return CampaignRefusedError(
+        f"{key}: the API refused the create (HTTP {status}: {message}); every session of the "
+        "campaign would be refused the same way, so launching stopped",
+        hint=_CAMPAIGN_HINTS[kind],
+    )
 
 
 def error_message(response: httpx.Response) -> str:

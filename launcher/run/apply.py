@@ -23,14 +23,13 @@ from typing import Protocol
 import anyio
 from anyio.abc import ObjectReceiveStream, TaskGroup
 
-from launcher.api.client import CreateOutcome, DevinClient, campaign_wide
+from launcher.api.client import CreateOutcome, DevinClient, campaign_refusal
 from launcher.api.listlag import LAG_PROBE_STEP, LagProbe
 from launcher.api.models import Session
 from launcher.api.pacing import CircuitBreaker, Clock, MonotonicClock, Pacer, backoff_delay, sleep_unless
 from launcher.errors import (
     APIError,
     AuthError,
-    CampaignRefusedError,
     CircuitOpenError,
     ConfigError,
     FleetError,
@@ -420,8 +419,8 @@ class _ApplyRun:
             if o == CreateOutcome.rejected:
                 self.breaker.record(True)
                 await self._refused(s, f"HTTP {result.status}: {message}", result.status)
-                if (kind := campaign_wide(result.status, message)) is not None:
-                    self._halt(_campaign_refused(kind, s, result.status, message))
+                if (refusal := campaign_refusal(s.key, result.status, message)) is not None:
+                    self._halt(refusal)
                 return
             if o == CreateOutcome.not_sent:
                 await self.writer.submit(
@@ -756,25 +755,6 @@ async def _drive(run: _ApplyRun, work: Sequence[tuple[PlannedSession, bool]]) ->
         if fleet:
             raise fleet[0] from None
         raise
-
-
-def _campaign_refused(
-    kind: str, s: PlannedSession, status: int | None, message: str
-) -> CampaignRefusedError:
-    """Stop at the first create refused for what every session shares; say why and what to do."""
-    hints = {
-        "tag": "the org restricts session tags to an allow-list (an enterprise setting): set "
-        "`identity: title` in the manifest (then only `fleet:<campaign>` is sent: ask an admin "
-        "to register it), and register or drop the manifest's own tags; `plan --check-remote` "
-        "lists every tag that is not allowed",
-        "platform": "use one of the platform labels the API listed, or `default`",
-        "user": "create_as_user_id must name an org member, and the token needs ImpersonateOrgSessions",
-    }
-    return CampaignRefusedError(
-        f"{s.key}: the API refused the create (HTTP {status}: {message}); every session of "
-        "the campaign would be refused the same way, so launching stopped",
-        hint=hints[kind],
-    )
 
 
 def _listed_by(s: PlannedSession, plan: Plan) -> str:
