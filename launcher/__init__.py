@@ -16,6 +16,9 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
         ApplyOptions as ApplyOptions,
         apply_plan as apply_plan,
     )
+    from launcher.ledger.binding import check_target as check_target
+    from launcher.run.budget import BudgetUse as BudgetUse
+    from launcher.run.budget import budget_use as budget_use
     from launcher.run.cancel import cancel_sessions as cancel_sessions
     from launcher.run.summary import ApplySummary as ApplySummary
     from launcher.run.summary import Result as Result
@@ -27,6 +30,7 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
     from launcher.errors import (
         APIError as APIError,
         AuthError as AuthError,
+        CampaignRefusedError as CampaignRefusedError,
         CircuitOpenError as CircuitOpenError,
         ConfigError as ConfigError,
         ConfirmationError as ConfirmationError,
@@ -94,6 +98,8 @@ _HOMES: dict[str, str] = {
     "ApplyOptions": "launcher.run.apply",
     "ApplySummary": "launcher.run.summary",
     "AuthError": "launcher.errors",
+    "BudgetUse": "launcher.run.budget",
+    "CampaignRefusedError": "launcher.errors",
     "CampaignView": "launcher.run.status",
     "Change": "launcher.ledger.store",
     "CircuitOpenError": "launcher.errors",
@@ -125,10 +131,12 @@ _HOMES: dict[str, str] = {
     "Session": "launcher.api.models",
     "apply_plan": "launcher.run.apply",
     "build_plan": "launcher.spec.plan",
+    "budget_use": "launcher.run.budget",
     "build_results": "launcher.views.results",
     "campaign_view": "launcher.run.status",
     "cancel_sessions": "launcher.run.cancel",
     "check_remote": "launcher.run.remote",
+    "check_target": "launcher.ledger.binding",
     "classify": "launcher.run.status",
     "follow": "launcher.run.rollout",
     "load_manifest": "launcher.spec.manifest",
