@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from launcher.errors import LedgerError
-from launcher.ledger.store import Ledger
+from launcher.ledger.store import Ledger, sqlite_errors
 
 _BASE, _ORG = "api_base_url", "org_id"
 
@@ -25,7 +25,10 @@ class Target:
 
 def bound_target(ledger: Ledger) -> Target | None:
     """The target the ledger is bound to (None for a ledger that never launched anything)."""
-    rows = dict(ledger.db.execute("SELECT name, value FROM meta WHERE name IN (?, ?)", (_BASE, _ORG)))
+    with sqlite_errors(ledger.path, "read"):
+        rows = dict(
+            ledger.db.execute("SELECT name, value FROM meta WHERE name IN (?, ?)", (_BASE, _ORG))
+        )
     if _BASE not in rows or _ORG not in rows:
         return None
     return Target(rows[_BASE], rows[_ORG])
@@ -35,16 +38,16 @@ def check_target(ledger: Ledger, base_url: str, org_id: str, *, claim: bool = Fa
     """Raise LedgerError when the ledger belongs to another target; with `claim` (apply, a
     rebuild from the API), bind an unbound ledger to this one first."""
     here = Target(base_url.rstrip("/"), org_id)
-    with ledger.transaction() as db:
-        there = bound_target(ledger)
-        if there is None:
-            if claim:
+    there = bound_target(ledger)  # a plain read: a check never waits for another run's writes
+    if there is None and claim:
+        with ledger.transaction() as db:  # re-read under the write lock: one run binds it
+            there = bound_target(ledger)
+            if there is None:
                 db.executemany(
-                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                    [(_BASE, here.base_url), (_ORG, here.org_id)],
+                    "INSERT INTO meta VALUES (?, ?)", [(_BASE, here.base_url), (_ORG, here.org_id)]
                 )
-            return
-    if there == here:
+                return
+    if there is None or there == here:
         return
     own = ledger.path.with_name(f"{ledger.path.stem}.{_slug(org_id)}{ledger.path.suffix}")
     raise LedgerError(
