@@ -142,14 +142,7 @@ def plan(
     if check_remote:
         with api_config(base_url, org_id) as cfg:
             warnings, changes = anyio.run(_check_remote, p, cfg, ledger)
-        for w in warnings:
-            err.print(w if w.startswith("note: ") else f"warning: {w}", markup=False)
-        n = sum(1 for w in warnings if not w.startswith("note: "))
-        err.print(
-            f"remote check passed at {cfg.base_url} (org {cfg.org_id})"
-            + (f" with {n} warning(s)" if n else ""),
-            markup=False,
-        )
+        _remote_passed(warnings, cfg)
     if changes is None:
         changes = _diff(p, ledger)
     launched = _launched_requests(p, ledger, changes)
@@ -191,6 +184,18 @@ def plan(
                 out.print(field_diff(key, old, new) or "(no field differs)", markup=False)
     pending = any(c != Change.same for c, _, _ in changes)
     sys.exit(ExitCode.changes if detailed_exitcode and pending else ExitCode.ok)
+
+
+def _remote_passed(warnings: list[str], cfg: ApiConfig) -> None:
+    """The remote check's warnings and notes (what it could not check), then its verdict."""
+    for w in warnings:
+        err.print(w if w.startswith("note: ") else f"warning: {w}", markup=False)
+    n = sum(1 for w in warnings if not w.startswith("note: "))
+    err.print(
+        f"remote check passed at {cfg.base_url} (org {cfg.org_id})"
+        + (f" with {n} warning(s)" if n else ""),
+        markup=False,
+    )
 
 
 async def _check_remote(
