@@ -84,3 +84,15 @@ def test_plan_and_status_show_relaunches_spent_against_the_budget(sim: SimServer
     again = run("apply", m, "--yes", "--relaunch", "a")
     assert again.exit_code == 1 and "would make 5 sessions" in again.output
     assert len(sim.sessions()) == 4
+
+
+def test_items_added_after_relaunches_are_refused_past_the_budget(sim: SimServer, write: Any) -> None:
+    m = manifest(write, sessions=3, acu=100)
+    assert run("apply", m, "--yes", "--wait", "--interval", "0.05").exit_code == 3
+    assert run("apply", m, "--yes", "--relaunch", "a").exit_code == 0  # 3 sessions: at budget
+    grown = m.read_text().replace("items: [a, b]", "items: [a, b, c]")
+    m.write_text(grown)  # 3 items fit the plan-time check; with the relaunch they make 4
+    res = run("apply", m, "--yes")
+    assert res.exit_code == 1, res.output
+    assert "launching the rest of the plan would make 4 sessions" in res.output
+    assert len(sim.sessions()) == 3

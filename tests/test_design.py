@@ -50,6 +50,7 @@ ALLOWED: dict[str, set[str]] = {
         "listlag",
         "binding",
         "identity",
+        "budget",
     },
     "status": {
         "errors",

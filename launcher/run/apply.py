@@ -39,6 +39,7 @@ from launcher.errors import (
 from launcher.ledger.binding import check_target
 from launcher.ledger.store import LOCK_TTL, EventKind, Ledger, LedgerEvent
 from launcher.ledger.writer import LedgerWriter
+from launcher.run.budget import check_relaunch
 from launcher.run.reconcile import adoptions, duplicate_events, scan
 from launcher.run.remote import check_remote
 from launcher.run.summary import ApplySummary, Result
@@ -647,6 +648,7 @@ async def apply_plan(
     run = _ApplyRun(plan, client, ledger, options, reporter, clock, environ, stop, summary, admission)
     try:
         ledger.sync_plan(plan)
+        check_relaunch(plan, ledger)  # relaunches count: the plan's rest may no longer fit
         await run.before_creates()
         work = select(plan, ledger, options, summary)
         run.known = ledger.session_ids_by_key()  # one query, not one per key

@@ -88,21 +88,23 @@ def budget_use(plan: Plan, ledger: Ledger) -> BudgetUse:
     )
 
 
-def check_relaunch(plan: Plan, ledger: Ledger, keys: Iterable[str]) -> None:
-    """Raise ManifestError (at the budget line) when relaunching `keys` would take the
-    campaign past `budget.max_sessions` or `budget.max_total_acu`."""
+def check_relaunch(plan: Plan, ledger: Ledger, keys: Iterable[str] = ()) -> None:
+    """Raise ManifestError (at the budget line) when relaunching `keys` (none: launching what
+    the plan has left, e.g. items added after relaunches) would take the campaign past
+    `budget.max_sessions` or `budget.max_total_acu`, counting every attempt launched."""
     keys = list(keys)
-    if not keys:
-        return
     use = budget_use(plan, ledger)
+    if not keys and not use.relaunched:
+        return  # attempt 1 of each item: the plan-time check already covers it
     caps = {s.key: int(s.request.get("max_acu_limit") or 0) for s in plan.sessions}
     extra_acu = sum(caps.get(k, 0) for k in keys)
     problems = []
+    doing = f"relaunching {len(keys)} key(s)" if keys else "launching the rest of the plan"
     if use.max_sessions is not None and use.sessions + len(keys) > use.max_sessions:
         problems.append(
             plan.manifest.problem(
                 ("budget", "max_sessions"),
-                f"relaunching {len(keys)} key(s) would make {use.sessions + len(keys)} sessions "
+                f"{doing} would make {use.sessions + len(keys)} sessions "
                 f"({use.launched} launched, {use.to_launch} still to launch, {len(keys)} new "
                 f"attempts); the budget allows {use.max_sessions}. Nothing was sent",
                 "every attempt counts: raise budget.max_sessions, or relaunch fewer keys (a key glob)",
@@ -112,7 +114,7 @@ def check_relaunch(plan: Plan, ledger: Ledger, keys: Iterable[str]) -> None:
         problems.append(
             plan.manifest.problem(
                 ("budget", "max_total_acu"),
-                f"relaunching {len(keys)} key(s) would commit {use.acu + extra_acu} ACUs "
+                f"{doing} would commit {use.acu + extra_acu} ACUs "
                 f"({use.launched_acu} launched, {use.to_launch_acu} still to launch, {extra_acu} "
                 f"new); the budget allows {use.max_total_acu}. Nothing was sent",
                 "every attempt's max_acu_limit counts: raise budget.max_total_acu, or relaunch "
