@@ -150,24 +150,19 @@ def test_strays_are_listed_and_cancellable_and_duplicates_are_healed(
 
 
 @pytest.mark.slow
-def stop_outside_a_transaction(proc: subprocess.Popen[str], ledger: Path) -> None:
+def stop_outside_a_transaction(proc: subprocess.Popen[str], ledger: Path, campaign: str) -> None:
     """SIGSTOP `proc` at a moment it holds no write lock on `ledger`. (Stopped inside one of
     its millisecond transactions, it blocks every other writer until it is resumed: SQLite's
     rule, and `database is locked` for the other apply, not what the lease test is about.)"""
-    import sqlite3
+    from launcher.ledger.sqlite import SqliteLedger
 
     for _ in range(200):
         proc.send_signal(signal.SIGSTOP)
-        db = sqlite3.connect(ledger, timeout=0)
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("ROLLBACK")
-            return
-        except sqlite3.OperationalError:
-            proc.send_signal(signal.SIGCONT)
-            time.sleep(0.01)
-        finally:
-            db.close()
+        with SqliteLedger(ledger, campaign, create=False) as led:
+            if led.write_lock_free():
+                return
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.01)
     raise AssertionError("the apply never paused outside a ledger transaction")
 
 
@@ -195,7 +190,7 @@ def test_2_an_apply_paused_past_its_lease_stops_and_says_so(
         while len(sim.sessions()) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(sim.sessions()) >= 3
-        stop_outside_a_transaction(first, ledger)
+        stop_outside_a_transaction(first, ledger, plan.campaign)
         time.sleep(2.5)  # past the TTL: the lease is stale for others
         second = subprocess.run(
             [*cmd, "--rate", "100"], env=env, capture_output=True, text=True, timeout=120

@@ -13,7 +13,7 @@ import anyio
 from launcher.api.client import DevinClient
 from launcher.errors import APIError, AuthError
 from launcher.ledger.binding import check_target
-from launcher.ledger.store import EventKind, Ledger, LedgerEvent
+from launcher.ledger.store import EventKind, Ledger, LedgerEvent, off_loop
 from launcher.run.status import CONCURRENCY, CampaignView, Outcome
 
 
@@ -81,7 +81,9 @@ async def _terminate(
             for label, sid in targets:
                 tg.start_soon(one, label, sid, tg.cancel_scope)
     finally:
-        on_done([k for k, v in report.results.items() if v != CancelResult.error])
+        done = [k for k, v in report.results.items() if v != CancelResult.error]
+        with anyio.CancelScope(shield=True):  # recorded whatever stopped the rest
+            await off_loop(on_done, done)
     if auth:
         raise auth[0]
 
@@ -94,8 +96,8 @@ async def cancel_sessions(
     A session the API no longer knows counts as cancelled. AuthError stops everything (after
     recording what was already terminated); other errors are per session.
     """
-    check_target(ledger, client.config.base_url, client.config.org_id)
-    records = ledger.records()
+    await off_loop(check_target, ledger, client.config.base_url, client.config.org_id)
+    records = await off_loop(ledger.records)
     report = CancelReport()
     targets = []
     for key in keys:
@@ -128,7 +130,7 @@ async def cancel_ids(
     """Terminate sessions by id (strays, duplicates); log each in the ledger's event log (the
     planned keys' rows are untouched: the session each key keeps stays its own). The report
     is by session id."""
-    check_target(ledger, client.config.base_url, client.config.org_id)
+    await off_loop(check_target, ledger, client.config.base_url, client.config.org_id)
     report = CancelReport()
     label_of = {sid: label for label, sid in targets}
 

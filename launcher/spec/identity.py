@@ -20,6 +20,19 @@ ATTEMPT_TAG_PREFIX = "fleet-attempt:"
 TITLE_SUFFIX = re.compile(r" ?\[fleet ([0-9a-f]{16})(?: fp ([0-9a-f]{8}))?(?: attempt ([0-9]+))?\]$")
 
 
+def fingerprint_tag(fingerprint: str) -> str:
+    """`fleet-fp:<first 8 hex of the fingerprint>`: what a session was launched from."""
+    return f"{FP_TAG_PREFIX}{fingerprint[:8]}"
+
+
+def attempt_of(tags: Sequence[str]) -> int:
+    """The launch attempt a session's tags (or `markers`) name (1 when none is named)."""
+    for t in tags:
+        if t.startswith(ATTEMPT_TAG_PREFIX) and t[len(ATTEMPT_TAG_PREFIX) :].isdigit():
+            return int(t[len(ATTEMPT_TAG_PREFIX) :])
+    return 1
+
+
 def markers(tags: Sequence[str], title: str | None) -> tuple[str, ...]:
     """A session's identity markers as tags: its own tags, plus the ones its title suffix
     stands for. Both modes are read always, so a campaign that switched mode still matches."""
@@ -49,7 +62,7 @@ def stamp(
     own = (FP_TAG_PREFIX, ATTEMPT_TAG_PREFIX, KEY_TAG_PREFIX)
     tags = [t for t in out.get("tags", []) if not t.startswith(own)]
     if mode == "tags":
-        tags += [identity_tag, f"{FP_TAG_PREFIX}{fingerprint[:8]}"]
+        tags += [identity_tag, fingerprint_tag(fingerprint)]
         if attempt >= 2:
             tags.append(f"{ATTEMPT_TAG_PREFIX}{attempt}")
     else:

@@ -25,6 +25,8 @@ from launcher.spec.digest import digest_of
 from launcher.spec.identity import ATTEMPT_TAG_PREFIX as ATTEMPT_TAG_PREFIX
 from launcher.spec.identity import FP_TAG_PREFIX as FP_TAG_PREFIX
 from launcher.spec.identity import KEY_TAG_PREFIX as KEY_TAG_PREFIX
+from launcher.spec.identity import attempt_of as attempt_of
+from launcher.spec.identity import fingerprint_tag as fingerprint_tag
 from launcher.spec.identity import stamp
 from launcher.spec.items import Item, read_items
 from launcher.spec.manifest import (
@@ -74,19 +76,6 @@ def item_tag(campaign: str, key: str) -> str:
     return f"{KEY_TAG_PREFIX}{digest}"
 
 
-def fingerprint_tag(fingerprint: str) -> str:
-    """`fleet-fp:<first 8 hex of the fingerprint>`: what a session was launched from."""
-    return f"{FP_TAG_PREFIX}{fingerprint[:8]}"
-
-
-def attempt_of(tags: list[str] | tuple[str, ...]) -> int:
-    """The launch attempt a session's tags name (1 when it carries no `fleet-attempt:` tag)."""
-    for t in tags:
-        if t.startswith(ATTEMPT_TAG_PREFIX) and t[len(ATTEMPT_TAG_PREFIX) :].isdigit():
-            return int(t[len(ATTEMPT_TAG_PREFIX) :])
-    return 1
-
-
 @dataclass(frozen=True)
 class PlannedSession:
     """One session the plan would create."""
@@ -105,6 +94,24 @@ class PlannedSession:
     @property
     def identity_tag(self) -> str:
         return self.tags[1]
+
+    @property
+    def stored(self) -> dict[str, Any]:
+        """The request as the ledger keeps it: the output schema by digest, each secret by the
+        name of its variable (`env:NAME`, as the fingerprint sees it), no fingerprint tag."""
+        out = dict(self.request)
+        env = dict(self.secret_env)
+        if env and isinstance(out.get("session_secrets"), list):
+            out["session_secrets"] = [
+                dict(s, value=f"env:{env[i]}") if i in env else s
+                for i, s in enumerate(out["session_secrets"])
+            ]
+        if isinstance(out.get("tags"), list):  # the fingerprint tag is derived from the rest
+            out["tags"] = [x for x in out["tags"] if not str(x).startswith(FP_TAG_PREFIX)]
+        if (schema := out.get("structured_output_schema")) is not None:
+            text = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+            out["structured_output_schema"] = f"sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+        return out
 
     def body(self, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The request to send, with secret values read from the environment (never stored)."""
