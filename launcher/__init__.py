@@ -26,6 +26,9 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
         cancel_sessions as cancel_sessions,
         cancel_targets as cancel_targets,
     )
+    from launcher.ledger.binding import check_target as check_target
+    from launcher.run.budget import BudgetUse as BudgetUse
+    from launcher.run.budget import budget_use as budget_use
     from launcher.run.summary import ApplySummary as ApplySummary
     from launcher.run.summary import Result as Result
     from launcher.api.client import (
@@ -36,6 +39,7 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
     from launcher.errors import (
         APIError as APIError,
         AuthError as AuthError,
+        CampaignRefusedError as CampaignRefusedError,
         CircuitOpenError as CircuitOpenError,
         ConfigError as ConfigError,
         ConfirmationError as ConfirmationError,
@@ -132,6 +136,8 @@ _HOMES: dict[str, str] = {
     "ApplyOptions": "launcher.run.options",
     "ApplySummary": "launcher.run.summary",
     "AuthError": "launcher.errors",
+    "BudgetUse": "launcher.run.budget",
+    "CampaignRefusedError": "launcher.errors",
     "CampaignView": "launcher.run.status",
     "Change": "launcher.ledger.store",
     "CircuitOpenError": "launcher.errors",
@@ -170,6 +176,7 @@ _HOMES: dict[str, str] = {
     "Session": "launcher.api.models",
     "apply_plan": "launcher.run.apply",
     "build_plan": "launcher.spec.build",
+    "budget_use": "launcher.run.budget",
     "build_results": "launcher.views.results",
     "check_reviewed": "launcher.spec.digest",
     "fit_markdown": "launcher.views.markdown",
@@ -182,6 +189,7 @@ _HOMES: dict[str, str] = {
     "cancel_targets": "launcher.run.cancel",
     "check_manifest": "launcher.spec.check",
     "check_remote": "launcher.run.remote",
+    "check_target": "launcher.ledger.binding",
     "classify": "launcher.run.status",
     "follow": "launcher.run.rollout",
     "launch_campaign": "launcher.run.campaign",

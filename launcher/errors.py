@@ -10,6 +10,7 @@
     ├── APIError                    a run-level failure talking to the API (unreachable, 5xx; exit 1)
     │   ├── AuthError               401/403 (exit 5)
     │   └── CircuitOpenError        too many consecutive ambiguous/5xx outcomes (exit 5)
+├── CampaignRefusedError        a create refused for a campaign-wide reason (tag allow-list, ...; exit 3)
     ├── RemoteCheckError            referenced ids (secrets, playbooks, knowledge) do not exist
     ├── PlanChangedError            `apply --plan`: the plan differs from the reviewed one
     ├── GitHubError                 the GitHub API refused or failed (`pr-comment`, `ci`)
@@ -44,7 +45,11 @@ class ExitCode(IntEnum):
     ok = 0, "success (apply: every selected session launched; status: all succeeded)"
     error = 1, "error: invalid manifest, configuration, ledger, unreachable API, or remote check"
     changes = 2, "`plan --detailed-exitcode`: changes pending"
-    failed = 3, "some sessions failed (apply: refused by the API; status: failed outcomes)"
+    failed = (
+        3,
+        "some sessions failed (apply: refused by the API, or stopped at the first refusal every "
+        "session would share, such as a tag the org does not allow; status: failed outcomes)",
+    )
     unfinished = (
         4,
         (
@@ -230,15 +235,27 @@ class CircuitOpenError(APIError):
     exit_code = ExitCode.aborted
 
 
-class RemoteCheckError(FleetError):
-    """Ids referenced by the manifest do not exist in the org."""
+class CampaignRefusedError(FleetError):
+    """A create was refused for a reason every session of the campaign shares (a tag the org's
+    allow-list lacks, an unknown platform or user): launching stopped (exit 3)."""
 
-    def __init__(self, problems: list[Problem]) -> None:
+    exit_code = ExitCode.failed
+
+
+class RemoteCheckError(FleetError):
+    """Ids referenced by the manifest do not exist in the org, or tags it sends are not allowed."""
+
+    def __init__(self, problems: list[Problem], notes: Sequence[str] = ()) -> None:
         self.problems = problems
-        super().__init__(f"{len(problems)} referenced id(s) not found in the org; nothing was sent")
+        self.notes = list(notes)  # what could not be checked, and why
+        what = "referenced id(s) not found in the org"
+        if any("allowed session tags" in p.message for p in problems):
+            what = "problem(s) found by the remote check"
+        super().__init__(f"{len(problems)} {what}; nothing was sent")
 
     def render(self) -> str:
-        return "\n".join([p.render() for p in self.problems] + [f"error: {self.message}"])
+        notes = [n if n.startswith("note: ") else f"warning: {n}" for n in self.notes]
+        return "\n".join([p.render() for p in self.problems] + notes + [f"error: {self.message}"])
 
 
 class SelectorError(FleetError):
@@ -333,6 +350,19 @@ def describe_value(value: Any) -> str:
     )
 
 
+_BOUNDS = {
+    "less_than_equal": "at most",
+    "less_than": "less than",
+    "greater_than_equal": "at least",
+    "greater_than": "greater than",
+}
+
+
+def _num(ctx: Mapping[str, Any]) -> str:
+    bound = next(iter(ctx.values()), "?")
+    return str(int(bound)) if isinstance(bound, float) and bound.is_integer() else str(bound)
+
+
 def validation_message(err: Mapping[str, Any]) -> str:
     """One pydantic error (from `errors(include_url=False)`) as a short sentence."""
     etype, msg, value = err["type"], err["msg"], err.get("input")
@@ -346,6 +376,10 @@ def validation_message(err: Mapping[str, Any]) -> str:
         return f"bad campaign name {describe_value(value)}"
     if etype == "string_pattern_mismatch":
         return f"{describe_value(value)} does not match {err['ctx']['pattern']}"
+    if etype in _BOUNDS and isinstance(value, int | float) and not isinstance(value, bool):
+        return f"must be {_BOUNDS[etype]} {_num(err['ctx'])}; got {describe_value(value)}"
+    if etype in ("literal_error", "enum") and "expected" in err.get("ctx", {}):
+        return f"expected one of {err['ctx']['expected']}; got {describe_value(value)}"
     if etype == "too_short" and isinstance(value, list) and not value:
         return f"needs at least {err['ctx']['min_length']} entry; got none"
     text = str(msg).removeprefix("Value error, ").removeprefix("Assertion failed, ")

@@ -29,6 +29,7 @@ from launcher.cli import cli
 from launcher.ledger.store import Change, LedgerEvent
 from launcher.run.summary import ApplySummary, Result
 from launcher.sim import Profile, SimServer
+from launcher.spec.identity import markers
 from launcher.spec.plan import Plan
 from tests.holders import dead_holder, live_holder
 
@@ -36,7 +37,13 @@ Write = Callable[[str, str], Path]
 
 
 def campaign(
-    write: Write, n: int, *, name: str = "demo", prompt: str = "Fix {{ item }}", extra: str = ""
+    write: Write,
+    n: int,
+    *,
+    name: str = "demo",
+    prompt: str = "Fix {{ item }}",
+    extra: str = "",
+    identity: str = "tags",
 ) -> Path:
     items = ", ".join(f"repo-{i:03d}" for i in range(n))
     return write(
@@ -44,6 +51,7 @@ def campaign(
         f"""
         version: 1
         campaign: {name}
+        identity: {identity}
         defaults:
           max_acu_limit: 3
         fleets:
@@ -83,10 +91,11 @@ def run_apply(
 
 
 def sessions_per_key(plan: Plan, sim: SimServer) -> Counter[str]:
+    """Sessions per planned key, by identity tag or title suffix (`identity: title`)."""
     by_tag = {s.identity_tag: s.key for s in plan.sessions}
     counts: Counter[str] = Counter()
     for s in sim.sessions():
-        for tag in s["tags"]:
+        for tag in markers(s["tags"], s["title"]):
             if tag in by_tag:
                 counts[by_tag[tag]] += 1
     return counts
@@ -95,7 +104,7 @@ def sessions_per_key(plan: Plan, sim: SimServer) -> Counter[str]:
 def assert_exactly_once_and_ledger_agrees(plan: Plan, sim: SimServer, ledger_path: Path) -> None:
     counts = sessions_per_key(plan, sim)
     assert counts == {s.key: 1 for s in plan.sessions}, counts
-    tag_to_id = {t: s["session_id"] for s in sim.sessions() for t in s["tags"]}
+    tag_to_id = {t: s["session_id"] for s in sim.sessions() for t in markers(s["tags"], s["title"])}
     with open_ledger(plan.manifest.path, plan.campaign, ledger_path) as ledger:
         records = ledger.records()
     for s in plan.sessions:

@@ -182,7 +182,9 @@ def test_status_against_an_unreachable_api_names_the_url_and_exits_1(
 
     path = fleet_manifest(write, 2)
     apply_all(build_plan(load_manifest(path)), make_sim("clean"), tmp_path / "l.db")
-    res = run("status", path, "--ledger", tmp_path / "l.db")
+    # That ledger belongs to the simulator's org (refused elsewhere: test_org_binding.py); a
+    # fresh ledger, rebuilt from the API, meets the unreachable API first.
+    res = run("status", path, "--ledger", tmp_path / "fresh.db")
     out = clean(res)
     assert res.exit_code == ExitCode.error, out
     assert f"error: cannot reach the API at {dead_url}" in out

@@ -25,7 +25,8 @@ from click.testing import CliRunner, Result
 
 from launcher import build_plan, load_manifest
 from launcher.cli import cli
-from launcher.ledger.store import LaunchState, Ledger, LedgerEvent
+from launcher.ledger.location import open_ledger
+from launcher.ledger.store import LaunchState, LedgerEvent
 
 SCHEMA = {
     "type": "object",
@@ -104,7 +105,7 @@ fleets:
             }
         )
     ledger = root / "l.db"
-    with Ledger(ledger, plan.campaign) as led:
+    with open_ledger(path, plan.campaign, ledger) as led:
         led.sync_plan(plan)
         led.write_events(events)
         led.update_status(updates)

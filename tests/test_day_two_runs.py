@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 
 from launcher import build_plan, load_manifest
 from launcher.cli import cli
-from launcher.ledger.store import Ledger
+from launcher.ledger.location import open_ledger
 from launcher.run.rollout import assign_waves
 from launcher.sim import Profile, SimServer
 from launcher.views.progress import ProgressReporter
@@ -204,7 +204,7 @@ def test_plan_only_selects_and_shows_the_prompts_of_the_selection(write: Write) 
 
 def test_status_without_a_token_does_not_offer_a_flag_it_lacks(write: Write, tmp_path: Path) -> None:
     path = manifest(write, 2)
-    with Ledger(tmp_path / "l.db", "d2"):
+    with open_ledger(path, "d2", tmp_path / "l.db"):
         pass
     res = run("status", path, "--ledger", tmp_path / "l.db")
     assert res.exit_code != 0 and "DEVIN_API_KEY is not set" in res.output

@@ -52,11 +52,12 @@ def invoke(sim: SimServer, *args: object) -> object:
 # ------------------------------------------------------------------ 1. a lost ledger
 
 
+@pytest.mark.parametrize("identity", ["tags", "title"])
 def test_1_a_lost_ledger_does_not_relaunch_the_campaign(
-    write: Write, make_sim: Callable[..., SimServer]
+    write: Write, make_sim: Callable[..., SimServer], identity: str
 ) -> None:
     sim = make_sim("clean")
-    path = campaign(write, 20)
+    path = campaign(write, 20, identity=identity)
     plan = build_plan(load_manifest(path))
     first = invoke(sim, "apply", path, "--yes", "--rate", "100", "-o", "json")
     assert first.exit_code == 0, first.output  # type: ignore[attr-defined]
@@ -72,11 +73,12 @@ def test_1_a_lost_ledger_does_not_relaunch_the_campaign(
     assert {e["change"] for e in json.loads(res.stdout)["sessions"]} == {"="}  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("identity", ["tags", "title"])
 def test_1_another_ledger_path_adopts_instead_of_creating(
-    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path, identity: str
 ) -> None:
     sim = make_sim("clean")
-    plan = build_plan(load_manifest(campaign(write, 12)))
+    plan = build_plan(load_manifest(campaign(write, 12, identity=identity)))
     run_apply(plan, sim, tmp_path / "one.db")
     other = run_apply(plan, sim, tmp_path / "two.db")
     assert other.count(Result.created) == 0 and other.reconciled == 12 and other.exit_code == 0
@@ -109,11 +111,15 @@ def test_fresh_clone_status_results_and_plan_check_remote_rebuild_from_the_api(
     assert res.exit_code == 1 and "DEVIN_API_KEY" in res.stderr and "Traceback" not in res.output
 
 
+@pytest.mark.parametrize("identity", ["tags", "title"])
 def test_strays_are_listed_and_cancellable_and_duplicates_are_healed(
-    write: Write, make_sim: Callable[..., SimServer], sim_client: Callable[..., httpx.Client]
+    write: Write,
+    make_sim: Callable[..., SimServer],
+    sim_client: Callable[..., httpx.Client],
+    identity: str,
 ) -> None:
     sim = make_sim("clean")
-    path = campaign(write, 3)
+    path = campaign(write, 3, identity=identity)
     plan = build_plan(load_manifest(path))
     assert invoke(sim, "apply", path, "--yes").exit_code == 0  # type: ignore[attr-defined]
     http = sim_client(sim)
@@ -205,8 +211,9 @@ def test_2_an_apply_paused_past_its_lease_stops_and_says_so(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("identity", ["tags", "title"])
 def test_3_ambiguous_creates_are_looked_up_after_the_observed_list_lag(
-    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path, identity: str
 ) -> None:
     """List lag 3.5 s and 20% of creates failing after creating: the old fixed 3 s grace
     resent keys whose sessions were not listed yet (115 for 100). Now: exactly once."""
@@ -214,7 +221,7 @@ def test_3_ambiguous_creates_are_looked_up_after_the_observed_list_lag(
         {"name": "laggy", "faults": {"error_after_create": 0.2, "list_lag_seconds": 3.5}}
     )
     sim = make_sim(profile, seed=3)
-    plan = build_plan(load_manifest(campaign(write, 40)))
+    plan = build_plan(load_manifest(campaign(write, 40, identity=identity)))
     summary = run_apply(plan, sim, tmp_path / "l.db", concurrency=8, breaker_threshold=50)
     assert summary.exit_code == 0, summary.to_json()
     assert summary.count(Result.adopted) >= 1
@@ -225,13 +232,14 @@ def test_3_ambiguous_creates_are_looked_up_after_the_observed_list_lag(
 # ------------------------------------------------------------------ 4. gave up is not failed
 
 
+@pytest.mark.parametrize("identity", ["tags", "title"])
 def test_4_a_key_left_unknown_is_looked_up_before_any_resend(
-    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path, identity: str
 ) -> None:
     """Every create fails after creating; after the attempt limit the key is unknown, and the
     next run (even with the fault gone) adopts instead of sending an Nth session."""
     sim = make_sim(Profile.model_validate({"name": "after", "faults": {"error_after_create": 1.0}}))
-    plan = build_plan(load_manifest(campaign(write, 1)))
+    plan = build_plan(load_manifest(campaign(write, 1, identity=identity)))
     ledger = tmp_path / "l.db"
     first = run_apply(plan, sim, ledger, max_attempts=2, lookup_grace=0.0, reconcile=False)
     # (reconcile off and no grace: the worst case, where a lookup may miss the session)

@@ -419,6 +419,7 @@ def test_check_remote_locates_missing_ids_and_passes_when_they_exist(
     res = run("plan", path, "--check-remote", "--ledger", path.parent / "x.db")
     assert res.exit_code == 0, res.output
     assert "remote check passed" in res.stderr and "warning" not in res.stderr
+    assert "note: allowed session tags not checked" in res.stderr
     seen = requests(sim)
     assert seen["GET /v3/self"] == 2 and seen["GET /playbooks"] == 2  # one list for both fields
     assert seen["GET /secrets"] == 2 and seen["GET /knowledge/notes"] == 2

@@ -291,3 +291,12 @@ def test_writes_from_many_threads_all_land(write: Write, open_store: Open) -> No
     for t in threads:
         t.join()
     assert len(led.events()) == 80
+
+
+def test_a_ledger_is_bound_to_one_target_and_the_first_binder_wins(open_store: Open) -> None:
+    led = open_store()
+    assert led.target() is None
+    assert led.bind_target("https://api.devin.ai", "org-a") == ("https://api.devin.ai", "org-a")
+    assert led.bind_target("http://127.0.0.1:1", "org-b") == ("https://api.devin.ai", "org-a")
+    led.close()
+    assert open_store().target() == ("https://api.devin.ai", "org-a")  # durable

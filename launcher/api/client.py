@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import httpx
 from pydantic import ValidationError
 
 from launcher.api.models import Page, Session, session_path_id
-from launcher.errors import APIError, AuthError, ConfigError, validation_lines
+from launcher.errors import APIError, AuthError, CampaignRefusedError, ConfigError, validation_lines
 
 DEFAULT_BASE_URL = "https://api.devin.ai"
 USER_AGENT = "devin-fleet/0.1"
@@ -244,6 +245,39 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+_CAMPAIGN_WIDE = (
+    ("tag", re.compile(r"\btags?\b.*\b(allow|register|permitted|not enabled)", re.I | re.S)),
+    ("platform", re.compile(r"\bplatform\b", re.I)),
+    ("user", re.compile(r"\b(create_as_user_id|org member|not a member)\b", re.I)),
+)
+
+
+_CAMPAIGN_HINTS = {
+    "tag": "the org restricts session tags to an allow-list (an enterprise setting): set "
+    "`identity: title` in the manifest (then only `fleet:<campaign>` is sent: ask an admin to "
+    "register it), and register or drop the manifest's own tags; `plan --check-remote` lists "
+    "every tag that is not allowed",
+    "platform": "use one of the platform labels the API listed, or `default`",
+    "user": "create_as_user_id must name an org member, and the token needs ImpersonateOrgSessions",
+}
+
+
+def campaign_refusal(key: str, status: int | None, message: str) -> CampaignRefusedError | None:
+    """A refused create (a 4xx) whose reason every session of the campaign shares: a tag the
+    org's allow-list lacks, an unknown platform or user. It would repeat for every item, so
+    apply stops at the first (None: a refusal of this session alone)."""
+    if status is None or not 400 <= status < 500 or status in (401, 403, 429):
+        return None
+    kind = next((kind for kind, rx in _CAMPAIGN_WIDE if rx.search(message)), None)
+    if kind is None:
+        return None
+    return CampaignRefusedError(
+        f"{key}: the API refused the create (HTTP {status}: {message}); every session of the "
+        "campaign would be refused the same way, so launching stopped",
+        hint=_CAMPAIGN_HINTS[kind],
+    )
+
+
 def error_message(response: httpx.Response) -> str:
     """The API's own words from an error body: FastAPI `detail` (string or list), RFC 7807."""
     try:
@@ -460,9 +494,12 @@ class DevinClient:
 
         The endpoint's own id field is read first (`secret_id` for /secrets, ...), then `id`.
         """
-        own = {"/secrets": "secret_id", "/playbooks": "playbook_id", "/knowledge/notes": "note_id"}.get(
-            path
-        )
+        own = {
+            "/secrets": "secret_id",
+            "/playbooks": "playbook_id",
+            "/knowledge/notes": "note_id",
+            "/members/users": "user_id",
+        }.get(path)
         fields = [f for f in (own, "id", "knowledge_id") if f]
         ids: set[str] = set()
         try:
@@ -477,6 +514,24 @@ class DevinClient:
                 return None
             raise
         return ids
+
+    async def allowed_tags(self) -> list[str] | None:
+        """The org's allowed session tags (GET /v3/enterprise/organizations/{org_id}/tags,
+        ManageEnterpriseSettings); None when it cannot be read: 403 (no permission, or tag
+        validation is off) or no such endpoint (404/405)."""
+        try:
+            resp = await self._request("GET", f"/enterprise{self._org}/tags")
+        except AuthError as exc:
+            if exc.status == 403:
+                return None
+            raise
+        if resp.status_code in (404, 405):
+            return None
+        data = self._checked(resp)
+        tags = data.get("tags") if isinstance(data, dict) else None
+        if not isinstance(tags, list):
+            raise APIError(f"GET /enterprise{self._org}/tags: no `tags` list in the answer")
+        return [str(t) for t in tags]
 
     # ------------------------------------------------------------------ helpers
 

@@ -26,7 +26,8 @@ class LagProbe:
         self.clock = clock
         self.stop = stop
         self.samples: list[float] = []
-        self.last_created: tuple[str, float] | None = None  # (identity tag, clock time)
+        # (identity tag, session id to list by instead, or None; clock time)
+        self.last_created: tuple[str, str | None, float] | None = None
         self.running = False
         self.first = anyio.Event()
 
@@ -41,8 +42,10 @@ class LagProbe:
         wait = max(grace, 2 * self.lag + LAG_PROBE_STEP) if self.samples else grace
         return wait if in_transit is None else max(wait, in_transit)
 
-    def created(self, identity_tag: str) -> None:
-        self.last_created = (identity_tag, self.clock.now())
+    def created(self, identity_tag: str, session_id: str | None = None) -> None:
+        """A create answered; `session_id` when the session is listed by its id (a title
+        identity has no tag of its own to list)."""
+        self.last_created = (identity_tag, session_id, self.clock.now())
 
     def start(self, tg: TaskGroup) -> None:
         if not self.running:
@@ -58,21 +61,24 @@ class LagProbe:
         try:
             measured_at = -1.0
             for _ in range(LAG_SAMPLES):
-                while self.last_created is None or self.last_created[1] <= measured_at:
+                while self.last_created is None or self.last_created[2] <= measured_at:
                     if self.stop.is_set():
                         return
                     await self.clock.sleep(LAG_PROBE_STEP)
-                tag, answered = self.last_created
+                tag, session_id, answered = self.last_created
                 measured_at = answered
-                if not await self._sample(tag, answered):
+                if not await self._sample(tag, session_id, answered):
                     return
         finally:
             self.first.set()
 
-    async def _sample(self, tag: str, answered: float) -> bool:
+    async def _sample(self, tag: str, session_id: str | None, answered: float) -> bool:
         while not self.stop.is_set():
             try:
-                seen = [x async for x in self.client.list_sessions(tags=[tag])]
+                if session_id is None:
+                    seen = [x async for x in self.client.list_sessions(tags=[tag])]
+                else:
+                    seen = [x async for x in self.client.list_sessions(session_ids=[session_id])]
             except AuthError:
                 return False
             except APIError:

@@ -88,6 +88,7 @@ def status(
     cancelled), what needs attention first. Exit 0: all succeeded/cancelled, 3: some failed,
     6: some need a human, 4: some still running (or not launched), 8: --watch timed out with
     sessions still running (the codes are of the sessions shown)."""
+    from launcher.run.budget import budget_use
     from launcher.run.status import campaign_view
 
     p = load_plan(manifest, "read")
@@ -102,12 +103,14 @@ def status(
                 except KeyboardInterrupt:
                     err.print("interrupted: the ledger keeps the last refresh")
                     sys.exit(ExitCode.interrupted)
+        use = budget_use(p, led)
     warn(view)
     view = pick(view)
     if output == "json":
-        emit_json(view.status_json())
+        emit_json({**view.status_json(), "budget": use.to_json()})
     else:
         _status_table(view, pick)
+        out.print(use.line(), markup=False)
     sys.exit(view.exit_code)
 
 

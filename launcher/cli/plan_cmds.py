@@ -30,6 +30,7 @@ from launcher.spec.plan import Plan
 
 if TYPE_CHECKING:
     from launcher.api.client import ApiConfig
+    from launcher.run.budget import BudgetUse
     from launcher.run.preview import PlanPreview
     from launcher.views.markdown import PlanView
 
@@ -140,7 +141,8 @@ def plan(
             (c, k, f"{n}; changed: {', '.join(fields[k]) or 'secret sources'}" if k in fields else n)
             for c, k, n in changes
         ]
-        _plan_table(p, noted, show_prompts, waves if p.manifest.manifest.rollout else None)
+        spent = _spent(p, ledger)
+        _plan_table(p, noted, show_prompts, waves if p.manifest.manifest.rollout else None, spent)
         if show_diff:
             _show_diffs(changes, preview.launched)
     sys.exit(ExitCode.changes if detailed_exitcode and preview.pending else ExitCode.ok)
@@ -163,12 +165,13 @@ def plan_preview(
         return preview_plan(p, ledger)
     with api_config(base_url, org_id) as cfg:
         preview = anyio.run(_preview_remote, p, cfg, ledger)
-    for w in preview.warnings:
-        err.print(f"warning: {w}", markup=False)
+    for w in preview.warnings:  # a "note: " says what the remote check could not check
+        err.print(w if w.startswith("note: ") else f"warning: {w}", markup=False)
     if say_passed:
+        n = sum(1 for w in preview.warnings if not w.startswith("note: "))
         err.print(
             f"remote check passed at {cfg.base_url} (org {cfg.org_id})"
-            + (f" with {len(preview.warnings)} warning(s)" if preview.warnings else ""),
+            + (f" with {n} warning(s)" if n else ""),
             markup=False,
         )
     return preview
@@ -241,6 +244,17 @@ def _only(p: Plan, preview: PlanPreview, only: tuple[str, ...]) -> tuple[Plan, P
     )
 
 
+def _spent(p: Plan, ledger_path: str | None) -> BudgetUse | None:
+    """What the campaign has launched so far (every attempt), from the ledger when there is one."""
+    from launcher.ledger.location import ledger_exists, open_ledger
+    from launcher.run.budget import budget_use
+
+    if not ledger_exists(p.manifest.path, p.campaign, ledger_path):
+        return None
+    with open_ledger(p.manifest.path, p.campaign, ledger_path, create=False) as led:
+        return budget_use(p, led)
+
+
 async def _preview_remote(p: Plan, cfg: ApiConfig, ledger_path: str | None) -> PlanPreview:
     from launcher.api.client import DevinClient
     from launcher.run.preview import preview_plan_remote
@@ -254,6 +268,7 @@ def _plan_table(
     changes: list[tuple[Change, str, str]],
     show_prompts: bool,
     waves: dict[str, int] | None = None,
+    spent: BudgetUse | None = None,
 ) -> None:
     table = Table(title=f"campaign {p.campaign}", show_lines=False)
     for col in ("", "key", *(["wave"] if waves else []), "title", "repos", "mode", "ACU", "note"):
@@ -278,6 +293,8 @@ def _plan_table(
             out.rule(s.key)
             out.print(s.request["prompt"], markup=False)
     t = p.totals()
+    if spent is not None and (spent.launched or spent.relaunched):
+        out.print(spent.line(), markup=False)
     counts = {c: sum(1 for x, _, _ in changes if x == c) for c in Change}
     budget = f" / budget {t['max_total_acu']}" if t["max_total_acu"] else ""
     cap = f" / budget {t['max_sessions']}" if t["max_sessions"] else ""

@@ -100,4 +100,6 @@ def scratch_copy(manifest_path: Path, campaign: str, location: str | Path | None
     if ledger_exists(manifest_path, campaign, location):
         with open_ledger(manifest_path, campaign, location, create=False) as src:
             mem.import_rows(src.export_rows())
+            if (target := src.target()) is not None:  # the org it belongs to, checked too
+                mem.bind_target(*target)
     return mem

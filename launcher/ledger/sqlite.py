@@ -182,6 +182,19 @@ class SqliteLedger(LedgerStore):
         with self._mutex:
             return self._version()
 
+    @_reads
+    def target(self) -> tuple[str, str] | None:
+        rows = dict(self.db.execute("SELECT name, value FROM meta WHERE name LIKE 'target_%'"))
+        both = rows.get("target_base_url"), rows.get("target_org_id")
+        return (both[0], both[1]) if both[0] is not None and both[1] is not None else None
+
+    def bind_target(self, base_url: str, org_id: str) -> tuple[str, str]:
+        with self.transaction() as db:
+            for name, value in (("target_base_url", base_url), ("target_org_id", org_id)):
+                db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (name, value))
+            rows = dict(db.execute("SELECT name, value FROM meta WHERE name LIKE 'target_%'"))
+        return rows["target_base_url"], rows["target_org_id"]
+
     # ------------------------------------------------------------------ the lease
 
     def acquire_lock(self, *, ttl: float = LOCK_TTL, now: float | None = None) -> LockLease:

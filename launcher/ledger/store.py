@@ -89,6 +89,16 @@ class LedgerStore(Protocol):
 
     def schema_version(self) -> int: ...
 
+    # the target: the API base URL and org the campaign's sessions were launched into
+    def target(self) -> tuple[str, str] | None:
+        """(base URL, org id) the ledger is bound to; None before its first launch."""
+        ...
+
+    def bind_target(self, base_url: str, org_id: str) -> tuple[str, str]:
+        """Bind an unbound ledger to (base URL, org id), atomically (the first binder wins);
+        returns the binding that holds afterwards."""
+        ...
+
     # the lease: one row per campaign with a fencing generation that every acquisition bumps
     def acquire_lock(self, *, ttl: float = LOCK_TTL) -> LockLease:
         """Take the campaign lease (LockedError when another live holder has it)."""

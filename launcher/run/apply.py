@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import anyio
 from anyio.abc import ObjectReceiveStream, TaskGroup
 
-from launcher.api.client import CreateOutcome, CreateResult, DevinClient
+from launcher.api.client import CreateOutcome, CreateResult, DevinClient, campaign_refusal
 from launcher.api.listlag import LagProbe
 from launcher.api.models import Session
 from launcher.api.pacing import (
@@ -41,12 +41,15 @@ from launcher.errors import (
     SecretError,
     leaves,
 )
+from launcher.ledger.binding import check_target
 from launcher.ledger.lease import Lease
 from launcher.ledger.store import EventKind, Ledger, LedgerEvent, off_loop
 from launcher.ledger.writer import LedgerWriter
+from launcher.run.budget import check_relaunch
 from launcher.run.options import ApplyOptions
 from launcher.run.startup import before_creates, select
 from launcher.run.summary import Admission, ApplySummary, NullReporter, Reporter, Result
+from launcher.spec.identity import session_markers
 from launcher.spec.plan import Plan, PlannedSession, attempt_of
 
 
@@ -230,7 +233,8 @@ class _ApplyRun:
                 assert result.session is not None
                 self.pacer.on_success(ticket, result.rate_limit)
                 self.breaker.record(True)
-                self.lag.created(s.identity_tag)
+                by_title = self.plan.manifest.manifest.identity == "title"
+                self.lag.created(s.identity_tag, result.session.session_id if by_title else None)
                 await self._adopt(s, result.session, EventKind.created, result.status)
                 return
             if o == CreateOutcome.rate_limited:
@@ -262,6 +266,8 @@ class _ApplyRun:
             if o == CreateOutcome.rejected:
                 self.breaker.record(True)
                 await self._refused(s, f"HTTP {result.status}: {message}", result.status)
+                if (refusal := campaign_refusal(s.key, result.status, message)) is not None:
+                    self._halt(refusal)
                 return
             if o == CreateOutcome.not_sent:
                 await self.writer.submit(
@@ -357,7 +363,9 @@ class _ApplyRun:
         for tries in range(3):
             try:
                 async with self.slots:
-                    sessions = [x async for x in self.client.list_sessions(tags=[s.identity_tag])]
+                    sessions = [
+                        x async for x in self.client.list_sessions(tags=[_listed_by(s, self.plan)])
+                    ]
                 break
             except AuthError:
                 raise
@@ -371,7 +379,13 @@ class _ApplyRun:
                     self._done(s.key, Result.unknown, f"{why}; not looked up: stopped")
                     return Result.unknown
         fresh = sorted(
-            (x for x in sessions if x.session_id not in known and attempt_of(x.tags) == s.attempt),
+            (
+                x
+                for x in sessions
+                if x.session_id not in known
+                and s.identity_tag in (marks := session_markers(x))
+                and attempt_of(marks) == s.attempt
+            ),
             key=lambda x: (x.created_at, x.session_id),
         )
         if fresh:
@@ -456,10 +470,14 @@ async def apply_plan(
     missing = plan.missing_secret_env(environ)
     if missing:
         raise SecretError(missing)
+    # Bound to its org on the first launch: another org's ledger is refused, never reused.
+    await off_loop(check_target, ledger, client.config.base_url, client.config.org_id, claim=True)
     run = _ApplyRun(plan, client, ledger, options, reporter, clock, environ, stop, summary, admission)
     await run.lease.acquire()
     try:
         await off_loop(ledger.sync_plan, plan)
+        # relaunches count: the plan's rest may no longer fit the budget
+        await off_loop(check_relaunch, plan, ledger)
         halt = await before_creates(plan, client, ledger, options, summary, reporter.note)
         if halt is not None:
             run._halt(halt)  # may not list sessions: nothing is sent blind
@@ -525,6 +543,12 @@ async def _settle_deferred(run: _ApplyRun) -> None:
         batch = [(d.session, True) for d in run.deferred.values()]
         run.deferred.clear()
         await _pool(run, batch, deferred=True)
+
+
+def _listed_by(s: PlannedSession, plan: Plan) -> str:
+    """The tag an ambiguous key is looked up by: its identity tag, or with `identity: title`
+    the campaign tag (the identity is in the title: matched here, a listing per lookup)."""
+    return plan.campaign_tag if plan.manifest.manifest.identity == "title" else s.identity_tag
 
 
 async def _drive(run: _ApplyRun, work: Sequence[tuple[PlannedSession, bool]]) -> None:

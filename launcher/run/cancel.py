@@ -13,6 +13,7 @@ import anyio
 
 from launcher.api.client import DevinClient
 from launcher.errors import APIError, AuthError
+from launcher.ledger.binding import check_target
 from launcher.ledger.store import EventKind, Ledger, LedgerEvent, off_loop
 from launcher.run.status import CONCURRENCY, CampaignView, Outcome
 
@@ -163,6 +164,7 @@ async def cancel_sessions(
     A session the API no longer knows counts as cancelled. AuthError stops everything (after
     recording what was already terminated); other errors are per session.
     """
+    await off_loop(check_target, ledger, client.config.base_url, client.config.org_id)
     records = await off_loop(ledger.records)
     report = CancelReport()
     targets = []
@@ -196,6 +198,7 @@ async def cancel_ids(
     """Terminate sessions by id (strays, duplicates); log each in the ledger's event log (the
     planned keys' rows are untouched: the session each key keeps stays its own). The report
     is by session id."""
+    await off_loop(check_target, ledger, client.config.base_url, client.config.org_id)
     report = CancelReport()
     label_of = {sid: label for label, sid in targets}
 

@@ -13,6 +13,7 @@ from launcher.api.pacing import Clock, MonotonicClock, sleep_unless
 from launcher.errors import APIError, AuthError, ConfigError
 from launcher.run.status import classify
 from launcher.run.summary import Result
+from launcher.spec.identity import session_markers
 from launcher.spec.plan import Plan
 
 NOTE_EVERY = 30.0  # seconds between two "holding" notes
@@ -65,7 +66,7 @@ class RunningCeiling:
         async for s in self.client.list_sessions(tags=[self.plan.campaign_tag]):
             if not classify(s.status, s.status_detail, delivered=False).final:
                 running += 1
-            key = next((self.tag_key[t] for t in s.tags if t in self.tag_key), None)
+            key = next((self.tag_key[t] for t in session_markers(s) if t in self.tag_key), None)
             if key is not None:
                 listed.add(key)
         self.listed_running, self.listed = running, listed

@@ -19,6 +19,7 @@ import anyio
 from launcher.api.client import CreateOutcome, CreateResult, DevinClient
 from launcher.api.pacing import Clock, MonotonicClock, Pacer
 from launcher.errors import APIError, AuthError, LockLostError
+from launcher.ledger.binding import check_target
 from launcher.ledger.lease import Lease
 from launcher.ledger.store import Ledger, off_loop
 from launcher.run.options import MESSAGE_RATE
@@ -222,6 +223,7 @@ async def send_messages(
     """Send every message of `batch` once, holding the campaign lock (LockedError when another
     run holds it); raises AuthError (401/403) after stopping. `on_done(key, result)` hears of
     each message as it settles: `sent`, `found` (delivered earlier) or `error`."""
+    await off_loop(check_target, ledger, client.config.base_url, client.config.org_id)
     pacer = Pacer(rate, clock or MonotonicClock())
     report = MessageReport()
     auth: list[AuthError] = []

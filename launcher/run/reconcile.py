@@ -4,6 +4,7 @@ never relaunches what exists, and strays and duplicates become visible.
 
 Identity of a launch = (campaign, key, attempt): `fleet:<campaign>`, `fleet-key:<16 hex>`, and
 `fleet-attempt:<n>` for n >= 2. `fleet-fp:<8 hex>` tells what the session was launched from.
+With `identity: title` the same markers travel in a title suffix (`launcher.spec.identity`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from dataclasses import dataclass, field
 
 from launcher.api.client import DevinClient
 from launcher.api.models import Session
+from launcher.ledger.binding import check_target
 from launcher.ledger.records import AttemptRecord
 from launcher.ledger.store import EventKind, Ledger, LedgerEvent, off_loop
+from launcher.spec.identity import session_markers
 from launcher.spec.plan import FP_TAG_PREFIX, Plan, PlannedSession, attempt_of
 
 ENDED = frozenset({"exit", "error"})  # a session in these states is not live
@@ -24,7 +27,7 @@ ENDED = frozenset({"exit", "error"})  # a session in these states is not live
 
 def fp_prefix(session: Session) -> str | None:
     """The 8-hex fingerprint prefix a session's `fleet-fp:` tag carries, if any."""
-    for t in session.tags:
+    for t in session_markers(session):
         if t.startswith(FP_TAG_PREFIX):
             return t[len(FP_TAG_PREFIX) :]
     return None
@@ -86,17 +89,19 @@ async def scan(plan: Plan, client: DevinClient, *, page_size: int = 200) -> Reco
     rec = Reconciliation()
     async for session in client.list_sessions(tags=[plan.campaign_tag], first=page_size):
         rec.listed += 1
-        key = next((keys[t] for t in session.tags if t in keys), None)
+        key = next((keys[t] for t in session_markers(session) if t in keys), None)
         if key is None:
             rec.strays.append(session)
             continue
         rec.by_key.setdefault(key, []).append(session)
     # Each key's latest attempt is its current one; earlier attempts are set aside.
     for key, sessions in list(rec.by_key.items()):
-        latest = max(attempt_of(x.tags) for x in sessions)
+        latest = max(attempt_of(session_markers(x)) for x in sessions)
         rec.attempts[key] = latest
-        rec.by_key[key] = sorted((x for x in sessions if attempt_of(x.tags) == latest), key=_order)
-        older = [x for x in sessions if attempt_of(x.tags) != latest]
+        rec.by_key[key] = sorted(
+            (x for x in sessions if attempt_of(session_markers(x)) == latest), key=_order
+        )
+        older = [x for x in sessions if attempt_of(session_markers(x)) != latest]
         if older:
             rec.other_attempts[key] = sorted(older, key=_order)
     rec.strays.sort(key=_order)
@@ -179,7 +184,7 @@ def remember_earlier(ledger: Ledger, earlier: Mapping[str, list[Session]]) -> in
     new = []
     for key, sessions in earlier.items():
         for x in sessions:  # earliest first: one per (key, attempt), the earliest
-            n = attempt_of(x.tags)
+            n = attempt_of(session_markers(x))
             if x.session_id in known.get(key, ()) or (key, n) in have:
                 continue
             have.add((key, n))
@@ -208,6 +213,7 @@ def remember_earlier(ledger: Ledger, earlier: Mapping[str, list[Session]]) -> in
 async def rebuild(plan: Plan, client: DevinClient, ledger: Ledger) -> Reconciliation:
     """Bring the ledger up to what the API holds: rows for the plan, adopted sessions, logged
     duplicates (used by apply, status/results/cancel on a fresh clone, `plan --check-remote`)."""
+    await off_loop(check_target, ledger, client.config.base_url, client.config.org_id, claim=True)
     await off_loop(ledger.sync_plan, plan)
     rec = await scan(plan, client)
     events = await off_loop(adoptions, plan, ledger, rec, how="reconcile")

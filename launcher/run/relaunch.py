@@ -34,10 +34,12 @@ from launcher.api.client import DevinClient
 from launcher.errors import APIError, AuthError, FleetError, SelectorError
 from launcher.ledger.attempts import AttemptRecord, attempt_history, relaunch, set_termination
 from launcher.ledger.store import Ledger, Record, off_loop
+from launcher.run.budget import check_relaunch
 from launcher.run.reconcile import ENDED
 from launcher.run.status import CampaignView, Outcome, SessionView
 from launcher.spec.build import build_plan
-from launcher.spec.plan import ATTEMPT_TAG_PREFIX, FP_TAG_PREFIX, Plan, fingerprint_tag
+from launcher.spec.identity import stamp
+from launcher.spec.plan import Plan
 
 OUTCOME_SELECTORS = {
     "failed": Outcome.failed,
@@ -128,11 +130,20 @@ def _few(keys: Iterable[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
+def _nothing_is(selector: str, campaign: str) -> SelectorError:
+    return SelectorError(
+        f"{selector}: no session of campaign {campaign} is {selector} "
+        "(by the latest status); nothing to relaunch",
+        hint="`devin-fleet status MANIFEST` shows each key's outcome",
+    )
+
+
 def select_relaunch(
     plan: Plan, view: CampaignView, ledger: Ledger, selectors: Iterable[str]
 ) -> Selection:
     """Resolve selectors (outcomes, `changed`, key globs) against each key's latest attempt.
-    Raises SelectorError for a selector that matches no key at all."""
+    Raises SelectorError for a selector that matches no key at all, ManifestError when the new
+    attempts would pass the campaign budget (every attempt counts)."""
     records = ledger.records()
     views = {v.key: v for v in view.sessions if v.in_plan}
     planned = plan.by_key()
@@ -177,11 +188,7 @@ def select_relaunch(
                     f"keys look like {_few(planned, 3)} (`devin-fleet status` lists them)",
                 )
         if (sel in OUTCOME_SELECTORS or sel == CHANGED) and not keys:
-            raise SelectorError(
-                f"{sel}: no session of campaign {plan.campaign} is {sel} "
-                "(by the latest status); nothing to relaunch",
-                hint="`devin-fleet status MANIFEST` shows each key's outcome",
-            )
+            raise _nothing_is(sel, plan.campaign)
         for k in keys:
             matched[k] = matched.get(k, False) or sel not in (*OUTCOME_SELECTORS, CHANGED)
     out = Selection(request)
@@ -206,6 +213,7 @@ def select_relaunch(
                     tuple(v.pr_urls),
                 )
             )
+    check_relaunch(plan, ledger, [p.key for p in out.picks])  # before anything is recorded or sent
     return out
 
 
@@ -291,9 +299,8 @@ def attempt_plan(plan: Plan, ledger: Ledger, environ: Mapping[str, str] | None =
             sessions.append(s)
             continue
         n, before = current[s.key]
-        request: dict[str, Any] = dict(rendered[s.key].request)
-        tags = [t for t in request.get("tags", []) if not t.startswith(FP_TAG_PREFIX)]
-        request["tags"] = [*tags, fingerprint_tag(s.fingerprint), f"{ATTEMPT_TAG_PREFIX}{n}"]
+        mode = plan.manifest.manifest.identity
+        request = stamp(dict(rendered[s.key].request), mode, s.identity_tag, s.fingerprint, n)
         if before is not None and before.session_id:
             links = list(request.get("session_links") or [])
             request["session_links"] = list(dict.fromkeys([*links, before.session_id]))

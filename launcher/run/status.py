@@ -14,6 +14,7 @@ from launcher.api.models import Session, session_path_id
 from launcher.api.pacing import Clock, MonotonicClock, sleep_unless
 from launcher.errors import APIError, AuthError
 from launcher.ledger.attempts import attempt_history
+from launcher.ledger.binding import check_target
 from launcher.ledger.store import Ledger, Record, off_loop
 from launcher.run.options import FOLLOW_INTERVAL, FOLLOW_MAX_INTERVAL
 
@@ -63,11 +64,13 @@ async def refresh(
     page), then one GET per session the list missed; store states and outcomes in the ledger;
     return the joined view. Raises AuthError (401/403) and APIError when the list fails."""
     before = client.requests
+    cfg = client.config
+    await off_loop(check_target, ledger, cfg.base_url, cfg.org_id)  # another org: ids mean nothing
     # One listing of the campaign tag: it refreshes, and it reconciles (the API is the source
     # of truth): planned keys the ledger does not hold as launched are adopted, extra live
     # sessions of one key are logged as duplicates, unmatched ones are strays.
     rec = await scan(plan, client, page_size=page_size)
-    records = await off_loop(_heal, plan, ledger, rec)
+    records = await off_loop(_heal, plan, ledger, rec, cfg.base_url, cfg.org_id)
     # Match on the path form of ids: some bodies carry bare hex ids (devin-api.md section 1).
     wanted = {
         session_path_id(r.session_id): k for k, r in records.items() if r.state.launched and r.session_id
@@ -132,12 +135,15 @@ async def refresh(
     return view
 
 
-def _heal(plan: Plan, ledger: Ledger, rec: Reconciliation) -> dict[str, Record]:
+def _heal(
+    plan: Plan, ledger: Ledger, rec: Reconciliation, base_url: str, org_id: str
+) -> dict[str, Record]:
     """What the listing teaches the ledger (adoptions, duplicates, earlier attempts a rebuilt
     ledger did not know); returns the records as they are then."""
     healing = adoptions(plan, ledger, rec, how="reconcile (status)")
     healing += duplicate_events(rec, ledger)
     if healing:
+        check_target(ledger, base_url, org_id, claim=True)
         ledger.sync_plan(plan)  # rows for the adopted keys (a fresh ledger has none)
         ledger.write_events(healing)
     remember_earlier(ledger, rec.other_attempts)  # a rebuilt ledger keeps earlier attempts too

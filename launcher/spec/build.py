@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from launcher.api.models import DRAFT7_KEYWORDS, MAX_TAGS, CreateSessionRequest, check_output_schema
 from launcher.errors import ManifestError, Problem, validation_errors, validation_message
+from launcher.spec.identity import stamp
 from launcher.spec.items import Item, read_items
 from launcher.spec.manifest import (
     IncompleteManifest,
@@ -25,13 +26,11 @@ from launcher.spec.manifest import (
 )
 from launcher.spec.model import FileRef, SessionTemplate
 from launcher.spec.plan import (
-    IDENTITY_TAGS,
     LAUNCHER_TAGS,
     Plan,
     PlannedSession,
     campaign_tag,
     fingerprint,
-    fingerprint_tag,
     item_tag,
 )
 from launcher.spec.source import MAX_MANIFEST_BYTES, Loc, dotted_path, load_json_or_yaml, read_text
@@ -164,13 +163,14 @@ def _merge(
                 json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
             ).hexdigest()
     n_tags = len(fields.get("tags") or [])
-    if n_tags + IDENTITY_TAGS > MAX_TAGS:
+    own = LAUNCHER_TAGS if m.identity == "tags" else 1  # `identity: title`: the campaign tag only
+    if n_tags + own > MAX_TAGS:
+        what = "campaign, key, fingerprint, attempt" if own > 1 else "the campaign tag"
         problems.add(
             loaded.problem(
                 locs["tags"],
-                f"{n_tags} tags plus devin-fleet's {LAUNCHER_TAGS} (campaign, key, fingerprint, "
-                f"attempt) is more than the API's {MAX_TAGS}",
-                f"use at most {MAX_TAGS - LAUNCHER_TAGS} tags",
+                f"{n_tags} tags plus devin-fleet's {own} ({what}) is more than the API's {MAX_TAGS}",
+                f"use at most {MAX_TAGS - own} tags",
             )
         )
         ok = False
@@ -446,7 +446,7 @@ def _plan_one(
     tags = [
         render(t, loc, "tags") for t, loc in zip(fields.get("tags") or [], spec.tag_locs, strict=True)
     ]
-    request["tags"] = list(dict.fromkeys([*tags, ctag, itag]))
+    _identify(request, tags, ctag, itag, m.identity, key)
     secret_env: list[tuple[int, str]] = []
     if "session_secrets" in fields:
         request["session_secrets"], secret_env = _secrets(fields, locs, render)
@@ -464,7 +464,7 @@ def _plan_one(
         return None
     body = model.body()
     fp = _fingerprint(body, secret_env, spec.schema_digest)
-    body["tags"] = [*body["tags"], fingerprint_tag(fp)]
+    body = stamp(body, m.identity, itag, fp, 1)
     return PlannedSession(
         key=key,
         fleet=spec.name,
@@ -476,6 +476,18 @@ def _plan_one(
         request=body,
         secret_env=tuple(secret_env),
     )
+
+
+def _identify(
+    request: dict[str, Any], tags: list[str], ctag: str, itag: str, identity: str, key: str
+) -> None:
+    """The tags a session is sent with; with `identity: title` only the campaign tag (the
+    identity travels in the title, which then must exist: the key stands in for a missing one)."""
+    if identity == "title":
+        request["tags"] = list(dict.fromkeys([*tags, ctag]))
+        request["title"] = request.get("title") or key
+    else:
+        request["tags"] = list(dict.fromkeys([*tags, ctag, itag]))
 
 
 def _invalid(

@@ -224,6 +224,8 @@ def _one_problem(
         hint = "lowercase letters, digits and '-', starting with a letter or digit, ≤ 63 chars"
     elif err["type"] == "string_type" and isinstance(err.get("input"), int | float):
         hint = "quote it to make it a string"
+    elif loc[-1:] == ("min_success_rate",):
+        hint = "a fraction of the wave's sessions, from 0 to 1: write 0.75 for 75%"
     return Problem(marks.file, line, col, dotted_path(loc), validation_message(err), hint)
 
 
@@ -262,6 +264,38 @@ def _drop(data: Any, loc: Loc) -> bool:
     return False
 
 
+_PLACEHOLDER_PROMPT = "(prompt not checked: see the problem at its field)"
+
+
+def _neutralize(data: dict[str, Any], loc: Loc) -> bool:
+    """Take one broken session field out (a wrong type under `defaults` or a fleet's
+    `session`), so the rest of the fleet is still rendered and checked: a broken prompt becomes
+    a placeholder (else "no prompt" would be a second, false problem); any other field goes.
+    False when `loc` is not such a field."""
+    holder: Any
+    if len(loc) >= 2 and loc[0] == "defaults" and isinstance(loc[1], str):
+        holder, name = data.get("defaults"), loc[1]
+    elif len(loc) >= 4 and loc[0] == "fleets" and loc[2] == "session" and isinstance(loc[3], str):
+        fleets = data.get("fleets")
+        if not isinstance(fleets, list) or not isinstance(loc[1], int) or loc[1] >= len(fleets):
+            return False
+        holder, name = (fleets[loc[1]] or {}).get("session"), loc[3]
+    elif len(loc) == 3 and loc[0] == "fleets" and loc[2] == "success_when":
+        fleets, i = data.get("fleets"), loc[1]
+        ok = isinstance(fleets, list) and isinstance(i, int) and 0 <= i < len(fleets)
+        holder, name = (fleets[i] if ok and fleets is not None else None), "success_when"
+    else:
+        return False
+    if not isinstance(holder, dict) or name not in holder:
+        return False
+    if name in ("prompt", "prompt_file"):
+        holder.pop("prompt_file", None)
+        holder["prompt"] = _PLACEHOLDER_PROMPT
+    else:
+        del holder[name]
+    return True
+
+
 def _prune(data: dict[str, Any], exc: ValidationError, skipped: set[int]) -> bool:
     """Make `data` valid where `exc` says it is not, without inventing meaning: unknown fields
     go, a fleet with any other problem is replaced by a stand-in (and noted in `skipped`).
@@ -271,6 +305,8 @@ def _prune(data: dict[str, Any], exc: ValidationError, skipped: set[int]) -> boo
         if err["type"] == "extra_forbidden" and _drop(data, loc):
             continue
         head = loc[0] if loc else None
+        if _neutralize(data, loc):
+            continue
         if head == "fleets" and len(loc) >= 2 and isinstance(loc[1], int):
             fleets = data.get("fleets")
             if not isinstance(fleets, list) or not 0 <= loc[1] < len(fleets):
@@ -281,7 +317,7 @@ def _prune(data: dict[str, Any], exc: ValidationError, skipped: set[int]) -> boo
             data["campaign"] = _PLACEHOLDER_CAMPAIGN
         elif head == "version":  # missing (another value is refused before validation)
             data["version"] = 1
-        elif head in ("budget", "description"):  # checked apart from the sessions
+        elif head in ("budget", "description", "rollout"):  # checked apart from the sessions
             data.pop(head, None)
         else:
             return False

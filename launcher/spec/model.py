@@ -372,6 +372,10 @@ class Manifest(BaseModel):
     for sessions that delivered."""
     rollout: Rollout | None = None
     """Canary waves with a gate between them (absent: everything launches in one wave)."""
+    identity: Literal["tags", "title"] = "tags"
+    """How each session carries its identity: `tags` (fleet-key/fleet-fp/fleet-attempt tags) or
+    `title` (only `fleet:<campaign>` is sent; the identity is a `[fleet <hex> fp <hex>]` title
+    suffix), for orgs whose session-tag allow-list cannot hold one tag per session."""
     fleets: list[Fleet] = Field(min_length=1)
     """The fleets of sessions."""
 

@@ -19,6 +19,11 @@ from pydantic_core import to_json
 
 from launcher.errors import SecretError
 from launcher.spec.digest import digest_of
+from launcher.spec.identity import ATTEMPT_TAG_PREFIX as ATTEMPT_TAG_PREFIX
+from launcher.spec.identity import FP_TAG_PREFIX as FP_TAG_PREFIX
+from launcher.spec.identity import KEY_TAG_PREFIX as KEY_TAG_PREFIX
+from launcher.spec.identity import attempt_of as attempt_of
+from launcher.spec.identity import fingerprint_tag as fingerprint_tag
 from launcher.spec.manifest import (
     LoadedManifest,
 )
@@ -30,9 +35,6 @@ from launcher.spec.templating import Rule
 # relaunches (attempt 1 carries none). A manifest may set the rest of the API's 50.
 LAUNCHER_TAGS = 4
 IDENTITY_TAGS = LAUNCHER_TAGS  # kept for importers of the old name
-FP_TAG_PREFIX = "fleet-fp:"
-KEY_TAG_PREFIX = "fleet-key:"
-ATTEMPT_TAG_PREFIX = "fleet-attempt:"
 
 
 def campaign_tag(campaign: str) -> str:
@@ -48,19 +50,6 @@ def item_tag(campaign: str, key: str) -> str:
     """
     digest = hashlib.sha256(f"{campaign}\x00{key}".encode()).hexdigest()[:16]
     return f"{KEY_TAG_PREFIX}{digest}"
-
-
-def fingerprint_tag(fingerprint: str) -> str:
-    """`fleet-fp:<first 8 hex of the fingerprint>`: what a session was launched from."""
-    return f"{FP_TAG_PREFIX}{fingerprint[:8]}"
-
-
-def attempt_of(tags: list[str] | tuple[str, ...]) -> int:
-    """The launch attempt a session's tags name (1 when it carries no `fleet-attempt:` tag)."""
-    for t in tags:
-        if t.startswith(ATTEMPT_TAG_PREFIX) and t[len(ATTEMPT_TAG_PREFIX) :].isdigit():
-            return int(t[len(ATTEMPT_TAG_PREFIX) :])
-    return 1
 
 
 @dataclass(frozen=True)
