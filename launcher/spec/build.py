@@ -25,14 +25,7 @@ from launcher.spec.manifest import (
     resolve_file,
 )
 from launcher.spec.model import FileRef, SessionTemplate
-from launcher.spec.plan import (
-    LAUNCHER_TAGS,
-    Plan,
-    PlannedSession,
-    campaign_tag,
-    fingerprint,
-    item_tag,
-)
+from launcher.spec.plan import LAUNCHER_TAGS, Plan, PlannedSession, campaign_tag, fingerprint, item_tag
 from launcher.spec.source import MAX_MANIFEST_BYTES, Loc, dotted_path, load_json_or_yaml, read_text
 from launcher.spec.templating import Rule, TemplateFailure, Templates
 from launcher.spec.waves import Member, wave_problems
@@ -481,8 +474,7 @@ def _plan_one(
 def _identify(
     request: dict[str, Any], tags: list[str], ctag: str, itag: str, identity: str, key: str
 ) -> None:
-    """The tags a session is sent with; with `identity: title` only the campaign tag (the
-    identity travels in the title, which then must exist: the key stands in for a missing one)."""
+    """The tags sent; with `identity: title` only the campaign tag (the key stands in for a title)."""
     if identity == "title":
         request["tags"] = list(dict.fromkeys([*tags, ctag]))
         request["title"] = request.get("title") or key
