@@ -16,6 +16,7 @@ import anyio
 import click
 
 from launcher.cli.common import (
+    FiniteRange,
     api_config,
     api_options,
     confirm,
@@ -41,10 +42,22 @@ if TYPE_CHECKING:
 @click.command()
 @click.argument("manifest", type=click.Path())
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--concurrency", default=8, show_default=True, help="Most requests in flight.")
-@click.option("--rate", default=5.0, show_default=True, help="Most creates per second.")
+@click.option(
+    "--concurrency",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most requests in flight.",
+)
+@click.option(
+    "--rate",
+    default=5.0,
+    show_default=True,
+    type=FiniteRange(min=0, min_open=True),
+    help="Most creates per second.",
+)
 @click.option("--only", multiple=True, help="Only keys matching this glob (repeatable).")
-@click.option("--limit", type=int, help="Launch at most N sessions in this run.")
+@click.option("--limit", type=click.IntRange(min=0), help="Launch at most N sessions in this run.")
 @click.option(
     "--relaunch",
     "relaunch",
@@ -59,11 +72,16 @@ if TYPE_CHECKING:
     help="With --relaunch: leave earlier attempts that are still live running.",
 )
 @click.option("--replace", multiple=True, hidden=True, help="Old name of --relaunch KEY.")
-@click.option("--timeout", type=float, help="Stop starting creates after this many seconds.")
+@click.option(
+    "--timeout",
+    type=FiniteRange(min=0, min_open=True),
+    help="Stop starting creates after this many seconds.",
+)
 @click.option(
     "--request-timeout",
     default=30.0,
     show_default=True,
+    type=FiniteRange(min=0, min_open=True),
     help="Seconds to wait for one API answer (a create that times out is looked up).",
 )
 @click.option(
@@ -78,7 +96,7 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.01),
+    type=FiniteRange(min=0.01),
     help="First interval (s) between refreshes while following (default 5; 1 with --sim); "
     "it grows while nothing changes.",
 )
@@ -93,7 +111,7 @@ if TYPE_CHECKING:
     "--lookup-grace",
     default=3.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=FiniteRange(min=0),
     help="Least seconds between an ambiguous create and its lookup (the list lag seen in the "
     "run, and the request timeout for unanswered creates, lengthen it).",
 )
@@ -102,9 +120,17 @@ if TYPE_CHECKING:
     default=60.0,
     show_default=True,
     envvar="DEVIN_FLEET_LOCK_TTL",
-    type=click.FloatRange(min=0.5),
+    type=FiniteRange(min=0.5),
     help="Campaign lease (s): renewed every TTL/6; this run stops sending once its last renewal "
     "is TTL/2 old; another apply may take a lock silent for a whole TTL.",
+)
+@click.option(
+    "--list-lag",
+    type=FiniteRange(min=0),
+    envvar="DEVIN_FLEET_LIST_LAG",
+    help="The most seconds a new session takes to show in list results, if known (default: "
+    "measured in the run; before that 10, or the simulator's with --sim). Keys the start "
+    "listing did not show are created only once a listing this much later agrees.",
 )
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @ledger_option
@@ -130,6 +156,7 @@ def apply(
     max_running: int | None,
     lookup_grace: float,
     lock_ttl: float,
+    list_lag: float | None,
     output: str,
     ledger: str | None,
     base_url: str | None,
@@ -149,6 +176,10 @@ def apply(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--wait-timeout") from None
     p = load_plan(manifest, "send")
+    if sim and list_lag is None:  # the embedded simulator's list lag is known exactly
+        from launcher.sim import load_profile
+
+        list_lag = load_profile(sim_profile).faults.list_lag_seconds
     options = ApplyOptions(
         concurrency=concurrency,
         rate=rate,
@@ -157,6 +188,7 @@ def apply(
         run_timeout=timeout,
         lookup_grace=lookup_grace,
         lock_ttl=lock_ttl,
+        list_lag=list_lag,
     )
     # The simulator's sessions finish in seconds: poll it more often than a real org.
     rollout = RolloutOptions(

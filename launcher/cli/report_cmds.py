@@ -15,6 +15,7 @@ from rich.text import Text
 
 from launcher.cli.common import (
     F,
+    FiniteRange,
     api_config,
     api_options,
     confirm,
@@ -316,7 +317,7 @@ def report(
     "--rate",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(min=0.01),
+    type=FiniteRange(min=0.01),
     help="Messages per second (paced like creates).",
 )
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
@@ -341,7 +342,15 @@ def message(
 
     if (text is None) == (file is None):
         raise click.UsageError("give the message with --text or --file (one of them)")
-    source = text if text is not None else Path(file or "").read_text(encoding="utf-8")
+    try:
+        source = text if text is not None else Path(file or "").read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(
+            f"{file} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8",
+            param_hint="--file",
+        ) from None
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {file}: {exc.strerror}", param_hint="--file") from None
     p = load_plan(manifest, "send")
     with (
         open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led,

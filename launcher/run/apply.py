@@ -6,14 +6,16 @@ listed by tag and every planned key the API already has is adopted (the API is t
 truth). The intent to create is durable before a request leaves the process, and the campaign
 lease is checked (fencing) right before it is sent. An ambiguous outcome is deferred to the end
 of the run and resolved by looking the identity tag up after a wait covering the list lag
-observed in this run (and the request timeout), never by blindly resending (the API has no
-idempotency key). Every wait goes through the injected Clock.
+(observed in this run, else stated or assumed; and the request timeout), never by blindly
+resending (the API has no idempotency key). A key the start listing did not show is created only
+once a listing taken a list lag after the run started agrees. Every wait goes through the Clock.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -24,7 +26,7 @@ import anyio
 from anyio.abc import ObjectReceiveStream, TaskGroup
 
 from launcher.api.client import CreateOutcome, DevinClient
-from launcher.api.listlag import LAG_PROBE_STEP, LagProbe
+from launcher.api.listlag import LagProbe
 from launcher.api.models import Session
 from launcher.api.pacing import CircuitBreaker, Clock, MonotonicClock, Pacer, backoff_delay, sleep_unless
 from launcher.errors import (
@@ -35,10 +37,11 @@ from launcher.errors import (
     FleetError,
     LockLostError,
     SecretError,
+    redact,
 )
 from launcher.ledger.store import LOCK_TTL, EventKind, Ledger, LedgerEvent
 from launcher.ledger.writer import LedgerWriter
-from launcher.run.reconcile import adoptions, duplicate_events, scan
+from launcher.run.reconcile import adoptions, duplicate_events, keep_the_keepers, scan
 from launcher.run.remote import check_remote
 from launcher.run.summary import ApplySummary, Result
 from launcher.spec.plan import Plan, PlannedSession, attempt_of
@@ -93,6 +96,7 @@ class ApplyOptions:
     max_attempts: int = 6  # per session, not counting 429s
     max_rate_limited: int = 200  # 429s per session before giving up
     lookup_grace: float = 3.0  # least wait between an ambiguous create and its lookup
+    list_lag: float | None = None  # stated list lag bound (None: measured, else ASSUMED_LIST_LAG)
     lock_ttl: float = LOCK_TTL  # the lease: heartbeat every ttl/6, stop sending past ttl/2
     reconcile: bool = True  # list the campaign tag and adopt what exists before creating
     drain_timeout: float = 30.0  # after a stop, how long in-flight creates may take
@@ -103,12 +107,16 @@ class ApplyOptions:
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ConfigError("--concurrency must be at least 1")
-        if not self.rate > 0:
-            raise ConfigError("--rate must be positive")
+        if not 0 < self.rate < math.inf:
+            raise ConfigError(f"--rate must be a positive number of creates per second, not {self.rate}")
         if self.limit is not None and self.limit < 0:
             raise ConfigError("--limit must not be negative")
-        if self.lookup_grace < 0:
-            raise ConfigError("--lookup-grace must not be negative")
+        if not 0 <= self.lookup_grace < math.inf:
+            raise ConfigError("--lookup-grace must be a number of seconds, not negative")
+        if self.list_lag is not None and not 0 <= self.list_lag < math.inf:
+            raise ConfigError("--list-lag must be a number of seconds, not negative")
+        if self.run_timeout is not None and not self.run_timeout > 0:
+            raise ConfigError("--timeout must be a positive number of seconds")
         if not self.lock_ttl > 0:
             raise ConfigError("the lock TTL must be positive")
 
@@ -179,6 +187,7 @@ class _ApplyRun:
         self.secrets = sorted(
             {v for n in plan.secret_env_names() if len(v := env.get(n, "")) >= 3}, key=len, reverse=True
         )
+        client.secrets.update(self.secrets)  # redacted from its texts before they are cut short
         self.writer = LedgerWriter(ledger, self.redact)
         self.known: dict[str, set[str]] = {}
         self.intents: dict[str, str] = {}  # key -> fingerprint of its latest create intent
@@ -197,9 +206,7 @@ class _ApplyRun:
     # ------------------------------------------------------------------ helpers
 
     def redact(self, text: str) -> str:
-        for value in self.secrets:
-            text = text.replace(value, "***")
-        return text
+        return redact(text, self.secrets)
 
     def _halt(self, error: FleetError) -> None:
         if self.summary.aborted is None:
@@ -279,12 +286,11 @@ class _ApplyRun:
         scope.cancel()
 
     def lookup_wait(self, d: _Deferred) -> float:
-        """How long after its ambiguous outcome a key is looked up: the grace, at least twice
-        the list lag observed in this run, and (when the request got no answer) the request
-        timeout, so a create still in transit has landed and shows."""
-        wait = self.options.lookup_grace
-        if self.lag.samples:
-            wait = max(wait, 2 * self.lag.lag + LAG_PROBE_STEP)
+        """How long after its ambiguous outcome a key is looked up: the grace, at least the
+        list lag bound (twice the lag observed in this run; with no figure, the stated lag,
+        else ASSUMED_LIST_LAG: never the grace alone), and (when the request got no answer)
+        the request timeout, so a create still in transit has landed and shows."""
+        wait = max(self.options.lookup_grace, self.lag.bound(self.options.list_lag))
         if d.transport:
             wait = max(wait, self.request_timeout)
         return wait
@@ -577,21 +583,52 @@ class _ApplyRun:
         for warning in await check_remote(self.plan, self.client):
             self.reporter.note(warning)  # "... not verified": it never blocks
 
-    async def reconcile(self) -> None:
+    async def confirm_absent(
+        self, work: list[tuple[PlannedSession, bool]], listed_at: float
+    ) -> list[tuple[PlannedSession, bool]]:
+        """The start listing (begun at `listed_at`) cannot show sessions created in the list lag
+        before it (a lost ledger, a run right after another, a crashed run's last creates): the
+        keys it did not show are created only once a listing begun a lag bound after it agrees.
+        Returns the work left (what the second listing showed is adopted)."""
+        if not self.options.reconcile or self.stop.is_set() or all(u for _, u in work):
+            return work
+        lag = self.lag.bound(self.options.list_lag)
+        if lag <= 0:
+            return work
+        wait = listed_at + lag - self.clock.now()
+        if wait > 0:
+            self.reporter.note(
+                f"{sum(not u for _, u in work)} key(s) not listed yet: listing again in "
+                f"{wait:.1f}s, once what was created before this run surely shows (list lag "
+                f"bound {lag:g}s; --list-lag states it)"
+            )
+        while (left := listed_at + lag - self.clock.now()) > 0:  # the lease is renewed meanwhile
+            if await self.wait_or_stop(min(left, self.options.lock_ttl / 6)):
+                return work
+            if not self.ledger.heartbeat():
+                self._lose("the lock row is no longer this run's")
+                return work
+            self.last_beat = self.clock.now()
+        await self.reconcile(again=True)
+        self.summary.already, self.summary.changed = 0, []
+        return select(self.plan, self.ledger, self.options, self.summary)
+
+    async def reconcile(self, again: bool = False) -> None:
         """Before any create: adopt every planned key the API already has a session for."""
         rec = await scan(self.plan, self.client)
         adopted = adoptions(self.plan, self.ledger, rec, how="reconcile")
         dups = duplicate_events(rec, self.ledger)
         if adopted or dups:
             self.ledger.write_events(adopted + dups)
+        keep_the_keepers(rec, self.ledger)
         for e in adopted:
             self.summary.results[e.key] = Result.adopted
-        self.summary.reconciled = len(adopted)
+        self.summary.reconciled += len(adopted)
         self.summary.strays = len(rec.strays)
         self.summary.duplicates.update(
             {k: [x.session_id for x in v] for k, v in rec.duplicates().items()}
         )
-        for w in rec.warnings():
+        for w in [] if again and not dups else rec.warnings():
             self.reporter.note(w)
         if adopted:
             self.reporter.note(
@@ -632,8 +669,9 @@ async def apply_plan(
     run = _ApplyRun(plan, client, ledger, options, reporter, clock, environ, stop, summary, admission)
     try:
         ledger.sync_plan(plan)
+        listed_at = clock.now()
         await run.before_creates()
-        work = select(plan, ledger, options, summary)
+        work = await run.confirm_absent(select(plan, ledger, options, summary), listed_at)
         run.known = ledger.session_ids_by_key()  # one query, not one per key
         run.intents = ledger.intent_fingerprints()
         run.last_beat = clock.now()
@@ -700,12 +738,13 @@ async def _settle_deferred(run: _ApplyRun) -> None:
 
 async def _drive(run: _ApplyRun, work: Sequence[tuple[PlannedSession, bool]]) -> None:
     # Keys whose earlier outcome is unknown were just looked for in the reconcile listing;
-    # their second look comes after the lag wait, with the run's ambiguous keys.
+    # their second look comes after the lag wait, with the run's ambiguous keys. A crashed
+    # run's request got no answer: it waits the request timeout too (it may be in transit).
     fresh = [(s, False) for s, uncertain in work if not uncertain]
     now = run.clock.now()
     for s, uncertain in work:
         if uncertain:
-            run.deferred[s.key] = _Deferred(s, now, False)
+            run.deferred[s.key] = _Deferred(s, now, True)
     try:
         async with anyio.create_task_group() as outer:
             outer.start_soon(run.writer.run, run.writer.recv)

@@ -9,6 +9,7 @@ stays `pending`, and before anything is sent again the session's messages are re
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -139,6 +140,22 @@ async def delivered(client: DevinClient, out: Outgoing) -> bool:
     return False
 
 
+def recheck(todo: Sequence[Outgoing], ledger: Ledger, report: MessageReport) -> list[Outgoing]:
+    """The batch as the ledger says now, under the lease: it was built before the prompt, and
+    another run may have sent (or tried) the same text since. Sent ones are dropped (counted as
+    found), ones another run left pending are looked up before any send."""
+    known = ledger.messages()
+    left = []
+    for out in todo:
+        record = known.get((out.session_id, out.digest))
+        state = record.state if record is not None else None
+        if state == "sent":
+            report.found += 1
+        else:
+            left.append(dataclasses.replace(out, pending=out.pending or state == "pending"))
+    return left
+
+
 async def send_messages(
     client: DevinClient,
     ledger: Ledger,
@@ -230,7 +247,7 @@ async def send_messages(
     ledger.acquire_lock()
     try:
         async with anyio.create_task_group() as tg:
-            for out in batch.todo:
+            for out in recheck(batch.todo, ledger, report):
                 tg.start_soon(one, out, tg.cancel_scope)
     finally:
         ledger.release_lock()

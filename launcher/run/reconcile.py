@@ -42,17 +42,16 @@ class Reconciliation:
     listed: int = 0
     requests: int = 0
 
-    keep: dict[str, str] = field(default_factory=dict)  # key -> the session the ledger holds
-
     def duplicates(self) -> dict[str, list[Session]]:
-        """Keys with more than one live session for one attempt: the one to keep first (the
-        ledger's, else the earliest created), then the extras."""
+        """Keys with more than one live session for one attempt: the one to keep first, then
+        the extras. The keeper is a rule every machine agrees on without its ledger (two
+        runners healing at once must keep the same one): the earliest `created_at`, then the
+        smallest session id."""
         out = {}
         for key, sessions in self.by_key.items():
             live = [s for s in sessions if s.status not in ENDED]
             if len(live) > 1:
-                kept = self.keep.get(key)
-                out[key] = sorted(live, key=lambda s: (s.session_id != kept, *_order(s)))
+                out[key] = sorted(live, key=_order)
         return out
 
     def warnings(self) -> list[str]:
@@ -149,7 +148,6 @@ def adoptions(plan: Plan, ledger: Ledger, rec: Reconciliation, *, how: str) -> l
 
 def duplicate_events(rec: Reconciliation, ledger: Ledger) -> list[LedgerEvent]:
     """One `duplicate` event per extra live session not logged as one yet (status, apply)."""
-    rec.keep = {k: r.session_id for k, r in ledger.records().items() if r.session_id}
     logged = ledger.session_ids_by_key()
     events = []
     for key, live in rec.duplicates().items():
@@ -166,6 +164,22 @@ def duplicate_events(rec: Reconciliation, ledger: Ledger) -> list[LedgerEvent]:
     return events
 
 
+def keep_the_keepers(rec: Reconciliation, ledger: Ledger) -> int:
+    """Point each duplicated key's ledger row at the keeper (`Reconciliation.duplicates`) when
+    it holds one of the extras, so that ending the extras never ends the session the ledger
+    follows. Returns how many rows moved."""
+    records = ledger.records()
+    moved = 0
+    for key, live in rec.duplicates().items():
+        r = records.get(key)
+        keeper = live[0]
+        held = r.session_id if r is not None else None
+        if held and held != keeper.session_id and any(x.session_id == held for x in live[1:]):
+            ledger.keep_session(key, keeper.session_id, keeper.url)
+            moved += 1
+    return moved
+
+
 async def rebuild(plan: Plan, client: DevinClient, ledger: Ledger) -> Reconciliation:
     """Bring the ledger up to what the API holds: rows for the plan, adopted sessions, logged
     duplicates (used by apply, status/results/cancel on a fresh clone, `plan --check-remote`)."""
@@ -174,4 +188,5 @@ async def rebuild(plan: Plan, client: DevinClient, ledger: Ledger) -> Reconcilia
     events = adoptions(plan, ledger, rec, how="reconcile") + duplicate_events(rec, ledger)
     if events:
         ledger.write_events(events)
+    keep_the_keepers(rec, ledger)
     return rec

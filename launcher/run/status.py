@@ -41,7 +41,7 @@ from launcher.api.pacing import Clock, MonotonicClock, sleep_unless
 from launcher.errors import APIError, AuthError, ExitCode
 from launcher.ledger.attempts import attempt_history, remember_earlier
 from launcher.ledger.store import LaunchState, Ledger, Record
-from launcher.run.reconcile import ENDED, adoptions, duplicate_events, scan
+from launcher.run.reconcile import ENDED, adoptions, duplicate_events, keep_the_keepers, scan
 from launcher.spec.plan import Plan
 from launcher.spec.templating import Rule, TemplateFailure
 
@@ -416,6 +416,7 @@ async def refresh(
     if healing:
         ledger.sync_plan(plan)  # rows for the adopted keys (a fresh ledger has none yet)
         ledger.write_events(healing)
+    keep_the_keepers(rec, ledger)  # the ledger follows the session every machine keeps
     remember_earlier(ledger, rec.other_attempts)  # a rebuilt ledger keeps earlier attempts too
     records = ledger.records()
     # Match on the path form of ids: some bodies carry bare hex ids (devin-api.md section 1).
