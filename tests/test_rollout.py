@@ -32,7 +32,7 @@ from launcher.run.summary import Result as LaunchResult
 from launcher.sim import Profile, SimServer
 from launcher.spec.manifest import Gate, parse_duration
 from launcher.spec.plan import Plan
-from tests.test_apply import sessions_per_key
+from tests.test_apply import sessions_per_key, sim_lag
 
 Write = Callable[[str, str], Path]
 
@@ -116,7 +116,7 @@ def rollout(
                     plan,
                     client,
                     led,
-                    ApplyOptions(rate=500.0, preflight=False),
+                    ApplyOptions(rate=500.0, preflight=False, list_lag=sim_lag(sim)),
                     ro or RolloutOptions(interval=0.05, max_interval=0.2, ceiling_interval=0.05),
                     environ={},
                     clock=clock,
@@ -294,7 +294,7 @@ def test_limit_counts_over_the_whole_run_and_stops_inside_a_wave(
     async def go() -> RolloutSummary:
         async with DevinClient(cfg) as client:
             with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "l.db") as led:
-                options = ApplyOptions(rate=500.0, preflight=False, limit=4)
+                options = ApplyOptions(rate=500.0, preflight=False, limit=4, list_lag=sim_lag(sim))
                 return await run_rollout(plan, client, led, options, ro, environ={})
 
     summary = anyio.run(go)
@@ -493,7 +493,9 @@ def test_waves_and_ceiling_under_ambiguous_creates_launch_each_key_once(
     async def go() -> RolloutSummary:
         async with DevinClient(cfg) as client:
             with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "l.db") as led:
-                options = ApplyOptions(rate=500.0, preflight=False, lookup_grace=0.1)
+                options = ApplyOptions(
+                    rate=500.0, preflight=False, lookup_grace=0.1, list_lag=sim_lag(sim)
+                )
                 return await run_rollout(plan, client, led, options, ro, environ={})
 
     summary = anyio.run(go)
@@ -697,7 +699,7 @@ def test_a_lease_lost_while_following_a_wave_stops_the_rollout(
             with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
                 # A lease of 3 s: renewed every 0.5 s, so a loaded machine does not lose it
                 # by itself; the takeover is what must stop the run.
-                options = ApplyOptions(rate=500.0, preflight=False, lock_ttl=3.0)
+                options = ApplyOptions(rate=500.0, preflight=False, lock_ttl=3.0, list_lag=sim_lag(sim))
                 try:
                     summary = await run_rollout(plan, client, led, options, ro, environ={})
                     outcome.append(summary.exit_code)

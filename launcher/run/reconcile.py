@@ -165,16 +165,17 @@ def duplicate_events(rec: Reconciliation, ledger: Ledger) -> list[LedgerEvent]:
 
 
 def keep_the_keepers(rec: Reconciliation, ledger: Ledger) -> int:
-    """Point each duplicated key's ledger row at the keeper (`Reconciliation.duplicates`) when
-    it holds one of the extras, so that ending the extras never ends the session the ledger
-    follows. Returns how many rows moved."""
+    """Point a key's ledger row at the keeper of its sessions (the earliest created, then the
+    smallest id: `Reconciliation.duplicates`' rule) when it holds a later one, so every ledger
+    follows the session every machine keeps, and ending the extras (here or on another
+    machine) never ends the one it follows. Returns how many rows moved."""
     records = ledger.records()
     moved = 0
-    for key, live in rec.duplicates().items():
+    for key, sessions in rec.by_key.items():
         r = records.get(key)
-        keeper = live[0]
-        held = r.session_id if r is not None else None
-        if held and held != keeper.session_id and any(x.session_id == held for x in live[1:]):
+        keeper = sessions[0]
+        held = r.session_id if r is not None and r.state.launched else None
+        if held and held != keeper.session_id and any(x.session_id == held for x in sessions[1:]):
             ledger.keep_session(key, keeper.session_id, keeper.url)
             moved += 1
     return moved
