@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from launcher.cli.common import (
+    FiniteRange,
     api_config,
     api_options,
     confirm,
@@ -45,19 +46,17 @@ if TYPE_CHECKING:
     "--interval",
     default=5.0,
     show_default=True,
-    type=click.FloatRange(min=0.05),
+    type=FiniteRange(min=0.05),
     help="First --watch interval (s); it grows while nothing changes.",
 )
 @click.option(
     "--max-interval",
     default=60.0,
     show_default=True,
-    type=click.FloatRange(min=0.05),
+    type=FiniteRange(min=0.05),
     help="Longest --watch interval (s).",
 )
-@click.option(
-    "--timeout", type=click.FloatRange(min=0), help="Give up watching after this many seconds."
-)
+@click.option("--timeout", type=FiniteRange(min=0), help="Give up watching after this many seconds.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @click.option("--offline", is_flag=True, help="Show what the ledger knows; no API calls.")
 @ledger_option
