@@ -676,7 +676,7 @@ def test_a_lease_lost_while_following_a_wave_stops_the_rollout(
     (paused past its lease). This run must neither decide the gate nor launch wave 2."""
     import sqlite3
 
-    from launcher.errors import ExitCode, LockLostError
+    from launcher.errors import ExitCode, LockedError, LockLostError
 
     sim = make_sim(FOREVER, time_scale=100)
     plan = build_plan(load_manifest(manifest(write, 4, rollout="rollout: {waves: [1, rest]}")))
@@ -691,7 +691,12 @@ def test_a_lease_lost_while_following_a_wave_stops_the_rollout(
                 while len(sim.sessions()) < 1:  # noqa: ASYNC110 (polls another thread: the sim)
                     await anyio.sleep(0.02)
                 other = sqlite3.connect(ledger)
-                other.execute("UPDATE lock SET generation = generation + 1, owner = 'other:1'")
+                # Another host's apply (not this process under another name: a lock row with
+                # this host and pid is this process's own, and taken again).
+                other.execute(
+                    "UPDATE lock SET generation = generation + 1, owner = 'other:1', "
+                    "host = 'other', pid = 1"
+                )
                 other.commit()
                 other.close()
 
@@ -703,7 +708,7 @@ def test_a_lease_lost_while_following_a_wave_stops_the_rollout(
                 try:
                     summary = await run_rollout(plan, client, led, options, ro, environ={})
                     outcome.append(summary.exit_code)
-                except LockLostError as exc:
+                except (LockLostError, LockedError) as exc:
                     outcome.append(exc)
 
     outcome: list[object] = []
@@ -711,6 +716,8 @@ def test_a_lease_lost_while_following_a_wave_stops_the_rollout(
     (result,) = outcome
     if isinstance(result, LockLostError):  # found lost while following wave 1: the usual case
         assert "lost the campaign lock" in str(result)
+    elif isinstance(result, LockedError):  # it landed after wave 1's last create: found at once
+        assert "other:1" in str(result)
     else:  # the takeover landed while wave 1 was still launching: apply_plan's own fence
         assert result == ExitCode.lock_lost
     assert len(sim.sessions()) == 1  # wave 2 never launched
