@@ -22,7 +22,8 @@ conditions raise. The CLI renders these without a traceback unless --debug.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
@@ -305,6 +306,38 @@ class LockLostError(LedgerError):
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
+
+
+# --------------------------------------------------------------------------- redaction
+# Secrets (the API token, session-secret values) reach texts in more than one encoding: raw, as
+# JSON escapes it (quotes, non-ASCII as \uXXXX), as Python's repr of the str or of its bytes
+# (an httpx/h11 "Illegal header value b'...'"), percent-encoded in a URL. Every form is replaced,
+# and always before a text is cut short (a cut can leave a prefix no replace would match).
+
+REDACTED = "***"
+
+
+def secret_forms(value: str) -> set[str]:
+    """Every form `value` may take inside an error text (3 characters or more)."""
+    from urllib.parse import quote
+
+    forms = {value, value.strip(), repr(value)[1:-1], value.encode("unicode_escape").decode()}
+    forms |= {json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+    forms |= {repr(value.encode("utf-8", "surrogateescape"))[2:-1], quote(value, safe="")}
+    return {f for f in forms if len(f) >= 3}
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every form of every secret replaced by `***` (longest first)."""
+    forms = sorted({f for v in secrets if v for f in secret_forms(v)}, key=len, reverse=True)
+    for form in forms:
+        text = text.replace(form, REDACTED)
+    return text
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters (call it on redacted text only)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- validation errors

@@ -54,17 +54,21 @@ from launcher.sim import Profile, SimServer, running_simulator  # noqa: E402
 
 
 @pytest.fixture
-def make_sim() -> Iterator[Callable[..., SimServer]]:
+def make_sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., SimServer]]:
     """make_sim(profile="clean", **kw) -> a running SimServer on a free loopback port.
 
     Keyword arguments go to `launcher.sim.running_simulator`; introspection defaults to on here
-    (tests usually check what the server saw). Every server is stopped at teardown.
+    (tests usually check what the server saw). Every server is stopped at teardown. Its list lag
+    is known, so CLI runs state it (DEVIN_FLEET_LIST_LAG), as `apply --sim` does: without it
+    apply waits the assumed bound before its first create.
     """
     with ExitStack() as stack:
 
         def _make(profile: Profile | str = "clean", **kw: Any) -> SimServer:
             kw.setdefault("introspection", True)
-            return stack.enter_context(running_simulator(profile, **kw))
+            sim = stack.enter_context(running_simulator(profile, **kw))
+            monkeypatch.setenv("DEVIN_FLEET_LIST_LAG", str(sim.profile.faults.list_lag_seconds))
+            return sim
 
         yield _make
 

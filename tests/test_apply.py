@@ -66,6 +66,11 @@ def campaign(
     )
 
 
+def sim_lag(sim: SimServer) -> float:
+    """The simulator's list lag: known exactly, so library runs state it (`list_lag`)."""
+    return sim.profile.faults.list_lag_seconds
+
+
 def run_apply(
     plan: Plan,
     sim: SimServer,
@@ -79,6 +84,7 @@ def run_apply(
     cfg = ApiConfig(sim.base_url, sim.org_id, token or sim.token, read_timeout=read_timeout)
     options.setdefault("rate", 200.0)
     options.setdefault("concurrency", 8)
+    options.setdefault("list_lag", sim_lag(sim))
 
     async def go() -> ApplySummary:
         async with DevinClient(cfg) as client:

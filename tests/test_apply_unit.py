@@ -53,6 +53,7 @@ def run(
     clock = clock or FakeClock()
     options.setdefault("preflight", False)
     options.setdefault("rate", 100.0)
+    options.setdefault("list_lag", 0.0)  # a scripted API lists what it created at once
     timeout = options.pop("request_timeout", 5.0)
     cfg = ApiConfig("http://127.0.0.1:9", "org-test", "cog_test", read_timeout=timeout)
 

@@ -75,6 +75,7 @@ def fleet_manifest(write: Write, n: int, *, name: str = "fu", schema: bool = Tru
 def apply_all(plan: Plan, sim: SimServer, ledger: Path, **options: Any) -> None:
     cfg = ApiConfig(sim.base_url, sim.org_id, sim.token)
     options.setdefault("rate", 500.0)
+    options.setdefault("list_lag", sim.profile.faults.list_lag_seconds)
 
     async def go() -> None:
         async with DevinClient(cfg) as client:

@@ -72,7 +72,7 @@ def _apply(plan: Plan, sim: SimServer, ledger: Path) -> None:
                     plan,
                     client,
                     led,
-                    ApplyOptions(rate=500.0),
+                    ApplyOptions(rate=500.0, list_lag=sim.profile.faults.list_lag_seconds),
                     environ={"GH_TOKEN": "ghp_supersecretvalue"},
                 )
                 assert summary.exit_code == 0

@@ -153,6 +153,7 @@ fleets:
 
 def run(plan: Plan, sim: SimServer, tmp_path: Path, **options: Any) -> ApplySummary:
     cfg = ApiConfig(sim.base_url, sim.org_id, sim.token)
+    options.setdefault("list_lag", sim.profile.faults.list_lag_seconds)
 
     async def go() -> ApplySummary:
         async with DevinClient(cfg) as client:

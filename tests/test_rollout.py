@@ -39,7 +39,7 @@ from launcher.sim import Profile, SimServer
 from launcher.spec.model import Gate, parse_duration
 from launcher.spec.plan import Plan
 from launcher.spec.waves import wave_sizes
-from tests.test_apply import sessions_per_key
+from tests.test_apply import sessions_per_key, sim_lag
 
 Write = Callable[[str, str], Path]
 
@@ -123,7 +123,7 @@ def rollout(
                     plan,
                     client,
                     led,
-                    ApplyOptions(rate=500.0, preflight=False),
+                    ApplyOptions(rate=500.0, preflight=False, list_lag=sim_lag(sim)),
                     ro or RolloutOptions(interval=0.05, max_interval=0.2, ceiling_interval=0.05),
                     environ={},
                     clock=clock,
@@ -302,7 +302,7 @@ def test_limit_counts_over_the_whole_run_and_stops_inside_a_wave(
     async def go() -> RolloutSummary:
         async with DevinClient(cfg) as client:
             with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "l.db") as led:
-                options = ApplyOptions(rate=500.0, preflight=False, limit=4)
+                options = ApplyOptions(rate=500.0, preflight=False, limit=4, list_lag=sim_lag(sim))
                 return await run_rollout(plan, client, led, options, ro, environ={})
 
     summary = anyio.run(go)
@@ -501,7 +501,9 @@ def test_waves_and_ceiling_under_ambiguous_creates_launch_each_key_once(
     async def go() -> RolloutSummary:
         async with DevinClient(cfg) as client:
             with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "l.db") as led:
-                options = ApplyOptions(rate=500.0, preflight=False, lookup_grace=0.1)
+                options = ApplyOptions(
+                    rate=500.0, preflight=False, lookup_grace=0.1, list_lag=sim_lag(sim)
+                )
                 return await run_rollout(plan, client, led, options, ro, environ={})
 
     summary = anyio.run(go)
@@ -679,7 +681,10 @@ def test_a_lease_lost_while_following_a_wave_stops_the_rollout(
 ) -> None:
     """The adversary: another apply takes the campaign over while this one follows wave 1
     (paused past its lease). This run must neither decide the gate nor launch wave 2."""
-    from launcher.errors import ExitCode, LockLostError
+    import contextlib
+
+    from launcher.errors import ExitCode, LockedError, LockLostError
+    from tests.holders import live_holder
 
     sim = make_sim(FOREVER, time_scale=100)
     plan = build_plan(load_manifest(manifest(write, 4, rollout="rollout: {waves: [1, rest]}")))
@@ -693,25 +698,36 @@ def test_a_lease_lost_while_following_a_wave_stops_the_rollout(
             async def take_over() -> None:
                 while len(sim.sessions()) < 1:  # noqa: ASYNC110 (polls another thread: the sim)
                     await anyio.sleep(0.02)
+                # Another process takes the campaign over (`unlock`, then its own lease) and
+                # stays alive: a lock row of this host and pid would be this process's own.
                 with open_ledger(plan.manifest.path, plan.campaign, ledger) as other:
-                    other.acquire_lock()  # this process again: a takeover (generation + 1)
+                    other.break_lock()
+                owners.append(
+                    await anyio.to_thread.run_sync(
+                        lambda: holders.enter_context(live_holder(str(ledger), plan.campaign))
+                    )
+                )
 
             tg.start_soon(take_over)
             with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
                 # A lease of 3 s: renewed every 0.5 s, so a loaded machine does not lose it
                 # by itself; the takeover is what must stop the run.
-                options = ApplyOptions(rate=500.0, preflight=False, lock_ttl=3.0)
+                options = ApplyOptions(rate=500.0, preflight=False, lock_ttl=3.0, list_lag=sim_lag(sim))
                 try:
                     summary = await run_rollout(plan, client, led, options, ro, environ={})
                     outcome.append(summary.exit_code)
-                except LockLostError as exc:
+                except (LockLostError, LockedError) as exc:
                     outcome.append(exc)
 
     outcome: list[object] = []
-    anyio.run(go)
+    owners: list[str] = []
+    with contextlib.ExitStack() as holders:
+        anyio.run(go)
     (result,) = outcome
     if isinstance(result, LockLostError):  # found lost while following wave 1: the usual case
         assert "lost the campaign lock" in str(result)
+    elif isinstance(result, LockedError):  # it landed after wave 1's last create: found at once
+        assert owners[0] in str(result)
     else:  # the takeover landed while wave 1 was still launching: apply_plan's own fence
         assert result == ExitCode.lock_lost
     assert len(sim.sessions()) == 1  # wave 2 never launched

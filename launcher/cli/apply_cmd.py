@@ -17,6 +17,7 @@ import click
 
 from launcher.api.client import ApiConfig
 from launcher.cli.common import (
+    FiniteRange,
     api_config,
     api_options,
     confirm,
@@ -43,16 +44,20 @@ if TYPE_CHECKING:
 @click.argument("manifest", type=click.Path())
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option(
-    "--concurrency", default=ApplyOptions.concurrency, show_default=True, help="Most requests in flight."
+    "--concurrency",
+    default=ApplyOptions.concurrency,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most requests in flight.",
 )
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0.01),
+    type=FiniteRange(min=0, min_open=True),
     help=f"Most creates per second (default {ApplyOptions.rate:g}; {SIM_RATE:g} with --sim); apply "
     "learns a lower limit from 429s.",
 )
 @click.option("--only", multiple=True, help="Only keys matching this glob (repeatable).")
-@click.option("--limit", type=int, help="Launch at most N sessions in this run.")
+@click.option("--limit", type=click.IntRange(min=0), help="Launch at most N sessions in this run.")
 @click.option(
     "--relaunch",
     "relaunch",
@@ -67,11 +72,16 @@ if TYPE_CHECKING:
     help="With --relaunch: leave earlier attempts that are still live running.",
 )
 @click.option("--replace", multiple=True, hidden=True, help="Old name of --relaunch KEY.")
-@click.option("--timeout", type=float, help="Stop starting creates after this many seconds.")
+@click.option(
+    "--timeout",
+    type=FiniteRange(min=0, min_open=True),
+    help="Stop starting creates after this many seconds.",
+)
 @click.option(
     "--request-timeout",
     default=ApiConfig.read_timeout,
     show_default=True,
+    type=FiniteRange(min=0, min_open=True),
     help="Seconds to wait for one API answer (a create that times out is looked up).",
 )
 @click.option(
@@ -86,7 +96,7 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.01),
+    type=FiniteRange(min=0.01),
     help="First interval (s) between refreshes while following (default 5; 1 with --sim); "
     "it grows while nothing changes.",
 )
@@ -101,7 +111,7 @@ if TYPE_CHECKING:
     "--lookup-grace",
     default=ApplyOptions.lookup_grace,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=FiniteRange(min=0),
     help="Least seconds between an ambiguous create and its lookup (the list lag seen in the "
     "run, and the request timeout for unanswered creates, lengthen it).",
 )
@@ -110,9 +120,17 @@ if TYPE_CHECKING:
     default=ApplyOptions.lock_ttl,
     show_default=True,
     envvar="DEVIN_FLEET_LOCK_TTL",
-    type=click.FloatRange(min=0.5),
+    type=FiniteRange(min=0.5),
     help="Campaign lease (s): renewed every TTL/6; this run stops sending once its last renewal "
     "is TTL/2 old; another apply may take a lock silent for a whole TTL.",
+)
+@click.option(
+    "--list-lag",
+    type=FiniteRange(min=0),
+    envvar="DEVIN_FLEET_LIST_LAG",
+    help="The most seconds a new session takes to show in list results, if known (default: "
+    "measured in the run; before that 10, or the simulator's with --sim). Keys the start "
+    "listing did not show are created only once a listing this much later agrees.",
 )
 @click.option(
     "--plan",
@@ -149,6 +167,7 @@ def apply(
     max_running: int | None,
     lookup_grace: float,
     lock_ttl: float,
+    list_lag: float | None,
     plan_file: str | None,
     plan_digest: str | None,
     output: str,
@@ -171,24 +190,30 @@ def apply(
         run_timeout=timeout,
         lookup_grace=lookup_grace,
         lock_ttl=lock_ttl,
+        list_lag=_list_lag(list_lag, sim, sim_profile),
     )
     rollout = _rollout_options(p, sim, wait, wait_timeout, interval, wave, skip_gate, max_running)
     selectors = relaunch + replace  # --replace KEY is folded into --relaunch KEY
     with contextlib.ExitStack() as stack:
         if sim and not ledger:
             ledger = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "sim.db")
-        cfg = dataclasses.replace(
-            stack.enter_context(
-                api_config(base_url, org_id, sim, sim_profile, sim_time_scale, offers_sim=True)
-            ),
-            read_timeout=request_timeout,
-        )
+        api = api_config(base_url, org_id, sim, sim_profile, sim_time_scale, offers_sim=True)
+        cfg = dataclasses.replace(stack.enter_context(api), read_timeout=request_timeout)
         led = stack.enter_context(open_ledger(p.manifest.path, p.campaign, ledger))
         selection = anyio.run(_select, p, cfg, led, selectors) if selectors else None
         _confirm_launch(p, cfg, led, selection, keep_previous, yes, options, rollout)
         summary = anyio.run(_launch, p, cfg, led, options, rollout, selection, keep_previous)
     _show(summary, p, output, selection, keep_previous, manifest, sim)
     sys.exit(summary.exit_code)
+
+
+def _list_lag(stated: float | None, sim: bool, sim_profile: str) -> float | None:
+    """The list lag bound apply plans with: stated, or the embedded simulator's (known exactly)."""
+    if sim and stated is None:
+        from launcher.sim import load_profile
+
+        return load_profile(sim_profile).faults.list_lag_seconds
+    return stated
 
 
 def _question(

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from launcher.cli.common import (
+    FiniteRange,
     api_config,
     api_options,
     confirm,
@@ -51,19 +52,17 @@ if TYPE_CHECKING:
     "--interval",
     default=FOLLOW_INTERVAL,
     show_default=True,
-    type=click.FloatRange(min=0.05),
+    type=FiniteRange(min=0.05),
     help="First --watch interval (s); it grows while nothing changes.",
 )
 @click.option(
     "--max-interval",
     default=FOLLOW_MAX_INTERVAL,
     show_default=True,
-    type=click.FloatRange(min=0.05),
+    type=FiniteRange(min=0.05),
     help="Longest --watch interval (s).",
 )
-@click.option(
-    "--timeout", type=click.FloatRange(min=0), help="Give up watching after this many seconds."
-)
+@click.option("--timeout", type=FiniteRange(min=0), help="Give up watching after this many seconds.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @outcome_option
 @click.option("--only", multiple=True, metavar="GLOB", help="Only keys matching this glob (repeatable).")
@@ -110,7 +109,8 @@ def status(
         emit_json({**view.status_json(), "budget": use.to_json()})
     else:
         _status_table(view, pick)
-        out.print(use.line(), markup=False)
+        if use.max_sessions or use.max_total_acu or use.relaunched:  # something to weigh
+            out.print(use.line(), markup=False)
     sys.exit(view.exit_code)
 
 

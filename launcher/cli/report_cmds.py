@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from launcher.cli.common import (
+    FiniteRange,
     api_config,
     api_options,
     confirm,
@@ -328,7 +329,7 @@ def report(
     "--rate",
     default=MESSAGE_RATE,
     show_default=True,
-    type=click.FloatRange(min=0.01),
+    type=FiniteRange(min=0.01),
     help="Messages per second (paced like creates).",
 )
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
@@ -351,9 +352,7 @@ def message(
     from launcher.run.messages import MessageError, prepare_messages
     from launcher.views.results import select
 
-    if (text is None) == (file is None):
-        raise click.UsageError("give the message with --text or --file (one of them)")
-    source = text if text is not None else Path(file or "").read_text(encoding="utf-8")
+    source = _message_text(text, file)
     p = load_plan(manifest, "send")
     with (
         open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led,
@@ -390,6 +389,21 @@ def message(
         markup=False,
     )
     sys.exit(ExitCode.error if report.errors else ExitCode.ok)
+
+
+def _message_text(text: str | None, file: str | None) -> str:
+    """The message template: --text, or the UTF-8 text of --file (one of them)."""
+    if (text is None) == (file is None):
+        raise click.UsageError("give the message with --text or --file (one of them)")
+    try:
+        return text if text is not None else Path(file or "").read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(
+            f"{file} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8",
+            param_hint="--file",
+        ) from None
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {file}: {exc.strerror}", param_hint="--file") from None
 
 
 def _show_batch(batch: MessageBatch) -> None:

@@ -57,6 +57,12 @@ def sqlite_errors(path: Path, doing: str, store: SqliteLedger | None = None) -> 
                 "the file is damaged or not a devin-fleet ledger; restore it from a backup "
                 "(it is the only record of what was launched), or pass --ledger PATH"
             )
+        elif "full" in text:  # SQLITE_FULL: "database or disk is full"
+            message = f"cannot {doing} ledger {path}: the disk is full"
+            hint = (
+                "nothing recorded so far was lost (a write that failed rolled back, and apply "
+                "looks up any create it could not record); free some space, then re-run"
+            )
         elif "readonly" in text or "unable to open" in text or "permission" in text:
             hint = "check that the file and its folder exist and are readable and writable"
         else:
@@ -394,7 +400,8 @@ class SqliteLedger(LedgerStore):
             db.execute(
                 "INSERT INTO messages (session_id, digest, key, text, state, intent_at) VALUES "
                 "(?, ?, ?, ?, 'pending', ?) ON CONFLICT (session_id, digest) DO UPDATE SET "
-                "state='pending', detail=NULL, intent_at=excluded.intent_at",
+                "state='pending', detail=NULL, intent_at=excluded.intent_at "
+                "WHERE messages.state != 'sent'",  # a delivered message stays delivered
                 (session_id, digest, key, text, now),
             )
 
@@ -444,6 +451,18 @@ class SqliteLedger(LedgerStore):
                         "updated_at=? WHERE key=?",
                         (new.value, e.detail, now, e.key),
                     )
+
+    def keep_session(self, key: str, session_id: str, url: str | None) -> None:
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO events (key, at, kind, session_id, detail) VALUES (?, ?, ?, ?, ?)",
+                (key, now, EventKind.adopted.value, session_id, "keeper of duplicates"),
+            )
+            db.execute(
+                "UPDATE sessions SET session_id=?, url=?, updated_at=? WHERE key=?",
+                (session_id, url, now, key),
+            )
 
     def update_status(self, updates: Iterable[Mapping[str, Any]]) -> None:
         now = time.time()

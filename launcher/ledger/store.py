@@ -157,6 +157,11 @@ class LedgerStore(Protocol):
         transaction. A launched key moves only on a relaunch."""
         ...
 
+    def keep_session(self, key: str, session_id: str, url: str | None) -> None:
+        """Point a launched key at `session_id`: the keeper of its duplicates (the earliest
+        created), when the row held an extra. Logged as an `adopted` event."""
+        ...
+
     def update_status(self, updates: Iterable[Mapping[str, Any]]) -> None:
         """Store refreshed session states (from `status`): one mapping per session."""
         ...

@@ -6,8 +6,9 @@ listed by tag and every planned key the API already has is adopted (the API is t
 truth). The intent to create is durable before a request leaves the process, and the campaign
 lease is checked (fencing) right before it is sent. An ambiguous outcome is deferred to the end
 of the run and resolved by looking the identity tag up after a wait covering the list lag
-observed in this run (and the request timeout), never by blindly resending (the API has no
-idempotency key). Every wait goes through the injected Clock.
+(observed in this run, else stated or assumed; and the request timeout), never by blindly
+resending (the API has no idempotency key). A key the start listing did not show is created only
+once a listing taken a list lag after the run started agrees. Every wait goes through the Clock.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import anyio
 from anyio.abc import ObjectReceiveStream, TaskGroup
 
-from launcher.api.client import CreateOutcome, CreateResult, DevinClient, campaign_refusal
+from launcher.api.client import CreateOutcome, CreateResult, DevinClient
 from launcher.api.listlag import LagProbe
 from launcher.api.models import Session
 from launcher.api.pacing import (
@@ -32,6 +33,7 @@ from launcher.api.pacing import (
     backoff_delay,
     sleep_unless,
 )
+from launcher.api.refusals import campaign_refusal
 from launcher.errors import (
     APIError,
     AuthError,
@@ -40,6 +42,7 @@ from launcher.errors import (
     LockLostError,
     SecretError,
     leaves,
+    redact,
 )
 from launcher.ledger.binding import check_target
 from launcher.ledger.lease import Lease
@@ -47,10 +50,10 @@ from launcher.ledger.store import EventKind, Ledger, LedgerEvent, off_loop
 from launcher.ledger.writer import LedgerWriter
 from launcher.run.budget import check_relaunch
 from launcher.run.options import ApplyOptions
-from launcher.run.startup import before_creates, select
+from launcher.run.startup import StartView, before_creates, confirm_absent, select
 from launcher.run.summary import Admission, ApplySummary, NullReporter, Reporter, Result
-from launcher.spec.identity import session_markers
-from launcher.spec.plan import Plan, PlannedSession, attempt_of
+from launcher.spec.identity import carrying, lookup_tag
+from launcher.spec.plan import Plan, PlannedSession
 
 
 @dataclass
@@ -88,6 +91,7 @@ class _ApplyRun:
             key=len,
             reverse=True,
         )
+        self.client.secrets.update(self.secrets)  # redacted from its texts before they are cut
         self.writer = LedgerWriter(self.ledger, self.redact)
         self.known: dict[str, set[str]] = {}
         self.intents: dict[str, str] = {}  # key -> fingerprint of its latest create intent
@@ -105,9 +109,7 @@ class _ApplyRun:
     # ------------------------------------------------------------------ helpers
 
     def redact(self, text: str) -> str:
-        for value in self.secrets:
-            text = text.replace(value, "***")
-        return text
+        return redact(text, self.secrets)
 
     def _halt(self, error: FleetError) -> None:
         if self.summary.aborted is None:
@@ -129,6 +131,12 @@ class _ApplyRun:
     async def wait_or_stop(self, delay: float) -> bool:
         """Sleep `delay` on the run's clock, or less if the run is stopped; True if stopped."""
         return await sleep_unless(self.clock, delay, self.stop)
+
+    def start_view(self) -> StartView:
+        """What the start of the run (`startup`) works with."""
+        return StartView(
+            self.plan, self.client, self.ledger, self.options, self.summary, self.reporter.note
+        )
 
     # ------------------------------------------------------------------ the lease (fencing)
 
@@ -359,13 +367,12 @@ class _ApplyRun:
         wait for the list lag first). Returns adopted/unknown when the key is settled, None
         when it is surely absent."""
         known = self.known.get(s.key, set())
+        tag = lookup_tag(self.plan.manifest.manifest.identity, self.plan.campaign_tag, s.identity_tag)
         sessions: list[Session] = []
         for tries in range(3):
             try:
                 async with self.slots:
-                    sessions = [
-                        x async for x in self.client.list_sessions(tags=[_listed_by(s, self.plan)])
-                    ]
+                    sessions = [x async for x in self.client.list_sessions(tags=[tag])]
                 break
             except AuthError:
                 raise
@@ -378,16 +385,7 @@ class _ApplyRun:
                 if await self.wait_or_stop(backoff_delay(tries + 1, base=0.5, cap=15.0)):
                     self._done(s.key, Result.unknown, f"{why}; not looked up: stopped")
                     return Result.unknown
-        fresh = sorted(
-            (
-                x
-                for x in sessions
-                if x.session_id not in known
-                and s.identity_tag in (marks := session_markers(x))
-                and attempt_of(marks) == s.attempt
-            ),
-            key=lambda x: (x.created_at, x.session_id),
-        )
+        fresh = carrying(sessions, s.identity_tag, s.attempt, known)
         if fresh:
             if len(fresh) > 1:
                 self.reporter.note(
@@ -478,10 +476,13 @@ async def apply_plan(
         await off_loop(ledger.sync_plan, plan)
         # relaunches count: the plan's rest may no longer fit the budget
         await off_loop(check_relaunch, plan, ledger)
+        listed_at = clock.now()
         halt = await before_creates(plan, client, ledger, options, summary, reporter.note)
         if halt is not None:
             run._halt(halt)  # may not list sessions: nothing is sent blind
         work = await off_loop(select, plan, ledger, options, summary)
+        if not run.stop.is_set():
+            work = await confirm_absent(run.start_view(), run.lag, run.lease, work, listed_at)
         run.known = await off_loop(ledger.session_ids_by_key)  # one query, not one per key
         run.intents = await off_loop(ledger.intent_fingerprints)
         run.lease.last_beat = clock.now()
@@ -532,7 +533,10 @@ async def _settle_deferred(run: _ApplyRun) -> None:
     while run.deferred and not run.stop.is_set():
         await run.lag.first_figure()  # the lag is being measured: wait for its first figure
         now, grace = run.clock.now(), run.options.lookup_grace
-        due = max(d.since + run.lag.lookup_wait(grace, d.in_transit) for d in run.deferred.values())
+        due = max(
+            d.since + run.lag.lookup_wait(grace, d.in_transit, run.options.list_lag)
+            for d in run.deferred.values()
+        )
         if due > now:
             run.reporter.note(
                 f"{len(run.deferred)} ambiguous create(s): looking them up in {due - now:.1f}s "
@@ -545,20 +549,15 @@ async def _settle_deferred(run: _ApplyRun) -> None:
         await _pool(run, batch, deferred=True)
 
 
-def _listed_by(s: PlannedSession, plan: Plan) -> str:
-    """The tag an ambiguous key is looked up by: its identity tag, or with `identity: title`
-    the campaign tag (the identity is in the title: matched here, a listing per lookup)."""
-    return plan.campaign_tag if plan.manifest.manifest.identity == "title" else s.identity_tag
-
-
 async def _drive(run: _ApplyRun, work: Sequence[tuple[PlannedSession, bool]]) -> None:
     # Keys whose earlier outcome is unknown were just looked for in the reconcile listing;
-    # their second look comes after the lag wait, with the run's ambiguous keys.
+    # their second look comes after the lag wait, with the run's ambiguous keys. A crashed
+    # run's request got no answer: it waits the request timeout too (it may be in transit).
     fresh = [(s, False) for s, uncertain in work if not uncertain]
     now = run.clock.now()
     for s, uncertain in work:
         if uncertain:
-            run.deferred[s.key] = _Deferred(s, now, None)
+            run.deferred[s.key] = _Deferred(s, now, run.client.config.read_timeout)
     try:
         async with anyio.create_task_group() as outer:
             outer.start_soon(run.writer.run, run.writer.recv)

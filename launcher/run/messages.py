@@ -9,6 +9,7 @@ stays `pending`, and before anything is sent again the session's messages are re
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -210,6 +211,22 @@ async def _sender_lease(ledger: Ledger, lost: list[LockLostError]) -> Lease:
     return lease
 
 
+def recheck(todo: Sequence[Outgoing], ledger: Ledger, report: MessageReport) -> list[Outgoing]:
+    """The batch as the ledger says now, under the lease: it was built before the prompt, and
+    another run may have sent (or tried) the same text since. Sent ones are dropped (counted as
+    found), ones another run left pending are looked up before any send."""
+    known = ledger.messages()
+    left = []
+    for out in todo:
+        record = known.get((out.session_id, out.digest))
+        state = record.state if record is not None else None
+        if state == "sent":
+            report.found += 1
+        else:
+            left.append(dataclasses.replace(out, pending=out.pending or state == "pending"))
+    return left
+
+
 async def send_messages(
     client: DevinClient,
     ledger: Ledger,
@@ -275,7 +292,7 @@ async def send_messages(
         async with anyio.create_task_group() as tg:
             tg.start_soon(lease.keep)
             async with anyio.create_task_group() as senders:
-                for out in batch.todo:
+                for out in await off_loop(recheck, batch.todo, ledger, report):
                     senders.start_soon(tracked, out, senders.cancel_scope)
             tg.cancel_scope.cancel()  # every message is done: end the heartbeat
     finally:

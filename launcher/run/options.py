@@ -4,6 +4,7 @@ reads its defaults from here; invalid values raise ConfigError naming the option
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from launcher.errors import ConfigError
@@ -33,6 +34,7 @@ class ApplyOptions:
     max_attempts: int = 6  # per session, not counting 429s
     max_rate_limited: int = 200  # 429s per session before giving up
     lookup_grace: float = 3.0  # least wait between an ambiguous create and its lookup
+    list_lag: float | None = None  # stated list lag bound (None: measured, else ASSUMED_LIST_LAG)
     lock_ttl: float = LOCK_TTL  # the lease: heartbeat every ttl/6, stop sending past ttl/2
     reconcile: bool = True  # list the campaign tag and adopt what exists before creating
     drain_timeout: float = 30.0  # after a stop, how long in-flight creates may take
@@ -43,12 +45,18 @@ class ApplyOptions:
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ConfigError.invalid("concurrency", "must be at least 1", self.concurrency)
-        if not self.rate > 0:
-            raise ConfigError.invalid("rate", "must be positive", self.rate)
+        if not 0 < self.rate < math.inf:
+            raise ConfigError.invalid("rate", "must be a positive number per second", self.rate)
         if self.limit is not None and self.limit < 0:
             raise ConfigError.invalid("limit", "must not be negative", self.limit)
-        if self.lookup_grace < 0:
-            raise ConfigError.invalid("lookup_grace", "must not be negative", self.lookup_grace)
+        if not 0 <= self.lookup_grace < math.inf:
+            raise ConfigError.invalid("lookup_grace", "must be a number of seconds", self.lookup_grace)
+        if self.list_lag is not None and not 0 <= self.list_lag < math.inf:
+            raise ConfigError.invalid("list_lag", "must be a number of seconds", self.list_lag)
+        if self.run_timeout is not None and not 0 < self.run_timeout < math.inf:
+            raise ConfigError.invalid(
+                "timeout", "must be a positive number of seconds", self.run_timeout
+            )
         if not self.lock_ttl > 0:
             raise ConfigError.invalid("lock_ttl", "must be positive", self.lock_ttl)
 

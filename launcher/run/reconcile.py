@@ -48,17 +48,16 @@ class Reconciliation:
     listed: int = 0
     requests: int = 0
 
-    keep: dict[str, str] = field(default_factory=dict)  # key -> the session the ledger holds
-
     def duplicates(self) -> dict[str, list[Session]]:
-        """Keys with more than one live session for one attempt: the one to keep first (the
-        ledger's, else the earliest created), then the extras."""
+        """Keys with more than one live session for one attempt: the one to keep first, then
+        the extras. The keeper is a rule every machine agrees on without its ledger (two
+        runners healing at once must keep the same one): the earliest `created_at`, then the
+        smallest session id."""
         out = {}
         for key, sessions in self.by_key.items():
             live = [s for s in sessions if s.status not in ENDED]
             if len(live) > 1:
-                kept = self.keep.get(key)
-                out[key] = sorted(live, key=lambda s: (s.session_id != kept, *_order(s)))
+                out[key] = sorted(live, key=_order)
         return out
 
     def warnings(self) -> list[str]:
@@ -158,7 +157,6 @@ def adoptions(plan: Plan, ledger: Ledger, rec: Reconciliation, *, how: str) -> l
 
 def duplicate_events(rec: Reconciliation, ledger: Ledger) -> list[LedgerEvent]:
     """One `duplicate` event per extra live session not logged as one yet (status, apply)."""
-    rec.keep = {k: r.session_id for k, r in ledger.records().items() if r.session_id}
     logged = ledger.session_ids_by_key()
     events = []
     for key, live in rec.duplicates().items():
@@ -210,6 +208,23 @@ def remember_earlier(ledger: Ledger, earlier: Mapping[str, list[Session]]) -> in
     return ledger.remember_attempts(new)
 
 
+def keep_the_keepers(rec: Reconciliation, ledger: Ledger) -> int:
+    """Point a key's ledger row at the keeper of its sessions (the earliest created, then the
+    smallest id: `Reconciliation.duplicates`' rule) when it holds a later one, so every ledger
+    follows the session every machine keeps, and ending the extras (here or on another
+    machine) never ends the one it follows. Returns how many rows moved."""
+    records = ledger.records()
+    moved = 0
+    for key, sessions in rec.by_key.items():
+        r = records.get(key)
+        keeper = sessions[0]
+        held = r.session_id if r is not None and r.state.launched else None
+        if held and held != keeper.session_id and any(x.session_id == held for x in sessions[1:]):
+            ledger.keep_session(key, keeper.session_id, keeper.url)
+            moved += 1
+    return moved
+
+
 async def rebuild(plan: Plan, client: DevinClient, ledger: Ledger) -> Reconciliation:
     """Bring the ledger up to what the API holds: rows for the plan, adopted sessions, logged
     duplicates (used by apply, status/results/cancel on a fresh clone, `plan --check-remote`)."""
@@ -220,4 +235,5 @@ async def rebuild(plan: Plan, client: DevinClient, ledger: Ledger) -> Reconcilia
     events += await off_loop(duplicate_events, rec, ledger)
     if events:
         await off_loop(ledger.write_events, events)
+    await off_loop(keep_the_keepers, rec, ledger)
     return rec

@@ -6,17 +6,33 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import anyio
 
 from launcher.api.client import DevinClient
+from launcher.api.listlag import LagProbe
+from launcher.api.pacing import sleep_unless
 from launcher.errors import AuthError, FleetError
+from launcher.ledger.lease import Lease
 from launcher.ledger.store import Ledger, off_loop
 from launcher.run.options import ApplyOptions
-from launcher.run.reconcile import adoptions, duplicate_events, scan
+from launcher.run.reconcile import adoptions, duplicate_events, keep_the_keepers, scan
 from launcher.run.remote import check_remote
 from launcher.run.summary import ApplySummary, Result
 from launcher.spec.plan import Plan, PlannedSession
+
+
+@dataclass(frozen=True)
+class StartView:
+    """What the start of an apply run works with."""
+
+    plan: Plan
+    client: DevinClient
+    ledger: Ledger
+    options: ApplyOptions
+    summary: ApplySummary
+    note: Callable[[str], None]
 
 
 async def before_creates(
@@ -63,19 +79,23 @@ async def reconcile(
     ledger: Ledger,
     summary: ApplySummary,
     note: Callable[[str], None],
+    *,
+    again: bool = False,
 ) -> None:
-    """Before any create: adopt every planned key the API already has a session for."""
+    """Before any create: adopt every planned key the API already has a session for (`again`:
+    the second look of a young listing, whose warnings were said by the first)."""
     rec = await scan(plan, client)
     adopted = await off_loop(adoptions, plan, ledger, rec, how="reconcile")
     dups = await off_loop(duplicate_events, rec, ledger)
     if adopted or dups:
         await off_loop(ledger.write_events, adopted + dups)
+    await off_loop(keep_the_keepers, rec, ledger)
     for e in adopted:
         summary.results[e.key] = Result.adopted
-    summary.reconciled = len(adopted)
+    summary.reconciled += len(adopted)
     summary.strays = len(rec.strays)
     summary.duplicates.update({k: [x.session_id for x in v] for k, v in rec.duplicates().items()})
-    for w in rec.warnings():
+    for w in [] if again and not dups else rec.warnings():
         note(w)
     if adopted:
         note(
@@ -106,3 +126,38 @@ def select(
     if options.limit is not None:
         work = work[: options.limit]
     return work
+
+
+async def confirm_absent(
+    run: StartView,
+    lag: LagProbe,
+    lease: Lease,
+    work: list[tuple[PlannedSession, bool]],
+    listed_at: float,
+) -> list[tuple[PlannedSession, bool]]:
+    """The start listing (begun at `listed_at`) cannot show sessions created in the list lag
+    before it (a lost ledger, a run right after another, a crashed run's last creates): the
+    keys it did not show are created only once a listing begun a lag bound after it agrees.
+    Returns the work left (what the second listing showed is adopted). The lease is renewed
+    while it waits; a lost lease halts the run (its listener sets the stop)."""
+    options, clock, stop = run.options, lag.clock, lag.stop
+    if not options.reconcile or all(u for _, u in work):
+        return work
+    bound = lag.bound(options.list_lag)
+    if bound <= 0:
+        return work
+    wait = listed_at + bound - clock.now()
+    if wait > 0:
+        run.note(
+            f"{sum(not u for _, u in work)} key(s) not listed yet: listing again in "
+            f"{wait:.1f}s, once what was created before this run surely shows (list lag "
+            f"bound {bound:g}s; --list-lag states it)"
+        )
+    while (left := listed_at + bound - clock.now()) > 0:
+        if await sleep_unless(clock, min(left, options.lock_ttl / 6), stop):
+            return work  # stopped: nothing is sent
+        if not await lease.renew() and lease.lost.is_set():
+            return work  # the loss halted the run: nothing is sent (a missed beat is not one)
+    await reconcile(run.plan, run.client, run.ledger, run.summary, run.note, again=True)
+    run.summary.already, run.summary.changed = 0, []
+    return await off_loop(select, run.plan, run.ledger, options, run.summary)

@@ -38,6 +38,7 @@ from launcher.run.reconcile import (
     Reconciliation,
     adoptions,
     duplicate_events,
+    keep_the_keepers,
     remember_earlier,
     scan,
 )
@@ -146,6 +147,7 @@ def _heal(
         check_target(ledger, base_url, org_id, claim=True)
         ledger.sync_plan(plan)  # rows for the adopted keys (a fresh ledger has none)
         ledger.write_events(healing)
+    keep_the_keepers(rec, ledger)  # the ledger follows the session every machine keeps
     remember_earlier(ledger, rec.other_attempts)  # a rebuilt ledger keeps earlier attempts too
     return ledger.records()
 

@@ -6,7 +6,7 @@ whose session-tag allow-list cannot hold one tag per session."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Literal
 
 from launcher.api.models import Session
@@ -72,3 +72,26 @@ def stamp(
         out["title"] = f"{title} {suffix}" if title else suffix
     out["tags"] = tags
     return out
+
+
+def lookup_tag(mode: str, campaign_tag: str, identity_tag: str) -> str:
+    """The tag a session is looked up by: its identity tag, or with `identity: title` the
+    campaign tag (the identity is in the title: matched by `carrying`, a listing per lookup)."""
+    return campaign_tag if mode == "title" else identity_tag
+
+
+def carrying(
+    sessions: Sequence[Session], identity_tag: str, attempt: int, known: Collection[str] = ()
+) -> list[Session]:
+    """The sessions that carry `identity_tag` at `attempt` (in tags or title) and are not
+    `known` already, earliest first (then by id: the order every machine agrees on)."""
+    return sorted(
+        (
+            x
+            for x in sessions
+            if x.session_id not in known
+            and identity_tag in (marks := session_markers(x))
+            and attempt_of(marks) == attempt
+        ),
+        key=lambda x: (x.created_at, x.session_id),
+    )
