@@ -31,12 +31,14 @@ ALLOWED: dict[str, set[str]] = {
     "pacing": set(),
     "migrations": set(),
     "records": set(),
-    "store": {"records"},
+    "store": {"errors", "records"},
     "sqlite": {"errors", "migrations", "records", "store"},
-    "location": {"errors", "sqlite", "store"},
+    "pg_conn": {"errors", "migrations", "records", "store"},
+    "postgres": {"errors", "pg_conn", "records", "store"},
+    "location": {"errors", "sqlite", "postgres", "store"},
     "lease": {"errors", "pacing", "records", "store"},
     "reconcile": {"plan", "client", "store", "models", "records"},
-    "writer": {"records", "store"},
+    "writer": {"errors", "records", "store"},
     "listlag": {"errors", "client", "pacing"},
     "apply": {
         "errors",
@@ -96,6 +98,7 @@ HOMES = {
     "uvicorn": {"sim"},
     "starlette": {"sim"},
     "sqlite3": {"sqlite"},
+    "psycopg": {"pg_conn"},
     "jsonschema": {"models"},
 }
 

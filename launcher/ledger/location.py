@@ -9,7 +9,7 @@ from pathlib import Path
 
 from launcher.errors import LedgerError
 from launcher.ledger.sqlite import SqliteLedger
-from launcher.ledger.store import LedgerStore
+from launcher.ledger.store import LedgerStore, redact_url
 
 LEDGER_DIR = ".devin-fleet"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
@@ -56,20 +56,13 @@ def describe(location: str) -> str:
     return str(path) if path is not None else redact_url(location)
 
 
-def redact_url(url: str) -> str:
-    """`scheme://user:password@host` -> `scheme://user:***@host` (also in query strings)."""
-    url = re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", url)
-    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", url)
-
-
 def _open(location: str, campaign: str, create: bool) -> LedgerStore:
     path = _sqlite_path(location)
     if path is not None:
         return SqliteLedger(path, campaign, create=create)
-    raise LedgerError(
-        f"PostgreSQL ledgers are not available in this build ({redact_url(location)})",
-        hint="use a SQLite ledger path",
-    )
+    from launcher.ledger.postgres import PostgresLedger  # the driver is an optional extra
+
+    return PostgresLedger(location, campaign, create=create)
 
 
 def open_ledger(
@@ -90,7 +83,9 @@ def ledger_exists(manifest_path: Path, campaign: str, location: str | Path | Non
     path = _sqlite_path(where)
     if path is not None:
         return SqliteLedger.exists(path)
-    return False
+    from launcher.ledger.postgres import PostgresLedger
+
+    return bool(PostgresLedger.exists(where, campaign))
 
 
 def scratch_copy(manifest_path: Path, campaign: str, location: str | Path | None = None) -> LedgerStore:

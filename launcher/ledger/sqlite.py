@@ -19,6 +19,7 @@ from launcher.errors import LedgerError, LockedError
 from launcher.ledger.migrations import MIGRATIONS, SCHEMA_VERSION
 from launcher.ledger.records import (
     CANCELLED_OUTCOME,
+    FACTS,
     LOCK_TTL,
     AttemptRecord,
     EventKind,
@@ -32,7 +33,15 @@ from launcher.ledger.records import (
     dumps,
     transition,
 )
-from launcher.ledger.store import TABLES, LedgerStore, host_pid, pid_alive, who_blocks
+from launcher.ledger.store import (
+    TABLES,
+    LedgerStore,
+    copied,
+    host_pid,
+    lease_lost,
+    pid_alive,
+    who_blocks,
+)
 
 BUSY_TIMEOUT = 10.0  # seconds a write waits for another process's write transaction
 
@@ -378,6 +387,8 @@ class SqliteLedger(LedgerStore):
     def message_intent(self, key: str, session_id: str, digest: str, text: str) -> None:
         now = time.time()
         with self.transaction() as db:
+            if not self._fence(db):
+                raise lease_lost("a message intent")
             db.execute(
                 "INSERT INTO messages (session_id, digest, key, text, state, intent_at) VALUES "
                 "(?, ?, ?, ?, 'pending', ?) ON CONFLICT (session_id, digest) DO UPDATE SET "
@@ -398,10 +409,22 @@ class SqliteLedger(LedgerStore):
 
     # ------------------------------------------------------------------ events
 
+    def _fence(self, db: sqlite3.Connection) -> bool:
+        """Whether this holder's lease is the campaign's (True when it holds none), read in
+        the write's own transaction: no write that matters lands after a takeover."""
+        if self.lease is None:
+            return True
+        row = db.execute("SELECT generation FROM lock WHERE campaign=?", (self.campaign,)).fetchone()
+        return row is not None and int(row[0]) == self.lease.generation
+
     def write_events(self, events: Iterable[LedgerEvent]) -> None:
         now = time.time()
+        batch, refused = list(events), []
         with self.transaction() as db:
-            for e in events:
+            if not self._fence(db):  # facts that a session exists are kept whoever holds it
+                refused = [e for e in batch if e.kind not in FACTS]
+                batch = [e for e in batch if e.kind in FACTS]
+            for e in batch:
                 db.execute(
                     "INSERT INTO events (key, at, kind, attempt, http_status, session_id, "
                     "fingerprint, detail, launch_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -431,6 +454,8 @@ class SqliteLedger(LedgerStore):
                         "updated_at=? WHERE key=?",
                         (new.value, e.detail, now, e.key),
                     )
+        if refused:
+            raise lease_lost(f"{len(refused)} event(s)")
 
     def update_status(self, updates: Iterable[Mapping[str, Any]]) -> None:
         now = time.time()
@@ -467,6 +492,8 @@ class SqliteLedger(LedgerStore):
 
     def record_wave(self, wave: int, decision: str, detail: str | None = None) -> None:
         with self.transaction() as db:
+            if not self._fence(db):
+                raise lease_lost(f"wave {wave} {decision}")
             db.execute(
                 "INSERT INTO waves (wave, at, decision, detail) VALUES (?, ?, ?, ?)",
                 (wave, time.time(), decision, detail),
@@ -552,7 +579,7 @@ class SqliteLedger(LedgerStore):
         out = {}
         for table, order in TABLES.items():
             rows = self.db.execute(f"SELECT * FROM {table} ORDER BY {order}").fetchall()
-            out[table] = [dict(r) for r in rows]
+            out[table] = [copied(dict(r)) for r in rows]
         return out
 
     def import_rows(self, rows: Mapping[str, list[dict[str, Any]]]) -> None:

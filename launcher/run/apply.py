@@ -179,7 +179,7 @@ class _ApplyRun:
         self.secrets = sorted(
             {v for n in plan.secret_env_names() if len(v := env.get(n, "")) >= 3}, key=len, reverse=True
         )
-        self.writer = LedgerWriter(ledger, self.redact)
+        self.writer = LedgerWriter(ledger, self.redact, on_lost=lambda why: self.lease.lose(why))
         self.known: dict[str, set[str]] = {}
         self.intents: dict[str, str] = {}  # key -> fingerprint of its latest create intent
         self.in_flight: set[str] = set()
