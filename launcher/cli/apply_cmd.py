@@ -107,6 +107,13 @@ if TYPE_CHECKING:
     help="Campaign lease (s): renewed every TTL/6; this run stops sending once its last renewal "
     "is TTL/2 old; another apply may take a lock silent for a whole TTL.",
 )
+@click.option(
+    "--lock-timeout",
+    metavar="DURATION",
+    envvar="DEVIN_FLEET_LOCK_TIMEOUT",
+    help="While another run holds the campaign's lock, wait this long for it (seconds, or 90s, "
+    "5m; default 10s), then exit 10 naming the holder.",
+)
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @ledger_option
 @api_options
@@ -131,6 +138,7 @@ def apply(
     max_running: int | None,
     lookup_grace: float,
     lock_ttl: float,
+    lock_timeout: str | None,
     output: str,
     ledger: str | None,
     base_url: str | None,
@@ -149,6 +157,10 @@ def apply(
         wait_seconds = None if wait_timeout is None else parse_duration(wait_timeout)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--wait-timeout") from None
+    try:
+        lock_wait = None if lock_timeout is None else parse_duration(lock_timeout)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--lock-timeout") from None
     p = load_plan(manifest, "send")
     options = ApplyOptions(
         concurrency=concurrency,
@@ -159,6 +171,8 @@ def apply(
         lookup_grace=lookup_grace,
         lock_ttl=lock_ttl,
     )
+    if lock_wait is not None:  # else the library's default wait
+        options = dataclasses.replace(options, lock_timeout=lock_wait)
     # The simulator's sessions finish in seconds: poll it more often than a real org.
     rollout = RolloutOptions(
         wait=wait or wait_timeout is not None,

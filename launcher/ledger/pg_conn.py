@@ -30,11 +30,22 @@ STATEMENT_TIMEOUT_MS = 15_000
 LOCK_TIMEOUT_MS = 5_000
 CONNECT_TIMEOUT_S = 10
 MIGRATION_LOCK = 0x64657669  # the advisory lock key of migrations (transaction-level)
+IDLE_TIMEOUT_MS = 5_000
+# Per transaction (SET LOCAL: nothing outlives it). A client paused inside a transaction (a
+# SIGSTOPped apply) is cut off by the server after IDLE_TIMEOUT_MS, so its row locks never
+# block a takeover for long.
 _TIMEOUTS = (
     f"SELECT set_config('statement_timeout', '{STATEMENT_TIMEOUT_MS}', true), "
-    f"set_config('lock_timeout', '{LOCK_TIMEOUT_MS}', true)"
+    f"set_config('lock_timeout', '{LOCK_TIMEOUT_MS}', true), "
+    f"set_config('idle_in_transaction_session_timeout', '{IDLE_TIMEOUT_MS}', true)"
 )
-NOW = "extract(epoch from now())"  # the database's clock, never a client's
+NOW = "extract(epoch from now())"
+# Read from the catalog tables (a snapshot), not through to_regclass (a backend's cache, which
+# can miss a table another process created while this one waited for the migration lock).
+_TABLE_EXISTS = (
+    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = current_schema() "
+    "AND tablename = %s) AS t"
+)  # the database's clock, never a client's
 _T = TypeVar("_T")
 Cursor = Any  # psycopg.Cursor[dict[str, Any]] (the driver is optional: not imported for types)
 
@@ -70,7 +81,7 @@ class PgConnection:
         PgConnection.__init__(probe, url, campaign)
         try:
             if probe._tx(
-                lambda c: c.execute("SELECT to_regclass('fleet_campaigns') AS t").fetchone()["t"]
+                lambda c: c.execute(_TABLE_EXISTS, ("fleet_campaigns",)).fetchone()["t"]
             ):
                 return bool(probe._tx(probe._has_campaign, write=False))
             return False
@@ -146,8 +157,8 @@ class PgConnection:
                     if cur.rowcount == 0:
                         return None  # type: ignore[return-value]  # applied by an earlier try
                 return body(cur)
-        except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected):
-            raise _Retry() from None
+        except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.LockNotAvailable):
+            raise _Retry() from None  # rolled back: surely nothing was written
         except psycopg.OperationalError as exc:
             if conn.closed or conn.broken:  # dropped: reconnect and try again
                 self._conn = None
@@ -160,7 +171,7 @@ class PgConnection:
 
     def _migrate(self) -> None:
         def version(cur: Cursor) -> int:
-            if cur.execute("SELECT to_regclass('fleet_schema') AS t").fetchone()["t"] is None:
+            if not cur.execute(_TABLE_EXISTS, ("fleet_schema",)).fetchone()["t"]:
                 return 0
             row = cur.execute("SELECT version FROM fleet_schema").fetchone()
             return int(row["version"]) if row else 0

@@ -94,6 +94,7 @@ class ApplyOptions:
     max_rate_limited: int = 200  # 429s per session before giving up
     lookup_grace: float = 3.0  # least wait between an ambiguous create and its lookup
     lock_ttl: float = LOCK_TTL  # the lease: heartbeat every ttl/6, stop sending past ttl/2
+    lock_timeout: float = 10.0  # how long to wait for a lease another run holds
     reconcile: bool = True  # list the campaign tag and adopt what exists before creating
     drain_timeout: float = 30.0  # after a stop, how long in-flight creates may take
     run_timeout: float | None = None  # the whole run
@@ -111,6 +112,8 @@ class ApplyOptions:
             raise ConfigError("--lookup-grace must not be negative")
         if not self.lock_ttl > 0:
             raise ConfigError("the lock TTL must be positive")
+        if not self.lock_timeout >= 0:
+            raise ConfigError("the lock timeout must not be negative")
 
 
 def select(
@@ -601,7 +604,7 @@ async def apply_plan(
     if missing:
         raise SecretError(missing)
     run = _ApplyRun(plan, client, ledger, options, reporter, clock, environ, stop, summary, admission)
-    await run.lease.acquire()
+    await run.lease.acquire(wait=options.lock_timeout)
     try:
         await off_loop(ledger.sync_plan, plan)
         await run.before_creates()

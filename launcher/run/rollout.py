@@ -493,7 +493,7 @@ async def run_rollout(
         return extra if left is None else min(left, extra)
 
     lease = Lease(ledger, ttl=options.lock_ttl)
-    await lease.acquire()
+    await lease.acquire(wait=options.lock_timeout)
     try:
         decided = {e["wave"] for e in await off_loop(ledger.wave_log) if e["decision"] in OPEN}
         if rollout.wave is not None:
