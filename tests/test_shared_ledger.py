@@ -228,3 +228,41 @@ def test_an_apply_paused_past_its_lease_stops_before_its_next_create(
     assert first.returncode == ExitCode.lock_lost, (out, err)
     assert "lost the campaign lock" in err
     assert sessions_per_key(plan, sim) == {s.key: 1 for s in plan.sessions}
+
+
+def test_ledger_copy_moves_a_campaign_to_postgresql_and_back_whole(
+    write: Write, pg_url: str, tmp_path: Path
+) -> None:
+    """`devin-fleet ledger copy`: SQLite -> PostgreSQL -> SQLite keeps every row (attempts,
+    refusals, waves, messages); a destination that has the campaign already is refused; the
+    password in a URL is never printed."""
+    from click.testing import CliRunner
+
+    from launcher.cli import cli
+    from launcher.ledger.records import EventKind, LedgerEvent
+
+    plan = build_plan(load_manifest(clone(write, 3, "laptop")))
+    first, back = tmp_path / "a.db", tmp_path / "b.db"
+    with open_ledger(plan.manifest.path, plan.campaign, first) as led:
+        led.sync_plan(plan)
+        led.write_events([LedgerEvent("repo-000", EventKind.created, session_id="devin-1")])
+        led.write_events([LedgerEvent("repo-001", EventKind.refused, http_status=422, detail="no")])
+        led.relaunch("repo-000", live=False, keep=False, request="repo-000")
+        led.record_wave(1, "passed")
+        led.message_intent("repo-000", "devin-1", "d", "hello")
+        rows = led.export_rows()
+    secret_url = pg_url.replace("postgres@", "postgres:hunter2@")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["ledger", "copy", str(first), secret_url])
+    assert res.exit_code == 0, res.output
+    assert "verified" in res.output and "hunter2" not in res.output and "postgres:***@" in res.output
+    again = runner.invoke(cli, ["ledger", "copy", str(first), secret_url])
+    assert again.exit_code == ExitCode.error and "not empty" in again.output
+    assert "hunter2" not in again.output
+    res = runner.invoke(cli, ["ledger", "copy", pg_url, str(back), "--campaign", plan.campaign])
+    assert res.exit_code == 0, res.output
+    with open_ledger(plan.manifest.path, plan.campaign, back, create=False) as led:
+        assert led.export_rows() == rows
+    nameless = runner.invoke(cli, ["ledger", "copy", pg_url, str(tmp_path / "c.db")])
+    assert nameless.exit_code == ExitCode.usage and "--campaign" in nameless.output
+    assert not (tmp_path / "c.db").exists()

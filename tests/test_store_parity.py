@@ -324,3 +324,23 @@ def test_writes_that_matter_check_the_lease_in_their_own_transaction(
     new.record_wave(1, "passed")  # the holder writes as before
     new.message_intent("a", "devin-1", "d", "t")
     assert len(new.wave_log()) == 1 and len(new.messages()) == 1
+
+
+def test_a_run_waits_for_a_held_lease_then_is_told_who_holds_it(location: str, open_store: Open) -> None:
+    """`--lock-timeout`: the lease is tried again until the wait is over (on the run's clock:
+    virtual here), then LockedError names the holder; a free lease is taken at once."""
+    import anyio
+
+    from launcher.ledger.lease import Lease
+    from tests.pacing_model import FakeClock
+
+    led = open_store()
+    clock = FakeClock()
+    with live_holder(location, "led") as owner:
+        with pytest.raises(LockedError) as info:
+            anyio.run(Lease(led, clock=clock).acquire, 5.0)
+        assert owner in info.value.message and "since 20" in info.value.message
+        assert clock.t >= 1000.0 + 5.0  # it waited the whole timeout
+    start = clock.t
+    lease = anyio.run(Lease(led, clock=clock).acquire, 5.0)
+    assert lease.generation >= 1 and clock.t == start  # free: no wait

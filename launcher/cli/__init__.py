@@ -20,6 +20,7 @@ try:
     from launcher.cli.apply_cmd import apply
     from launcher.cli.common import err
     from launcher.cli.follow_cmds import cancel, status, unlock
+    from launcher.cli.ledger_cmds import ledger
     from launcher.cli.plan_cmds import plan, schema, validate
     from launcher.cli.report_cmds import message, report, results
     from launcher.cli.sim_cmd import sim
@@ -72,5 +73,8 @@ def main() -> None:
     cli(prog_name="devin-fleet")
 
 
-for _command in (validate, plan, schema, apply, status, results, report, message, cancel, unlock, sim):
+for _command in (
+    *(validate, plan, schema, apply, status, results, report, message, cancel, unlock, ledger),
+    sim,
+):
     cli.add_command(_command)

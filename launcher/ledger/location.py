@@ -96,3 +96,43 @@ def scratch_copy(manifest_path: Path, campaign: str, location: str | Path | None
         with open_ledger(manifest_path, campaign, location, create=False) as src:
             mem.import_rows(src.export_rows())
     return mem
+
+
+def sqlite_campaign(location: str | Path) -> str | None:
+    """The campaign a SQLite ledger file belongs to (None: not a file location, or none)."""
+    path = _sqlite_path(str(location))
+    return None if path is None else SqliteLedger.campaign_of(path)
+
+
+def copy_ledger(source: str | Path, dest: str | Path, campaign: str) -> dict[str, int]:
+    """Copy a campaign's ledger from `source` to `dest` (SQLite <-> PostgreSQL, or alike):
+    while holding the source's lease (nothing writes it meanwhile), into a destination that
+    holds no ledger for the campaign yet, in one transaction there, then verified by reading
+    it back. Returns the rows copied per table. A failed copy into a new file leaves none."""
+    src_where, dst_where = str(source), str(dest)
+    if not ledger_exists(Path("."), campaign, src_where):
+        raise LedgerError(
+            f"no ledger for campaign {campaign!r} at {describe(src_where)}",
+            hint="check the source location (and --campaign)",
+        )
+    new_file = (path := _sqlite_path(dst_where)) is not None and not path.exists()
+    try:
+        with _open(src_where, campaign, create=False) as src:
+            src.acquire_lock()
+            try:
+                rows = src.export_rows()
+                with _open(dst_where, campaign, create=True) as dst:
+                    dst.import_rows(rows)
+                    if dst.export_rows() != rows:
+                        raise LedgerError(
+                            f"the copy at {describe(dst_where)} does not read back as the source",
+                            hint="remove the copy and try again; the source is unchanged",
+                        )
+            finally:
+                src.release_lock()
+    except BaseException:
+        if new_file and path is not None:
+            for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                leftover.unlink(missing_ok=True)
+        raise
+    return {table: len(r) for table, r in rows.items()}

@@ -80,9 +80,7 @@ class PgConnection:
         probe = cls.__new__(cls)
         PgConnection.__init__(probe, url, campaign)
         try:
-            if probe._tx(
-                lambda c: c.execute(_TABLE_EXISTS, ("fleet_campaigns",)).fetchone()["t"]
-            ):
+            if probe._tx(lambda c: c.execute(_TABLE_EXISTS, ("fleet_campaigns",)).fetchone()["t"]):
                 return bool(probe._tx(probe._has_campaign, write=False))
             return False
         finally:

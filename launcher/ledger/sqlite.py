@@ -134,6 +134,21 @@ class SqliteLedger(LedgerStore):
     def exists(path: Path | str) -> bool:
         return Path(path).exists()
 
+    @staticmethod
+    def campaign_of(path: Path | str) -> str | None:
+        """The campaign a ledger file belongs to, read without changing it (None: unreadable)."""
+        if not Path(path).exists():
+            return None
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                row = db.execute("SELECT value FROM meta WHERE name='campaign'").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return None
+        return None if row is None else str(row[0])
+
     # ------------------------------------------------------------------ plumbing
 
     def close(self) -> None:
