@@ -45,7 +45,7 @@ def _sqlite_path(location: str) -> Path | None:
     if scheme in POSTGRES_SCHEMES:
         return None
     raise LedgerError(
-        f"unknown ledger location {location!r}: scheme {scheme!r}",
+        f"unknown ledger location {redact_url(location)!r}: scheme {scheme!r}",
         hint="pass a file path, sqlite:///path/to.db, or postgresql://user@host:5432/db",
     )
 
