@@ -158,7 +158,7 @@ def apply(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--wait-timeout") from None
     try:
-        lock_wait = None if lock_timeout is None else parse_duration(lock_timeout)
+        lock_wait = None if lock_timeout is None else _wait(lock_timeout)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--lock-timeout") from None
     p = load_plan(manifest, "send")
@@ -238,6 +238,13 @@ def apply(
     if summary.apply.aborted is not None:
         err.print(summary.apply.aborted.render(), markup=False)
     sys.exit(summary.exit_code)
+
+
+def _wait(text: str) -> float:
+    """A wait: 0 (do not wait), or a duration (seconds, or 90s, 5m, 2h)."""
+    from launcher.spec.manifest import parse_duration
+
+    return 0.0 if text.strip() in ("0", "0s", "0.0") else parse_duration(text)
 
 
 async def _apply_async(
