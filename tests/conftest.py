@@ -9,12 +9,22 @@ from pathlib import Path
 import pytest
 
 _API_VARS = ("DEVIN_API_KEY", "DEVIN_ORG_ID", "DEVIN_API_BASE_URL", "DEVIN_FLEET_LEDGER")
+# A run inside GitHub Actions: no test may comment with the workflow's token or write its files.
+_GITHUB_VARS = (
+    "GITHUB_TOKEN",
+    "GITHUB_REPOSITORY",
+    "GITHUB_API_URL",
+    "GITHUB_EVENT_PATH",
+    "GITHUB_OUTPUT",
+    "GITHUB_STEP_SUMMARY",
+    "GITHUB_SHA",
+)
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """No test sees the developer's API key, org or ledger; state lives under tmp_path."""
-    for name in _API_VARS:
+    for name in (*_API_VARS, *_GITHUB_VARS):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("NO_COLOR", "1")

@@ -22,6 +22,7 @@ try:
     from launcher.cli.follow_cmds import cancel, status, unlock
     from launcher.cli.ledger_cmds import ledger
     from launcher.cli.plan_cmds import plan, schema, validate
+    from launcher.cli.pr_cmds import ci, pr_comment
     from launcher.cli.report_cmds import message, report, results
     from launcher.cli.sim_cmd import sim
     from launcher.errors import ExitCode, FleetError, fleet_errors
@@ -75,6 +76,6 @@ def main() -> None:
 
 for _command in (
     *(validate, plan, schema, apply, status, results, report, message, cancel, unlock, ledger),
-    sim,
+    *(sim, pr_comment, ci),
 ):
     cli.add_command(_command)

@@ -114,6 +114,17 @@ if TYPE_CHECKING:
     help="While another run holds the campaign's lock, wait this long for it (seconds, or 90s, "
     "5m; default 10s), then exit 10 naming the holder.",
 )
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(dir_okay=False),
+    help="The reviewed `plan -o json` file: refuse, sending nothing, unless the re-plan matches it.",
+)
+@click.option(
+    "--plan-digest",
+    metavar="DIGEST",
+    help="The reviewed plan's digest (`sha256:...`, as `plan -o json` and the PR comment show it).",
+)
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @ledger_option
 @api_options
@@ -139,6 +150,8 @@ def apply(
     lookup_grace: float,
     lock_ttl: float,
     lock_timeout: str | None,
+    plan_file: str | None,
+    plan_digest: str | None,
     output: str,
     ledger: str | None,
     base_url: str | None,
@@ -162,6 +175,7 @@ def apply(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--lock-timeout") from None
     p = load_plan(manifest, "send")
+    check_reviewed_plan(p, plan_file, plan_digest)  # before anything is sent
     options = ApplyOptions(
         concurrency=concurrency,
         rate=rate,
@@ -245,6 +259,19 @@ def _wait(text: str) -> float:
     from launcher.spec.manifest import parse_duration
 
     return 0.0 if text.strip() in ("0", "0s", "0.0") else parse_duration(text)
+
+
+def check_reviewed_plan(p: Plan, plan_file: str | None, plan_digest: str | None) -> None:
+    """`--plan` / `--plan-digest`: the re-plan must be the reviewed plan (PlanChangedError)."""
+    from launcher.spec.digest import check_reviewed, read_reviewed, reviewed_digest
+
+    for reviewed in (
+        *([read_reviewed(plan_file)] if plan_file else []),
+        *([reviewed_digest(plan_digest)] if plan_digest else []),
+    ):
+        check_reviewed(p.campaign, p.fingerprints(), reviewed)
+    if plan_file or plan_digest:
+        err.print(f"plan matches the reviewed plan ({p.digest})", markup=False)
 
 
 async def _apply_async(
