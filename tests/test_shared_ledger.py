@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from launcher import build_plan, load_manifest
@@ -177,6 +176,8 @@ def test_a_connection_killed_mid_apply_duplicates_nothing_and_the_next_run_conve
         deadline = time.monotonic() + 60
         while len(sim.sessions()) < 3 and time.monotonic() < deadline:
             time.sleep(0.02)
+        import psycopg  # the test extra installs it (the `postgres` extra for users)
+
         killed = 0
         with psycopg.connect(pg_url, autocommit=True) as admin:
             row = admin.execute(
