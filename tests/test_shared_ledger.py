@@ -267,3 +267,18 @@ def test_ledger_copy_moves_a_campaign_to_postgresql_and_back_whole(
     nameless = runner.invoke(cli, ["ledger", "copy", pg_url, str(tmp_path / "c.db")])
     assert nameless.exit_code == ExitCode.usage and "--campaign" in nameless.output
     assert not (tmp_path / "c.db").exists()
+
+
+def test_a_cli_older_than_the_shared_schema_refuses_clearly(pg_url: str) -> None:
+    import psycopg
+
+    from launcher.errors import LedgerError
+    from launcher.ledger.migrations import PG_SCHEMA_VERSION
+
+    with open_ledger(Path("."), "old", pg_url):
+        pass
+    with psycopg.connect(pg_url, autocommit=True) as admin:  # a newer devin-fleet migrated it
+        admin.execute("UPDATE fleet_schema SET version = version + 1")
+    with pytest.raises(LedgerError, match=f"knows up to v{PG_SCHEMA_VERSION}") as info:
+        open_ledger(Path("."), "old", pg_url)
+    assert "upgrade devin-fleet" in (info.value.hint or "")
