@@ -5,7 +5,7 @@
     ├── ConfigError                 missing/invalid settings (API key, org id, base URL, flags)
     ├── SecretError                 a session secret's environment variable is not set
     ├── LedgerError                 the ledger cannot be opened, read, written or migrated
-    │   ├── LockedError             another apply holds the campaign lock
+    │   ├── LockedError             another run holds the campaign lock (exit 10)
     │   └── LockLostError           this apply lost the campaign lock mid-run (exit 9)
     ├── APIError                    a run-level failure talking to the API (unreachable, 5xx; exit 1)
     │   ├── AuthError               401/403 (exit 5)
@@ -23,6 +23,7 @@ conditions raise. The CLI renders these without a traceback unless --debug.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -75,6 +76,11 @@ class ExitCode(IntEnum):
         9,
         "apply: this run lost the campaign lock (paused past the lease, or taken over by "
         "another apply): it stopped sending at once; re-run when the other is done",
+    )
+    locked = (
+        10,
+        "apply/message: another run holds the campaign's lock (the message says who and since "
+        "when); nothing was sent: re-run when it is done, or wait with `--lock-timeout`",
     )
     usage = 64, "usage error (bad command-line options)"
     interrupted = 130, "interrupted (Ctrl-C); re-run to resume"
@@ -204,9 +210,12 @@ class LedgerError(FleetError):
 class LockedError(LedgerError):
     """Another process holds the campaign's lock."""
 
+    exit_code = ExitCode.locked
+
     def __init__(self, campaign: str, owner: str, since: float, path: str) -> None:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
         super().__init__(
-            f"campaign {campaign!r} is locked by {owner} (since {since:.0f})",
+            f"campaign {campaign!r} is locked by {owner} (since {when})",
             path=path,
             hint=f"wait for it to finish; if that process is gone, run "
             f"`devin-fleet unlock MANIFEST` (ledger {path})",

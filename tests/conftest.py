@@ -97,3 +97,33 @@ def sim_client() -> Iterator[Callable[..., Any]]:
             return stack.enter_context(httpx.Client(base_url=sim.base_url, headers=headers, **kw))
 
         yield _client
+
+
+# ---- the shared ledger's PostgreSQL (owned by the ledger work) -----------------------------
+
+PG_ENV = "DEVIN_FLEET_TEST_PG"  # .ci/pg.sh start prints it; .ci/run exports it
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL ledger URL on a schema of its own (dropped at teardown), on the server
+    `DEVIN_FLEET_TEST_PG` names. Without one: skipped locally, a failure under CI=true."""
+    import os
+    import uuid
+
+    base = os.environ.get(PG_ENV)
+    if not base:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{PG_ENV} is not set: .ci/run starts a PostgreSQL for these tests")
+        pytest.skip(f"no PostgreSQL: set {PG_ENV} (`.ci/pg.sh start` prints a URL)")
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")

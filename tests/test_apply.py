@@ -309,7 +309,7 @@ def test_a_live_lock_refuses_a_second_apply_and_a_dead_holder_is_taken_over(
     ledger_path = tmp_path / "l.db"
     with live_holder(str(ledger_path), plan.campaign) as owner:
         with pytest.raises(LockedError) as info:
-            run_apply(plan, sim, ledger_path)
+            run_apply(plan, sim, ledger_path, lock_timeout=0)
         assert "devin-fleet unlock" in (info.value.hint or "") and owner in info.value.message
         assert sim.sessions() == []
         runner = CliRunner()

@@ -15,7 +15,8 @@ from launcher import build_plan, load_manifest, open_ledger
 from launcher.errors import ExitCode, LedgerError
 from launcher.ledger.migrations import MIGRATIONS, SCHEMA_VERSION
 from launcher.ledger.records import TRANSITIONS, EventKind, LaunchState, LedgerEvent
-from launcher.ledger.sqlite import SqliteLedger, sqlite_errors
+from launcher.ledger.sqlite import SqliteLedger
+from launcher.ledger.sqlite_errors import sqlite_errors
 from tests.test_cli_errors import Write, clean, run
 from tests.test_follow import fleet_manifest
 

@@ -23,6 +23,7 @@ from click.testing import CliRunner, Result
 from launcher import build_plan, load_manifest, open_ledger
 from launcher.api.client import ApiConfig, DevinClient
 from launcher.cli import cli
+from launcher.errors import ExitCode
 from launcher.run.messages import MessageBatch, MessageReport, Outgoing, digest, send_messages
 from launcher.sim import Profile, SimServer
 from tests.holders import live_holder
@@ -286,7 +287,7 @@ def test_a_second_sender_is_kept_out_by_the_campaign_lock(
 
     with live_holder(str(ledger), "fu") as owner:  # another live process on this host holds it
         res = run("message", path, "--ledger", ledger, "--text", TEXT, "--yes")
-    assert res.exit_code == 1 and f"is locked by {owner}" in res.stderr
+    assert res.exit_code == ExitCode.locked and f"is locked by {owner}" in res.stderr
     assert "Traceback" not in res.output
     assert sim.stats()["requests"].get("POST /sessions/{id}/messages", 0) == 0
 

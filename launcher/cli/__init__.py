@@ -20,6 +20,7 @@ try:
     from launcher.cli.apply_cmd import apply
     from launcher.cli.common import err, flag_worded
     from launcher.cli.follow_cmds import cancel, status, unlock
+    from launcher.cli.ledger_cmds import ledger
     from launcher.cli.plan_cmds import plan, schema, validate
     from launcher.cli.pr_cmds import ci, pr_comment
     from launcher.cli.report_cmds import message, report, results
@@ -74,18 +75,7 @@ def main() -> None:
 
 
 for _command in (
-    validate,
-    plan,
-    schema,
-    apply,
-    status,
-    results,
-    report,
-    message,
-    cancel,
-    unlock,
-    sim,
-    pr_comment,
-    ci,
+    *(validate, plan, schema, apply, status, results, report, message, cancel, unlock, ledger),
+    *(sim, pr_comment, ci),
 ):
     cli.add_command(_command)

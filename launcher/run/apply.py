@@ -92,7 +92,7 @@ class _ApplyRun:
             reverse=True,
         )
         self.client.secrets.update(self.secrets)  # redacted from its texts before they are cut
-        self.writer = LedgerWriter(self.ledger, self.redact)
+        self.writer = LedgerWriter(self.ledger, self.redact, on_lost=lambda why: self.lease.lose(why))
         self.known: dict[str, set[str]] = {}
         self.intents: dict[str, str] = {}  # key -> fingerprint of its latest create intent
         self.in_flight: set[str] = set()
@@ -471,7 +471,7 @@ async def apply_plan(
     # Bound to its org on the first launch: another org's ledger is refused, never reused.
     await off_loop(check_target, ledger, client.config.base_url, client.config.org_id, claim=True)
     run = _ApplyRun(plan, client, ledger, options, reporter, clock, environ, stop, summary, admission)
-    await run.lease.acquire()
+    await run.lease.acquire(wait=options.lock_timeout)
     try:
         await off_loop(ledger.sync_plan, plan)
         # relaunches count: the plan's rest may no longer fit the budget

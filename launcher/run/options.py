@@ -36,6 +36,7 @@ class ApplyOptions:
     lookup_grace: float = 3.0  # least wait between an ambiguous create and its lookup
     list_lag: float | None = None  # stated list lag bound (None: measured, else ASSUMED_LIST_LAG)
     lock_ttl: float = LOCK_TTL  # the lease: heartbeat every ttl/6, stop sending past ttl/2
+    lock_timeout: float = 10.0  # how long to wait for a lease another run holds
     reconcile: bool = True  # list the campaign tag and adopt what exists before creating
     drain_timeout: float = 30.0  # after a stop, how long in-flight creates may take
     run_timeout: float | None = None  # the whole run
@@ -59,6 +60,8 @@ class ApplyOptions:
             )
         if not self.lock_ttl > 0:
             raise ConfigError.invalid("lock_ttl", "must be positive", self.lock_ttl)
+        if not 0 <= self.lock_timeout < math.inf:
+            raise ConfigError.invalid("lock_timeout", "must be a number of seconds", self.lock_timeout)
 
 
 @dataclass(frozen=True)

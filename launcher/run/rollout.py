@@ -369,7 +369,7 @@ async def run_rollout(
         ceiling = RunningCeiling(plan, client, limit, clock=clock, interval=rollout.ceiling_interval)
     deadline = None if rollout.wait_timeout is None else clock.now() + rollout.wait_timeout
     lease = Lease(ledger, ttl=options.lock_ttl)
-    await lease.acquire()
+    await lease.acquire(wait=options.lock_timeout)
     try:
         decided = await off_loop(_open_gates, ledger, waves, rollout)
         await _WaveRun(
