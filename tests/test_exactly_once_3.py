@@ -6,7 +6,6 @@ lag, `created_at` and every wait are exact and nothing sleeps."""
 from __future__ import annotations
 
 import heapq
-import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ from click.testing import CliRunner
 from launcher import ApiConfig, DevinClient, build_plan, load_manifest, open_ledger
 from launcher.api.listlag import ASSUMED_LIST_LAG
 from launcher.cli import cli
-from launcher.errors import ExitCode, LedgerError, redact
-from launcher.ledger.store import EventKind, LedgerEvent, sqlite_errors
+from launcher.errors import ExitCode, redact
+from launcher.ledger.store import EventKind, LedgerEvent
 from launcher.run.apply import ApplyOptions, apply_plan
 from launcher.run.cancel import cancel_ids, extras
 from launcher.run.messages import prepare_messages, send_messages
@@ -426,14 +425,6 @@ def test_6_a_message_file_that_is_not_utf8_is_a_usage_error(write: Write, tmp_pa
     res = _cli({}, "message", path, "--file", str(bad), "--yes")
     assert res.exit_code == ExitCode.usage and "not UTF-8" in res.output, res.output
     assert isinstance(res.exception, SystemExit)
-
-
-def test_6_a_full_disk_says_what_happened_and_what_to_do(tmp_path: Path) -> None:
-    with pytest.raises(LedgerError) as info, sqlite_errors(tmp_path / "l.db", "write"):
-        raise sqlite3.OperationalError("database or disk is full")
-    assert "the disk is full" in info.value.message
-    assert info.value.hint is not None and "free some space" in info.value.hint
-    assert "nothing recorded so far was lost" in info.value.hint
 
 
 def test_6_library_options_refuse_what_the_cli_refuses() -> None:

@@ -181,3 +181,11 @@ def test_a_corrupt_ledger_on_read_commands_is_one_located_message(write: Write, 
         assert res.exit_code == ExitCode.error, (args, out)
         assert f"error: cannot read ledger {ledger}: database disk image is malformed" in out
         assert "hint: the file is damaged or not a devin-fleet ledger" in out
+
+
+def test_a_full_disk_says_what_happened_and_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(LedgerError) as info, sqlite_errors(tmp_path / "l.db", "write"):
+        raise sqlite3.OperationalError("database or disk is full")
+    assert "the disk is full" in info.value.message
+    assert info.value.hint is not None and "free some space" in info.value.hint
+    assert "nothing recorded so far was lost" in info.value.hint
