@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.pacing_model import run_shape
+from launcher.sim.pacing_model import run_shape
 
 LIMITS = [2, 5, 10, 20, 35, 50, 75, 100]
 LATENCIES = [0.0, 0.1, 0.2, 0.3]

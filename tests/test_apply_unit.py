@@ -18,7 +18,7 @@ from launcher.errors import AuthError, CircuitOpenError, ExitCode
 from launcher.ledger.store import EventKind, LaunchState, open_ledger
 from launcher.run.summary import ApplySummary, Result
 from launcher.spec.plan import Plan
-from tests.fake_api import FakeClock, ScriptedAPI, created
+from tests.helpers import FakeClock, ScriptedAPI, created
 
 Write = Callable[[str, str], Path]
 

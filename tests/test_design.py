@@ -19,7 +19,8 @@ PKG = ROOT / "launcher"
 
 # What each module may import from the package: data flows source -> manifest -> plan ->
 # apply -> ledger; status reads the ledger and the API, cancel/results build on status; the
-# simulator shares only the API model and file reading; the CLI sits on top of everything.
+# simulator shares only the API model, file reading and (its pacing model) the pacer; the CLI
+# sits on top of everything.
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "source": {"errors"},
@@ -80,7 +81,8 @@ ALLOWED: dict[str, set[str]] = {
     "summary": {"errors"},
     "attempts": {"errors", "store", "models", "plan"},
     "relaunch": {"errors", "plan", "client", "store", "status", "reconcile", "attempts"},
-    "sim": {"errors", "models", "source", "sim"},
+    # the pacing model (sim/pacing_model.py) runs the real pacer against a simulated bucket
+    "sim": {"errors", "models", "source", "sim", "pacing"},
 }
 HOMES = {
     "httpx": {"client"},

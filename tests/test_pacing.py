@@ -21,7 +21,8 @@ from launcher.api.pacing import (
     WindowLimit,
     backoff_delay,
 )
-from tests.pacing_model import FakeClock, bench_concurrency, run_model, run_shape
+from launcher.sim.pacing_model import bench_concurrency, run_model, run_shape
+from tests.helpers import FakeClock
 
 
 def most_in_window(times: list[float], window: float) -> int:
@@ -404,9 +405,7 @@ def test_waiters_queue_first_come_first_served_and_a_retry_waits_outside_the_que
     out its own Retry-After does not hold the queue up meanwhile."""
     import anyio
 
-    from tests.fake_api import FakeClock as DrivenClock
-
-    clock = DrivenClock()
+    clock = FakeClock()
     pacer = Pacer(10.0, clock)
     order: list[str] = []
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import anyio
 import pytest
-from click.testing import CliRunner, Result
 
 from launcher import (
     ApiConfig,
@@ -21,10 +20,10 @@ from launcher import (
     load_manifest,
     open_ledger,
 )
-from launcher.cli import cli
 from launcher.sim import SimServer
 from launcher.spec.diff import changed_fields, field_diff
 from launcher.spec.plan import Plan
+from tests.helpers import run
 
 Write = Callable[[str, str], Path]
 MANIFEST = """
@@ -45,10 +44,6 @@ fleets:
         - key: TOKEN
           value: {env: GH_TOKEN}
 """
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture

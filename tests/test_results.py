@@ -12,16 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
 from launcher import build_plan, load_manifest
-from launcher.cli import cli
 from launcher.errors import ManifestError
 from launcher.run.status import CampaignView, Outcome, SessionView
 from launcher.sim import SimServer
 from launcher.spec.templating import Rule, TemplateFailure
 from launcher.views.results import build_results, schema_fields
-from tests.test_follow import apply_all
+from tests.helpers import apply_all, run
 
 Write = Callable[[str, str], Path]
 
@@ -75,10 +73,6 @@ def manifest(write: Write, rule: str | None = RULE) -> Path:
               structured_output_schema: {json.dumps(SCHEMA)}
         """,
     )
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture

@@ -16,10 +16,8 @@ from typing import Any
 
 import anyio
 import pytest
-from click.testing import CliRunner, Result
 
 from launcher import ApiConfig, ApplyOptions, DevinClient, build_plan, load_manifest, open_ledger
-from launcher.cli import cli
 from launcher.run.rollout import (
     RolloutOptions,
     RolloutSummary,
@@ -32,7 +30,7 @@ from launcher.run.summary import Result as LaunchResult
 from launcher.sim import Profile, SimServer
 from launcher.spec.manifest import Gate, parse_duration
 from launcher.spec.plan import Plan
-from tests.test_apply import sessions_per_key
+from tests.helpers import FakeClock, campaign, run, sessions_per_key
 
 Write = Callable[[str, str], Path]
 
@@ -63,41 +61,7 @@ FOREVER = profile("forever", {"finished": 1}, (1e7, 1e7))
 
 
 def manifest(write: Write, n: int, *, name: str = "ro", rollout: str = "", budget: str = "") -> Path:
-    items = ", ".join(f"repo-{i:03d}" for i in range(n))
-    return write(
-        f"{name}.yaml",
-        f"""
-        version: 1
-        campaign: {name}
-        defaults:
-          max_acu_limit: 3
-        {budget}
-        {rollout}
-        fleets:
-          - name: f
-            for_each:
-              items: [{items}]
-            session:
-              prompt: "Fix {{{{ item }}}}"
-              repos: ["acme/{{{{ item }}}}"]
-        """,
-    )
-
-
-class FakeClock:
-    """Time that passes only when slept on (each sleep also yields to the event loop)."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-        self.sleeps: list[float] = []
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += seconds
-        await anyio.sleep(0.005)
+    return campaign(write, n, name=name, top=f"{budget}\n{rollout}")
 
 
 def rollout(
@@ -122,7 +86,7 @@ def rollout(
                     clock=clock,
                 )
 
-    return anyio.run(go)
+    return anyio.run(clock.run, go) if clock is not None else anyio.run(go)
 
 
 def wave_log(plan: Plan, ledger: Path) -> list[tuple[int, str]]:
@@ -146,10 +110,6 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Callable[[SimServer], None]:
         monkeypatch.setenv("DEVIN_API_BASE_URL", sim.base_url)
 
     return _env
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 # =========================================================================== waves, offline
@@ -509,12 +469,12 @@ def test_ceiling_holds_polls_with_backoff_on_the_injected_clock_and_survives_a_5
     import httpx
 
     from launcher.run.rollout import RunningCeiling
-    from tests.test_follow import ScriptedApi, session_json
+    from tests.helpers import ScriptedLists, session_json
 
     plan = build_plan(load_manifest(manifest(write, 2, name="fu")))
     busy = [session_json(f"devin-{i}", "running", "working") for i in range(3)]
     eased = [*busy[:2], session_json("devin-2", "running", "finished")]
-    api = ScriptedApi([busy] * 5 + [503, eased])  # the first call lists before any hold
+    api = ScriptedLists([busy] * 5 + [503, eased])  # the first call lists before any hold
     clock, notes = FakeClock(), []
     cfg = ApiConfig("https://api.example.test", "org-x", "cog_x")
 
@@ -529,7 +489,7 @@ def test_ceiling_holds_polls_with_backoff_on_the_injected_clock_and_survives_a_5
             stopped.set()
             return admitted, await ceiling.admit("repo-001", stopped), ceiling.running
 
-    admitted, after_stop, running = anyio.run(go)
+    admitted, after_stop, running = anyio.run(clock.run, go)
     assert admitted and not after_stop and running == 3
     # Unchanged counts: the interval grows by half up to 2; the 503 is retried after a pause.
     assert clock.sleeps == [1, 1.5, 2, 2, 1]

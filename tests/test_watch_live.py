@@ -12,7 +12,7 @@ from pathlib import Path
 
 from launcher import build_plan, load_manifest
 from launcher.sim import SimServer
-from tests.test_follow import apply_all, fleet_manifest
+from tests.helpers import apply_all, fleet_manifest
 
 Write = Callable[[str, str], Path]
 CURSOR_UP = "\x1b[1A"

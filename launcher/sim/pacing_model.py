@@ -1,4 +1,5 @@
-"""A discrete-event model of `apply` against a server-side token bucket, in virtual time.
+"""A discrete-event model of `apply` against a server-side token bucket, in virtual time
+(the pacing tests and `bench/pacing_sweep.py` run the real pacer in it).
 
 It drives the real `Pacer` (its pure `try_acquire`/`on_success`/`on_429`) with a fake clock as
 apply does: at most `concurrency` creates in flight, a 429 parks its key until its Retry-After
@@ -16,19 +17,7 @@ import random
 from dataclasses import dataclass, field
 
 from launcher.api.pacing import Pacer, Ticket
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.t = start
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += max(0.0, seconds)
+from launcher.sim.clock import VirtualClock
 
 
 @dataclass
@@ -65,7 +54,7 @@ def run_model(
 ) -> Outcome:
     """Launch `n` creates; return when the last one was accepted and what happened."""
     rng = random.Random(seed)
-    clock = FakeClock()
+    clock = VirtualClock()
     start = clock.now()
     pacer = Pacer(rate, clock, rng=random.Random(seed))
     pacer.remaining = n

@@ -1,0 +1,297 @@
+"""Shared test helpers, one home each: the CLI wrapper, manifest builders, a bounded wait,
+exactly-once checks against the simulator, and a scripted Devin API (httpx.MockTransport).
+Fixtures (a clean environment, `write`, simulators) live in conftest.py; the virtual clock is
+`launcher.sim.clock.VirtualClock` (bench/ uses it too), named `FakeClock` here."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+from click.testing import CliRunner, Result
+
+from launcher import ApiConfig, ApplyOptions, DevinClient, apply_plan
+from launcher.cli import cli
+from launcher.ledger.store import open_ledger
+from launcher.run.summary import ApplySummary
+from launcher.sim import SimServer
+from launcher.sim.clock import VirtualClock as FakeClock
+from launcher.spec.plan import Plan
+
+__all__ = [
+    "SCHEMA",
+    "FakeClock",
+    "ScriptedAPI",
+    "ScriptedLists",
+    "Write",
+    "apply_all",
+    "assert_exactly_once_and_ledger_agrees",
+    "campaign",
+    "created",
+    "fleet_manifest",
+    "run",
+    "run_apply",
+    "session_json",
+    "sessions_per_key",
+    "wait_for",
+]
+
+Write = Callable[[str, str], Path]
+
+
+# ---------------------------------------------------------------------------------- the CLI
+
+
+def run(*args: str | Path, input: str | None = None) -> Result:
+    """`devin-fleet ARGS...` in-process (click's CliRunner): exit code, stdout, stderr."""
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input)
+
+
+# ---------------------------------------------------------------------------------- manifests
+
+
+def campaign(
+    write: Write,
+    n: int,
+    *,
+    name: str = "demo",
+    prompt: str = "Fix {{ item }}",
+    extra: str = "",
+    top: str = "",
+) -> Path:
+    """A campaign of `n` string items `repo-000`...; `top` adds top-level YAML lines (budget,
+    rollout), `extra` adds lines to the session (indented 14 spaces)."""
+    items = ", ".join(f"repo-{i:03d}" for i in range(n))
+    top_lines = "".join(f"        {line}\n" for line in top.splitlines() if line.strip())
+    return write(
+        f"{name}.yaml",
+        f"""
+        version: 1
+        campaign: {name}
+        defaults:
+          max_acu_limit: 3
+{top_lines}        fleets:
+          - name: f
+            for_each:
+              items: [{items}]
+            session:
+              prompt: "{prompt}"
+              repos: ["acme/{{{{ item }}}}"]
+{extra}
+        """,
+    )
+
+
+SCHEMA = {
+    "type": "object",
+    "required": ["verdict", "files_changed"],
+    "properties": {
+        "verdict": {"type": "string", "enum": ["fixed", "skipped", "blocked"]},
+        "files_changed": {"type": "integer", "minimum": 0},
+    },
+}
+
+
+def fleet_manifest(write: Write, n: int, *, name: str = "fu", schema: bool = True) -> Path:
+    """A campaign of `n` mapping items (repo, team), keyed by repo, with a schema."""
+    items = ", ".join(f"{{repo: r-{i:03d}, team: {'ab'[i % 2]}}}" for i in range(n))
+    schema_line = f"structured_output_schema: {json.dumps(SCHEMA)}" if schema else ""
+    return write(
+        f"{name}.yaml",
+        f"""
+        version: 1
+        campaign: {name}
+        defaults:
+          max_acu_limit: 3
+        budget:
+          max_total_acu: 500
+        fleets:
+          - name: f
+            key: "{{{{ item.repo }}}}"
+            for_each:
+              items: [{items}]
+            session:
+              prompt: "Fix {{{{ item.repo }}}}"
+              repos: ["acme/{{{{ item.repo }}}}"]
+              {schema_line}
+        """,
+    )
+
+
+# ---------------------------------------------------------------------------------- waiting
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> bool:
+    """Poll until `predicate()` holds; the bound only turns a hang into a failure (it raises),
+    it is not a timing assertion. Returns True, so `assert wait_for(...)` reads naturally."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        time.sleep(0.005)
+    return True
+
+
+# ---------------------------------------------------------------------------------- the simulator
+
+
+def run_apply(
+    plan: Plan,
+    sim: SimServer,
+    ledger_path: Path,
+    *,
+    token: str | None = None,
+    read_timeout: float = 30.0,
+    environ: dict[str, str] | None = None,
+    **options: Any,
+) -> ApplySummary:
+    """Apply `plan` on `sim` through the library (rate 200, concurrency 8 unless given)."""
+    cfg = ApiConfig(sim.base_url, sim.org_id, token or sim.token, read_timeout=read_timeout)
+    options.setdefault("rate", 200.0)
+    options.setdefault("concurrency", 8)
+
+    async def go() -> ApplySummary:
+        async with DevinClient(cfg) as client:
+            with open_ledger(plan.manifest.path, plan.campaign, ledger_path) as ledger:
+                return await apply_plan(
+                    plan, client, ledger, ApplyOptions(**options), environ=environ or {}
+                )
+
+    return anyio.run(go)
+
+
+def apply_all(plan: Plan, sim: SimServer, ledger: Path, **options: Any) -> None:
+    """Launch the whole plan on `sim` through the library; every session must be created."""
+    cfg = ApiConfig(sim.base_url, sim.org_id, sim.token)
+    options.setdefault("rate", 500.0)
+
+    async def go() -> None:
+        async with DevinClient(cfg) as client:
+            with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
+                summary = await apply_plan(plan, client, led, ApplyOptions(**options), environ={})
+                assert summary.exit_code == 0, summary.to_json()
+
+    anyio.run(go)
+
+
+def sessions_per_key(plan: Plan, sim: SimServer) -> Counter[str]:
+    """How many of the simulator's sessions carry each planned key's identity tag."""
+    by_tag = {s.identity_tag: s.key for s in plan.sessions}
+    counts: Counter[str] = Counter()
+    for s in sim.sessions():
+        for tag in s["tags"]:
+            if tag in by_tag:
+                counts[by_tag[tag]] += 1
+    return counts
+
+
+def assert_exactly_once_and_ledger_agrees(plan: Plan, sim: SimServer, ledger_path: Path) -> None:
+    counts = sessions_per_key(plan, sim)
+    assert counts == {s.key: 1 for s in plan.sessions}, counts
+    tag_to_id = {t: s["session_id"] for s in sim.sessions() for t in s["tags"]}
+    with open_ledger(plan.manifest.path, plan.campaign, ledger_path) as ledger:
+        records = ledger.records()
+    for s in plan.sessions:
+        r = records[s.key]
+        assert r.state.launched, (s.key, r.state, r.last_error)
+        assert r.session_id == tag_to_id[s.identity_tag]
+
+
+# ---------------------------------------------------------------------------------- a scripted API
+
+
+Handler = Callable[[httpx.Request, "ScriptedAPI"], Awaitable[httpx.Response]]
+
+
+@dataclass
+class ScriptedAPI:
+    """A tiny Devin API: creates go to `on_create` (a script), lists to `on_list` (default:
+    the sessions created so far, filtered by tag)."""
+
+    on_create: Handler
+    on_list: Handler | None = None
+    on_self: Handler | None = None
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+    creates: int = 0
+    lists: int = 0
+
+    def new_session(self, body: dict[str, Any], at: float = 0.0) -> dict[str, Any]:
+        n = len(self.sessions) + 1
+        s = {
+            "session_id": f"devin-{n:04d}",
+            "url": f"https://app.devin.ai/sessions/{n:04d}",
+            "status": "new",
+            "tags": list(body.get("tags") or []),
+            "org_id": "org-test",
+            "created_at": at or n,
+            "updated_at": at or n,
+            "acus_consumed": 0.0,
+            "pull_requests": [],
+        }
+        self.sessions.append(s)
+        return s
+
+    def listing(self, request: httpx.Request) -> httpx.Response:
+        tags = request.url.params.get_list("tags")
+        items = [s for s in self.sessions if set(tags) <= set(s["tags"])]
+        return httpx.Response(200, json={"items": items, "end_cursor": None, "has_next_page": False})
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/sessions"):
+            self.creates += 1
+            return await self.on_create(request, self)
+        if request.method == "GET" and request.url.path.endswith("/sessions"):
+            self.lists += 1
+            if self.on_list is not None:
+                return await self.on_list(request, self)
+            return self.listing(request)
+        if request.url.path.endswith("/self"):
+            if self.on_self is not None:
+                return await self.on_self(request, self)
+            return httpx.Response(200, json={"service_user_id": "su-1"})
+        return httpx.Response(404, json={"detail": "not found"})
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+
+async def created(request: httpx.Request, api: ScriptedAPI) -> httpx.Response:
+    return httpx.Response(200, json=api.new_session(json.loads(request.content)))
+
+
+def session_json(sid: str, status: str, detail: str | None, **extra: Any) -> dict[str, Any]:
+    return {
+        "session_id": sid,
+        "url": f"https://app.devin.ai/sessions/{sid}",
+        "status": status,
+        "status_detail": detail,
+        "tags": ["fleet:fu"],
+        "org_id": "org-x",
+        "created_at": 1,
+        "updated_at": 1,
+        "acus_consumed": 0.5,
+        "pull_requests": [],
+        **extra,
+    }
+
+
+class ScriptedLists:
+    """A MockTransport handler: list answers from a script (the last one repeats)."""
+
+    def __init__(self, script: list[int | list[dict[str, Any]]]) -> None:
+        self.script = script
+        self.calls: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append(f"{request.method} {request.url.path}")
+        step = self.script[min(len(self.calls) - 1, len(self.script) - 1)]
+        if isinstance(step, int):
+            return httpx.Response(step, json={"detail": "scripted failure"})
+        return httpx.Response(200, json={"items": step, "end_cursor": None, "has_next_page": False})
