@@ -82,6 +82,110 @@ SCHEMA = {
 }
 
 
+HEAVY_PROMPT = textwrap.dedent("""\
+    {%- set deps = (item.deps | default("")).split(";") if item.deps is defined else [] -%}
+    Upgrade {{ item.repo | lower }} ({{ item.team | default("unowned") | title }}) to Python
+    {{ vars.python }} for the {{ campaign | replace("-", " ") }} campaign.
+    {% if deps %}
+    These dependencies need attention first, in this order:
+    {% for dep in deps | sort %}
+      {{ loop.index }}. {{ dep | trim }}{% if dep.startswith("lib-") %} (internal: bump it in
+         the monorepo first){% elif loop.last %} (the last one){% endif %}
+    {% endfor %}
+    {% else %}
+    No dependency is known to block the upgrade.
+    {% endif %}
+    {% for step in vars.steps -%}
+    {{ loop.index }}. {{ step | capitalize }}{{ "." if not step.endswith(".") }}
+    {% endfor -%}
+    {% if item.acu | default(8) | int > 8 %}This repository is large: plan before you edit.{% endif %}
+    Report status, the new version, whether tests passed and the pull request URL.
+    """)
+
+HEAVY_MANIFEST = textwrap.dedent("""\
+    version: 1
+    campaign: bench-heavy
+    vars:
+      python: "3.12"
+      steps:
+        - update every interpreter pin, CI matrix and Dockerfile
+        - fix deprecations that break under the new version
+        - run the tests and the linters; fix only what the upgrade broke
+        - open one pull request describing what changed
+    defaults:
+      max_acu_limit: 8
+      tags: [team-platform]
+    budget:
+      max_sessions: {n}
+      max_total_acu: {acu}
+    fleets:
+      - name: services
+        for_each:
+          file: data/services.csv
+        key: "{{{{ item.repo }}}}"
+        session:
+          title: "Upgrade {{{{ item.repo | upper }}}} to {{{{ vars.python }}}}"
+          repos: ["{{{{ item.repo }}}}"]
+          tags: ["lang-{{{{ item.language | default('python') }}}}", "team-{{{{ item.team }}}}"]
+          prompt_file: prompts/upgrade.md.j2
+          max_acu_limit: "{{{{ item.acu | default(8) }}}}"
+          structured_output_schema: {{file: schemas/result.schema.json}}
+      - name: sweep
+        for_each:
+          matrix:
+            repo: [{repos}]
+            task: [unit-tests, lint, types, docs, deps]
+            exclude:
+              - task: docs
+                repo: acme/web-0000
+            include:
+              - repo: acme/web-0001
+                coverage_target: 90
+              - repo: acme/legacy-portal
+                task: unit-tests
+        key: "{{{{ item.repo }}}}:{{{{ item.task }}}}"
+        session:
+          title: "{{{{ item.task | replace('-', ' ') | title }}}} for {{{{ item.repo }}}}"
+          repos: ["{{{{ item.repo }}}}"]
+          prompt: |
+            {{% if item.task == "unit-tests" -%}}
+            Raise coverage of {{{{ item.repo }}}} to {{{{ item.coverage_target | default(80) }}}}%.
+            {{%- elif item.task in ["lint", "types"] -%}}
+            Fix every {{{{ item.task }}}} error in {{{{ item.repo }}}} without disabling rules.
+            {{%- else -%}}
+            Bring {{{{ item.task }}}} of {{{{ item.repo }}}} up to date.
+            {{%- endif %}}
+            {{% for step in vars.steps %}}- {{{{ step }}}}
+            {{% endfor %}}
+    """)
+
+
+def make_heavy_campaign(root: Path, n: int) -> Path:
+    """A template-heavy campaign of about `n` sessions: a prompt file that loops over a list
+    with conditionals and filters, plus a matrix fleet with include/exclude (5% of `n`)."""
+    (root / "data").mkdir(parents=True)
+    (root / "prompts").mkdir()
+    (root / "schemas").mkdir()
+    repos = max(1, n // 100)  # x 5 tasks, minus 1 excluded, plus 1 included
+    csv_n = n - repos * 5
+    with open(root / "data" / "services.csv", "w", encoding="utf-8", newline="") as f:
+        f.write("repo,acu,language,team,deps\n")
+        for i in range(csv_n):
+            acu = "" if i % 3 else str(4 + i % 7)
+            deps = ";".join(f"{'lib' if j % 2 else 'pkg'}-{(i * 7 + j) % 97}" for j in range(i % 6))
+            lang = "python" if i % 4 else "cython"
+            f.write(f"acme/service-{i:06d},{acu},{lang},team{i % 13},{deps}\n")
+    (root / "prompts" / "upgrade.md.j2").write_text(HEAVY_PROMPT, encoding="utf-8")
+    (root / "schemas" / "result.schema.json").write_text(json.dumps(SCHEMA, indent=2))
+    manifest = root / "bench.yaml"
+    names = ", ".join(f"acme/web-{i:04d}" for i in range(repos))
+    manifest.write_text(HEAVY_MANIFEST.format(n=n + 10, acu=n * 100, repos=names), encoding="utf-8")
+    return manifest
+
+
+SHAPES = {"simple": None, "heavy": make_heavy_campaign}
+
+
 def make_campaign(root: Path, n: int) -> Path:
     """Write a campaign of `n` sessions under `root`; return the manifest's path."""
     (root / "data").mkdir(parents=True)
@@ -150,6 +254,14 @@ def main() -> None:
         help="CLI command to time (plan runs with -o json)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="CLI runs per N (best is shown)")
+    parser.add_argument(
+        "--shape",
+        choices=sorted(SHAPES),
+        action="append",
+        help="simple: one CSV fleet, a prompt with two conditionals; heavy: a prompt file that "
+        "loops over a list with filters, plus a matrix fleet with include/exclude "
+        "(repeatable; default both)",
+    )
     args = parser.parse_args()
     as_installed()
     ns = args.n or [10_000]
@@ -158,23 +270,25 @@ def main() -> None:
         f"{args.command}{' -o json' if args.command == 'plan' else ''}"
     )
     print(
-        f"{'N':>8} {'wall s':>8} {'peak MB':>8} {'out MB':>7} {'load s':>7} {'plan s':>7} "
+        f"{'shape':>7} {'N':>8} {'wall s':>8} {'peak MB':>8} {'out MB':>7} {'load s':>7} {'plan s':>7} "
         f"{'us/session wall':>16} {'us/session plan':>16} {'KB/session peak':>16}"
     )
-    for n in ns:
-        with tempfile.TemporaryDirectory(prefix="plan-bench-") as tmp:
-            manifest = make_campaign(Path(tmp), n)
-            runs = [cli_run(manifest, args.command) for _ in range(max(1, args.repeat))]
-            wall = min(r[0] for r in runs)
-            rss = min(r[1] for r in runs)
-            size = runs[0][2]
-            load_s, plan_s, planned = in_process(manifest)
-            assert planned == n, f"planned {planned} sessions, expected {n}"
-            print(
-                f"{n:>8,} {wall:>8.2f} {rss:>8.0f} {size / 1e6:>7.1f} {load_s:>7.3f} "
-                f"{plan_s:>7.2f} {wall / n * 1e6:>16.1f} {plan_s / n * 1e6:>16.1f} "
-                f"{rss * 1024 / n:>16.2f}"
-            )
+    for shape in args.shape or ["simple", "heavy"]:
+        for n in ns:
+            with tempfile.TemporaryDirectory(prefix="plan-bench-") as tmp:
+                manifest = (SHAPES[shape] or make_campaign)(Path(tmp), n)
+                runs = [cli_run(manifest, args.command) for _ in range(max(1, args.repeat))]
+                wall = min(r[0] for r in runs)
+                rss = min(r[1] for r in runs)
+                size = runs[0][2]
+                load_s, plan_s, planned = in_process(manifest)
+                assert shape != "simple" or planned == n, f"planned {planned}, expected {n}"
+                print(
+                    f"{shape:>7} {planned:>8,} {wall:>8.2f} {rss:>8.0f} {size / 1e6:>7.1f} "
+                    f"{load_s:>7.3f} "
+                    f"{plan_s:>7.2f} {wall / n * 1e6:>16.1f} {plan_s / n * 1e6:>16.1f} "
+                    f"{rss * 1024 / n:>16.2f}"
+                )
 
 
 if __name__ == "__main__":

@@ -135,3 +135,42 @@ def test_variables_lists_top_level_names() -> None:
     t = Templates()
     assert t.variables("{{ item.repo }}-{{ index }}") == {"item", "index"}
     assert t.variables("plain") == set()
+
+
+ESCAPES_AFTER_WARM_UP = [
+    "{{ ''.__class__.__mro__ }}",
+    "{{ item.repo.__class__ }}",
+    "{{ item.__class__ }}",
+    "{{ ''.format.__globals__ }}",
+    "{{ (1).__class__.__base__.__subclasses__() }}",
+    "{% for x in [1] %}{{ loop.__class__ }}{% endfor %}",
+    "{% for x in [1] %}{{ loop._iterable }}{% endfor %}",
+    "{{ item.update({'repo': 'x'}) }}",
+    "{{ item.pop('repo') }}",
+    "{{ vars.list.append(1) }}",
+    "{{ item.setdefault('repo', 'x') }}",
+]
+
+
+def test_remembered_verdicts_still_refuse_what_the_sandbox_refuses() -> None:
+    """The sandbox remembers "safe" for attributes of plain data (a speed-up for templates
+    with loops): after every plain type's safe attributes were read through one environment,
+    each escape and mutation is still refused, and `str.format` still goes through the
+    sandbox's formatter."""
+    t = Templates()
+    ctx = {**CTX, "vars": {"python": "3.12", "list": [1, 2]}}
+    warm = (
+        "{{ item.repo.upper() }}{{ item.repo.split('/') | join }}{{ item.keys() | list }}"
+        "{{ vars.list.count(1) }}{{ (1).real }}{{ (1.5).is_integer() }}{{ (1, 2).index(2) }}"
+        "{% for x in [1, 2] %}{{ loop.index }}{{ loop.last }}{% endfor %}"
+    )
+    for _ in range(2):  # the second pass reads through the remembered verdicts
+        assert t.render(warm, ctx).startswith("ACME/APIacme")
+    for source in ESCAPES_AFTER_WARM_UP:
+        with pytest.raises(TemplateFailure) as info:
+            t.render(source, ctx)
+        assert "sandbox" in info.value.message or "unsafe" in info.value.message, source
+    assert ctx["item"]["repo"] == "acme/api" and ctx["vars"]["list"] == [1, 2]
+    with pytest.raises(TemplateFailure) as info:
+        t.render("{{ '{0.__class__}'.format(item) }}", ctx)
+    assert "unsafe" in info.value.message or "sandbox" in info.value.message

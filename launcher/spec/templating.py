@@ -10,11 +10,13 @@ import difflib
 import operator
 import re
 from collections.abc import Callable, Mapping
+from types import BuiltinMethodType
 from typing import Any
 
 import jinja2
 import jinja2.meta
 from jinja2.exceptions import SecurityError
+from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 _MARKERS = ("{{", "{%", "{#")
@@ -50,17 +52,62 @@ def _bounded_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+# Types whose attributes are the same for every instance (no instance __dict__, no
+# __getattr__): for them the sandbox's verdict on an attribute depends on (type, name) alone, so
+# it is asked once per pair. Items, vars and loop variables are made of these.
+_PLAIN_TYPES = frozenset({str, int, float, bool, list, tuple, dict, type(None), LoopContext})
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """Jinja's immutable sandbox, plus: dict keys win over dict methods (`item.items` is the
-    item's `items` column, not a bound method), and arithmetic that would build huge values
-    is refused."""
+    item's `items` column, not a bound method), arithmetic that would build huge values is
+    refused, and its verdicts on the attributes of plain data are remembered.
+
+    Remembering: the sandbox checks every attribute read (`dep.startswith`, `loop.index`)
+    through several isinstance tests against abstract types, which dominated the rendering of
+    templates with loops. A verdict of "safe" for (type, name) on a plain type is cached and later
+    reads of it return the attribute at once; anything else (unsafe, missing, `str.format`
+    which the sandbox wraps) takes Jinja's own path every time, so what it refused it still
+    refuses.
+    """
 
     intercepted_binops = frozenset({"*", "**"})
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._safe: set[tuple[type, str]] = set()
+
     def getattr(self, obj: Any, attribute: str) -> Any:
-        if type(obj) is dict and attribute in obj:  # plain data: a key lookup is always safe
+        kind = type(obj)
+        if kind is dict and attribute in obj:  # plain data: a key lookup is always safe
             return obj[attribute]
-        return super().getattr(obj, attribute)
+        if (kind, attribute) in self._safe:
+            return getattr(obj, attribute)
+        value = super().getattr(obj, attribute)
+        if (
+            kind in _PLAIN_TYPES
+            and not attribute.startswith("_")
+            and not isinstance(value, jinja2.Undefined)
+            and hasattr(kind, attribute)  # the type's own, not a dict key of this one object
+            and self.wrap_str_format(getattr(obj, attribute)) is None
+            and self.is_safe_attribute(obj, attribute, getattr(obj, attribute))
+        ):
+            self._safe.add((kind, attribute))
+        return value
+
+    def call(
+        __self,  # jinja2's signature: the double underscores avoid keyword clashes
+        __context: jinja2.runtime.Context,
+        __obj: Any,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        # A method of plain data was already vetted when it was read (getattr above, where the
+        # immutable sandbox refuses `list.append` and the like); the per-call check looks for
+        # flags that builtin methods never carry.
+        if type(__obj) is BuiltinMethodType and type(__obj.__self__) in _PLAIN_TYPES:
+            return __context.call(__obj, *args, **kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
 
     def call_binop(
         self,
