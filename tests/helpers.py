@@ -26,6 +26,10 @@ from launcher.sim.clock import VirtualClock as FakeClock
 from launcher.spec.plan import Plan
 
 __all__ = [
+    "MIGRATION_SCHEMA",
+    "N_MIGRATIONS",
+    "OUTPUT_COLUMNS",
+    "RULE",
     "SCHEMA",
     "FakeClock",
     "ScriptedAPI",
@@ -35,7 +39,9 @@ __all__ = [
     "assert_exactly_once_and_ledger_agrees",
     "campaign",
     "created",
+    "expected_outcome",
     "fleet_manifest",
+    "migration_manifest",
     "run",
     "run_apply",
     "session_json",
@@ -123,6 +129,78 @@ def fleet_manifest(write: Write, n: int, *, name: str = "fu", schema: bool = Tru
               {schema_line}
         """,
     )
+
+
+# The `results` / `report` campaign (test_results.py, test_report.py).
+MIGRATION_SCHEMA = {
+    "type": "object",
+    "required": ["migrated", "files_changed", "blockers", "stats"],
+    "properties": {
+        "migrated": {"type": "boolean"},
+        "files_changed": {"type": "integer", "minimum": 0},
+        "pr_url": {"type": "string"},
+        "blockers": {"type": "array", "items": {"type": "string", "enum": ["ci", "tests", "owner"]}},
+        "stats": {
+            "type": "object",
+            "required": ["added"],
+            "properties": {"added": {"type": "integer"}, "removed": {"type": "integer"}},
+        },
+    },
+}
+OUTPUT_COLUMNS = [
+    "output.migrated",
+    "output.files_changed",
+    "output.pr_url",
+    "output.blockers",
+    "output.stats.added",
+    "output.stats.removed",
+]
+RULE = "output.migrated and 'owner' not in output.blockers"
+N_MIGRATIONS = 24
+
+
+def migration_manifest(write: Write, rule: str | None = RULE) -> Path:
+    """`mig`: 24 mapping items with an output schema and (by default) a success rule."""
+    items = ", ".join(f"{{repo: r-{i:03d}, team: {'ab'[i % 2]}}}" for i in range(N_MIGRATIONS))
+    return write(
+        "mig.yaml",
+        f"""
+        version: 1
+        campaign: mig
+        defaults:
+          max_acu_limit: 3
+        budget:
+          max_total_acu: 500
+        {f"success_when: {json.dumps(rule)}" if rule else ""}
+        fleets:
+          - name: f
+            key: "{{{{ item.repo }}}}"
+            for_each:
+              items: [{items}]
+            session:
+              prompt: "Migrate {{{{ item.repo }}}}"
+              repos: ["acme/{{{{ item.repo }}}}"]
+              structured_output_schema: {json.dumps(MIGRATION_SCHEMA)}
+        """,
+    )
+
+
+def expected_outcome(t: dict[str, Any]) -> str:
+    """What the rule makes of the API's final session (computed here, not by the launcher)."""
+    default = {
+        "delivered": "succeeded",
+        "finished": "succeeded",
+        "invalid_output": "succeeded",
+        "blocked": "succeeded",  # delivered (a PR, valid output): the rule judges its report
+        "needs_user": "needs-human",
+        "error": "failed",
+        "suspended": "failed",
+    }[t["planned"]]
+    if default != "succeeded":
+        return default
+    out = t.get("structured_output") or {}
+    ok = bool(out.get("migrated")) and "owner" not in (out.get("blockers") or [])
+    return "succeeded" if ok else "failed"
 
 
 # ---------------------------------------------------------------------------------- waiting

@@ -431,6 +431,7 @@ def test_ceiling_counts_launches_the_listing_does_not_show_yet(
     assert summary.holds >= 1
 
 
+@pytest.mark.slow
 def test_waves_and_ceiling_under_ambiguous_creates_launch_each_key_once(
     write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
 ) -> None:
