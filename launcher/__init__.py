@@ -32,6 +32,8 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
         ConfirmationError as ConfirmationError,
         ExitCode as ExitCode,
         FleetError as FleetError,
+        GitHubError as GitHubError,
+        PlanChangedError as PlanChangedError,
         LedgerError as LedgerError,
         LockedError as LockedError,
         LockLostError as LockLostError,
@@ -78,6 +80,19 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
         send_messages as send_messages,
     )
     from launcher.views.report import render_report as render_report
+    from launcher.views.markdown import (
+        fit_markdown as fit_markdown,
+        plan_view as plan_view,
+        render_plan_markdown as render_plan_markdown,
+    )
+    from launcher.spec.digest import (
+        check_reviewed as check_reviewed,
+        read_reviewed as read_reviewed,
+    )
+    from launcher.api.github import (
+        GitHubClient as GitHubClient,
+        GitHubConfig as GitHubConfig,
+    )
     from launcher.views.results import build_results as build_results
     from launcher.run.rollout import (
         RolloutOptions as RolloutOptions,
@@ -104,6 +119,10 @@ _HOMES: dict[str, str] = {
     "CreateSessionRequest": "launcher.api.models",
     "DevinClient": "launcher.api.client",
     "FleetError": "launcher.errors",
+    "GitHubClient": "launcher.api.github",
+    "GitHubConfig": "launcher.api.github",
+    "GitHubError": "launcher.errors",
+    "PlanChangedError": "launcher.errors",
     "LaunchState": "launcher.ledger.store",
     "Ledger": "launcher.ledger.store",
     "LedgerError": "launcher.errors",
@@ -126,6 +145,11 @@ _HOMES: dict[str, str] = {
     "apply_plan": "launcher.run.apply",
     "build_plan": "launcher.spec.plan",
     "build_results": "launcher.views.results",
+    "check_reviewed": "launcher.spec.digest",
+    "fit_markdown": "launcher.views.markdown",
+    "plan_view": "launcher.views.markdown",
+    "read_reviewed": "launcher.spec.digest",
+    "render_plan_markdown": "launcher.views.markdown",
     "campaign_view": "launcher.run.status",
     "cancel_sessions": "launcher.run.cancel",
     "check_remote": "launcher.run.remote",

@@ -11,6 +11,8 @@
     │   ├── AuthError               401/403 (exit 5)
     │   └── CircuitOpenError        too many consecutive ambiguous/5xx outcomes (exit 5)
     ├── RemoteCheckError            referenced ids (secrets, playbooks, knowledge) do not exist
+    ├── PlanChangedError            `apply --plan`: the plan differs from the reviewed one
+    ├── GitHubError                 the GitHub API refused or failed (`pr-comment`, `ci`)
     └── ConfirmationError           apply/cancel needs --yes when stdin is not a terminal
 
 A failed *session* is data (recorded in the ledger), never one of these: only run-level
@@ -217,6 +219,30 @@ class SelectorError(FleetError):
     """A `--relaunch` selector matches nothing (a usage error: nothing was sent)."""
 
     exit_code = ExitCode.usage
+
+
+class PlanChangedError(FleetError):
+    """`apply --plan`: the manifest plans something other than what was reviewed; nothing sent."""
+
+    def __init__(self, message: str, *, differ: Sequence[str] = (), hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.differ = list(differ)
+
+
+class GitHubError(FleetError):
+    """The GitHub API refused a request or could not be reached (never carries the token)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        read_only: bool = False,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.read_only = read_only  # 403 "Resource not accessible by integration": a fork's PR
 
 
 class ConfirmationError(FleetError):

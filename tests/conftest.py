@@ -9,6 +9,16 @@ from pathlib import Path
 import pytest
 
 _API_VARS = ("DEVIN_API_KEY", "DEVIN_ORG_ID", "DEVIN_API_BASE_URL", "DEVIN_FLEET_LEDGER")
+# A run inside GitHub Actions: no test may comment with the workflow's token or write its files.
+_GITHUB_VARS = (
+    "GITHUB_TOKEN",
+    "GITHUB_REPOSITORY",
+    "GITHUB_API_URL",
+    "GITHUB_EVENT_PATH",
+    "GITHUB_OUTPUT",
+    "GITHUB_STEP_SUMMARY",
+    "GITHUB_SHA",
+)
 SLOW_TIMEOUT = 120  # seconds, for tests marked `slow`; every other test has pyproject's 30
 
 
@@ -22,7 +32,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """No test sees the developer's API key, org or ledger; state lives under tmp_path."""
-    for name in _API_VARS:
+    for name in (*_API_VARS, *_GITHUB_VARS):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("NO_COLOR", "1")
@@ -96,7 +106,7 @@ def sim_client() -> Iterator[Callable[..., Any]]:
 # ---- a campaign run to its end (test_results.py, test_report.py) -----------------------------
 
 from launcher import build_plan, load_manifest  # noqa: E402
-from tests.helpers import N_MIGRATIONS, apply_all, migration_manifest, run  # noqa: E402
+from tests.helpers import LAUNCHED_MANIFEST, N_MIGRATIONS, apply_all, migration_manifest, run  # noqa: E402
 
 
 @pytest.fixture
@@ -125,3 +135,21 @@ def mixed_campaign(
     assert len(truth) == N_MIGRATIONS
     assert {"delivered", "needs_user", "error", "suspended"} <= {t["planned"] for t in truth.values()}
     return path, ledger, truth
+
+
+@pytest.fixture
+def launched(
+    write: Callable[[str, str], Path],
+    make_sim: Callable[..., SimServer],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[Path, Path]:
+    """LAUNCHED_MANIFEST (a session secret from GH_TOKEN) launched on a `clean` simulator:
+    (manifest path, ledger path)."""
+    sim = make_sim("clean")
+    path = write("d.yaml", LAUNCHED_MANIFEST)
+    ledger = tmp_path / "l.db"
+    secret = {"GH_TOKEN": "ghp_supersecretvalue"}
+    monkeypatch.setenv("GH_TOKEN", secret["GH_TOKEN"])
+    apply_all(build_plan(load_manifest(path), environ=secret), sim, ledger, environ=secret)
+    return path, ledger

@@ -32,6 +32,7 @@ __all__ = [
     "RULE",
     "SCHEMA",
     "FakeClock",
+    "LAUNCHED_MANIFEST",
     "ScriptedAPI",
     "ScriptedLists",
     "Write",
@@ -203,6 +204,27 @@ def expected_outcome(t: dict[str, Any]) -> str:
     return "succeeded" if ok else "failed"
 
 
+# Three sessions with a session secret, launched (`launched` in conftest.py: plan --diff, markdown).
+LAUNCHED_MANIFEST = """
+version: 1
+campaign: d
+fleets:
+  - name: f
+    key: "{{ item.repo }}"
+    for_each:
+      items: [{repo: r-0, acu: 3}, {repo: r-1, acu: 3}, {repo: r-2, acu: 3}]
+    session:
+      prompt: |
+        Upgrade {{ item.repo }} to Python 3.12.
+        Open a pull request.
+      max_acu_limit: "{{ item.acu }}"
+      structured_output_schema: {type: object, properties: {done: {type: boolean}}}
+      session_secrets:
+        - key: TOKEN
+          value: {env: GH_TOKEN}
+"""
+
+
 # ---------------------------------------------------------------------------------- waiting
 
 
@@ -245,7 +267,9 @@ def run_apply(
     return anyio.run(go)
 
 
-def apply_all(plan: Plan, sim: SimServer, ledger: Path, **options: Any) -> None:
+def apply_all(
+    plan: Plan, sim: SimServer, ledger: Path, *, environ: dict[str, str] | None = None, **options: Any
+) -> None:
     """Launch the whole plan on `sim` through the library; every session must be created."""
     cfg = ApiConfig(sim.base_url, sim.org_id, sim.token)
     options.setdefault("rate", 500.0)
@@ -253,7 +277,9 @@ def apply_all(plan: Plan, sim: SimServer, ledger: Path, **options: Any) -> None:
     async def go() -> None:
         async with DevinClient(cfg) as client:
             with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
-                summary = await apply_plan(plan, client, led, ApplyOptions(**options), environ={})
+                summary = await apply_plan(
+                    plan, client, led, ApplyOptions(**options), environ=environ or {}
+                )
                 assert summary.exit_code == 0, summary.to_json()
 
     anyio.run(go)

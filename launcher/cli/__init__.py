@@ -21,6 +21,7 @@ try:
     from launcher.cli.common import err
     from launcher.cli.follow_cmds import cancel, status, unlock
     from launcher.cli.plan_cmds import plan, schema, validate
+    from launcher.cli.pr_cmds import ci, pr_comment
     from launcher.cli.report_cmds import message, report, results
     from launcher.cli.sim_cmd import sim
     from launcher.errors import ExitCode, FleetError, fleet_errors
@@ -72,5 +73,19 @@ def main() -> None:
     cli(prog_name="devin-fleet")
 
 
-for _command in (validate, plan, schema, apply, status, results, report, message, cancel, unlock, sim):
+for _command in (
+    validate,
+    plan,
+    schema,
+    apply,
+    status,
+    results,
+    report,
+    message,
+    cancel,
+    unlock,
+    sim,
+    pr_comment,
+    ci,
+):
     cli.add_command(_command)

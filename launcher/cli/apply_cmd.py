@@ -106,6 +106,17 @@ if TYPE_CHECKING:
     help="Campaign lease (s): renewed every TTL/6; this run stops sending once its last renewal "
     "is TTL/2 old; another apply may take a lock silent for a whole TTL.",
 )
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(dir_okay=False),
+    help="The reviewed `plan -o json` file: refuse, sending nothing, unless the re-plan matches it.",
+)
+@click.option(
+    "--plan-digest",
+    metavar="DIGEST",
+    help="The reviewed plan's digest (`sha256:...`, as `plan -o json` and the PR comment show it).",
+)
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @ledger_option
 @api_options
@@ -130,6 +141,8 @@ def apply(
     max_running: int | None,
     lookup_grace: float,
     lock_ttl: float,
+    plan_file: str | None,
+    plan_digest: str | None,
     output: str,
     ledger: str | None,
     base_url: str | None,
@@ -149,6 +162,7 @@ def apply(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--wait-timeout") from None
     p = load_plan(manifest, "send")
+    check_reviewed_plan(p, plan_file, plan_digest)  # before anything is sent
     options = ApplyOptions(
         concurrency=concurrency,
         rate=rate,
@@ -223,6 +237,19 @@ def apply(
     if summary.apply.aborted is not None:
         err.print(summary.apply.aborted.render(), markup=False)
     sys.exit(summary.exit_code)
+
+
+def check_reviewed_plan(p: Plan, plan_file: str | None, plan_digest: str | None) -> None:
+    """`--plan` / `--plan-digest`: the re-plan must be the reviewed plan (PlanChangedError)."""
+    from launcher.spec.digest import check_reviewed, read_reviewed, reviewed_digest
+
+    for reviewed in (
+        *([read_reviewed(plan_file)] if plan_file else []),
+        *([reviewed_digest(plan_digest)] if plan_digest else []),
+    ):
+        check_reviewed(p.campaign, p.fingerprints(), reviewed)
+    if plan_file or plan_digest:
+        err.print(f"plan matches the reviewed plan ({p.digest})", markup=False)
 
 
 async def _apply_async(

@@ -112,7 +112,12 @@ def _annotation(level: str, p: Problem) -> str:
 
 @click.command()
 @click.argument("manifest", type=click.Path())
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.option("-o", "--output", type=click.Choice(["table", "json", "markdown"]), default="table")
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=2000),
+    help="-o markdown: most characters (default 65,000: a GitHub comment holds 65,536).",
+)
 @click.option("--show-prompts", is_flag=True, help="Print each rendered prompt.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0: nothing to do, 2: changes, 1: error.")
 @click.option("--check-remote", is_flag=True, help="Check the token and referenced ids in the org.")
@@ -127,6 +132,7 @@ def _annotation(level: str, p: Problem) -> str:
 def plan(
     manifest: str,
     output: str,
+    max_length: int | None,
     show_prompts: bool,
     detailed_exitcode: bool,
     check_remote: bool,
@@ -170,6 +176,18 @@ def plan(
         for chunk in p.json_chunks(extras, [k for _, k, _ in changes[len(p) :]]):
             click.echo(chunk.decode(), nl=False)
         click.echo()
+    elif output == "markdown":
+        from launcher.views.markdown import (
+            DEFAULT_BUDGET,
+            offline_label,
+            plan_view,
+            render_plan_markdown,
+        )
+
+        diffs = {k: field_diff(k, old, new) for k, (old, new) in launched.items()}
+        label = offline_label(check_remote)
+        view = plan_view(p, changes, changed_fields=fields, diffs=diffs, waves=waves, label=label)
+        click.echo(render_plan_markdown(view, budget=max_length or DEFAULT_BUDGET), nl=False)
     else:
         noted = [
             (c, k, f"{n}; changed: {', '.join(fields[k]) or 'secret sources'}" if k in fields else n)
@@ -284,6 +302,7 @@ def _plan_table(
             "`devin-fleet cancel MANIFEST --gone` terminates the live ones",
             markup=False,
         )
+    out.print(f"plan digest: {p.digest} (`apply --plan-digest` applies exactly this)", markup=False)
     if waves:
         sizes = Counter(waves.values())
         out.print(

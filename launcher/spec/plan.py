@@ -21,6 +21,7 @@ from pydantic_core import to_json
 
 from launcher.api.models import DRAFT7_KEYWORDS, MAX_TAGS, CreateSessionRequest, check_output_schema
 from launcher.errors import ManifestError, Problem, SecretError, validation_errors, validation_message
+from launcher.spec.digest import digest_of
 from launcher.spec.items import Item, read_items
 from launcher.spec.manifest import (
     MAX_REPEATED,
@@ -161,6 +162,14 @@ class Plan:
             "unbounded_acu_sessions": sum(1 for s in self.sessions if "max_acu_limit" not in s.request),
         }
 
+    @property
+    def digest(self) -> str:
+        """`sha256:...` of what apply would send (see `launcher.spec.digest`)."""
+        return digest_of(self.campaign, self.fingerprints().items())
+
+    def fingerprints(self) -> dict[str, str]:
+        return {s.key: s.fingerprint for s in self.sessions}
+
     def secret_env_names(self) -> list[str]:
         return sorted({name for s in self.sessions for _, name in s.secret_env})
 
@@ -171,6 +180,7 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return {
             "campaign": self.campaign,
+            "digest": self.digest,
             "sessions": [s.to_json() for s in self.sessions],
             "totals": self.totals(),
             "warnings": list(self.warnings),
@@ -193,7 +203,7 @@ class Plan:
         pydantic-core's encoder writes bytes straight from the dicts, and a chunk at a time
         never holds the whole document (200 MB for 100,000 sessions) as a str and as bytes.
         """
-        head = {"campaign": self.campaign}
+        head = {"campaign": self.campaign, "digest": self.digest}
         yield to_json(head)[:-1] + b',"sessions":['
         for start in range(0, len(self.sessions), batch):
             entries = [s.to_json() for s in self.sessions[start : start + batch]]
