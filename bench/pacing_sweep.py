@@ -1,4 +1,4 @@
-"""Pacing sweep: the real `Pacer` in the discrete-event model of apply (tests/pacing_model.py),
+"""Pacing sweep: the real `Pacer` in the discrete-event model of apply (launcher/sim/pacing_model.py),
 over a grid of server shapes, in virtual time: no start-up, no scheduler, so thousands of
 campaigns in seconds. It shows the shapes the socket bench (bench/pacing_bench.py) does not.
 

@@ -47,6 +47,10 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
         EventKind as EventKind,
         LaunchState as LaunchState,
         Ledger as Ledger,
+        LedgerStore as LedgerStore,
+    )
+    from launcher.ledger.location import (
+        ledger_exists as ledger_exists,
         open_ledger as open_ledger,
     )
     from launcher.spec.manifest import (
@@ -125,6 +129,7 @@ _HOMES: dict[str, str] = {
     "PlanChangedError": "launcher.errors",
     "LaunchState": "launcher.ledger.store",
     "Ledger": "launcher.ledger.store",
+    "LedgerStore": "launcher.ledger.store",
     "LedgerError": "launcher.errors",
     "LoadedManifest": "launcher.spec.manifest",
     "LockedError": "launcher.errors",
@@ -157,7 +162,8 @@ _HOMES: dict[str, str] = {
     "follow": "launcher.run.rollout",
     "load_manifest": "launcher.spec.manifest",
     "manifest_json_schema": "launcher.spec.manifest",
-    "open_ledger": "launcher.ledger.store",
+    "ledger_exists": "launcher.ledger.location",
+    "open_ledger": "launcher.ledger.location",
     "prepare_messages": "launcher.run.messages",
     "refresh": "launcher.run.status",
     "render_report": "launcher.views.report",

@@ -19,7 +19,7 @@ from click.testing import CliRunner, Result
 
 from launcher import ApiConfig, ApplyOptions, DevinClient, apply_plan
 from launcher.cli import cli
-from launcher.ledger.store import open_ledger
+from launcher.ledger.location import open_ledger
 from launcher.run.summary import ApplySummary
 from launcher.sim import SimServer
 from launcher.sim.clock import VirtualClock as FakeClock
@@ -39,6 +39,7 @@ __all__ = [
     "apply_all",
     "assert_exactly_once_and_ledger_agrees",
     "campaign",
+    "clean",
     "created",
     "expected_outcome",
     "fleet_manifest",
@@ -59,6 +60,14 @@ Write = Callable[[str, str], Path]
 def run(*args: str | Path, input: str | None = None) -> Result:
     """`devin-fleet ARGS...` in-process (click's CliRunner): exit code, stdout, stderr."""
     return CliRunner().invoke(cli, [str(a) for a in args], input=input)
+
+
+def clean(res: Result) -> str:
+    """The whole output, after checking nothing escaped as a traceback."""
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    text = res.output
+    assert "Traceback" not in text and "ExceptionGroup" not in text, text
+    return text
 
 
 # ---------------------------------------------------------------------------------- manifests

@@ -24,6 +24,7 @@ from launcher.ledger.store import Change, LedgerEvent
 from launcher.run.summary import Result
 from launcher.sim import Profile, SimServer
 from tests.helpers import assert_exactly_once_and_ledger_agrees, campaign, run_apply, sessions_per_key
+from tests.holders import dead_holder, live_holder
 
 Write = Callable[[str, str], Path]
 
@@ -216,25 +217,16 @@ def test_a_live_lock_refuses_a_second_apply_and_a_dead_holder_is_taken_over(
     sim = make_sim("clean")
     plan = build_plan(load_manifest(campaign(write, 2)))
     ledger_path = tmp_path / "l.db"
-    with open_ledger(plan.manifest.path, plan.campaign, ledger_path) as led:
-        led.db.execute(
-            "INSERT INTO lock VALUES (?, 'otherhost:1', 'otherhost', 1, ?, ?, 1)",
-            (plan.campaign, 1e12, 1e12),
-        )
-    with pytest.raises(LockedError) as info:
-        run_apply(plan, sim, ledger_path)
-    assert "devin-fleet unlock" in (info.value.hint or "")
-    assert sim.sessions() == []
-    runner = CliRunner()
-    res = runner.invoke(cli, ["unlock", str(plan.manifest.path), "--ledger", str(ledger_path)])
-    assert res.exit_code == 0 and "otherhost:1" in res.output
+    with live_holder(str(ledger_path), plan.campaign) as owner:
+        with pytest.raises(LockedError) as info:
+            run_apply(plan, sim, ledger_path)
+        assert "devin-fleet unlock" in (info.value.hint or "") and owner in info.value.message
+        assert sim.sessions() == []
+        runner = CliRunner()
+        res = runner.invoke(cli, ["unlock", str(plan.manifest.path), "--ledger", str(ledger_path)])
+        assert res.exit_code == 0 and owner in res.output
     # A holder on this host whose process is gone is taken over without asking.
-    with open_ledger(plan.manifest.path, plan.campaign, ledger_path) as led:
-        host = __import__("socket").gethostname()
-        led.db.execute(
-            "INSERT INTO lock VALUES (?, 'x', ?, ?, ?, ?, 1)",
-            (plan.campaign, host, 2**22 + 12345, 1e12, 1e12),
-        )
+    dead_holder(str(ledger_path), plan.campaign)
     assert run_apply(plan, sim, ledger_path).count(Result.created) == 2
 
 

@@ -15,7 +15,8 @@ import pytest
 
 from launcher import ApiConfig, ApplyOptions, DevinClient, apply_plan, build_plan, load_manifest
 from launcher.errors import AuthError, CircuitOpenError, ExitCode
-from launcher.ledger.store import EventKind, LaunchState, open_ledger
+from launcher.ledger.location import open_ledger
+from launcher.ledger.store import EventKind, LaunchState
 from launcher.run.summary import ApplySummary, Result
 from launcher.spec.plan import Plan
 from tests.helpers import FakeClock, ScriptedAPI, created

@@ -11,22 +11,14 @@ from pathlib import Path
 
 import anyio
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from launcher.cli import cli
 from launcher.errors import ExitCode, FleetError, LockedError, SecretError, fleet_errors
 from launcher.sim import SimServer
-from tests.helpers import fleet_manifest, run
+from tests.helpers import clean, fleet_manifest, run
 
 Write = Callable[[str, str], Path]
-
-
-def clean(res: Result) -> str:
-    """The whole output, after checking nothing escaped as a traceback."""
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    text = res.output
-    assert "Traceback" not in text and "ExceptionGroup" not in text, text
-    return text
 
 
 @pytest.fixture
@@ -113,8 +105,8 @@ def lock_holder(tmp_path: Path, write: Write) -> Iterator[tuple[Path, Path]]:
     ledger = tmp_path / "l.db"
     code = (
         "import sys\n"
-        "from launcher.ledger.store import Ledger\n"
-        f"led = Ledger({str(ledger)!r}, 'fu')\n"
+        "from launcher.ledger.sqlite import SqliteLedger\n"
+        f"led = SqliteLedger({str(ledger)!r}, 'fu')\n"
         "led.acquire_lock()\n"
         "print('held', flush=True)\n"
         "sys.stdin.read()\n"
@@ -188,7 +180,7 @@ def test_status_against_an_unreachable_api_names_the_url_and_exits_1(
 def test_apply_against_an_unreachable_api_creates_nothing_and_exits_1(
     write: Write, tmp_path: Path, dead_url: str
 ) -> None:
-    from launcher.ledger.store import Ledger
+    from launcher.ledger.location import ledger_exists, open_ledger
 
     path = fleet_manifest(write, 2)
     res = run("apply", path, "-y", "--ledger", tmp_path / "l.db")
@@ -196,8 +188,8 @@ def test_apply_against_an_unreachable_api_creates_nothing_and_exits_1(
     assert res.exit_code == ExitCode.error, out
     assert f"error: cannot reach the API at {dead_url}" in out
     assert "hint: check DEVIN_API_BASE_URL" in out
-    if (tmp_path / "l.db").exists():
-        with Ledger(tmp_path / "l.db", "fu", create=False) as led:
+    if ledger_exists(path, "fu", tmp_path / "l.db"):
+        with open_ledger(path, "fu", tmp_path / "l.db", create=False) as led:
             assert led.events() == []
 
 
@@ -257,36 +249,6 @@ def test_status_of_a_missing_manifest_says_file_not_found_not_nothing_sent(
 # =========================================================================== ledger errors
 
 
-def corrupt_sessions_table(ledger: Path) -> None:
-    """Overwrite the sessions table's root page with garbage; the file still opens."""
-    import sqlite3
-
-    db = sqlite3.connect(ledger)
-    page_size = db.execute("PRAGMA page_size").fetchone()[0]
-    root = db.execute("SELECT rootpage FROM sqlite_master WHERE name='sessions'").fetchone()[0]
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.close()
-    with ledger.open("r+b") as f:
-        f.seek((root - 1) * page_size)
-        f.write(b"\xff" * page_size)
-
-
-def test_a_corrupt_ledger_on_read_commands_is_one_located_message(write: Write, tmp_path: Path) -> None:
-    from launcher import build_plan, load_manifest, open_ledger
-
-    path, ledger = fleet_manifest(write, 3), tmp_path / "l.db"
-    plan = build_plan(load_manifest(path))
-    with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
-        led.sync_plan(plan)
-    corrupt_sessions_table(ledger)
-    for args in (("status", "--offline"), ("plan",), ("results", "--offline")):
-        res = run(args[0], path, *args[1:], "--ledger", ledger)
-        out = clean(res)
-        assert res.exit_code == ExitCode.error, (args, out)
-        assert f"error: cannot read ledger {ledger}: database disk image is malformed" in out
-        assert "hint: the file is damaged or not a devin-fleet ledger" in out
-
-
 def test_a_ledger_that_cannot_be_opened_is_one_located_message(write: Write, tmp_path: Path) -> None:
     path = fleet_manifest(write, 1)
     (tmp_path / "garbage.db").write_bytes(b"not sqlite at all" * 100)
@@ -332,24 +294,3 @@ def test_an_unreadable_api_session_says_what_is_wrong_without_pydantic_words() -
     text = info.value.message
     assert text.startswith("unreadable session object from the API: session_id: expected a string")
     assert "Input should be" not in text and "https://" not in text
-
-
-@pytest.mark.parametrize(
-    ("exc", "hint"),
-    [
-        ("database is locked", "another devin-fleet process is using it"),
-        ("database disk image is malformed", "the file is damaged or not a devin-fleet ledger"),
-        ("attempt to write a readonly database", "check that the file and its folder"),
-        ("disk I/O error", "re-run with --debug"),
-    ],
-)
-def test_every_sqlite_error_becomes_a_located_ledger_error(exc: str, hint: str) -> None:
-    import sqlite3
-
-    from launcher.errors import LedgerError
-    from launcher.ledger.store import sqlite_errors
-
-    with pytest.raises(LedgerError) as info, sqlite_errors(Path("/x/l.db"), "read"):
-        raise sqlite3.OperationalError(exc)
-    assert info.value.message == f"cannot read ledger /x/l.db: {exc}"
-    assert info.value.path == "/x/l.db" and (info.value.hint or "").startswith(hint)

@@ -34,9 +34,13 @@ ALLOWED: dict[str, set[str]] = {
     "github": {"errors"},
     "pacing": set(),
     "migrations": set(),
-    "store": {"errors", "plan", "migrations"},
-    "reconcile": {"plan", "client", "store", "models"},
-    "writer": {"store"},
+    "records": set(),
+    "store": {"records"},
+    "sqlite": {"errors", "migrations", "records", "store"},
+    "location": {"errors", "sqlite", "store"},
+    "lease": {"errors", "pacing", "records", "store"},
+    "reconcile": {"plan", "client", "store", "models", "records"},
+    "writer": {"records", "store"},
     "listlag": {"errors", "client", "pacing"},
     "apply": {
         "errors",
@@ -50,6 +54,7 @@ ALLOWED: dict[str, set[str]] = {
         "summary",
         "writer",
         "listlag",
+        "lease",
     },
     "status": {
         "errors",
@@ -67,7 +72,7 @@ ALLOWED: dict[str, set[str]] = {
     "results": {"status"},
     "report": {"plan", "status", "results"},
     "diff": set(),
-    "messages": {"errors", "plan", "client", "store", "pacing", "status", "templating"},
+    "messages": {"errors", "plan", "client", "store", "pacing", "status", "templating", "lease"},
     "rollout": {
         "errors",
         "plan",
@@ -78,12 +83,13 @@ ALLOWED: dict[str, set[str]] = {
         "summary",
         "status",
         "manifest",
+        "lease",
     },
     "progress": {"summary"},
     "markdown": {"plan"},
     "ghactions": {"markdown"},
     "summary": {"errors"},
-    "attempts": {"errors", "store", "models", "plan"},
+    "attempts": {"records", "store"},
     "relaunch": {"errors", "plan", "client", "store", "status", "reconcile", "attempts"},
     # the pacing model (sim/pacing_model.py) runs the real pacer against a simulated bucket
     "sim": {"errors", "models", "source", "sim", "pacing"},
@@ -98,7 +104,7 @@ HOMES = {
     "rich": {"cli", "progress"},
     "uvicorn": {"sim"},
     "starlette": {"sim"},
-    "sqlite3": {"store"},
+    "sqlite3": {"sqlite"},
     "jsonschema": {"models"},
 }
 
@@ -255,11 +261,12 @@ def test_every_exit_in_the_cli_uses_an_exit_code() -> None:
 def test_every_ledger_read_goes_through_the_one_sqlite_translation() -> None:
     """Ledger methods touching `self.db` outside a transaction are `@_reads` (which, like
     `transaction` and opening, turns sqlite3.Error into LedgerError via `sqlite_errors`)."""
-    tree = ast.parse((PKG / "ledger" / "store.py").read_text())
-    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Ledger"]
+    tree = ast.parse((PKG / "ledger" / "sqlite.py").read_text())
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SqliteLedger"]
     # holds_lock turns any sqlite3.Error into "not held" on purpose (fail safe: no create is
     # sent on a lease it cannot prove), so it is not a read that reports errors.
-    plumbing = {"__init__", "close", "transaction", "_version", "holds_lock"}
+    plumbing = {"__init__", "close", "transaction", "_version", "holds_lock", "_migrate"}
+    plumbing |= {"_read_lock_row", "schema_version"}
     for f in cls.body:
         if isinstance(f, ast.FunctionDef) and f.name not in plumbing and "self.db" in ast.unparse(f):
             decorators = [ast.unparse(d) for d in f.decorator_list]
@@ -298,3 +305,65 @@ def test_committed_manifest_schema_is_fresh() -> None:
 
     committed = json.loads((ROOT / "schemas" / "manifest.schema.json").read_text())
     assert committed == manifest_json_schema(), "run: devin-fleet schema > schemas/manifest.schema.json"
+
+
+SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE)\b.*\b(FROM|INTO|SET)\b|\bPRAGMA\b|BEGIN IMMEDIATE")
+
+
+def test_sql_and_database_drivers_live_in_the_ledger_subpackage() -> None:
+    """Every SQL statement and database driver import of the package is in launcher/ledger/."""
+    for path in sorted(PKG.rglob("*.py")):
+        if path.parent.name == "ledger":
+            continue
+        text = path.read_text()
+        assert not SQL.search(text), f"{path} speaks SQL"
+        mods = imported(ast.parse(text, str(path)))
+        assert not {m.split(".")[0] for m in mods} & {"sqlite3", "psycopg"}, path
+
+
+def test_tests_go_through_the_store_not_the_schema() -> None:
+    """Only the SQLite backend's own tests touch its schema (raw SQL, sqlite3.connect)."""
+    own = {"test_ledger_sqlite.py", "test_design.py"}
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        if path.name in own:
+            continue
+        text = path.read_text()
+        assert "sqlite3" not in text and ".db.execute" not in text, path
+        assert not SQL.search(text), f"{path} speaks SQL"
+
+
+def _ledger_names(node: ast.AST) -> bool:
+    """`ledger`, `led` or `self.ledger`: a store as the run modules name it."""
+    if isinstance(node, ast.Name):
+        return node.id in ("ledger", "led")
+    return isinstance(node, ast.Attribute) and node.attr == "ledger"
+
+
+def test_async_code_calls_the_store_off_the_event_loop() -> None:
+    """In async functions of the run floor and the CLI, a store method is never called directly
+    (it may wait on a disk or a network): it goes through `off_loop` (a worker thread)."""
+    for path in sorted([*(PKG / "run").glob("*.py"), *(PKG / "cli").glob("*.py")]):
+        for fn in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(fn, ast.AsyncFunctionDef):
+                continue
+            for node in _on_the_loop(fn):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and _ledger_names(node.func.value)
+                ):
+                    raise AssertionError(f"{path.name}:{node.lineno} calls the store on the loop")
+
+
+def _on_the_loop(fn: ast.AsyncFunctionDef) -> list[ast.AST]:
+    """The nodes an async function runs itself (a nested lambda or def is a callback that
+    may well run in a thread: checked where it is defined as async, if it is)."""
+    out: list[ast.AST] = []
+    todo: list[ast.AST] = list(ast.iter_child_nodes(fn))
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Lambda | ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        out.append(node)
+        todo.extend(ast.iter_child_nodes(node))
+    return out

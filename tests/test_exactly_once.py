@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from launcher import ApiConfig, DevinClient, build_plan, load_manifest, open_ledger
 from launcher.cli import cli
 from launcher.errors import ExitCode
-from launcher.ledger.store import LOCK_TTL, Change, EventKind, LaunchState
+from launcher.ledger.store import Change, EventKind, LaunchState
 from launcher.run.remote import check_remote
 from launcher.run.summary import Result
 from launcher.sim import Profile, SimServer
@@ -145,24 +145,19 @@ def test_strays_are_listed_and_cancellable_and_duplicates_are_healed(
 # ------------------------------------------------------------------ 2. a lost lock
 
 
-def stop_outside_a_transaction(proc: subprocess.Popen[str], ledger: Path) -> None:
+def stop_outside_a_transaction(proc: subprocess.Popen[str], ledger: Path, campaign: str) -> None:
     """SIGSTOP `proc` at a moment it holds no write lock on `ledger`. (Stopped inside one of
     its millisecond transactions, it blocks every other writer until it is resumed: SQLite's
     rule, and `database is locked` for the other apply, not what the lease test is about.)"""
-    import sqlite3
+    from launcher.ledger.sqlite import SqliteLedger
 
     for _ in range(200):
         proc.send_signal(signal.SIGSTOP)
-        db = sqlite3.connect(ledger, timeout=0)
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("ROLLBACK")
-            return
-        except sqlite3.OperationalError:
-            proc.send_signal(signal.SIGCONT)
-            time.sleep(0.01)
-        finally:
-            db.close()
+        with SqliteLedger(ledger, campaign, create=False) as led:
+            if led.write_lock_free():
+                return
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.01)
     raise AssertionError("the apply never paused outside a ledger transaction")
 
 
@@ -171,7 +166,7 @@ def test_2_an_apply_paused_past_its_lease_stops_and_says_so(
     write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
 ) -> None:
     """SIGSTOP an apply; while it is paused its lease is taken over, as a peer takes it once
-    the TTL has passed (the peer's clock set past the TTL: no real wait), and a second apply
+    the TTL has passed (here a peer with a TTL of 0: no real wait), and a second apply
     finishes the campaign. SIGCONT the first: it must not send another create, and exits 9
     saying it lost the lock."""
     sim = make_sim(Profile.model_validate({"name": "slowish", "faults": {"latency_seconds": 0.05}}))
@@ -191,9 +186,9 @@ def test_2_an_apply_paused_past_its_lease_stops_and_says_so(
     try:
         wait_for(lambda: len(sim.sessions()) >= 3 or first.poll() is not None, 60)
         assert first.poll() is None and len(sim.sessions()) < len(plan)
-        stop_outside_a_transaction(first, ledger)
-        with open_ledger(path, plan.campaign, ledger) as peer:  # the takeover, after the TTL
-            taken = peer.acquire_lock(now=time.time() + 2 * LOCK_TTL)
+        stop_outside_a_transaction(first, ledger, plan.campaign)
+        with open_ledger(path, plan.campaign, ledger) as peer:  # the takeover
+            taken = peer.acquire_lock(ttl=0.0)  # a peer for which any lease is stale
             assert taken.generation >= 2
             peer.release_lock()
         second = subprocess.run(

@@ -16,7 +16,8 @@ from launcher import ApiConfig, DevinClient, build_plan, load_manifest
 from launcher.api.models import SessionStatus, StatusDetail
 from launcher.errors import AuthError
 from launcher.ledger.attempts import relaunch
-from launcher.ledger.store import LaunchState, LedgerEvent, open_ledger
+from launcher.ledger.location import open_ledger
+from launcher.ledger.store import LaunchState, LedgerEvent
 from launcher.run.status import (
     SUSPEND_FAILURES,
     CampaignView,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,10 +21,10 @@ import pytest
 
 from launcher import build_plan, load_manifest, open_ledger
 from launcher.api.client import ApiConfig, DevinClient
-from launcher.ledger.store import Ledger
 from launcher.run.messages import MessageBatch, MessageReport, Outgoing, digest, send_messages
 from launcher.sim import Profile, SimServer
 from tests.helpers import apply_all, fleet_manifest, run, wait_for
+from tests.holders import live_holder
 
 Write = Callable[[str, str], Path]
 TEXT = "Please rebase on main and re-run the tests."
@@ -217,7 +216,7 @@ class NoWait:
 @pytest.mark.parametrize("stores", [True, False])
 def test_an_ambiguous_send_is_read_back_and_never_blindly_resent(tmp_path: Path, stores: bool) -> None:
     api = FakeAPI(stores=stores)
-    with Ledger(tmp_path / "l.db", "c") as led:
+    with open_ledger(tmp_path / "l.db", "c", tmp_path / "l.db") as led:
         batch = MessageBatch([Outgoing("k", "devin-1", TEXT, digest(TEXT))], [])
 
         async def go() -> MessageReport:
@@ -237,7 +236,7 @@ def test_an_ambiguous_send_is_read_back_and_never_blindly_resent(tmp_path: Path,
 
 def test_a_refused_message_is_recorded_and_retried_on_the_next_run(tmp_path: Path) -> None:
     api = FakeAPI(stores=False, status=400)
-    with Ledger(tmp_path / "l.db", "c") as led:
+    with open_ledger(tmp_path / "l.db", "c", tmp_path / "l.db") as led:
         batch = MessageBatch([Outgoing("k", "devin-1", TEXT, digest(TEXT))], [])
 
         async def go() -> MessageReport:
@@ -269,21 +268,19 @@ def test_a_second_sender_is_kept_out_by_the_campaign_lock(
     launched: tuple[SimServer, Path, Path],
 ) -> None:
     sim, path, ledger = launched
-    import socket
 
-    with open_ledger(path, "fu", ledger) as led:  # another live process on this host holds it
-        led.db.execute(
-            "INSERT INTO lock VALUES ('fu', 'other', ?, ?, ?, ?, 1)",
-            (socket.gethostname(), os.getppid(), time.time(), time.time()),
-        )
-    res = run("message", path, "--ledger", ledger, "--text", TEXT, "--yes")
-    assert res.exit_code == 1 and "is locked by other" in res.stderr and "Traceback" not in res.output
+    with live_holder(str(ledger), "fu") as owner:  # another live process on this host holds it
+        res = run("message", path, "--ledger", ledger, "--text", TEXT, "--yes")
+    assert res.exit_code == 1 and f"is locked by {owner}" in res.stderr
+    assert "Traceback" not in res.output
     assert sim.stats()["requests"].get("POST /sessions/{id}/messages", 0) == 0
 
 
 def test_a_sender_whose_lock_was_taken_over_stops_before_its_next_send(tmp_path: Path) -> None:
     """The adversary: while this sender is paused, another run takes the campaign lock over
-    (its generation moves on). The next send must not go out: fencing, as for creates."""
+    (its generation moves on). The next send must not go out: fencing, as for creates. (One
+    message in flight: with more, sends already past the fence race the takeover, as
+    creates in flight do.)"""
     from launcher.errors import LockLostError
 
     posts: list[str] = []
@@ -291,20 +288,18 @@ def test_a_sender_whose_lock_was_taken_over_stops_before_its_next_send(tmp_path:
 
     def api(request: httpx.Request) -> httpx.Response:
         posts.append(json.loads(request.content)["message"])
-        other = sqlite3.connect(path)  # after the first send, another run takes the lock
-        other.execute("UPDATE lock SET generation = generation + 1, owner = 'other'")
-        other.commit()
-        other.close()
+        with open_ledger(path, "c", path) as other:  # after the first send, another run takes the lock
+            other.acquire_lock()  # (this process again: a takeover, generation + 1)
         return httpx.Response(200, json={"message_id": "m", "source": "user", "message": "x"})
 
-    with Ledger(path, "c") as led:
+    with open_ledger(path, "c", path) as led:
         todo = [Outgoing(f"k{i}", f"devin-{i}", TEXT, digest(TEXT)) for i in range(3)]
         batch = MessageBatch(todo, [])
 
         async def go() -> MessageReport:
             cfg = ApiConfig("https://api.example.test", "org-1", "tok")
             async with DevinClient(cfg, transport=httpx.MockTransport(api)) as client:
-                return await send_messages(client, led, batch, rate=100, clock=NoWait())
+                return await send_messages(client, led, batch, rate=100, clock=NoWait(), concurrency=1)
 
         with pytest.raises(LockLostError, match="lost the campaign lock"):
             anyio.run(go)

@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 
 from launcher import ApiConfig, ApplyOptions, DevinClient, apply_plan, build_plan, load_manifest
-from launcher.ledger.store import open_ledger
+from launcher.ledger.location import open_ledger
 from launcher.run.summary import ApplySummary, Result
 from launcher.sim import SimServer
 from launcher.views.progress import ProgressReporter

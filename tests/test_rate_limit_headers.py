@@ -17,7 +17,7 @@ import pytest
 
 from launcher import ApiConfig, ApplyOptions, DevinClient, apply_plan, build_plan, load_manifest
 from launcher.api.client import CreateOutcome, RateLimitInfo, parse_rate_limit, parse_retry_after
-from launcher.ledger.store import open_ledger
+from launcher.ledger.location import open_ledger
 from launcher.run.summary import ApplySummary
 from launcher.sim import Profile, SimServer
 from launcher.spec.plan import Plan

@@ -633,8 +633,6 @@ def test_a_lease_lost_while_following_a_wave_stops_the_rollout(
 ) -> None:
     """The adversary: another apply takes the campaign over while this one follows wave 1
     (paused past its lease). This run must neither decide the gate nor launch wave 2."""
-    import sqlite3
-
     from launcher.errors import ExitCode, LockLostError
 
     sim = make_sim(FOREVER, time_scale=100)
@@ -649,10 +647,8 @@ def test_a_lease_lost_while_following_a_wave_stops_the_rollout(
             async def take_over() -> None:
                 while len(sim.sessions()) < 1:  # noqa: ASYNC110 (polls another thread: the sim)
                     await anyio.sleep(0.02)
-                other = sqlite3.connect(ledger)
-                other.execute("UPDATE lock SET generation = generation + 1, owner = 'other:1'")
-                other.commit()
-                other.close()
+                with open_ledger(plan.manifest.path, plan.campaign, ledger) as other:
+                    other.acquire_lock()  # this process again: a takeover (generation + 1)
 
             tg.start_soon(take_over)
             with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:

@@ -27,7 +27,8 @@ from launcher.cli.common import (
     sim_options,
 )
 from launcher.errors import ExitCode
-from launcher.ledger.store import Change, Ledger, open_ledger
+from launcher.ledger.location import open_ledger
+from launcher.ledger.store import Change, Ledger, off_loop
 from launcher.spec.plan import Plan
 
 if TYPE_CHECKING:
@@ -275,7 +276,7 @@ async def _apply_async(
     from launcher.views.progress import ProgressReporter
 
     async with DevinClient(cfg, max_connections=options.concurrency + 4) as client:
-        if any(a.termination == "pending" for a in attempt_history(led)):
+        if any(a.termination == "pending" for a in await off_loop(attempt_history, led)):
             # A relaunch ends earlier attempts first: only once the token and the referenced
             # ids are proven, so a relaunch that cannot start never ends its predecessor.
             # Otherwise apply_plan proves them while it lists the campaign (one round trip).
@@ -287,7 +288,7 @@ async def _apply_async(
         ended = await terminate_previous(client, led)
         if ended:
             err.print(f"relaunch: terminated {ended} earlier attempt(s)", markup=False)
-        p = attempt_plan(p, led)
+        p = await off_loop(attempt_plan, p, led)
         async with anyio.create_task_group() as tg:
             tg.start_soon(on_signals)
             summary = await run_rollout(
@@ -311,10 +312,10 @@ async def _select(p: Plan, cfg: ApiConfig, led: Ledger, selectors: tuple[str, ..
     from launcher.run.relaunch import select_relaunch
     from launcher.run.status import refresh
 
-    led.sync_plan(p)
+    await off_loop(led.sync_plan, p)
     async with DevinClient(cfg) as client:
         view = await refresh(p, client, led)
-    return select_relaunch(p, view, led, selectors)
+    return await off_loop(select_relaunch, p, view, led, selectors)
 
 
 def _apply_summary(s: ApplySummary) -> None:

@@ -9,14 +9,14 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 from rich.console import Console
 
 from launcher.errors import ConfirmationError, LedgerError, ManifestError
-from launcher.ledger.store import Ledger, default_ledger_path, open_ledger
+from launcher.ledger.location import describe, ledger_exists, ledger_location, open_ledger
+from launcher.ledger.store import Ledger
 from launcher.spec.plan import Plan, plan_manifest, secrets_warning
 
 if TYPE_CHECKING:
@@ -31,9 +31,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 def ledger_option(f: F) -> F:
     return click.option(
         "--ledger",
-        type=click.Path(dir_okay=False),
+        metavar="PATH|URL",
         envvar="DEVIN_FLEET_LEDGER",
-        help="Ledger file (default: .devin-fleet/<campaign>.db by the manifest).",
+        help="Ledger: a file path or sqlite:///path (default: .devin-fleet/<campaign>.db by "
+        "the manifest; env DEVIN_FLEET_LEDGER).",
     )(f)
 
 
@@ -133,13 +134,14 @@ def follow_ledger(p: Plan, ledger: str | None, offline: bool = False) -> Iterato
     """The campaign's ledger, and whether it is new: on a fresh clone (no ledger) with
     credentials, an empty one is created and the caller rebuilds it from the API (the API is
     the source of truth); offline, or without credentials, "no ledger" is an error."""
-    path = Path(ledger) if ledger else default_ledger_path(p.manifest.path, p.campaign)
-    if path.exists() or offline or not os.environ.get("DEVIN_API_KEY"):
+    where = describe(ledger_location(p.manifest.path, p.campaign, ledger))
+    exists = ledger_exists(p.manifest.path, p.campaign, ledger)
+    if exists or offline or not os.environ.get("DEVIN_API_KEY"):
         try:
             with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led:
                 yield led, False
         except LedgerError as exc:
-            if not path.exists():
+            if not exists:
                 exc.hint = (
                     "run `devin-fleet apply` first, pass --ledger PATH, or set DEVIN_API_KEY "
                     "and DEVIN_ORG_ID to rebuild it from the API (sessions are found by their tags)"
@@ -148,7 +150,7 @@ def follow_ledger(p: Plan, ledger: str | None, offline: bool = False) -> Iterato
         return
     with open_ledger(p.manifest.path, p.campaign, ledger) as led:
         err.print(
-            f"note: no ledger at {path}: rebuilding it from the API (sessions found by their "
+            f"note: no ledger at {where}: rebuilding it from the API (sessions found by their "
             "identity tags)",
             markup=False,
         )

@@ -27,7 +27,8 @@ from launcher.cli.common import (
     warn,
 )
 from launcher.errors import APIError, ExitCode
-from launcher.ledger.store import Ledger, open_ledger
+from launcher.ledger.location import open_ledger
+from launcher.ledger.store import Ledger
 from launcher.spec.plan import Plan
 
 if TYPE_CHECKING:
@@ -356,4 +357,4 @@ def unlock(manifest: str, ledger: str | None) -> None:
     p = load_plan(manifest, "read")
     with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led:
         held = led.break_lock()
-    out.print(f"removed lock held by {held['owner']}" if held else "no lock was held")
+    out.print(f"removed lock held by {held.owner}" if held else "no lock was held")

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import sys
 from collections import Counter
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -23,7 +22,8 @@ from launcher.cli.common import (
     out,
 )
 from launcher.errors import ExitCode, FleetError, ManifestError, Problem
-from launcher.ledger.store import Change, Ledger, stored_request
+from launcher.ledger.location import ledger_exists, open_ledger, scratch_copy
+from launcher.ledger.store import Change, off_loop
 from launcher.spec.diff import changed_fields, field_diff
 from launcher.spec.manifest import manifest_json_schema
 from launcher.spec.plan import Plan, plan_manifest
@@ -214,26 +214,21 @@ async def _check_remote(
     """The remote checks, then the diff against the ledger reconciled with the API (in memory:
     `plan` writes nothing), so what exists shows `=` even on a fresh clone."""
     from launcher.api.client import DevinClient
-    from launcher.ledger.store import default_ledger_path
     from launcher.run.reconcile import rebuild
     from launcher.run.remote import check_remote
 
-    path = Path(ledger_path) if ledger_path else default_ledger_path(p.manifest.path, p.campaign)
     async with DevinClient(cfg) as client:
         warnings = await check_remote(p, client)
-        with Ledger.scratch_copy(path, p.campaign) as led:
+        with await off_loop(scratch_copy, p.manifest.path, p.campaign, ledger_path) as led:
             rec = await rebuild(p, client, led)
             warnings += rec.warnings()
-            return warnings, led.diff(p)
+            return warnings, await off_loop(led.diff, p)
 
 
 def _diff(p: Plan, ledger_path: str | None) -> list[tuple[Change, str, str]]:
-    from launcher.ledger.store import default_ledger_path
-
-    path = Path(ledger_path) if ledger_path else default_ledger_path(p.manifest.path, p.campaign)
-    if not path.exists():
+    if not ledger_exists(p.manifest.path, p.campaign, ledger_path):
         return [(Change.create, s.key, "") for s in p.sessions]
-    with Ledger(path, p.campaign, create=False) as led:
+    with open_ledger(p.manifest.path, p.campaign, ledger_path, create=False) as led:
         return led.diff(p)
 
 
@@ -242,21 +237,17 @@ def _launched_requests(
 ) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     """(launched request, planned request) of each `~` session the ledger kept a request for,
     both as the ledger keeps them (schema by digest, secrets by variable name, never a value)."""
-    from launcher.ledger.store import default_ledger_path
-
     changed = [k for c, k, _ in changes if c == Change.changed]
-    path = Path(ledger_path) if ledger_path else default_ledger_path(p.manifest.path, p.campaign)
-    if not changed or not path.exists():
+    if not changed or not ledger_exists(p.manifest.path, p.campaign, ledger_path):
         return {}
     by_key = p.by_key()
     out = {}
-    with Ledger(path, p.campaign, create=False) as led:
+    with open_ledger(p.manifest.path, p.campaign, ledger_path, create=False) as led:
         records = led.records()
         for key in changed:
             old = led.launched_request(records[key].fingerprint)
             if old is not None:  # launched before the ledger kept requests: no field diff
-                s = by_key[key]
-                out[key] = (old, stored_request(s.request, s.secret_env))
+                out[key] = (old, by_key[key].stored)
     return out
 
 

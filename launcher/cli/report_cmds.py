@@ -28,7 +28,7 @@ from launcher.cli.common import (
     warn,
 )
 from launcher.errors import ExitCode
-from launcher.ledger.store import open_ledger
+from launcher.ledger.location import open_ledger
 from launcher.run.status import Outcome
 
 if TYPE_CHECKING:

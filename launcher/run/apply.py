@@ -12,7 +12,6 @@ idempotency key). Every wait goes through the injected Clock.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import os
 import time
@@ -36,7 +35,8 @@ from launcher.errors import (
     LockLostError,
     SecretError,
 )
-from launcher.ledger.store import LOCK_TTL, EventKind, Ledger, LedgerEvent
+from launcher.ledger.lease import Lease
+from launcher.ledger.store import LOCK_TTL, EventKind, Ledger, LedgerEvent, off_loop
 from launcher.ledger.writer import LedgerWriter
 from launcher.run.reconcile import adoptions, duplicate_events, scan
 from launcher.run.remote import check_remote
@@ -187,8 +187,8 @@ class _ApplyRun:
         self.ambiguous_keys: set[str] = set()
         self.deferred: dict[str, _Deferred] = {}
         self.request_timeout = client.config.read_timeout
-        self.last_beat = clock.now()
-        self.lease_lost = False
+        self.lease = Lease(ledger, ttl=options.lock_ttl, clock=clock)
+        self.lease.on_lost(self._lost)
         self.lag = LagProbe(client, clock, stop)
         self.task_group: TaskGroup | None = None
         self.pool: TaskGroup | None = None  # the workers' group: parked keys wait in it
@@ -224,27 +224,12 @@ class _ApplyRun:
 
     # ------------------------------------------------------------------ the lease (fencing)
 
-    def lease_held(self) -> bool:
-        """Checked right before every create: the last successful heartbeat is younger than
-        half the TTL (by this process's clock), and the lock row still carries this run's
-        generation. Others may take the lock only after a whole TTL of silence."""
-        if self.lease_lost:
-            return False
-        age = self.clock.now() - self.last_beat
-        if age > self.options.lock_ttl / 2:
-            self._lose(
-                f"no successful heartbeat for {age:.1f}s (the lease lasts {self.options.lock_ttl:g}s)"
-            )
-            return False
-        if not self.ledger.holds_lock():
-            self._lose("another apply took the campaign lock over")
-            return False
-        return True
+    @property
+    def lease_lost(self) -> bool:
+        return self.lease.lost.is_set()
 
-    def _lose(self, why: str) -> None:
-        if self.lease_lost:
-            return
-        self.lease_lost = True
+    def _lost(self, why: str) -> None:
+        """The lease was found lost (`Lease.held`, or a heartbeat): fence the writer, stop."""
         self.writer.fenced = True
         self._halt(
             LockLostError(
@@ -253,19 +238,6 @@ class _ApplyRun:
                 "then re-run apply when it is done (it reconciles with the API first)",
             )
         )
-
-    async def heartbeat(self) -> None:
-        while True:
-            await self.clock.sleep(self.options.lock_ttl / 6)
-            started = self.clock.now()
-            try:
-                ok = await self.writer.heartbeat()
-            except FleetError:
-                ok = False
-            if not ok:
-                self._lose("the lock row is no longer this run's")
-                return
-            self.last_beat = started
 
     async def watchdog(self, scope: anyio.CancelScope) -> None:
         """After a stop, give in-flight creates `drain_timeout`, then cancel them."""
@@ -373,7 +345,7 @@ class _ApplyRun:
                     )
                     self._stopped(key)
                     return
-                if not self.lease_held():  # fencing: right before the request leaves
+                if not await self.lease.held():  # fencing: right before the request leaves
                     self._done(key, Result.not_started, "not sent: this run lost the campaign lock")
                     return
                 self.attempts[key] = attempt
@@ -580,10 +552,10 @@ class _ApplyRun:
     async def reconcile(self) -> None:
         """Before any create: adopt every planned key the API already has a session for."""
         rec = await scan(self.plan, self.client)
-        adopted = adoptions(self.plan, self.ledger, rec, how="reconcile")
-        dups = duplicate_events(rec, self.ledger)
+        adopted = await off_loop(adoptions, self.plan, self.ledger, rec, how="reconcile")
+        dups = await off_loop(duplicate_events, rec, self.ledger)
         if adopted or dups:
-            self.ledger.write_events(adopted + dups)
+            await off_loop(self.ledger.write_events, adopted + dups)
         for e in adopted:
             self.summary.results[e.key] = Result.adopted
         self.summary.reconciled = len(adopted)
@@ -628,15 +600,15 @@ async def apply_plan(
     missing = plan.missing_secret_env(environ)
     if missing:
         raise SecretError(missing)
-    ledger.acquire_lock(ttl=options.lock_ttl)
     run = _ApplyRun(plan, client, ledger, options, reporter, clock, environ, stop, summary, admission)
+    await run.lease.acquire()
     try:
-        ledger.sync_plan(plan)
+        await off_loop(ledger.sync_plan, plan)
         await run.before_creates()
-        work = select(plan, ledger, options, summary)
-        run.known = ledger.session_ids_by_key()  # one query, not one per key
-        run.intents = ledger.intent_fingerprints()
-        run.last_beat = clock.now()
+        work = await off_loop(select, plan, ledger, options, summary)
+        run.known = await off_loop(ledger.session_ids_by_key)  # one query, not one per key
+        run.intents = await off_loop(ledger.intent_fingerprints)
+        run.lease.last_beat = clock.now()
         run.pacer.remaining = len(work)  # the end game starts near its end
         reporter.start(len(work))
         try:
@@ -644,8 +616,7 @@ async def apply_plan(
         finally:
             reporter.finish()
     finally:
-        with contextlib.suppress(FleetError):  # synchronous: cancellation cannot cut it short
-            ledger.release_lock()
+        await run.lease.release()  # shielded: cancellation cannot cut it short
     summary.interrupted = interrupted is not None and interrupted.is_set()
     summary.elapsed = time.monotonic() - started
     summary.requests = client.requests
@@ -712,7 +683,7 @@ async def _drive(run: _ApplyRun, work: Sequence[tuple[PlannedSession, bool]]) ->
             try:
                 async with anyio.create_task_group() as tg:
                     run.task_group = tg
-                    tg.start_soon(run.heartbeat)
+                    tg.start_soon(run.lease.keep)
                     tg.start_soon(run.watchdog, tg.cancel_scope)
                     if run.deferred:
                         run.lag.start(tg)

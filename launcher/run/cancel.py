@@ -12,7 +12,7 @@ import anyio
 
 from launcher.api.client import DevinClient
 from launcher.errors import APIError, AuthError
-from launcher.ledger.store import EventKind, Ledger, LedgerEvent
+from launcher.ledger.store import EventKind, Ledger, LedgerEvent, off_loop
 from launcher.run.status import CONCURRENCY, CampaignView, Outcome
 
 
@@ -80,7 +80,9 @@ async def _terminate(
             for label, sid in targets:
                 tg.start_soon(one, label, sid, tg.cancel_scope)
     finally:
-        on_done([k for k, v in report.results.items() if v != CancelResult.error])
+        done = [k for k, v in report.results.items() if v != CancelResult.error]
+        with anyio.CancelScope(shield=True):  # recorded whatever stopped the rest
+            await off_loop(on_done, done)
     if auth:
         raise auth[0]
 
@@ -93,7 +95,7 @@ async def cancel_sessions(
     A session the API no longer knows counts as cancelled. AuthError stops everything (after
     recording what was already terminated); other errors are per session.
     """
-    records = ledger.records()
+    records = await off_loop(ledger.records)
     report = CancelReport()
     targets = []
     for key in keys:

@@ -19,7 +19,8 @@ import anyio
 from launcher.api.client import CreateOutcome, DevinClient
 from launcher.api.pacing import Clock, MonotonicClock, Pacer
 from launcher.errors import APIError, AuthError, LockLostError
-from launcher.ledger.store import Ledger
+from launcher.ledger.lease import Lease
+from launcher.ledger.store import Ledger, off_loop
 from launcher.run.status import SessionView
 from launcher.spec.plan import Plan
 from launcher.spec.templating import TemplateFailure, Templates
@@ -139,6 +140,9 @@ async def delivered(client: DevinClient, out: Outgoing) -> bool:
     return False
 
 
+LOOKUP = "found by lookup"
+
+
 async def send_messages(
     client: DevinClient,
     ledger: Ledger,
@@ -146,6 +150,7 @@ async def send_messages(
     *,
     rate: float = 1.0,
     clock: Clock | None = None,
+    concurrency: int = CONCURRENCY,
 ) -> MessageReport:
     """Send every message of `batch` once, holding the campaign lock (LockedError when another
     run holds it); raises AuthError (401/403) after stopping."""
@@ -153,7 +158,7 @@ async def send_messages(
     report = MessageReport()
     auth: list[AuthError] = []
     lost: list[LockLostError] = []
-    limiter = anyio.CapacityLimiter(CONCURRENCY)
+    limiter = anyio.CapacityLimiter(concurrency)
 
     async def lookup(out: Outgoing) -> bool | None:
         try:
@@ -172,7 +177,7 @@ async def send_messages(
                 if found is None:
                     return
                 if found:
-                    ledger.message_outcome(out.session_id, out.digest, "sent", "found by lookup")
+                    await off_loop(ledger.message_outcome, out.session_id, out.digest, "sent", LOOKUP)
                     report.found += 1
                     return
             retry_at = 0.0  # this message's own Retry-After, as a clock time
@@ -181,43 +186,43 @@ async def send_messages(
                 assert ticket is not None  # no stop event: acquire always admits in the end
                 # A long, slowly paced run keeps its lease, and never sends on a lost one
                 # (paused past the lease and taken over: the other run may send it too).
-                if lost or not ledger.heartbeat():
-                    if not lost:
-                        lost.append(
-                            LockLostError(
-                                "lost the campaign lock: stopped sending messages at once",
-                                hint="another run holds this campaign now; re-run `message` "
-                                "when it is done (what was sent is recorded: nothing repeats)",
-                            )
-                        )
+                if not await lease.held():  # the fence: right before the intent and the POST
                     scope.cancel()
                     return
-                ledger.message_intent(out.key, out.session_id, out.digest, out.text)
+                await off_loop(ledger.message_intent, out.key, out.session_id, out.digest, out.text)
                 result = await client.send_message(out.session_id, out.text)
                 if result.outcome is CreateOutcome.created:
-                    ledger.message_outcome(out.session_id, out.digest, "sent")
+                    await off_loop(ledger.message_outcome, out.session_id, out.digest, "sent")
                     pacer.on_success(ticket)
                     report.sent += 1
                     return
                 if result.outcome is CreateOutcome.rate_limited:
-                    ledger.message_outcome(out.session_id, out.digest, "not_sent", "rate limited")
+                    await off_loop(
+                        ledger.message_outcome, out.session_id, out.digest, "not_sent", "rate limited"
+                    )
                     retry_at = pacer.on_429(ticket, result.retry_after)
                     continue
                 if result.outcome is CreateOutcome.auth:
-                    ledger.message_outcome(out.session_id, out.digest, "not_sent", result.message)
+                    await off_loop(
+                        ledger.message_outcome, out.session_id, out.digest, "not_sent", result.message
+                    )
                     auth.append(AuthError(result.message, status=result.status))
                     scope.cancel()
                     return
                 if result.outcome in (CreateOutcome.not_sent, CreateOutcome.rejected):
-                    ledger.message_outcome(
-                        out.session_id, out.digest, result.outcome.value, result.message
+                    await off_loop(
+                        ledger.message_outcome,
+                        out.session_id,
+                        out.digest,
+                        result.outcome.value,
+                        result.message,
                     )
                     report.errors[out.key] = result.message
                     return
                 # ambiguous: it may have arrived; read back once, else the next run looks again
                 found = await lookup(out)
                 if found:
-                    ledger.message_outcome(out.session_id, out.digest, "sent", "found by lookup")
+                    await off_loop(ledger.message_outcome, out.session_id, out.digest, "sent", LOOKUP)
                     report.found += 1
                 elif found is not None:
                     report.errors[out.key] = (
@@ -227,13 +232,26 @@ async def send_messages(
 
     # The campaign lease keeps two senders (or a sender and an apply) apart: without it two
     # runs could both find a message unsent and both send it.
-    ledger.acquire_lock()
+    lease = Lease(ledger)
+    await lease.acquire()
+    lease.on_lost(
+        lambda _why: lost.append(
+            LockLostError(
+                "lost the campaign lock: stopped sending messages at once",
+                hint="another run holds this campaign now; re-run `message` "
+                "when it is done (what was sent is recorded: nothing repeats)",
+            )
+        )
+    )
     try:
         async with anyio.create_task_group() as tg:
-            for out in batch.todo:
-                tg.start_soon(one, out, tg.cancel_scope)
+            tg.start_soon(lease.keep)
+            async with anyio.create_task_group() as senders:
+                for out in batch.todo:
+                    senders.start_soon(one, out, senders.cancel_scope)
+            tg.cancel_scope.cancel()  # every message is done: end the heartbeat
     finally:
-        ledger.release_lock()
+        await lease.release()
     if auth:
         raise auth[0]
     if lost:

@@ -8,12 +8,15 @@ Identity of a launch = (campaign, key, attempt): `fleet:<campaign>`, `fleet-key:
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from launcher.api.client import DevinClient
 from launcher.api.models import Session
-from launcher.ledger.store import EventKind, Ledger, LedgerEvent
+from launcher.ledger.records import AttemptRecord
+from launcher.ledger.store import EventKind, Ledger, LedgerEvent, off_loop
 from launcher.spec.plan import FP_TAG_PREFIX, Plan, PlannedSession, attempt_of
 
 ENDED = frozenset({"exit", "error"})  # a session in these states is not live
@@ -166,12 +169,48 @@ def duplicate_events(rec: Reconciliation, ledger: Ledger) -> list[LedgerEvent]:
     return events
 
 
+def remember_earlier(ledger: Ledger, earlier: Mapping[str, list[Session]]) -> int:
+    """Keep the earlier attempts the API lists and the ledger never saw (a lost ledger rebuilt
+    from the API): `results --history` lists them and their pull requests. Returns how many."""
+    known = ledger.session_ids_by_key()
+    have = {(a.key, a.attempt) for a in ledger.attempt_history()}
+    now = time.time()
+    new = []
+    for key, sessions in earlier.items():
+        for x in sessions:  # earliest first: one per (key, attempt), the earliest
+            n = attempt_of(x.tags)
+            if x.session_id in known.get(key, ()) or (key, n) in have:
+                continue
+            have.add((key, n))
+            new.append(
+                AttemptRecord(
+                    key=key,
+                    attempt=n,
+                    session_id=x.session_id,
+                    url=x.url,
+                    fingerprint=None,
+                    status=x.status,
+                    status_detail=x.status_detail,
+                    outcome=None,
+                    acus_consumed=x.acus_consumed,
+                    pull_requests=json.loads(json.dumps([p.model_dump() for p in x.pull_requests])),
+                    structured_output=x.structured_output,
+                    created_at=float(x.created_at),
+                    superseded_at=now,
+                    termination="none" if x.status in ENDED else "kept",
+                    request="rebuilt",
+                )
+            )
+    return ledger.remember_attempts(new)
+
+
 async def rebuild(plan: Plan, client: DevinClient, ledger: Ledger) -> Reconciliation:
     """Bring the ledger up to what the API holds: rows for the plan, adopted sessions, logged
     duplicates (used by apply, status/results/cancel on a fresh clone, `plan --check-remote`)."""
-    ledger.sync_plan(plan)
+    await off_loop(ledger.sync_plan, plan)
     rec = await scan(plan, client)
-    events = adoptions(plan, ledger, rec, how="reconcile") + duplicate_events(rec, ledger)
+    events = await off_loop(adoptions, plan, ledger, rec, how="reconcile")
+    events += await off_loop(duplicate_events, rec, ledger)
     if events:
-        ledger.write_events(events)
+        await off_loop(ledger.write_events, events)
     return rec

@@ -32,7 +32,7 @@ from typing import Any
 from launcher.api.client import DevinClient
 from launcher.errors import APIError, AuthError, FleetError, SelectorError
 from launcher.ledger.attempts import AttemptRecord, attempt_history, relaunch, set_termination
-from launcher.ledger.store import Ledger, Record
+from launcher.ledger.store import Ledger, Record, off_loop
 from launcher.run.reconcile import ENDED
 from launcher.run.status import CampaignView, Outcome, SessionView
 from launcher.spec.plan import ATTEMPT_TAG_PREFIX, FP_TAG_PREFIX, Plan, build_plan, fingerprint_tag
@@ -238,7 +238,7 @@ async def terminate_previous(
     could not be ended: nothing new may start while its predecessor runs unrecorded. Returns
     how many were ended."""
     done = 0
-    chosen = which if which is not None else attempt_history(ledger)
+    chosen = which if which is not None else await off_loop(attempt_history, ledger)
     for a in chosen:
         if which is None and a.termination != "pending":
             continue
@@ -252,7 +252,7 @@ async def terminate_previous(
                     f"could not terminate {a.key}'s attempt {a.attempt} ({a.session_id}): {exc.message}",
                     hint="nothing new was created for it; re-run to try again",
                 ) from None
-        set_termination(ledger, a.key, a.attempt, "done")
+        await off_loop(set_termination, ledger, a.key, a.attempt, "done")
         done += 1
     return done
 

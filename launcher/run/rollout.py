@@ -21,7 +21,6 @@ the campaign's running sessions, and following launched sessions to their final 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import fnmatch
 import math
@@ -38,10 +37,10 @@ from launcher.errors import (
     AuthError,
     ConfigError,
     ExitCode,
-    LedgerError,
     LockLostError,
 )
-from launcher.ledger.store import LaunchState, Ledger
+from launcher.ledger.lease import Lease
+from launcher.ledger.store import LaunchState, Ledger, off_loop
 from launcher.run.apply import ApplyOptions, NullReporter, Reporter, apply_plan
 from launcher.run.status import CampaignView, Outcome, classify, watch
 from launcher.run.summary import ApplySummary, Result
@@ -493,26 +492,26 @@ async def run_rollout(
             return left
         return extra if left is None else min(left, extra)
 
-    ledger.acquire_lock(ttl=options.lock_ttl)
+    lease = Lease(ledger, ttl=options.lock_ttl)
+    await lease.acquire()
     try:
-        decided = {e["wave"] for e in ledger.wave_log() if e["decision"] in OPEN}
+        decided = {e["wave"] for e in await off_loop(ledger.wave_log) if e["decision"] in OPEN}
         if rollout.wave is not None:
             for w in waves[: rollout.wave - 1]:
                 if w.number not in decided:
-                    ledger.record_wave(w.number, "forced", f"--wave {rollout.wave}")
+                    await off_loop(ledger.record_wave, w.number, "forced", f"--wave {rollout.wave}")
                     decided.add(w.number)
         if rollout.skip_gate:
             resume = next((w for w in waves[:-1] if w.number not in decided), None)
             if resume is not None:
-                ledger.record_wave(resume.number, "skipped", "--skip-gate")
+                await off_loop(ledger.record_wave, resume.number, "skipped", "--skip-gate")
                 decided.add(resume.number)
         await _waves(
             plan, client, ledger, options, rollout, gate, waves, decided, summary,
             ceiling, progress, follower, clock, environ, stop, interrupted, remaining,
         )  # fmt: skip
     finally:
-        with contextlib.suppress(Exception):
-            ledger.release_lock()
+        await lease.release()
     summary.holds = ceiling.holds if ceiling is not None else 0
     summary.interrupted = interrupted is not None and interrupted.is_set()
     return summary
@@ -532,26 +531,22 @@ async def _follow_locked(
     campaign over) stops the run: no gate is decided and no wave launched on a lost lease."""
     lost: list[LockLostError] = []
     view: CampaignView | None = None
+    # Real time for the heartbeat (the follow's clock may be a test's virtual one); the lease
+    # was acquired by the caller, so this run only renews it.
+    lease = Lease(ledger, ttl=lock_ttl, every=HEARTBEAT_EVERY)
     async with anyio.create_task_group() as tg:
 
-        async def beat() -> None:
-            while True:
-                await anyio.sleep(min(HEARTBEAT_EVERY, lock_ttl / 6))
-                try:
-                    held = ledger.heartbeat()
-                except LedgerError:
-                    continue  # busy for a moment: the next beat tries again
-                if not held:
-                    lost.append(
-                        LockLostError(
-                            "lost the campaign lock while following the fleet: stopped",
-                            hint="another apply holds this campaign now; re-run when it is done",
-                        )
-                    )
-                    tg.cancel_scope.cancel()
-                    return
+        def stop_following(_why: str) -> None:
+            lost.append(
+                LockLostError(
+                    "lost the campaign lock while following the fleet: stopped",
+                    hint="another apply holds this campaign now; re-run when it is done",
+                )
+            )
+            tg.cancel_scope.cancel()
 
-        tg.start_soon(beat)
+        lease.on_lost(stop_following)
+        tg.start_soon(lease.keep)
         view = await follow(plan, client, ledger, keys, **kw)
         tg.cancel_scope.cancel()
     if lost or view is None:
@@ -611,8 +606,8 @@ async def _waves(
             return
         # apply_plan released it; this run keeps it until it ends (LockedError if another
         # apply took the campaign in the meantime)
-        ledger.acquire_lock(ttl=options.lock_ttl)
-        records = ledger.records()
+        await off_loop(ledger.acquire_lock, ttl=options.lock_ttl)
+        records = await off_loop(ledger.records)
         left = [
             k for k in keys if not (records[k].state.launched or records[k].state == LaunchState.refused)
         ]
@@ -641,13 +636,16 @@ async def _waves(
             summary.next_wave = w.number
             return
         if view.timed_out:
-            ledger.record_wave(w.number, "timeout", "sessions still running at the wait timeout")
+            await off_loop(
+                ledger.record_wave, w.number, "timeout", "sessions still running at the wait timeout"
+            )
             reporter.note(f"wave {w.number}: sessions still running at the wait timeout")
             summary.next_wave = w.number
             return
         result = evaluate_gate(gate, w.number, view.counts())
         summary.gates.append(result)
-        ledger.record_wave(w.number, "passed" if result.passed else "stopped", result.describe())
+        decision = "passed" if result.passed else "stopped"
+        await off_loop(ledger.record_wave, w.number, decision, result.describe())
         reporter.note(result.describe())
         if not result.passed:
             summary.stopped = result

@@ -39,9 +39,9 @@ from launcher.api.client import DevinClient
 from launcher.api.models import Session, output_errors, session_path_id
 from launcher.api.pacing import Clock, MonotonicClock, sleep_unless
 from launcher.errors import APIError, AuthError, ExitCode
-from launcher.ledger.attempts import attempt_history, remember_earlier
-from launcher.ledger.store import LaunchState, Ledger, Record
-from launcher.run.reconcile import ENDED, adoptions, duplicate_events, scan
+from launcher.ledger.attempts import attempt_history
+from launcher.ledger.store import LaunchState, Ledger, Record, off_loop
+from launcher.run.reconcile import ENDED, adoptions, duplicate_events, remember_earlier, scan
 from launcher.spec.plan import Plan
 from launcher.spec.templating import Rule, TemplateFailure
 
@@ -412,19 +412,21 @@ async def refresh(
     # of truth): planned keys the ledger does not hold as launched are adopted, extra live
     # sessions of one key are logged as duplicates, unmatched ones are strays.
     rec = await scan(plan, client, page_size=page_size)
-    healing = adoptions(plan, ledger, rec, how="reconcile (status)") + duplicate_events(rec, ledger)
+    healing = await off_loop(adoptions, plan, ledger, rec, how="reconcile (status)")
+    healing += await off_loop(duplicate_events, rec, ledger)
     if healing:
-        ledger.sync_plan(plan)  # rows for the adopted keys (a fresh ledger has none yet)
-        ledger.write_events(healing)
-    remember_earlier(ledger, rec.other_attempts)  # a rebuilt ledger keeps earlier attempts too
-    records = ledger.records()
+        await off_loop(ledger.sync_plan, plan)  # rows for the adopted keys (a fresh ledger has none)
+        await off_loop(ledger.write_events, healing)
+    # a rebuilt ledger keeps earlier attempts too
+    await off_loop(remember_earlier, ledger, rec.other_attempts)
+    records = await off_loop(ledger.records)
     # Match on the path form of ids: some bodies carry bare hex ids (devin-api.md section 1).
     wanted = {
         session_path_id(r.session_id): k for k, r in records.items() if r.state.launched and r.session_id
     }
     found: dict[str, Session] = {}
     untracked: list[str] = []
-    earlier = {a.session_id for a in attempt_history(ledger)}  # superseded by a relaunch
+    earlier = {a.session_id for a in await off_loop(attempt_history, ledger)}  # superseded
     listed = [x for v in rec.by_key.values() for x in v]
     listed += [x for v in rec.other_attempts.values() for x in v] + rec.strays
     for session in listed:
@@ -472,17 +474,20 @@ async def refresh(
     for sid, exc in failures.items():
         by_key[wanted[sid]].note = f"not refreshed: {exc.message}"
     refreshed = [updated[wanted[sid]] for sid in found]
-    ledger.update_status(
-        {
-            "session_id": r.session_id,
-            "status": r.status,
-            "status_detail": r.status_detail,
-            "outcome": by_key[r.key].outcome.value,
-            "acus_consumed": r.acus_consumed,
-            "pull_requests": r.pull_requests,
-            "structured_output": r.structured_output,
-        }
-        for r in refreshed
+    await off_loop(
+        ledger.update_status,
+        [
+            {
+                "session_id": r.session_id,
+                "status": r.status,
+                "status_detail": r.status_detail,
+                "outcome": by_key[r.key].outcome.value,
+                "acus_consumed": r.acus_consumed,
+                "pull_requests": r.pull_requests,
+                "structured_output": r.structured_output,
+            }
+            for r in refreshed
+        ],
     )
     view.untracked = untracked
     view.strays = [x for x in rec.strays if x.status not in ENDED]

@@ -105,6 +105,24 @@ class PlannedSession:
     def identity_tag(self) -> str:
         return self.tags[1]
 
+    @property
+    def stored(self) -> dict[str, Any]:
+        """The request as the ledger keeps it: the output schema by digest, each secret by the
+        name of its variable (`env:NAME`, as the fingerprint sees it), no fingerprint tag."""
+        out = dict(self.request)
+        env = dict(self.secret_env)
+        if env and isinstance(out.get("session_secrets"), list):
+            out["session_secrets"] = [
+                dict(s, value=f"env:{env[i]}") if i in env else s
+                for i, s in enumerate(out["session_secrets"])
+            ]
+        if isinstance(out.get("tags"), list):  # the fingerprint tag is derived from the rest
+            out["tags"] = [x for x in out["tags"] if not str(x).startswith(FP_TAG_PREFIX)]
+        if (schema := out.get("structured_output_schema")) is not None:
+            text = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+            out["structured_output_schema"] = f"sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+        return out
+
     def body(self, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The request to send, with secret values read from the environment (never stored)."""
         if not self.secret_env:
