@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.test_day_two import _campaign  # the tests' campaign: a mix of outcomes
+from launcher.sim.campaigns import mixed_campaign_ledger  # a mix of outcomes, as the tests use
 
 
 def measure(argv: list[str], repeat: int) -> tuple[int, float]:
@@ -44,7 +44,7 @@ def main() -> None:
     print(f"CLI: {' '.join(cli)}; PYTHONPATH={env_path}")
     with tempfile.TemporaryDirectory() as d:
         for n in args.n:
-            path, ledger, _ = _campaign(Path(d) / str(n), n)
+            path, ledger, _ = mixed_campaign_ledger(Path(d) / str(n), n)
             base = [str(path), "--ledger", str(ledger), "--offline"]
             html = Path(d) / f"r{n}.html"
             for name, extra in (

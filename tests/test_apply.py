@@ -4,119 +4,29 @@ auth stops, nothing sent for bad input, the plan/ledger diff, replace, and the l
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 from click.testing import CliRunner
 
 from launcher import (
-    ApiConfig,
-    ApplyOptions,
     AuthError,
-    DevinClient,
     LockedError,
     SecretError,
-    apply_plan,
     build_plan,
     load_manifest,
     open_ledger,
 )
 from launcher.cli import cli
 from launcher.ledger.store import Change, LedgerEvent
-from launcher.run.summary import ApplySummary, Result
+from launcher.run.summary import Result
 from launcher.sim import Profile, SimServer
-from launcher.spec.identity import markers
-from launcher.spec.plan import Plan
+from tests.helpers import assert_exactly_once_and_ledger_agrees, campaign, run_apply, sessions_per_key
 from tests.holders import dead_holder, live_holder
 
 Write = Callable[[str, str], Path]
-
-
-def campaign(
-    write: Write,
-    n: int,
-    *,
-    name: str = "demo",
-    prompt: str = "Fix {{ item }}",
-    extra: str = "",
-    identity: str = "tags",
-) -> Path:
-    items = ", ".join(f"repo-{i:03d}" for i in range(n))
-    return write(
-        f"{name}.yaml",
-        f"""
-        version: 1
-        campaign: {name}
-        identity: {identity}
-        defaults:
-          max_acu_limit: 3
-        fleets:
-          - name: f
-            for_each:
-              items: [{items}]
-            session:
-              prompt: "{prompt}"
-              repos: ["acme/{{{{ item }}}}"]
-{extra}
-        """,
-    )
-
-
-def sim_lag(sim: SimServer) -> float:
-    """The simulator's list lag: known exactly, so library runs state it (`list_lag`)."""
-    return sim.profile.faults.list_lag_seconds
-
-
-def run_apply(
-    plan: Plan,
-    sim: SimServer,
-    ledger_path: Path,
-    *,
-    token: str | None = None,
-    read_timeout: float = 30.0,
-    environ: dict[str, str] | None = None,
-    **options: Any,
-) -> ApplySummary:
-    cfg = ApiConfig(sim.base_url, sim.org_id, token or sim.token, read_timeout=read_timeout)
-    options.setdefault("rate", 200.0)
-    options.setdefault("concurrency", 8)
-    options.setdefault("list_lag", sim_lag(sim))
-
-    async def go() -> ApplySummary:
-        async with DevinClient(cfg) as client:
-            with open_ledger(plan.manifest.path, plan.campaign, ledger_path) as ledger:
-                return await apply_plan(
-                    plan, client, ledger, ApplyOptions(**options), environ=environ or {}
-                )
-
-    return anyio.run(go)
-
-
-def sessions_per_key(plan: Plan, sim: SimServer) -> Counter[str]:
-    """Sessions per planned key, by identity tag or title suffix (`identity: title`)."""
-    by_tag = {s.identity_tag: s.key for s in plan.sessions}
-    counts: Counter[str] = Counter()
-    for s in sim.sessions():
-        for tag in markers(s["tags"], s["title"]):
-            if tag in by_tag:
-                counts[by_tag[tag]] += 1
-    return counts
-
-
-def assert_exactly_once_and_ledger_agrees(plan: Plan, sim: SimServer, ledger_path: Path) -> None:
-    counts = sessions_per_key(plan, sim)
-    assert counts == {s.key: 1 for s in plan.sessions}, counts
-    tag_to_id = {t: s["session_id"] for s in sim.sessions() for t in markers(s["tags"], s["title"])}
-    with open_ledger(plan.manifest.path, plan.campaign, ledger_path) as ledger:
-        records = ledger.records()
-    for s in plan.sessions:
-        r = records[s.key]
-        assert r.state.launched, (s.key, r.state, r.last_error)
-        assert r.session_id == tag_to_id[s.identity_tag]
 
 
 def test_clean_apply_creates_each_session_once_and_a_rerun_creates_nothing(

@@ -19,7 +19,7 @@ from launcher.ledger.location import open_ledger
 from launcher.ledger.store import EventKind, LaunchState
 from launcher.run.summary import ApplySummary, Result
 from launcher.spec.plan import Plan
-from tests.fake_api import FakeClock, ScriptedAPI, created
+from tests.helpers import FakeClock, ScriptedAPI, created
 
 Write = Callable[[str, str], Path]
 

@@ -11,26 +11,14 @@ from pathlib import Path
 
 import anyio
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from launcher.cli import cli
 from launcher.errors import ExitCode, FleetError, LockedError, SecretError, fleet_errors
 from launcher.sim import SimServer
-from tests.test_follow import fleet_manifest
+from tests.helpers import clean, fleet_manifest, run
 
 Write = Callable[[str, str], Path]
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def clean(res: Result) -> str:
-    """The whole output, after checking nothing escaped as a traceback."""
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    text = res.output
-    assert "Traceback" not in text and "ExceptionGroup" not in text, text
-    return text
 
 
 @pytest.fixture
@@ -178,7 +166,7 @@ def test_status_against_an_unreachable_api_names_the_url_and_exits_1(
     write: Write, tmp_path: Path, dead_url: str, make_sim: Callable[..., SimServer]
 ) -> None:
     from launcher import build_plan, load_manifest
-    from tests.test_follow import apply_all
+    from tests.helpers import apply_all
 
     path = fleet_manifest(write, 2)
     apply_all(build_plan(load_manifest(path)), make_sim("clean"), tmp_path / "l.db")

@@ -5,148 +5,34 @@ own API (real SQLite, no network): `--offline` reads them as a refreshed campaig
 
 from __future__ import annotations
 
-import fcntl
 import io
-import json
 import os
-import pty
-import random
 import re
 import shutil
-import struct
 import subprocess
 import sys
-import termios
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
-from launcher import build_plan, load_manifest
 from launcher.cli import cli
-from launcher.ledger.location import open_ledger
-from launcher.ledger.store import LaunchState, LedgerEvent
+from launcher.sim.campaigns import mixed_campaign_ledger
+from tests.helpers import run_pty
 
-SCHEMA = {
-    "type": "object",
-    "required": ["status", "tests_passed"],
-    "properties": {
-        "status": {"type": "string", "enum": ["upgraded", "blocked"]},
-        "tests_passed": {"type": "boolean"},
-        "notes": {"type": "string"},
-    },
-}
 ATTENTION = ["failed", "needs-human", "running", "not-launched", "cancelled", "succeeded"]
 BIN = Path(sys.executable).parent / "devin-fleet"
-
-
-def _campaign(root: Path, n: int) -> tuple[Path, Path, dict[str, str]]:
-    """A manifest of `n` services and its ledger with a mix of outcomes; key -> outcome."""
-    root.mkdir(parents=True, exist_ok=True)
-    rows = "\n".join(f"acme/svc-{i:04d},team-{i % 7}" for i in range(n))
-    (root / "svc.csv").write_text("repo,team\n" + rows + "\n", encoding="utf-8")
-    path = root / "c.yaml"
-    path.write_text(
-        f"""version: 1
-campaign: day2-{n}
-success_when: "output.status == 'upgraded' and output.tests_passed"
-fleets:
-  - name: services
-    for_each: {{file: svc.csv}}
-    key: "{{{{ item.repo }}}}"
-    session:
-      prompt: "Upgrade {{{{ item.repo }}}}"
-      structured_output_schema: {json.dumps(SCHEMA)}
-""",
-        encoding="utf-8",
-    )
-    plan = build_plan(load_manifest(path))
-    rng = random.Random(n)
-    kinds = ["succeeded"] * 14 + ["failed"] * 3 + ["needs-human"] * 2 + ["running"] * 1
-    truth, events, updates = {}, [], []
-    for i, s in enumerate(plan.sessions):
-        kind = rng.choice(kinds)
-        truth[s.key] = kind
-        sid = f"devin-{i:032x}"
-        events += [
-            LedgerEvent(s.key, "intent", 1),
-            LedgerEvent(
-                s.key,
-                "created",
-                session_id=sid,
-                state=LaunchState.created,
-                url=f"https://app.devin.ai/sessions/{i:032x}",
-            ),
-        ]
-        pr = [{"pr_url": f"https://github.com/{s.key}/pull/{i}", "pr_state": "open"}]
-        status, detail, prs, output = {
-            "succeeded": (
-                "running",
-                "waiting_for_user",
-                pr,
-                {"status": "upgraded", "tests_passed": True},
-            ),
-            "failed": ("error", None, [], None),
-            "needs-human": ("running", "waiting_for_user", [], None),
-            "running": ("running", "working", [], None),
-        }[kind]
-        if output is not None and i % 3 == 0:
-            output = {**output, "notes": f"moved {i} modules to the new interpreter; " * 3}
-        updates.append(
-            {
-                "session_id": sid,
-                "status": status,
-                "status_detail": detail,
-                "outcome": kind,
-                "acus_consumed": round(rng.uniform(0.5, 6), 2),
-                "pull_requests": prs,
-                "structured_output": output,
-            }
-        )
-    ledger = root / "l.db"
-    with open_ledger(path, plan.campaign, ledger) as led:
-        led.sync_plan(plan)
-        led.write_events(events)
-        led.update_status(updates)
-    return path, ledger, truth
 
 
 @pytest.fixture(scope="module")
 def fleets(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[Path, Path, dict[str, str]]]:
     base = tmp_path_factory.mktemp("day2")
-    return {n: _campaign(base / str(n), n) for n in (40, 2000)}
+    return {n: mixed_campaign_ledger(base / str(n), n) for n in (40, 2000)}
 
 
 def run(*args: str | Path) -> Result:
     return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def run_pty(*args: str | Path, cols: int = 120, rows: int = 40, stdin: str = "") -> str:
-    """The installed CLI on a pseudo-terminal `cols` wide: what a person sees."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
-    env["TERM"] = "xterm-256color"
-    proc = subprocess.Popen(
-        [str(BIN), *map(str, args)], stdin=slave, stdout=slave, stderr=slave, env=env
-    )
-    os.close(slave)
-    if stdin:
-        os.write(master, stdin.encode())
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    proc.wait(timeout=120)
-    os.close(master)
-    text = b"".join(chunks).decode("utf-8", "replace")
-    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\]8;[^\x1b]*\x1b\\", "", text).replace("\r", "")
 
 
 @pytest.mark.parametrize("n", [40, 2000])

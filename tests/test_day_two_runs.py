@@ -20,7 +20,7 @@ from launcher.ledger.location import open_ledger
 from launcher.run.rollout import assign_waves
 from launcher.sim import Profile, SimServer
 from launcher.views.progress import ProgressReporter
-from tests.test_day_two import run_pty
+from tests.helpers import run_pty
 
 Write = Callable[[str, str], Path]
 

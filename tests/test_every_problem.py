@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from launcher.api.models import check_output_schema
-from launcher.cli import cli
 from launcher.errors import ManifestError
 from launcher.spec.build import plan_manifest
 from launcher.spec.manifest import IncompleteManifest, load_manifest
+from tests.helpers import run
 
 Write = Callable[[str, str], Path]
 
@@ -34,10 +34,6 @@ fleets:
       bypass_approval: maybe
 """
 ITEMS = "[item m.yaml:6:24, and 1 more item(s)]"
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def problem_lines(result: Result) -> list[str]:

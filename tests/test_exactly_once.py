@@ -26,23 +26,18 @@ from launcher.ledger.store import Change, EventKind, LaunchState
 from launcher.run.remote import check_remote
 from launcher.run.summary import Result
 from launcher.sim import Profile, SimServer
-from tests.fake_api import ScriptedAPI, created
-from tests.test_apply import (
+from tests.helpers import (
+    ScriptedAPI,
     assert_exactly_once_and_ledger_agrees,
     campaign,
+    cli_env,
+    created,
     run_apply,
     sessions_per_key,
+    wait_for,
 )
 
 Write = Callable[[str, str], Path]
-
-
-def cli_env(sim: SimServer) -> dict[str, str]:
-    return {
-        "DEVIN_API_KEY": sim.token,
-        "DEVIN_ORG_ID": sim.org_id,
-        "DEVIN_API_BASE_URL": sim.base_url,
-    }
 
 
 def invoke(sim: SimServer, *args: object) -> object:
@@ -151,7 +146,6 @@ def test_strays_are_listed_and_cancellable_and_duplicates_are_healed(
 # ------------------------------------------------------------------ 2. a lost lock
 
 
-@pytest.mark.slow
 def stop_outside_a_transaction(proc: subprocess.Popen[str], ledger: Path, campaign: str) -> None:
     """SIGSTOP `proc` at a moment it holds no write lock on `ledger`. (Stopped inside one of
     its millisecond transactions, it blocks every other writer until it is resumed: SQLite's
@@ -168,15 +162,18 @@ def stop_outside_a_transaction(proc: subprocess.Popen[str], ledger: Path, campai
     raise AssertionError("the apply never paused outside a ledger transaction")
 
 
+@pytest.mark.slow
 def test_2_an_apply_paused_past_its_lease_stops_and_says_so(
     write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
 ) -> None:
-    """SIGSTOP an apply past its (2 s) lease; a second apply takes over and finishes; SIGCONT
-    the first: it must not send another create, and exits 9 saying it lost the lock."""
+    """SIGSTOP an apply; while it is paused its lease is taken over, as a peer takes it once
+    the TTL has passed (here a peer with a TTL of 0: no real wait), and a second apply
+    finishes the campaign. SIGCONT the first: it must not send another create, and exits 9
+    saying it lost the lock."""
     sim = make_sim(Profile.model_validate({"name": "slowish", "faults": {"latency_seconds": 0.05}}))
     path = campaign(write, 40)
     plan = build_plan(load_manifest(path))
-    env = {**os.environ, **cli_env(sim), "DEVIN_FLEET_LOCK_TTL": "2"}
+    env = {**os.environ, **cli_env(sim)}
     ledger = tmp_path / "l.db"
     cmd = [sys.executable, "-m", "launcher", "apply", str(path), "--yes", "--ledger", str(ledger)]
     first = subprocess.Popen(
@@ -188,12 +185,13 @@ def test_2_an_apply_paused_past_its_lease_stops_and_says_so(
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while len(sim.sessions()) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(sim.sessions()) >= 3
+        wait_for(lambda: len(sim.sessions()) >= 3 or first.poll() is not None, 60)
+        assert first.poll() is None and len(sim.sessions()) < len(plan)
         stop_outside_a_transaction(first, ledger, plan.campaign)
-        time.sleep(2.5)  # past the TTL: the lease is stale for others
+        with open_ledger(path, plan.campaign, ledger) as peer:  # the takeover
+            taken = peer.acquire_lock(ttl=0.0)  # a peer for which any lease is stale
+            assert taken.generation >= 2
+            peer.release_lock()
         second = subprocess.run(
             [*cmd, "--rate", "100"], env=env, capture_output=True, text=True, timeout=120
         )

@@ -31,7 +31,7 @@ from launcher.sim import ManualClock, Profile, SimServer
 from launcher.sim.faults import CreateFault, FaultPlan
 from launcher.spec.plan import Plan
 from tests.fake_api import FakeClock
-from tests.test_apply import campaign, sessions_per_key
+from tests.helpers import apply_all, campaign, fleet_manifest, sessions_per_key
 
 Write = Callable[[str, str], Path]
 
@@ -236,7 +236,6 @@ def test_3_a_message_batch_built_before_the_prompt_is_rechecked_under_the_lease(
 ) -> None:
     """Run A builds its batch and waits at its prompt; run B sends the same text to every
     session; then A goes on: before, 6 of 6 sessions got the text twice."""
-    from tests.test_follow import apply_all, fleet_manifest
 
     sim = make_sim("clean", time_scale=1)
     plan = build_plan(load_manifest(fleet_manifest(write, 6)))

@@ -13,13 +13,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from launcher import build_plan, load_manifest, open_ledger
-from launcher.cli import cli
 from launcher.sim import ManualClock, SimServer
 from launcher.sim.profiles import LIMITED_TOKEN
-from tests.test_follow import apply_all, fleet_manifest
+from tests.helpers import apply_all, fleet_manifest, run
 
 Write = Callable[[str, str], Path]
 
@@ -45,10 +44,6 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Callable[[SimServer, str | None], No
         monkeypatch.setenv("DEVIN_API_BASE_URL", sim.base_url)
 
     return _env
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def requests(sim: SimServer) -> Counter[str]:

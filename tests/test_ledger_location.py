@@ -22,7 +22,7 @@ from launcher.ledger.location import (
     redact_url,
 )
 from launcher.ledger.records import EventKind, LedgerEvent
-from tests.test_follow import fleet_manifest
+from tests.helpers import fleet_manifest
 
 Write = Callable[[str, str], Path]
 

@@ -17,8 +17,7 @@ from launcher.ledger.migrations import MIGRATIONS, SCHEMA_VERSION
 from launcher.ledger.records import TRANSITIONS, EventKind, LaunchState, LedgerEvent
 from launcher.ledger.sqlite import SqliteLedger
 from launcher.ledger.sqlite_errors import sqlite_errors
-from tests.test_cli_errors import Write, clean, run
-from tests.test_follow import fleet_manifest
+from tests.helpers import Write, clean, fleet_manifest, run
 
 
 def test_a_v1_ledger_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:

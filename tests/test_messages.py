@@ -18,26 +18,20 @@ import anyio
 import anyio.lowlevel
 import httpx
 import pytest
-from click.testing import CliRunner, Result
 
 from launcher import build_plan, load_manifest, open_ledger
 from launcher.api.client import ApiConfig, DevinClient
-from launcher.cli import cli
 from launcher.errors import ExitCode
 from launcher.run.messages import MessageBatch, MessageReport, Outgoing, digest, send_messages
 from launcher.sim import Profile, SimServer
+from tests.helpers import apply_all, fleet_manifest, run, wait_for
 from tests.holders import live_holder
-from tests.test_follow import apply_all, fleet_manifest
 
 Write = Callable[[str, str], Path]
 TEXT = "Please rebase on main and re-run the tests."
 SLOW = Profile.model_validate(
     {"name": "slow", "faults": {"latency_seconds": 0.05, "latency_jitter_seconds": 0.1}}
 )
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def user_messages(sim: SimServer, http: Any) -> dict[str, Counter[str]]:
@@ -142,15 +136,6 @@ def start_message(path: Path, sim: SimServer, ledger: Path) -> subprocess.Popen[
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.mark.slow

@@ -15,8 +15,7 @@ from launcher.ledger.location import open_ledger
 from launcher.run.summary import ApplySummary, Result
 from launcher.sim import SimServer
 from launcher.views.progress import ProgressReporter
-from tests.test_apply import sim_lag
-from tests.test_follow import fleet_manifest
+from tests.helpers import fleet_manifest, sim_lag
 
 Write = Callable[[str, str], Path]
 

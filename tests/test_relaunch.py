@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
 from launcher import build_plan, load_manifest, open_ledger
-from launcher.cli import cli
 from launcher.sim import Profile, SimServer
 from launcher.spec.plan import Plan, attempt_of
+from tests.helpers import campaign, run
 
 Write = Callable[[str, str], Path]
 
@@ -56,23 +55,7 @@ PROMPT = (
 
 
 def manifest(write: Write, n: int, name: str = "rl") -> Path:
-    items = ", ".join(f"repo-{i:03d}" for i in range(n))
-    return write(
-        f"{name}.yaml",
-        f"""
-        version: 1
-        campaign: {name}
-        defaults:
-          max_acu_limit: 3
-        fleets:
-          - name: f
-            for_each:
-              items: [{items}]
-            session:
-              prompt: '{PROMPT}'
-              repos: ["acme/{{{{ item }}}}"]
-        """,
-    )
+    return campaign(write, n, name=name, prompt=PROMPT)
 
 
 def by_key(plan: Plan, sim: SimServer) -> dict[str, list[dict[str, Any]]]:
@@ -97,10 +80,6 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Callable[[SimServer], dict[str, str]
         return values
 
     return _env
-
-
-def run(*args: str | Path, input: str | None = None) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], input=input)
 
 
 def test_relaunch_failed_makes_one_attempt_per_failed_key_with_lineage_and_a_rerun_makes_none(

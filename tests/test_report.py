@@ -17,7 +17,7 @@ from launcher import build_plan, load_manifest
 from launcher.cli import cli
 from launcher.run.status import ATTENTION, CampaignView, Outcome, SessionView
 from launcher.views.report import render_report
-from tests.test_results import OUTPUT_COLUMNS, campaign, expected_outcome  # noqa: F401 (fixture)
+from tests.helpers import OUTPUT_COLUMNS, expected_outcome
 
 
 class Doc(HTMLParser):
@@ -63,10 +63,10 @@ def parse(html: str) -> Doc:
 
 
 def test_the_report_holds_the_campaign_and_fetches_nothing(
-    campaign: tuple[Path, Path, dict[str, dict[str, Any]]],  # noqa: F811
+    mixed_campaign: tuple[Path, Path, dict[str, dict[str, Any]]],
     tmp_path: Path,
 ) -> None:
-    path, ledger, truth = campaign
+    path, ledger, truth = mixed_campaign
     out = tmp_path / "report.html"
     res = CliRunner().invoke(cli, ["report", str(path), "--ledger", str(ledger), "-o", str(out)])
     assert res.exit_code == 0, res.output

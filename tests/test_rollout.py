@@ -16,7 +16,6 @@ from typing import Any
 
 import anyio
 import pytest
-from click.testing import CliRunner, Result
 
 from launcher import (
     ApiConfig,
@@ -27,7 +26,6 @@ from launcher import (
     load_manifest,
     open_ledger,
 )
-from launcher.cli import cli
 from launcher.run.rollout import (
     RolloutSummary,
     assign_waves,
@@ -39,7 +37,7 @@ from launcher.sim import Profile, SimServer
 from launcher.spec.model import Gate, parse_duration
 from launcher.spec.plan import Plan
 from launcher.spec.waves import wave_sizes
-from tests.test_apply import sessions_per_key, sim_lag
+from tests.helpers import FakeClock, campaign, run, sessions_per_key, sim_lag
 
 Write = Callable[[str, str], Path]
 
@@ -70,41 +68,7 @@ FOREVER = profile("forever", {"finished": 1}, (1e7, 1e7))
 
 
 def manifest(write: Write, n: int, *, name: str = "ro", rollout: str = "", budget: str = "") -> Path:
-    items = ", ".join(f"repo-{i:03d}" for i in range(n))
-    return write(
-        f"{name}.yaml",
-        f"""
-        version: 1
-        campaign: {name}
-        defaults:
-          max_acu_limit: 3
-        {budget}
-        {rollout}
-        fleets:
-          - name: f
-            for_each:
-              items: [{items}]
-            session:
-              prompt: "Fix {{{{ item }}}}"
-              repos: ["acme/{{{{ item }}}}"]
-        """,
-    )
-
-
-class FakeClock:
-    """Time that passes only when slept on (each sleep also yields to the event loop)."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-        self.sleeps: list[float] = []
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += seconds
-        await anyio.sleep(0.005)
+    return campaign(write, n, name=name, top=f"{budget}\n{rollout}")
 
 
 def rollout(
@@ -129,7 +93,7 @@ def rollout(
                     clock=clock,
                 )
 
-    return anyio.run(go)
+    return anyio.run(clock.run, go) if clock is not None else anyio.run(go)
 
 
 def wave_log(plan: Plan, ledger: Path) -> list[tuple[int, str]]:
@@ -153,10 +117,6 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Callable[[SimServer], None]:
         monkeypatch.setenv("DEVIN_API_BASE_URL", sim.base_url)
 
     return _env
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 # =========================================================================== waves, offline
@@ -479,6 +439,7 @@ def test_ceiling_counts_launches_the_listing_does_not_show_yet(
     assert summary.holds >= 1
 
 
+@pytest.mark.slow
 def test_waves_and_ceiling_under_ambiguous_creates_launch_each_key_once(
     write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
 ) -> None:
@@ -519,12 +480,12 @@ def test_ceiling_holds_polls_with_backoff_on_the_injected_clock_and_survives_a_5
     import httpx
 
     from launcher.run.ceiling import RunningCeiling
-    from tests.test_follow import ScriptedApi, session_json
+    from tests.helpers import ScriptedLists, session_json
 
     plan = build_plan(load_manifest(manifest(write, 2, name="fu")))
     busy = [session_json(f"devin-{i}", "running", "working") for i in range(3)]
     eased = [*busy[:2], session_json("devin-2", "running", "finished")]
-    api = ScriptedApi([busy] * 5 + [503, eased])  # the first call lists before any hold
+    api = ScriptedLists([busy] * 5 + [503, eased])  # the first call lists before any hold
     clock, notes = FakeClock(), []
     cfg = ApiConfig("https://api.example.test", "org-x", "cog_x")
 
@@ -539,7 +500,7 @@ def test_ceiling_holds_polls_with_backoff_on_the_injected_clock_and_survives_a_5
             stopped.set()
             return admitted, await ceiling.admit("repo-001", stopped), ceiling.running
 
-    admitted, after_stop, running = anyio.run(go)
+    admitted, after_stop, running = anyio.run(clock.run, go)
     assert admitted and not after_stop and running == 3
     # Unchanged counts: the interval grows by half up to 2; the 503 is retried after a pause.
     assert clock.sleeps == [1, 1.5, 2, 2, 1]

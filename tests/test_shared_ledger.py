@@ -19,8 +19,7 @@ from launcher import build_plan, load_manifest
 from launcher.errors import ExitCode, LockedError
 from launcher.ledger.location import open_ledger
 from launcher.sim import Profile, SimServer
-from tests.test_apply import campaign, run_apply, sessions_per_key
-from tests.test_exactly_once import cli_env
+from tests.helpers import campaign, cli_env, run_apply, sessions_per_key
 
 Write = Callable[[str, str], Path]
 CLI = [sys.executable, "-m", "launcher"]

@@ -341,7 +341,7 @@ def test_a_run_waits_for_a_held_lease_then_is_told_who_holds_it(location: str, o
     import anyio
 
     from launcher.ledger.lease import Lease
-    from tests.pacing_model import FakeClock
+    from tests.helpers import FakeClock
 
     led = open_store()
     clock = FakeClock()
