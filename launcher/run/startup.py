@@ -57,7 +57,10 @@ async def before_creates(
 
     async def preflight() -> None:
         for warning in await check_remote(plan, client):
-            note(warning)  # "... not verified": it never blocks
+            # "... not verified" never blocks; what the check could not look at ("note: ")
+            # is `plan --check-remote`'s to say, not every apply's
+            if not warning.startswith("note: "):
+                note(warning)
 
     async with anyio.create_task_group() as tg:
         if options.preflight:
