@@ -10,7 +10,7 @@
     ├── APIError                    a run-level failure talking to the API (unreachable, 5xx; exit 1)
     │   ├── AuthError               401/403 (exit 5)
     │   └── CircuitOpenError        too many consecutive ambiguous/5xx outcomes (exit 5)
-├── CampaignRefusedError        a create refused for a campaign-wide reason (tag allow-list, ...; exit 3)
+    ├── CampaignRefusedError        a create refused for a campaign-wide reason (tag allow-list; exit 3)
     ├── RemoteCheckError            referenced ids (secrets, playbooks, knowledge) do not exist
     ├── PlanChangedError            `apply --plan`: the plan differs from the reviewed one
     ├── GitHubError                 the GitHub API refused or failed (`pr-comment`, `ci`)
@@ -80,7 +80,7 @@ class ExitCode(IntEnum):
     locked = (
         10,
         "apply/message: another run holds the campaign's lock (the message says who and since "
-        "when); nothing was sent: re-run when it is done, or wait with `--lock-timeout`",
+        "when); nothing was sent: re-run when it is done (apply can wait: `--lock-timeout`)",
     )
     usage = 64, "usage error (bad command-line options)"
     interrupted = 130, "interrupted (Ctrl-C); re-run to resume"

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     multiple=True,
     metavar="SELECTOR",
     help="A new attempt of the keys selected: failed, needs-human, cancelled, changed, or a "
-    "key glob (repeatable; see README: Relaunch).",
+    "key glob (repeatable; see docs/campaigns.md: Relaunch).",
 )
 @click.option(
     "--keep-previous",

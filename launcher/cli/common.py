@@ -53,8 +53,8 @@ def ledger_option(f: F) -> F:
         "--ledger",
         metavar="PATH|URL",
         envvar="DEVIN_FLEET_LEDGER",
-        help="Ledger: a file path or sqlite:///path (default: .devin-fleet/<campaign>.db by "
-        "the manifest; env DEVIN_FLEET_LEDGER).",
+        help="Ledger: a file path, sqlite:///path or postgresql://user@host/db (default: "
+        ".devin-fleet/<campaign>.db by the manifest; env DEVIN_FLEET_LEDGER).",
     )(f)
 
 
