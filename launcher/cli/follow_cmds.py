@@ -108,9 +108,9 @@ def status(
     if output == "json":
         emit_json({**view.status_json(), "budget": use.to_json()})
     else:
+        if use.max_sessions or use.max_total_acu or use.relaunched:  # spent against the budget
+            out.print(use.line(), markup=False)  # above the table: its footer is the counts
         _status_table(view, pick)
-        if use.max_sessions or use.max_total_acu or use.relaunched:  # something to weigh
-            out.print(use.line(), markup=False)
     sys.exit(view.exit_code)
 
 
