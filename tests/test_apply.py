@@ -198,7 +198,9 @@ def test_an_intent_left_by_a_crash_is_adopted_when_the_session_exists(
         )
     resp = sim_client(sim).post(f"/v3/organizations/{sim.org_id}/sessions", json=crashed.body({}))
     assert resp.status_code == 200
-    summary = run_apply(plan, sim, ledger_path)
+    # A crashed run's request may still be in transit: its key is looked up a request timeout
+    # later (2 s here, not the default 30, to keep the test short).
+    summary = run_apply(plan, sim, ledger_path, read_timeout=2.0)
     assert summary.results == {
         crashed.key: Result.adopted,
         never_sent.key: Result.created,

@@ -30,8 +30,7 @@ from launcher.run.summary import ApplySummary, Result
 from launcher.sim import ManualClock, Profile, SimServer
 from launcher.sim.faults import CreateFault, FaultPlan
 from launcher.spec.plan import Plan
-from tests.fake_api import FakeClock
-from tests.helpers import apply_all, campaign, fleet_manifest, sessions_per_key
+from tests.helpers import FakeClock, apply_all, campaign, fleet_manifest, sessions_per_key
 
 Write = Callable[[str, str], Path]
 

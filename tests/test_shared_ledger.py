@@ -198,6 +198,7 @@ def test_a_connection_killed_mid_apply_duplicates_nothing_and_the_next_run_conve
     assert sessions_per_key(plan, sim) == {s.key: 1 for s in plan.sessions}
 
 
+@pytest.mark.slow
 def test_an_apply_paused_past_its_lease_stops_before_its_next_create(
     write: Write, make_sim: Callable[..., SimServer], pg_url: str
 ) -> None:
