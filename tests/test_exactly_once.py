@@ -176,6 +176,7 @@ def test_2_an_apply_paused_past_its_lease_stops_and_says_so(
     env = {**os.environ, **cli_env(sim)}
     ledger = tmp_path / "l.db"
     cmd = [sys.executable, "-m", "launcher", "apply", str(path), "--yes", "--ledger", str(ledger)]
+    cmd += ["--request-timeout", "3"]  # the paused run's last create is not in transit for 30 s
     first = subprocess.Popen(
         [*cmd, "--rate", "4", "--concurrency", "2"],
         env=env,

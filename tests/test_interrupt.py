@@ -47,6 +47,10 @@ def start_apply(path: Path, sim: SimServer, ledger: Path) -> subprocess.Popen[st
             str(ledger),
             "-o",
             "json",
+            # the simulator answers in milliseconds: a killed run's create is not in transit
+            # for the default 30 s, which a re-run would wait before looking it up
+            "--request-timeout",
+            "3",
         ],
         env=env,
         stdin=subprocess.DEVNULL,

@@ -311,6 +311,7 @@ def start_apply(path: Path, sim: SimServer, ledger: Path, *extra: str) -> subpro
         "DEVIN_API_BASE_URL": sim.base_url,
     }
     cmd = ["apply", str(path), "--yes", "--rate", "20", "--concurrency", "2", "--interval", "0.05"]
+    cmd += ["--request-timeout", "3"]  # a killed run's create is not in transit for 30 s
     return subprocess.Popen(
         [sys.executable, "-m", "launcher", *cmd, *extra, "--ledger", str(ledger), "-o", "json"],
         env=env,

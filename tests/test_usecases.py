@@ -35,6 +35,7 @@ from launcher.run.cancel import CancelReport, CancelResult
 from launcher.sim import Profile, SimServer
 from launcher.views.formats import FORMATS, grouping
 from launcher.views.results import build_results
+from tests.helpers import sim_lag
 
 Write = Callable[[str, str], Path]
 
@@ -80,7 +81,7 @@ def test_a_library_user_relaunches_in_order_without_the_cli(
         cfg = ApiConfig(sim.base_url, sim.org_id, sim.token)
         async with DevinClient(cfg) as client:
             with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "l.db") as led:
-                options = ApplyOptions(rate=500.0)
+                options = ApplyOptions(rate=500.0, list_lag=sim_lag(sim))
                 first = await launch_campaign(plan, client, led, options, RolloutOptions())
                 with pytest.raises(SelectorError) as nothing:  # names no flag: the CLI does
                     await relaunch_selection(plan, client, led, ("nope-*",))
@@ -111,7 +112,7 @@ def test_cancel_chooses_and_reports_in_the_library(
     async def go() -> None:
         async with DevinClient(ApiConfig(sim.base_url, sim.org_id, sim.token)) as client:
             with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
-                await launch_campaign(plan, client, led, ApplyOptions(rate=500.0))
+                await launch_campaign(plan, client, led, ApplyOptions(rate=500.0, list_lag=sim_lag(sim)))
 
     anyio.run(go)
     with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
