@@ -1,4 +1,4 @@
-"""Pacing sweep: the real `Pacer` in the discrete-event model of apply (tests/pacing_model.py),
+"""Pacing sweep: the real `Pacer` in the discrete-event model of apply (launcher/sim/pacing_model.py),
 over a grid of server shapes, in virtual time: no start-up, no scheduler, so thousands of
 campaigns in seconds. It shows the shapes the socket bench (bench/pacing_bench.py) does not.
 
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.pacing_model import run_shape
+from launcher.sim.pacing_model import run_shape
 
 LIMITS = [2, 5, 10, 20, 35, 50, 75, 100]
 LATENCIES = [0.0, 0.1, 0.2, 0.3]

@@ -231,8 +231,8 @@ def cli_run(manifest: Path, command: str) -> tuple[float, float, int]:
 
 def in_process(manifest: Path) -> tuple[float, float, int]:
     """Seconds to load the manifest and to build the plan, and the plan's size, in-process."""
+    from launcher.spec.build import build_plan
     from launcher.spec.manifest import load_manifest
-    from launcher.spec.plan import build_plan
 
     t0 = time.perf_counter()
     loaded = load_manifest(manifest)

@@ -18,6 +18,12 @@
 
 3. `laggy`: issue 9's case 3 against the simulator (list lag 3.5 s, 20% of creates failing after
    creating): planned sessions vs sessions that exist afterwards.
+
+4. `young`: issue 23's case 1, and what its fix costs. List lag 2 s; `apply --ledger a.db`, then
+   at once `apply --ledger b.db` (a lost ledger), for three lag settings: `--list-lag 0` (the
+   start listing trusted at once: what apply did before), `--list-lag 2` (stated), and none (10 s
+   assumed). Prints the time to the first create of the first run, both runs' wall times and
+   the sessions that exist afterwards (planned: N).
 """
 
 from __future__ import annotations
@@ -48,7 +54,21 @@ from launcher import (  # noqa: E402
     load_manifest,
     open_ledger,
 )
-from tests.fake_api import FakeClock  # noqa: E402
+
+
+def _virtual_clock() -> Any:
+    """This tree's `VirtualClock` (stdlib and anyio only), loaded from its file: with
+    BENCH_LAUNCHER the `launcher` package is an older tree, which may not have one."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_bench_clock", ROOT / "launcher/sim/clock.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.VirtualClock
+
+
+FakeClock = _virtual_clock()
 
 
 def reconcile(n: int, concurrency: int) -> None:
@@ -199,6 +219,40 @@ def laggy(n: int, lag: float, fail_after: float, seed: int) -> None:
             )
 
 
+async def _timed_apply(plan: Any, cfg: ApiConfig, ledger: Path, stated: float | None) -> float:
+    async with DevinClient(cfg) as client:
+        with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
+            t = time.perf_counter()
+            opts = ApplyOptions(rate=50, list_lag=stated)
+            await apply_plan(plan, client, led, opts, environ={})
+            return time.perf_counter() - t
+
+
+def young(n: int, lag: float) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from status_bench import write_campaign
+
+    from launcher.sim import Profile, running_simulator
+
+    profile = Profile.model_validate({"name": "young", "faults": {"list_lag_seconds": lag}})
+    for stated in (0.0, lag, None):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            plan = build_plan(load_manifest(write_campaign(root, n)))
+            with running_simulator(profile, introspection=True) as sim:
+                cfg = ApiConfig(sim.base_url, sim.org_id, sim.token)
+                started = time.time()
+                first_run = anyio.run(_timed_apply, plan, cfg, root / "a.db", stated)
+                to_first = sim.stats()["first_create_at"] - started
+                second_run = anyio.run(_timed_apply, plan, cfg, root / "b.db", stated)
+                label = "none (10 s assumed)" if stated is None else f"{stated:g} s"
+                print(
+                    f"--list-lag {label:>20}: first create after {to_first:5.2f}s; runs "
+                    f"{first_run:5.2f}s + {second_run:5.2f}s; {len(sim.sessions())} sessions "
+                    f"for {n} planned"
+                )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -216,8 +270,13 @@ def main() -> None:
     lg.add_argument("--lag", type=float, default=3.5)
     lg.add_argument("--fail-after", type=float, default=0.2)
     lg.add_argument("--seed", type=int, default=1)
+    yo = sub.add_parser("young")
+    yo.add_argument("--n", type=int, default=30)
+    yo.add_argument("--lag", type=float, default=2.0)
     args = ap.parse_args()
-    if args.what == "reconcile":
+    if args.what == "young":
+        young(args.n, args.lag)
+    elif args.what == "reconcile":
         reconcile(args.n, args.concurrency)
     elif args.what == "laggy":
         laggy(args.n, args.lag, args.fail_after, args.seed)

@@ -23,8 +23,16 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from launcher import ApiConfig, ApplyOptions, DevinClient, build_plan, load_manifest, open_ledger
-from launcher.run.rollout import RolloutOptions, RolloutSummary, run_rollout
+from launcher import (
+    ApiConfig,
+    ApplyOptions,
+    DevinClient,
+    RolloutOptions,
+    build_plan,
+    load_manifest,
+    open_ledger,
+)
+from launcher.run.rollout import RolloutSummary, run_rollout
 from launcher.sim import Profile, running_simulator
 
 PROFILE = Profile.model_validate(

@@ -12,11 +12,23 @@ The library API is what `__all__` lists; the `devin-fleet` CLI is a thin layer o
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES for run time
-    from launcher.run.apply import (
+    from launcher.run.apply import apply_plan as apply_plan
+    from launcher.run.options import (
         ApplyOptions as ApplyOptions,
-        apply_plan as apply_plan,
+        RolloutOptions as RolloutOptions,
     )
-    from launcher.run.cancel import cancel_sessions as cancel_sessions
+    from launcher.run.campaign import (
+        launch_campaign as launch_campaign,
+        relaunch_selection as relaunch_selection,
+    )
+    from launcher.run.cancel import (
+        cancel_campaign as cancel_campaign,
+        cancel_sessions as cancel_sessions,
+        cancel_targets as cancel_targets,
+    )
+    from launcher.ledger.binding import check_target as check_target
+    from launcher.run.budget import BudgetUse as BudgetUse
+    from launcher.run.budget import budget_use as budget_use
     from launcher.run.summary import ApplySummary as ApplySummary
     from launcher.run.summary import Result as Result
     from launcher.api.client import (
@@ -27,6 +39,7 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
     from launcher.errors import (
         APIError as APIError,
         AuthError as AuthError,
+        CampaignRefusedError as CampaignRefusedError,
         CircuitOpenError as CircuitOpenError,
         ConfigError as ConfigError,
         ConfirmationError as ConfirmationError,
@@ -53,10 +66,17 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
         ledger_exists as ledger_exists,
         open_ledger as open_ledger,
     )
+    from launcher.spec.build import build_plan as build_plan
+    from launcher.spec.check import (
+        ManifestCheck as ManifestCheck,
+        check_manifest as check_manifest,
+    )
     from launcher.spec.manifest import (
         LoadedManifest as LoadedManifest,
-        Manifest as Manifest,
         load_manifest as load_manifest,
+    )
+    from launcher.spec.model import (
+        Manifest as Manifest,
         manifest_json_schema as manifest_json_schema,
     )
     from launcher.api.models import (
@@ -66,7 +86,11 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
     from launcher.spec.plan import (
         Plan as Plan,
         PlannedSession as PlannedSession,
-        build_plan as build_plan,
+    )
+    from launcher.run.preview import (
+        PlanPreview as PlanPreview,
+        preview_plan as preview_plan,
+        preview_plan_remote as preview_plan_remote,
     )
     from launcher.run.remote import (
         check_remote as check_remote,
@@ -99,7 +123,6 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
     )
     from launcher.views.results import build_results as build_results
     from launcher.run.rollout import (
-        RolloutOptions as RolloutOptions,
         RolloutSummary as RolloutSummary,
         follow as follow,
         run_rollout as run_rollout,
@@ -110,9 +133,11 @@ if TYPE_CHECKING:  # explicit re-exports (`X as X`) for type checkers; _HOMES fo
 _HOMES: dict[str, str] = {
     "APIError": "launcher.errors",
     "ApiConfig": "launcher.api.client",
-    "ApplyOptions": "launcher.run.apply",
+    "ApplyOptions": "launcher.run.options",
     "ApplySummary": "launcher.run.summary",
     "AuthError": "launcher.errors",
+    "BudgetUse": "launcher.run.budget",
+    "CampaignRefusedError": "launcher.errors",
     "CampaignView": "launcher.run.status",
     "Change": "launcher.ledger.store",
     "CircuitOpenError": "launcher.errors",
@@ -135,20 +160,23 @@ _HOMES: dict[str, str] = {
     "LockedError": "launcher.errors",
     "LockLostError": "launcher.errors",
     "EventKind": "launcher.ledger.store",
-    "Manifest": "launcher.spec.manifest",
+    "Manifest": "launcher.spec.model",
+    "ManifestCheck": "launcher.spec.check",
     "ManifestError": "launcher.errors",
     "Outcome": "launcher.run.status",
     "Plan": "launcher.spec.plan",
     "PlannedSession": "launcher.spec.plan",
+    "PlanPreview": "launcher.run.preview",
     "Problem": "launcher.errors",
     "RemoteCheckError": "launcher.errors",
     "Result": "launcher.run.summary",
-    "RolloutOptions": "launcher.run.rollout",
+    "RolloutOptions": "launcher.run.options",
     "RolloutSummary": "launcher.run.rollout",
     "SecretError": "launcher.errors",
     "Session": "launcher.api.models",
     "apply_plan": "launcher.run.apply",
-    "build_plan": "launcher.spec.plan",
+    "build_plan": "launcher.spec.build",
+    "budget_use": "launcher.run.budget",
     "build_results": "launcher.views.results",
     "check_reviewed": "launcher.spec.digest",
     "fit_markdown": "launcher.views.markdown",
@@ -156,16 +184,24 @@ _HOMES: dict[str, str] = {
     "read_reviewed": "launcher.spec.digest",
     "render_plan_markdown": "launcher.views.markdown",
     "campaign_view": "launcher.run.status",
+    "cancel_campaign": "launcher.run.cancel",
     "cancel_sessions": "launcher.run.cancel",
+    "cancel_targets": "launcher.run.cancel",
+    "check_manifest": "launcher.spec.check",
     "check_remote": "launcher.run.remote",
+    "check_target": "launcher.ledger.binding",
     "classify": "launcher.run.status",
     "follow": "launcher.run.rollout",
+    "launch_campaign": "launcher.run.campaign",
     "load_manifest": "launcher.spec.manifest",
-    "manifest_json_schema": "launcher.spec.manifest",
+    "manifest_json_schema": "launcher.spec.model",
     "ledger_exists": "launcher.ledger.location",
     "open_ledger": "launcher.ledger.location",
     "prepare_messages": "launcher.run.messages",
+    "preview_plan": "launcher.run.preview",
+    "preview_plan_remote": "launcher.run.preview",
     "refresh": "launcher.run.status",
+    "relaunch_selection": "launcher.run.campaign",
     "render_report": "launcher.views.report",
     "send_messages": "launcher.run.messages",
     "run_rollout": "launcher.run.rollout",

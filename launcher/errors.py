@@ -5,11 +5,12 @@
     ├── ConfigError                 missing/invalid settings (API key, org id, base URL, flags)
     ├── SecretError                 a session secret's environment variable is not set
     ├── LedgerError                 the ledger cannot be opened, read, written or migrated
-    │   ├── LockedError             another apply holds the campaign lock
+    │   ├── LockedError             another run holds the campaign lock (exit 10)
     │   └── LockLostError           this apply lost the campaign lock mid-run (exit 9)
     ├── APIError                    a run-level failure talking to the API (unreachable, 5xx; exit 1)
     │   ├── AuthError               401/403 (exit 5)
     │   └── CircuitOpenError        too many consecutive ambiguous/5xx outcomes (exit 5)
+    ├── CampaignRefusedError        a create refused for a campaign-wide reason (tag allow-list; exit 3)
     ├── RemoteCheckError            referenced ids (secrets, playbooks, knowledge) do not exist
     ├── PlanChangedError            `apply --plan`: the plan differs from the reviewed one
     ├── GitHubError                 the GitHub API refused or failed (`pr-comment`, `ci`)
@@ -21,7 +22,9 @@ conditions raise. The CLI renders these without a traceback unless --debug.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
@@ -44,7 +47,11 @@ class ExitCode(IntEnum):
     ok = 0, "success (apply: every selected session launched; status: all succeeded)"
     error = 1, "error: invalid manifest, configuration, ledger, unreachable API, or remote check"
     changes = 2, "`plan --detailed-exitcode`: changes pending"
-    failed = 3, "some sessions failed (apply: refused by the API; status: failed outcomes)"
+    failed = (
+        3,
+        "some sessions failed (apply: refused by the API, or stopped at the first refusal every "
+        "session would share, such as a tag the org does not allow; status: failed outcomes)",
+    )
     unfinished = (
         4,
         (
@@ -69,6 +76,11 @@ class ExitCode(IntEnum):
         9,
         "apply: this run lost the campaign lock (paused past the lease, or taken over by "
         "another apply): it stopped sending at once; re-run when the other is done",
+    )
+    locked = (
+        10,
+        "apply/message: another run holds the campaign's lock (the message says who and since "
+        "when); nothing was sent: re-run when it is done (apply can wait: `--lock-timeout`)",
     )
     usage = 64, "usage error (bad command-line options)"
     interrupted = 130, "interrupted (Ctrl-C); re-run to resume"
@@ -105,9 +117,14 @@ def fleet_errors(exc: BaseException) -> list[FleetError]:
 
 
 def _count_leaves(exc: BaseException) -> int:
+    return len(leaves(exc))
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions `exc` stands for: itself, or every leaf of an exception group."""
     if isinstance(exc, BaseExceptionGroup):
-        return sum(_count_leaves(sub) for sub in exc.exceptions)
-    return 1
+        return [e for sub in exc.exceptions for e in leaves(sub)]
+    return [exc]
 
 
 @dataclass(frozen=True)
@@ -147,7 +164,28 @@ class ManifestError(FleetError):
 
 
 class ConfigError(FleetError):
-    """A setting is missing or invalid (API key, org id, base URL, option values)."""
+    """A setting is missing or invalid (API key, org id, base URL, option values).
+
+    An invalid library option carries its name (`option`, e.g. "rate") and what is wrong with
+    it (`problem`): the library never names a command-line flag; the CLI maps `option` to its
+    flag."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        option: str | None = None,
+        problem: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.option = option
+        self.problem = problem
+
+    @classmethod
+    def invalid(cls, option: str, problem: str, value: object) -> ConfigError:
+        """`option` holds `value`, which `problem` (e.g. "must be positive")."""
+        return cls(f"{option} {problem} (got {value!r})", option=option, problem=problem)
 
 
 class SecretError(FleetError):
@@ -172,9 +210,12 @@ class LedgerError(FleetError):
 class LockedError(LedgerError):
     """Another process holds the campaign's lock."""
 
+    exit_code = ExitCode.locked
+
     def __init__(self, campaign: str, owner: str, since: float, path: str) -> None:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
         super().__init__(
-            f"campaign {campaign!r} is locked by {owner} (since {since:.0f})",
+            f"campaign {campaign!r} is locked by {owner} (since {when})",
             path=path,
             hint=f"wait for it to finish; if that process is gone, run "
             f"`devin-fleet unlock MANIFEST` (ledger {path})",
@@ -204,21 +245,39 @@ class CircuitOpenError(APIError):
     exit_code = ExitCode.aborted
 
 
-class RemoteCheckError(FleetError):
-    """Ids referenced by the manifest do not exist in the org."""
+class CampaignRefusedError(FleetError):
+    """A create was refused for a reason every session of the campaign shares (a tag the org's
+    allow-list lacks, an unknown platform or user): launching stopped (exit 3)."""
 
-    def __init__(self, problems: list[Problem]) -> None:
+    exit_code = ExitCode.failed
+
+
+class RemoteCheckError(FleetError):
+    """Ids referenced by the manifest do not exist in the org, or tags it sends are not allowed."""
+
+    def __init__(self, problems: list[Problem], notes: Sequence[str] = ()) -> None:
         self.problems = problems
-        super().__init__(f"{len(problems)} referenced id(s) not found in the org; nothing was sent")
+        self.notes = list(notes)  # what could not be checked, and why
+        what = "referenced id(s) not found in the org"
+        if any("allowed session tags" in p.message for p in problems):
+            what = "problem(s) found by the remote check"
+        super().__init__(f"{len(problems)} {what}; nothing was sent")
 
     def render(self) -> str:
-        return "\n".join([p.render() for p in self.problems] + [f"error: {self.message}"])
+        notes = [n if n.startswith("note: ") else f"warning: {n}" for n in self.notes]
+        return "\n".join([p.render() for p in self.problems] + notes + [f"error: {self.message}"])
 
 
 class SelectorError(FleetError):
-    """A `--relaunch` selector matches nothing (a usage error: nothing was sent)."""
+    """A relaunch selector matches nothing (a usage error: nothing was sent). Like an invalid
+    option (ConfigError), it says which option (`relaunch`) and what is wrong (`problem`)."""
 
     exit_code = ExitCode.usage
+
+    def __init__(self, problem: str, *, hint: str | None = None) -> None:
+        super().__init__(f"relaunch selector {problem}", hint=hint)
+        self.option = "relaunch"
+        self.problem = problem
 
 
 class PlanChangedError(FleetError):
@@ -256,6 +315,38 @@ class LockLostError(LedgerError):
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
+
+
+# --------------------------------------------------------------------------- redaction
+# Secrets (the API token, session-secret values) reach texts in more than one encoding: raw, as
+# JSON escapes it (quotes, non-ASCII as \uXXXX), as Python's repr of the str or of its bytes
+# (an httpx/h11 "Illegal header value b'...'"), percent-encoded in a URL. Every form is replaced,
+# and always before a text is cut short (a cut can leave a prefix no replace would match).
+
+REDACTED = "***"
+
+
+def secret_forms(value: str) -> set[str]:
+    """Every form `value` may take inside an error text (3 characters or more)."""
+    from urllib.parse import quote
+
+    forms = {value, value.strip(), repr(value)[1:-1], value.encode("unicode_escape").decode()}
+    forms |= {json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+    forms |= {repr(value.encode("utf-8", "surrogateescape"))[2:-1], quote(value, safe="")}
+    return {f for f in forms if len(f) >= 3}
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every form of every secret replaced by `***` (longest first)."""
+    forms = sorted({f for v in secrets if v for f in secret_forms(v)}, key=len, reverse=True)
+    for form in forms:
+        text = text.replace(form, REDACTED)
+    return text
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters (call it on redacted text only)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- validation errors
@@ -301,6 +392,19 @@ def describe_value(value: Any) -> str:
     )
 
 
+_BOUNDS = {
+    "less_than_equal": "at most",
+    "less_than": "less than",
+    "greater_than_equal": "at least",
+    "greater_than": "greater than",
+}
+
+
+def _num(ctx: Mapping[str, Any]) -> str:
+    bound = next(iter(ctx.values()), "?")
+    return str(int(bound)) if isinstance(bound, float) and bound.is_integer() else str(bound)
+
+
 def validation_message(err: Mapping[str, Any]) -> str:
     """One pydantic error (from `errors(include_url=False)`) as a short sentence."""
     etype, msg, value = err["type"], err["msg"], err.get("input")
@@ -314,6 +418,10 @@ def validation_message(err: Mapping[str, Any]) -> str:
         return f"bad campaign name {describe_value(value)}"
     if etype == "string_pattern_mismatch":
         return f"{describe_value(value)} does not match {err['ctx']['pattern']}"
+    if etype in _BOUNDS and isinstance(value, int | float) and not isinstance(value, bool):
+        return f"must be {_BOUNDS[etype]} {_num(err['ctx'])}; got {describe_value(value)}"
+    if etype in ("literal_error", "enum") and "expected" in err.get("ctx", {}):
+        return f"expected one of {err['ctx']['expected']}; got {describe_value(value)}"
     if etype == "too_short" and isinstance(value, list) and not value:
         return f"needs at least {err['ctx']['min_length']} entry; got none"
     text = str(msg).removeprefix("Value error, ").removeprefix("Assertion failed, ")

@@ -19,6 +19,14 @@ _GITHUB_VARS = (
     "GITHUB_STEP_SUMMARY",
     "GITHUB_SHA",
 )
+SLOW_TIMEOUT = 120  # seconds, for tests marked `slow`; every other test has pyproject's 30
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A `slow` test (subprocess kills, long fault runs) gets SLOW_TIMEOUT unless it sets its own."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
 
 
 @pytest.fixture(autouse=True)
@@ -54,17 +62,21 @@ from launcher.sim import Profile, SimServer, running_simulator  # noqa: E402
 
 
 @pytest.fixture
-def make_sim() -> Iterator[Callable[..., SimServer]]:
+def make_sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., SimServer]]:
     """make_sim(profile="clean", **kw) -> a running SimServer on a free loopback port.
 
     Keyword arguments go to `launcher.sim.running_simulator`; introspection defaults to on here
-    (tests usually check what the server saw). Every server is stopped at teardown.
+    (tests usually check what the server saw). Every server is stopped at teardown. Its list lag
+    is known, so CLI runs state it (DEVIN_FLEET_LIST_LAG), as `apply --sim` does: without it
+    apply waits the assumed bound before its first create.
     """
     with ExitStack() as stack:
 
         def _make(profile: Profile | str = "clean", **kw: Any) -> SimServer:
             kw.setdefault("introspection", True)
-            return stack.enter_context(running_simulator(profile, **kw))
+            sim = stack.enter_context(running_simulator(profile, **kw))
+            monkeypatch.setenv("DEVIN_FLEET_LIST_LAG", str(sim.profile.faults.list_lag_seconds))
+            return sim
 
         yield _make
 
@@ -93,3 +105,85 @@ def sim_client() -> Iterator[Callable[..., Any]]:
             return stack.enter_context(httpx.Client(base_url=sim.base_url, headers=headers, **kw))
 
         yield _client
+
+
+# ---- a campaign run to its end (test_results.py, test_report.py) -----------------------------
+
+from launcher import build_plan, load_manifest  # noqa: E402
+from tests.helpers import LAUNCHED_MANIFEST, N_MIGRATIONS, apply_all, migration_manifest, run  # noqa: E402
+
+
+@pytest.fixture
+def mixed_campaign(
+    write: Callable[[str, str], Path],
+    make_sim: Callable[..., SimServer],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sim_client: Callable[..., Any],
+) -> tuple[Path, Path, dict[str, dict[str, Any]]]:
+    """A `mixed` campaign (seed 1) applied and watched to the end; the API's final sessions."""
+    sim = make_sim("mixed", time_scale=300, seed=1)
+    path = migration_manifest(write)
+    ledger = tmp_path / "l.db"
+    apply_all(build_plan(load_manifest(path)), sim, ledger)
+    monkeypatch.setenv("DEVIN_API_KEY", sim.token)
+    monkeypatch.setenv("DEVIN_ORG_ID", sim.org_id)
+    monkeypatch.setenv("DEVIN_API_BASE_URL", sim.base_url)
+    res = run("status", path, "--ledger", ledger, "--watch", "--interval", "0.2", "--timeout", "60")
+    assert res.exit_code in (3, 6), res.output
+    http = sim_client(sim)
+    truth = {}
+    for s in sim.sessions():
+        body = http.get(f"/v3/organizations/{sim.org_id}/sessions/{s['session_id']}").json()
+        truth[s["repos"][0].removeprefix("acme/")] = {**body, "planned": s["planned_outcome"]}
+    assert len(truth) == N_MIGRATIONS
+    assert {"delivered", "needs_user", "error", "suspended"} <= {t["planned"] for t in truth.values()}
+    return path, ledger, truth
+
+
+@pytest.fixture
+def launched(
+    write: Callable[[str, str], Path],
+    make_sim: Callable[..., SimServer],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[Path, Path]:
+    """LAUNCHED_MANIFEST (a session secret from GH_TOKEN) launched on a `clean` simulator:
+    (manifest path, ledger path)."""
+    sim = make_sim("clean")
+    path = write("d.yaml", LAUNCHED_MANIFEST)
+    ledger = tmp_path / "l.db"
+    secret = {"GH_TOKEN": "ghp_supersecretvalue"}
+    monkeypatch.setenv("GH_TOKEN", secret["GH_TOKEN"])
+    apply_all(build_plan(load_manifest(path), environ=secret), sim, ledger, environ=secret)
+    return path, ledger
+
+
+# ---- the shared ledger's PostgreSQL (owned by the ledger work) -----------------------------
+
+PG_ENV = "DEVIN_FLEET_TEST_PG"  # .ci/pg.sh start prints it; .ci/run exports it
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL ledger URL on a schema of its own (dropped at teardown), on the server
+    `DEVIN_FLEET_TEST_PG` names. Without one: skipped locally, a failure under CI=true."""
+    import os
+    import uuid
+
+    base = os.environ.get(PG_ENV)
+    if not base:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{PG_ENV} is not set: .ci/run starts a PostgreSQL for these tests")
+        pytest.skip(f"no PostgreSQL: set {PG_ENV} (`.ci/pg.sh start` prints a URL)")
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -4,104 +4,29 @@ auth stops, nothing sent for bad input, the plan/ledger diff, replace, and the l
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 from click.testing import CliRunner
 
 from launcher import (
-    ApiConfig,
-    ApplyOptions,
     AuthError,
-    DevinClient,
     LockedError,
     SecretError,
-    apply_plan,
     build_plan,
     load_manifest,
     open_ledger,
 )
 from launcher.cli import cli
 from launcher.ledger.store import Change, LedgerEvent
-from launcher.run.summary import ApplySummary, Result
+from launcher.run.summary import Result
 from launcher.sim import Profile, SimServer
-from launcher.spec.plan import Plan
+from tests.helpers import assert_exactly_once_and_ledger_agrees, campaign, run_apply, sessions_per_key
 from tests.holders import dead_holder, live_holder
 
 Write = Callable[[str, str], Path]
-
-
-def campaign(
-    write: Write, n: int, *, name: str = "demo", prompt: str = "Fix {{ item }}", extra: str = ""
-) -> Path:
-    items = ", ".join(f"repo-{i:03d}" for i in range(n))
-    return write(
-        f"{name}.yaml",
-        f"""
-        version: 1
-        campaign: {name}
-        defaults:
-          max_acu_limit: 3
-        fleets:
-          - name: f
-            for_each:
-              items: [{items}]
-            session:
-              prompt: "{prompt}"
-              repos: ["acme/{{{{ item }}}}"]
-{extra}
-        """,
-    )
-
-
-def run_apply(
-    plan: Plan,
-    sim: SimServer,
-    ledger_path: Path,
-    *,
-    token: str | None = None,
-    read_timeout: float = 30.0,
-    environ: dict[str, str] | None = None,
-    **options: Any,
-) -> ApplySummary:
-    cfg = ApiConfig(sim.base_url, sim.org_id, token or sim.token, read_timeout=read_timeout)
-    options.setdefault("rate", 200.0)
-    options.setdefault("concurrency", 8)
-
-    async def go() -> ApplySummary:
-        async with DevinClient(cfg) as client:
-            with open_ledger(plan.manifest.path, plan.campaign, ledger_path) as ledger:
-                return await apply_plan(
-                    plan, client, ledger, ApplyOptions(**options), environ=environ or {}
-                )
-
-    return anyio.run(go)
-
-
-def sessions_per_key(plan: Plan, sim: SimServer) -> Counter[str]:
-    by_tag = {s.identity_tag: s.key for s in plan.sessions}
-    counts: Counter[str] = Counter()
-    for s in sim.sessions():
-        for tag in s["tags"]:
-            if tag in by_tag:
-                counts[by_tag[tag]] += 1
-    return counts
-
-
-def assert_exactly_once_and_ledger_agrees(plan: Plan, sim: SimServer, ledger_path: Path) -> None:
-    counts = sessions_per_key(plan, sim)
-    assert counts == {s.key: 1 for s in plan.sessions}, counts
-    tag_to_id = {t: s["session_id"] for s in sim.sessions() for t in s["tags"]}
-    with open_ledger(plan.manifest.path, plan.campaign, ledger_path) as ledger:
-        records = ledger.records()
-    for s in plan.sessions:
-        r = records[s.key]
-        assert r.state.launched, (s.key, r.state, r.last_error)
-        assert r.session_id == tag_to_id[s.identity_tag]
 
 
 def test_clean_apply_creates_each_session_once_and_a_rerun_creates_nothing(
@@ -273,7 +198,9 @@ def test_an_intent_left_by_a_crash_is_adopted_when_the_session_exists(
         )
     resp = sim_client(sim).post(f"/v3/organizations/{sim.org_id}/sessions", json=crashed.body({}))
     assert resp.status_code == 200
-    summary = run_apply(plan, sim, ledger_path)
+    # A crashed run's request may still be in transit: its key is looked up a request timeout
+    # later (2 s here, not the default 30, to keep the test short).
+    summary = run_apply(plan, sim, ledger_path, read_timeout=2.0)
     assert summary.results == {
         crashed.key: Result.adopted,
         never_sent.key: Result.created,
@@ -294,7 +221,7 @@ def test_a_live_lock_refuses_a_second_apply_and_a_dead_holder_is_taken_over(
     ledger_path = tmp_path / "l.db"
     with live_holder(str(ledger_path), plan.campaign) as owner:
         with pytest.raises(LockedError) as info:
-            run_apply(plan, sim, ledger_path)
+            run_apply(plan, sim, ledger_path, lock_timeout=0)
         assert "devin-fleet unlock" in (info.value.hint or "") and owner in info.value.message
         assert sim.sessions() == []
         runner = CliRunner()

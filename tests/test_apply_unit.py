@@ -19,7 +19,7 @@ from launcher.ledger.location import open_ledger
 from launcher.ledger.store import EventKind, LaunchState
 from launcher.run.summary import ApplySummary, Result
 from launcher.spec.plan import Plan
-from tests.fake_api import FakeClock, ScriptedAPI, created
+from tests.helpers import FakeClock, ScriptedAPI, created
 
 Write = Callable[[str, str], Path]
 
@@ -53,6 +53,7 @@ def run(
     clock = clock or FakeClock()
     options.setdefault("preflight", False)
     options.setdefault("rate", 100.0)
+    options.setdefault("list_lag", 0.0)  # a scripted API lists what it created at once
     timeout = options.pop("request_timeout", 5.0)
     cfg = ApiConfig("http://127.0.0.1:9", "org-test", "cog_test", read_timeout=timeout)
 

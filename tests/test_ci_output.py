@@ -9,12 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
 from launcher import build_plan, load_manifest
-from launcher.cli import cli
 from launcher.sim import SimServer
-from tests.test_follow import apply_all, fleet_manifest
+from tests.helpers import apply_all, fleet_manifest, run
 
 Write = Callable[[str, str], Path]
 GOOD = """
@@ -34,10 +32,6 @@ fleets:
     sesion: {prompt: "x"}
     session: {prompt: "{{ itme }}, 100%"}
 """
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def test_validate_json_reports_every_manifest(write: Write) -> None:

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from launcher.api.models import check_output_schema
-from launcher.cli import cli
 from launcher.errors import ManifestError
+from launcher.spec.build import plan_manifest
 from launcher.spec.manifest import IncompleteManifest, load_manifest
-from launcher.spec.plan import plan_manifest
+from tests.helpers import run
 
 Write = Callable[[str, str], Path]
 
@@ -34,10 +34,6 @@ fleets:
       bypass_approval: maybe
 """
 ITEMS = "[item m.yaml:6:24, and 1 more item(s)]"
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def problem_lines(result: Result) -> list[str]:
@@ -67,8 +63,8 @@ def test_six_problems_of_structure_and_sessions_in_one_run(
         "error: 6 problems in the manifest; nothing was sent",
     ]
     # Their wording belongs to the pydantic renderer; what matters here is that they are there.
-    assert "(got -5)" in lines[3] and lines[3].endswith(ITEMS)
-    assert "(got 'turbo')" in lines[4] and lines[4].endswith(ITEMS)
+    assert "must be greater than 0; got -5" in lines[3] and lines[3].endswith(ITEMS)
+    assert "got 'turbo'" in lines[4] and lines[4].endswith(ITEMS)
 
 
 def test_the_library_loader_still_refuses_the_structure_alone(write: Write) -> None:
@@ -107,7 +103,7 @@ def test_unknown_field_in_a_fleet_and_its_session_problems(
     assert problem_lines(res) == [
         "m.yaml:8:7: fleets[0].session.reops: unknown field",
         "m.yaml:9:19: fleets[0].session.devin_mode: "
-        "Input should be 'normal', 'fast', 'lite', 'ultra' or 'fusion' (got 'turbo')",
+        "expected one of 'normal', 'fast', 'lite', 'ultra' or 'fusion'; got 'turbo'",
     ]
 
 
@@ -138,7 +134,7 @@ def test_a_broken_fleet_is_skipped_and_the_others_still_render(
     assert problem_lines(res) == [
         "m.yaml:5:15: fleets[0].for_each: give exactly one of `file`, `items` or `matrix` "
         "(got file, items)",
-        "m.yaml:11:22: fleets[1].session.max_acu_limit: Input should be greater than 0 (got 0)",
+        "m.yaml:11:22: fleets[1].session.max_acu_limit: must be greater than 0; got 0",
     ]
 
 
@@ -189,19 +185,19 @@ def test_missing_version_bad_budget_and_duplicate_fleets_with_session_problems(
     assert res.exit_code == 1
     assert problem_lines(res) == [
         "m.yaml:1:1: version: required field is missing",
-        "m.yaml:2:24: budget.max_sessions: Input should be greater than 0 (got -1)",
+        "m.yaml:2:24: budget.max_sessions: must be greater than 0; got -1",
         "m.yaml:6:39: fleets[0].session.devin_mode: "
-        "Input should be 'normal', 'fast', 'lite', 'ultra' or 'fusion' (got 'turbo')",
+        "expected one of 'normal', 'fast', 'lite', 'ultra' or 'fusion'; got 'turbo'",
         "m.yaml:7:11: fleets[1].name: duplicate fleet name 'f' (first: fleets[0])",
         "m.yaml:9:44: fleets[1].session.bypass_approval: expected true/false; got 'maybe'",
     ]
 
 
-def test_broken_defaults_render_nothing_rather_than_guess(
+def test_broken_defaults_neither_hide_the_sessions_problems_nor_invent_one(
     write: Write, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # Every fleet depends on the defaults: rendering without them would report problems
-    # that are not there (here: a missing prompt), so only the defaults' problem is shown.
+    # The broken field is taken out (a prompt stands in for a broken prompt, so no false
+    # "missing prompt"), and the sessions are still rendered and checked.
     write(
         "m.yaml",
         """
@@ -219,6 +215,8 @@ def test_broken_defaults_render_nothing_rather_than_guess(
     assert res.exit_code == 1
     assert problem_lines(res) == [
         "m.yaml:3:20: defaults.prompt: expected a string; got a list",
+        "m.yaml:7:27: fleets[0].session.devin_mode: "
+        "expected one of 'normal', 'fast', 'lite', 'ultra' or 'fusion'; got 'turbo'",
     ]
 
 
@@ -307,3 +305,54 @@ def test_every_dangling_ref_is_listed_and_data_is_not_a_ref() -> None:
         "dangling $refs, to nothing in the schema: #/nope (at /properties/a), "
         "#/definitions/x (at /properties/b/items)"
     )
+
+
+EIGHT = """
+version: 1
+campaign: eight
+defaults:
+  tags: team-a
+rollout:
+  waves: [1, rest]
+  gate: {min_success_rate: 75}
+fleets:
+  - name: one
+    for_each: {items: [a, b]}
+    session:
+      prompt: "Fix {{ item.nope }}"
+      repos: acme/api
+      attachment_urls: ["not-a-uri"]
+      bogus: 1
+  - name: two
+    for_each: {items: [c]}
+    session:
+      prompt: "ok {{ item }}"
+      max_acu_limit: "{{ 'x' }}"
+      platform: [windows]
+"""
+
+
+def test_structural_errors_in_a_session_no_longer_hide_its_other_problems(
+    write: Write, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    write("m.yaml", EIGHT)
+    monkeypatch.chdir(tmp_path)
+    res = run("validate", "m.yaml")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    fields = [line.split(": ")[1] for line in problem_lines(res)]
+    assert fields == [
+        "defaults.tags",
+        "rollout.gate.min_success_rate",
+        "fleets[0].session.prompt",
+        "fleets[0].session.repos",
+        "fleets[0].session.attachment_urls",
+        "fleets[0].session.bogus",
+        "fleets[1].session.max_acu_limit",
+        "fleets[1].session.platform",
+    ], res.stderr
+    rate = next(line for line in res.stderr.splitlines() if "min_success_rate" in line)
+    assert rate == (
+        "m.yaml:7:28: rollout.gate.min_success_rate: must be at most 1; got 75 "
+        "(hint: a fraction of the wave's sessions, from 0 to 1: write 0.75 for 75%)"
+    )
+    assert "Input should" not in res.stderr and "error: 8 problems" in res.stderr

@@ -4,7 +4,6 @@ and adaptive interval (scripted with httpx.MockTransport)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import anyio
 import httpx
 import pytest
 
-from launcher import ApiConfig, ApplyOptions, DevinClient, apply_plan, build_plan, load_manifest
+from launcher import ApiConfig, DevinClient, build_plan, load_manifest
 from launcher.api.models import SessionStatus, StatusDetail
 from launcher.errors import AuthError
 from launcher.ledger.attempts import relaunch
@@ -31,58 +30,9 @@ from launcher.run.status import (
 )
 from launcher.sim import ManualClock, SimServer
 from launcher.spec.plan import Plan
-from tests.fake_api import FakeClock
+from tests.helpers import SCHEMA, FakeClock, ScriptedLists, apply_all, fleet_manifest, session_json
 
 Write = Callable[[str, str], Path]
-
-SCHEMA = {
-    "type": "object",
-    "required": ["verdict", "files_changed"],
-    "properties": {
-        "verdict": {"type": "string", "enum": ["fixed", "skipped", "blocked"]},
-        "files_changed": {"type": "integer", "minimum": 0},
-    },
-    "additionalProperties": False,
-}
-
-
-def fleet_manifest(write: Write, n: int, *, name: str = "fu", schema: bool = True) -> Path:
-    """A campaign of `n` mapping items (repo, team), keyed by repo, with a schema."""
-    items = ", ".join(f"{{repo: r-{i:03d}, team: {'ab'[i % 2]}}}" for i in range(n))
-    schema_line = f"structured_output_schema: {json.dumps(SCHEMA)}" if schema else ""
-    return write(
-        f"{name}.yaml",
-        f"""
-        version: 1
-        campaign: {name}
-        defaults:
-          max_acu_limit: 3
-        budget:
-          max_total_acu: 500
-        fleets:
-          - name: f
-            key: "{{{{ item.repo }}}}"
-            for_each:
-              items: [{items}]
-            session:
-              prompt: "Fix {{{{ item.repo }}}}"
-              repos: ["acme/{{{{ item.repo }}}}"]
-              {schema_line}
-        """,
-    )
-
-
-def apply_all(plan: Plan, sim: SimServer, ledger: Path, **options: Any) -> None:
-    cfg = ApiConfig(sim.base_url, sim.org_id, sim.token)
-    options.setdefault("rate", 500.0)
-
-    async def go() -> None:
-        async with DevinClient(cfg) as client:
-            with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
-                summary = await apply_plan(plan, client, led, ApplyOptions(**options), environ={})
-                assert summary.exit_code == 0, summary.to_json()
-
-    anyio.run(go)
 
 
 def do_refresh(plan: Plan, cfg: ApiConfig, ledger: Path, **kw: Any) -> CampaignView:
@@ -130,22 +80,24 @@ def test_classify_every_status_and_detail_pair(status: str | None, detail: str |
     assert classify(status, detail, delivered=True, cancelled=True) == Outcome.cancelled
 
 
-def test_the_suspend_failures_are_the_limit_details_of_the_contract() -> None:
-    limits = {
-        "usage_limit_exceeded",
-        "out_of_credits",
-        "out_of_quota",
-        "no_quota_allocation",
-        "payment_declined",
-        "org_usage_limit_exceeded",
-        "total_session_limit_exceeded",
-        "error",
-        "user_usage_limit_exceeded",
-        "contract_expired",
-    }
-    assert limits == SUSPEND_FAILURES
-    assert classify("suspended", "inactivity", delivered=False) == Outcome.needs_human
-    assert classify("suspended", "out_of_credits", delivered=True) == Outcome.failed
+def test_a_suspension_fails_unless_a_message_can_resume_it() -> None:
+    """By behaviour, over every detail the API model knows (not a copy of SUSPEND_FAILURES):
+    of the contract's reasons for `suspended`, only idling (`inactivity`) and `user_request`
+    wait for a human, since a message resumes them; every limit, credit, quota, payment or error
+    reason is a failure, even with a pull request delivered. A reason the API adds later is not
+    taken for a failure."""
+    resumable = {StatusDetail.inactivity, StatusDetail.user_request}
+    not_suspensions = {"working", "waiting_for_user", "waiting_for_approval", "finished"}
+    reasons = [d for d in StatusDetail if d not in not_suspensions]
+    assert resumable < set(reasons) and len(reasons) >= 12
+    for reason in reasons:
+        if reason in resumable:
+            assert classify("suspended", reason, delivered=False) == Outcome.needs_human, reason
+            assert classify("suspended", reason, delivered=True) == Outcome.succeeded, reason
+        else:
+            assert classify("suspended", reason, delivered=False) == Outcome.failed, reason
+            assert classify("suspended", reason, delivered=True) == Outcome.failed, reason
+    assert classify("suspended", "cosmic_rays", delivered=False) == Outcome.needs_human
 
 
 def test_output_check_flags_invalid_and_missing_outputs() -> None:
@@ -274,39 +226,8 @@ def test_campaign_view_offline_shows_unlaunched_and_refused_sessions(
 # =========================================================================== watch (scripted)
 
 
-def session_json(sid: str, status: str, detail: str | None, **extra: Any) -> dict[str, Any]:
-    return {
-        "session_id": sid,
-        "url": f"https://app.devin.ai/sessions/{sid}",
-        "status": status,
-        "status_detail": detail,
-        "tags": ["fleet:fu"],
-        "org_id": "org-x",
-        "created_at": 1,
-        "updated_at": 1,
-        "acus_consumed": 0.5,
-        "pull_requests": [],
-        **extra,
-    }
-
-
-class ScriptedApi:
-    """A MockTransport handler: list answers from a script (the last one repeats)."""
-
-    def __init__(self, script: list[int | list[dict[str, Any]]]) -> None:
-        self.script = script
-        self.calls: list[str] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.calls.append(f"{request.method} {request.url.path}")
-        step = self.script[min(len(self.calls) - 1, len(self.script) - 1)]
-        if isinstance(step, int):
-            return httpx.Response(step, json={"detail": "scripted failure"})
-        return httpx.Response(200, json={"items": step, "end_cursor": None, "has_next_page": False})
-
-
 def scripted_watch(
-    write: Write, tmp_path: Path, api: ScriptedApi, **kw: Any
+    write: Write, tmp_path: Path, api: ScriptedLists, **kw: Any
 ) -> tuple[CampaignView, list[float], list[str]]:
     plan = build_plan(load_manifest(fleet_manifest(write, 1, schema=False)))
     ledger = tmp_path / "l.db"
@@ -340,7 +261,7 @@ def scripted_watch(
 def test_watch_retries_a_failed_refresh_and_stops_when_every_outcome_is_final(
     write: Write, tmp_path: Path
 ) -> None:
-    api = ScriptedApi(
+    api = ScriptedLists(
         [
             500,
             [session_json("devin-1", "running", "working")],
@@ -360,7 +281,7 @@ def test_watch_survives_unknown_statuses_and_times_out_with_a_growing_interval(
 ) -> None:
     """On a fake clock (no real waiting, no dependence on the machine's load): the interval
     grows by half while nothing changes, up to max_interval, and the timeout ends the watch."""
-    api = ScriptedApi([[session_json("devin-1", "hibernating", "cosmic_rays")]])
+    api = ScriptedLists([[session_json("devin-1", "hibernating", "cosmic_rays")]])
     clock = FakeClock(start=0.0)
     view, waits, errors = scripted_watch(
         write, tmp_path, api, interval=5, max_interval=20, wait_timeout=60, clock=clock
@@ -375,9 +296,9 @@ def test_watch_gives_up_after_repeated_failures_and_at_once_on_401(write: Write,
     from launcher.errors import APIError
 
     with pytest.raises(APIError) as info:
-        scripted_watch(write, tmp_path, ScriptedApi([503]), interval=0.01, max_failures=3)
+        scripted_watch(write, tmp_path, ScriptedLists([503]), interval=0.01, max_failures=3)
     assert info.value.status == 503
-    api = ScriptedApi([401])
+    api = ScriptedLists([401])
     with pytest.raises(AuthError):
         scripted_watch(write, tmp_path, api, interval=0.01)
     assert len(api.calls) == 1
@@ -386,7 +307,7 @@ def test_watch_gives_up_after_repeated_failures_and_at_once_on_401(write: Write,
 def test_a_401_on_the_get_fallback_is_raised_as_auth_error_not_a_group(
     write: Write, tmp_path: Path
 ) -> None:
-    api = ScriptedApi([[], 401])  # the list misses the session; its GET is refused
+    api = ScriptedLists([[], 401])  # the list misses the session; its GET is refused
     with pytest.raises(AuthError) as info:
         scripted_watch(write, tmp_path, api, interval=0.01)
     assert info.value.status == 401

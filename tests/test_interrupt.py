@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 from launcher import build_plan, load_manifest, open_ledger
 from launcher.sim import Profile, SimServer
-from tests.test_apply import assert_exactly_once_and_ledger_agrees, campaign, sessions_per_key
+from tests.helpers import assert_exactly_once_and_ledger_agrees, campaign, sessions_per_key, wait_for
 
 Write = Callable[[str, str], Path]
 # Latency stretches the run over a few seconds, so kills land before, during and after creates.
@@ -48,6 +47,10 @@ def start_apply(path: Path, sim: SimServer, ledger: Path) -> subprocess.Popen[st
             str(ledger),
             "-o",
             "json",
+            # the simulator answers in milliseconds: a killed run's create is not in transit
+            # for the default 30 s, which a re-run would wait before looking it up
+            "--request-timeout",
+            "3",
         ],
         env=env,
         stdin=subprocess.DEVNULL,
@@ -55,15 +58,6 @@ def start_apply(path: Path, sim: SimServer, ledger: Path) -> subprocess.Popen[st
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.mark.slow
@@ -75,19 +69,19 @@ def test_sigkill_at_random_moments_then_resume_creates_each_session_exactly_once
     plan = build_plan(load_manifest(path))
     ledger = tmp_path / "l.db"
     rng = random.Random(20261128)
-    kills = 0
     for _ in range(5):
         proc = start_apply(path, sim, ledger)
         before = len(sim.sessions())
-        # Kill at a random moment once the process is creating (or has just finished).
-        wait_for(lambda p=proc, b=before: len(sim.sessions()) > b or p.poll() is not None, 20)
-        time.sleep(rng.uniform(0.0, 0.6))
-        if proc.poll() is None:
-            proc.kill()
-            kills += 1
+        # Kill once the server has seen a random number (0-6) of this run's creates: before its
+        # first, right after one (its answer still on the way), or between two. Five rounds of
+        # at most 6 (+ 4 in flight) leave most of the 60 to do, so every round ends in a kill.
+        k = rng.randint(0, 6)
+        wait_for(lambda p=proc, b=before, k=k: len(sim.sessions()) >= b + k or p.poll() is not None, 60)
+        assert proc.poll() is None, proc.communicate()  # still running: killed, not finished
+        proc.kill()
         proc.communicate(timeout=20)
         assert max(sessions_per_key(plan, sim).values(), default=0) <= 1
-    assert kills >= 3
+    assert len(sim.sessions()) < len(plan)  # the resume below has work left
     final = start_apply(path, sim, ledger)
     out, errs = final.communicate(timeout=120)
     assert final.returncode == 0, errs

@@ -22,7 +22,7 @@ from launcher.ledger.location import (
     redact_url,
 )
 from launcher.ledger.records import EventKind, LedgerEvent
-from tests.test_follow import fleet_manifest
+from tests.helpers import fleet_manifest
 
 Write = Callable[[str, str], Path]
 
@@ -68,3 +68,13 @@ def test_the_cli_reads_a_ledger_given_as_a_url(write: Write, tmp_path: Path) -> 
     assert res.exit_code == 0, res.output
     changes = {s["key"]: s["change"] for s in json.loads(res.stdout)["sessions"]}
     assert changes == {"r-000": "=", "r-001": "+"}
+
+
+def test_a_server_that_cannot_be_reached_is_one_message_without_the_password() -> None:
+    pytest.importorskip("psycopg")
+    url = "postgresql://fleet:hunter2@127.0.0.1:1/fleet?connect_timeout=2"
+    with pytest.raises(LedgerError) as info:
+        open_ledger(Path("."), "c", url)
+    text = f"{info.value.message} {info.value.hint} {info.value.path}"
+    assert "hunter2" not in text and "fleet:***@127.0.0.1:1" in text
+    assert info.value.message.startswith("cannot connect to ledger postgresql://")

@@ -15,9 +15,9 @@ from launcher import build_plan, load_manifest, open_ledger
 from launcher.errors import ExitCode, LedgerError
 from launcher.ledger.migrations import MIGRATIONS, SCHEMA_VERSION
 from launcher.ledger.records import TRANSITIONS, EventKind, LaunchState, LedgerEvent
-from launcher.ledger.sqlite import SqliteLedger, sqlite_errors
-from tests.test_cli_errors import Write, clean, run
-from tests.test_follow import fleet_manifest
+from launcher.ledger.sqlite import SqliteLedger
+from launcher.ledger.sqlite_errors import sqlite_errors
+from tests.helpers import Write, clean, fleet_manifest, run
 
 
 def test_a_v1_ledger_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
@@ -180,3 +180,11 @@ def test_a_corrupt_ledger_on_read_commands_is_one_located_message(write: Write, 
         assert res.exit_code == ExitCode.error, (args, out)
         assert f"error: cannot read ledger {ledger}: database disk image is malformed" in out
         assert "hint: the file is damaged or not a devin-fleet ledger" in out
+
+
+def test_a_full_disk_says_what_happened_and_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(LedgerError) as info, sqlite_errors(tmp_path / "l.db", "write"):
+        raise sqlite3.OperationalError("database or disk is full")
+    assert "the disk is full" in info.value.message
+    assert info.value.hint is not None and "free some space" in info.value.hint
+    assert "nothing recorded so far was lost" in info.value.hint

@@ -13,8 +13,10 @@ import pytest
 import yaml
 
 from launcher.errors import ManifestError
-from launcher.spec.manifest import load_manifest, manifest_json_schema
-from launcher.spec.plan import Plan, build_plan, campaign_tag, fingerprint_tag, item_tag
+from launcher.spec.build import build_plan
+from launcher.spec.manifest import load_manifest
+from launcher.spec.model import manifest_json_schema
+from launcher.spec.plan import Plan, campaign_tag, fingerprint_tag, item_tag
 from launcher.spec.source import parse_yaml
 
 ROOT = Path(__file__).parent.parent

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from launcher.cli import cli
 from launcher.errors import ManifestError, Problem
-from launcher.spec.plan import plan_manifest
+from launcher.spec.build import plan_manifest
 
 CORPUS = Path(__file__).parent / "corpus" / "bad"
 
@@ -181,7 +181,7 @@ CASES = [
         "bad_devin_mode.yaml",
         "bad_devin_mode.yaml:4:15",
         "defaults.devin_mode",
-        "(got 'turbo') [item bad_devin_mode.yaml:7:24, and 1 more item(s)]",
+        "got 'turbo' [item bad_devin_mode.yaml:7:24, and 1 more item(s)]",
     ),
     Expect(
         "too_many_tags.yaml",

@@ -18,25 +18,20 @@ import anyio
 import anyio.lowlevel
 import httpx
 import pytest
-from click.testing import CliRunner, Result
 
 from launcher import build_plan, load_manifest, open_ledger
 from launcher.api.client import ApiConfig, DevinClient
-from launcher.cli import cli
+from launcher.errors import ExitCode
 from launcher.run.messages import MessageBatch, MessageReport, Outgoing, digest, send_messages
 from launcher.sim import Profile, SimServer
+from tests.helpers import apply_all, fleet_manifest, run, wait_for
 from tests.holders import live_holder
-from tests.test_follow import apply_all, fleet_manifest
 
 Write = Callable[[str, str], Path]
 TEXT = "Please rebase on main and re-run the tests."
 SLOW = Profile.model_validate(
     {"name": "slow", "faults": {"latency_seconds": 0.05, "latency_jitter_seconds": 0.1}}
 )
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def user_messages(sim: SimServer, http: Any) -> dict[str, Counter[str]]:
@@ -141,15 +136,6 @@ def start_message(path: Path, sim: SimServer, ledger: Path) -> subprocess.Popen[
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.mark.slow
@@ -286,7 +272,7 @@ def test_a_second_sender_is_kept_out_by_the_campaign_lock(
 
     with live_holder(str(ledger), "fu") as owner:  # another live process on this host holds it
         res = run("message", path, "--ledger", ledger, "--text", TEXT, "--yes")
-    assert res.exit_code == 1 and f"is locked by {owner}" in res.stderr
+    assert res.exit_code == ExitCode.locked and f"is locked by {owner}" in res.stderr
     assert "Traceback" not in res.output
     assert sim.stats()["requests"].get("POST /sessions/{id}/messages", 0) == 0
 

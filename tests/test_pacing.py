@@ -21,7 +21,8 @@ from launcher.api.pacing import (
     WindowLimit,
     backoff_delay,
 )
-from tests.pacing_model import FakeClock, bench_concurrency, run_model, run_shape
+from launcher.sim.pacing_model import bench_concurrency, run_model, run_shape
+from tests.helpers import FakeClock
 
 
 def most_in_window(times: list[float], window: float) -> int:
@@ -455,9 +456,7 @@ def test_waiters_queue_first_come_first_served_and_a_retry_waits_outside_the_que
     out its own Retry-After does not hold the queue up meanwhile."""
     import anyio
 
-    from tests.fake_api import FakeClock as DrivenClock
-
-    clock = DrivenClock()
+    clock = FakeClock()
     pacer = Pacer(10.0, clock)
     order: list[str] = []
 
@@ -479,24 +478,38 @@ def test_waiters_queue_first_come_first_served_and_a_retry_waits_outside_the_que
     assert clock.now() == pytest.approx(1000.0 + 2.0)
 
 
-def test_a_real_sleep_never_ends_early() -> None:
-    """The real clock spins out the last stretch of a sleep; it never returns before it."""
-    import time
-
+def test_a_real_sleep_spins_out_its_last_stretch_and_never_ends_early() -> None:
+    """The real clock's sleep yields to the loop until its deadline (a timer cannot wake that
+    precisely): it never returns before it. Its time source stepped by hand, 0.4 ms a read, so
+    no test time depends on the machine."""
     import anyio
 
     from launcher.api.pacing import MonotonicClock
 
-    async def go() -> list[float]:
-        clock = MonotonicClock()
-        late = []
-        for want in (0.0005, 0.003, 0.012):
-            start = time.monotonic()
-            await clock.sleep(want)
-            late.append(time.monotonic() - start - want)
-        return late
+    class Stepped(MonotonicClock):
+        def __init__(self) -> None:
+            self.t, self.reads = 100.0, 0
 
-    assert all(x >= 0 for x in anyio.run(go))
+        def now(self) -> float:
+            self.reads += 1
+            self.t += 0.0004
+            return self.t
+
+    async def go() -> list[tuple[float, int]]:
+        clock = Stepped()
+        out = []
+        for want in (0.0, 0.0005, 0.0015, 0.0041):  # the last sleeps on a timer (2.6 ms real) first
+            clock.reads = 0
+            deadline = clock.t + 0.0004 + want  # what its first read will make of it
+            await clock.sleep(want)
+            out.append((clock.t - deadline, clock.reads))
+        return out
+
+    (late0, reads0), *rest = anyio.run(go)
+    assert late0 >= 0 and reads0 == 2  # nothing to wait: one read for the deadline, one past it
+    for late, reads in rest:
+        assert 0 <= late < 0.0004  # never early, and out at the first read past the deadline
+        assert reads >= 3  # it spun: read the clock again after yielding
 
 
 def test_a_429_after_a_steady_stretch_goes_back_to_what_the_bucket_refilled() -> None:

@@ -15,8 +15,9 @@ from click.testing import CliRunner
 
 from launcher.cli import cli
 from launcher.errors import ManifestError, SecretError
+from launcher.spec.build import build_plan
 from launcher.spec.manifest import load_manifest
-from launcher.spec.plan import Plan, build_plan, fingerprint, fingerprint_tag, item_tag
+from launcher.spec.plan import Plan, fingerprint, fingerprint_tag, item_tag
 
 Write = Callable[[str, str], Path]
 
@@ -187,8 +188,8 @@ def test_every_problem_is_reported_at_once(write: Write) -> None:
     text = "\n".join(problems)
     assert "m.yaml:9:15: fleets[0].session.prompt: undefined variable" in text
     assert "[item d.csv:2, and 3 more item(s)]" in text
-    assert "m.yaml:10:19: fleets[0].session.devin_mode: Input should be" in text
-    assert "(got 'turbo') [item d.csv:3]" in text
+    assert "m.yaml:10:19: fleets[0].session.devin_mode: expected one of" in text
+    assert "got 'turbo' [item d.csv:3]" in text
     assert (
         "m.yaml:11:22: fleets[0].session.max_acu_limit: expected an integer; got 'zero' "
         "[item d.csv:4]" in text

@@ -8,76 +8,15 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import anyio
 import pytest
-from click.testing import CliRunner, Result
 
 from launcher import (
-    ApiConfig,
-    ApplyOptions,
-    DevinClient,
-    apply_plan,
-    build_plan,
-    load_manifest,
     open_ledger,
 )
-from launcher.cli import cli
-from launcher.sim import SimServer
 from launcher.spec.diff import changed_fields, field_diff
-from launcher.spec.plan import Plan
+from tests.helpers import run
 
 Write = Callable[[str, str], Path]
-MANIFEST = """
-version: 1
-campaign: d
-fleets:
-  - name: f
-    key: "{{ item.repo }}"
-    for_each:
-      items: [{repo: r-0, acu: 3}, {repo: r-1, acu: 3}, {repo: r-2, acu: 3}]
-    session:
-      prompt: |
-        Upgrade {{ item.repo }} to Python 3.12.
-        Open a pull request.
-      max_acu_limit: "{{ item.acu }}"
-      structured_output_schema: {type: object, properties: {done: {type: boolean}}}
-      session_secrets:
-        - key: TOKEN
-          value: {env: GH_TOKEN}
-"""
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-@pytest.fixture
-def launched(
-    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> tuple[Path, Path]:
-    sim = make_sim("clean")
-    path = write("d.yaml", MANIFEST)
-    ledger = tmp_path / "l.db"
-    monkeypatch.setenv("GH_TOKEN", "ghp_supersecretvalue")
-    plan = build_plan(load_manifest(path), environ={"GH_TOKEN": "ghp_supersecretvalue"})
-    _apply(plan, sim, ledger)
-    return path, ledger
-
-
-def _apply(plan: Plan, sim: SimServer, ledger: Path) -> None:
-    async def go() -> None:
-        async with DevinClient(ApiConfig(sim.base_url, sim.org_id, sim.token)) as client:
-            with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
-                summary = await apply_plan(
-                    plan,
-                    client,
-                    led,
-                    ApplyOptions(rate=500.0),
-                    environ={"GH_TOKEN": "ghp_supersecretvalue"},
-                )
-                assert summary.exit_code == 0
-
-    anyio.run(go)
 
 
 def test_a_prompt_edit_and_an_acu_change_are_named_and_diffed(launched: tuple[Path, Path]) -> None:

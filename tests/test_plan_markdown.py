@@ -26,7 +26,6 @@ from launcher.views.markdown import (
     render_plan_markdown,
     size,
 )
-from tests.test_plan_diff import launched  # noqa: F401  (a fixture: three launched sessions)
 
 
 def matrix_manifest(path: Path, a: int, b: int) -> Path:
@@ -186,7 +185,7 @@ def test_rollout_waves_in_the_summary_and_the_table(write: Callable[[str, str], 
 
 
 def test_changed_sessions_show_their_fields_and_diff_against_the_ledger(
-    launched: tuple[Path, Path],  # noqa: F811  (the fixture imported above)
+    launched: tuple[Path, Path],  # a conftest fixture: three launched sessions
 ) -> None:
     path, ledger = launched  # three sessions launched through the simulator
     text = path.read_text().replace("Open a pull request.", "Open a draft pull request.")

@@ -15,8 +15,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from launcher.spec.build import build_plan
 from launcher.spec.manifest import load_manifest
-from launcher.spec.plan import Plan, build_plan
+from launcher.spec.plan import Plan
 
 SETTINGS = settings(max_examples=60, deadline=None)
 

@@ -15,7 +15,7 @@ from launcher.ledger.location import open_ledger
 from launcher.run.summary import ApplySummary, Result
 from launcher.sim import SimServer
 from launcher.views.progress import ProgressReporter
-from tests.test_follow import fleet_manifest
+from tests.helpers import fleet_manifest, sim_lag
 
 Write = Callable[[str, str], Path]
 
@@ -78,7 +78,7 @@ def test_apply_stopped_part_way_reports_every_key_once_and_the_bar_shows_what_wa
                     plan,
                     client,
                     led,
-                    ApplyOptions(concurrency=1, rate=500.0),
+                    ApplyOptions(concurrency=1, rate=500.0, list_lag=sim_lag(sim)),
                     reporter=reporter,
                     environ={},
                     stop=stop,
@@ -140,7 +140,9 @@ def test_creates_cancelled_by_the_drain_timeout_still_reach_the_reporter(
                     plan,
                     client,
                     led,
-                    ApplyOptions(concurrency=1, rate=500.0, drain_timeout=0.0, preflight=False),
+                    ApplyOptions(
+                        concurrency=1, rate=500.0, drain_timeout=0.0, preflight=False, list_lag=0.0
+                    ),
                     reporter=reporter,
                     environ={},
                     stop=stop,

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
 from launcher import build_plan, load_manifest, open_ledger
-from launcher.cli import cli
 from launcher.sim import Profile, SimServer
 from launcher.spec.plan import Plan, attempt_of
+from tests.helpers import campaign, run
 
 Write = Callable[[str, str], Path]
 
@@ -56,23 +55,7 @@ PROMPT = (
 
 
 def manifest(write: Write, n: int, name: str = "rl") -> Path:
-    items = ", ".join(f"repo-{i:03d}" for i in range(n))
-    return write(
-        f"{name}.yaml",
-        f"""
-        version: 1
-        campaign: {name}
-        defaults:
-          max_acu_limit: 3
-        fleets:
-          - name: f
-            for_each:
-              items: [{items}]
-            session:
-              prompt: '{PROMPT}'
-              repos: ["acme/{{{{ item }}}}"]
-        """,
-    )
+    return campaign(write, n, name=name, prompt=PROMPT)
 
 
 def by_key(plan: Plan, sim: SimServer) -> dict[str, list[dict[str, Any]]]:
@@ -97,10 +80,6 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Callable[[SimServer], dict[str, str]
         return values
 
     return _env
-
-
-def run(*args: str | Path, input: str | None = None) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], input=input)
 
 
 def test_relaunch_failed_makes_one_attempt_per_failed_key_with_lineage_and_a_rerun_makes_none(
@@ -132,13 +111,9 @@ def test_relaunch_failed_makes_one_attempt_per_failed_key_with_lineage_and_a_rer
     for key in set(old) - failed:
         assert "attempt" not in sessions[key][0]["prompt"]  # attempt 1: previous is None
 
-    # The same command again, now or once the new attempts are final: nothing more.
-    for _ in range(2):
-        again = run("apply", path, "--yes", "--ledger", ledger, "--relaunch", "failed")
-        assert again.exit_code == 0, again.output
-        assert "already relaunched, not again" in again.output
-        assert sum(len(v) for v in by_key(plan, sim).values()) == len(plan) + len(failed)
-        run("status", path, "--ledger", ledger, "--watch", "--interval", "0.05")
+    # Once final, the keys whose new attempt failed too are relaunched again by the same
+    # command (test_relaunch_failed_again_takes_the_keys_whose_new_attempt_failed_too).
+    run("status", path, "--ledger", ledger, "--watch", "--interval", "0.05")
 
     # The plan does not show relaunched keys as changed: their fingerprint is the manifest's.
     shown = run("plan", path, "--ledger", ledger)
@@ -392,7 +367,8 @@ def test_the_confirmation_says_exactly_what_will_happen() -> None:
     assert "relaunch: 2 new attempt(s)" in text
     assert "1 earlier live session(s) terminated first: r-2" in text
     assert "r-2: attempt 1 SUCCEEDED (https://github.com/acme/r-2/pull/7)" in text
-    assert "already relaunched, not again: 1 key(s)" in text and "r-3" in text
+    assert "already relaunched, not again: 1 key(s) whose new attempt is not final" in text
+    assert "r-3" in text
     assert Selection("failed", [], already={"r-3": 2}).question(0, keep=False) == ""
 
 
@@ -421,3 +397,46 @@ def test_relaunch_changed_then_plan_shows_them_unchanged_and_a_rerun_makes_none(
     assert again.exit_code == 0, again.output
     assert "already relaunched, not again: 3 key(s)" in again.output
     assert len(sim.sessions()) == 6
+
+
+def test_relaunch_failed_again_takes_the_keys_whose_new_attempt_failed_too(
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path, env: Callable[..., Any]
+) -> None:
+    """Issue 21 item 3: `--relaunch failed` works as often as needed (the keys whose latest
+    attempt is failed now), and is a no-op while the new attempts are live."""
+    from launcher.sim import ManualClock
+
+    clock = ManualClock()  # sessions end only when the test moves the simulator's time
+    sim = make_sim(HALF, clock=clock, seed=SEED)
+    env(sim)
+    path, ledger = manifest(write, 12), tmp_path / "l.db"
+
+    def outcomes() -> dict[str, tuple[int, str]]:
+        res = run("status", path, "--ledger", ledger, "-o", "json")
+        return {s["key"]: (s["attempt"], s["outcome"]) for s in json.loads(res.stdout)["sessions"]}
+
+    def relaunch() -> dict[str, Any]:
+        res = run("apply", path, "--yes", "--ledger", ledger, "--relaunch", "failed", "-o", "json")
+        assert res.exit_code == 0, res.output
+        return dict(json.loads(res.stdout)["relaunch"])
+
+    assert run("apply", path, "--yes", "--ledger", ledger).exit_code == 0
+    clock.advance(1000)
+    failed = {k for k, (_, o) in outcomes().items() if o == "failed"}
+    assert 0 < len(failed) < 12
+    assert relaunch()["new_attempts"] == {k: 2 for k in sorted(failed)}
+    live = relaunch()  # right after: the new attempts run, nothing new
+    assert live["new_attempts"] == {} and set(live["already_relaunched"]) == failed
+    assert len(sim.sessions()) == 12 + len(failed)
+
+    clock.advance(1000)
+    now = outcomes()
+    again = {k for k, (n, o) in now.items() if o == "failed"}
+    assert again < failed and again and all(now[k][0] == 2 for k in failed)
+    second = relaunch()  # the keys that failed again, and only them (not those that succeeded)
+    assert second["new_attempts"] == {k: 3 for k in sorted(again)}
+    assert second["already_relaunched"] == {}
+    assert len(sim.sessions()) == 12 + len(failed) + len(again)
+
+
+SEED = 3

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 from launcher import build_plan, load_manifest
 from launcher.cli import cli
-from launcher.run.status import CampaignView, Outcome, SessionView
+from launcher.run.status import ATTENTION, CampaignView, Outcome, SessionView
 from launcher.views.report import render_report
-from tests.test_results import OUTPUT_COLUMNS, campaign, expected_outcome  # noqa: F401 (fixture)
+from tests.helpers import OUTPUT_COLUMNS, expected_outcome
 
 
 class Doc(HTMLParser):
@@ -63,10 +63,10 @@ def parse(html: str) -> Doc:
 
 
 def test_the_report_holds_the_campaign_and_fetches_nothing(
-    campaign: tuple[Path, Path, dict[str, dict[str, Any]]],  # noqa: F811
+    mixed_campaign: tuple[Path, Path, dict[str, dict[str, Any]]],
     tmp_path: Path,
 ) -> None:
-    path, ledger, truth = campaign
+    path, ledger, truth = mixed_campaign
     out = tmp_path / "report.html"
     res = CliRunner().invoke(cli, ["report", str(path), "--ledger", str(ledger), "-o", str(out)])
     assert res.exit_code == 0, res.output
@@ -110,9 +110,11 @@ def test_the_report_holds_the_campaign_and_fetches_nothing(
     fields = [a["data-field"] for a in doc.all("div") if "data-field" in a]
     assert fields == OUTPUT_COLUMNS
 
-    # the session table: a row per session, its outcome, in plan order
+    # the session table: a row per session, its outcome, what needs attention first (then in
+    # plan order)
     rows = [a for a in doc.all("tr") if "data-key" in a]
-    assert [r["data-key"] for r in rows] == sorted(truth)
+    rank = [o.value for o in ATTENTION]
+    assert [r["data-key"] for r in rows] == sorted(truth, key=lambda k: (rank.index(want[k]), k))
     assert {r["data-key"]: r["data-outcome"] for r in rows} == want
 
 

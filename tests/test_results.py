@@ -12,125 +12,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
 from launcher import build_plan, load_manifest
-from launcher.cli import cli
 from launcher.errors import ManifestError
 from launcher.run.status import CampaignView, Outcome, SessionView
 from launcher.sim import SimServer
 from launcher.spec.templating import Rule, TemplateFailure
 from launcher.views.results import build_results, schema_fields
-from tests.test_follow import apply_all
+from tests.helpers import MIGRATION_SCHEMA as SCHEMA
+from tests.helpers import N_MIGRATIONS as N
+from tests.helpers import OUTPUT_COLUMNS, RULE, apply_all, expected_outcome, migration_manifest, run
 
 Write = Callable[[str, str], Path]
 
-SCHEMA = {
-    "type": "object",
-    "required": ["migrated", "files_changed", "blockers", "stats"],
-    "properties": {
-        "migrated": {"type": "boolean"},
-        "files_changed": {"type": "integer", "minimum": 0},
-        "pr_url": {"type": "string"},
-        "blockers": {"type": "array", "items": {"type": "string", "enum": ["ci", "tests", "owner"]}},
-        "stats": {
-            "type": "object",
-            "required": ["added"],
-            "properties": {"added": {"type": "integer"}, "removed": {"type": "integer"}},
-        },
-    },
-}
-OUTPUT_COLUMNS = [
-    "output.migrated",
-    "output.files_changed",
-    "output.pr_url",
-    "output.blockers",
-    "output.stats.added",
-    "output.stats.removed",
-]
-RULE = "output.migrated and 'owner' not in output.blockers"
-N = 24
-
-
-def manifest(write: Write, rule: str | None = RULE) -> Path:
-    items = ", ".join(f"{{repo: r-{i:03d}, team: {'ab'[i % 2]}}}" for i in range(N))
-    return write(
-        "mig.yaml",
-        f"""
-        version: 1
-        campaign: mig
-        defaults:
-          max_acu_limit: 3
-        budget:
-          max_total_acu: 500
-        {f"success_when: {json.dumps(rule)}" if rule else ""}
-        fleets:
-          - name: f
-            key: "{{{{ item.repo }}}}"
-            for_each:
-              items: [{items}]
-            session:
-              prompt: "Migrate {{{{ item.repo }}}}"
-              repos: ["acme/{{{{ item.repo }}}}"]
-              structured_output_schema: {json.dumps(SCHEMA)}
-        """,
-    )
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-@pytest.fixture
-def campaign(
-    write: Write,
-    make_sim: Callable[..., SimServer],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    sim_client: Callable[..., Any],
-) -> tuple[Path, Path, dict[str, dict[str, Any]]]:
-    """A `mixed` campaign (seed 1) applied and watched to the end; the API's final sessions."""
-    sim = make_sim("mixed", time_scale=300, seed=1)
-    path = manifest(write)
-    ledger = tmp_path / "l.db"
-    apply_all(build_plan(load_manifest(path)), sim, ledger)
-    monkeypatch.setenv("DEVIN_API_KEY", sim.token)
-    monkeypatch.setenv("DEVIN_ORG_ID", sim.org_id)
-    monkeypatch.setenv("DEVIN_API_BASE_URL", sim.base_url)
-    res = run("status", path, "--ledger", ledger, "--watch", "--interval", "0.2", "--timeout", "60")
-    assert res.exit_code in (3, 6), res.output
-    http = sim_client(sim)
-    truth = {}
-    for s in sim.sessions():
-        body = http.get(f"/v3/organizations/{sim.org_id}/sessions/{s['session_id']}").json()
-        truth[s["repos"][0].removeprefix("acme/")] = {**body, "planned": s["planned_outcome"]}
-    assert len(truth) == N
-    assert {"delivered", "needs_user", "error", "suspended"} <= {t["planned"] for t in truth.values()}
-    return path, ledger, truth
-
-
-def expected_outcome(t: dict[str, Any]) -> str:
-    """What the rule makes of the API's final session (computed here, not by the launcher)."""
-    default = {
-        "delivered": "succeeded",
-        "finished": "succeeded",
-        "invalid_output": "succeeded",
-        "blocked": "succeeded",  # delivered (a PR, valid output): the rule judges its report
-        "needs_user": "needs-human",
-        "error": "failed",
-        "suspended": "failed",
-    }[t["planned"]]
-    if default != "succeeded":
-        return default
-    out = t.get("structured_output") or {}
-    ok = bool(out.get("migrated")) and "owner" not in (out.get("blockers") or [])
-    return "succeeded" if ok else "failed"
-
 
 def test_every_format_shows_the_fleet_with_the_success_rule_applied(
-    campaign: tuple[Path, Path, dict[str, dict[str, Any]]],
+    mixed_campaign: tuple[Path, Path, dict[str, dict[str, Any]]],
 ) -> None:
-    path, ledger, truth = campaign
+    path, ledger, truth = mixed_campaign
     want = {k: expected_outcome(t) for k, t in truth.items()}
     # the rule turned some delivered sessions into failures: the case this test is about
     assert any(want[k] == "failed" and t["planned"] == "blocked" for k, t in truth.items()), (
@@ -225,8 +124,8 @@ def test_every_format_shows_the_fleet_with_the_success_rule_applied(
     assert all(k in res.stdout for k in truth) and f"{N} sessions" in res.stdout
 
 
-def test_filters_and_grouping(campaign: tuple[Path, Path, dict[str, dict[str, Any]]]) -> None:
-    path, ledger, truth = campaign
+def test_filters_and_grouping(mixed_campaign: tuple[Path, Path, dict[str, dict[str, Any]]]) -> None:
+    path, ledger, truth = mixed_campaign
     want = {k: expected_outcome(t) for k, t in truth.items()}
     base: list[str | Path] = ["results", path, "--ledger", ledger, "--offline"]
 
@@ -277,7 +176,7 @@ def test_results_refresh_from_the_api_by_default(
     write: Write, make_sim: Callable[..., SimServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sim = make_sim("clean", time_scale=300)
-    path = manifest(write, rule=None)
+    path = migration_manifest(write, rule=None)
     apply_all(build_plan(load_manifest(path)), sim, tmp_path / "l.db", limit=2)
     monkeypatch.setenv("DEVIN_API_KEY", sim.token)
     monkeypatch.setenv("DEVIN_ORG_ID", sim.org_id)
@@ -322,7 +221,7 @@ def test_rule_cases(rule: str, values: dict[str, Any], met: bool) -> None:
     ],
 )
 def test_bad_rules_are_located_at_plan_time(write: Write, rule: str, message: str) -> None:
-    path = manifest(write, rule=rule)
+    path = migration_manifest(write, rule=rule)
     with pytest.raises(ManifestError) as exc:
         build_plan(load_manifest(path))
     (problem,) = exc.value.problems
@@ -333,7 +232,7 @@ def test_bad_rules_are_located_at_plan_time(write: Write, rule: str, message: st
 
 
 def test_a_fleet_rule_overrides_the_campaigns(write: Write) -> None:
-    path = manifest(write)
+    path = migration_manifest(write)
     text = path.read_text().replace(
         "    session:\n", "    success_when: \"status == 'x'\"\n    session:\n"
     )

@@ -9,13 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
 from launcher import build_plan, load_manifest
-from launcher.cli import cli
 from launcher.errors import ConfigError, PlanChangedError
 from launcher.sim import SimServer
 from launcher.spec.digest import check_reviewed, digest_of, read_reviewed
+from tests.helpers import run
 
 Write = Callable[[str, str], Path]
 
@@ -35,10 +34,6 @@ def manifest(write: Write, items: str, prompt: str = "Fix {{ item }}", env: str 
               session_secrets: [{{key: NPM_TOKEN, value: {{env: {env}}}}}]
         """,
     )
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture

@@ -16,23 +16,28 @@ from typing import Any
 
 import anyio
 import pytest
-from click.testing import CliRunner, Result
 
-from launcher import ApiConfig, ApplyOptions, DevinClient, build_plan, load_manifest, open_ledger
-from launcher.cli import cli
-from launcher.run.rollout import (
+from launcher import (
+    ApiConfig,
+    ApplyOptions,
+    DevinClient,
     RolloutOptions,
+    build_plan,
+    load_manifest,
+    open_ledger,
+)
+from launcher.run.rollout import (
     RolloutSummary,
     assign_waves,
     evaluate_gate,
     run_rollout,
-    wave_sizes,
 )
 from launcher.run.summary import Result as LaunchResult
 from launcher.sim import Profile, SimServer
-from launcher.spec.manifest import Gate, parse_duration
+from launcher.spec.model import Gate, parse_duration
 from launcher.spec.plan import Plan
-from tests.test_apply import sessions_per_key
+from launcher.spec.waves import wave_sizes
+from tests.helpers import FakeClock, campaign, run, sessions_per_key, sim_lag
 
 Write = Callable[[str, str], Path]
 
@@ -63,41 +68,7 @@ FOREVER = profile("forever", {"finished": 1}, (1e7, 1e7))
 
 
 def manifest(write: Write, n: int, *, name: str = "ro", rollout: str = "", budget: str = "") -> Path:
-    items = ", ".join(f"repo-{i:03d}" for i in range(n))
-    return write(
-        f"{name}.yaml",
-        f"""
-        version: 1
-        campaign: {name}
-        defaults:
-          max_acu_limit: 3
-        {budget}
-        {rollout}
-        fleets:
-          - name: f
-            for_each:
-              items: [{items}]
-            session:
-              prompt: "Fix {{{{ item }}}}"
-              repos: ["acme/{{{{ item }}}}"]
-        """,
-    )
-
-
-class FakeClock:
-    """Time that passes only when slept on (each sleep also yields to the event loop)."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-        self.sleeps: list[float] = []
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += seconds
-        await anyio.sleep(0.005)
+    return campaign(write, n, name=name, top=f"{budget}\n{rollout}")
 
 
 def rollout(
@@ -116,13 +87,13 @@ def rollout(
                     plan,
                     client,
                     led,
-                    ApplyOptions(rate=500.0, preflight=False),
+                    ApplyOptions(rate=500.0, preflight=False, list_lag=sim_lag(sim)),
                     ro or RolloutOptions(interval=0.05, max_interval=0.2, ceiling_interval=0.05),
                     environ={},
                     clock=clock,
                 )
 
-    return anyio.run(go)
+    return anyio.run(clock.run, go) if clock is not None else anyio.run(go)
 
 
 def wave_log(plan: Plan, ledger: Path) -> list[tuple[int, str]]:
@@ -146,10 +117,6 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Callable[[SimServer], None]:
         monkeypatch.setenv("DEVIN_API_BASE_URL", sim.base_url)
 
     return _env
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 # =========================================================================== waves, offline
@@ -188,7 +155,8 @@ def test_plan_shows_each_sessions_wave(write: Write) -> None:
     assert res.exit_code == 0, res.output
     assert {s["key"]: s["wave"] for s in json.loads(res.stdout)["sessions"]} == expected
     table = run("plan", path)
-    assert "wave" in table.stdout and "rollout: 3 waves of 2, 3, 5 sessions" in table.stdout
+    assert "wave" in table.stdout
+    assert "rollout: 3 waves (wave 1: 2 session(s), wave 2: 3 session(s), wave 3: 5" in table.stdout
     assert plan.manifest.manifest.rollout is not None
     assert plan.manifest.manifest.rollout.gate.wait_timeout == 1800.0
 
@@ -294,7 +262,7 @@ def test_limit_counts_over_the_whole_run_and_stops_inside_a_wave(
     async def go() -> RolloutSummary:
         async with DevinClient(cfg) as client:
             with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "l.db") as led:
-                options = ApplyOptions(rate=500.0, preflight=False, limit=4)
+                options = ApplyOptions(rate=500.0, preflight=False, limit=4, list_lag=sim_lag(sim))
                 return await run_rollout(plan, client, led, options, ro, environ={})
 
     summary = anyio.run(go)
@@ -343,6 +311,7 @@ def start_apply(path: Path, sim: SimServer, ledger: Path, *extra: str) -> subpro
         "DEVIN_API_BASE_URL": sim.base_url,
     }
     cmd = ["apply", str(path), "--yes", "--rate", "20", "--concurrency", "2", "--interval", "0.05"]
+    cmd += ["--request-timeout", "3"]  # a killed run's create is not in transit for 30 s
     return subprocess.Popen(
         [sys.executable, "-m", "launcher", *cmd, *extra, "--ledger", str(ledger), "-o", "json"],
         env=env,
@@ -471,6 +440,7 @@ def test_ceiling_counts_launches_the_listing_does_not_show_yet(
     assert summary.holds >= 1
 
 
+@pytest.mark.slow
 def test_waves_and_ceiling_under_ambiguous_creates_launch_each_key_once(
     write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
 ) -> None:
@@ -493,7 +463,9 @@ def test_waves_and_ceiling_under_ambiguous_creates_launch_each_key_once(
     async def go() -> RolloutSummary:
         async with DevinClient(cfg) as client:
             with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "l.db") as led:
-                options = ApplyOptions(rate=500.0, preflight=False, lookup_grace=0.1)
+                options = ApplyOptions(
+                    rate=500.0, preflight=False, lookup_grace=0.1, list_lag=sim_lag(sim)
+                )
                 return await run_rollout(plan, client, led, options, ro, environ={})
 
     summary = anyio.run(go)
@@ -508,13 +480,13 @@ def test_ceiling_holds_polls_with_backoff_on_the_injected_clock_and_survives_a_5
 ) -> None:
     import httpx
 
-    from launcher.run.rollout import RunningCeiling
-    from tests.test_follow import ScriptedApi, session_json
+    from launcher.run.ceiling import RunningCeiling
+    from tests.helpers import ScriptedLists, session_json
 
     plan = build_plan(load_manifest(manifest(write, 2, name="fu")))
     busy = [session_json(f"devin-{i}", "running", "working") for i in range(3)]
     eased = [*busy[:2], session_json("devin-2", "running", "finished")]
-    api = ScriptedApi([busy] * 5 + [503, eased])  # the first call lists before any hold
+    api = ScriptedLists([busy] * 5 + [503, eased])  # the first call lists before any hold
     clock, notes = FakeClock(), []
     cfg = ApiConfig("https://api.example.test", "org-x", "cog_x")
 
@@ -529,7 +501,7 @@ def test_ceiling_holds_polls_with_backoff_on_the_injected_clock_and_survives_a_5
             stopped.set()
             return admitted, await ceiling.admit("repo-001", stopped), ceiling.running
 
-    admitted, after_stop, running = anyio.run(go)
+    admitted, after_stop, running = anyio.run(clock.run, go)
     assert admitted and not after_stop and running == 3
     # Unchanged counts: the interval grows by half up to 2; the 503 is retried after a pause.
     assert clock.sleeps == [1, 1.5, 2, 2, 1]
@@ -557,9 +529,7 @@ def test_the_readme_first_command_shows_the_whole_loop() -> None:
     proc = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stderr
     assert "created 20" in proc.stdout and "succeeded: 20" in proc.stdout
-    assert (
-        "campaign py312-upgrade: results" in proc.stdout and "20 sessions, 20 succeeded" in proc.stdout
-    )
+    assert "20 sessions, 20 succeeded" in proc.stdout and "need attention" not in proc.stdout
     assert "following: 20/20" in proc.stderr
 
 
@@ -571,7 +541,8 @@ def test_apply_wait_all_succeeded_exits_0_with_the_results_table(
     path = manifest(write, 6)
     res = run("apply", path, "--yes", "--ledger", tmp_path / "l.db", "--wait", "--interval", "0.05")
     assert res.exit_code == 0, res.output
-    assert "succeeded: 6" in res.stdout and "campaign ro: results" in res.stdout
+    assert "succeeded: 6" in res.stdout and "6 sessions, 6 succeeded" in res.stdout
+    assert f"every session: devin-fleet results {path}" in res.stdout
     assert "6 sessions, 6 succeeded" in res.stdout
 
 
@@ -672,7 +643,10 @@ def test_a_lease_lost_while_following_a_wave_stops_the_rollout(
 ) -> None:
     """The adversary: another apply takes the campaign over while this one follows wave 1
     (paused past its lease). This run must neither decide the gate nor launch wave 2."""
-    from launcher.errors import ExitCode, LockLostError
+    import contextlib
+
+    from launcher.errors import ExitCode, LockedError, LockLostError
+    from tests.holders import live_holder
 
     sim = make_sim(FOREVER, time_scale=100)
     plan = build_plan(load_manifest(manifest(write, 4, rollout="rollout: {waves: [1, rest]}")))
@@ -686,25 +660,36 @@ def test_a_lease_lost_while_following_a_wave_stops_the_rollout(
             async def take_over() -> None:
                 while len(sim.sessions()) < 1:  # noqa: ASYNC110 (polls another thread: the sim)
                     await anyio.sleep(0.02)
+                # Another process takes the campaign over (`unlock`, then its own lease) and
+                # stays alive: a lock row of this host and pid would be this process's own.
                 with open_ledger(plan.manifest.path, plan.campaign, ledger) as other:
-                    other.acquire_lock()  # this process again: a takeover (generation + 1)
+                    other.break_lock()
+                owners.append(
+                    await anyio.to_thread.run_sync(
+                        lambda: holders.enter_context(live_holder(str(ledger), plan.campaign))
+                    )
+                )
 
             tg.start_soon(take_over)
             with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
                 # A lease of 3 s: renewed every 0.5 s, so a loaded machine does not lose it
                 # by itself; the takeover is what must stop the run.
-                options = ApplyOptions(rate=500.0, preflight=False, lock_ttl=3.0)
+                options = ApplyOptions(rate=500.0, preflight=False, lock_ttl=3.0, list_lag=sim_lag(sim))
                 try:
                     summary = await run_rollout(plan, client, led, options, ro, environ={})
                     outcome.append(summary.exit_code)
-                except LockLostError as exc:
+                except (LockLostError, LockedError) as exc:
                     outcome.append(exc)
 
     outcome: list[object] = []
-    anyio.run(go)
+    owners: list[str] = []
+    with contextlib.ExitStack() as holders:
+        anyio.run(go)
     (result,) = outcome
     if isinstance(result, LockLostError):  # found lost while following wave 1: the usual case
         assert "lost the campaign lock" in str(result)
+    elif isinstance(result, LockedError):  # it landed after wave 1's last create: found at once
+        assert owners[0] in str(result)
     else:  # the takeover landed while wave 1 was still launching: apply_plan's own fence
         assert result == ExitCode.lock_lost
     assert len(sim.sessions()) == 1  # wave 2 never launched

@@ -149,7 +149,7 @@ def test_auth_401_403_and_unknown_org_404(sim_server: SimServer, sim_client: Any
     assert basic.get("/v3/self").status_code == 401
     limited = sim_client(sim, token=LIMITED_TOKEN)
     assert limited.get(f"{api(sim)}/sessions").status_code == 200
-    assert limited.get("/v3/self").json()["permissions"] == ["ManageOrgSessions", "ReadAccountMeta"]
+    assert limited.get("/v3/self").json()["service_user_name"] == "sessions-only"
     for path in ("secrets", "playbooks", "playbooks/playbook-sim-fix-tests", "knowledge/notes"):
         r = limited.get(f"{api(sim)}/{path}")
         assert r.status_code == 403, path
@@ -172,7 +172,7 @@ def test_token_without_read_account_meta_gets_403_on_self(make_sim: Any, sim_cli
     assert c.get("/v3/self").status_code == 403
     assert c.get(f"{api(sim)}/sessions").status_code == 200
     me = sim_client(sim).get("/v3/self").json()
-    assert me["org_id"] == sim.org_id and "ManageOrgSecrets" in me["permissions"]
+    assert me["org_id"] == sim.org_id and me["principal_type"] == "service_user"
 
 
 def test_bad_input_never_crashes_or_hangs(sim_server: SimServer, sim_client: Any) -> None:

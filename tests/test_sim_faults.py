@@ -4,7 +4,6 @@ responses, list lag; and that one seed reproduces the same faults."""
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 from launcher.sim import PROFILES, ManualClock, Profile, SimServer, load_profile
 from launcher.sim.faults import CreateFault, FaultPlan, TokenBucket
 from launcher.sim.profiles import Faults, RateLimit
+from tests.helpers import wait_for
 
 AMBIGUOUS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout)
 
@@ -31,15 +31,6 @@ def sessions_url(sim: SimServer) -> str:
 
 # A binary fraction: exactly representable next to the clock's 1.8e9 seconds.
 EPS = 2**-10
-
-
-def wait_until(check: Any, timeout: float = 10.0) -> None:
-    """Poll until `check()` holds (the bound only turns a hang into a failure)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met")
-        time.sleep(0.005)
 
 
 class InFlight:
@@ -124,7 +115,7 @@ def test_latency_holds_every_endpoint_until_it_has_passed(make_sim: Any, sim_cli
     ):
         body = {"prompt": "p"} if method == "POST" else None
         sent = InFlight(lambda m=method, p=path, b=body: c.request(m, p, json=b))
-        wait_until(lambda: clock.sleeping == 1)  # the server holds the request
+        wait_for(lambda: clock.sleeping == 1)  # the server holds the request
         clock.advance(0.15 - EPS)  # below the smallest latency
         assert not sent.answered and clock.sleeping == 1
         clock.advance(0.1 + EPS)  # past the largest (latency + jitter)
@@ -184,7 +175,7 @@ def test_delayed_create_still_answers_a_patient_client(make_sim: Any, sim_client
     sim = make_sim(faulty(delay_after_create=1.0, delay_seconds=0.4), clock=clock)
     c = sim_client(sim)
     sent = InFlight(lambda: c.post(sessions_url(sim), json={"prompt": "p"}))
-    wait_until(lambda: clock.sleeping == 1)
+    wait_for(lambda: clock.sleeping == 1)
     assert len(sim.sessions()) == 1  # created, and the answer is held
     clock.advance(0.4 - EPS)
     assert not sent.answered and clock.sleeping == 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from typing import Any
 
 import anyio
@@ -25,15 +24,7 @@ from launcher.sim import (
     serve,
 )
 from launcher.sim.state import SessionFilter, SimState
-
-
-def wait_until(check: Any, timeout: float = 10.0) -> None:
-    """Poll until `check()` holds (a generous bound only to fail rather than hang)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met")
-        time.sleep(0.005)
+from tests.helpers import wait_for
 
 
 def test_runs_inside_a_running_event_loop_and_stops_quickly() -> None:
@@ -84,7 +75,7 @@ def test_stop_is_bounded_with_a_delayed_response_in_flight() -> None:
 
         t = threading.Thread(target=patient)
         t.start()
-        wait_until(lambda: clock.sleeping == 1)  # the answer is being held
+        wait_for(lambda: clock.sleeping == 1)  # the answer is being held
         server_thread = sim._thread
     assert server_thread is not None and not server_thread.is_alive()  # stopped, not abandoned
     t.join(5)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from launcher import build_plan, load_manifest
-from launcher.errors import LedgerError, LockedError
+from launcher.errors import LedgerError, LockedError, LockLostError
 from launcher.ledger.location import ledger_exists, open_ledger
 from launcher.ledger.records import AttemptRecord, Change, EventKind, LaunchState, LedgerEvent
 from launcher.ledger.store import LedgerStore
@@ -20,13 +20,15 @@ from tests.holders import dead_holder, live_holder
 
 Write = Callable[[str, str], Path]
 Open = Callable[..., LedgerStore]
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(params=BACKENDS)
 def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Where this backend keeps a fresh campaign ledger."""
-    assert request.param == "sqlite"
+    """Where this backend keeps a fresh campaign ledger (PostgreSQL: `pg_url`, a schema of
+    its own on the test server; skipped without one, except under CI)."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
     return str(tmp_path / "l.db")
 
 
@@ -72,8 +74,11 @@ def test_a_new_campaign_has_no_ledger_until_it_is_created(location: str, open_st
     open_store()
     assert ledger_exists(Path("."), "led", location)
     assert open_store(create=False).records() == {}
-    with pytest.raises(LedgerError, match="belongs to campaign 'led'"):
-        open_store("other")
+    if location.startswith("postgresql://"):  # one database, many campaigns
+        assert not ledger_exists(Path("."), "other", location)
+    else:  # a file is one campaign's
+        with pytest.raises(LedgerError, match="belongs to campaign 'led'"):
+            open_store("other")
 
 
 def test_sync_plan_keeps_rows_requests_and_forgets_never_attempted_keys(
@@ -291,3 +296,70 @@ def test_writes_from_many_threads_all_land(write: Write, open_store: Open) -> No
     for t in threads:
         t.join()
     assert len(led.events()) == 80
+
+
+def test_a_ledger_is_bound_to_one_target_and_the_first_binder_wins(open_store: Open) -> None:
+    led = open_store()
+    assert led.target() is None
+    assert led.bind_target("https://api.devin.ai", "org-a") == ("https://api.devin.ai", "org-a")
+    assert led.bind_target("http://127.0.0.1:1", "org-b") == ("https://api.devin.ai", "org-a")
+    led.close()
+    assert open_store().target() == ("https://api.devin.ai", "org-a")  # durable
+
+
+def test_writes_that_matter_check_the_lease_in_their_own_transaction(
+    write: Write, open_store: Open
+) -> None:
+    """After a takeover the old holder's intents, wave decisions and message intents are
+    refused (nothing written); that a session exists (created, adopted) is still kept."""
+    old, new = open_store(), open_store()
+    old.sync_plan(plan_of(write))
+    old.acquire_lock()
+    old.write_events([LedgerEvent("a", EventKind.intent, 1)])  # while it holds the lease
+    new.acquire_lock()  # this process again: a takeover
+    with pytest.raises(LockLostError, match="lost the campaign lock"):
+        old.write_events(
+            [
+                LedgerEvent("b", EventKind.intent, 1),
+                LedgerEvent("a", EventKind.created, session_id="devin-1"),
+            ]
+        )
+    assert [(e["key"], e["kind"]) for e in new.events()] == [("a", "intent"), ("a", "created")]
+    with pytest.raises(LockLostError):
+        old.record_wave(1, "passed")
+    with pytest.raises(LockLostError):
+        old.message_intent("a", "devin-1", "d", "t")
+    assert new.wave_log() == [] and new.messages() == {}
+    new.record_wave(1, "passed")  # the holder writes as before
+    new.message_intent("a", "devin-1", "d", "t")
+    assert len(new.wave_log()) == 1 and len(new.messages()) == 1
+
+
+def test_a_run_waits_for_a_held_lease_then_is_told_who_holds_it(location: str, open_store: Open) -> None:
+    """`--lock-timeout`: the lease is tried again until the wait is over (on the run's clock:
+    virtual here), then LockedError names the holder; a free lease is taken at once."""
+    import anyio
+
+    from launcher.ledger.lease import Lease
+    from launcher.ledger.records import LockLease
+    from tests.helpers import FakeClock
+
+    led = open_store()
+    clock = FakeClock()
+
+    async def acquire() -> LockLease:
+        try:
+            return await Lease(led, clock=clock).acquire(5.0)
+        except LockedError as exc:  # out of the clock's task group as itself, not in a group
+            refused.append(exc)
+            raise
+
+    refused: list[LockedError] = []
+    with live_holder(location, "led") as owner:
+        with pytest.raises(BaseExceptionGroup):
+            anyio.run(clock.run, acquire)
+        assert owner in refused[0].message and "since 20" in refused[0].message
+        assert clock.t >= 1000.0 + 5.0  # it waited the whole timeout
+    start = clock.t
+    lease = anyio.run(clock.run, acquire)
+    assert lease.generation >= 1 and clock.t == start  # free: no wait

@@ -1,5 +1,6 @@
 """`status --watch` on a terminal redraws one live table in place (a real process whose stderr
-is a pseudo-terminal); without a terminal it prints one line per refresh."""
+is a pseudo-terminal); without a terminal it prints one line per refresh. The simulator's
+clock moves only when the test says so: sessions stay running until the table was drawn twice."""
 
 from __future__ import annotations
 
@@ -11,14 +12,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 from launcher import build_plan, load_manifest
-from launcher.sim import SimServer
-from tests.test_follow import apply_all, fleet_manifest
+from launcher.sim import ManualClock, SimServer
+from tests.helpers import apply_all, fleet_manifest
 
 Write = Callable[[str, str], Path]
 CURSOR_UP = "\x1b[1A"
 
 
-def watch(path: Path, sim: SimServer, ledger: Path, *, tty: bool) -> tuple[int, str, str]:
+def watch(
+    path: Path,
+    sim: SimServer,
+    ledger: Path,
+    *,
+    tty: bool,
+    on_screen: Callable[[str], None] = lambda _: None,
+) -> tuple[int, str, str]:
+    """Run `status --watch`; on a terminal, `on_screen(everything drawn so far)` after each read."""
     env = {
         **os.environ,
         "DEVIN_API_KEY": sim.token,
@@ -46,6 +55,7 @@ def watch(path: Path, sim: SimServer, ledger: Path, *, tty: bool) -> tuple[int, 
         if not data:
             break
         chunks.append(data)
+        on_screen(b"".join(chunks).decode(errors="replace"))
     out, _ = proc2.communicate(timeout=120)
     os.close(master)
     return proc2.returncode, out.decode(), b"".join(chunks).decode(errors="replace")
@@ -54,12 +64,18 @@ def watch(path: Path, sim: SimServer, ledger: Path, *, tty: bool) -> tuple[int, 
 def test_watch_redraws_in_place_on_a_terminal_and_prints_lines_otherwise(
     write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
 ) -> None:
-    sim = make_sim("mixed", time_scale=150, seed=1)
+    clock = ManualClock()
+    sim = make_sim("mixed", seed=1, clock=clock)
     path = fleet_manifest(write, 12)
     ledger = tmp_path / "l.db"
     apply_all(build_plan(load_manifest(path)), sim, ledger)
 
-    code, out, term = watch(path, sim, ledger, tty=True)
+    def end_once_drawn_twice(screen: str) -> None:
+        if screen.count("campaign fu") >= 2 and clock.now() < end:
+            clock.advance(end - clock.now())  # every session ends: the watch exits
+
+    end = clock.now() + 1e6
+    code, out, term = watch(path, sim, ledger, tty=True, on_screen=end_once_drawn_twice)
     assert code == 3, term
     assert '"campaign": "fu"' in out  # stdout keeps the JSON only
     assert "campaign fu" in term and "next refresh in" in term  # the live table and its header

@@ -21,7 +21,14 @@ import httpx
 from pydantic import ValidationError
 
 from launcher.api.models import Page, Session, session_path_id
-from launcher.errors import APIError, AuthError, ConfigError, validation_lines
+from launcher.errors import (
+    APIError,
+    AuthError,
+    ConfigError,
+    redact,
+    shorten,
+    validation_lines,
+)
 
 DEFAULT_BASE_URL = "https://api.devin.ai"
 USER_AGENT = "devin-fleet/0.1"
@@ -46,6 +53,19 @@ class ApiConfig:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
 
+    def __post_init__(self) -> None:
+        # A header cannot carry these: httpx would refuse it later with the token in its words.
+        bad = next((i for i, c in enumerate(self.token) if not "!" <= c <= "~"), None)
+        if bad is not None:
+            what = "whitespace" if self.token[bad].isspace() else "a character HTTP headers cannot carry"
+            raise ConfigError(
+                f"DEVIN_API_KEY holds {what} at position {bad + 1} of {len(self.token)}",
+                hint="copy the token again (a service-user token is printable ASCII, cog_...); "
+                "its value is never shown",
+            )
+        if not 0 < self.read_timeout < float("inf") or not 0 < self.connect_timeout < float("inf"):
+            raise ConfigError("the request timeout must be a positive number of seconds")
+
     @classmethod
     def from_env(
         cls,
@@ -56,17 +76,30 @@ class ApiConfig:
         token: str | None = None,
     ) -> ApiConfig:
         """Build from flags (first) and DEVIN_API_KEY / DEVIN_ORG_ID / DEVIN_API_BASE_URL."""
-        token = token or environ.get("DEVIN_API_KEY") or ""
-        org_id = org_id or environ.get("DEVIN_ORG_ID") or ""
-        base = (base_url or environ.get("DEVIN_API_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        # A trailing newline (`$(cat token.txt)`) or spaces around it are not part of a token.
+        token = (token or environ.get("DEVIN_API_KEY") or "").strip()
+        org_id = (org_id or environ.get("DEVIN_ORG_ID") or "").strip()
+        base = (base_url or environ.get("DEVIN_API_BASE_URL") or DEFAULT_BASE_URL).strip().rstrip("/")
         if not token:
             raise ConfigError(
                 "DEVIN_API_KEY is not set",
-                hint="export DEVIN_API_KEY=cog_... (a service-user token), or rehearse with --sim",
+                hint="export DEVIN_API_KEY=cog_... (a service-user token)",
             )
         if not org_id:
             raise ConfigError("no organization id", hint="export DEVIN_ORG_ID=org-... or pass --org")
-        parts = urlsplit(base)
+        try:
+            parts = urlsplit(base)
+            parts.port  # noqa: B018  (raises ValueError for a port out of range)
+        except ValueError as exc:
+            raise ConfigError(
+                f"DEVIN_API_BASE_URL {public_url(base)!r} is not a valid URL ({exc})",
+                hint="scheme and host only, e.g. https://api.devin.ai (a port is 1-65535)",
+            ) from None
+        if parts.username is not None or parts.password is not None:
+            raise ConfigError(
+                f"DEVIN_API_BASE_URL {public_url(base)!r} carries a user name or password",
+                hint="drop `user:password@`: the API takes the token from DEVIN_API_KEY only",
+            )
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(
                 f"DEVIN_API_BASE_URL {base!r} is not an http(s) URL",
@@ -85,7 +118,17 @@ class ApiConfig:
         return cls(base_url=base, org_id=org_id, token=token)
 
     def redact(self, text: str) -> str:
-        return text.replace(self.token, "***") if self.token else text
+        """`text` without the token in any of its forms (raw, escaped, repr)."""
+        return redact(text, [self.token])
+
+
+def public_url(url: str) -> str:
+    """`url` with any `user:password@` replaced by `***@` (shown in messages)."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{scheme}{sep}{authority}{slash}{tail}" if sep else url
 
 
 class CreateOutcome(StrEnum):
@@ -244,13 +287,17 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+MESSAGE_CHARS = 500  # an API error text is cut to this, after redaction
+
+
 def error_message(response: httpx.Response) -> str:
-    """The API's own words from an error body: FastAPI `detail` (string or list), RFC 7807."""
+    """The API's own words from an error body: FastAPI `detail` (string or list), RFC 7807;
+    whole (the caller redacts, then cuts it short)."""
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         text = response.text.strip()
-        return f"HTTP {response.status_code}" + (f": {text[:200]}" if text else "")
+        return f"HTTP {response.status_code}" + (f": {text}" if text else "")
     detail: Any = body.get("detail", body) if isinstance(body, dict) else body
     if isinstance(body, dict) and "title" in body and "detail" not in body:
         detail = body["title"]
@@ -264,8 +311,8 @@ def error_message(response: httpx.Response) -> str:
                 parts.append(str(d))
         return "; ".join(parts)
     if isinstance(detail, dict):
-        return str(detail.get("message") or detail.get("msg") or json.dumps(detail)[:300])
-    return str(detail)[:500]
+        return str(detail.get("message") or detail.get("msg") or json.dumps(detail))
+    return str(detail)
 
 
 class DevinClient:
@@ -280,6 +327,7 @@ class DevinClient:
     ) -> None:
         self.config = config
         self.requests = 0
+        self.secrets: set[str] = set()  # values to redact besides the token (session secrets)
         self._http = httpx.AsyncClient(
             base_url=f"{config.base_url}/v3",
             headers={"Authorization": f"Bearer {config.token}", "User-Agent": USER_AGENT},
@@ -460,9 +508,12 @@ class DevinClient:
 
         The endpoint's own id field is read first (`secret_id` for /secrets, ...), then `id`.
         """
-        own = {"/secrets": "secret_id", "/playbooks": "playbook_id", "/knowledge/notes": "note_id"}.get(
-            path
-        )
+        own = {
+            "/secrets": "secret_id",
+            "/playbooks": "playbook_id",
+            "/knowledge/notes": "note_id",
+            "/members/users": "user_id",
+        }.get(path)
         fields = [f for f in (own, "id", "knowledge_id") if f]
         ids: set[str] = set()
         try:
@@ -478,6 +529,24 @@ class DevinClient:
             raise
         return ids
 
+    async def allowed_tags(self) -> list[str] | None:
+        """The org's allowed session tags (GET /v3/enterprise/organizations/{org_id}/tags,
+        ManageEnterpriseSettings); None when it cannot be read: 403 (no permission, or tag
+        validation is off) or no such endpoint (404/405)."""
+        try:
+            resp = await self._request("GET", f"/enterprise{self._org}/tags")
+        except AuthError as exc:
+            if exc.status == 403:
+                return None
+            raise
+        if resp.status_code in (404, 405):
+            return None
+        data = self._checked(resp)
+        tags = data.get("tags") if isinstance(data, dict) else None
+        if not isinstance(tags, list):
+            raise APIError(f"GET /enterprise{self._org}/tags: no `tags` list in the answer")
+        return [str(t) for t in tags]
+
     # ------------------------------------------------------------------ helpers
 
     def _session(self, data: Any) -> Session:
@@ -491,7 +560,7 @@ class DevinClient:
             ) from None
 
     def _transport_error(self, method: str, path: str, exc: httpx.HTTPError) -> APIError:
-        base = self.config.base_url
+        base = public_url(self.config.base_url)
         if transport_outcome(exc) is CreateOutcome.not_sent:
             return APIError(
                 f"cannot reach the API at {base} ({method} {path}): {self._describe(exc)}",
@@ -503,9 +572,13 @@ class DevinClient:
             "re-run (devin-fleet resumes where it stopped)",
         )
 
+    def redact(self, text: str) -> str:
+        """`text` without the token or any secret the client was told about (every form)."""
+        return redact(text, [self.config.token, *self.secrets])
+
     def _msg(self, resp: httpx.Response) -> str:
-        return self.config.redact(error_message(resp))
+        return shorten(self.redact(error_message(resp)), MESSAGE_CHARS)
 
     def _describe(self, exc: Exception) -> str:
         text = str(exc) or type(exc).__name__
-        return self.config.redact(f"{type(exc).__name__}: {text}")
+        return shorten(self.redact(f"{type(exc).__name__}: {text}"), MESSAGE_CHARS)

@@ -113,10 +113,10 @@ class MonotonicClock:
         return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
+        deadline = self.now() + seconds
         if seconds > self.spin:
             await anyio.sleep(seconds - self.spin)
-        while time.monotonic() < deadline:  # a timer cannot wake this precisely: yield instead
+        while self.now() < deadline:  # a timer cannot wake this precisely: yield instead
             await anyio.lowlevel.checkpoint()
 
 

@@ -18,8 +18,9 @@ try:
     import click
 
     from launcher.cli.apply_cmd import apply
-    from launcher.cli.common import err
+    from launcher.cli.common import err, flag_worded
     from launcher.cli.follow_cmds import cancel, status, unlock
+    from launcher.cli.ledger_cmds import ledger
     from launcher.cli.plan_cmds import plan, schema, validate
     from launcher.cli.pr_cmds import ci, pr_comment
     from launcher.cli.report_cmds import message, report, results
@@ -44,7 +45,7 @@ class _Group(click.Group):
             errors = fleet_errors(exc)
             if not errors or (ctx.obj and ctx.obj.get("debug")):
                 raise
-            for text in dict.fromkeys(e.render() for e in errors):
+            for text in dict.fromkeys(flag_worded(e).render() for e in errors):
                 err.print(text, markup=False)
             sys.exit(errors[0].exit_code)
         except click.UsageError as exc:
@@ -74,18 +75,7 @@ def main() -> None:
 
 
 for _command in (
-    validate,
-    plan,
-    schema,
-    apply,
-    status,
-    results,
-    report,
-    message,
-    cancel,
-    unlock,
-    sim,
-    pr_comment,
-    ci,
+    *(validate, plan, schema, apply, status, results, report, message, cancel, unlock, ledger),
+    *(sim, pr_comment, ci),
 ):
     cli.add_command(_command)

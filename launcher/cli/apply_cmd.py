@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 import anyio
 import click
 
+from launcher.api.client import ApiConfig
 from launcher.cli.common import (
+    FiniteRange,
     api_config,
     api_options,
     confirm,
@@ -28,31 +30,41 @@ from launcher.cli.common import (
 )
 from launcher.errors import ExitCode
 from launcher.ledger.location import open_ledger
-from launcher.ledger.store import Change, Ledger, off_loop
+from launcher.ledger.store import Change, Ledger
+from launcher.run.options import SIM_RATE, ApplyOptions, RolloutOptions
 from launcher.spec.plan import Plan
 
 if TYPE_CHECKING:
-    from launcher.api.client import ApiConfig
-    from launcher.run.apply import ApplyOptions
     from launcher.run.relaunch import Selection
-    from launcher.run.rollout import RolloutOptions, RolloutSummary
+    from launcher.run.rollout import RolloutSummary
     from launcher.run.summary import ApplySummary
 
 
 @click.command()
 @click.argument("manifest", type=click.Path())
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--concurrency", default=8, show_default=True, help="Most requests in flight.")
-@click.option("--rate", default=5.0, show_default=True, help="Most creates per second.")
+@click.option(
+    "--concurrency",
+    default=ApplyOptions.concurrency,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most requests in flight.",
+)
+@click.option(
+    "--rate",
+    type=FiniteRange(min=0, min_open=True),
+    help=f"Most creates per second (default {ApplyOptions.rate:g}; {SIM_RATE:g} with --sim); apply "
+    "learns a lower limit from 429s.",
+)
 @click.option("--only", multiple=True, help="Only keys matching this glob (repeatable).")
-@click.option("--limit", type=int, help="Launch at most N sessions in this run.")
+@click.option("--limit", type=click.IntRange(min=0), help="Launch at most N sessions in this run.")
 @click.option(
     "--relaunch",
     "relaunch",
     multiple=True,
     metavar="SELECTOR",
     help="A new attempt of the keys selected: failed, needs-human, cancelled, changed, or a "
-    "key glob (repeatable; see README: Relaunch).",
+    "key glob (repeatable; see docs/campaigns.md: Relaunch).",
 )
 @click.option(
     "--keep-previous",
@@ -60,11 +72,16 @@ if TYPE_CHECKING:
     help="With --relaunch: leave earlier attempts that are still live running.",
 )
 @click.option("--replace", multiple=True, hidden=True, help="Old name of --relaunch KEY.")
-@click.option("--timeout", type=float, help="Stop starting creates after this many seconds.")
+@click.option(
+    "--timeout",
+    type=FiniteRange(min=0, min_open=True),
+    help="Stop starting creates after this many seconds.",
+)
 @click.option(
     "--request-timeout",
-    default=30.0,
+    default=ApiConfig.read_timeout,
     show_default=True,
+    type=FiniteRange(min=0, min_open=True),
     help="Seconds to wait for one API answer (a create that times out is looked up).",
 )
 @click.option(
@@ -79,7 +96,7 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.01),
+    type=FiniteRange(min=0.01),
     help="First interval (s) between refreshes while following (default 5; 1 with --sim); "
     "it grows while nothing changes.",
 )
@@ -92,20 +109,35 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--lookup-grace",
-    default=3.0,
+    default=ApplyOptions.lookup_grace,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=FiniteRange(min=0),
     help="Least seconds between an ambiguous create and its lookup (the list lag seen in the "
     "run, and the request timeout for unanswered creates, lengthen it).",
 )
 @click.option(
     "--lock-ttl",
-    default=60.0,
+    default=ApplyOptions.lock_ttl,
     show_default=True,
     envvar="DEVIN_FLEET_LOCK_TTL",
-    type=click.FloatRange(min=0.5),
+    type=FiniteRange(min=0.5),
     help="Campaign lease (s): renewed every TTL/6; this run stops sending once its last renewal "
     "is TTL/2 old; another apply may take a lock silent for a whole TTL.",
+)
+@click.option(
+    "--list-lag",
+    type=FiniteRange(min=0),
+    envvar="DEVIN_FLEET_LIST_LAG",
+    help="The most seconds a new session takes to show in list results, if known (default: "
+    "measured in the run; before that 10, or the simulator's with --sim). Keys the start "
+    "listing did not show are created only once a listing this much later agrees.",
+)
+@click.option(
+    "--lock-timeout",
+    metavar="DURATION",
+    envvar="DEVIN_FLEET_LOCK_TIMEOUT",
+    help="While another run holds the campaign's lock, wait this long for it (seconds, or 90s, "
+    "5m; default 10s), then exit 10 naming the holder.",
 )
 @click.option(
     "--plan",
@@ -126,7 +158,7 @@ def apply(
     manifest: str,
     yes: bool,
     concurrency: int,
-    rate: float,
+    rate: float | None,
     only: tuple[str, ...],
     limit: int | None,
     relaunch: tuple[str, ...],
@@ -142,6 +174,8 @@ def apply(
     max_running: int | None,
     lookup_grace: float,
     lock_ttl: float,
+    list_lag: float | None,
+    lock_timeout: str | None,
     plan_file: str | None,
     plan_digest: str | None,
     output: str,
@@ -154,90 +188,79 @@ def apply(
 ) -> None:
     """Launch every planned session not launched yet: paced, exactly once, resumable; wave by
     wave when the manifest has a rollout; with --wait, follow them to the end."""
-    from launcher.run.apply import ApplyOptions
-    from launcher.run.rollout import RolloutOptions, assign_waves
-    from launcher.spec.manifest import parse_duration
-
-    try:
-        wait_seconds = None if wait_timeout is None else parse_duration(wait_timeout)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--wait-timeout") from None
     p = load_plan(manifest, "send")
     check_reviewed_plan(p, plan_file, plan_digest)  # before anything is sent
     options = ApplyOptions(
         concurrency=concurrency,
-        rate=rate,
+        rate=rate or (SIM_RATE if sim else ApplyOptions.rate),
         only=only,
         limit=limit,
         run_timeout=timeout,
         lookup_grace=lookup_grace,
         lock_ttl=lock_ttl,
+        list_lag=_list_lag(list_lag, sim, sim_profile),
+        lock_timeout=_lock_wait(lock_timeout),
     )
-    # The simulator's sessions finish in seconds: poll it more often than a real org.
-    rollout = RolloutOptions(
-        wait=wait or wait_timeout is not None,
-        wait_timeout=wait_seconds,
-        wave=wave,
-        skip_gate=skip_gate,
-        max_running=max_running,
-        interval=interval or (1.0 if sim else 5.0),
-        max_interval=max(interval or 0, 5.0 if sim else 60.0),
-        ceiling_interval=min(2.0, interval or (0.5 if sim else 2.0)),
-    )
-    waves = assign_waves(p)
-    if wave is not None and wave > len(waves):
-        raise click.BadParameter(f"the plan has {len(waves)} wave(s)", param_hint="--wave")
+    rollout = _rollout_options(p, sim, wait, wait_timeout, interval, wave, skip_gate, max_running)
+    selectors = relaunch + replace  # --replace KEY is folded into --relaunch KEY
     with contextlib.ExitStack() as stack:
         if sim and not ledger:
             ledger = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "sim.db")
-        cfg = dataclasses.replace(
-            stack.enter_context(api_config(base_url, org_id, sim, sim_profile, sim_time_scale)),
-            read_timeout=request_timeout,
-        )
+        api = api_config(base_url, org_id, sim, sim_profile, sim_time_scale, offers_sim=True)
+        cfg = dataclasses.replace(stack.enter_context(api), read_timeout=request_timeout)
         led = stack.enter_context(open_ledger(p.manifest.path, p.campaign, ledger))
-        selectors = relaunch + replace  # --replace KEY is folded into --relaunch KEY
         selection = anyio.run(_select, p, cfg, led, selectors) if selectors else None
-        counts = Counter(c for c, _, _ in led.diff(p))
-        todo = counts[Change.create] + counts[Change.reconcile]
-        if selection is not None:
-            for line in selection.describe(keep_previous):
-                err.print(line, markup=False)
-        if not yes:
-            err.print(
-                f"plan: {len(p)} sessions; "
-                + ", ".join(f"{c.value} {c.name} {counts[c]}" for c in Change if counts[c])
-                + f"; max ACU {p.total_acu}",
-                markup=False,
-            )
-        ceiling = max_running or p.manifest.manifest.budget.max_running
-        todo = min(todo, limit if limit is not None else todo)
-        what = f"Launch up to {todo} session(s)"
-        if selection is not None:
-            what = selection.question(todo, keep_previous)
-        if what:
-            confirm(
-                f"{what} of campaign {p.campaign} at {cfg.base_url}"
-                + (f", in {len(waves)} waves with a gate between them" if len(waves) > 1 else "")
-                + (f", at most {ceiling} running at once" if ceiling else "")
-                + "?",
-                yes,
-            )
-        if selection is not None:
-            from launcher.run.relaunch import record
-
-            record(led, selection, keep=keep_previous)
-        summary = anyio.run(_apply_async, p, cfg, led, options, rollout)
-    if output == "json":
-        data = summary.to_json()
-        if selection is not None:
-            data["relaunch"] = selection.to_json(keep_previous)
-        emit_json(data)
-    else:
-        _apply_summary(summary.apply)
-        _rollout_summary(summary, p)
-    if summary.apply.aborted is not None:
-        err.print(summary.apply.aborted.render(), markup=False)
+        _confirm_launch(p, cfg, led, selection, keep_previous, yes, options, rollout)
+        summary = anyio.run(_launch, p, cfg, led, options, rollout, selection, keep_previous)
+    _show(summary, p, output, selection, keep_previous, manifest, sim)
     sys.exit(summary.exit_code)
+
+
+def _list_lag(stated: float | None, sim: bool, sim_profile: str) -> float | None:
+    """The list lag bound apply plans with: stated, or the embedded simulator's (known exactly)."""
+    if sim and stated is None:
+        from launcher.sim import load_profile
+
+        return load_profile(sim_profile).faults.list_lag_seconds
+    return stated
+
+
+def _question(
+    what: str, p: Plan, base_url: str, rate: float, concurrency: int, ceiling: int | None, waves: int
+) -> str:
+    """The confirmation: what, where, how fast, and how long apply keeps running."""
+    text = f"{what} of campaign {p.campaign} at {base_url}, at most {rate:g} creates/s"
+    text += f" and {concurrency} at a time"
+    if ceiling:
+        text += f", at most {ceiling} running at once"
+    if waves > 1:
+        rollout = p.manifest.manifest.rollout
+        gate = rollout.gate.wait_timeout if rollout is not None else None
+        limit = f"up to {_duration(gate)} a wave" if gate else "with no time limit"
+        text += (
+            f", in {waves} waves: apply stays running to follow each wave to its gate "
+            f"({limit}) before it launches the next"
+        )
+    return text + "?"
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _lock_wait(text: str | None) -> float:
+    """--lock-timeout: 0 (do not wait), or a duration (seconds, or 90s, 5m, 2h)."""
+    from launcher.spec.model import parse_duration
+
+    if text is None:
+        return ApplyOptions.lock_timeout
+    try:
+        return 0.0 if text.strip() in ("0", "0s", "0.0") else parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--lock-timeout") from None
 
 
 def check_reviewed_plan(p: Plan, plan_file: str | None, plan_digest: str | None) -> None:
@@ -253,9 +276,93 @@ def check_reviewed_plan(p: Plan, plan_file: str | None, plan_digest: str | None)
         err.print(f"plan matches the reviewed plan ({p.digest})", markup=False)
 
 
-async def _apply_async(
-    p: Plan, cfg: ApiConfig, led: Ledger, options: ApplyOptions, rollout: RolloutOptions
+def _rollout_options(
+    p: Plan,
+    sim: bool,
+    wait: bool,
+    wait_timeout: str | None,
+    interval: float | None,
+    wave: int | None,
+    skip_gate: bool,
+    max_running: int | None,
+) -> RolloutOptions:
+    """The rollout flags as options (a wave past the plan's is a usage error)."""
+    from launcher.run.rollout import assign_waves
+    from launcher.spec.model import parse_duration
+
+    try:
+        wait_seconds = None if wait_timeout is None else parse_duration(wait_timeout)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--wait-timeout") from None
+    waves = len(assign_waves(p))
+    if wave is not None and wave > waves:
+        raise click.BadParameter(f"the plan has {waves} wave(s)", param_hint="--wave")
+    # The simulator's sessions finish in seconds: poll it more often than a real org.
+    return RolloutOptions(
+        wait=wait or wait_timeout is not None,
+        wait_timeout=wait_seconds,
+        wave=wave,
+        skip_gate=skip_gate,
+        max_running=max_running,
+        interval=interval or (1.0 if sim else RolloutOptions.interval),
+        max_interval=max(interval or 0, 5.0 if sim else RolloutOptions.max_interval),
+        ceiling_interval=min(
+            RolloutOptions.ceiling_interval,
+            interval or (0.5 if sim else RolloutOptions.ceiling_interval),
+        ),
+    )
+
+
+def _confirm_launch(
+    p: Plan,
+    cfg: ApiConfig,
+    led: Ledger,
+    selection: Selection | None,
+    keep_previous: bool,
+    yes: bool,
+    options: ApplyOptions,
+    rollout: RolloutOptions,
+) -> None:
+    """Say what is about to happen (the plan's changes, the relaunch), and ask."""
+    from launcher.run.rollout import assign_waves
+
+    counts = Counter(c for c, _, _ in led.diff(p))
+    todo = counts[Change.create] + counts[Change.reconcile]
+    if selection is not None:
+        for line in selection.describe(keep_previous):
+            err.print(line, markup=False)
+    if not yes:
+        err.print(
+            f"plan: {len(p)} sessions; "
+            + ", ".join(f"{c.value} {c.name} {counts[c]}" for c in Change if counts[c])
+            + f"; max ACU {p.total_acu}",
+            markup=False,
+        )
+    waves = len(assign_waves(p))
+    ceiling = rollout.max_running or p.manifest.manifest.budget.max_running
+    todo = min(todo, options.limit if options.limit is not None else todo)
+    what = f"Launch up to {todo} session(s)"
+    if selection is not None:
+        what = selection.question(todo, keep_previous)
+    if what:
+        question = _question(what, p, cfg.base_url, options.rate, options.concurrency, ceiling, waves)
+        confirm(question, yes)
+
+
+async def _launch(
+    p: Plan,
+    cfg: ApiConfig,
+    led: Ledger,
+    options: ApplyOptions,
+    rollout: RolloutOptions,
+    selection: Selection | None,
+    keep_previous: bool,
 ) -> RolloutSummary:
+    """`launch_campaign` with a progress bar; Ctrl-C stops starting creates, twice exits."""
+    from launcher.api.client import DevinClient
+    from launcher.run.campaign import launch_campaign
+    from launcher.views.progress import ProgressReporter
+
     stop, interrupted = anyio.Event(), anyio.Event()
 
     async def on_signals() -> None:
@@ -268,57 +375,60 @@ async def _apply_async(
                 stop.set()
                 err.print("interrupted: finishing in-flight creates, if any (Ctrl-C again to quit now)")
 
-    from launcher.api.client import DevinClient
-    from launcher.ledger.attempts import attempt_history
-    from launcher.run.relaunch import attempt_plan, terminate_previous
-    from launcher.run.remote import check_remote
-    from launcher.run.rollout import run_rollout
-    from launcher.views.progress import ProgressReporter
-
-    async with DevinClient(cfg, max_connections=options.concurrency + 4) as client:
-        if any(a.termination == "pending" for a in await off_loop(attempt_history, led)):
-            # A relaunch ends earlier attempts first: only once the token and the referenced
-            # ids are proven, so a relaunch that cannot start never ends its predecessor.
-            # Otherwise apply_plan proves them while it lists the campaign (one round trip).
-            for warning in await check_remote(p, client):
-                err.print(f"warning: {warning}", markup=False)
-            options = dataclasses.replace(options, preflight=False)
-        # Relaunches: earlier live attempts end before any new attempt starts (also those a
-        # crashed run recorded), and relaunched keys are planned at their current attempt.
-        ended = await terminate_previous(client, led)
-        if ended:
-            err.print(f"relaunch: terminated {ended} earlier attempt(s)", markup=False)
-        p = await off_loop(attempt_plan, p, led)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(on_signals)
-            summary = await run_rollout(
-                p,
-                client,
-                led,
-                options,
-                rollout,
-                stop=stop,
-                interrupted=interrupted,
-                progress=ProgressReporter,
-                follower=ProgressReporter,
-            )
-            tg.cancel_scope.cancel()
+    async with (
+        DevinClient(cfg, max_connections=options.concurrency + 4) as client,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(on_signals)
+        summary = await launch_campaign(
+            p,
+            client,
+            led,
+            options,
+            rollout,
+            relaunch=selection,
+            keep_previous=keep_previous,
+            note=lambda message: err.print(message, markup=False),
+            stop=stop,
+            interrupted=interrupted,
+            progress=ProgressReporter,
+            # sessions turn final in batches, one refresh at a time: a rate would mislead
+            follower=lambda label: ProgressReporter(label, rate=False),
+        )
+        tg.cancel_scope.cancel()
     return summary
 
 
 async def _select(p: Plan, cfg: ApiConfig, led: Ledger, selectors: tuple[str, ...]) -> Selection:
-    """Refresh the campaign (the latest outcome of each key), then resolve the selectors."""
     from launcher.api.client import DevinClient
-    from launcher.run.relaunch import select_relaunch
-    from launcher.run.status import refresh
+    from launcher.run.campaign import relaunch_selection
 
-    await off_loop(led.sync_plan, p)
     async with DevinClient(cfg) as client:
-        view = await refresh(p, client, led)
-    return await off_loop(select_relaunch, p, view, led, selectors)
+        return await relaunch_selection(p, client, led, selectors)
 
 
-def _apply_summary(s: ApplySummary) -> None:
+def _show(
+    summary: RolloutSummary,
+    p: Plan,
+    output: str,
+    selection: Selection | None,
+    keep_previous: bool,
+    manifest: str,
+    sim: bool,
+) -> None:
+    if output == "json":
+        data = summary.to_json()
+        if selection is not None:
+            data["relaunch"] = selection.to_json(keep_previous)
+        emit_json(data)
+    else:
+        _apply_summary(summary.apply, sim)
+        _rollout_summary(summary, p, manifest, sim)
+    if summary.apply.aborted is not None:
+        err.print(summary.apply.aborted.render(), markup=False)
+
+
+def _apply_summary(s: ApplySummary, sim: bool = False) -> None:
     from launcher.run.summary import Result
 
     c = {r: s.count(r) for r in Result}
@@ -343,20 +453,20 @@ def _apply_summary(s: ApplySummary) -> None:
         )
     for key, why in s.errors.items():
         out.print(f"  {s.results.get(key, '?')}: {key}: {why}", markup=False)
-    if s.interrupted:
+    if s.interrupted and sim:
+        out.print("interrupted: the in-process simulator ended with this run (nothing to resume)")
+    elif s.interrupted:
         out.print("interrupted: run apply again to resume")
 
 
-def _rollout_summary(s: RolloutSummary, p: Plan) -> None:
-    from launcher.cli.report_cmds import _results_table
-    from launcher.views.results import build_results, totals_line
+def _rollout_summary(s: RolloutSummary, p: Plan, manifest: str, sim: bool) -> None:
+    from launcher.cli.report_cmds import attention_summary
 
-    for g in s.gates:
-        out.print(g.describe(), markup=False)
+    # Each gate's verdict was said as it was decided (progress, on stderr): only the stop here.
     if s.stopped is not None:
         out.print(
-            f"rollout stopped before wave {s.stopped.wave + 1} of {s.waves}: see "
-            "`devin-fleet results MANIFEST`; re-run apply to check the gate again, or pass "
+            f"rollout stopped before wave {s.stopped.wave + 1} of {s.waves}: {s.stopped.describe()}. "
+            f"See `devin-fleet results {manifest}`; re-run apply to check the gate again, or pass "
             "--skip-gate to go on",
             markup=False,
         )
@@ -367,15 +477,11 @@ def _rollout_summary(s: RolloutSummary, p: Plan) -> None:
     view = s.view
     if view is None:
         return
-    counts = "  ".join(f"{k}: {v}" for k, v in view.counts().items() if v)
     if view.timed_out:
         out.print(
-            f"wait timed out with {view.counts()['running']} session(s) still running "
-            f"({counts}): re-run apply, or `devin-fleet status MANIFEST --watch`, to keep following",
+            f"wait timed out with {view.counts()['running']} session(s) still running: re-run "
+            f"apply, or `devin-fleet status {manifest} --watch`, to keep following",
             markup=False,
         )
     if s.followed:
-        out.print(counts or "no sessions", markup=False)
-        res = build_results(view, p.schemas)
-        _results_table(res)
-        out.print(totals_line(res), markup=False)
+        attention_summary(p, view, manifest, sim=sim)

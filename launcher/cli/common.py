@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -14,10 +15,18 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import click
 from rich.console import Console
 
-from launcher.errors import ConfirmationError, LedgerError, ManifestError
+from launcher.errors import (
+    ConfigError,
+    ConfirmationError,
+    FleetError,
+    LedgerError,
+    ManifestError,
+    SelectorError,
+)
 from launcher.ledger.location import describe, ledger_exists, ledger_location, open_ledger
 from launcher.ledger.store import Ledger
-from launcher.spec.plan import Plan, plan_manifest, secrets_warning
+from launcher.spec.build import plan_manifest, secrets_warning
+from launcher.spec.plan import Plan
 
 if TYPE_CHECKING:
     from launcher.api.client import ApiConfig
@@ -28,19 +37,42 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class FiniteRange(click.FloatRange):
+    """A number of seconds or a rate: click's FloatRange lets `inf` and `nan` through (a usage
+    error here, exit 64, instead of an OverflowError deep in pacing)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 def ledger_option(f: F) -> F:
     return click.option(
         "--ledger",
         metavar="PATH|URL",
         envvar="DEVIN_FLEET_LEDGER",
-        help="Ledger: a file path or sqlite:///path (default: .devin-fleet/<campaign>.db by "
-        "the manifest; env DEVIN_FLEET_LEDGER).",
+        help="Ledger: a file path, sqlite:///path or postgresql://user@host/db (default: "
+        ".devin-fleet/<campaign>.db by the manifest; env DEVIN_FLEET_LEDGER).",
     )(f)
 
 
 def api_options(f: F) -> F:
     f = click.option("--base-url", help="API base URL (env DEVIN_API_BASE_URL).")(f)
     return click.option("--org", "org_id", help="Organization id (env DEVIN_ORG_ID).")(f)
+
+
+def outcome_option(f: F) -> F:
+    from launcher.run.status import Outcome
+
+    return click.option(
+        "--outcome",
+        "outcomes",
+        multiple=True,
+        type=click.Choice([o.value for o in Outcome]),
+        help="Only sessions with this outcome (repeatable).",
+    )(f)
 
 
 def sim_options(f: F) -> F:
@@ -59,6 +91,20 @@ def sim_options(f: F) -> F:
         show_default=True,
         help="Simulated seconds per real second, with --sim.",
     )(f)
+
+
+# The library names an invalid option by its field; the command line by its flag, which is
+# the field with dashes unless listed here.
+FLAG_OF = {"run_timeout": "--timeout"}
+
+
+def flag_worded(error: FleetError) -> FleetError:
+    """`error`, worded for the command line: "rate must be positive (got 0.0)" from the library
+    reads "--rate must be positive" (the flag, as the user typed it)."""
+    if isinstance(error, ConfigError | SelectorError) and error.option and error.problem:
+        flag = FLAG_OF.get(error.option, "--" + error.option.replace("_", "-"))
+        error.message = f"{flag} {error.problem}"
+    return error
 
 
 def load_plan(path: str, purpose: Literal["check", "send", "read"] = "check") -> Plan:
@@ -85,11 +131,24 @@ def api_config(
     sim: bool = False,
     profile: str = "clean",
     time_scale: float = 60.0,
+    *,
+    offers_sim: bool = False,
 ) -> Iterator[ApiConfig]:
     from launcher.api.client import ApiConfig
 
     if not sim:
-        yield ApiConfig.from_env(os.environ, base_url=base_url, org_id=org_id)
+        try:
+            cfg = ApiConfig.from_env(os.environ, base_url=base_url, org_id=org_id)
+        except ConfigError as exc:
+            if not os.environ.get("DEVIN_API_KEY") and not exc.message.startswith("DEVIN_API_BASE"):
+                # only `apply` has --sim; the others follow a simulator served on its own
+                exc.hint = (exc.hint or "") + (
+                    ", or rehearse with `devin-fleet apply MANIFEST --sim`"
+                    if offers_sim
+                    else ", or rehearse: `devin-fleet sim` prints the export lines to use"
+                )
+            raise
+        yield cfg
         return
     from launcher.sim import running_simulator
 

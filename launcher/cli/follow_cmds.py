@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import anyio
 import click
+from rich import box
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from launcher.cli.common import (
+    FiniteRange,
     api_config,
     api_options,
     confirm,
@@ -23,20 +27,22 @@ from launcher.cli.common import (
     ledger_option,
     load_plan,
     out,
+    outcome_option,
     refresh_campaign,
     warn,
 )
 from launcher.errors import APIError, ExitCode
 from launcher.ledger.location import open_ledger
 from launcher.ledger.store import Ledger
+from launcher.run.options import FOLLOW_INTERVAL, FOLLOW_MAX_INTERVAL
 from launcher.spec.plan import Plan
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from launcher.api.client import ApiConfig
-    from launcher.run.cancel import CancelReport
-    from launcher.run.status import CampaignView
+    from launcher.run.cancel import CancelReport, CancelTargets
+    from launcher.run.status import CampaignView, SessionView
 
 
 @click.command()
@@ -44,22 +50,22 @@ if TYPE_CHECKING:
 @click.option("--watch", is_flag=True, help="Refresh until every session has a final outcome.")
 @click.option(
     "--interval",
-    default=5.0,
+    default=FOLLOW_INTERVAL,
     show_default=True,
-    type=click.FloatRange(min=0.05),
+    type=FiniteRange(min=0.05),
     help="First --watch interval (s); it grows while nothing changes.",
 )
 @click.option(
     "--max-interval",
-    default=60.0,
+    default=FOLLOW_MAX_INTERVAL,
     show_default=True,
-    type=click.FloatRange(min=0.05),
+    type=FiniteRange(min=0.05),
     help="Longest --watch interval (s).",
 )
-@click.option(
-    "--timeout", type=click.FloatRange(min=0), help="Give up watching after this many seconds."
-)
+@click.option("--timeout", type=FiniteRange(min=0), help="Give up watching after this many seconds.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@outcome_option
+@click.option("--only", multiple=True, metavar="GLOB", help="Only keys matching this glob (repeatable).")
 @click.option("--offline", is_flag=True, help="Show what the ledger knows; no API calls.")
 @ledger_option
 @api_options
@@ -70,33 +76,61 @@ def status(
     max_interval: float,
     timeout: float | None,
     output: str,
+    outcomes: tuple[str, ...],
+    only: tuple[str, ...],
     offline: bool,
     ledger: str | None,
     base_url: str | None,
     org_id: str | None,
 ) -> None:
     """Refresh and classify the campaign's sessions (succeeded, needs-human, failed, running,
-    cancelled). Exit 0: all succeeded/cancelled, 3: some failed, 6: some need a human, 4: some
-    still running (or not launched), 8: --watch timed out with sessions still running."""
+    cancelled), what needs attention first. Exit 0: all succeeded/cancelled, 3: some failed,
+    6: some need a human, 4: some still running (or not launched), 8: --watch timed out with
+    sessions still running (the codes are of the sessions shown)."""
+    from launcher.run.budget import budget_use
     from launcher.run.status import campaign_view
 
     p = load_plan(manifest, "read")
+    pick = Filter(outcomes, only)
     with follow_ledger(p, ledger, offline) as (led, _):
         if offline:
             view = campaign_view(p, led)
         else:
             with api_config(base_url, org_id) as cfg:
                 try:
-                    view = anyio.run(_refresh, p, cfg, led, watch, interval, max_interval, timeout)
+                    view = anyio.run(_refresh, p, cfg, led, watch, interval, max_interval, timeout, pick)
                 except KeyboardInterrupt:
                     err.print("interrupted: the ledger keeps the last refresh")
                     sys.exit(ExitCode.interrupted)
+        use = budget_use(p, led)
     warn(view)
+    view = pick(view)
     if output == "json":
-        emit_json(view.status_json())
+        emit_json({**view.status_json(), "budget": use.to_json()})
     else:
-        _status_table(view)
+        if use.max_sessions or use.max_total_acu or use.relaunched:  # spent against the budget
+            out.print(use.line(), markup=False)  # above the table: its footer is the counts
+        _status_table(view, pick)
     sys.exit(view.exit_code)
+
+
+@dataclasses.dataclass(frozen=True)
+class Filter:
+    """`--outcome` / `--only` of `status`: the view of the chosen sessions."""
+
+    outcomes: tuple[str, ...] = ()
+    only: tuple[str, ...] = ()
+
+    def __call__(self, view: CampaignView) -> CampaignView:
+        from launcher.views.results import select
+
+        if not self.outcomes and not self.only:
+            return view
+        return dataclasses.replace(view, sessions=select(view, self.outcomes, self.only))
+
+    def describe(self) -> str:
+        parts = [f"--outcome {o}" for o in self.outcomes] + [f"--only {g}" for g in self.only]
+        return " ".join(parts)
 
 
 async def _refresh(
@@ -104,9 +138,10 @@ async def _refresh(
     cfg: ApiConfig,
     led: Ledger,
     watch: bool = False,
-    interval: float = 5.0,
-    max_interval: float = 60.0,
+    interval: float = FOLLOW_INTERVAL,
+    max_interval: float = FOLLOW_MAX_INTERVAL,
     wait_timeout: float | None = None,
+    pick: Filter | None = None,
 ) -> CampaignView:
     from launcher.api.client import DevinClient
     from launcher.run.status import watch as watch_view
@@ -120,16 +155,17 @@ async def _refresh(
         live = Live(console=err, transient=True, auto_refresh=False) if err.is_terminal else None
 
         def show(view: CampaignView, wait: float) -> None:
-            counts = ", ".join(f"{k} {v}" for k, v in view.counts().items() if v)
+            view = pick(view) if pick is not None else view
             then = f"; next refresh in {wait:.1f}s" if wait else ""
             line = (
-                f"[{anyio.current_time() - started:6.1f}s] {counts or 'no sessions'} "
+                f"[{anyio.current_time() - started:6.1f}s] {_counts(view)} "
                 f"({view.requests} requests){then}"
             )
             if live is None:
                 err.print(line, markup=False)
-            else:
-                live.update(Group(Text(line), _status_renderable(view)), refresh=True)
+            else:  # what fits the screen, what needs attention first
+                rows = max(3, err.height - 8)
+                live.update(Group(Text(line), _status_renderable(view, rows)), refresh=True)
 
         def failed(exc: APIError) -> None:
             err.print(f"warning: refresh failed, retrying: {exc.message}", markup=False)
@@ -153,10 +189,24 @@ async def _refresh(
         return view
 
 
-def _status_table(view: CampaignView) -> None:
-    counts = view.counts()
-    out.print("  ".join(f"{k}: {v}" for k, v in counts.items() if v) or "no sessions", markup=False)
-    out.print(_status_renderable(view))
+def _counts(view: CampaignView) -> str:
+    """`failed: 3  needs-human: 2  succeeded: 35`: attention first."""
+    from launcher.run.status import Outcome
+
+    c = view.counts()
+    ranked = sorted(c, key=lambda o: Outcome(o).rank)
+    return "  ".join(f"{o}: {c[o]}" for o in ranked if c[o]) or "no sessions"
+
+
+def _status_table(view: CampaignView, pick: Filter) -> None:
+    if not view.sessions:
+        pass
+    elif out.is_terminal:
+        out.print(_status_renderable(view))
+    else:
+        click.echo("\n".join(_status_lines(view)))
+    if not view.sessions and pick.describe():
+        out.print(f"no session matches {pick.describe()}", markup=False)
     for key, ids in view.duplicates.items():
         out.print(
             f"DUPLICATE: {key}: {len(ids)} live sessions: {', '.join(ids)} "
@@ -167,26 +217,66 @@ def _status_table(view: CampaignView) -> None:
         out.print(f"{len(view.strays)} stray session(s) (campaign tag, no planned key):", markup=False)
         for x in view.strays:
             out.print(f"  stray  {x.session_id}  {x.status}  {x.url}", markup=False)
+    out.print(_counts(view), markup=False)
 
 
-def _status_renderable(view: CampaignView) -> Table:
-    table = Table(title=f"campaign {view.campaign}")
+def _status_cells(s: SessionView) -> dict[str, str]:
+    detail = " / ".join(x for x in (s.status_detail, s.rule_note, s.note) if x)
+    if not s.in_plan:
+        detail = " / ".join(x for x in (detail, "removed from the manifest") if x)
+    return {
+        "key": s.key,
+        "attempt": str(s.attempt),
+        "outcome": s.outcome.value,
+        "status": s.status or "",
+        "detail": detail,
+        "PR": " ".join(s.pr_urls),
+        "ACUs": "" if s.acus_consumed is None else f"{s.acus_consumed:.2f}",
+        "url": s.url or "",
+    }
+
+
+def _status_columns(view: CampaignView, url: bool) -> list[str]:
     relaunched = any(s.attempt > 1 for s in view.sessions)  # the attempt column, when it tells
-    for col in ("key", *(("attempt",) if relaunched else ()), "outcome", "status", "detail", "PR"):
-        table.add_column(col, overflow="fold")
-    table.add_column("ACUs", overflow="fold")
-    for s in view.sessions:
-        detail = " / ".join(x for x in (s.status_detail, s.note) if x)
-        if not s.in_plan:
-            detail = " / ".join(x for x in (detail, "removed from the manifest") if x)
-        table.add_row(
-            s.key,
-            *((str(s.attempt),) if relaunched else ()),
-            s.outcome.value,
-            s.status or "",
-            detail,
-            " ".join(s.pr_urls),
-            "" if s.acus_consumed is None else f"{s.acus_consumed:g}",
+    cols = ["key", *(["attempt"] if relaunched else []), "outcome", "status", "detail", "PR", "ACUs"]
+    return [*cols, "url"] if url else cols
+
+
+def _status_lines(view: CampaignView) -> list[str]:
+    """Not a terminal: aligned lines, one per session (attention first), with its URL."""
+    from launcher.views.results import by_attention
+
+    cols = _status_columns(view, url=True)
+    rows = [_status_cells(s) for s in by_attention(view.sessions)]
+    widths = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in cols}
+    return [
+        "  ".join(r[c].ljust(widths[c]) for c in cols).rstrip() for r in [{c: c for c in cols}, *rows]
+    ]
+
+
+def _status_renderable(view: CampaignView, limit: int | None = None) -> Table:
+    """The table on a terminal: a line per session (cells cut with "…", keys and pull requests
+    linked), what needs attention first; at most `limit` rows, the rest summed up below."""
+    from launcher.views.results import by_attention, short_pr
+
+    cols = _status_columns(view, url=False)
+    table = Table(title=f"campaign {view.campaign}", box=box.SIMPLE_HEAD)
+    for col in cols:
+        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=len(col))
+    ranked = by_attention(view.sessions)
+    shown = ranked if limit is None or len(ranked) <= limit else ranked[: limit - 1]
+    for s in shown:
+        cells = _status_cells(s)
+        cells["PR"] = " ".join(short_pr(u) for u in s.pr_urls)
+        row: list[Text | str] = [cells[c] for c in cols]
+        row[0] = Text(s.key, style=f"link {s.url}" if s.url else "")
+        if s.pr_urls:
+            row[cols.index("PR")] = Text(cells["PR"], style=f"link {s.pr_urls[0]}")
+        table.add_row(*row)
+    if len(shown) < len(ranked):
+        rest = Counter(s.outcome.value for s in ranked[len(shown) :])
+        table.caption = f"... {len(ranked) - len(shown)} more: " + ", ".join(
+            f"{o} {n}" for o, n in rest.items()
         )
     return table
 
@@ -239,7 +329,7 @@ def cancel(
     --gone: those of items removed from the manifest); or, with --strays / --duplicates, the
     sessions no planned key owns. Records it in the ledger. Safe to re-run: cancelled sessions
     are skipped."""
-    from launcher.run.cancel import CancelResult, cancellable, extras
+    from launcher.run.cancel import cancel_targets
 
     say = err if output == "json" else out  # with -o json, stdout holds only the JSON
     p = load_plan(manifest, "send")
@@ -249,62 +339,44 @@ def cancel(
     with follow_ledger(p, ledger) as (led, _), api_config(base_url, org_id) as cfg:
         view = anyio.run(refresh_campaign, p, cfg, led)
         warn(view)
-        by_key = {s.key: s for s in view.sessions}
-        if strays or duplicates:
-            targets = extras(view, strays=strays, duplicates=duplicates)
-            listing = [f"  {label}  {sid}" for label, sid in targets]
-            what, of = "stray or duplicate", ""
-        else:
-            keys = cancellable(view, only, gone=gone)
-            targets = [(k, by_key[k].session_id or "") for k in keys]
-            listing = [f"  {k}  {by_key[k].session_id}  {by_key[k].outcome.value}" for k in keys]
-            what, of = "live", " of items removed from the manifest" if gone else ""
-        if not targets:
-            say.print(
-                f"nothing to cancel{of or f' ({what})'}"
-                + (f" matching {' '.join(only)}" if only else ""),
-                markup=False,
-            )
-            if output == "json":
-                emit_json(
-                    {"campaign": p.campaign, "selected": [], "results": {}, "errors": {}, "ok": True}
-                )
+        chosen = cancel_targets(view, only, gone=gone, strays=strays, duplicates=duplicates)
+        if not chosen.targets:
+            _nothing_to_cancel(say, chosen, only, p.campaign, output)
             return
+        n = len(chosen.targets)
         say.print(
-            f"{len(targets)} {what} session(s){of} to terminate{' and archive' if archive else ''}:",
+            f"{n} {chosen.what} session(s){chosen.of} to terminate{' and archive' if archive else ''}:",
             markup=False,
         )
-        for line in listing[:20]:
+        for line in chosen.listing[:20]:
             say.print(line, markup=False)
-        if len(listing) > 20:
-            say.print(f"  ... and {len(listing) - 20} more", markup=False)
-        confirm(
-            f"Terminate {len(targets)} session(s) of campaign {p.campaign}? This cannot be undone.",
-            yes,
-        )
-        report = anyio.run(_cancel, cfg, led, targets, archive, strays or duplicates)
-    done = sum(1 for r in report.results.values() if r != CancelResult.error)
+        if len(chosen.listing) > 20:
+            say.print(f"  ... and {len(chosen.listing) - 20} more", markup=False)
+        confirm(f"Terminate {n} session(s) of campaign {p.campaign}? This cannot be undone.", yes)
+        report = anyio.run(_cancel, cfg, led, chosen, archive)
     if output == "json":
-        emit_json(
-            {
-                "campaign": p.campaign,
-                "selected": [k for k, _ in targets],
-                "results": {k: v.value for k, v in report.results.items()},
-                "errors": dict(report.errors),
-                "cancelled": done,
-                "ok": report.ok,
-            }
-        )
+        emit_json(report.to_json(p.campaign, chosen.selected))
     else:
         for key, what_done in report.results.items():
             why = report.errors.get(key)
             out.print(f"  {key}: {what_done.value}" + (f": {why}" if why else ""), markup=False)
         out.print(
-            f"cancelled {done} of {len(targets)} session(s)"
+            f"cancelled {report.cancelled} of {n} session(s)"
             + ("; re-run to retry the rest" if report.errors else ""),
             markup=False,
         )
     sys.exit(ExitCode.ok if report.ok else ExitCode.error)
+
+
+def _nothing_to_cancel(
+    say: Console, chosen: CancelTargets, only: tuple[str, ...], campaign: str, output: str
+) -> None:
+    from launcher.run.cancel import CancelReport
+
+    what = chosen.of or f" ({chosen.what})"
+    say.print(f"nothing to cancel{what}" + (f" matching {' '.join(only)}" if only else ""), markup=False)
+    if output == "json":
+        emit_json(CancelReport().to_json(campaign, []))
 
 
 def _cancel_earlier(
@@ -337,16 +409,12 @@ def _cancel_earlier(
     say.print(f"terminated {done} earlier attempt(s)", markup=False)
 
 
-async def _cancel(
-    cfg: ApiConfig, led: Ledger, targets: list[tuple[str, str]], archive: bool, by_id: bool
-) -> CancelReport:
+async def _cancel(cfg: ApiConfig, led: Ledger, chosen: CancelTargets, archive: bool) -> CancelReport:
     from launcher.api.client import DevinClient
-    from launcher.run.cancel import cancel_ids, cancel_sessions
+    from launcher.run.cancel import cancel_campaign
 
     async with DevinClient(cfg) as client:
-        if by_id:
-            return await cancel_ids(client, led, targets, archive=archive)
-        return await cancel_sessions(client, led, [k for k, _ in targets], archive=archive)
+        return await cancel_campaign(client, led, chosen, archive=archive)
 
 
 @click.command()

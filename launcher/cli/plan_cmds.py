@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import sys
 from collections import Counter
@@ -21,15 +22,17 @@ from launcher.cli.common import (
     load_plan,
     out,
 )
-from launcher.errors import ExitCode, FleetError, ManifestError, Problem
-from launcher.ledger.location import ledger_exists, open_ledger, scratch_copy
-from launcher.ledger.store import Change, off_loop
-from launcher.spec.diff import changed_fields, field_diff
-from launcher.spec.manifest import manifest_json_schema
-from launcher.spec.plan import Plan, plan_manifest
+from launcher.errors import ExitCode, Problem
+from launcher.ledger.store import Change
+from launcher.spec.diff import field_diff
+from launcher.spec.model import manifest_json_schema
+from launcher.spec.plan import Plan
 
 if TYPE_CHECKING:
     from launcher.api.client import ApiConfig
+    from launcher.run.budget import BudgetUse
+    from launcher.run.preview import PlanPreview
+    from launcher.views.markdown import PlanView
 
 
 @click.command()
@@ -46,49 +49,26 @@ if TYPE_CHECKING:
 )
 def validate(manifests: tuple[str, ...], output: str) -> None:
     """Check manifests fully (templates, data files, API rules, budget), offline."""
-    failed = 0
-    reports = []
+    from launcher.spec.check import check_manifest
+
+    checks = []
     for path in manifests:
-        try:
-            plan = plan_manifest(path)
-        except FleetError as exc:
-            failed += 1
-            problems = exc.problems if isinstance(exc, ManifestError) else []
-            reports.append(
-                {
-                    "path": path,
-                    "ok": False,
-                    "sessions": None,
-                    "problems": [dataclasses.asdict(p) for p in problems],
-                    "error": exc.message,
-                    "hint": exc.hint,
-                }
-            )
-            if output == "github":
-                for p in problems or [Problem(path, None, None, "", exc.message, exc.hint)]:
-                    click.echo(_annotation("error", p))
-            elif output == "text":
-                err.print(exc.render(), markup=False)
-            continue
-        reports.append(
-            {
-                "path": path,
-                "ok": True,
-                "sessions": len(plan),
-                "problems": [],
-                "warnings": list(plan.warnings),
-            }
-        )
+        check = check_manifest(path)
+        checks.append(check)
         if output == "github":
-            for w in plan.warnings:
+            for problem in check.problems:
+                click.echo(_annotation("error", problem))
+            for w in check.warnings:
                 click.echo(_annotation("warning", Problem(path, None, None, "", w)))
+        elif output == "text" and check.error is not None:
+            err.print(check.error.render(), markup=False)
         elif output == "text":
-            for w in plan.warnings:
+            for w in check.warnings:
                 err.print(f"warning: {w}", markup=False)
-            out.print(f"{path}: ok ({len(plan)} sessions)", markup=False)
+            out.print(f"{path}: ok ({check.sessions} sessions)", markup=False)
     if output == "json":
-        emit_json({"ok": not failed, "manifests": reports})
-    if failed:
+        emit_json({"ok": all(c.ok for c in checks), "manifests": [c.to_json() for c in checks]})
+    if not all(c.ok for c in checks):
         sys.exit(ExitCode.error)
 
 
@@ -118,7 +98,8 @@ def _annotation(level: str, p: Problem) -> str:
     type=click.IntRange(min=2000),
     help="-o markdown: most characters (default 65,000: a GitHub comment holds 65,536).",
 )
-@click.option("--show-prompts", is_flag=True, help="Print each rendered prompt.")
+@click.option("--show-prompts", is_flag=True, help="Print each rendered prompt (of --only's keys).")
+@click.option("--only", multiple=True, metavar="GLOB", help="Only keys matching this glob (repeatable).")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0: nothing to do, 2: changes, 1: error.")
 @click.option("--check-remote", is_flag=True, help="Check the token and referenced ids in the org.")
 @click.option(
@@ -134,6 +115,7 @@ def plan(
     output: str,
     max_length: int | None,
     show_prompts: bool,
+    only: tuple[str, ...],
     detailed_exitcode: bool,
     check_remote: bool,
     show_diff: bool,
@@ -143,112 +125,142 @@ def plan(
 ) -> None:
     """Expand a manifest and show exactly what apply would send, diffed against the ledger."""
     p = load_plan(manifest)
-    changes: list[tuple[Change, str, str]] | None = None
-    if check_remote:
-        with api_config(base_url, org_id) as cfg:
-            warnings, changes = anyio.run(_check_remote, p, cfg, ledger)
-        for w in warnings:
-            err.print(f"warning: {w}", markup=False)
-        err.print(
-            f"remote check passed at {cfg.base_url} (org {cfg.org_id})"
-            + (f" with {len(warnings)} warning(s)" if warnings else ""),
-            markup=False,
-        )
-    if changes is None:
-        changes = _diff(p, ledger)
-    launched = _launched_requests(p, ledger, changes)
-    fields = {k: changed_fields(old, new) for k, (old, new) in launched.items()}
-    from launcher.run.rollout import waves_by_key
-
-    waves = waves_by_key(p)
+    preview = plan_preview(p, ledger, check_remote, base_url, org_id, say_passed=True)
+    if only:  # the selection: its table, prompts, JSON and totals (waves: of the whole plan)
+        p, preview = _only(p, preview, only)
+    changes, fields, waves = preview.changes, preview.fields, preview.waves
     if output == "json":
-        extras = [
-            {
-                "change": change.value,
-                "note": note,
-                # null: changed, but launched before the ledger kept requests (unknown fields)
-                "changed_fields": fields.get(key, None if change == Change.changed else []),
-                "wave": waves[key],
-            }
-            for change, key, note in changes[: len(p)]
-        ]
-        # Text a chunk at a time: 100,000 sessions are 200 MB of JSON, never held twice.
-        for chunk in p.json_chunks(extras, [k for _, k, _ in changes[len(p) :]]):
-            click.echo(chunk.decode(), nl=False)
-        click.echo()
+        _plan_json(p, preview)
     elif output == "markdown":
-        from launcher.views.markdown import (
-            DEFAULT_BUDGET,
-            offline_label,
-            plan_view,
-            render_plan_markdown,
-        )
+        from launcher.views.markdown import DEFAULT_BUDGET, render_plan_markdown
 
-        diffs = {k: field_diff(k, old, new) for k, (old, new) in launched.items()}
-        label = offline_label(check_remote)
-        view = plan_view(p, changes, changed_fields=fields, diffs=diffs, waves=waves, label=label)
+        view = markdown_view(p, preview, check_remote)
         click.echo(render_plan_markdown(view, budget=max_length or DEFAULT_BUDGET), nl=False)
     else:
         noted = [
             (c, k, f"{n}; changed: {', '.join(fields[k]) or 'secret sources'}" if k in fields else n)
             for c, k, n in changes
         ]
-        _plan_table(p, noted, show_prompts, waves if p.manifest.manifest.rollout else None)
+        spent = _spent(p, ledger)
+        _plan_table(p, noted, show_prompts, waves if p.manifest.manifest.rollout else None, spent)
         if show_diff:
-            for c, key, _ in changes:
-                if c != Change.changed:
-                    continue
-                out.rule(f"~ {key}")
-                if key not in launched:
-                    out.print("(launched before the ledger kept requests: no field diff)", markup=False)
-                    continue
-                old, new = launched[key]
-                out.print(field_diff(key, old, new) or "(no field differs)", markup=False)
-    pending = any(c != Change.same for c, _, _ in changes)
-    sys.exit(ExitCode.changes if detailed_exitcode and pending else ExitCode.ok)
+            _show_diffs(changes, preview.launched)
+    sys.exit(ExitCode.changes if detailed_exitcode and preview.pending else ExitCode.ok)
 
 
-async def _check_remote(
-    p: Plan, cfg: ApiConfig, ledger_path: str | None
-) -> tuple[list[str], list[tuple[Change, str, str]]]:
-    """The remote checks, then the diff against the ledger reconciled with the API (in memory:
-    `plan` writes nothing), so what exists shows `=` even on a fresh clone."""
+def plan_preview(
+    p: Plan,
+    ledger: str | None,
+    online: bool,
+    base_url: str | None = None,
+    org_id: str | None = None,
+    *,
+    say_passed: bool = False,
+) -> PlanPreview:
+    """The plan against the ledger, or (online: the remote check) against the ledger
+    reconciled with the API in memory; the check's warnings printed."""
+    from launcher.run.preview import preview_plan
+
+    if not online:
+        return preview_plan(p, ledger)
+    with api_config(base_url, org_id) as cfg:
+        preview = anyio.run(_preview_remote, p, cfg, ledger)
+    for w in preview.warnings:  # a "note: " says what the remote check could not check
+        err.print(w if w.startswith("note: ") else f"warning: {w}", markup=False)
+    if say_passed:
+        n = sum(1 for w in preview.warnings if not w.startswith("note: "))
+        err.print(
+            f"remote check passed at {cfg.base_url} (org {cfg.org_id})"
+            + (f" with {n} warning(s)" if n else ""),
+            markup=False,
+        )
+    return preview
+
+
+def markdown_view(p: Plan, preview: PlanPreview, online: bool) -> PlanView:
+    """What `plan -o markdown` (and the pull-request comment) shows: the diff, the changed
+    fields of `~` sessions and their field diffs, the waves."""
+    from launcher.views.markdown import offline_label, plan_view
+
+    diffs = {k: field_diff(k, old, new) for k, (old, new) in preview.launched.items()}
+    return plan_view(
+        p,
+        preview.changes,
+        changed_fields=preview.fields,
+        diffs=diffs,
+        waves=preview.waves,
+        label=offline_label(online),
+    )
+
+
+def _plan_json(p: Plan, preview: PlanPreview) -> None:
+    fields, waves = preview.fields, preview.waves
+    extras = [
+        {
+            "change": change.value,
+            "note": note,
+            # null: changed, but launched before the ledger kept requests (unknown fields)
+            "changed_fields": fields.get(key, None if change == Change.changed else []),
+            "wave": waves[key],
+        }
+        for change, key, note in preview.changes[: len(p)]
+    ]
+    # Text a chunk at a time: 100,000 sessions are 200 MB of JSON, never held twice.
+    for chunk in p.json_chunks(extras, [k for _, k, _ in preview.changes[len(p) :]]):
+        click.echo(chunk.decode(), nl=False)
+    click.echo()
+
+
+def _show_diffs(
+    changes: list[tuple[Change, str, str]],
+    launched: dict[str, tuple[dict[str, Any], dict[str, Any]]],
+) -> None:
+    """`plan --diff`: each changed session's fields, launched -> planned."""
+    for c, key, _ in changes:
+        if c != Change.changed:
+            continue
+        out.rule(f"~ {key}")
+        if key not in launched:
+            out.print("(launched before the ledger kept requests: no field diff)", markup=False)
+            continue
+        old, new = launched[key]
+        out.print(field_diff(key, old, new) or "(no field differs)", markup=False)
+
+
+def _only(p: Plan, preview: PlanPreview, only: tuple[str, ...]) -> tuple[Plan, PlanPreview]:
+    """The plan and its preview restricted to the keys matching `--only`'s globs."""
+    picked = [c for c in preview.changes if any(fnmatch.fnmatchcase(c[1], g) for g in only)]
+    if not picked:
+        raise click.BadParameter(
+            f"no key of campaign {p.campaign} matches {' '.join(only)}; keys look like "
+            + ", ".join(s.key for s in p.sessions[:3]),
+            param_hint="--only",
+        )
+    keys = {k for _, k, _ in picked}
+    launched = {k: v for k, v in preview.launched.items() if k in keys}
+    return (
+        dataclasses.replace(p, sessions=tuple(s for s in p.sessions if s.key in keys)),
+        dataclasses.replace(preview, changes=picked, launched=launched),
+    )
+
+
+def _spent(p: Plan, ledger_path: str | None) -> BudgetUse | None:
+    """What the campaign has launched so far (every attempt), from the ledger when there is one."""
+    from launcher.ledger.location import ledger_exists, open_ledger
+    from launcher.run.budget import budget_use
+
+    if not ledger_exists(p.manifest.path, p.campaign, ledger_path):
+        return None
+    with open_ledger(p.manifest.path, p.campaign, ledger_path, create=False) as led:
+        return budget_use(p, led)
+
+
+async def _preview_remote(p: Plan, cfg: ApiConfig, ledger_path: str | None) -> PlanPreview:
     from launcher.api.client import DevinClient
-    from launcher.run.reconcile import rebuild
-    from launcher.run.remote import check_remote
+    from launcher.run.preview import preview_plan_remote
 
     async with DevinClient(cfg) as client:
-        warnings = await check_remote(p, client)
-        with await off_loop(scratch_copy, p.manifest.path, p.campaign, ledger_path) as led:
-            rec = await rebuild(p, client, led)
-            warnings += rec.warnings()
-            return warnings, await off_loop(led.diff, p)
-
-
-def _diff(p: Plan, ledger_path: str | None) -> list[tuple[Change, str, str]]:
-    if not ledger_exists(p.manifest.path, p.campaign, ledger_path):
-        return [(Change.create, s.key, "") for s in p.sessions]
-    with open_ledger(p.manifest.path, p.campaign, ledger_path, create=False) as led:
-        return led.diff(p)
-
-
-def _launched_requests(
-    p: Plan, ledger_path: str | None, changes: list[tuple[Change, str, str]]
-) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
-    """(launched request, planned request) of each `~` session the ledger kept a request for,
-    both as the ledger keeps them (schema by digest, secrets by variable name, never a value)."""
-    changed = [k for c, k, _ in changes if c == Change.changed]
-    if not changed or not ledger_exists(p.manifest.path, p.campaign, ledger_path):
-        return {}
-    by_key = p.by_key()
-    out = {}
-    with open_ledger(p.manifest.path, p.campaign, ledger_path, create=False) as led:
-        records = led.records()
-        for key in changed:
-            old = led.launched_request(records[key].fingerprint)
-            if old is not None:  # launched before the ledger kept requests: no field diff
-                out[key] = (old, by_key[key].stored)
-    return out
+        return await preview_plan_remote(p, client, ledger_path)
 
 
 def _plan_table(
@@ -256,6 +268,7 @@ def _plan_table(
     changes: list[tuple[Change, str, str]],
     show_prompts: bool,
     waves: dict[str, int] | None = None,
+    spent: BudgetUse | None = None,
 ) -> None:
     table = Table(title=f"campaign {p.campaign}", show_lines=False)
     for col in ("", "key", *(["wave"] if waves else []), "title", "repos", "mode", "ACU", "note"):
@@ -280,6 +293,8 @@ def _plan_table(
             out.rule(s.key)
             out.print(s.request["prompt"], markup=False)
     t = p.totals()
+    if spent is not None and (spent.launched or spent.relaunched):
+        out.print(spent.line(), markup=False)
     counts = {c: sum(1 for x, _, _ in changes if x == c) for c in Change}
     budget = f" / budget {t['max_total_acu']}" if t["max_total_acu"] else ""
     cap = f" / budget {t['max_sessions']}" if t["max_sessions"] else ""
@@ -297,9 +312,9 @@ def _plan_table(
     if waves:
         sizes = Counter(waves.values())
         out.print(
-            f"rollout: {len(sizes)} waves of "
-            + ", ".join(str(sizes[w]) for w in sorted(sizes))
-            + " sessions, a gate after each but the last",
+            f"rollout: {len(sizes)} waves ("
+            + ", ".join(f"wave {w}: {sizes[w]} session(s)" for w in sorted(sizes))
+            + "), a gate after each wave but the last",
             markup=False,
         )
 

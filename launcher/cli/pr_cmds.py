@@ -244,32 +244,9 @@ def _ci_validate(paths: list[str]) -> None:
 def _plan_view(p: Plan, ledger: str | None, online: bool) -> PlanView:
     """The plan's diff (against the API in memory when online, else the ledger), with the
     changed fields of `~` sessions and the waves: what `plan -o markdown` shows."""
-    import anyio
+    from launcher.cli.plan_cmds import markdown_view, plan_preview
 
-    from launcher.cli.common import api_config
-    from launcher.cli.plan_cmds import _check_remote, _diff, _launched_requests
-    from launcher.run.rollout import waves_by_key
-    from launcher.spec.diff import changed_fields, field_diff
-    from launcher.views.markdown import offline_label, plan_view
-
-    if online:
-        with api_config(None, None) as cfg:
-            warnings, changes = anyio.run(_check_remote, p, cfg, ledger)
-        for w in warnings:
-            err.print(f"warning: {w}", markup=False)
-    else:
-        changes = _diff(p, ledger)
-    launched = _launched_requests(p, ledger, changes)
-    fields = {k: changed_fields(old, new) for k, (old, new) in launched.items()}
-    diffs = {k: field_diff(k, old, new) for k, (old, new) in launched.items()}
-    return plan_view(
-        p,
-        changes,
-        changed_fields=fields,
-        diffs=diffs,
-        waves=waves_by_key(p),
-        label=offline_label(online),
-    )
+    return markdown_view(p, plan_preview(p, ledger, online), online)
 
 
 def _ci_plan(paths: list[str], ledger: str | None, out_dir: str, target: _Target | None) -> None:

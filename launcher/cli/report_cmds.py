@@ -2,34 +2,34 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
 import click
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
 from launcher.cli.common import (
-    F,
+    FiniteRange,
     api_config,
     api_options,
     confirm,
-    emit_json,
     err,
     follow_ledger,
     ledger_option,
     load_plan,
     out,
+    outcome_option,
     refresh_campaign,
     warn,
 )
 from launcher.errors import ExitCode
-from launcher.ledger.location import open_ledger
-from launcher.run.status import Outcome
+from launcher.ledger.location import default_ledger_path, open_ledger
+from launcher.run.options import MESSAGE_RATE
+from launcher.views.formats import FORMATS
 
 if TYPE_CHECKING:
     from launcher.api.client import ApiConfig
@@ -47,17 +47,6 @@ OUTCOME_STYLE = {
     "cancelled": "dim",
     "not-launched": "dim",
 }
-OUTCOMES = [o.value for o in Outcome]
-
-
-def outcome_option(f: F) -> F:
-    return click.option(
-        "--outcome",
-        "outcomes",
-        multiple=True,
-        type=click.Choice(OUTCOMES),
-        help="Only sessions with this outcome (repeatable).",
-    )(f)
 
 
 def _view(
@@ -88,7 +77,7 @@ def _view(
 @click.option(
     "-o",
     "--output",
-    type=click.Choice(["table", "json", "jsonl", "csv", "markdown"]),
+    type=click.Choice(list(FORMATS)),
     default="table",
     show_default=True,
 )
@@ -108,6 +97,15 @@ def _view(
     is_flag=True,
     help="Every attempt of each key (earlier ones, superseded by a relaunch, before the latest).",
 )
+@click.option(
+    "--columns",
+    "columns",
+    multiple=True,
+    metavar="COLS",
+    help="The columns of the table, csv or markdown, comma-separated (key, outcome, reason, pr, "
+    "acus, url, attempt, status, item.COL, output fields by name; `all`). Default: key, "
+    "outcome, reason, PR, ACUs and the output fields that fit.",
+)
 @click.option("--refresh/--no-refresh", default=True, hidden=True)  # before 0.2: opt-in refresh
 @ledger_option
 @api_options
@@ -119,14 +117,16 @@ def results(
     group_by: tuple[str, ...],
     offline: bool,
     history: bool,
+    columns: tuple[str, ...],
     refresh: bool,
     ledger: str | None,
     base_url: str | None,
     org_id: str | None,
 ) -> None:
-    """The campaign as a report: a row per session with its item, outcome, reason, pull request,
-    ACUs and one column per structured-output field (schema order), refreshed from the API."""
-    from launcher.views.results import FieldError, build_results, select
+    """The campaign as a report: a row per session (what needs attention first in the table and
+    markdown) with its outcome, reason, pull request, ACUs and structured-output fields,
+    refreshed from the API. On a terminal a table that fits; otherwise a line per session."""
+    from launcher.views.results import FieldError, build_results, by_attention, choose_columns, select
 
     if len(group_by) > 2:
         raise click.UsageError("--group-by takes one field, or two for a two-way count")
@@ -134,14 +134,22 @@ def results(
     view = _view(p, ledger, offline or not refresh, base_url, org_id)
     warn(view)
     chosen = select(view, outcomes, only)
+    if output in ("table", "markdown") and not group_by:
+        chosen = by_attention(chosen)
     if history:
         chosen = _with_history(p, ledger, chosen, outcomes)
     res = build_results(view, p.schemas, chosen)
     try:
+        cols = choose_columns(res, columns) if columns else None
+    except FieldError as exc:
+        raise click.BadParameter(
+            f"no column {exc.name!r}; columns: {', '.join(exc.available)}", param_hint="--columns"
+        ) from None
+    try:
         if group_by:
             _groups(res, list(group_by), output)
         else:
-            _emit(res, output)
+            _emit(res, output, cols, manifest)
     except FieldError as exc:
         raise click.BadParameter(
             f"no column {exc.name!r}; columns: {', '.join(exc.available)}", param_hint="--group-by"
@@ -151,110 +159,107 @@ def results(
 def _with_history(
     p: Plan, ledger: str | None, chosen: list[SessionView], outcomes: tuple[str, ...]
 ) -> list[SessionView]:
-    """Each chosen key's earlier attempts (oldest first) before its latest."""
     from launcher.run.status import history_views
+    from launcher.views.results import with_history
 
     with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led:
-        earlier = history_views(p, led)
-    out: list[SessionView] = []
-    for s in chosen:
-        out += [
-            dataclasses.replace(e, fleet=s.fleet)
-            for e in earlier.get(s.key, [])
-            if not outcomes or e.outcome.value in outcomes
-        ]
-        out.append(s)
-    return out
+        return with_history(chosen, history_views(p, led), outcomes)
 
 
-def _emit(res: Results, output: str) -> None:
-    from launcher.views.results import to_csv, to_markdown, totals_line
+def _emit(res: Results, output: str, cols: list[str] | None, manifest: str) -> None:
+    from launcher.views.results import totals_line
 
-    if output == "json":
-        emit_json(res.to_json())
-    elif output == "jsonl":
-        for record in res.records():
-            click.echo(json.dumps(record, ensure_ascii=False))
-    elif output == "csv":
-        click.echo(to_csv(res), nl=False)
-    elif output == "markdown":
-        click.echo(to_markdown(res), nl=False)
-    else:
-        _results_table(res)
-    (out if output == "table" else err).print(totals_line(res), markup=False)
+    write = FORMATS[output].results
+    if write is None:
+        results_table(res, cols)
+        footer(res, manifest)
+        return
+    click.echo(write(res, cols), nl=False)
+    err.print(totals_line(res), markup=False)
 
 
-def _results_table(res: Results) -> None:
-    from launcher.views.results import cell_of, table_columns
+def results_table(res: Results, cols: list[str] | None = None) -> None:
+    """On a terminal a table that fits its width (cells on one line, cut with "…", keys and
+    pull requests linked); otherwise aligned lines, one per session, never wrapped."""
+    from launcher.views.results import default_columns, display, heading, plain_lines
 
-    cols = table_columns(res)
-    table = Table(title=f"campaign {res.campaign}: results")
-    for col in cols:  # output fields by their own name, unless it is one of the fixed columns
-        bare = col.removeprefix("output.")
-        table.add_column(col if bare in res.columns else bare, overflow="fold")
-    for row in res.rows:
+    if not out.is_terminal:
+        cols = cols or default_columns(res, None)
+        click.echo("\n".join(plain_lines(res, cols)))
+        return
+    cols = cols or default_columns(res, out.width)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for col in cols:
+        table.add_column(heading(res, col), no_wrap=True, overflow="ellipsis")
+    for row, s in zip(res.rows, res.sessions, strict=True):
         cells: list[Text | str] = []
         for c in cols:
-            text = cell_of(c, row[c])
+            text = display(c, row[c], terminal=True)
             if c == "outcome":
                 cells.append(Text(text, style=OUTCOME_STYLE.get(text, "")))
-            elif c == "output_valid":
-                cells.append({"true": "yes", "false": "NO", "": "-"}[text])
+            elif c == "key" and s.url:
+                cells.append(Text(text, style=f"link {s.url}"))
+            elif c == "pr_url" and s.pr_urls:
+                cells.append(Text(text, style=f"link {s.pr_urls[0]}"))
             else:
                 cells.append(text)
         table.add_row(*cells)
-    counts = "  ".join(f"{k}: {v}" for k, v in res.counts().items() if v) or "no sessions"
-    out.print(counts, markup=False)
     out.print(table)
+
+
+def footer(res: Results, manifest: str, *, rest: bool = False) -> None:
+    """After a table: the outcome counts (attention first), the totals, what to run next."""
+    from launcher.views.results import counts_line, totals_line
+
+    out.print(counts_line(res), markup=False)
+    out.print(totals_line(res), markup=False)
+    if rest:
+        out.print(f"every session: devin-fleet results {manifest}", markup=False)
+
+
+def attention_summary(
+    p: Plan, view: CampaignView, manifest: str, limit: int = 10, *, sim: bool = False
+) -> None:
+    """The end of `apply --wait`: the outcome counts, the few sessions that need attention, and
+    the commands that show the rest (the whole table is `results`' job)."""
+    from launcher.views.results import build_results, by_attention, needing_attention
+
+    res = build_results(view, p.schemas, by_attention(view.sessions))
+    todo = needing_attention(res)
+    if todo:
+        shown = build_results(view, p.schemas, todo[:limit])
+        out.print(f"{len(todo)} session(s) need attention:", markup=False)
+        results_table(shown, ["key", "outcome", "reason", "url"])
+        if len(todo) > limit:
+            out.print(f"... and {len(todo) - limit} more", markup=False)
+        if not sim:
+            out.print(
+                f"all of them: devin-fleet results {manifest} --outcome failed --outcome needs-human",
+                markup=False,
+            )
+    footer(res, manifest, rest=not sim)
+    if sim:
+        out.print(
+            "--sim: these sessions end with this run; to keep them for `results` and `status`, "
+            "serve the simulator on its own (`devin-fleet sim`) and apply to it",
+            markup=False,
+        )
 
 
 def _groups(res: Results, fields: list[str], output: str) -> None:
-    from launcher.views.results import crosstab_markdown, group_markdown
+    from launcher.views.formats import grouping
 
-    if len(fields) == 2:
-        a, b = res.resolve(fields[0]), res.resolve(fields[1])
-        cols, cross = res.crosstab(a, b)
-        rows = [[v, *(counts[c] for c in cols), sum(counts.values())] for v, counts in cross.items()]
-        header = [a, *cols, "total"]
-        if output == "markdown":
-            click.echo(crosstab_markdown(a, b, cols, cross), nl=False)
-            return
-        if output in ("json", "jsonl"):
-            records = [{a: v, **counts, "total": sum(counts.values())} for v, counts in cross.items()]
-            _records(records, output)
-            return
-    else:
-        a = res.resolve(fields[0])
-        groups = res.group(a)
-        rows = [[v, n] for v, n in groups.items()]
-        header = [a, "sessions"]
-        if output == "markdown":
-            click.echo(group_markdown(a, groups), nl=False)
-            return
-        if output in ("json", "jsonl"):
-            _records([{a: v, "sessions": n} for v, n in groups.items()], output)
-            return
-    if output == "csv":
-        import csv
-
-        w = csv.writer(sys.stdout, lineterminator="\r\n")
-        w.writerow(header)
-        w.writerows(rows)
+    g = grouping(res, fields)
+    write = FORMATS[output].groups
+    if write is not None:
+        click.echo(write(g), nl=False)
         return
-    table = Table(title=f"{res.campaign}: sessions by {' and '.join(header[:1] + fields[1:])}")
-    for i, h in enumerate(header):
+    table = Table(title=g.title)
+    for i, h in enumerate(g.header):
         table.add_column(h, justify="right" if i else "left")
-    for r in rows:
+    for r in g.rows:
         table.add_row(*(str(x) for x in r))
     out.print(table)
-
-
-def _records(records: list[dict[str, object]], output: str) -> None:
-    if output == "json":
-        emit_json(records)
-    else:
-        for r in records:
-            click.echo(json.dumps(r, ensure_ascii=False))
 
 
 # =========================================================================== report
@@ -267,7 +272,8 @@ def _records(records: list[dict[str, object]], output: str) -> None:
     "--output",
     "output",
     type=click.Path(dir_okay=False),
-    help="The HTML file to write (default: <campaign>-report.html by the manifest).",
+    help="The HTML file to write (default: <campaign>-report.html beside the ledger, in "
+    ".devin-fleet/, not in the manifest's folder kept in git).",
 )
 @click.option("--offline", is_flag=True, help="What the ledger knows; no API calls.")
 @ledger_option
@@ -289,13 +295,20 @@ def report(
     warn(view)
     with open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led:
         times = {k: r.created_at for k, r in led.records().items()}
-    target = Path(output) if output else p.manifest.path.parent / f"{p.campaign}-report.html"
+    # in the local state folder (.devin-fleet/, git-ignored), not among the manifests in git
+    local = default_ledger_path(p.manifest.path, p.campaign).parent
+    target = Path(output) if output else local / f"{p.campaign}-report.html"
     html = render_report(p, view, times)
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(html, encoding="utf-8")
     except OSError as exc:
         raise click.FileError(str(target), exc.strerror) from None
-    out.print(f"wrote {target} ({len(view.sessions)} sessions, {len(html):,} bytes)", markup=False)
+    out.print(
+        f"wrote {target} ({len(view.sessions)} sessions, {len(html):,} bytes): "
+        f"{target.resolve().as_uri()}",
+        markup=False,
+    )
 
 
 # =========================================================================== message
@@ -314,9 +327,9 @@ def report(
 @click.option("--only", multiple=True, metavar="GLOB", help="Only keys matching this glob (repeatable).")
 @click.option(
     "--rate",
-    default=1.0,
+    default=MESSAGE_RATE,
     show_default=True,
-    type=click.FloatRange(min=0.01),
+    type=FiniteRange(min=0.01),
     help="Messages per second (paced like creates).",
 )
 @click.option(
@@ -347,9 +360,7 @@ def message(
     from launcher.run.messages import MessageError, prepare_messages
     from launcher.views.results import select
 
-    if (text is None) == (file is None):
-        raise click.UsageError("give the message with --text or --file (one of them)")
-    source = text if text is not None else Path(file or "").read_text(encoding="utf-8")
+    source = _message_text(text, file)
     p = load_plan(manifest, "send")
     with (
         open_ledger(p.manifest.path, p.campaign, ledger, create=False) as led,
@@ -357,7 +368,8 @@ def message(
     ):
         view = anyio.run(refresh_campaign, p, cfg, led)
         warn(view)
-        chosen = [s for s in select(view, outcomes, only) if s.session_id]
+        matching = select(view, outcomes, only)
+        chosen = [s for s in matching if s.session_id]
         try:
             batch = prepare_messages(p, chosen, source, led)
         except MessageError as exc:
@@ -365,15 +377,9 @@ def message(
         if batch.already:
             out.print(f"{len(batch.already)} session(s) already have this message", markup=False)
         if not batch.todo:
-            out.print("nothing to send", markup=False)
+            out.print(_nothing_to_send(view, matching, chosen, batch, outcomes, only), markup=False)
             return
-        out.print(f"{len(batch.todo)} session(s) to message:", markup=False)
-        for m in batch.todo[:20]:
-            out.print(f"  {m.key}  {m.session_id}", markup=False)
-        if len(batch.todo) > 20:
-            out.print(f"  ... and {len(batch.todo) - 20} more", markup=False)
-        first = batch.todo[0].text
-        out.print(f"message to {batch.todo[0].key}:\n{first}", markup=False)
+        _show_batch(batch)
         confirm(f"Send to {len(batch.todo)} session(s) of campaign {p.campaign}?", yes)
         try:
             report = anyio.run(_send, cfg, led, batch, rate, concurrency)
@@ -386,10 +392,58 @@ def message(
         err.print(f"  {key}: {why}", markup=False)
     out.print(
         f"sent {report.sent} message(s), {report.found} found already delivered"
+        + (f", {len(batch.already)} had it before this run" if batch.already else "")
         + (f", {len(report.errors)} failed: re-run to retry" if report.errors else ""),
         markup=False,
     )
     sys.exit(ExitCode.error if report.errors else ExitCode.ok)
+
+
+def _message_text(text: str | None, file: str | None) -> str:
+    """The message template: --text, or the UTF-8 text of --file (one of them)."""
+    if (text is None) == (file is None):
+        raise click.UsageError("give the message with --text or --file (one of them)")
+    try:
+        return text if text is not None else Path(file or "").read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(
+            f"{file} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8",
+            param_hint="--file",
+        ) from None
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {file}: {exc.strerror}", param_hint="--file") from None
+
+
+def _show_batch(batch: MessageBatch) -> None:
+    """What is about to be sent: the sessions (20 at most), and the first message in full."""
+    out.print(f"{len(batch.todo)} session(s) to message:", markup=False)
+    for m in batch.todo[:20]:
+        out.print(f"  {m.key}  {m.session_id}", markup=False)
+    if len(batch.todo) > 20:
+        out.print(f"  ... and {len(batch.todo) - 20} more", markup=False)
+    out.print(f"message to {batch.todo[0].key}:\n{batch.todo[0].text}", markup=False)
+
+
+def _nothing_to_send(
+    view: CampaignView,
+    matching: list[SessionView],
+    chosen: list[SessionView],
+    batch: MessageBatch,
+    outcomes: tuple[str, ...],
+    only: tuple[str, ...],
+) -> str:
+    """Why there is nothing to send: the filter matched nothing, or what became of the rest."""
+    if not matching:
+        given = " ".join([*(f"--outcome {o}" for o in outcomes), *(f"--only {g}" for g in only)])
+        return f"nothing to send: no session of the {len(view.sessions)} matches {given}"
+    why = []
+    if batch.already:
+        why.append(f"{len(batch.already)} already have this message")
+    if batch.ended:
+        why.append(f"{len(batch.ended)} have ended (exit) and cannot take one")
+    if len(matching) > len(chosen):
+        why.append(f"{len(matching) - len(chosen)} were never launched")
+    return "nothing to send: " + ", ".join(why)
 
 
 async def _send(
@@ -397,6 +451,14 @@ async def _send(
 ) -> MessageReport:
     from launcher.api.client import DevinClient
     from launcher.run.messages import send_messages
+    from launcher.views.progress import ProgressReporter
 
-    async with DevinClient(cfg, max_connections=concurrency + 4) as client:
-        return await send_messages(client, led, batch, rate=rate, concurrency=concurrency)
+    bar = ProgressReporter("message")  # stderr: a bar on a terminal, a line every 5 s otherwise
+    bar.start(len(batch.todo))
+    try:
+        async with DevinClient(cfg, max_connections=concurrency + 4) as client:
+            return await send_messages(
+                client, led, batch, rate=rate, concurrency=concurrency, on_done=bar.advance
+            )
+    finally:
+        bar.finish()

@@ -14,11 +14,12 @@ from collections.abc import Callable
 import anyio
 
 from launcher.api.pacing import Clock, MonotonicClock
-from launcher.errors import FleetError, LedgerError
+from launcher.errors import FleetError, LedgerError, LockedError
 from launcher.ledger.records import LOCK_TTL, LockLease
 from launcher.ledger.store import LedgerStore, off_loop
 
 RELEASE_DEADLINE = 10.0  # seconds a release may take at the end of a run (shielded)
+ACQUIRE_EVERY = 0.5  # seconds between tries while another run holds the lease
 
 
 class Lease:
@@ -41,9 +42,19 @@ class Lease:
         self.last_beat = self.clock.now()
         self._listeners: list[Callable[[str], None]] = []
 
-    async def acquire(self) -> LockLease:
-        """Take the lease (LockedError when another live run holds it)."""
-        lease = await off_loop(self.store.acquire_lock, ttl=self.ttl)
+    async def acquire(self, wait: float = 0.0) -> LockLease:
+        """Take the lease; while another live run holds it, try again for up to `wait`
+        seconds, then LockedError (it names the holder and since when)."""
+        deadline = self.clock.now() + wait
+        while True:
+            try:
+                lease = await off_loop(self.store.acquire_lock, ttl=self.ttl)
+                break
+            except LockedError:
+                left = deadline - self.clock.now()
+                if left <= 0:
+                    raise
+                await self.clock.sleep(min(ACQUIRE_EVERY, left))
         self.last_beat = self.clock.now()
         return lease
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from launcher.errors import LedgerError
 from launcher.ledger.sqlite import SqliteLedger
-from launcher.ledger.store import LedgerStore
+from launcher.ledger.store import LedgerStore, redact_url
 
 LEDGER_DIR = ".devin-fleet"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
@@ -45,7 +45,7 @@ def _sqlite_path(location: str) -> Path | None:
     if scheme in POSTGRES_SCHEMES:
         return None
     raise LedgerError(
-        f"unknown ledger location {location!r}: scheme {scheme!r}",
+        f"unknown ledger location {redact_url(location)!r}: scheme {scheme!r}",
         hint="pass a file path, sqlite:///path/to.db, or postgresql://user@host:5432/db",
     )
 
@@ -56,20 +56,13 @@ def describe(location: str) -> str:
     return str(path) if path is not None else redact_url(location)
 
 
-def redact_url(url: str) -> str:
-    """`scheme://user:password@host` -> `scheme://user:***@host` (also in query strings)."""
-    url = re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", url)
-    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", url)
-
-
 def _open(location: str, campaign: str, create: bool) -> LedgerStore:
     path = _sqlite_path(location)
     if path is not None:
         return SqliteLedger(path, campaign, create=create)
-    raise LedgerError(
-        f"PostgreSQL ledgers are not available in this build ({redact_url(location)})",
-        hint="use a SQLite ledger path",
-    )
+    from launcher.ledger.postgres import PostgresLedger  # the driver is an optional extra
+
+    return PostgresLedger(location, campaign, create=create)
 
 
 def open_ledger(
@@ -90,7 +83,9 @@ def ledger_exists(manifest_path: Path, campaign: str, location: str | Path | Non
     path = _sqlite_path(where)
     if path is not None:
         return SqliteLedger.exists(path)
-    return False
+    from launcher.ledger.postgres import PostgresLedger
+
+    return bool(PostgresLedger.exists(where, campaign))
 
 
 def scratch_copy(manifest_path: Path, campaign: str, location: str | Path | None = None) -> LedgerStore:
@@ -100,4 +95,46 @@ def scratch_copy(manifest_path: Path, campaign: str, location: str | Path | None
     if ledger_exists(manifest_path, campaign, location):
         with open_ledger(manifest_path, campaign, location, create=False) as src:
             mem.import_rows(src.export_rows())
+            if (target := src.target()) is not None:  # the org it belongs to, checked too
+                mem.bind_target(*target)
     return mem
+
+
+def sqlite_campaign(location: str | Path) -> str | None:
+    """The campaign a SQLite ledger file belongs to (None: not a file location, or none)."""
+    path = _sqlite_path(str(location))
+    return None if path is None else SqliteLedger.campaign_of(path)
+
+
+def copy_ledger(source: str | Path, dest: str | Path, campaign: str) -> dict[str, int]:
+    """Copy a campaign's ledger from `source` to `dest` (SQLite <-> PostgreSQL, or alike):
+    while holding the source's lease (nothing writes it meanwhile), into a destination that
+    holds no ledger for the campaign yet, in one transaction there, then verified by reading
+    it back. Returns the rows copied per table. A failed copy into a new file leaves none."""
+    src_where, dst_where = str(source), str(dest)
+    if not ledger_exists(Path("."), campaign, src_where):
+        raise LedgerError(
+            f"no ledger for campaign {campaign!r} at {describe(src_where)}",
+            hint="check the source location (and --campaign)",
+        )
+    new_file = (path := _sqlite_path(dst_where)) is not None and not path.exists()
+    try:
+        with _open(src_where, campaign, create=False) as src:
+            src.acquire_lock()
+            try:
+                rows = src.export_rows()
+                with _open(dst_where, campaign, create=True) as dst:
+                    dst.import_rows(rows)
+                    if dst.export_rows() != rows:
+                        raise LedgerError(
+                            f"the copy at {describe(dst_where)} does not read back as the source",
+                            hint="remove the copy and try again; the source is unchanged",
+                        )
+            finally:
+                src.release_lock()
+    except BaseException:
+        if new_file and path is not None:
+            for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                leftover.unlink(missing_ok=True)
+        raise
+    return {table: len(r) for table, r in rows.items()}

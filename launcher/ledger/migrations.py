@@ -125,3 +125,120 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# The PostgreSQL schema (a shared ledger: many campaigns in one database, each row namespaced
+# by its campaign; the lease a row per campaign whose generation only grows). Same frozen-text
+# rule; applied under a transaction-level advisory lock, one version per transaction.
+PG_MIGRATIONS: list[str] = [
+    # v1: the SQLite schema at its v6, namespaced, plus the write log that makes a write
+    # retried after a dropped connection apply once
+    """
+    CREATE TABLE fleet_campaigns (campaign TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL);
+    CREATE TABLE fleet_sessions (
+        campaign TEXT NOT NULL REFERENCES fleet_campaigns (campaign),
+        seq BIGSERIAL,
+        key TEXT NOT NULL,
+        fleet TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        item_tag TEXT NOT NULL,
+        state TEXT NOT NULL,
+        session_id TEXT,
+        url TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_at DOUBLE PRECISION,
+        updated_at DOUBLE PRECISION NOT NULL,
+        status TEXT,
+        status_detail TEXT,
+        outcome TEXT,
+        acus_consumed DOUBLE PRECISION,
+        pull_requests TEXT,
+        structured_output TEXT,
+        refreshed_at DOUBLE PRECISION,
+        cancelled_at DOUBLE PRECISION,
+        launch_attempt INTEGER NOT NULL DEFAULT 1,
+        PRIMARY KEY (campaign, key)
+    );
+    CREATE INDEX fleet_sessions_session_id ON fleet_sessions (campaign, session_id);
+    CREATE TABLE fleet_events (
+        id BIGSERIAL PRIMARY KEY,
+        campaign TEXT NOT NULL,
+        key TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        kind TEXT NOT NULL,
+        attempt INTEGER,
+        http_status INTEGER,
+        session_id TEXT,
+        fingerprint TEXT,
+        detail TEXT,
+        launch_attempt INTEGER
+    );
+    CREATE INDEX fleet_events_key ON fleet_events (campaign, key);
+    CREATE TABLE fleet_launched_requests (
+        campaign TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        request TEXT NOT NULL,
+        PRIMARY KEY (campaign, fingerprint)
+    );
+    CREATE TABLE fleet_messages (
+        campaign TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        key TEXT NOT NULL,
+        text TEXT NOT NULL,
+        state TEXT NOT NULL,
+        detail TEXT,
+        intent_at DOUBLE PRECISION NOT NULL,
+        sent_at DOUBLE PRECISION,
+        PRIMARY KEY (campaign, session_id, digest)
+    );
+    CREATE TABLE fleet_waves (
+        id BIGSERIAL PRIMARY KEY,
+        campaign TEXT NOT NULL,
+        wave INTEGER NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        decision TEXT NOT NULL,
+        detail TEXT
+    );
+    CREATE TABLE fleet_attempts (
+        campaign TEXT NOT NULL,
+        key TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        session_id TEXT,
+        url TEXT,
+        fingerprint TEXT,
+        status TEXT,
+        status_detail TEXT,
+        outcome TEXT,
+        acus_consumed DOUBLE PRECISION,
+        pull_requests TEXT,
+        structured_output TEXT,
+        created_at DOUBLE PRECISION,
+        superseded_at DOUBLE PRECISION NOT NULL,
+        termination TEXT NOT NULL,
+        request TEXT NOT NULL,
+        PRIMARY KEY (campaign, key, attempt)
+    );
+    CREATE TABLE fleet_lock (
+        campaign TEXT PRIMARY KEY,
+        held BOOLEAN NOT NULL,
+        owner TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        acquired_at DOUBLE PRECISION NOT NULL,
+        heartbeat_at DOUBLE PRECISION NOT NULL,
+        ttl DOUBLE PRECISION NOT NULL,
+        generation BIGINT NOT NULL
+    );
+    CREATE TABLE fleet_writes (
+        id UUID PRIMARY KEY,
+        campaign TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL
+    );
+    """,
+    # v2: the API base URL and org a campaign launched into (the first binder wins)
+    """
+    ALTER TABLE fleet_campaigns ADD COLUMN target_base_url TEXT, ADD COLUMN target_org_id TEXT;
+    """,
+]
+PG_SCHEMA_VERSION = len(PG_MIGRATIONS)

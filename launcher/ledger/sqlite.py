@@ -5,22 +5,21 @@ errors into LedgerErrors live here; the store interface is `launcher.ledger.stor
 
 from __future__ import annotations
 
-import functools
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from launcher.errors import LedgerError, LockedError
 from launcher.ledger.migrations import MIGRATIONS, SCHEMA_VERSION
 from launcher.ledger.records import (
     CANCELLED_OUTCOME,
+    FACTS,
     LOCK_TTL,
-    AttemptRecord,
     EventKind,
     LaunchState,
     LedgerEvent,
@@ -32,54 +31,20 @@ from launcher.ledger.records import (
     dumps,
     transition,
 )
-from launcher.ledger.store import TABLES, LedgerStore, host_pid, pid_alive, who_blocks
-
-BUSY_TIMEOUT = 10.0  # seconds a write waits for another process's write transaction
-
-
-@contextmanager
-def sqlite_errors(path: Path, doing: str, store: SqliteLedger | None = None) -> Iterator[None]:
-    """The one place sqlite3 errors become LedgerErrors: the ledger's path, and what to do
-    (when the database is locked: by whom, since when, and whether that process is paused)."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        text = str(exc).lower()
-        message = f"cannot {doing} ledger {path}: {exc}"
-        if "locked" in text or "busy" in text:
-            hint = "another devin-fleet process is using it; wait for it to finish, then retry"
-            holder = store.holder_if_readable() if store is not None else None
-            blocker = who_blocks(holder, store.campaign) if store is not None else None
-            if blocker:
-                message, hint = f"{message}: {blocker[0]}", blocker[1]
-        elif "malformed" in text or "not a database" in text or "corrupt" in text:
-            hint = (
-                "the file is damaged or not a devin-fleet ledger; restore it from a backup "
-                "(it is the only record of what was launched), or pass --ledger PATH"
-            )
-        elif "readonly" in text or "unable to open" in text or "permission" in text:
-            hint = "check that the file and its folder exist and are readable and writable"
-        else:
-            hint = "re-run with --debug to see the full error"
-        raise LedgerError(message, path=str(path), hint=hint) from exc
+from launcher.ledger.sqlite_attempts import SqliteAttempts
+from launcher.ledger.sqlite_errors import BUSY_TIMEOUT, reads, sqlite_errors
+from launcher.ledger.store import (
+    TABLES,
+    LedgerStore,
+    copied,
+    host_pid,
+    lease_lost,
+    pid_alive,
+    who_blocks,
+)
 
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _reads(method: _F) -> _F:
-    """Ledger reads hold the connection's lock (callers run in worker threads) and translate
-    sqlite3 errors like writes do (through `sqlite_errors`)."""
-
-    @functools.wraps(method)
-    def wrapper(self: SqliteLedger, *args: Any, **kwargs: Any) -> Any:
-        with self._mutex, sqlite_errors(self.path, "read", self):
-            return method(self, *args, **kwargs)
-
-    return cast(_F, wrapper)
-
-
-class SqliteLedger(LedgerStore):
+class SqliteLedger(SqliteAttempts, LedgerStore):
     """A campaign's ledger in a SQLite file. Methods are synchronous and thread-safe (one
     connection behind a lock): async callers run them in a worker thread (`off_loop`)."""
 
@@ -111,7 +76,7 @@ class SqliteLedger(LedgerStore):
                 raise LedgerError(
                     f"cannot create ledger {self.path}: {exc.strerror}", path=str(self.path)
                 ) from None
-        with sqlite_errors(self.path, "open", self):
+        with sqlite_errors(self.path, "open", self._blocker):
             self.db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
             )
@@ -125,6 +90,21 @@ class SqliteLedger(LedgerStore):
     def exists(path: Path | str) -> bool:
         return Path(path).exists()
 
+    @staticmethod
+    def campaign_of(path: Path | str) -> str | None:
+        """The campaign a ledger file belongs to, read without changing it (None: unreadable)."""
+        if not Path(path).exists():
+            return None
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                row = db.execute("SELECT value FROM meta WHERE name='campaign'").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return None
+        return None if row is None else str(row[0])
+
     # ------------------------------------------------------------------ plumbing
 
     def close(self) -> None:
@@ -137,7 +117,7 @@ class SqliteLedger(LedgerStore):
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction (BEGIN IMMEDIATE): callers never await or call the
         network inside it, so a paused process holds the write lock for milliseconds at most."""
-        with self._mutex, sqlite_errors(self.path, "write", self):
+        with self._mutex, sqlite_errors(self.path, "write", self._blocker):
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield self.db
@@ -181,6 +161,19 @@ class SqliteLedger(LedgerStore):
     def schema_version(self) -> int:
         with self._mutex:
             return self._version()
+
+    @reads
+    def target(self) -> tuple[str, str] | None:
+        rows = dict(self.db.execute("SELECT name, value FROM meta WHERE name LIKE 'target_%'"))
+        both = rows.get("target_base_url"), rows.get("target_org_id")
+        return (both[0], both[1]) if both[0] is not None and both[1] is not None else None
+
+    def bind_target(self, base_url: str, org_id: str) -> tuple[str, str]:
+        with self.transaction() as db:
+            for name, value in (("target_base_url", base_url), ("target_org_id", org_id)):
+                db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (name, value))
+            rows = dict(db.execute("SELECT name, value FROM meta WHERE name LIKE 'target_%'"))
+        return rows["target_base_url"], rows["target_org_id"]
 
     # ------------------------------------------------------------------ the lease
 
@@ -257,6 +250,10 @@ class SqliteLedger(LedgerStore):
         finally:
             probe.close()
 
+    def _blocker(self) -> tuple[str, str] | None:
+        """When the database is locked: who most likely holds it, and what to do."""
+        return who_blocks(self.holder_if_readable(), self.campaign)
+
     def holder_if_readable(self) -> LockHolder | None:
         """The lease's holder as the lock row says, or None (none, or unreadable now)."""
         try:
@@ -265,7 +262,7 @@ class SqliteLedger(LedgerStore):
             return None
         return None if row is None else _holder(row)
 
-    @_reads
+    @reads
     def lock_holder(self) -> LockHolder | None:
         row = self.db.execute("SELECT * FROM lock WHERE campaign=?", (self.campaign,)).fetchone()
         return None if row is None else _holder(row)
@@ -285,17 +282,17 @@ class SqliteLedger(LedgerStore):
 
     # ------------------------------------------------------------------ records
 
-    @_reads
+    @reads
     def records(self) -> dict[str, Record]:
         rows = self.db.execute("SELECT * FROM sessions ORDER BY rowid").fetchall()
         return {r["key"]: Record.from_row(dict(r)) for r in rows}
 
-    @_reads
+    @reads
     def record(self, key: str) -> Record | None:
         row = self.db.execute("SELECT * FROM sessions WHERE key=?", (key,)).fetchone()
         return Record.from_row(dict(row)) if row else None
 
-    @_reads
+    @reads
     def known_session_ids(self, key: str) -> set[str]:
         rows = self.db.execute(
             "SELECT session_id FROM events WHERE key=? AND session_id IS NOT NULL UNION "
@@ -304,7 +301,7 @@ class SqliteLedger(LedgerStore):
         ).fetchall()
         return {r[0] for r in rows}
 
-    @_reads
+    @reads
     def session_ids_by_key(self) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
         for key, sid in self.db.execute(
@@ -314,7 +311,7 @@ class SqliteLedger(LedgerStore):
             out.setdefault(key, set()).add(sid)
         return out
 
-    @_reads
+    @reads
     def events(self, key: str | None = None) -> list[dict[str, Any]]:
         if key is None:
             rows = self.db.execute("SELECT * FROM events ORDER BY id").fetchall()
@@ -322,7 +319,7 @@ class SqliteLedger(LedgerStore):
             rows = self.db.execute("SELECT * FROM events WHERE key=? ORDER BY id", (key,)).fetchall()
         return [dict(r) for r in rows]
 
-    @_reads
+    @reads
     def intent_fingerprints(self) -> dict[str, str]:
         rows = self.db.execute(
             "SELECT key, fingerprint FROM events WHERE kind=? AND fingerprint IS NOT NULL ORDER BY id",
@@ -361,7 +358,7 @@ class SqliteLedger(LedgerStore):
                 [(s.fingerprint, json.dumps(s.stored, sort_keys=True)) for s in plan.sessions],
             )
 
-    @_reads
+    @reads
     def launched_request(self, fingerprint: str) -> dict[str, Any] | None:
         row = self.db.execute(
             "SELECT request FROM launched_requests WHERE fingerprint=?", (fingerprint,)
@@ -370,7 +367,7 @@ class SqliteLedger(LedgerStore):
 
     # ------------------------------------------------------------------ messages
 
-    @_reads
+    @reads
     def messages(self) -> dict[tuple[str, str], MessageRecord]:
         rows = self.db.execute("SELECT * FROM messages").fetchall()
         return {(r["session_id"], r["digest"]): MessageRecord(**dict(r)) for r in rows}
@@ -378,10 +375,13 @@ class SqliteLedger(LedgerStore):
     def message_intent(self, key: str, session_id: str, digest: str, text: str) -> None:
         now = time.time()
         with self.transaction() as db:
+            if not self._fence(db):
+                raise lease_lost("a message intent")
             db.execute(
                 "INSERT INTO messages (session_id, digest, key, text, state, intent_at) VALUES "
                 "(?, ?, ?, ?, 'pending', ?) ON CONFLICT (session_id, digest) DO UPDATE SET "
-                "state='pending', detail=NULL, intent_at=excluded.intent_at",
+                "state='pending', detail=NULL, intent_at=excluded.intent_at "
+                "WHERE messages.state != 'sent'",  # a delivered message stays delivered
                 (session_id, digest, key, text, now),
             )
 
@@ -398,10 +398,22 @@ class SqliteLedger(LedgerStore):
 
     # ------------------------------------------------------------------ events
 
+    def _fence(self, db: sqlite3.Connection) -> bool:
+        """Whether this holder's lease is the campaign's (True when it holds none), read in
+        the write's own transaction: no write that matters lands after a takeover."""
+        if self.lease is None:
+            return True
+        row = db.execute("SELECT generation FROM lock WHERE campaign=?", (self.campaign,)).fetchone()
+        return row is not None and int(row[0]) == self.lease.generation
+
     def write_events(self, events: Iterable[LedgerEvent]) -> None:
         now = time.time()
+        batch, refused = list(events), []
         with self.transaction() as db:
-            for e in events:
+            if not self._fence(db):  # facts that a session exists are kept whoever holds it
+                refused = [e for e in batch if e.kind not in FACTS]
+                batch = [e for e in batch if e.kind in FACTS]
+            for e in batch:
                 db.execute(
                     "INSERT INTO events (key, at, kind, attempt, http_status, session_id, "
                     "fingerprint, detail, launch_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -431,6 +443,20 @@ class SqliteLedger(LedgerStore):
                         "updated_at=? WHERE key=?",
                         (new.value, e.detail, now, e.key),
                     )
+        if refused:
+            raise lease_lost(f"{len(refused)} event(s)")
+
+    def keep_session(self, key: str, session_id: str, url: str | None) -> None:
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO events (key, at, kind, session_id, detail) VALUES (?, ?, ?, ?, ?)",
+                (key, now, EventKind.adopted.value, session_id, "keeper of duplicates"),
+            )
+            db.execute(
+                "UPDATE sessions SET session_id=?, url=?, updated_at=? WHERE key=?",
+                (session_id, url, now, key),
+            )
 
     def update_status(self, updates: Iterable[Mapping[str, Any]]) -> None:
         now = time.time()
@@ -467,92 +493,25 @@ class SqliteLedger(LedgerStore):
 
     def record_wave(self, wave: int, decision: str, detail: str | None = None) -> None:
         with self.transaction() as db:
+            if not self._fence(db):
+                raise lease_lost(f"wave {wave} {decision}")
             db.execute(
                 "INSERT INTO waves (wave, at, decision, detail) VALUES (?, ?, ?, ?)",
                 (wave, time.time(), decision, detail),
             )
 
-    @_reads
+    @reads
     def wave_log(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.db.execute("SELECT * FROM waves ORDER BY id").fetchall()]
 
-    # ------------------------------------------------------------------ launch attempts
-
-    def relaunch(
-        self, key: str, *, live: bool, keep: bool, request: str, expected: int | None = None
-    ) -> int | None:
-        now = time.time()
-        with self.transaction() as db:
-            row = db.execute("SELECT * FROM sessions WHERE key=?", (key,)).fetchone()
-            if row is not None and expected is not None and row["launch_attempt"] != expected:
-                return None
-            if row is None or not LaunchState(row["state"]).launched:
-                raise LedgerError(f"cannot relaunch {key!r}: it is not launched", path=self.where)
-            n = int(row["launch_attempt"])
-            termination = "none" if not live else "kept" if keep else "pending"
-            earlier = {c: row[c] for c in _ATTEMPT_FROM_ROW}
-            earlier.update(key=key, attempt=n, superseded_at=now, termination=termination)
-            earlier["request"] = request
-            self._insert_attempt(db, earlier, ignore=False)
-            db.execute(
-                "UPDATE sessions SET state=?, launch_attempt=?, attempts=0, last_error=NULL, "
-                "session_id=NULL, url=NULL, status=NULL, status_detail=NULL, outcome=NULL, "
-                "acus_consumed=NULL, pull_requests=NULL, structured_output=NULL, "
-                "refreshed_at=NULL, cancelled_at=NULL, created_at=NULL, updated_at=? WHERE key=?",
-                (LaunchState.planned.value, n + 1, now, key),
-            )
-            detail = f"relaunch ({request}): attempt {n} -> {n + 1}" + (
-                f" (earlier: {termination})" if live else ""
-            )
-            db.execute(
-                "INSERT INTO events (key, at, kind, session_id, fingerprint, detail, "
-                "launch_attempt) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key, now, EventKind.relaunch.value, row["session_id"], row["fingerprint"])
-                + (detail, n + 1),
-            )
-        return n + 1
-
-    @staticmethod
-    def _insert_attempt(db: sqlite3.Connection, values: Mapping[str, Any], *, ignore: bool) -> int:
-        columns = ", ".join(ATTEMPT_COLUMNS)
-        marks = ", ".join(f":{c}" for c in ATTEMPT_COLUMNS)
-        verb = "INSERT OR IGNORE" if ignore else "INSERT"
-        cur = db.execute(f"{verb} INTO attempts ({columns}) VALUES ({marks})", dict(values))
-        return cur.rowcount
-
-    @_reads
-    def attempt_history(self, key: str | None = None) -> list[AttemptRecord]:
-        query = "SELECT * FROM attempts" + (" WHERE key=?" if key else "") + " ORDER BY key, attempt"
-        rows = self.db.execute(query, (key,) if key else ()).fetchall()
-        return [AttemptRecord.from_row(dict(r)) for r in rows]
-
-    def set_termination(self, key: str, attempt: int, termination: str) -> None:
-        with self.transaction() as db:
-            db.execute(
-                "UPDATE attempts SET termination=? WHERE key=? AND attempt=?",
-                (termination, key, attempt),
-            )
-            if termination == "done":
-                db.execute(
-                    "INSERT INTO events (key, at, kind, detail, launch_attempt) VALUES (?, ?, ?, ?, ?)",
-                    (key, time.time(), EventKind.cancelled.value, "earlier attempt ended", attempt),
-                )
-
-    def remember_attempts(self, attempts: Iterable[AttemptRecord]) -> int:
-        rows = [_attempt_row(a) for a in attempts]
-        if not rows:
-            return 0
-        with self.transaction() as db:
-            return sum(self._insert_attempt(db, r, ignore=True) for r in rows)
-
     # ------------------------------------------------------------------ copies
 
-    @_reads
+    @reads
     def export_rows(self) -> dict[str, list[dict[str, Any]]]:
         out = {}
         for table, order in TABLES.items():
             rows = self.db.execute(f"SELECT * FROM {table} ORDER BY {order}").fetchall()
-            out[table] = [dict(r) for r in rows]
+            out[table] = [copied(dict(r)) for r in rows]
         return out
 
     def import_rows(self, rows: Mapping[str, list[dict[str, Any]]]) -> None:
@@ -568,21 +527,6 @@ class SqliteLedger(LedgerStore):
                     columns = ", ".join(row)
                     marks = ", ".join(f":{c}" for c in row)
                     db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", row)
-
-
-ATTEMPT_COLUMNS = (
-    *("key", "attempt", "session_id", "url", "fingerprint", "status", "status_detail"),
-    *("outcome", "acus_consumed", "pull_requests", "structured_output", "created_at"),
-    *("superseded_at", "termination", "request"),
-)
-_ATTEMPT_FROM_ROW = ATTEMPT_COLUMNS[2:12]  # session_id .. created_at: a session row's columns
-
-
-def _attempt_row(a: AttemptRecord) -> dict[str, Any]:
-    row = {c: getattr(a, c) for c in ATTEMPT_COLUMNS}
-    row["pull_requests"] = dumps(a.pull_requests)
-    row["structured_output"] = dumps(a.structured_output)
-    return row
 
 
 def _holder(row: sqlite3.Row) -> LockHolder:

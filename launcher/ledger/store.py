@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -18,45 +19,50 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 import anyio
 
-from launcher.ledger.records import (  # re-exported: the vocabulary callers import from here
-    LOCK_TTL as LOCK_TTL,
-)
+from launcher.errors import LockLostError
 from launcher.ledger.records import (
-    AttemptRecord as AttemptRecord,
-)
-from launcher.ledger.records import (
-    Change as Change,
-)
-from launcher.ledger.records import (
-    EventKind as EventKind,
-)
-from launcher.ledger.records import (
-    LaunchState as LaunchState,
-)
-from launcher.ledger.records import (
-    LedgerEvent as LedgerEvent,
-)
-from launcher.ledger.records import (
-    LockHolder as LockHolder,
-)
-from launcher.ledger.records import (
-    LockLease as LockLease,
-)
-from launcher.ledger.records import (
-    MessageRecord as MessageRecord,
-)
-from launcher.ledger.records import (
-    PlanLike as PlanLike,
-)
-from launcher.ledger.records import (
-    Record as Record,
-)
-from launcher.ledger.records import (
+    LOCK_TTL,
+    AttemptRecord,
+    Change,
+    EventKind,
+    LaunchState,
+    LedgerEvent,
+    LockHolder,
+    LockLease,
+    MessageRecord,
+    PlanLike,
+    Record,
     plan_diff,
 )
 
-# The tables a copy moves, each with its order (events and waves keep their ids: their order
-# is their meaning). The lock is not copied: a copy starts unlocked.
+# The vocabulary (from `records`) is re-exported: callers import it with the store.
+__all__ = [
+    "LOCK_TTL",
+    "TABLES",
+    "AttemptRecord",
+    "Change",
+    "EventKind",
+    "LaunchState",
+    "Ledger",
+    "LedgerEvent",
+    "LedgerStore",
+    "LockHolder",
+    "LockLease",
+    "MessageRecord",
+    "PlanLike",
+    "Record",
+    "copied",
+    "host_pid",
+    "lease_lost",
+    "off_loop",
+    "pid_alive",
+    "redact_url",
+    "who_blocks",
+]
+
+# The tables a copy moves, each with its order. Events and waves are copied in their order
+# (their meaning) without their ids (the destination numbers them). The lock is not copied:
+# a copy starts unlocked.
 TABLES: dict[str, str] = {
     "sessions": "key",
     "events": "id",
@@ -65,6 +71,18 @@ TABLES: dict[str, str] = {
     "waves": "id",
     "attempts": "key, attempt",
 }
+NOT_COPIED = frozenset({"id", "campaign", "seq"})
+
+
+def copied(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row as a copy carries it (no ids, no namespace)."""
+    return {k: v for k, v in row.items() if k not in NOT_COPIED}
+
+
+def redact_url(url: str) -> str:
+    """`scheme://user:password@host` -> `scheme://user:***@host` (also in query strings)."""
+    url = re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", url)
+    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", url)
 
 
 class LedgerStore(Protocol):
@@ -88,6 +106,16 @@ class LedgerStore(Protocol):
         self.close()
 
     def schema_version(self) -> int: ...
+
+    # the target: the API base URL and org the campaign's sessions were launched into
+    def target(self) -> tuple[str, str] | None:
+        """(base URL, org id) the ledger is bound to; None before its first launch."""
+        ...
+
+    def bind_target(self, base_url: str, org_id: str) -> tuple[str, str]:
+        """Bind an unbound ledger to (base URL, org id), atomically (the first binder wins);
+        returns the binding that holds afterwards."""
+        ...
 
     # the lease: one row per campaign with a fencing generation that every acquisition bumps
     def acquire_lock(self, *, ttl: float = LOCK_TTL) -> LockLease:
@@ -145,6 +173,11 @@ class LedgerStore(Protocol):
     def write_events(self, events: Iterable[LedgerEvent]) -> None:
         """Append events and apply their state changes (`records.transition`) in one durable
         transaction. A launched key moves only on a relaunch."""
+        ...
+
+    def keep_session(self, key: str, session_id: str, url: str | None) -> None:
+        """Point a launched key at `session_id`: the keeper of its duplicates (the earliest
+        created), when the row held an extra. Logged as an `adopted` event."""
         ...
 
     def update_status(self, updates: Iterable[Mapping[str, Any]]) -> None:
@@ -215,6 +248,14 @@ class LedgerStore(Protocol):
 
 
 Ledger = LedgerStore  # the name the rest of the package has always used
+
+
+def lease_lost(what: str) -> LockLostError:
+    """A write that matters, refused because the lease is no longer this holder's."""
+    return LockLostError(
+        f"not recorded ({what}): this run lost the campaign lock",
+        hint="another run holds this campaign now; re-run when it is done",
+    )
 
 
 def host_pid() -> tuple[str, int]:

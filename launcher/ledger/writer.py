@@ -10,6 +10,7 @@ from collections.abc import Callable
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from launcher.errors import LockLostError
 from launcher.ledger.records import FACTS, LedgerEvent
 from launcher.ledger.store import LedgerStore
 
@@ -23,9 +24,15 @@ class LedgerWriter:
     (created, adopted) are still written: anything else could overwrite the new holder's rows.
     """
 
-    def __init__(self, ledger: LedgerStore, redact: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        ledger: LedgerStore,
+        redact: Callable[[str], str],
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
         self.ledger = ledger
         self.redact = redact
+        self.on_lost = on_lost  # told when the store refuses a write: the lease was taken over
         self.fenced = False
         self.send, self.recv = anyio.create_memory_object_stream[_Batch](max_buffer_size=math.inf)
 
@@ -43,7 +50,12 @@ class LedgerWriter:
                     events = [e for e in events if e.kind in FACTS]
                 if events:
                     with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(self.ledger.write_events, events)
+                        try:
+                            await anyio.to_thread.run_sync(self.ledger.write_events, events)
+                        except LockLostError as exc:  # the facts were kept; the rest refused
+                            self.fenced = True
+                            if self.on_lost is not None:
+                                self.on_lost(exc.message)
                 for _, done in batch:
                     if done is not None:
                         done.set()

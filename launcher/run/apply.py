@@ -6,135 +6,54 @@ listed by tag and every planned key the API already has is adopted (the API is t
 truth). The intent to create is durable before a request leaves the process, and the campaign
 lease is checked (fencing) right before it is sent. An ambiguous outcome is deferred to the end
 of the run and resolved by looking the identity tag up after a wait covering the list lag
-observed in this run (and the request timeout), never by blindly resending (the API has no
-idempotency key). Every wait goes through the injected Clock.
+(observed in this run, else stated or assumed; and the request timeout), never by blindly
+resending (the API has no idempotency key). A key the start listing did not show is created only
+once a listing taken a list lag after the run started agrees. Every wait goes through the Clock.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import anyio
 from anyio.abc import ObjectReceiveStream, TaskGroup
 
-from launcher.api.client import CreateOutcome, DevinClient
-from launcher.api.listlag import LAG_PROBE_STEP, LagProbe
+from launcher.api.client import CreateOutcome, CreateResult, DevinClient
+from launcher.api.listlag import LagProbe
 from launcher.api.models import Session
-from launcher.api.pacing import CircuitBreaker, Clock, MonotonicClock, Pacer, backoff_delay, sleep_unless
+from launcher.api.pacing import (
+    CircuitBreaker,
+    Clock,
+    MonotonicClock,
+    Pacer,
+    Ticket,
+    backoff_delay,
+    sleep_unless,
+)
+from launcher.api.refusals import campaign_refusal
 from launcher.errors import (
     APIError,
     AuthError,
     CircuitOpenError,
-    ConfigError,
     FleetError,
     LockLostError,
     SecretError,
+    leaves,
+    redact,
 )
+from launcher.ledger.binding import check_target
 from launcher.ledger.lease import Lease
-from launcher.ledger.store import LOCK_TTL, EventKind, Ledger, LedgerEvent, off_loop
+from launcher.ledger.store import EventKind, Ledger, LedgerEvent, off_loop
 from launcher.ledger.writer import LedgerWriter
-from launcher.run.reconcile import adoptions, duplicate_events, scan
-from launcher.run.remote import check_remote
-from launcher.run.summary import ApplySummary, Result
-from launcher.spec.plan import Plan, PlannedSession, attempt_of
-
-
-class Reporter(Protocol):
-    """Where the executor reports progress (the CLI draws it; tests may collect it)."""
-
-    def start(self, total: int) -> None: ...
-
-    def advance(self, key: str, result: Result) -> None: ...
-
-    def note(self, message: str) -> None: ...
-
-    def finish(self) -> None: ...
-
-
-class Admission(Protocol):
-    """A gate in front of every launch (e.g. a ceiling on running sessions): the producer awaits
-    `admit` before handing a session to a worker; `done` hears how each admitted one ended."""
-
-    async def admit(self, key: str, stop: anyio.Event) -> bool:
-        """Wait until `key` may launch; False when `stop` was set first (nothing launches)."""
-        ...
-
-    def done(self, key: str, result: Result) -> None: ...
-
-
-class NullReporter:
-    def start(self, total: int) -> None:
-        pass
-
-    def advance(self, key: str, result: Result) -> None:
-        pass
-
-    def note(self, message: str) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-
-@dataclass(frozen=True)
-class ApplyOptions:
-    """How to apply: pacing, selection and time bounds."""
-
-    concurrency: int = 8  # most requests in flight
-    rate: float = 5.0  # most creates per second (the adaptive rate never exceeds it)
-    only: tuple[str, ...] = ()  # globs over keys
-    keys: frozenset[str] | None = None  # explicit selection (a rollout wave), with `only`
-    limit: int | None = None  # most sessions to launch in this run
-    max_attempts: int = 6  # per session, not counting 429s
-    max_rate_limited: int = 200  # 429s per session before giving up
-    lookup_grace: float = 3.0  # least wait between an ambiguous create and its lookup
-    lock_ttl: float = LOCK_TTL  # the lease: heartbeat every ttl/6, stop sending past ttl/2
-    reconcile: bool = True  # list the campaign tag and adopt what exists before creating
-    drain_timeout: float = 30.0  # after a stop, how long in-flight creates may take
-    run_timeout: float | None = None  # the whole run
-    breaker_threshold: int = 12
-    preflight: bool = True  # prove the token and referenced ids first (off: the caller did)
-
-    def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ConfigError("--concurrency must be at least 1")
-        if not self.rate > 0:
-            raise ConfigError("--rate must be positive")
-        if self.limit is not None and self.limit < 0:
-            raise ConfigError("--limit must not be negative")
-        if self.lookup_grace < 0:
-            raise ConfigError("--lookup-grace must not be negative")
-        if not self.lock_ttl > 0:
-            raise ConfigError("the lock TTL must be positive")
-
-
-def select(
-    plan: Plan, ledger: Ledger, options: ApplyOptions, summary: ApplySummary
-) -> list[tuple[PlannedSession, bool]]:
-    """The sessions this run should launch, each with whether it must be looked up first."""
-    records = ledger.records()
-    work: list[tuple[PlannedSession, bool]] = []
-    for s in plan.sessions:
-        if options.only and not any(fnmatch.fnmatchcase(s.key, g) for g in options.only):
-            continue
-        if options.keys is not None and s.key not in options.keys:
-            continue
-        r = records[s.key]
-        if r.state.launched:
-            if r.fingerprint != s.fingerprint:
-                summary.changed.append(s.key)
-            else:
-                summary.already += 1
-            continue
-        work.append((s, r.state.uncertain))
-    if options.limit is not None:
-        work = work[: options.limit]
-    return work
+from launcher.run.budget import check_relaunch
+from launcher.run.options import ApplyOptions
+from launcher.run.startup import StartView, before_creates, confirm_absent, select
+from launcher.run.summary import Admission, ApplySummary, NullReporter, Reporter, Result
+from launcher.spec.identity import carrying, lookup_tag
+from launcher.spec.plan import Plan, PlannedSession
 
 
 @dataclass
@@ -143,63 +62,54 @@ class _Deferred:
 
     session: PlannedSession
     since: float  # clock time of the ambiguous outcome
-    transport: bool  # no HTTP answer (timeout, dropped): the request may still be in transit
+    # No HTTP answer (timeout, dropped): the request may still be in transit for this long.
+    in_transit: float | None
 
 
+@dataclass(eq=False)
 class _ApplyRun:
     """The state of one apply run, shared by its tasks (all on one event loop)."""
 
-    def __init__(
-        self,
-        plan: Plan,
-        client: DevinClient,
-        ledger: Ledger,
-        options: ApplyOptions,
-        reporter: Reporter,
-        clock: Clock,
-        environ: Mapping[str, str] | None,
-        stop: anyio.Event,
-        summary: ApplySummary,
-        admission: Admission | None = None,
-    ) -> None:
-        self.plan = plan
-        self.client = client
-        self.ledger = ledger
-        self.options = options
-        self.reporter = reporter
-        self.clock = clock
-        self.environ = environ
-        self.stop = stop
-        self.summary = summary
-        self.admission = admission
-        self.pacer = Pacer(options.rate, clock)
-        self.breaker = CircuitBreaker(options.breaker_threshold)
-        env = os.environ if environ is None else environ
+    plan: Plan
+    client: DevinClient
+    ledger: Ledger
+    options: ApplyOptions
+    reporter: Reporter
+    clock: Clock
+    environ: Mapping[str, str] | None
+    stop: anyio.Event
+    summary: ApplySummary
+    admission: Admission | None = None
+
+    def __post_init__(self) -> None:
+        self.pacer = Pacer(self.options.rate, self.clock)
+        self.breaker = CircuitBreaker(self.options.breaker_threshold)
+        env = os.environ if self.environ is None else self.environ
         # Every session-secret value this run knows: never stored, never printed.
         self.secrets = sorted(
-            {v for n in plan.secret_env_names() if len(v := env.get(n, "")) >= 3}, key=len, reverse=True
+            {v for n in self.plan.secret_env_names() if len(v := env.get(n, "")) >= 3},
+            key=len,
+            reverse=True,
         )
-        self.writer = LedgerWriter(ledger, self.redact)
+        self.client.secrets.update(self.secrets)  # redacted from its texts before they are cut
+        self.writer = LedgerWriter(self.ledger, self.redact, on_lost=lambda why: self.lease.lose(why))
         self.known: dict[str, set[str]] = {}
         self.intents: dict[str, str] = {}  # key -> fingerprint of its latest create intent
         self.in_flight: set[str] = set()
         self.attempts: dict[str, int] = {}
         self.ambiguous_keys: set[str] = set()
         self.deferred: dict[str, _Deferred] = {}
-        self.request_timeout = client.config.read_timeout
-        self.lease = Lease(ledger, ttl=options.lock_ttl, clock=clock)
+        self.lease = Lease(self.ledger, ttl=self.options.lock_ttl, clock=self.clock)
         self.lease.on_lost(self._lost)
-        self.lag = LagProbe(client, clock, stop)
+        self.lag = LagProbe(self.client, self.clock, self.stop)
         self.task_group: TaskGroup | None = None
         self.pool: TaskGroup | None = None  # the workers' group: parked keys wait in it
-        self.slots = anyio.CapacityLimiter(options.concurrency)
+        self.slots = anyio.CapacityLimiter(self.options.concurrency)
 
     # ------------------------------------------------------------------ helpers
 
     def redact(self, text: str) -> str:
-        for value in self.secrets:
-            text = text.replace(value, "***")
-        return text
+        return redact(text, self.secrets)
 
     def _halt(self, error: FleetError) -> None:
         if self.summary.aborted is None:
@@ -221,6 +131,12 @@ class _ApplyRun:
     async def wait_or_stop(self, delay: float) -> bool:
         """Sleep `delay` on the run's clock, or less if the run is stopped; True if stopped."""
         return await sleep_unless(self.clock, delay, self.stop)
+
+    def start_view(self) -> StartView:
+        """What the start of the run (`startup`) works with."""
+        return StartView(
+            self.plan, self.client, self.ledger, self.options, self.summary, self.reporter.note
+        )
 
     # ------------------------------------------------------------------ the lease (fencing)
 
@@ -249,17 +165,6 @@ class _ApplyRun:
         await self.stop.wait()
         await self.clock.sleep(self.options.drain_timeout)
         scope.cancel()
-
-    def lookup_wait(self, d: _Deferred) -> float:
-        """How long after its ambiguous outcome a key is looked up: the grace, at least twice
-        the list lag observed in this run, and (when the request got no answer) the request
-        timeout, so a create still in transit has landed and shows."""
-        wait = self.options.lookup_grace
-        if self.lag.samples:
-            wait = max(wait, 2 * self.lag.lag + LAG_PROBE_STEP)
-        if d.transport:
-            wait = max(wait, self.request_timeout)
-        return wait
 
     # ------------------------------------------------------------------ launching
 
@@ -326,37 +231,18 @@ class _ApplyRun:
             if await self.wait_or_stop(retry_at - self.clock.now()):
                 self._stopped(key)
                 return
-            async with self.slots:  # at most `concurrency` in flight, parked keys included
-                attempt = self.attempts.get(key, 0) + 1
-                body = s.body(self.environ)
-                # The intent is durable before the pacer admits the create, so the request
-                # leaves as soon as it is admitted: a group commit's few milliseconds between
-                # the two would make the server see the paced gaps unevenly.
-                intent = LedgerEvent(
-                    key, EventKind.intent, attempt, fingerprint=s.fingerprint, launch_attempt=s.attempt
-                )
-                await self.writer.submit(intent)
-                self.intents[key] = s.fingerprint
-                ticket = await self.pacer.acquire(self.stop, not_before=retry_at)
-                if ticket is None:  # stopped while waiting for the rate: nothing was sent
-                    await self.writer.submit(
-                        LedgerEvent(key, EventKind.not_sent, attempt, detail="stopped before sending"),
-                        wait=False,
-                    )
-                    self._stopped(key)
-                    return
-                if not await self.lease.held():  # fencing: right before the request leaves
-                    self._done(key, Result.not_started, "not sent: this run lost the campaign lock")
-                    return
-                self.attempts[key] = attempt
-                result = await self.client.create_session(body)
+            sent = await self._send(s, retry_at)
+            if sent is None:
+                return
+            attempt, ticket, result = sent
             o = result.outcome
             message = self.redact(result.message)
             if o == CreateOutcome.created:
                 assert result.session is not None
                 self.pacer.on_success(ticket, result.rate_limit)
                 self.breaker.record(True)
-                self.lag.created(s.identity_tag)
+                by_title = self.plan.manifest.manifest.identity == "title"
+                self.lag.created(s.identity_tag, result.session.session_id if by_title else None)
                 await self._adopt(s, result.session, EventKind.created, result.status)
                 return
             if o == CreateOutcome.rate_limited:
@@ -388,6 +274,8 @@ class _ApplyRun:
             if o == CreateOutcome.rejected:
                 self.breaker.record(True)
                 await self._refused(s, f"HTTP {result.status}: {message}", result.status)
+                if (refusal := campaign_refusal(s.key, result.status, message)) is not None:
+                    self._halt(refusal)
                 return
             if o == CreateOutcome.not_sent:
                 await self.writer.submit(
@@ -400,26 +288,59 @@ class _ApplyRun:
                     self._stopped(key)
                     return
                 continue
-            # Ambiguous: the session may exist. Never resend blindly: defer the key to the end
-            # of the run and look its identity tag up once the list has caught up.
-            self.ambiguous_keys.add(key)
-            await self.writer.submit(
-                LedgerEvent(key, EventKind.ambiguous, attempt, result.status, detail=message)
-            )
-            if self.breaker.record(False):
-                self._halt(
-                    CircuitOpenError(
-                        f"{self.breaker.consecutive} consecutive ambiguous or 5xx create outcomes; "
-                        "stopped launching",
-                        hint="the API looks unhealthy: re-run apply later; it "
-                        "reconciles what is unknown",
-                    )
-                )
-            self.deferred[key] = _Deferred(s, self.clock.now(), result.status is None)
-            self.summary.errors[key] = message
-            if self.task_group is not None:
-                self.lag.start(self.task_group)
+            await self._ambiguous(s, attempt, result.status, message)
             return
+
+    async def _send(self, s: PlannedSession, retry_at: float) -> tuple[int, Ticket, CreateResult] | None:
+        """One create of `s`: its intent durable first, then paced, then fenced. None when
+        nothing was sent (stopped, or the lease is lost: the key is settled)."""
+        key = s.key
+        async with self.slots:  # at most `concurrency` in flight, parked keys included
+            attempt = self.attempts.get(key, 0) + 1
+            body = s.body(self.environ)
+            # The intent is durable before the pacer admits the create, so the request
+            # leaves as soon as it is admitted: a group commit's few milliseconds between
+            # the two would make the server see the paced gaps unevenly.
+            intent = LedgerEvent(
+                key, EventKind.intent, attempt, fingerprint=s.fingerprint, launch_attempt=s.attempt
+            )
+            await self.writer.submit(intent)
+            self.intents[key] = s.fingerprint
+            ticket = await self.pacer.acquire(self.stop, not_before=retry_at)
+            if ticket is None:  # stopped while waiting for the rate: nothing was sent
+                await self.writer.submit(
+                    LedgerEvent(key, EventKind.not_sent, attempt, detail="stopped before sending"),
+                    wait=False,
+                )
+                self._stopped(key)
+                return None
+            if not await self.lease.held():  # fencing: right before the request leaves
+                self._done(key, Result.not_started, "not sent: this run lost the campaign lock")
+                return None
+            self.attempts[key] = attempt
+            return attempt, ticket, await self.client.create_session(body)
+
+    async def _ambiguous(
+        self, s: PlannedSession, attempt: int, status: int | None, message: str
+    ) -> None:
+        """The session may exist. Never resend blindly: defer the key to the end of the run
+        and look its identity tag up once the list has caught up."""
+        key = s.key
+        self.ambiguous_keys.add(key)
+        await self.writer.submit(LedgerEvent(key, EventKind.ambiguous, attempt, status, detail=message))
+        if self.breaker.record(False):
+            self._halt(
+                CircuitOpenError(
+                    f"{self.breaker.consecutive} consecutive ambiguous or 5xx create outcomes; "
+                    "stopped launching",
+                    hint="the API looks unhealthy: re-run apply later; it reconciles what is unknown",
+                )
+            )
+        in_transit = self.client.config.read_timeout if status is None else None
+        self.deferred[key] = _Deferred(s, self.clock.now(), in_transit)
+        self.summary.errors[key] = message
+        if self.task_group is not None:
+            self.lag.start(self.task_group)
 
     async def resolve(self, s: PlannedSession) -> None:
         """A deferred key, after its wait: adopted if found, else resent (within the attempt
@@ -446,11 +367,12 @@ class _ApplyRun:
         wait for the list lag first). Returns adopted/unknown when the key is settled, None
         when it is surely absent."""
         known = self.known.get(s.key, set())
+        tag = lookup_tag(self.plan.manifest.manifest.identity, self.plan.campaign_tag, s.identity_tag)
         sessions: list[Session] = []
         for tries in range(3):
             try:
                 async with self.slots:
-                    sessions = [x async for x in self.client.list_sessions(tags=[s.identity_tag])]
+                    sessions = [x async for x in self.client.list_sessions(tags=[tag])]
                 break
             except AuthError:
                 raise
@@ -463,10 +385,7 @@ class _ApplyRun:
                 if await self.wait_or_stop(backoff_delay(tries + 1, base=0.5, cap=15.0)):
                     self._done(s.key, Result.unknown, f"{why}; not looked up: stopped")
                     return Result.unknown
-        fresh = sorted(
-            (x for x in sessions if x.session_id not in known and attempt_of(x.tags) == s.attempt),
-            key=lambda x: (x.created_at, x.session_id),
-        )
+        fresh = carrying(sessions, s.identity_tag, s.attempt, known)
         if fresh:
             if len(fresh) > 1:
                 self.reporter.note(
@@ -520,57 +439,6 @@ class _ApplyRun:
         )
         self._done(s.key, Result.gave_up, message)
 
-    # ------------------------------------------------------------------ reconcile
-
-    async def before_creates(self) -> None:
-        """The preflight (token, referenced ids) and the reconcile listing at once: both only
-        read, both end before the first create, and the run waits one round trip, not two."""
-        failed: dict[str, FleetError] = {}
-
-        async def guarded(name: str, step: Callable[[], Awaitable[None]]) -> None:
-            try:
-                await step()
-            except FleetError as exc:
-                failed[name] = exc
-
-        async with anyio.create_task_group() as tg:
-            if self.options.preflight:
-                tg.start_soon(guarded, "preflight", self.preflight)
-            if self.options.reconcile:
-                tg.start_soon(guarded, "reconcile", self.reconcile)
-        if "preflight" in failed:  # a bad token or a missing id: the reconcile's 401 says less
-            raise failed["preflight"]
-        if "reconcile" in failed:
-            if not isinstance(failed["reconcile"], AuthError):
-                raise failed["reconcile"]
-            self._halt(failed["reconcile"])  # may not list sessions: nothing is sent blind
-
-    async def preflight(self) -> None:
-        for warning in await check_remote(self.plan, self.client):
-            self.reporter.note(warning)  # "... not verified": it never blocks
-
-    async def reconcile(self) -> None:
-        """Before any create: adopt every planned key the API already has a session for."""
-        rec = await scan(self.plan, self.client)
-        adopted = await off_loop(adoptions, self.plan, self.ledger, rec, how="reconcile")
-        dups = await off_loop(duplicate_events, rec, self.ledger)
-        if adopted or dups:
-            await off_loop(self.ledger.write_events, adopted + dups)
-        for e in adopted:
-            self.summary.results[e.key] = Result.adopted
-        self.summary.reconciled = len(adopted)
-        self.summary.strays = len(rec.strays)
-        self.summary.duplicates.update(
-            {k: [x.session_id for x in v] for k, v in rec.duplicates().items()}
-        )
-        for w in rec.warnings():
-            self.reporter.note(w)
-        if adopted:
-            self.reporter.note(
-                f"reconcile: {len(adopted)} planned session(s) already exist in the API "
-                "(a lost or other ledger): adopted, not relaunched"
-            )
-
 
 async def apply_plan(
     plan: Plan,
@@ -600,12 +468,21 @@ async def apply_plan(
     missing = plan.missing_secret_env(environ)
     if missing:
         raise SecretError(missing)
+    # Bound to its org on the first launch: another org's ledger is refused, never reused.
+    await off_loop(check_target, ledger, client.config.base_url, client.config.org_id, claim=True)
     run = _ApplyRun(plan, client, ledger, options, reporter, clock, environ, stop, summary, admission)
-    await run.lease.acquire()
+    await run.lease.acquire(wait=options.lock_timeout)
     try:
         await off_loop(ledger.sync_plan, plan)
-        await run.before_creates()
+        # relaunches count: the plan's rest may no longer fit the budget
+        await off_loop(check_relaunch, plan, ledger)
+        listed_at = clock.now()
+        halt = await before_creates(plan, client, ledger, options, summary, reporter.note)
+        if halt is not None:
+            run._halt(halt)  # may not list sessions: nothing is sent blind
         work = await off_loop(select, plan, ledger, options, summary)
+        if not run.stop.is_set():
+            work = await confirm_absent(run.start_view(), run.lag, run.lease, work, listed_at)
         run.known = await off_loop(ledger.session_ids_by_key)  # one query, not one per key
         run.intents = await off_loop(ledger.intent_fingerprints)
         run.lease.last_beat = clock.now()
@@ -655,8 +532,11 @@ async def _settle_deferred(run: _ApplyRun) -> None:
     """Rounds of lookups for the keys whose creates were ambiguous, each after its wait."""
     while run.deferred and not run.stop.is_set():
         await run.lag.first_figure()  # the lag is being measured: wait for its first figure
-        now = run.clock.now()
-        due = max(d.since + run.lookup_wait(d) for d in run.deferred.values())
+        now, grace = run.clock.now(), run.options.lookup_grace
+        due = max(
+            d.since + run.lag.lookup_wait(grace, d.in_transit, run.options.list_lag)
+            for d in run.deferred.values()
+        )
         if due > now:
             run.reporter.note(
                 f"{len(run.deferred)} ambiguous create(s): looking them up in {due - now:.1f}s "
@@ -671,12 +551,13 @@ async def _settle_deferred(run: _ApplyRun) -> None:
 
 async def _drive(run: _ApplyRun, work: Sequence[tuple[PlannedSession, bool]]) -> None:
     # Keys whose earlier outcome is unknown were just looked for in the reconcile listing;
-    # their second look comes after the lag wait, with the run's ambiguous keys.
+    # their second look comes after the lag wait, with the run's ambiguous keys. A crashed
+    # run's request got no answer: it waits the request timeout too (it may be in transit).
     fresh = [(s, False) for s, uncertain in work if not uncertain]
     now = run.clock.now()
     for s, uncertain in work:
         if uncertain:
-            run.deferred[s.key] = _Deferred(s, now, False)
+            run.deferred[s.key] = _Deferred(s, now, run.client.config.read_timeout)
     try:
         async with anyio.create_task_group() as outer:
             outer.start_soon(run.writer.run, run.writer.recv)
@@ -707,14 +588,7 @@ async def _drive(run: _ApplyRun, work: Sequence[tuple[PlannedSession, bool]]) ->
                         run._done(s.key, Result.not_started)
                 run.writer.send.close()
     except BaseExceptionGroup as group:
-        fleet = [e for e in _leaves(group) if isinstance(e, FleetError)]
+        fleet = [e for e in leaves(group) if isinstance(e, FleetError)]
         if fleet:
             raise fleet[0] from None
         raise
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for e in group.exceptions:
-        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
-    return out

@@ -7,11 +7,13 @@ import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import anyio
 
 from launcher.api.client import DevinClient
 from launcher.errors import APIError, AuthError
+from launcher.ledger.binding import check_target
 from launcher.ledger.store import EventKind, Ledger, LedgerEvent, off_loop
 from launcher.run.status import CONCURRENCY, CampaignView, Outcome
 
@@ -24,12 +26,79 @@ class CancelResult(StrEnum):
 
 @dataclass
 class CancelReport:
+    """What a cancel did, by label (a key, or a session id for strays and duplicates)."""
+
     results: dict[str, CancelResult] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    @property
+    def cancelled(self) -> int:
+        """How many are gone now (terminated, or already gone)."""
+        return sum(1 for r in self.results.values() if r != CancelResult.error)
+
+    def to_json(self, campaign: str, selected: list[str]) -> dict[str, Any]:
+        """The report of `cancel -o json`."""
+        return {
+            "campaign": campaign,
+            "selected": selected,
+            "results": {k: v.value for k, v in self.results.items()},
+            "errors": dict(self.errors),
+            "cancelled": self.cancelled,
+            "ok": self.ok,
+        }
+
+
+@dataclass(frozen=True)
+class CancelTargets:
+    """What a cancel would terminate, chosen from a refreshed view of the campaign."""
+
+    targets: list[tuple[str, str]]  # (label, session id): label is the key, or "stray"
+    listing: list[str]  # one line per target, for the confirmation
+    what: str  # "live", or "stray or duplicate"
+    of: str = ""  # " of items removed from the manifest" with `gone`
+    by_id: bool = False  # extras (strays, duplicates): terminated by session id
+
+    @property
+    def selected(self) -> list[str]:
+        return [label for label, _ in self.targets]
+
+
+def cancel_targets(
+    view: CampaignView,
+    only: tuple[str, ...] = (),
+    *,
+    gone: bool = False,
+    strays: bool = False,
+    duplicates: bool = False,
+) -> CancelTargets:
+    """The campaign's live sessions to cancel (`cancellable`), or with `strays`/`duplicates`
+    the extra sessions no planned key owns (`extras`)."""
+    if strays or duplicates:
+        extra = extras(view, strays=strays, duplicates=duplicates)
+        listing = [f"  {label}  {sid}" for label, sid in extra]
+        return CancelTargets(extra, listing, "stray or duplicate", by_id=True)
+    by_key = {s.key: s for s in view.sessions}
+    keys = cancellable(view, only, gone=gone)
+    return CancelTargets(
+        [(k, by_key[k].session_id or "") for k in keys],
+        [f"  {k}  {by_key[k].session_id}  {by_key[k].outcome.value}" for k in keys],
+        "live",
+        " of items removed from the manifest" if gone else "",
+    )
+
+
+async def cancel_campaign(
+    client: DevinClient, ledger: Ledger, chosen: CancelTargets, *, archive: bool = False
+) -> CancelReport:
+    """Terminate what `cancel_targets` chose (and archive it), recorded in the ledger: planned
+    keys by key (`cancel_sessions`), extras by session id (`cancel_ids`)."""
+    if chosen.by_id:
+        return await cancel_ids(client, ledger, chosen.targets, archive=archive)
+    return await cancel_sessions(client, ledger, chosen.selected, archive=archive)
 
 
 def cancellable(view: CampaignView, only: tuple[str, ...] = (), *, gone: bool = False) -> list[str]:
@@ -95,6 +164,7 @@ async def cancel_sessions(
     A session the API no longer knows counts as cancelled. AuthError stops everything (after
     recording what was already terminated); other errors are per session.
     """
+    await off_loop(check_target, ledger, client.config.base_url, client.config.org_id)
     records = await off_loop(ledger.records)
     report = CancelReport()
     targets = []
@@ -128,6 +198,7 @@ async def cancel_ids(
     """Terminate sessions by id (strays, duplicates); log each in the ledger's event log (the
     planned keys' rows are untouched: the session each key keeps stays its own). The report
     is by session id."""
+    await off_loop(check_target, ledger, client.config.base_url, client.config.org_id)
     report = CancelReport()
     label_of = {sid: label for label, sid in targets}
 

@@ -9,18 +9,21 @@ stays `pending`, and before anything is sent again the session's messages are re
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 
-from launcher.api.client import CreateOutcome, DevinClient
+from launcher.api.client import CreateOutcome, CreateResult, DevinClient
 from launcher.api.pacing import Clock, MonotonicClock, Pacer
 from launcher.errors import APIError, AuthError, LockLostError
+from launcher.ledger.binding import check_target
 from launcher.ledger.lease import Lease
 from launcher.ledger.store import Ledger, off_loop
+from launcher.run.options import MESSAGE_RATE
 from launcher.run.status import SessionView
 from launcher.spec.plan import Plan
 from launcher.spec.templating import TemplateFailure, Templates
@@ -140,113 +143,60 @@ async def delivered(client: DevinClient, out: Outgoing) -> bool:
     return False
 
 
-LOOKUP = "found by lookup"
-
-
-async def send_messages(
+async def _settled_by_lookup(
     client: DevinClient,
     ledger: Ledger,
-    batch: MessageBatch,
-    *,
-    rate: float = 1.0,
-    clock: Clock | None = None,
-    concurrency: int = CONCURRENCY,
-) -> MessageReport:
-    """Send every message of `batch` once, holding the campaign lock (LockedError when another
-    run holds it); raises AuthError (401/403) after stopping.
+    out: Outgoing,
+    report: MessageReport,
+    auth: list[AuthError],
+    why: str | None = None,
+) -> Literal["found", "error", "auth"] | None:
+    """Read the session's messages back: None when `out` is surely not there; else `found`
+    (recorded as sent), `error` (the lookup failed or, after `why`, it is not there: an error
+    of the report) or `auth`."""
+    try:
+        found = await delivered(client, out)
+    except AuthError as exc:
+        auth.append(exc)
+        return "auth"
+    except APIError as exc:
+        report.errors[out.key] = f"outcome unknown and the lookup failed: {exc.message}"
+        return "error"
+    if found:
+        await off_loop(ledger.message_outcome, out.session_id, out.digest, "sent", "found by lookup")
+        report.found += 1
+        return "found"
+    if why is not None:
+        report.errors[out.key] = f"outcome unknown ({why}): the next run looks it up first"
+        return "error"
+    return None
 
-    Paced as apply paces creates: one `Pacer` learns the server's limit (429s, rate-limit
-    headers), a 429 parks its message for its own Retry-After without holding one of the
-    `concurrency` slots, and the pacer's end game knows how many are left."""
-    pacer = Pacer(rate, clock or MonotonicClock())
-    pacer.remaining = len(batch.todo)
-    report = MessageReport()
-    auth: list[AuthError] = []
-    lost: list[LockLostError] = []
-    limiter = anyio.CapacityLimiter(concurrency)
 
-    async def lookup(out: Outgoing) -> bool | None:
-        try:
-            return await delivered(client, out)
-        except AuthError as exc:
-            auth.append(exc)
-            return None
-        except APIError as exc:
-            report.errors[out.key] = f"outcome unknown and the lookup failed: {exc.message}"
-            return None
+def _record_answer(
+    ledger: Ledger, out: Outgoing, result: CreateResult, report: MessageReport
+) -> Literal["sent", "retry", "auth", "failed", "ambiguous"]:
+    """Record what the API answered to `out` (the ledger, the report); say what comes next."""
+    if result.outcome is CreateOutcome.created:
+        ledger.message_outcome(out.session_id, out.digest, "sent")
+        report.sent += 1
+        return "sent"
+    if result.outcome is CreateOutcome.rate_limited:
+        ledger.message_outcome(out.session_id, out.digest, "not_sent", "rate limited")
+        return "retry"
+    if result.outcome is CreateOutcome.auth:
+        ledger.message_outcome(out.session_id, out.digest, "not_sent", result.message)
+        return "auth"
+    if result.outcome in (CreateOutcome.not_sent, CreateOutcome.rejected):
+        ledger.message_outcome(out.session_id, out.digest, result.outcome.value, result.message)
+        report.errors[out.key] = result.message
+        return "failed"
+    return "ambiguous"
 
-    async def one(out: Outgoing, scope: anyio.CancelScope) -> None:
-        try:
-            await attempts(out, scope)
-        finally:
-            if pacer.remaining:
-                pacer.remaining -= 1
 
-    async def attempts(out: Outgoing, scope: anyio.CancelScope) -> None:
-        if out.pending:
-            async with limiter:
-                found = await lookup(out)
-            if found is None:
-                return
-            if found:
-                await off_loop(ledger.message_outcome, out.session_id, out.digest, "sent", LOOKUP)
-                report.found += 1
-                return
-        retry_at = 0.0  # this message's own Retry-After, as a clock time
-        while True:
-            await pacer.wait_until(retry_at)  # parked: out of the queue and out of the slots
-            async with limiter:
-                ticket = await pacer.acquire(not_before=retry_at)
-                assert ticket is not None  # no stop event: acquire always admits in the end
-                # A long, slowly paced run keeps its lease, and never sends on a lost one
-                # (paused past the lease and taken over: the other run may send it too).
-                if not await lease.held():  # the fence: right before the intent and the POST
-                    scope.cancel()
-                    return
-                await off_loop(ledger.message_intent, out.key, out.session_id, out.digest, out.text)
-                result = await client.send_message(out.session_id, out.text)
-            if result.outcome is CreateOutcome.created:
-                await off_loop(ledger.message_outcome, out.session_id, out.digest, "sent")
-                pacer.on_success(ticket, result.rate_limit)
-                report.sent += 1
-                return
-            if result.outcome is CreateOutcome.rate_limited:
-                await off_loop(
-                    ledger.message_outcome, out.session_id, out.digest, "not_sent", "rate limited"
-                )
-                retry_at = pacer.on_429(ticket, result.retry_after, result.rate_limit)
-                continue
-            if result.outcome is CreateOutcome.auth:
-                await off_loop(
-                    ledger.message_outcome, out.session_id, out.digest, "not_sent", result.message
-                )
-                auth.append(AuthError(result.message, status=result.status))
-                scope.cancel()
-                return
-            if result.outcome in (CreateOutcome.not_sent, CreateOutcome.rejected):
-                await off_loop(
-                    ledger.message_outcome,
-                    out.session_id,
-                    out.digest,
-                    result.outcome.value,
-                    result.message,
-                )
-                report.errors[out.key] = result.message
-                return
-            # ambiguous: it may have arrived; read back once, else the next run looks again
-            async with limiter:
-                found = await lookup(out)
-            if found:
-                await off_loop(ledger.message_outcome, out.session_id, out.digest, "sent", LOOKUP)
-                report.found += 1
-            elif found is not None:
-                report.errors[out.key] = (
-                    f"outcome unknown ({result.message}): the next run looks it up first"
-                )
-            return
-
-    # The campaign lease keeps two senders (or a sender and an apply) apart: without it two
-    # runs could both find a message unsent and both send it.
+async def _sender_lease(ledger: Ledger, lost: list[LockLostError]) -> Lease:
+    """The campaign lease, held while messages go out: it keeps two senders (or a sender and
+    an apply) apart, without which two runs could both find a message unsent and both send it.
+    Its loss is appended to `lost`."""
     lease = Lease(ledger)
     await lease.acquire()
     lease.on_lost(
@@ -258,12 +208,104 @@ async def send_messages(
             )
         )
     )
+    return lease
+
+
+def recheck(todo: Sequence[Outgoing], ledger: Ledger, report: MessageReport) -> list[Outgoing]:
+    """The batch as the ledger says now, under the lease: it was built before the prompt, and
+    another run may have sent (or tried) the same text since. Sent ones are dropped (counted as
+    found), ones another run left pending are looked up before any send."""
+    known = ledger.messages()
+    left = []
+    for out in todo:
+        record = known.get((out.session_id, out.digest))
+        state = record.state if record is not None else None
+        if state == "sent":
+            report.found += 1
+        else:
+            left.append(dataclasses.replace(out, pending=out.pending or state == "pending"))
+    return left
+
+
+async def send_messages(
+    client: DevinClient,
+    ledger: Ledger,
+    batch: MessageBatch,
+    *,
+    rate: float = MESSAGE_RATE,
+    clock: Clock | None = None,
+    concurrency: int = CONCURRENCY,
+    on_done: Callable[[str, str], None] | None = None,
+) -> MessageReport:
+    """Send every message of `batch` once, holding the campaign lock (LockedError when another
+    run holds it); raises AuthError (401/403) after stopping. `on_done(key, result)` hears of
+    each message as it settles: `sent`, `found` (delivered earlier) or `error`.
+
+    Paced as apply paces creates: one `Pacer` learns the server's limit (429s, rate-limit
+    headers), a 429 parks its message for its own Retry-After outside the `concurrency`
+    slots, and the pacer's end game knows how many are left."""
+    await off_loop(check_target, ledger, client.config.base_url, client.config.org_id)
+    pacer = Pacer(rate, clock or MonotonicClock())
+    pacer.remaining = len(batch.todo)
+    report = MessageReport()
+    auth: list[AuthError] = []
+    lost: list[LockLostError] = []
+    limiter = anyio.CapacityLimiter(concurrency)
+
+    async def one(out: Outgoing, scope: anyio.CancelScope) -> str | None:
+        if out.pending:
+            async with limiter:
+                settled = await _settled_by_lookup(client, ledger, out, report, auth)
+            if settled is not None:
+                return None if settled == "auth" else settled
+        retry_at = 0.0  # this message's own Retry-After, as a clock time
+        while True:
+            await pacer.wait_until(retry_at)  # parked: out of the queue and out of the slots
+            async with limiter:
+                ticket = await pacer.acquire(not_before=retry_at)
+                assert ticket is not None  # no stop event: acquire always admits in the end
+                # A long, slowly paced run keeps its lease, and never sends on a lost one
+                # (paused past the lease and taken over: the other run may send it too).
+                if not await lease.held():  # the fence: right before the intent and the POST
+                    scope.cancel()
+                    return None
+                await off_loop(ledger.message_intent, out.key, out.session_id, out.digest, out.text)
+                result = await client.send_message(out.session_id, out.text)
+            answer = await off_loop(_record_answer, ledger, out, result, report)
+            if answer == "sent":
+                pacer.on_success(ticket, result.rate_limit)
+                return "sent"
+            if answer == "retry":
+                retry_at = pacer.on_429(ticket, result.retry_after, result.rate_limit)
+                continue
+            if answer == "auth":
+                auth.append(AuthError(result.message, status=result.status))
+                scope.cancel()
+                return None
+            if answer == "failed":
+                return "error"
+            # ambiguous: it may have arrived: read back once (if not there, the next run
+            # looks again)
+            async with limiter:
+                settled = await _settled_by_lookup(client, ledger, out, report, auth, result.message)
+            return None if settled == "auth" else settled
+
+    async def tracked(out: Outgoing, scope: anyio.CancelScope) -> None:
+        try:
+            result = await one(out, scope)
+        finally:
+            if pacer.remaining:
+                pacer.remaining -= 1  # the end game counts what is left
+        if result is not None and on_done is not None:
+            on_done(out.key, result)
+
+    lease = await _sender_lease(ledger, lost)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(lease.keep)
             async with anyio.create_task_group() as senders:
-                for out in batch.todo:
-                    senders.start_soon(one, out, senders.cancel_scope)
+                for out in await off_loop(recheck, batch.todo, ledger, report):
+                    senders.start_soon(tracked, out, senders.cancel_scope)
             tg.cancel_scope.cancel()  # every message is done: end the heartbeat
     finally:
         await lease.release()

@@ -4,6 +4,7 @@ never relaunches what exists, and strays and duplicates become visible.
 
 Identity of a launch = (campaign, key, attempt): `fleet:<campaign>`, `fleet-key:<16 hex>`, and
 `fleet-attempt:<n>` for n >= 2. `fleet-fp:<8 hex>` tells what the session was launched from.
+With `identity: title` the same markers travel in a title suffix (`launcher.spec.identity`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from dataclasses import dataclass, field
 
 from launcher.api.client import DevinClient
 from launcher.api.models import Session
+from launcher.ledger.binding import check_target
 from launcher.ledger.records import AttemptRecord
 from launcher.ledger.store import EventKind, Ledger, LedgerEvent, off_loop
+from launcher.spec.identity import session_markers
 from launcher.spec.plan import FP_TAG_PREFIX, Plan, PlannedSession, attempt_of
 
 ENDED = frozenset({"exit", "error"})  # a session in these states is not live
@@ -24,7 +27,7 @@ ENDED = frozenset({"exit", "error"})  # a session in these states is not live
 
 def fp_prefix(session: Session) -> str | None:
     """The 8-hex fingerprint prefix a session's `fleet-fp:` tag carries, if any."""
-    for t in session.tags:
+    for t in session_markers(session):
         if t.startswith(FP_TAG_PREFIX):
             return t[len(FP_TAG_PREFIX) :]
     return None
@@ -45,17 +48,16 @@ class Reconciliation:
     listed: int = 0
     requests: int = 0
 
-    keep: dict[str, str] = field(default_factory=dict)  # key -> the session the ledger holds
-
     def duplicates(self) -> dict[str, list[Session]]:
-        """Keys with more than one live session for one attempt: the one to keep first (the
-        ledger's, else the earliest created), then the extras."""
+        """Keys with more than one live session for one attempt: the one to keep first, then
+        the extras. The keeper is a rule every machine agrees on without its ledger (two
+        runners healing at once must keep the same one): the earliest `created_at`, then the
+        smallest session id."""
         out = {}
         for key, sessions in self.by_key.items():
             live = [s for s in sessions if s.status not in ENDED]
             if len(live) > 1:
-                kept = self.keep.get(key)
-                out[key] = sorted(live, key=lambda s: (s.session_id != kept, *_order(s)))
+                out[key] = sorted(live, key=_order)
         return out
 
     def warnings(self) -> list[str]:
@@ -69,9 +71,10 @@ class Reconciliation:
                 f"first: {first}: {', '.join(s.session_id for s in dups[first])}); "
                 "`devin-fleet cancel --duplicates` ends the extras, keeping the earliest"
             )
-        if self.strays:
+        live = [x for x in self.strays if x.status not in ENDED]  # ended ones need nothing
+        if live:
             out.append(
-                f"{len(self.strays)} session(s) carry the campaign tag but match no planned key "
+                f"{len(live)} live session(s) carry the campaign tag but match no planned key "
                 "(removed items, or another manifest's): `status` lists them, "
                 "`cancel --strays` ends them"
             )
@@ -85,17 +88,19 @@ async def scan(plan: Plan, client: DevinClient, *, page_size: int = 200) -> Reco
     rec = Reconciliation()
     async for session in client.list_sessions(tags=[plan.campaign_tag], first=page_size):
         rec.listed += 1
-        key = next((keys[t] for t in session.tags if t in keys), None)
+        key = next((keys[t] for t in session_markers(session) if t in keys), None)
         if key is None:
             rec.strays.append(session)
             continue
         rec.by_key.setdefault(key, []).append(session)
     # Each key's latest attempt is its current one; earlier attempts are set aside.
     for key, sessions in list(rec.by_key.items()):
-        latest = max(attempt_of(x.tags) for x in sessions)
+        latest = max(attempt_of(session_markers(x)) for x in sessions)
         rec.attempts[key] = latest
-        rec.by_key[key] = sorted((x for x in sessions if attempt_of(x.tags) == latest), key=_order)
-        older = [x for x in sessions if attempt_of(x.tags) != latest]
+        rec.by_key[key] = sorted(
+            (x for x in sessions if attempt_of(session_markers(x)) == latest), key=_order
+        )
+        older = [x for x in sessions if attempt_of(session_markers(x)) != latest]
         if older:
             rec.other_attempts[key] = sorted(older, key=_order)
     rec.strays.sort(key=_order)
@@ -152,7 +157,6 @@ def adoptions(plan: Plan, ledger: Ledger, rec: Reconciliation, *, how: str) -> l
 
 def duplicate_events(rec: Reconciliation, ledger: Ledger) -> list[LedgerEvent]:
     """One `duplicate` event per extra live session not logged as one yet (status, apply)."""
-    rec.keep = {k: r.session_id for k, r in ledger.records().items() if r.session_id}
     logged = ledger.session_ids_by_key()
     events = []
     for key, live in rec.duplicates().items():
@@ -178,7 +182,7 @@ def remember_earlier(ledger: Ledger, earlier: Mapping[str, list[Session]]) -> in
     new = []
     for key, sessions in earlier.items():
         for x in sessions:  # earliest first: one per (key, attempt), the earliest
-            n = attempt_of(x.tags)
+            n = attempt_of(session_markers(x))
             if x.session_id in known.get(key, ()) or (key, n) in have:
                 continue
             have.add((key, n))
@@ -204,13 +208,32 @@ def remember_earlier(ledger: Ledger, earlier: Mapping[str, list[Session]]) -> in
     return ledger.remember_attempts(new)
 
 
+def keep_the_keepers(rec: Reconciliation, ledger: Ledger) -> int:
+    """Point a key's ledger row at the keeper of its sessions (the earliest created, then the
+    smallest id: `Reconciliation.duplicates`' rule) when it holds a later one, so every ledger
+    follows the session every machine keeps, and ending the extras (here or on another
+    machine) never ends the one it follows. Returns how many rows moved."""
+    records = ledger.records()
+    moved = 0
+    for key, sessions in rec.by_key.items():
+        r = records.get(key)
+        keeper = sessions[0]
+        held = r.session_id if r is not None and r.state.launched else None
+        if held and held != keeper.session_id and any(x.session_id == held for x in sessions[1:]):
+            ledger.keep_session(key, keeper.session_id, keeper.url)
+            moved += 1
+    return moved
+
+
 async def rebuild(plan: Plan, client: DevinClient, ledger: Ledger) -> Reconciliation:
     """Bring the ledger up to what the API holds: rows for the plan, adopted sessions, logged
     duplicates (used by apply, status/results/cancel on a fresh clone, `plan --check-remote`)."""
+    await off_loop(check_target, ledger, client.config.base_url, client.config.org_id, claim=True)
     await off_loop(ledger.sync_plan, plan)
     rec = await scan(plan, client)
     events = await off_loop(adoptions, plan, ledger, rec, how="reconcile")
     events += await off_loop(duplicate_events, rec, ledger)
     if events:
         await off_loop(ledger.write_events, events)
+    await off_loop(keep_the_keepers, rec, ledger)
     return rec

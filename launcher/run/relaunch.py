@@ -8,11 +8,12 @@ attempt n whole in the ledger's `attempts` table and turns K's row into attempt 
 From then on attempt n+1 is an ordinary planned launch of apply (intent before the create,
 lookup by its identity tag and attempt tag after an ambiguous outcome or a crash, adoption by
 the start-of-apply reconcile). A selector is evaluated against each key's *latest* attempt:
-a key whose latest attempt was itself created by a relaunch that is not final yet (or not
-created yet), or by a relaunch with the same selectors (the request, recorded with it), is
-"already relaunched": reported and left alone. So re-running the same command line creates
-nothing more, whenever it runs; relaunching attempt n+1 again takes a different request (for
-example its key, or its key glob).
+`failed` means the keys whose latest attempt is failed now, so the same command relaunches
+again the keys whose new attempt failed too, as often as needed. A key whose latest attempt
+is a relaunch not created or not final yet is "already relaunched": reported and left alone,
+so re-running the command while the new attempts are live creates nothing. A key glob names
+keys rather than a state: a key whose latest attempt the same request (its selectors,
+recorded with it) created is left alone too, final or not.
 
 The earlier attempt is terminated first when it is live (the termination is recorded as
 pending in the same write, and done before any attempt n+1 is created, also by a re-run after
@@ -33,9 +34,12 @@ from launcher.api.client import DevinClient
 from launcher.errors import APIError, AuthError, FleetError, SelectorError
 from launcher.ledger.attempts import AttemptRecord, attempt_history, relaunch, set_termination
 from launcher.ledger.store import Ledger, Record, off_loop
+from launcher.run.budget import check_relaunch
 from launcher.run.reconcile import ENDED
 from launcher.run.status import CampaignView, Outcome, SessionView
-from launcher.spec.plan import ATTEMPT_TAG_PREFIX, FP_TAG_PREFIX, Plan, build_plan, fingerprint_tag
+from launcher.spec.build import build_plan
+from launcher.spec.identity import stamp
+from launcher.spec.plan import Plan
 
 OUTCOME_SELECTORS = {
     "failed": Outcome.failed,
@@ -110,8 +114,9 @@ class Selection:
                 )
         if self.already:
             lines.append(
-                f"  already relaunched, not again: {len(self.already)} key(s) whose latest "
-                "attempt this same request created, or is still in progress: " + _few(self.already)
+                f"  already relaunched, not again: {len(self.already)} key(s) whose new "
+                "attempt is not final yet (or, for a key glob, was made by this same command): "
+                + _few(self.already)
             )
         if self.not_launched:
             lines.append(
@@ -125,29 +130,46 @@ def _few(keys: Iterable[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
+def _nothing_is(selector: str, campaign: str) -> SelectorError:
+    return SelectorError(
+        f"{selector}: no session of campaign {campaign} is {selector} "
+        "(by the latest status); nothing to relaunch",
+        hint="`devin-fleet status MANIFEST` shows each key's outcome",
+    )
+
+
 def select_relaunch(
     plan: Plan, view: CampaignView, ledger: Ledger, selectors: Iterable[str]
 ) -> Selection:
     """Resolve selectors (outcomes, `changed`, key globs) against each key's latest attempt.
-    Raises SelectorError for a selector that matches no key at all."""
+    Raises SelectorError for a selector that matches no key at all, ManifestError when the new
+    attempts would pass the campaign budget (every attempt counts)."""
     records = ledger.records()
     views = {v.key: v for v in view.sessions if v.in_plan}
     planned = plan.by_key()
     history = {(a.key, a.attempt): a for a in attempt_history(ledger)}
     request = " ".join(sorted(set(selectors)))
-    # Already relaunched: the key's latest attempt was created by a relaunch that is not final
-    # yet, or by this same request (the same selectors). It is matched by the selector its
-    # earlier attempt matched, so a re-run (also after a crash) reports it, and creates nothing.
+    # In progress: the key's latest attempt is a relaunch not created yet, or not final. It is
+    # left alone whatever selected it, and reported (matched by what its earlier attempt was),
+    # so a re-run while the new attempts are live creates nothing.
     progress = {
         k: a
         for k, r in records.items()
         if k in planned
         and (a := history.get((k, r.launch_attempt - 1))) is not None
-        and (_in_progress(r, views.get(k)) or a.request == request)
+        and _in_progress(r, views.get(k))
     }
-    matched: dict[str, bool] = {}  # key -> selected by key (a glob), else by outcome
+    # A key glob names keys, not a state: a key whose latest attempt this same request created
+    # is not relaunched again by re-running the command (also after a crash), final or not.
+    same = {
+        k
+        for k, r in records.items()
+        if (a := history.get((k, r.launch_attempt - 1))) is not None and a.request == request
+    }
+    matched: dict[str, bool] = {}  # key -> selected by a key glob (else by its state)
     for sel in selectors:
         if sel in OUTCOME_SELECTORS:
+            # the keys whose latest attempt is in that outcome now
             keys = [k for k, v in views.items() if v.outcome == OUTCOME_SELECTORS[sel]]
             keys += [k for k, a in progress.items() if a.outcome == sel]
         elif sel == CHANGED:
@@ -161,18 +183,14 @@ def select_relaunch(
             keys = [k for k in planned if fnmatch.fnmatchcase(k, sel)]
             if not keys:
                 raise SelectorError(
-                    f"--relaunch {sel!r}: no key of campaign {plan.campaign} matches it",
+                    f"{sel!r}: no key of campaign {plan.campaign} matches it",
                     hint="a selector is failed, needs-human, cancelled, changed, or a key glob; "
                     f"keys look like {_few(planned, 3)} (`devin-fleet status` lists them)",
                 )
         if (sel in OUTCOME_SELECTORS or sel == CHANGED) and not keys:
-            raise SelectorError(
-                f"--relaunch {sel}: no session of campaign {plan.campaign} is {sel} "
-                "(by the latest status); nothing to relaunch",
-                hint="`devin-fleet status MANIFEST` shows each key's outcome",
-            )
+            raise _nothing_is(sel, plan.campaign)
         for k in keys:
-            matched[k] = matched.get(k, False) or sel not in OUTCOME_SELECTORS
+            matched[k] = matched.get(k, False) or sel not in (*OUTCOME_SELECTORS, CHANGED)
     out = Selection(request)
     for key in planned:
         if key not in matched:
@@ -180,7 +198,7 @@ def select_relaunch(
         r, v = records.get(key), views.get(key)
         if r is None or v is None:
             out.not_launched.append(key)
-        elif key in progress or _in_progress(r, v):
+        elif key in progress or _in_progress(r, v) or (matched[key] and key in same):
             out.already[key] = r.launch_attempt
         elif not r.state.launched:
             out.not_launched.append(key)
@@ -195,6 +213,7 @@ def select_relaunch(
                     tuple(v.pr_urls),
                 )
             )
+    check_relaunch(plan, ledger, [p.key for p in out.picks])  # before anything is recorded or sent
     return out
 
 
@@ -280,9 +299,8 @@ def attempt_plan(plan: Plan, ledger: Ledger, environ: Mapping[str, str] | None =
             sessions.append(s)
             continue
         n, before = current[s.key]
-        request: dict[str, Any] = dict(rendered[s.key].request)
-        tags = [t for t in request.get("tags", []) if not t.startswith(FP_TAG_PREFIX)]
-        request["tags"] = [*tags, fingerprint_tag(s.fingerprint), f"{ATTEMPT_TAG_PREFIX}{n}"]
+        mode = plan.manifest.manifest.identity
+        request = stamp(dict(rendered[s.key].request), mode, s.identity_tag, s.fingerprint, n)
         if before is not None and before.session_id:
             links = list(request.get("session_links") or [])
             request["session_links"] = list(dict.fromkeys([*links, before.session_id]))

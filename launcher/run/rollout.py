@@ -1,11 +1,12 @@
 """Rollout: a campaign beyond one launch. Canary waves with a gate between them, a ceiling on
 the campaign's running sessions, and following launched sessions to their final outcomes.
 
-- Waves: the manifest's `rollout.waves` (e.g. `[5, "20%", "rest"]`) cut the plan into waves.
-  Sessions are ordered by their identity tag (the first 16 hex of sha256(campaign, NUL, key)),
-  so a key's wave does not depend on the order of the items (and a wave is a random sample of
-  the fleet, not the first rows of a file); a percentage is of the whole plan, rounded up;
-  sessions left over after the last size form a final wave.
+- Waves: the manifest's `rollout.waves` cut the plan into waves (`spec.waves`): named ones
+  first (`{keys: [...]}` or `{when: "item.risk == 'low'"}`), then sizes (e.g. `[5, "20%",
+  "rest"]`) over the sessions left, ordered by their identity tag (the first 16 hex of
+  sha256(campaign, NUL, key)), so a key's wave does not depend on the order of the items (and
+  a sized wave is a random sample of the fleet, not the first rows of a file); a percentage
+  is of the whole plan, rounded up; sessions left over after the last size form a final wave.
 - Each wave is launched by `apply.apply_plan` with the wave's keys as its selection, followed
   with `status.refresh` until its sessions are final (or the gate's `wait_timeout`), and its
   gate decides: `passed` opens the next wave, `stopped` ends the run (exit 7). Decisions and
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -31,25 +31,30 @@ from typing import Any, Protocol
 import anyio
 
 from launcher.api.client import DevinClient
-from launcher.api.pacing import Clock, MonotonicClock, sleep_unless
+from launcher.api.pacing import Clock, MonotonicClock
 from launcher.errors import (
-    APIError,
-    AuthError,
     ConfigError,
     ExitCode,
     LockLostError,
 )
 from launcher.ledger.lease import Lease
 from launcher.ledger.store import LaunchState, Ledger, off_loop
-from launcher.run.apply import ApplyOptions, NullReporter, Reporter, apply_plan
-from launcher.run.status import CampaignView, Outcome, classify, watch
-from launcher.run.summary import ApplySummary, Result
-from launcher.spec.manifest import Gate
+from launcher.run.apply import apply_plan
+from launcher.run.ceiling import RunningCeiling
+from launcher.run.options import (
+    FOLLOW_INTERVAL,
+    FOLLOW_MAX_INTERVAL,
+    ApplyOptions,
+    RolloutOptions,
+)
+from launcher.run.status import CampaignView, Outcome, watch
+from launcher.run.summary import ApplySummary, NullReporter, Reporter
+from launcher.spec.model import Gate
 from launcher.spec.plan import Plan
+from launcher.spec.waves import Member, assign
 
 OPEN = frozenset({"passed", "skipped", "forced"})  # decisions that let the next wave launch
 HEARTBEAT_EVERY = 10.0
-NOTE_EVERY = 30.0  # seconds between two "holding" notes
 
 
 # =========================================================================== waves
@@ -63,39 +68,13 @@ class Wave:
     keys: tuple[str, ...]
 
 
-def wave_sizes(sizes: list[int | str], total: int) -> list[int]:
-    """How many sessions each wave holds, for a plan of `total` (empty waves are dropped)."""
-    out: list[int] = []
-    left = total
-    for size in sizes:
-        if left <= 0:
-            break
-        if size == "rest":
-            n = left
-        elif isinstance(size, str):
-            n = max(1, math.ceil(total * float(size[:-1]) / 100))
-        else:
-            n = size
-        n = min(n, left)
-        out.append(n)
-        left -= n
-    if left > 0:
-        out.append(left)
-    return out
-
-
 def assign_waves(plan: Plan) -> list[Wave]:
-    """The plan's waves; one wave of everything when the manifest has no rollout."""
+    """The plan's waves (`spec.waves` decides membership); one wave of everything when the
+    manifest has no rollout."""
     rollout = plan.manifest.manifest.rollout
     if rollout is None:
         return [Wave(1, tuple(s.key for s in plan.sessions))]
-    ranked = sorted(plan.sessions, key=lambda s: (s.identity_tag, s.key))
-    number: dict[str, int] = {}
-    start = 0
-    for i, n in enumerate(wave_sizes(list(rollout.waves), len(ranked)), 1):
-        for s in ranked[start : start + n]:
-            number[s.key] = i
-        start += n
+    number = assign(rollout, [Member(s.key, s.identity_tag, s.item) for s in plan.sessions])
     count = max(number.values(), default=0)
     return [
         Wave(i, tuple(s.key for s in plan.sessions if number[s.key] == i)) for i in range(1, count + 1)
@@ -198,8 +177,8 @@ async def follow(
     keys: Collection[str] | None = None,
     *,
     wait_timeout: float | None = None,
-    interval: float = 5.0,
-    max_interval: float = 60.0,
+    interval: float = FOLLOW_INTERVAL,
+    max_interval: float = FOLLOW_MAX_INTERVAL,
     clock: Clock | None = None,
     stop: anyio.Event | None = None,
     follower: Follower | None = None,
@@ -241,132 +220,7 @@ async def follow(
             follower.finish()
 
 
-# =========================================================================== the ceiling
-
-
-class RunningCeiling:
-    """An `apply.Admission` that keeps at most `limit` of the campaign's sessions not final.
-
-    Running = sessions carrying the campaign tag whose status is not final in the last listing
-    + sessions admitted and not finished launching + launched ones the listing did not show
-    yet (list lag). It over-counts rather than under-counts: the ceiling is never exceeded by
-    anything this process launches.
-    """
-
-    def __init__(
-        self,
-        plan: Plan,
-        client: DevinClient,
-        limit: int,
-        *,
-        clock: Clock | None = None,
-        interval: float = 2.0,
-        max_interval: float = 30.0,
-        note: Callable[[str], None] | None = None,
-    ) -> None:
-        if limit < 1:
-            raise ConfigError("--max-running must be at least 1")
-        self.plan = plan
-        self.client = client
-        self.limit = limit
-        self.clock = clock or MonotonicClock()
-        self.interval = interval
-        self.max_interval = max_interval
-        self.note = note or (lambda _m: None)
-        self.tag_key = {s.identity_tag: s.key for s in plan.sessions}
-        self.pending: set[str] = set()  # admitted, launch not finished
-        self.launched: set[str] = set()  # created/adopted by this process
-        self.listed: set[str] = set()  # keys the last listing showed (any state)
-        self.listed_running = 0
-        self.listings = 0
-        self.holds = 0  # times a launch had to wait
-        self._noted: float | None = None  # when a hold was last said
-
-    @property
-    def running(self) -> int:
-        return self.listed_running + len(self.pending) + len(self.launched - self.listed)
-
-    async def _list(self) -> None:
-        running, listed = 0, set()
-        async for s in self.client.list_sessions(tags=[self.plan.campaign_tag]):
-            if not classify(s.status, s.status_detail, delivered=False).final:
-                running += 1
-            key = next((self.tag_key[t] for t in s.tags if t in self.tag_key), None)
-            if key is not None:
-                listed.add(key)
-        self.listed_running, self.listed = running, listed
-        self.listings += 1
-
-    async def _list_retrying(self, stop: anyio.Event, tries: int = 5) -> None:
-        """`_list`, retrying a failed listing (5xx, network) with a pause; raises after `tries`
-        (an error then ends the run; in-flight creates are reconciled by the next one)."""
-        for attempt in range(1, tries + 1):
-            try:
-                await self._list()
-                return
-            except AuthError:
-                raise
-            except APIError as exc:
-                if attempt == tries:
-                    raise
-                self.note(f"listing the campaign failed, retrying: {exc.message}")
-                await sleep_unless(self.clock, self.interval * attempt, stop)
-                if stop.is_set():
-                    return
-
-    async def admit(self, key: str, stop: anyio.Event) -> bool:
-        wait: float | None = None
-        if self.listings == 0:
-            await self._list_retrying(stop)
-        while not stop.is_set():
-            if self.running < self.limit:
-                self.pending.add(key)
-                return True
-            before = self.running
-            await self._list_retrying(stop)
-            if self.running < self.limit or stop.is_set():
-                continue
-            if wait is None:  # a new hold; said at most every NOTE_EVERY (a big fleet holds often)
-                self.holds += 1
-                if self._noted is None or self.clock.now() - self._noted >= NOTE_EVERY:
-                    self._noted = self.clock.now()
-                    self.note(f"holding: {self.running} running (ceiling {self.limit})")
-            if wait is None or self.running != before:
-                wait = self.interval
-            else:
-                wait = min(self.max_interval, wait * 1.5)
-            await sleep_unless(self.clock, wait, stop)
-        return False
-
-    def done(self, key: str, result: Result) -> None:
-        self.pending.discard(key)
-        if result in (Result.created, Result.adopted):
-            self.launched.add(key)
-
-
 # =========================================================================== a whole run
-
-
-@dataclass(frozen=True)
-class RolloutOptions:
-    """What `apply` does beyond launching: follow, waves, ceiling."""
-
-    wait: bool = False  # follow every selected session to a final outcome
-    wait_timeout: float | None = None  # bounds all following in this run (seconds)
-    wave: int | None = None  # go straight to this wave (earlier gates: `forced`)
-    skip_gate: bool = False  # open the gate of the wave this run resumes at
-    max_running: int | None = None  # overrides the manifest's budget.max_running
-    interval: float = 5.0  # first follow interval (grows while nothing changes)
-    max_interval: float = 60.0
-    ceiling_interval: float = 2.0  # first poll interval while holding at the ceiling
-
-    def __post_init__(self) -> None:
-        if self.wait_timeout is not None and not self.wait_timeout > 0:
-            raise ConfigError("--wait-timeout must be positive")
-        if self.wave is not None and self.wave < 1:
-            raise ConfigError("--wave must be at least 1")
-        if self.max_running is not None and self.max_running < 1:
-            raise ConfigError("--max-running must be at least 1")
 
 
 @dataclass
@@ -445,6 +299,31 @@ class RolloutSummary:
         return data
 
 
+_PAST_GATE = (
+    "--only selects no session of wave {w}, whose gate is not open yet: launch wave {w} first "
+    "(without --only), or pass --skip-gate"
+)
+_PART_OF_WAVE = (
+    "wave {{w}}: {n} session(s) not selected by --only are not launched yet, and the gate "
+    "judges the whole wave: launch them (without --only), or pass --skip-gate"
+)
+
+
+def _held(summary: RolloutSummary, wave: int, why: str) -> None:
+    """The run stops before a gate it may not pass (exit 4), saying why and what to do."""
+    summary.incomplete = why.format(w=wave)
+    summary.next_wave = wave
+
+
+def _done(records: Mapping[str, Any], keys: Collection[str]) -> set[str]:
+    """The keys launched, or refused by the API (nothing more to launch for them)."""
+    return {
+        k
+        for k in keys
+        if k in records and (records[k].state.launched or records[k].state == LaunchState.refused)
+    }
+
+
 def _selected(keys: tuple[str, ...], only: tuple[str, ...]) -> list[str]:
     return [k for k in keys if not only or any(fnmatch.fnmatchcase(k, g) for g in only)]
 
@@ -479,42 +358,61 @@ async def run_rollout(
     waves = assign_waves(plan)
     summary = RolloutSummary(plan.campaign, len(waves), len(plan))
     if rollout.wave is not None and rollout.wave > len(waves):
-        raise ConfigError(f"--wave {rollout.wave}: the plan has {len(waves)} wave(s)")
+        raise ConfigError(
+            f"wave {rollout.wave}: the plan has {len(waves)} wave(s)",
+            option="wave",
+            problem=f"{rollout.wave}: the plan has {len(waves)} wave(s)",
+        )
     limit = rollout.max_running or plan.manifest.manifest.budget.max_running
     ceiling = None
     if limit is not None:
         ceiling = RunningCeiling(plan, client, limit, clock=clock, interval=rollout.ceiling_interval)
     deadline = None if rollout.wait_timeout is None else clock.now() + rollout.wait_timeout
-
-    def remaining(extra: float | None = None) -> float | None:
-        left = None if deadline is None else max(0.0, deadline - clock.now())
-        if extra is None:
-            return left
-        return extra if left is None else min(left, extra)
-
     lease = Lease(ledger, ttl=options.lock_ttl)
-    await lease.acquire()
+    await lease.acquire(wait=options.lock_timeout)
     try:
-        decided = {e["wave"] for e in await off_loop(ledger.wave_log) if e["decision"] in OPEN}
-        if rollout.wave is not None:
-            for w in waves[: rollout.wave - 1]:
-                if w.number not in decided:
-                    await off_loop(ledger.record_wave, w.number, "forced", f"--wave {rollout.wave}")
-                    decided.add(w.number)
-        if rollout.skip_gate:
-            resume = next((w for w in waves[:-1] if w.number not in decided), None)
-            if resume is not None:
-                await off_loop(ledger.record_wave, resume.number, "skipped", "--skip-gate")
-                decided.add(resume.number)
-        await _waves(
-            plan, client, ledger, options, rollout, gate, waves, decided, summary,
-            ceiling, progress, follower, clock, environ, stop, interrupted, remaining,
-        )  # fmt: skip
+        decided = await off_loop(_open_gates, ledger, waves, rollout)
+        await _WaveRun(
+            plan=plan,
+            client=client,
+            ledger=ledger,
+            options=options,
+            rollout=rollout,
+            gate=gate,
+            waves=waves,
+            decided=decided,
+            summary=summary,
+            ceiling=ceiling,
+            progress=progress,
+            follower=follower,
+            clock=clock,
+            environ=environ,
+            stop=stop,
+            interrupted=interrupted,
+            deadline=deadline,
+        ).run()
     finally:
         await lease.release()
     summary.holds = ceiling.holds if ceiling is not None else 0
     summary.interrupted = interrupted is not None and interrupted.is_set()
     return summary
+
+
+def _open_gates(ledger: Ledger, waves: list[Wave], rollout: RolloutOptions) -> set[int]:
+    """The waves whose gate is open: decided so by an earlier run, or now by the overrides
+    (recorded: `wave` forces the gates before it, `skip_gate` opens the one this run resumes at)."""
+    decided = {e["wave"] for e in ledger.wave_log() if e["decision"] in OPEN}
+    if rollout.wave is not None:
+        for w in waves[: rollout.wave - 1]:
+            if w.number not in decided:
+                ledger.record_wave(w.number, "forced", f"--wave {rollout.wave}")
+                decided.add(w.number)
+    if rollout.skip_gate:
+        resume = next((w for w in waves[:-1] if w.number not in decided), None)
+        if resume is not None:
+            ledger.record_wave(resume.number, "skipped", "--skip-gate")
+            decided.add(resume.number)
+    return decided
 
 
 async def _follow_locked(
@@ -554,115 +452,148 @@ async def _follow_locked(
     return view
 
 
-async def _waves(
-    plan: Plan,
-    client: DevinClient,
-    ledger: Ledger,
-    options: ApplyOptions,
-    rollout: RolloutOptions,
-    gate: Gate,
-    waves: list[Wave],
-    decided: set[int],
-    summary: RolloutSummary,
-    ceiling: RunningCeiling | None,
-    progress: Callable[[str], Reporter],
-    follower: Callable[[str], Follower],
-    clock: Clock,
-    environ: Mapping[str, str] | None,
-    stop: anyio.Event,
-    interrupted: anyio.Event | None,
-    remaining: Callable[[float | None], float | None],
-) -> None:
-    many = len(waves) > 1
-    selected: list[str] = []
-    budget = options.limit  # --limit counts over the whole run, not per wave
-    for w in waves:
-        keys = _selected(w.keys, options.only)
-        if not keys:
-            continue
-        selected += keys
-        label = f"wave {w.number}/{len(waves)}" if many else "apply"
-        reporter = progress(label)
-        if ceiling is not None:
-            ceiling.note = reporter.note
+@dataclass
+class _WaveRun:
+    """One rollout run: its inputs, and the state its waves share."""
+
+    plan: Plan
+    client: DevinClient
+    ledger: Ledger
+    options: ApplyOptions  # preflight off after the first wave (proven by it)
+    rollout: RolloutOptions
+    gate: Gate
+    waves: list[Wave]
+    decided: set[int]  # waves whose gate is open
+    summary: RolloutSummary
+    ceiling: RunningCeiling | None
+    progress: Callable[[str], Reporter]
+    follower: Callable[[str], Follower]
+    clock: Clock
+    environ: Mapping[str, str] | None
+    stop: anyio.Event
+    interrupted: anyio.Event | None
+    deadline: float | None  # of all following (wait_timeout)
+    budget: int | None = None  # --limit counts over the whole run, not per wave
+
+    def _gated(self, w: Wave) -> bool:
+        """Whether wave `w`'s gate is still to open the next one."""
+        return w is not self.waves[-1] and w.number not in self.decided
+
+    def remaining(self, extra: float | None = None) -> float | None:
+        left = None if self.deadline is None else max(0.0, self.deadline - self.clock.now())
+        if extra is None:
+            return left
+        return extra if left is None else min(left, extra)
+
+    async def run(self) -> None:
+        """Each wave in turn (launch, follow, gate) until one stops the run; then, with
+        `wait`, follow every selected session to the end."""
+        self.budget = self.options.limit
+        selected: list[str] = []
+        for w in self.waves:
+            keys = _selected(w.keys, self.options.only)
+            if not keys:
+                if self._gated(w) and any(
+                    _selected(x.keys, self.options.only) for x in self.waves[w.number :]
+                ):
+                    _held(self.summary, w.number, _PAST_GATE)  # --only must not walk past a shut gate
+                    return
+                continue
+            selected += keys
+            label = f"wave {w.number}/{len(self.waves)}" if len(self.waves) > 1 else "apply"
+            reporter = self.progress(label)
+            if not await self._launch(w, keys, reporter):
+                return
+            if w is self.waves[-1] or w.number in self.decided:
+                continue
+            if not await self._gate(w, keys, reporter):
+                return
+        if self.rollout.wait:
+            self.summary.view = await self._follow(selected, self.remaining(None), "following")
+            self.summary.followed = not self.stop.is_set()
+
+    async def _launch(self, w: Wave, keys: list[str], reporter: Reporter) -> bool:
+        """Launch what is left of wave `w`; False when the run stops here."""
+        if self.ceiling is not None:
+            self.ceiling.note = reporter.note
         launched = await apply_plan(
-            plan,
-            client,
-            ledger,
-            dataclasses.replace(options, keys=frozenset(w.keys), limit=budget),
+            self.plan,
+            self.client,
+            self.ledger,
+            dataclasses.replace(self.options, keys=frozenset(w.keys), limit=self.budget),
             reporter=reporter,
-            clock=clock,
-            environ=environ,
-            stop=stop,
-            interrupted=interrupted,
-            admission=ceiling,
+            clock=self.clock,
+            environ=self.environ,
+            stop=self.stop,
+            interrupted=self.interrupted,
+            admission=self.ceiling,
         )
-        summary.applies.append((w.number, launched))
-        options = dataclasses.replace(options, preflight=False)  # proven by the first wave
-        if budget is not None:
-            budget = max(0, budget - len(launched.results))
-        if launched.exit_code not in (ExitCode.ok, ExitCode.failed) or stop.is_set():
-            summary.next_wave = w.number  # a lost lease lands here too: never re-taken
-            return
+        self.summary.applies.append((w.number, launched))
+        self.options = dataclasses.replace(self.options, preflight=False)  # proven by the first wave
+        if self.budget is not None:
+            self.budget = max(0, self.budget - len(launched.results))
+        if launched.exit_code not in (ExitCode.ok, ExitCode.failed) or self.stop.is_set():
+            self.summary.next_wave = w.number  # a lost lease lands here too: never re-taken
+            return False
         # apply_plan released it; this run keeps it until it ends (LockedError if another
         # apply took the campaign in the meantime)
-        await off_loop(ledger.acquire_lock, ttl=options.lock_ttl)
-        records = await off_loop(ledger.records)
+        await off_loop(self.ledger.acquire_lock, ttl=self.options.lock_ttl)
+        records = await off_loop(self.ledger.records)
         left = [
             k for k in keys if not (records[k].state.launched or records[k].state == LaunchState.refused)
         ]
+        done = _done(records, w.keys) if self._gated(w) and not left else set(w.keys)
+        if len(done) < len(w.keys):  # the gate judges the whole wave: the rest of it first
+            _held(self.summary, w.number, _PART_OF_WAVE.format(n=len(w.keys) - len(done)))
+            return False
         if left:
-            why = " (--limit)" if budget == 0 else ""
-            summary.incomplete = f"wave {w.number}: {len(left)} session(s) not launched yet{why}"
-            summary.next_wave = w.number
-            return
-        if w is waves[-1] or w.number in decided:
-            continue
-        view = await _follow_locked(
-            plan,
-            client,
-            ledger,
-            keys,
-            wait_timeout=remaining(gate.wait_timeout),
-            interval=rollout.interval,
-            max_interval=rollout.max_interval,
-            clock=clock,
-            stop=stop,
-            follower=follower(f"wave {w.number}/{len(waves)}: following"),
-            lock_ttl=options.lock_ttl,
-        )
-        summary.view = view
-        if stop.is_set():
-            summary.next_wave = w.number
-            return
+            why = " (--limit)" if self.budget == 0 else ""
+            self.summary.incomplete = f"wave {w.number}: {len(left)} session(s) not launched yet{why}"
+            self.summary.next_wave = w.number
+            return False
+        return True
+
+    async def _gate(self, w: Wave, keys: list[str], reporter: Reporter) -> bool:
+        """Follow wave `w` to its end and decide its gate; False when the run stops here."""
+        label = f"wave {w.number}/{len(self.waves)}: following"
+        view = await self._follow(keys, self.remaining(self.gate.wait_timeout), label)
+        self.summary.view = view
+        if self.stop.is_set():
+            self.summary.next_wave = w.number
+            return False
         if view.timed_out:
             await off_loop(
-                ledger.record_wave, w.number, "timeout", "sessions still running at the wait timeout"
+                self.ledger.record_wave,
+                w.number,
+                "timeout",
+                "sessions still running at the wait timeout",
             )
             reporter.note(f"wave {w.number}: sessions still running at the wait timeout")
-            summary.next_wave = w.number
-            return
-        result = evaluate_gate(gate, w.number, view.counts())
-        summary.gates.append(result)
+            self.summary.next_wave = w.number
+            return False
+        result = evaluate_gate(self.gate, w.number, view.counts())
+        self.summary.gates.append(result)
         decision = "passed" if result.passed else "stopped"
-        await off_loop(ledger.record_wave, w.number, decision, result.describe())
-        reporter.note(result.describe())
-        if not result.passed:
-            summary.stopped = result
-            summary.next_wave = w.number
-            return
-    if rollout.wait:
-        summary.view = await _follow_locked(
-            plan,
-            client,
-            ledger,
-            selected,
-            wait_timeout=remaining(None),
-            interval=rollout.interval,
-            max_interval=rollout.max_interval,
-            clock=clock,
-            stop=stop,
-            follower=follower("following"),
-            lock_ttl=options.lock_ttl,
+        await off_loop(self.ledger.record_wave, w.number, decision, result.describe())
+        if result.passed:  # a stop is told once, by the run's summary
+            reporter.note(result.describe())
+        else:
+            self.summary.stopped = result
+            self.summary.next_wave = w.number
+            return False
+        return True
+
+    async def _follow(self, keys: list[str], wait_timeout: float | None, label: str) -> CampaignView:
+        return await _follow_locked(
+            self.plan,
+            self.client,
+            self.ledger,
+            keys,
+            wait_timeout=wait_timeout,
+            interval=self.rollout.interval,
+            max_interval=self.rollout.max_interval,
+            clock=self.clock,
+            stop=self.stop,
+            follower=self.follower(label),
+            lock_ttl=self.options.lock_ttl,
         )
-        summary.followed = not stop.is_set()

@@ -1,11 +1,14 @@
 """What an apply run did: one `Result` per planned session, and the run's `ApplySummary`
-(its counts, its exit code, its JSON for `apply -o json`)."""
+(its counts, its exit code, its JSON for `apply -o json`); where it reports as it goes (a
+`Reporter`), and the gate in front of each launch (an `Admission`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
+
+import anyio
 
 from launcher.errors import ExitCode, FleetError
 
@@ -80,3 +83,40 @@ class ApplySummary:
             "observed_lag_s": None if self.observed_lag is None else round(self.observed_lag, 3),
             "exit_code": int(self.exit_code),
         }
+
+
+class Reporter(Protocol):
+    """Where the executor reports progress (the CLI draws it; tests may collect it)."""
+
+    def start(self, total: int) -> None: ...
+
+    def advance(self, key: str, result: Result) -> None: ...
+
+    def note(self, message: str) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class Admission(Protocol):
+    """A gate in front of every launch (e.g. a ceiling on running sessions): the producer awaits
+    `admit` before handing a session to a worker; `done` hears how each admitted one ended."""
+
+    async def admit(self, key: str, stop: anyio.Event) -> bool:
+        """Wait until `key` may launch; False when `stop` was set first (nothing launches)."""
+        ...
+
+    def done(self, key: str, result: Result) -> None: ...
+
+
+class NullReporter:
+    def start(self, total: int) -> None:
+        pass
+
+    def advance(self, key: str, result: Result) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass

@@ -76,6 +76,8 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     message: str = Field(min_length=1)
+    message_as_user_id: str | None = None  # needs ImpersonateOrgSessions; an org member
+    attachment_urls: list[str] | None = None
 
 
 class _PageQuery(BaseModel):
@@ -114,17 +116,20 @@ def _query(request: Request, model: type[_M]) -> _M:
         raise HTTPProblem(422, api_error_details(exc, "query")) from exc
 
 
-async def _body(request: Request, model: type[_M]) -> _M:
-    """Read and validate a JSON body the way FastAPI does; 413 past MAX_BODY_BYTES."""
+async def _body(
+    request: Request, model: type[_M], *, limit: int = MAX_BODY_BYTES, lenient: bool = False
+) -> _M:
+    """Read and validate a JSON body the way FastAPI does; 413 past `limit` bytes. `lenient`
+    drops unknown top-level fields instead of refusing them (a profile guess)."""
     length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+    if length.isdigit() and int(length) > limit:
         # uvicorn discards the unread rest, so the client still reads this answer
-        raise HTTPProblem(413, f"request body exceeds {MAX_BODY_BYTES} bytes")
+        raise HTTPProblem(413, f"request body exceeds {limit} bytes")
     raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise HTTPProblem(413, f"request body exceeds {MAX_BODY_BYTES} bytes")
+        if len(raw) > limit:
+            raise HTTPProblem(413, f"request body exceeds {limit} bytes")
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     data: Any
     if ctype and not (ctype == "application/json" or ctype.endswith("+json")):
@@ -138,6 +143,8 @@ async def _body(request: Request, model: type[_M]) -> _M:
             pos = getattr(exc, "pos", 0)
             detail = [{"loc": ["body", pos], "msg": "JSON decode error", "type": "json_invalid"}]
             raise HTTPProblem(422, detail) from exc
+    if lenient and isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k in model.model_fields}
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -180,21 +187,24 @@ class SimApp:
         self.stopping: anyio.Event | None = None  # set by the server; created in its loop
         org = "/v3/organizations/{org_id}"
         one = f"{org}/sessions/{{devin_id}}"
-        sessions = Permission.ManageOrgSessions
+        sessions, view = Permission.ManageOrgSessions, Permission.ViewOrgSessions
+        tags: dict[str, tuple[Permission, Handler]] = {
+            "GET": (Permission.ManageEnterpriseSettings, self.allowed_tags)
+        }
         table: dict[str, dict[str, tuple[Permission, Handler]]] = {
             "/v3/self": {"GET": (Permission.ReadAccountMeta, self.whoami)},
             f"{org}/sessions": {
                 "POST": (sessions, self.create),
-                "GET": (sessions, self.list_sessions),
+                "GET": (view, self.list_sessions),
             },
-            one: {"GET": (sessions, self.get), "DELETE": (sessions, self.terminate)},
+            one: {"GET": (view, self.get), "DELETE": (sessions, self.terminate)},
             f"{one}/archive": {"POST": (sessions, self.archive)},
             f"{one}/messages": {
-                "GET": (sessions, self.list_messages),
+                "GET": (view, self.list_messages),
                 "POST": (sessions, self.send_message),
             },
             f"{one}/tags": {
-                "GET": (sessions, self.get_tags),
+                "GET": (view, self.get_tags),
                 "POST": (sessions, self.append_tags),
                 "PUT": (sessions, self.replace_tags),
             },
@@ -204,6 +214,9 @@ class SimApp:
                 "GET": (Permission.ManageAccountPlaybooks, self.playbook)
             },
             f"{org}/knowledge/notes": {"GET": (Permission.ManageAccountKnowledge, self.notes)},
+            f"{org}/members/users": {"GET": (Permission.ViewOrgMembership, self.members)},
+            "/v3/enterprise/organizations/{org_id}/tags": tags,
+            "/v3beta1/enterprise/organizations/{org_id}/tags": tags,
         }
         routes = [self._route(path, methods) for path, methods in table.items()]
         if introspection:
@@ -240,8 +253,8 @@ class SimApp:
 
     def _route(self, path: str, methods: dict[str, tuple[Permission, Handler]]) -> Route:
         """One route per path (so a 405 lists every allowed method), with the shared checks."""
-        org = path.startswith("/v3/organizations/")
-        short = path.removeprefix("/v3/organizations/{org_id}")
+        org = "/organizations/{org_id}" in path
+        short = path.split("/organizations/{org_id}")[-1]
         short = short.replace("{devin_id}", "{id}").replace("{playbook_id}", "{id}")
 
         async def endpoint(request: Request) -> Response:
@@ -267,7 +280,7 @@ class SimApp:
                 self.state.faults["latency"] += 1
                 await self._sleep(delay)
             principal = self._authenticate(request)
-            if permission not in principal.permissions:
+            if not self._may(principal, permission):
                 raise HTTPProblem(403, f"this token lacks the {permission.value} permission")
             if org and request.path_params["org_id"] != self.state.org_id:
                 raise HTTPProblem(404, "Organization not found")
@@ -291,6 +304,25 @@ class SimApp:
             tg.start_soon(cut_short)
             await self.state.clock.sleep(seconds)
             tg.cancel_scope.cancel()
+
+    def _may(self, who: Principal, permission: Permission) -> bool:
+        if permission in who.permissions:
+            return True
+        return (
+            permission is Permission.ViewOrgSessions
+            and self.profile.guesses.manage_implies_view
+            and Permission.ManageOrgSessions in who.permissions
+        )
+
+    def _member(self, who: Principal, user_id: str | None, field: str) -> None:
+        """Acting as another user needs ImpersonateOrgSessions and an org member."""
+        if user_id is None:
+            return
+        if Permission.ImpersonateOrgSessions not in who.permissions:
+            raise HTTPProblem(403, f"{field} needs the ImpersonateOrgSessions permission")
+        if user_id not in self.profile.members:
+            status = self.profile.guesses.unknown_member_status
+            raise HTTPProblem(status, f"user {user_id!r} is not an org member")
 
     def _authenticate(self, request: Request) -> Principal:
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
@@ -332,17 +364,32 @@ class SimApp:
             raise HTTPProblem(
                 429, "Rate limit exceeded; slow down session creation", rate_headers or None
             )
-        req = await _body(request, CreateSessionRequest)
+        guesses = self.profile.guesses
+        req = await _body(
+            request,
+            CreateSessionRequest,
+            limit=guesses.max_body_bytes,
+            lenient=guesses.unknown_body_fields,
+        )
+        listed = self.profile.allowed_tags
+        if listed is not None:
+            bad = [(i, t) for i, t in enumerate(req.tags or []) if t not in listed]
+            if bad:
+                detail = [
+                    {
+                        "loc": ["body", "tags", i],
+                        "msg": f"Tag {t!r} is not in the organization's allowed session tags",
+                        "type": "value_error",
+                    }
+                    for i, t in bad
+                ]
+                raise HTTPProblem(422, detail)
         if req.platform is not None and req.platform.lower() != "default":
             labels = self.profile.platforms
             if req.platform.lower() not in {label.lower() for label in labels}:
                 allowed = ", ".join(["default", *labels])
                 raise HTTPProblem(400, f"Unknown platform {req.platform!r}; available: {allowed}")
-        if req.create_as_user_id is not None:
-            if Permission.ImpersonateOrgSessions not in who.permissions:
-                raise HTTPProblem(403, "create_as_user_id needs the ImpersonateOrgSessions permission")
-            if req.create_as_user_id not in self.profile.members:
-                raise HTTPProblem(400, f"user {req.create_as_user_id!r} is not an org member")
+        self._member(who, req.create_as_user_id, "create_as_user_id")
         fault = self.plan.create_fault(self.create_number)
         self.create_number += 1
         if fault is not CreateFault.none:
@@ -410,11 +457,14 @@ class SimApp:
                 429, "Rate limit exceeded; slow down sending messages", rate_headers or None
             )
         rec = self._session(request)
-        msg = await _body(request, _Message)
+        msg = await _body(request, _Message, limit=self.profile.guesses.max_body_bytes)
+        self._member(who, msg.message_as_user_id, "message_as_user_id")
+        ended = self.profile.guesses.ended_session_message_status
         try:
-            self.state.send_message(rec, msg.message)
+            self.state.send_message(rec, msg.message, accept_ended=ended is None)
         except SessionEnded as exc:
-            raise HTTPProblem(400, "the session has ended; it cannot take messages") from exc
+            assert ended is not None
+            raise HTTPProblem(ended, "the session has ended; it cannot take messages") from exc
         return _json(self.state.session_json(rec))
 
     async def get_tags(self, request: Request, who: Principal) -> Response:
@@ -441,12 +491,22 @@ class SimApp:
     async def whoami(self, request: Request, who: Principal) -> Response:
         return _json(
             {
+                "principal_type": "service_user",
                 "service_user_id": who.service_user_id,
                 "service_user_name": who.name,
                 "org_id": self.state.org_id,
-                "permissions": sorted(p.value for p in who.permissions),
             }
         )
+
+    async def allowed_tags(self, request: Request, who: Principal) -> Response:
+        if self.profile.allowed_tags is None:
+            raise HTTPProblem(403, "session tags are not enabled for this enterprise")
+        return _json({"tags": list(self.profile.allowed_tags)})
+
+    async def members(self, request: Request, who: Principal) -> Response:
+        users = [{"user_id": u, "email": f"{u}@sim.invalid", "name": u} for u in self.profile.members]
+        q = _query(request, _PageQuery)
+        return _paged(lambda: page_of("users", users, q.first, q.after))
 
     def _seeded(self, kind: str, request: Request, items: list[BaseModel]) -> Response:
         q = _query(request, _PageQuery)

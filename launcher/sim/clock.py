@@ -1,4 +1,5 @@
-"""The simulator's time source: real time by default, a `ManualClock` that tests advance.
+"""The simulator's time source: real time by default, a `ManualClock` that tests advance; and
+`VirtualClock`, the launcher's clock on virtual time (tests, `bench/`, the pacing model).
 
 Everything time-dependent in the simulator reads one clock: session lifecycles (scaled by
 `time_scale` simulated seconds per clock second), timestamps, list lag, the rate-limit token
@@ -8,11 +9,16 @@ Unix epoch scale (timestamps in API bodies come from it).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
 import time
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import anyio
+import anyio.lowlevel
+import anyio.to_thread
 
 # How often a wait on a ManualClock looks at the clock again (real seconds).
 _POLL = 0.002
@@ -86,3 +92,52 @@ class ManualClock:
         finally:
             with self._lock:
                 self._sleeping -= 1
+
+
+class VirtualClock:
+    """The launcher's clock (`pacing.Clock`) on virtual time, for tests and models. `drive()`
+    (run it beside the code under test; `run(fn)` does both) moves time to the earliest
+    sleeper's deadline whenever every task is blocked and no worker thread (the ledger writer)
+    is busy: waits cost nothing, and their order is the deadlines' order. `sleeps` records
+    every sleep asked for; a model that moves time itself sets `t`."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.t = start
+        self.sleeps: list[float] = []
+        self._sleepers: list[tuple[float, int, anyio.Event]] = []
+        self._n = itertools.count()
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        if seconds <= 0:
+            await anyio.lowlevel.checkpoint()
+            return
+        ev = anyio.Event()
+        heapq.heappush(self._sleepers, (self.t + seconds, next(self._n), ev))
+        await ev.wait()
+
+    async def drive(self) -> None:
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        while True:
+            await anyio.wait_all_tasks_blocked()
+            if limiter.borrowed_tokens:  # a ledger write is in a thread: let it finish
+                await anyio.sleep(0.001)
+                continue
+            if self._sleepers:
+                when, _, ev = heapq.heappop(self._sleepers)
+                self.t = max(self.t, when)
+                ev.set()
+            else:
+                await anyio.sleep(0.001)
+
+    async def run(self, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """Run `fn()` with this clock driven; returns its result."""
+        result: list[Any] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.drive)
+            result.append(await fn())
+            tg.cancel_scope.cancel()
+        return result[0]

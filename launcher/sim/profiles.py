@@ -22,6 +22,9 @@ class Permission(StrEnum):
     """Service-user permissions the simulator checks (devin-api.md sections 1, 2 and 4)."""
 
     ManageOrgSessions = "ManageOrgSessions"
+    ViewOrgSessions = "ViewOrgSessions"  # reads: get, list, messages, tags (v3 reference)
+    ViewOrgMembership = "ViewOrgMembership"  # GET .../members/users
+    ManageEnterpriseSettings = "ManageEnterpriseSettings"  # GET /v3/enterprise/.../tags
     ImpersonateOrgSessions = "ImpersonateOrgSessions"
     ReadAccountMeta = "ReadAccountMeta"
     ManageOrgSecrets = "ManageOrgSecrets"
@@ -106,8 +109,8 @@ class Lifecycle(_Strict):
     default_max_acu: float = Field(
         default=10.0,
         gt=0,
-        description="ACU cap when the request sets no max_acu_limit; reaching the cap suspends "
-        "the session with usage_limit_exceeded.",
+        description="[guess] ACU cap when the request sets no max_acu_limit (10); reaching the "
+        "cap suspends the session with usage_limit_exceeded.",
     )
     suspend_details: list[StatusDetail] = Field(
         default_factory=lambda: [
@@ -207,8 +210,8 @@ class Faults(_Strict):
     list_lag_seconds: float = Field(
         default=0.0,
         ge=0,
-        description="A new session shows up in list results only this long after creation (real "
-        "seconds); get by id works at once.",
+        description="[guess] A new session shows up in list results only this long after "
+        "creation (real seconds); get by id works at once.",
     )
 
     @model_validator(mode="after")
@@ -217,6 +220,52 @@ class Faults(_Strict):
         if after > 1:
             raise ValueError("error_after_create + drop_after_create + delay_after_create > 1")
         return self
+
+
+class ListOrder(StrEnum):
+    """The order of session lists (undocumented: the published reference says nothing)."""
+
+    newest_first = "newest_first"
+    oldest_first = "oldest_first"
+
+
+class Guesses(_Strict):
+    """Behaviours the published v3 reference does not state: each a named knob, so a test can
+    pin either possibility. Defaults: what the simulator always did (no documented answer)."""
+
+    list_order: ListOrder = Field(
+        default=ListOrder.newest_first,
+        description="[guess] Order of GET /sessions pages: newest_first or oldest_first.",
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="[guess] A request body past this many bytes gets 413 (1 MiB).",
+    )
+    unknown_body_fields: bool = Field(
+        default=False,
+        description="[guess] Accept (and ignore) unknown create-body fields; false: 422, as v1 "
+        "was seen to do.",
+    )
+    manage_implies_view: bool = Field(
+        default=True,
+        description="[guess] A token with ManageOrgSessions may also read sessions (the "
+        "reference names ViewOrgSessions for reads; roles usually bundle both).",
+    )
+    ended_session_message_status: int | None = Field(
+        default=400,
+        ge=400,
+        le=499,
+        description="[guess] Status of a message sent to a session that has ended (null: "
+        "accepted and recorded).",
+    )
+    unknown_member_status: int = Field(
+        default=400,
+        ge=400,
+        le=499,
+        description="[guess] Status of a create_as_user_id / message_as_user_id that names no "
+        "org member.",
+    )
 
 
 class TokenSpec(_Strict):
@@ -276,6 +325,15 @@ class Profile(_Strict):
     secrets: list[SecretSpec] = Field(default_factory=list, description="Org secrets (keys).")
     playbooks: list[PlaybookSpec] = Field(default_factory=list, description="Playbooks.")
     knowledge_notes: list[NoteSpec] = Field(default_factory=list, description="Knowledge notes.")
+    allowed_tags: list[str] | None = Field(
+        default=None,
+        description="Session-tag validation (an enterprise setting): null = off (GET "
+        "/v3/enterprise/organizations/{org_id}/tags answers 403); a list = the allowed tags "
+        "(that endpoint lists them; a create with any other tag gets 422).",
+    )
+    guesses: Guesses = Field(
+        default_factory=Guesses, description="Undocumented behaviours, as named knobs."
+    )
 
 
 # --------------------------------------------------------------------------- built-ins

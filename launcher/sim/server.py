@@ -22,7 +22,7 @@ import anyio.lowlevel
 import uvicorn
 
 from launcher.errors import ConfigError
-from launcher.sim.app import build_app
+from launcher.sim.app import SimApp, build_app
 from launcher.sim.clock import RealClock, SimClock
 from launcher.sim.faults import FaultPlan
 from launcher.sim.profiles import Profile, load_profile
@@ -90,6 +90,22 @@ def _profile(profile: Profile | str) -> Profile:
     return load_profile(profile) if isinstance(profile, str) else profile
 
 
+def _quiet_server(app: SimApp) -> uvicorn.Server:
+    """A uvicorn server for `app`: no logs but warnings, no lifespan, h11, quick to stop."""
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        http="h11",
+        ws="none",
+        server_header=False,
+        timeout_graceful_shutdown=1,
+    )
+    return uvicorn.Server(config)
+
+
 @contextmanager
 def running_simulator(
     profile: Profile | str = "clean",
@@ -118,18 +134,7 @@ def running_simulator(
     state = SimState(prof, org_id=org_id, seed=seed, time_scale=time_scale, clock=clock)
     plan = FaultPlan(prof.faults, seed, clock.now())
     app = build_app(state, plan, token=token, introspection=introspection)
-    config = uvicorn.Config(
-        app,
-        log_config=None,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        http="h11",
-        ws="none",
-        server_header=False,
-        timeout_graceful_shutdown=1,
-    )
-    server = uvicorn.Server(config)
+    server = _quiet_server(app)
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host

@@ -22,7 +22,7 @@ from launcher.api.models import CreateSessionRequest, SessionStatus, StatusDetai
 from launcher.sim.clock import SimClock
 from launcher.sim.faults import max_in_window
 from launcher.sim.instances import Reports, invalid_instance, valid_instance
-from launcher.sim.profiles import Fate, Profile
+from launcher.sim.profiles import Fate, ListOrder, Profile
 
 _DELIVERING = (Fate.delivered, Fate.invalid_output, Fate.blocked)
 # A finished session with a schema has reported too: structured_output_required defaults to true
@@ -329,12 +329,16 @@ class SimState:
             current.status, current.detail, updated, current.acus, pr_url, output, current.outcome
         )
 
-    def send_message(self, rec: Record, text: str) -> None:
-        """Record a user message; it resumes a suspended session or restarts an idle one."""
+    def send_message(self, rec: Record, text: str, *, accept_ended: bool = False) -> None:
+        """Record a user message; it resumes a suspended session or restarts an idle one. An
+        ended session refuses it (SessionEnded), or only records it with `accept_ended`."""
         now = self.clock.now()
         view = self.view(rec, now)
         if view.status is SessionStatus.exit:
-            raise SessionEnded(rec.session_id)
+            if not accept_ended:
+                raise SessionEnded(rec.session_id)
+            rec.messages.append((now, text))
+            return
         rec.messages.append((now, text))
         idle = view.status is SessionStatus.running and view.detail in (
             StatusDetail.waiting_for_user,
@@ -371,7 +375,7 @@ class SimState:
         events.sort(key=lambda e: e[0])
         return [
             {
-                "message_id": f"msg-{rec.session_id[6:14]}-{i}",
+                "event_id": f"event-{rec.session_id[6:14]}-{i}",
                 "source": source,
                 "message": text,
                 "created_at": int(at),
@@ -483,14 +487,22 @@ class SimState:
         for i in range(bisect.bisect_left(seqs, below) - 1, -1, -1):
             yield self.records[seqs[i]]
 
+    def _ascending(self, seqs: list[int] | range, above: int) -> Iterator[Record]:
+        for i in range(bisect.bisect_right(seqs, above), len(seqs)):
+            yield self.records[seqs[i]]
+
     def list_sessions(self, f: SessionFilter, first: int, after: str | None) -> Page:
-        """Newest first; the cursor is the last seq returned, so pages never repeat or skip."""
+        """Newest first (or oldest first, a profile guess); the cursor is the last seq
+        returned, so pages never repeat or skip."""
         now = self.clock.now()
-        below = decode_cursor("s", after) if after else len(self.records)
         seqs = self._candidates(f)
         chosen: list[Record] = []
         more = False
-        for rec in self._descending(seqs, below):
+        if self.profile.guesses.list_order is ListOrder.oldest_first:
+            order = self._ascending(seqs, decode_cursor("s", after) if after else -1)
+        else:
+            order = self._descending(seqs, decode_cursor("s", after) if after else len(self.records))
+        for rec in order:
             if self._matches(rec, f, now):
                 if len(chosen) == first:
                     more = True

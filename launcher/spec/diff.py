@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 TEXT_FIELDS = ("prompt",)  # shown as a unified diff; every other field as old -> new
@@ -42,3 +43,24 @@ def field_diff(key: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
         else:
             out.append(f"{key}: {name}: {_show(a)} -> {_show(b)}")
     return "\n".join(out)
+
+
+def stored_request(
+    request: Mapping[str, Any], secret_env: Iterable[tuple[int, str]], fp_tag_prefix: str
+) -> dict[str, Any]:
+    """A planned request as the ledger keeps it (what a later `plan --diff` compares with): the
+    output schema by digest, each secret by the name of its variable (`env:NAME`, as the
+    fingerprint sees it), without the fingerprint tag (derived from all the rest)."""
+    out = dict(request)
+    env = dict(secret_env)
+    if env and isinstance(out.get("session_secrets"), list):
+        out["session_secrets"] = [
+            dict(s, value=f"env:{env[i]}") if i in env else s
+            for i, s in enumerate(out["session_secrets"])
+        ]
+    if isinstance(out.get("tags"), list):
+        out["tags"] = [x for x in out["tags"] if not str(x).startswith(fp_tag_prefix)]
+    if (schema := out.get("structured_output_schema")) is not None:
+        text = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+        out["structured_output_schema"] = f"sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    return out

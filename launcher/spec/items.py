@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from launcher.errors import ManifestError, Problem
-from launcher.spec.manifest import MAX_REPEATED, LoadedManifest
+from launcher.spec.manifest import LoadedManifest
+from launcher.spec.model import MAX_REPEATED
 from launcher.spec.source import MAX_DATA_BYTES, Loc, parse_yaml, read_text
 
 

@@ -19,6 +19,8 @@ from rich.progress import (
 
 from launcher.run.summary import Result
 
+MIN_RATE_SECONDS = 1.0
+
 
 class ProgressReporter:
     """Implements execute.Reporter (and the status watcher's notes) for humans."""
@@ -30,10 +32,12 @@ class ProgressReporter:
         stream: IO[str] | None = None,
         every: float = 5.0,
         force_terminal: bool | None = None,
+        rate: bool = True,
     ) -> None:
         self.console = Console(file=stream, stderr=stream is None, force_terminal=force_terminal)
         self.label = label
         self.every = every
+        self.show_rate = rate  # launches have a rate; sessions turning final do not
         self.counts: Counter[str] = Counter()
         self.total = 0
         self.done = 0
@@ -55,7 +59,7 @@ class ProgressReporter:
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}/s"),
+                TextColumn("{task.fields[rate]}"),
                 TimeElapsedColumn(),
                 TextColumn("eta"),
                 TimeRemainingColumn(),
@@ -64,7 +68,7 @@ class ProgressReporter:
                 transient=False,
             )
             self._progress.start()
-            self._task = self._progress.add_task(self.label, total=total, rate="0.0", counts="")
+            self._task = self._progress.add_task(self.label, total=total, rate="", counts="")
         elif total:
             self.console.print(f"{self.label}: {total} to do", highlight=False)
 
@@ -83,15 +87,22 @@ class ProgressReporter:
         self.counts[str(result)] += 1
         self.done += 1
         now = time.monotonic()
-        rate = self.done / max(1e-6, now - self._start)
+        rate = self._rate(now)
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, advance=1, rate=f"{rate:.1f}", counts=self._counts())
+            self._progress.update(self._task, advance=1, rate=rate, counts=self._counts())
         elif now - self._last >= self.every:
             self._last = now
             self.console.print(
-                f"{self.label}: {self.done}/{self.total} ({rate:.1f}/s) {self._counts()}",
+                f"{self.label}: {self.done}/{self.total}{f' ({rate})' if rate else ''} {self._counts()}",
                 highlight=False,
             )
+
+    def _rate(self, now: float) -> str:
+        """Done per second, once a second has passed (before that it is noise: 4372.6/s)."""
+        elapsed = now - self._start
+        if not self.show_rate or elapsed < MIN_RATE_SECONDS:
+            return ""
+        return f"{self.done / elapsed:.1f}/s"
 
     def note(self, message: str) -> None:
         self.console.print(f"note: {message}", highlight=False, markup=False)

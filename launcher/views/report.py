@@ -1,9 +1,11 @@
 """The campaign report (`devin-fleet report`): one self-contained HTML file, inline CSS and SVG,
 no scripts, no fonts or anything else fetched from the network, every value escaped.
 
-Sections: header, outcome counts as a bar, ACUs against the budget, outcomes by launch time
+Sections: header, the headline figures (sessions, succeeded, needing attention, pull requests
+opened and merged, ACUs), outcome counts as a bar, ACUs against the budget, outcomes by launch time
 (and by fleet when there are several), per-field summaries of the structured output, and the
-per-session table with links to sessions and pull requests (http(s) links only).
+per-session table (what needs attention first, fitted to the page) with links to sessions and
+pull requests (http(s) links only).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from launcher.run.status import CampaignView, Outcome
 from launcher.spec.plan import Plan
-from launcher.views.results import MISSING, Results, build_results, cell_of
+from launcher.views.results import MISSING, Results, build_results, by_attention, cell_of
 
 COLOURS = {
     "succeeded": "#2e7d32",
@@ -29,7 +31,6 @@ COLOURS = {
 }
 MAX_BINS = 12
 TOP_VALUES = 8
-HIDDEN = ("fleet", "status", "output_errors", "session_id", "url", "pr_url", "pr_state", "key")
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
@@ -39,7 +40,12 @@ h1{margin:0 0 .25rem}h2{margin-top:2rem;border-bottom:1px solid #e0e0e0;padding-
 .sw{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:middle}
 table{border-collapse:collapse;width:100%;font-size:.85rem}
 th,td{border:1px solid #e0e0e0;padding:.25rem .4rem;text-align:left;vertical-align:top}
-th{background:#f5f5f5}td:first-child{white-space:nowrap}.scroll{overflow-x:auto}
+th{background:#f5f5f5}#session-table{table-layout:fixed}
+#session-table td{overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+#session-table th{overflow-wrap:anywhere}#session-table td.num{text-align:right}
+.kpis{display:flex;flex-wrap:wrap;gap:1rem;margin:1rem 0}.kpi{border:1px solid #e0e0e0;
+border-radius:6px;padding:.6rem 1rem;min-width:9rem}.kpi b{display:block;font-size:1.6rem}
+.kpi.alert b{color:#c62828}
 .badge{color:#fff;border-radius:3px;padding:0 .3rem;white-space:nowrap}
 .fields{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:1rem}
 .field{border:1px solid #e0e0e0;border-radius:4px;padding:.5rem}.field h3{margin:.1rem 0 .4rem;
@@ -55,7 +61,7 @@ def render_report(
     now: float | None = None,
 ) -> str:
     """The report as HTML text. `launched_at` maps keys to creation times (from the ledger)."""
-    res = build_results(view, plan.schemas)
+    res = build_results(view, plan.schemas, by_attention(view.sessions))
     m = plan.manifest.manifest
     generated = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() if now is None else now))
     counts = res.counts()
@@ -71,6 +77,7 @@ def render_report(
         f'<p class="muted" id="generated">{len(res.rows)} sessions · generated {generated}'
         + (f" · success rule: <code>{escape(m.success_when)}</code>" if m.success_when else "")
         + "</p></header>",
+        _headline(res),
         '<section id="outcomes"><h2>Outcomes</h2>',
         _legend(counts),
         _stacked_bar(counts, width=800, height=28),
@@ -87,7 +94,7 @@ def render_report(
         by_fleet = {f: Counter(s.outcome.value for s in res.sessions if s.fleet == f) for f in fleets}
         parts += [
             '<section id="by-fleet"><h2>Outcomes by fleet</h2>',
-            _columns_chart([(f, dict(c)) for f, c in by_fleet.items()]),
+            _columns_chart([(f, dict(c)) for f, c in by_fleet.items()], x_title="fleet"),
             "</section>",
         ]
     parts += [
@@ -100,6 +107,38 @@ def render_report(
         "</body></html>",
     ]
     return "\n".join(p for p in parts if p) + "\n"
+
+
+def _headline(res: Results) -> str:
+    """What a manager reads first: sessions, succeeded, needing attention, PRs, ACUs."""
+    counts = res.counts()
+    n = len(res.sessions)
+    ok = counts[Outcome.succeeded]
+    attention = counts[Outcome.failed] + counts[Outcome.needs_human]
+    states = Counter(
+        str(p.get("pr_state") or "?").lower()
+        for s in res.sessions
+        for p in s.pull_requests
+        if p.get("pr_url")
+    )
+    tiles = [
+        ("sessions", str(n), "", ""),
+        ("succeeded", str(ok), f"{100 * ok / n:.0f}% of the sessions" if n else "", ""),
+        (
+            "need attention",
+            str(attention),
+            "failed or waiting for a person",
+            "alert" if attention else "",
+        ),
+        ("pull requests opened", str(sum(states.values())), f"{states['merged']} merged", ""),
+        ("ACUs consumed", f"{res.totals()['acus_consumed']:.2f}", "", ""),
+    ]
+    body = "".join(
+        f'<div class="kpi {cls}" id="kpi-{escape(name.replace(" ", "-"))}"><b>{escape(value)}</b>'
+        f"{escape(name)}{f'<br><span class=muted>{escape(note)}</span>' if note else ''}</div>"
+        for name, value, note, cls in tiles
+    )
+    return f'<section id="summary" class="kpis">{body}</section>'
 
 
 def _legend(counts: Mapping[str, int]) -> str:
@@ -166,12 +205,14 @@ def _timeline(res: Results, launched_at: Mapping[str, float | None]) -> str:
         i = min(bins - 1, int((t - start) / span * bins))
         columns[i][1][o] = columns[i][1].get(o, 0) + 1
     columns = [c for c in columns if c[1]]
-    return _columns_chart(columns)
+    return _columns_chart(columns, x_title="launch time (UTC)", y_title="sessions")
 
 
-def _columns_chart(columns: Sequence[tuple[str, Mapping[str, int]]]) -> str:
-    """Stacked columns (one per label), coloured by outcome."""
-    width, height, pad = 800, 220, 30
+def _columns_chart(
+    columns: Sequence[tuple[str, Mapping[str, int]]], *, x_title: str = "", y_title: str = "sessions"
+) -> str:
+    """Stacked columns (one per label), coloured by outcome, with axis titles."""
+    width, height, pad = 800, 240, 40
     peak = max((sum(c.values()) for _, c in columns), default=1) or 1
     slot = (width - pad) / max(1, len(columns))
     bar = min(60.0, max(4.0, slot * 0.7))
@@ -191,12 +232,22 @@ def _columns_chart(columns: Sequence[tuple[str, Mapping[str, int]]]) -> str:
                 f"<title>{escape(label)}: {o} {n}</title></rect>"
             )
         shapes.append(
-            f'<text x="{x + bar / 2:.1f}" y="{height - pad + 14}" font-size="9" '
+            f'<text x="{x + bar / 2:.1f}" y="{height - pad + 13}" font-size="9" '
             f'text-anchor="middle">{escape(label[-8:])}</text>'
         )
     axis = (
         f'<line x1="{pad}" y1="{height - pad}" x2="{width}" y2="{height - pad}" stroke="#9e9e9e"/>'
-        f'<text x="2" y="{pad}" font-size="10">{peak}</text>'
+        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#9e9e9e"/>'
+        f'<text x="{pad - 4}" y="{pad + 4}" font-size="10" text-anchor="end">{peak}</text>'
+        f'<text x="{pad - 4}" y="{height - pad}" font-size="10" text-anchor="end">0</text>'
+        f'<text class="axis-title" x="12" y="{height / 2:.0f}" font-size="11" text-anchor="middle" '
+        f'transform="rotate(-90 12 {height / 2:.0f})">{escape(y_title)}</text>'
+        + (
+            f'<text class="axis-title" x="{(width + pad) / 2:.0f}" y="{height - 4}" font-size="11" '
+            f'text-anchor="middle">{escape(x_title)}</text>'
+            if x_title
+            else ""
+        )
     )
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="outcomes" width="{width}" '
@@ -222,6 +273,12 @@ def _field_summaries(res: Results) -> str:
                 ("sum", sum(numbers)),
             ]
             body = "".join(f"<tr><th>{k}</th><td>{escape(cell_of(f, v))}</td></tr>" for k, v in stats)
+        elif _free_text(values):
+            distinct = len({cell_of(f, v) for v in values})
+            body = (
+                f'<tr><td class="free-text">free text: {len(values)} value(s), {distinct} distinct '
+                "(each in the session table)</td></tr>"
+            )
         else:
             c: Counter[str] = Counter()
             for v in values:
@@ -243,6 +300,19 @@ def _field_summaries(res: Results) -> str:
     return f'<div class="fields">{"".join(boxes)}</div>'
 
 
+def _free_text(values: Sequence[Any]) -> bool:
+    """Strings that do not repeat (links, notes): counting their values tells nothing."""
+    texts = [v for v in values if isinstance(v, str)]
+    if not texts or len(texts) < len(values):
+        return False
+    distinct = len(set(texts))
+    return (
+        distinct > TOP_VALUES
+        and distinct > len(texts) / 2
+        or all(t.startswith(("http://", "https://")) for t in texts)
+    )
+
+
 def _link(url: Any, text: str) -> str:
     u = str(url or "")
     if not u.startswith(("https://", "http://")):
@@ -251,12 +321,22 @@ def _link(url: Any, text: str) -> str:
 
 
 def _sessions_table(res: Results) -> str:
-    cols = [c for c in res.columns if c not in HIDDEN]
+    """A row per session, what needs attention first; fits the page (fixed layout: long cells
+    end in "…" and carry their whole text as a tooltip)."""
+    outputs = [c for c in res.columns if c.startswith("output.")]
+    relaunched = any(s.attempt > 1 for s in res.sessions)
+    cols = ["outcome", "reason", *(["attempt"] if relaunched else []), "acus", *outputs]
 
     def name(c: str) -> str:  # output fields by their own name, unless a fixed column has it
         bare = c.removeprefix("output.")
+        if c == "acus":
+            return "ACUs"
         return c if bare in res.columns or bare in ("key", "PR") else bare
 
+    widths = {"key": 13, "PR": 8, "outcome": 10, "reason": 14, "attempt": 5, "acus": 5}
+    fixed = sum(widths.get(c, 0) for c in ["key", "PR", *cols])
+    share = max(4.0, (100 - fixed) / max(1, len(outputs)))
+    colgroup = "".join(f'<col style="width:{widths.get(c, share):.1f}%">' for c in ["key", "PR", *cols])
     head = "".join(f"<th>{escape(name(c))}</th>" for c in ["key", "PR", *cols])
     rows = []
     for row, s in zip(res.rows, res.sessions, strict=True):
@@ -265,18 +345,20 @@ def _sessions_table(res: Results) -> str:
             for p in s.pull_requests
             if p.get("pr_url")
         )
-        cells = [f"<td>{_link(s.url, s.key)}</td>", f"<td>{prs}</td>"]
+        cells = [f'<td title="{escape(s.key)}">{_link(s.url, s.key)}</td>', f"<td>{prs}</td>"]
         for c in cols:
             text = cell_of(c, row[c])
             if c == "outcome":
                 badge = f'<span class="badge" style="background:{COLOURS[text]}">{escape(text)}</span>'
                 cells.append(f"<td>{badge}</td>")
+            elif c in ("acus", "attempt"):
+                cells.append(f'<td class="num">{escape(text)}</td>')
             else:
-                cells.append(f"<td>{escape(text)}</td>")
+                cells.append(f'<td title="{escape(text)}">{escape(text)}</td>')
         rows.append(
             f'<tr data-key="{escape(s.key)}" data-outcome="{s.outcome.value}">{"".join(cells)}</tr>'
         )
     return (
-        f'<div class="scroll"><table id="session-table"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table></div>"
+        f'<table id="session-table"><colgroup>{colgroup}</colgroup><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
     )

@@ -9,6 +9,7 @@ writes `true`/`false`, lists joined by "; ", nothing for null (RFC 4180 quoting)
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fnmatch
 import io
 import json
@@ -24,6 +25,11 @@ FIXED_BEFORE = ("key", "fleet")
 FIXED_MIDDLE = ("outcome", "reason", "status", "attempt", "pr_url", "pr_state", "acus")
 FIXED_AFTER = ("output_valid", "output_errors", "session_id", "url")
 ACU_DIGITS = 2
+ALIASES = {"pr": "pr_url", "acu": "acus", "session": "url", "session_url": "url"}
+# The narrow default: what a reader scans for; output fields follow while the width allows.
+NARROW = ("key", "outcome", "reason", "pr_url", "acus")
+CELL_CAP = 48  # a free-text cell longer than this is cut (with "…") in the text table
+UNCUT = frozenset({"key", "pr_url", "url", "session_id"})  # links and ids are never cut
 
 
 class FieldError(ValueError):
@@ -144,7 +150,9 @@ class Results:
         return cols, {v: {c: table[v].get(c, 0) for c in cols} for v in order}
 
     def resolve(self, field: str) -> str:
-        """A column name from what a user typed: a column, or a bare output field."""
+        """A column name from what a user typed: a column, an alias (`pr`, `ACUs`), or a bare
+        output or item field."""
+        field = ALIASES.get(field.lower(), field)
         if field in self.columns:
             return field
         for candidate in (f"output.{field}", f"item.{field}"):
@@ -196,7 +204,8 @@ def _compact(value: Any) -> str:
 def select(
     view: CampaignView, outcomes: Iterable[str] = (), only: Iterable[str] = ()
 ) -> list[SessionView]:
-    """Sessions whose outcome is one of `outcomes` and whose key matches one of the globs."""
+    """Sessions whose outcome is one of `outcomes` and whose key matches one of the globs
+    (`status`, `results`, `report`, `message` filter alike)."""
     wanted, globs = set(outcomes), list(only)
     return [
         s
@@ -204,6 +213,30 @@ def select(
         if (not wanted or s.outcome.value in wanted)
         and (not globs or any(fnmatch.fnmatchcase(s.key, g) for g in globs))
     ]
+
+
+def with_history(
+    chosen: list[SessionView],
+    earlier: Mapping[str, list[SessionView]],
+    outcomes: Sequence[str] = (),
+) -> list[SessionView]:
+    """Each chosen key's earlier attempts (oldest first; with `outcomes`, only those) before
+    its latest: what `results --history` lists."""
+    out: list[SessionView] = []
+    for s in chosen:
+        out += [
+            dataclasses.replace(e, fleet=s.fleet)
+            for e in earlier.get(s.key, [])
+            if not outcomes or e.outcome.value in outcomes
+        ]
+        out.append(s)
+    return out
+
+
+def by_attention(sessions: Iterable[SessionView]) -> list[SessionView]:
+    """Failed, needs-human, running, not launched, cancelled, succeeded; plan order within each
+    (a stable sort: a person's eye lands on what to act on first)."""
+    return sorted(sessions, key=lambda s: s.outcome.rank)
 
 
 def build_results(
@@ -273,13 +306,15 @@ def _row(s: SessionView) -> dict[str, Any]:
     return row
 
 
-def to_csv(results: Results) -> str:
-    """RFC 4180: CRLF line ends, quotes where needed; header in column order."""
+def to_csv(results: Results, columns: Sequence[str] | None = None) -> str:
+    """RFC 4180: CRLF line ends, quotes where needed; header in column order (every column,
+    or those chosen)."""
+    cols = list(columns or results.columns)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\r\n")
-    w.writerow(results.columns)
+    w.writerow(cols)
     for row in results.rows:
-        w.writerow([cell_of(c, row[c]) for c in results.columns])
+        w.writerow([cell_of(c, row[c]) for c in cols])
     return buf.getvalue()
 
 
@@ -338,3 +373,110 @@ def crosstab_markdown(
     header = [f"{first} by {second}", *cols, "total"]
     rows = ([v, *(counts[c] for c in cols), sum(counts.values())] for v, counts in table.items())
     return md_table(header, rows) + "\n"
+
+
+# =========================================================================== the text table
+
+
+def choose_columns(results: Results, names: Iterable[str]) -> list[str]:
+    """The columns a user named (`--columns key,outcome,output.x`; `all` for every column),
+    resolved (bare output fields, aliases); raises FieldError for an unknown one."""
+    chosen: list[str] = []
+    for name in names:
+        for part in (p.strip() for p in name.split(",")):
+            if part == "all":
+                chosen.extend(results.columns)
+            elif part:
+                chosen.append(results.resolve(part))
+    return list(dict.fromkeys(chosen))
+
+
+def default_columns(results: Results, width: int | None) -> list[str]:
+    """The narrow table: key, outcome, reason, PR, ACUs (the fleet and the attempt when they
+    tell something), then the output fields, in schema order, that fit in `width` characters
+    (None: not a terminal; every output field, then the session URL: one long line a session,
+    for grep and logs)."""
+    base = list(NARROW)
+    if len({s.fleet for s in results.sessions}) > 1:
+        base.insert(1, "fleet")
+    if any(s.attempt > 1 for s in results.sessions):
+        base.insert(base.index("outcome"), "attempt")
+    outputs = [c for c in results.columns if c.startswith("output.")]
+    if width is None:
+        return [*base, *outputs, "url"]
+    widths = column_widths(results, [*base, *outputs], terminal=True)
+    used = sum(widths[c] + 3 for c in base)  # a cell's padding and the rule between
+    for c in outputs:
+        if used + widths[c] + 3 > width:
+            break
+        base.append(c)
+        used += widths[c] + 3
+    return base
+
+
+def heading(results: Results, column: str) -> str:
+    """A column's heading: output fields by their bare name (unless a fixed column has it)."""
+    if column == "pr_url":
+        return "PR"
+    if column == "acus":
+        return "ACUs"
+    bare = column.removeprefix("output.")
+    return column if bare in results.columns or bare in ("PR", "ACUs") else bare
+
+
+def short_pr(url: str) -> str:
+    """`https://github.com/acme/api/pull/7` -> `acme/api#7` (the terminal links the full URL)."""
+    head, sep, number = url.rstrip("/").rpartition("/pull/")
+    if not sep or "://" not in head:
+        return url
+    path = head.split("://", 1)[1].split("/", 1)
+    return f"{path[1] if len(path) > 1 else path[0]}#{number}"
+
+
+def display(column: str, value: Any, *, terminal: bool = False) -> str:
+    """A cell as the text table shows it: one line; free text cut at CELL_CAP; on a terminal
+    pull requests as `owner/repo#n` (linked)."""
+    text = cell_of(column, value).replace("\r", " ").replace("\n", " ")
+    if terminal and column == "pr_url" and text:
+        return " ".join(short_pr(u) for u in text.split())
+    if column not in UNCUT and len(text) > CELL_CAP:
+        return text[: CELL_CAP - 1] + "…"
+    return text
+
+
+def column_widths(results: Results, columns: Sequence[str], *, terminal: bool) -> dict[str, int]:
+    widths = {c: len(heading(results, c)) for c in columns}
+    for row in results.rows:
+        for c in columns:
+            n = len(display(c, row.get(c), terminal=terminal))
+            if n > widths[c]:
+                widths[c] = n
+    return widths
+
+
+def plain_lines(results: Results, columns: Sequence[str]) -> list[str]:
+    """The table as aligned text, a header then one line per session, never wrapped: what
+    `results` writes when its output is not a terminal (a file, grep, a CI log)."""
+    widths = column_widths(results, columns, terminal=False)
+    last = columns[-1] if columns else ""
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            t if c == last else t.ljust(widths[c]) for c, t in zip(columns, cells, strict=True)
+        ).rstrip()
+
+    out = [line([heading(results, c) for c in columns])]
+    out += [line([display(c, row.get(c)) for c in columns]) for row in results.rows]
+    return out
+
+
+def counts_line(results: Results) -> str:
+    """`failed: 3  needs-human: 2  succeeded: 35`: the outcome counts, attention first."""
+    counts = results.counts()
+    ranked = sorted(counts, key=lambda o: Outcome(o).rank)
+    return "  ".join(f"{o}: {counts[o]}" for o in ranked if counts[o]) or "no sessions"
+
+
+def needing_attention(results: Results) -> list[SessionView]:
+    """Sessions a person should look at: failed, needing a human (attention order)."""
+    return [s for s in results.sessions if s.outcome in (Outcome.failed, Outcome.needs_human)]

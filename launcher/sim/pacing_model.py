@@ -1,4 +1,5 @@
-"""A discrete-event model of `apply` against a server-side token bucket, in virtual time.
+"""A discrete-event model of `apply` against a server-side token bucket, in virtual time
+(the pacing tests and `bench/pacing_sweep.py` run the real pacer in it).
 
 It drives the real `Pacer` (its pure `try_acquire`/`on_success`/`on_429`) with a fake clock as
 apply does: at most `concurrency` creates in flight, a 429 parks its key until its Retry-After
@@ -16,19 +17,7 @@ import random
 from dataclasses import dataclass, field
 
 from launcher.api.pacing import Pacer, Ticket
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.t = start
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += max(0.0, seconds)
+from launcher.sim.clock import VirtualClock
 
 
 @dataclass
@@ -65,11 +54,11 @@ def run_model(
 ) -> Outcome:
     """Launch `n` creates; return when the last one was accepted and what happened."""
     rng = random.Random(seed)
-    clock = FakeClock()
+    clock = VirtualClock()
     start = clock.now()
     pacer = Pacer(rate, clock, rng=random.Random(seed))
     pacer.remaining = n
-    tokens, stamp = float(burst), start
+    bucket = _Bucket(limit, burst, float(burst), start)  # the server's
     todo = n  # keys not handed out yet
     created = limited = 0
     in_flight = 0
@@ -87,32 +76,21 @@ def run_model(
     push(start, "try")
     while events and created < n:
         t, _, kind, ticket = heapq.heappop(events)
-        clock.t = max(clock.t, t)
-        now = clock.t
+        now = clock.t = max(clock.t, t)
         if kind == "arrive":
             assert ticket is not None
-            tokens = min(float(burst), tokens + (now - stamp) * limit)
-            stamp = now
+            wait = bucket.take(now)
             in_flight -= 1
             hint = Hint(limit, None) if headers else None
-            if tokens >= 1.0:
-                tokens -= 1.0
+            if wait is None:
                 created += 1
                 pacer.remaining = n - created
                 if headers:
-                    hint = Hint(limit, math.floor(tokens))
+                    hint = Hint(limit, math.floor(bucket.tokens))
                 pacer.on_success(ticket, hint)
             else:
                 limited += 1
-                wait = (1.0 - tokens) / limit
-                ra: float | None
-                if retry_after == "seconds":
-                    ra = float(max(1, math.ceil(wait)))
-                elif retry_after == "http-date":
-                    wall = 1.7e9 + now + rng.random()  # the client's and server's clocks agree
-                    ra = math.ceil(wall + wait) - wall
-                else:
-                    ra = None
+                ra = _retry_after(retry_after, wait, now, rng)
                 if headers:
                     hint = Hint(limit, 0)
                 # Parked, as apply does: its slot goes to the next key meanwhile.
@@ -139,10 +117,37 @@ def run_model(
             out.rates.append(pacer.adaptive.rate)
             delay = latency + (rng.random() * jitter if jitter else 0.0)
             push(now + delay, "arrive", got)
-    out.elapsed = clock.now() - start
-    out.created = created
-    out.rate_limited = limited
+    out.elapsed, out.created, out.rate_limited = clock.now() - start, created, limited
     return out
+
+
+@dataclass
+class _Bucket:
+    """The server's token bucket."""
+
+    limit: float
+    burst: int
+    tokens: float
+    stamp: float
+
+    def take(self, now: float) -> float | None:
+        """None: a token was taken; else how long until there is one."""
+        self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.limit)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return None
+        return (1.0 - self.tokens) / self.limit
+
+
+def _retry_after(style: str, wait: float, now: float, rng: random.Random) -> float | None:
+    """The Retry-After a 429 carries (seconds until a token), as `style` writes it."""
+    if style == "seconds":
+        return float(max(1, math.ceil(wait)))
+    if style == "http-date":
+        wall = 1.7e9 + now + rng.random()  # the client's and server's clocks agree
+        return math.ceil(wall + wait) - wall
+    return None
 
 
 def bench_concurrency(limit: float, latency: float) -> int:
