@@ -17,8 +17,7 @@ from launcher.api.client import ApiConfig, DevinClient
 from launcher.cli import cli
 from launcher.run.messages import MessageBatch, MessageReport, Outgoing, digest, send_messages
 from launcher.sim import Profile, SimServer
-from tests.fake_api import FakeClock
-from tests.test_follow import apply_all, fleet_manifest
+from tests.helpers import FakeClock, apply_all, fleet_manifest
 
 TEXT = "Please rebase on main and re-run the tests."
 

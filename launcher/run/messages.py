@@ -239,11 +239,7 @@ async def send_messages(
 ) -> MessageReport:
     """Send every message of `batch` once, holding the campaign lock (LockedError when another
     run holds it); raises AuthError (401/403) after stopping. `on_done(key, result)` hears of
-    each message as it settles: `sent`, `found` (delivered earlier) or `error`.
-
-    Paced as apply paces creates: one `Pacer` learns the server's limit (429s, rate-limit
-    headers), a 429 parks its message for its own Retry-After outside the `concurrency`
-    slots, and the pacer's end game knows how many are left."""
+    each message as it settles: `sent`, `found` or `error`. Paced as apply paces creates."""
     await off_loop(check_target, ledger, client.config.base_url, client.config.org_id)
     pacer = Pacer(rate, clock or MonotonicClock())
     pacer.remaining = len(batch.todo)
@@ -258,9 +254,9 @@ async def send_messages(
                 settled = await _settled_by_lookup(client, ledger, out, report, auth)
             if settled is not None:
                 return None if settled == "auth" else settled
-        retry_at = 0.0  # this message's own Retry-After, as a clock time
+        retry_at = 0.0  # this message's own Retry-After (clock time): parked out of the slots
         while True:
-            await pacer.wait_until(retry_at)  # parked: out of the queue and out of the slots
+            await pacer.wait_until(retry_at)
             async with limiter:
                 ticket = await pacer.acquire(not_before=retry_at)
                 assert ticket is not None  # no stop event: acquire always admits in the end
@@ -284,9 +280,7 @@ async def send_messages(
                 return None
             if answer == "failed":
                 return "error"
-            # ambiguous: it may have arrived: read back once (if not there, the next run
-            # looks again)
-            async with limiter:
+            async with limiter:  # ambiguous: read back once (else the next run looks again)
                 settled = await _settled_by_lookup(client, ledger, out, report, auth, result.message)
             return None if settled == "auth" else settled
 
@@ -294,8 +288,7 @@ async def send_messages(
         try:
             result = await one(out, scope)
         finally:
-            if pacer.remaining:
-                pacer.remaining -= 1  # the end game counts what is left
+            pacer.remaining = max(0, (pacer.remaining or 0) - 1)  # for the end game
         if result is not None and on_done is not None:
             on_done(out.key, result)
 
