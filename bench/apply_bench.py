@@ -58,7 +58,7 @@ class Sim:
         )
         env: dict[str, str] = {}
         assert self.proc.stdout is not None
-        while len(env) < 3:
+        while len(env) < 4:
             line = self.proc.stdout.readline()
             if not line:
                 raise RuntimeError("simulator did not start")

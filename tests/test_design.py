@@ -140,9 +140,9 @@ ALLOWED: dict[str, set[str]] = {
     },
     "cancel": {"errors", "plan", "client", "store", "status", "reconcile", "binding"},
     "remote": {"errors", "plan", "client", "source"},
-    "results": {"status"},
+    "results": {"outcome", "status"},
     "formats": {"results"},
-    "report": {"plan", "status", "results"},
+    "report": {"outcome", "plan", "status", "results"},
     "diff": set(),
     "messages": {
         "errors",

@@ -34,11 +34,13 @@ def test_sim_command_prints_exports_serves_and_stops_on_ctrl_c() -> None:
     try:
         env: dict[str, str] = {}
         assert proc.stdout is not None
-        for _ in range(3):
+        for _ in range(4):
             m = re.match(r"export (\w+)=(\S+)", proc.stdout.readline().strip())
             assert m, "expected an export line"
             env[m.group(1)] = m.group(2)
         assert env["DEVIN_API_KEY"] == "cog_cli_test" and env["DEVIN_ORG_ID"] == "org-cli"
+        # the simulator's list lag, known exactly: apply states it instead of assuming 10 s
+        assert float(env["DEVIN_FLEET_LIST_LAG"]) >= 0
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", env["DEVIN_API_BASE_URL"])
         base = env["DEVIN_API_BASE_URL"]
         me = httpx.get(f"{base}/v3/self", headers={"Authorization": "Bearer cog_cli_test"}, timeout=10)

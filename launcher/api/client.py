@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import ValidationError
 
-from launcher.api.models import Page, Session, session_path_id
+from launcher.api.models import REQUEST_TIMEOUT, Page, Session, session_path_id
 from launcher.errors import (
     APIError,
     AuthError,
@@ -51,7 +51,7 @@ class ApiConfig:
     org_id: str
     token: str = field(repr=False)
     connect_timeout: float = 5.0
-    read_timeout: float = 30.0
+    read_timeout: float = REQUEST_TIMEOUT
 
     def __post_init__(self) -> None:
         # A header cannot carry these: httpx would refuse it later with the token in its words.

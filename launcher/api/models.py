@@ -26,6 +26,10 @@ from pydantic import (
 
 from launcher.errors import validation_errors
 
+# How long one answer of the API may take (seconds): the client's read timeout, and how long a
+# create that got no answer may still be in transit (it is looked up only after that).
+REQUEST_TIMEOUT = 30.0
+
 MAX_TAGS = 50
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_URL_CHARS = 2083

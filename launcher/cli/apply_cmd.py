@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import anyio
 import click
 
-from launcher.api.client import ApiConfig
+from launcher.api.models import REQUEST_TIMEOUT
 from launcher.cli.common import (
     FiniteRange,
     api_config,
@@ -35,6 +35,7 @@ from launcher.run.options import SIM_RATE, ApplyOptions, RolloutOptions
 from launcher.spec.plan import Plan
 
 if TYPE_CHECKING:
+    from launcher.api.client import ApiConfig
     from launcher.run.relaunch import Selection
     from launcher.run.rollout import RolloutSummary
     from launcher.run.summary import ApplySummary
@@ -79,7 +80,7 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--request-timeout",
-    default=ApiConfig.read_timeout,
+    default=REQUEST_TIMEOUT,
     show_default=True,
     type=FiniteRange(min=0, min_open=True),
     help="Seconds to wait for one API answer (a create that times out is looked up).",

@@ -64,7 +64,7 @@ def api_options(f: F) -> F:
 
 
 def outcome_option(f: F) -> F:
-    from launcher.run.status import Outcome
+    from launcher.run.outcome import Outcome  # not run.status: no HTTP client at start-up
 
     return click.option(
         "--outcome",

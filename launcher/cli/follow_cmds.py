@@ -191,7 +191,7 @@ async def _refresh(
 
 def _counts(view: CampaignView) -> str:
     """`failed: 3  needs-human: 2  succeeded: 35`: attention first."""
-    from launcher.run.status import Outcome
+    from launcher.run.outcome import Outcome
 
     c = view.counts()
     ranked = sorted(c, key=lambda o: Outcome(o).rank)

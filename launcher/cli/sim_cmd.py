@@ -36,6 +36,8 @@ def sim(
         click.echo(f"export DEVIN_API_BASE_URL={server.base_url}")
         click.echo(f"export DEVIN_ORG_ID={server.org_id}")
         click.echo(f"export DEVIN_API_KEY={server.token}")
+        # its list lag is known exactly: apply need not assume the worst before its first create
+        click.echo(f"export DEVIN_FLEET_LIST_LAG={server.profile.faults.list_lag_seconds:g}")
         err.print(f"simulator ({server.profile.name}) serving; Ctrl-C to stop")
 
     with contextlib.suppress(KeyboardInterrupt):

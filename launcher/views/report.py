@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from launcher.run.status import CampaignView, Outcome
+from launcher.run.outcome import CampaignView, Outcome
 from launcher.spec.plan import Plan
 from launcher.views.results import MISSING, Results, build_results, by_attention, cell_of
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from launcher.run.status import CampaignView, Outcome, SessionView
+from launcher.run.outcome import CampaignView, Outcome, SessionView
 
 MISSING = "(missing)"
 FIXED_BEFORE = ("key", "fleet")
