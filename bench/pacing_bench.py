@@ -16,6 +16,7 @@ burst at once, the rest at its limit, one latency for the listing and one for th
     .venv/bin/python bench/pacing_bench.py --shape a --shape d
     .venv/bin/python bench/pacing_bench.py --repeat 3       # each shape 3 times, then min/median/max
     .venv/bin/python bench/pacing_bench.py --list
+    .venv/bin/python bench/pacing_bench.py --messages --shape a --shape c   # `message` pacing
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,6 +65,12 @@ class Shape:
             "name": f"pacing-{self.name}",
             "faults": {"rate_limit": rate_limit, "latency_seconds": self.latency_ms / 1000},
         }
+
+    def message_profile(self) -> dict[str, object]:
+        """The same bucket on message sends instead of creates (creates go unlimited)."""
+        faults = dict(self.profile()["faults"])  # type: ignore[call-overload]
+        faults["message_rate_limit"] = faults.pop("rate_limit")
+        return {"name": f"pacing-messages-{self.name}", "faults": faults}
 
     def concurrency(self, default: int) -> int:
         # Little's law: launching at the limit keeps limit x latency creates in flight. Below
@@ -147,6 +157,54 @@ def run_shape(shape: Shape, n: int, rate: float, concurrency: int) -> dict[str, 
     }
 
 
+def run_messages(shape: Shape, n: int, rate: float, concurrency: int) -> dict[str, object]:
+    """`devin-fleet message` to `n` sessions against a fresh simulator whose message endpoint
+    has `shape`'s bucket (the sessions are launched first, unlimited); what happened."""
+    with tempfile.TemporaryDirectory(prefix="pacing-bench-") as tmp:
+        workdir = Path(tmp)
+        sim = Sim(shape.message_profile(), workdir)
+        try:
+            path = write_campaign(workdir, n)
+            run_apply(path, sim, concurrency, max(rate, 200.0))
+            env = {**os.environ, **sim.env}
+            cmd = [sys.executable, "-m", "launcher", "message", str(path), "--yes"]
+            cmd += ["--text", "Rebase on main, please.", "--rate", f"{rate:g}"]
+            cmd += ["--concurrency", str(concurrency), "--ledger", str(workdir / "ledger.db")]
+            spawned = time.time()
+            t = time.perf_counter()
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            wall = time.perf_counter() - t
+            import httpx
+
+            base = sim.env["DEVIN_API_BASE_URL"]
+            stats = httpx.get(f"{base}/_sim/stats", timeout=30).json()
+            sessions = sim.sessions()
+        finally:
+            sim.close()
+    sent = re.search(r"sent (\d+) message", done.stdout)
+    first = stats.get("first_message_at")
+    ideal = n / shape.limit
+    best = None
+    if isinstance(first, float | int):  # start-up and the refresh before the first send, fixed
+        best = (float(first) - spawned) + (n - shape.burst) / shape.limit + shape.latency_ms / 1000
+    return {
+        "shape": shape.name,
+        "server": shape.describe(),
+        "concurrency": concurrency,
+        "rate": rate,
+        "exit_code": done.returncode,
+        "sent": int(sent.group(1)) if sent else None,
+        "duplicates": sum(1 for x in sessions if int(str(x.get("messages", 0))) > 2),
+        "wall_s": round(wall, 2),
+        "ideal_s": round(ideal, 2),
+        "efficiency": round(ideal / wall, 3),
+        "rate_limited": stats.get("faults", {}).get("messages_rate_limited", 0),
+        "max_messages_per_s": stats.get("messages_max_per_second"),
+        "before_sends_s": _span(spawned, first),
+        "bound": round(ideal / best, 3) if best else None,
+    }
+
+
 def _bound(shape: Shape, n: int, first_request: object, spawned: float) -> float | None:
     if not isinstance(first_request, float | int):
         return None
@@ -179,6 +237,12 @@ def main() -> None:
     ap.add_argument(
         "--repeat", type=int, default=1, help="runs per shape (default 1); then a summary per shape"
     )
+    ap.add_argument(
+        "--messages",
+        action="store_true",
+        help="pace `message` sends instead of creates (the shape's bucket on the message "
+        "endpoint; the bound counts start-up and the refresh before the first send as fixed)",
+    )
     ap.add_argument("--json", action="store_true", help="one JSON object per shape")
     ap.add_argument("--list", action="store_true", help="list the shapes and exit")
     a = ap.parse_args()
@@ -190,6 +254,9 @@ def main() -> None:
     if not chosen:
         raise SystemExit(f"no such shape; choose from {', '.join(s.name for s in SHAPES)}")
     as_installed()
+    if a.messages:
+        main_messages(chosen, a)
+        return
     print(
         f"{a.n} sessions per shape; efficiency = (sessions / limit) / wall incl. start-up; "
         "eff(apply) leaves start-up out"
@@ -225,6 +292,34 @@ def main() -> None:
                 f"{name:2} {rs[0]['server']:52} {effs[0]:.3f} / {statistics.median(effs):.3f} / "
                 f"{effs[-1]:.3f} ({bound:.3f}), {limited:g}"
             )
+
+
+def main_messages(chosen: list[Shape], a: argparse.Namespace) -> None:
+    print(f"{a.n} messages per shape; efficiency = (messages / limit) / `message` wall time")
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for shape in [s for s in chosen for _ in range(max(1, a.repeat))]:
+        r = run_messages(shape, a.n, shape.rate(a.rate), shape.concurrency(a.concurrency))
+        runs.setdefault(shape.name, []).append(r)
+        print(json.dumps(r) if a.json else _message_line(r), flush=True)
+    if a.repeat > 1 and not a.json:
+        print(f"\nover {a.repeat} runs: efficiency min / median / max (bound median), 429s median")
+        for name, rs in runs.items():
+            effs = sorted(r["efficiency"] for r in rs)
+            bound = statistics.median(r["bound"] or 0.0 for r in rs)
+            limited = statistics.median(r["rate_limited"] for r in rs)
+            print(
+                f"{name:2} {rs[0]['server']:52} {effs[0]:.3f} / {statistics.median(effs):.3f} / "
+                f"{effs[-1]:.3f} ({bound:.3f}), {limited:g}"
+            )
+
+
+def _message_line(r: dict[str, Any]) -> str:
+    return (
+        f"{r['shape']:2} {r['server']:52} rate {r['rate']:g} conc {r['concurrency']} "
+        f"sent {r['sent']} exit {r['exit_code']} wall {r['wall_s']}s ideal {r['ideal_s']}s "
+        f"eff {r['efficiency']} bound {r['bound']} 429s {r['rate_limited']} "
+        f"dup {r['duplicates']} max/s {r['max_messages_per_s']} pre {r['before_sends_s']}s"
+    )
 
 
 if __name__ == "__main__":

@@ -9,12 +9,15 @@ and prints the API requests it made and the wall time.
 
     .venv/bin/python bench/status_bench.py                  # N = 10,000
     .venv/bin/python bench/status_bench.py --n 2000 --repeat 3
+    .venv/bin/python bench/status_bench.py --cli          # also the commands, as users run them
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -114,6 +117,12 @@ def main() -> None:
         help="Simulated seconds per real second (high: sessions settle at once, "
         "with structured outputs to validate).",
     )
+    ap.add_argument(
+        "--cli",
+        action="store_true",
+        help="Also time the commands users run (`status`, `results` as a table and as CSV), "
+        "each a fresh `devin-fleet` process: start-up, plan, refresh and rendering included.",
+    )
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,6 +173,33 @@ def main() -> None:
                     f"{wall:.2f}s wall; server saw {seen}; outcomes "
                     f"{ {k: v for k, v in counts.items() if v} }"
                 )
+            if args.cli:
+                time_cli(plan.manifest.path, ledger_path, sim, args.repeat)
+
+
+def time_cli(manifest: Path, ledger: Path, sim: SimServer, repeat: int) -> None:
+    """Wall time of each command as a user runs it (a new process; output to a pipe)."""
+    env = {
+        **os.environ,
+        "DEVIN_API_KEY": sim.token,
+        "DEVIN_ORG_ID": sim.org_id,
+        "DEVIN_API_BASE_URL": sim.base_url,
+        "NO_COLOR": "1",
+    }
+    exe = Path(sys.executable).with_name("devin-fleet")
+    for args in (["status"], ["results"], ["results", "-o", "csv"]):
+        walls = []
+        for _ in range(repeat):
+            cmd = [str(exe), *args, str(manifest), "--ledger", str(ledger)]
+            t = time.perf_counter()
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            walls.append(time.perf_counter() - t)
+            if done.returncode not in (0, 4, 6):
+                raise SystemExit(f"{' '.join(args)} exited {done.returncode}: {done.stderr[-500:]}")
+        print(
+            f"devin-fleet {' '.join(args):<16} {min(walls):.2f}s best, {max(walls):.2f}s worst "
+            f"of {repeat} (wall, a new process each, output {len(done.stdout):,} chars)"
+        )
 
 
 if __name__ == "__main__":

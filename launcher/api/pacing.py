@@ -18,15 +18,20 @@ are kept by send time, so latency never blurs what they measure.
   run's first 429 and this one: its bucket was empty at both, so accepted / the span between
   them is its limit, pauses included (what refilled during a pause was spent after it).
   Before 8 are accepted, (accepted + 1) / span, so a cut is never deeper than needed; at most
-  to a tenth at once. That measure becomes the peak. 429s for creates sent before a cut cut
-  again only when the measure is 30% below the rate (saves a round trip of 429s at 300 ms).
+  to a tenth at once. The same count over the time creates were going out (a gap counts up to
+  1.5 intervals) becomes the peak: a stall with every slot in flight refills a small bucket
+  only to its size, and would read as a low limit. 429s for creates sent before a cut cut
+  again only when the measure is 30% below the rate (saves a round trip of 429s at 300 ms);
+  they empty the client's bucket only when answered within an interval or when 4 in 5 answers
+  of the run are refused (else, at high latency, the next creates would wait an interval
+  after each, and the server idle after the train).
 - One token (at most one create went through before the first 429): the server takes a
   create only once 1 / limit has passed since the one it took last, and wastes what refills
   while the next is on its way (just above the limit, half are refused). So gaps, not
   counts, measure it: an accepted create sent g after the previous accepted one says
   limit >= 1 / g, a refused one limit < 1 / g. The cut goes to the run's shortest accepted
-  gap (a rate that went through), the peak to its longest refused gap (quick recovery aims
-  there), and the rate does not probe past 0.99 x the rate of the latest 429 for 160
+  gap (a rate that went through), the peak to its longest refused gap, and recovery aims at,
+  and probing stops at 0.99 x, the lower of the peak and the rate of the latest 429, for 160
   accepted creates. Measured by gaps, workers that all waited a while (a pause, every slot
   in flight) do not read as a low limit.
 - Between two 429s the bucket refilled more than (accepted - 1): a lower bound of the limit
@@ -34,29 +39,29 @@ are kept by send time, so latency never blurs what they measure.
 - Back up: after a cut, each accepted create closes a tenth of the way to 0.97 x the peak;
   from there it probes by 0.075% per accepted create while creates wait on the rate, doubling
   every 40 accepted since the cut, at most 0.5% (the limit may have moved up).
-- Retry-After (seconds or HTTP date) holds back only the request it answered: apply parks
-  the key and its worker launches the next (at most `--concurrency` in flight, parked keys
-  included). Eight 429s in a row for creates sent after their cut, or a Retry-After over 5 s,
-  pause every worker as asked (or with equal-jitter backoff), and measuring starts afresh.
-- End game: once the creates left would all be sent within the longest Retry-After seen, a
-  429 would hold its request past everyone else's end, so the rate drops 5% below the rate
-  (at most the peak) and probes no more: a last second 0.05 s slower, against a whole second
-  for each 429 there.
+- Retry-After (seconds or HTTP date) holds back only the request it answered: apply (and
+  `message`) parks it, and its slot goes to the next. Eight 429s in a row for creates sent
+  after their cut, or a Retry-After over 5 s, pause every worker as asked (or with
+  equal-jitter backoff), and measuring starts afresh.
+- End game: once the creates left would all be sent within the longest wait a 429 has cost
+  (its Retry-After, or the short wait without one) plus two latencies (learning of the 429,
+  sending again), a 429 would hold its request past everyone else's end, so the rate drops 5%
+  below the lowest of the rate, the peak and the rate the last cut went to (a measure, not a
+  probe), and probes no more: a last second 0.05 s slower, against a whole second for a 429.
 - Rate-limit headers, when an answer has them (the client parses three families), set the rate
   directly (quota / window, no probing); Remaining, less the creates sent since, may go at
   once (the server's burst, still within `--rate`); a 429 for a create sent at that rate
   lowers their trust by 3%.
 
-Figures: bench/pacing_bench.py (real sockets, the CLI, the simulator's token bucket) and
-bench/pacing_sweep.py (this module in the virtual-time model of apply, 384 server shapes);
-the README has both. Bounds: at most floor(`--rate`) admissions in any 1.02-second window (a
-sliding log over the bucket), at most `--concurrency` in flight. The pure parts take explicit
-times, so tests drive them with a fake clock.
+Figures: bench/pacing_bench.py (real sockets, the CLI) and bench/pacing_sweep.py (the
+virtual-time model, 384 server shapes). Bounds: at most floor(`--rate`) admissions in any
+1.02-second window, at most `--concurrency` in flight. The pure parts take explicit times.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import random
 import time
@@ -233,6 +238,7 @@ class AdaptiveRate:
     recover: float = 0.1  # after a cut, each accepted create closes this share of the way back
     single_token: bool | None = None  # the server's bucket holds one token (seen at its first 429)
     demand: bool = False  # creates waited for the rate since the last step up (else no probe)
+    cut_to: float | None = None  # the rate the last cut went to (below the limit, measured)
     _cut_at: float = -math.inf  # tickets sent before this were paced at a rate already cut
     _since_cut: int = 0  # accepted creates sent after the last cut
     _run_start: float = -math.inf  # send time of the first 429 of the current run
@@ -275,11 +281,12 @@ class AdaptiveRate:
             step = self.probe * 2 ** (self._since_cut / self.probe_doubling)
             self.rate = self._clamp(self.rate * (1 + min(step, self.probe_max)))
 
-    def accepted_rate(self, since: float, until: float) -> float | None:
+    def accepted_rate(self, since: float, until: float, *, busy: bool = False) -> float | None:
         """What the server accepts per second, from the answers to creates sent in
         [since, until] (a run of 429s: its bucket was empty at `since`): accepted / sending
         time. With fewer than `min_measured` accepted, (accepted + 1) / time: the most it
-        could have accepted, so a cut to it is never deeper than needed."""
+        could have accepted, so a cut to it is never deeper than needed. `busy`: the time
+        counts only while creates left at their pace (a gap is counted up to 1.5 intervals)."""
         lo = bisect.bisect_left(self._answers, (since,))
         hi = bisect.bisect_right(self._answers, (until, True, math.inf))
         answers = self._answers[lo:hi]
@@ -288,6 +295,8 @@ class AdaptiveRate:
         # The bucket was empty at both ends (each a 429): what it accepted in between is what
         # it refilled, pauses included (a refill during a pause is spent after it).
         paced = answers[-1][0] - answers[0][0]
+        if busy:
+            paced = sum(min(b[0] - a[0], 1.5 / b[2]) for a, b in itertools.pairwise(answers))
         accepted = sum(1 for _, ok, _ in answers[1:] if ok)
         if paced <= 0:
             return None
@@ -344,7 +353,8 @@ class AdaptiveRate:
             self._run_start = ticket.at  # a first 429 after a settled period starts a run
         est = self.accepted_rate(self._run_start, ticket.at)
         cap = self.hold * ticket.rate
-        top = est  # the most the limit can be, by what was measured
+        # The most the limit can be, by what was measured: counted while creates went out.
+        top = self.accepted_rate(self._run_start, ticket.at, busy=True)
         if est is not None and self.single_token:
             # One token: gaps, not counts (module docstring). The cut goes to the run's
             # shortest accepted gap, recovery aims at its longest refused one.
@@ -375,12 +385,20 @@ class AdaptiveRate:
         if self.limit is not None:
             new = max(new, min(cap, self.limit))  # never below what it measurably accepts
         self.rate = self._clamp(min(self.rate, new))
+        self.cut_to = self.rate
         if top is not None and (not fresh or not settled):
             self.peak = min(self.peak or top, top)  # measured: recover to it, probe beyond
         self._cut_at = now
         self._since_cut = 0
         self.cuts += 1
         return True
+
+    def mostly_refused(self, until: float) -> bool:
+        """Whether 4 in 5 of the (4+) answers of the current run up to `until` were refused."""
+        lo = bisect.bisect_left(self._answers, (self._run_start,))
+        hi = bisect.bisect_right(self._answers, (until, True, math.inf))
+        refused = sum(1 for _, ok, _ in self._answers[lo:hi] if not ok)
+        return hi - lo >= 4 and 5 * refused >= 4 * (hi - lo)
 
     def after_cut(self, ticket: Ticket) -> bool:
         """Whether `ticket` was sent at the rate now in force (after the last cut)."""
@@ -431,12 +449,11 @@ class Pacer:
         self._credit_seq = -1  # the ticket whose answer set the credit
         self.pauses = 0
         self.rate_limited = 0
-        # The end game: `remaining` (creates this run still has to send; None when unknown) is
-        # set by the executor. Once they fit in the longest Retry-After seen, a 429 would hold
-        # its request past everyone else's end: pace at `endgame` x the rate from there on.
-        self.remaining: int | None = None
+        self.answers = 0
+        self.remaining: int | None = None  # left to send, for the end game (None: unknown)
         self.endgame = endgame
-        self.retry_hold = 0.0  # the longest Retry-After seen (seconds, at most long_pause)
+        self.retry_hold = 0.0  # the longest wait a 429 asked for (seconds, at most long_pause)
+        self.latency = 0.0  # how long answers take (send to answer, a moving average)
         self._endgame_rate: float | None = None
 
     @property
@@ -468,21 +485,30 @@ class Pacer:
         """The rate admissions go at now: the adaptive rate, a little less in the end game."""
         a = self.adaptive
         if self._endgame_rate is None:
-            if self.remaining is None or self.remaining > a.rate * self.retry_hold:
+            # A 429 now costs its request a latency there, the Retry-After, and a latency back.
+            horizon = self.retry_hold + 2 * self.latency if self.retry_hold else 0.0
+            if self.remaining is None or self.remaining > a.rate * horizon:
                 return a.rate
-            # From here on no probing: the rate it had, less a margin, and lower after 429s.
-            self._endgame_rate = min(a.rate, a.peak or a.rate) * self.endgame
-        return max(a.floor, min(a.rate, self._endgame_rate))
+            measured = max(a.cut_to or a.rate, a.hold * a.rate)  # 3% off a probe since the cut
+            self._endgame_rate = min(a.rate, a.peak or a.rate, measured)
+        # From here on no probing: the rate it had, less a margin, and lower after 429s.
+        return max(a.floor, min(a.rate, a.peak or a.rate, self._endgame_rate) * self.endgame)
+
+    async def wait_until(self, when: float, stop: anyio.Event | None = None) -> bool:
+        """Sleep until clock time `when` (its own Retry-After); False if `stop` was set."""
+        while (wait := when - self.clock.now()) > 0:
+            if stop is not None and stop.is_set():
+                return False
+            await self.clock.sleep(min(wait, 0.25))
+        return stop is None or not stop.is_set()
 
     async def acquire(self, stop: anyio.Event | None = None, not_before: float = 0.0) -> Ticket | None:
         """Wait for permission to send one create; None if `stop` was set meanwhile.
 
         `not_before` is this request's own retry time (a Retry-After it was given).
         """
-        while (wait := not_before - self.clock.now()) > 0:  # its own wait, out of the queue
-            if stop is not None and stop.is_set():
-                return None
-            await self.clock.sleep(min(wait, 0.25))
+        if not await self.wait_until(not_before, stop):  # its own wait, out of the queue
+            return None
         async with self._turn:  # one waiter at a time, first come first served
             while True:
                 if stop is not None and stop.is_set():
@@ -493,8 +519,14 @@ class Pacer:
                 # Short naps: a rate raised meanwhile, or a stop, is seen promptly.
                 await self.clock.sleep(min(got, 0.25))
 
+    def _answered(self, ticket: Ticket, now: float) -> None:
+        took = max(0.0, now - ticket.at)
+        self.latency = took if self.answers == 0 else self.latency + 0.1 * (took - self.latency)
+        self.answers += 1
+
     def on_success(self, ticket: Ticket, hint: RateHint | None = None) -> None:
         now = self.clock.now()
+        self._answered(ticket, now)
         self.adaptive.on_success(ticket, now)
         if self.adaptive.after_cut(ticket):
             self.pause.fresh_429s = 0
@@ -508,21 +540,20 @@ class Pacer:
         server asks for a long wait.
         """
         now = self.clock.now()
+        self._answered(ticket, now)
         self.rate_limited += 1
-        fresh = self.adaptive.on_429(ticket, now)
+        fresh = self.adaptive.after_cut(ticket)  # sent at the rate in force (before this cut)
+        cut = self.adaptive.on_429(ticket, now)
         self._use_hint(hint, ticket)
-        self.bucket.spend(now)  # the server is empty now: no token is waiting for it
         self.credit = 0.0
+        quick = now - ticket.at < 1 / self.paced_rate()  # answered within one interval
+        if cut or quick or self.adaptive.mostly_refused(ticket.at):
+            self.bucket.spend(now)  # the server is empty now: no token waits (module docstring)
         if fresh:
             self.pause.fresh_429s += 1
-        wait = (
-            retry_after
-            if retry_after is not None
-            else (2.0 / self.adaptive.rate) * (0.5 + self.rng.random())
-        )
-        wait = min(max(wait, 0.0), 300.0)
-        if retry_after is not None:
-            self.retry_hold = max(self.retry_hold, min(retry_after, self.long_pause))
+        short = (2.0 / self.adaptive.rate) * (0.5 + self.rng.random())  # no Retry-After
+        wait = min(max(short if retry_after is None else retry_after, 0.0), 300.0)
+        self.retry_hold = max(self.retry_hold, min(wait, self.long_pause))
         long_wait = retry_after is not None and retry_after > self.long_pause
         if long_wait or (fresh and self.pause.fresh_429s >= self.escalate_after):
             if retry_after is None:  # equal jitter over the episodes of this run

@@ -332,6 +332,13 @@ def report(
     type=FiniteRange(min=0.01),
     help="Messages per second (paced like creates).",
 )
+@click.option(
+    "--concurrency",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most messages in flight.",
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @ledger_option
 @api_options
@@ -342,6 +349,7 @@ def message(
     outcomes: tuple[str, ...],
     only: tuple[str, ...],
     rate: float,
+    concurrency: int,
     yes: bool,
     ledger: str | None,
     base_url: str | None,
@@ -374,7 +382,7 @@ def message(
         _show_batch(batch)
         confirm(f"Send to {len(batch.todo)} session(s) of campaign {p.campaign}?", yes)
         try:
-            report = anyio.run(_send, cfg, led, batch, rate)
+            report = anyio.run(_send, cfg, led, batch, rate, concurrency)
         except KeyboardInterrupt:
             err.print(
                 "interrupted: the ledger records what was sent; re-run to send the rest", markup=False
@@ -438,7 +446,9 @@ def _nothing_to_send(
     return "nothing to send: " + ", ".join(why)
 
 
-async def _send(cfg: ApiConfig, led: Ledger, batch: MessageBatch, rate: float) -> MessageReport:
+async def _send(
+    cfg: ApiConfig, led: Ledger, batch: MessageBatch, rate: float, concurrency: int
+) -> MessageReport:
     from launcher.api.client import DevinClient
     from launcher.run.messages import send_messages
     from launcher.views.progress import ProgressReporter
@@ -446,7 +456,9 @@ async def _send(cfg: ApiConfig, led: Ledger, batch: MessageBatch, rate: float) -
     bar = ProgressReporter("message")  # stderr: a bar on a terminal, a line every 5 s otherwise
     bar.start(len(batch.todo))
     try:
-        async with DevinClient(cfg) as client:
-            return await send_messages(client, led, batch, rate=rate, on_done=bar.advance)
+        async with DevinClient(cfg, max_connections=concurrency + 4) as client:
+            return await send_messages(
+                client, led, batch, rate=rate, concurrency=concurrency, on_done=bar.advance
+            )
     finally:
         bar.finish()

@@ -28,7 +28,7 @@ from launcher.run.status import SessionView
 from launcher.spec.plan import Plan
 from launcher.spec.templating import TemplateFailure, Templates
 
-CONCURRENCY = 4  # messages in flight; the pacer sets the rate
+CONCURRENCY = 8  # messages in flight by default (as apply's creates); the pacer sets the rate
 MAX_MESSAGE_CHARS = 100_000
 
 
@@ -239,22 +239,25 @@ async def send_messages(
 ) -> MessageReport:
     """Send every message of `batch` once, holding the campaign lock (LockedError when another
     run holds it); raises AuthError (401/403) after stopping. `on_done(key, result)` hears of
-    each message as it settles: `sent`, `found` (delivered earlier) or `error`."""
+    each message as it settles: `sent`, `found` or `error`. Paced as apply paces creates."""
     await off_loop(check_target, ledger, client.config.base_url, client.config.org_id)
     pacer = Pacer(rate, clock or MonotonicClock())
+    pacer.remaining = len(batch.todo)
     report = MessageReport()
     auth: list[AuthError] = []
     lost: list[LockLostError] = []
     limiter = anyio.CapacityLimiter(concurrency)
 
     async def one(out: Outgoing, scope: anyio.CancelScope) -> str | None:
-        async with limiter:
-            if out.pending:
+        if out.pending:
+            async with limiter:
                 settled = await _settled_by_lookup(client, ledger, out, report, auth)
-                if settled is not None:
-                    return None if settled == "auth" else settled
-            retry_at = 0.0  # this message's own Retry-After, as a clock time
-            while True:
+            if settled is not None:
+                return None if settled == "auth" else settled
+        retry_at = 0.0  # this message's own Retry-After (clock time): parked out of the slots
+        while True:
+            await pacer.wait_until(retry_at)
+            async with limiter:
                 ticket = await pacer.acquire(not_before=retry_at)
                 assert ticket is not None  # no stop event: acquire always admits in the end
                 # A long, slowly paced run keeps its lease, and never sends on a lost one
@@ -264,26 +267,28 @@ async def send_messages(
                     return None
                 await off_loop(ledger.message_intent, out.key, out.session_id, out.digest, out.text)
                 result = await client.send_message(out.session_id, out.text)
-                answer = await off_loop(_record_answer, ledger, out, result, report)
-                if answer == "sent":
-                    pacer.on_success(ticket)
-                    return "sent"
-                if answer == "retry":
-                    retry_at = pacer.on_429(ticket, result.retry_after)
-                    continue
-                if answer == "auth":
-                    auth.append(AuthError(result.message, status=result.status))
-                    scope.cancel()
-                    return None
-                if answer == "failed":
-                    return "error"
-                # ambiguous: it may have arrived: read back once (if not there, the next run
-                # looks again)
+            answer = await off_loop(_record_answer, ledger, out, result, report)
+            if answer == "sent":
+                pacer.on_success(ticket, result.rate_limit)
+                return "sent"
+            if answer == "retry":
+                retry_at = pacer.on_429(ticket, result.retry_after, result.rate_limit)
+                continue
+            if answer == "auth":
+                auth.append(AuthError(result.message, status=result.status))
+                scope.cancel()
+                return None
+            if answer == "failed":
+                return "error"
+            async with limiter:  # ambiguous: read back once (else the next run looks again)
                 settled = await _settled_by_lookup(client, ledger, out, report, auth, result.message)
-                return None if settled == "auth" else settled
+            return None if settled == "auth" else settled
 
     async def tracked(out: Outgoing, scope: anyio.CancelScope) -> None:
-        result = await one(out, scope)
+        try:
+            result = await one(out, scope)
+        finally:
+            pacer.remaining = max(0, (pacer.remaining or 0) - 1)  # for the end game
         if result is not None and on_done is not None:
             on_done(out.key, result)
 

@@ -444,6 +444,18 @@ class SimApp:
         return _paged(lambda: page_of("m", self.state.messages(rec), q.first, q.after))
 
     async def send_message(self, request: Request, who: Principal) -> Response:
+        limit = self.profile.faults.message_rate_limit
+        now = self.state.clock.now()
+        self.state.message_times.append(now)
+        wait = self.plan.message_rate_limited(now)
+        rate_headers = self.plan.message_rate_headers()
+        if wait is not None and limit is not None:
+            self.state.faults["messages_rate_limited"] += 1
+            if limit.retry_after:
+                rate_headers["Retry-After"] = retry_after_header(wait, limit.retry_after_format)
+            raise HTTPProblem(
+                429, "Rate limit exceeded; slow down sending messages", rate_headers or None
+            )
         rec = self._session(request)
         msg = await _body(request, _Message, limit=self.profile.guesses.max_body_bytes)
         self._member(who, msg.message_as_user_id, "message_as_user_id")

@@ -1,4 +1,5 @@
-"""Fault decisions of the simulator: the create rate limit, latency, and per-create faults.
+"""Fault decisions of the simulator: the create and message rate limits, latency, and per-create
+faults.
 
 Each decision is a pure function of (seed, request number), so a sequential client sees the same
 faults at the same requests on every run with one seed. Times are the simulator clock's seconds.
@@ -115,6 +116,8 @@ class FaultPlan:
         self.faults = faults
         self.seed = seed
         self.bucket = TokenBucket(faults.rate_limit, now) if faults.rate_limit else None
+        limit = faults.message_rate_limit
+        self.message_bucket = TokenBucket(limit, now) if limit else None
 
     def latency(self, request_number: int) -> float:
         """Extra real seconds before request `request_number` is answered."""
@@ -130,6 +133,20 @@ class FaultPlan:
             return None
         wait = self.bucket.take(now)
         return wait if wait > 0 else None
+
+    def message_rate_limited(self, now: float) -> float | None:
+        """As `rate_limited`, for a message send (its own bucket)."""
+        if self.message_bucket is None:
+            return None
+        wait = self.message_bucket.take(now)
+        return wait if wait > 0 else None
+
+    def message_rate_headers(self) -> dict[str, str]:
+        """The rate-limit headers for the message bucket's state now ({} when none)."""
+        limit = self.faults.message_rate_limit
+        if limit is None or self.message_bucket is None:
+            return {}
+        return rate_limit_headers(limit, self.message_bucket)
 
     def rate_headers(self) -> dict[str, str]:
         """The profile's rate-limit headers for the bucket's state now ({} when none)."""

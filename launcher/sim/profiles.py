@@ -176,6 +176,10 @@ class Faults(_Strict):
     """Injected faults; each decision is deterministic under the server's seed."""
 
     rate_limit: RateLimit | None = Field(default=None, description="Rate limit on creates.")
+    message_rate_limit: RateLimit | None = Field(
+        default=None,
+        description="Rate limit on sending messages (`POST .../messages`), a bucket of its own.",
+    )
     latency_seconds: float = Field(
         default=0.0, ge=0, description="Added to every API response (real seconds)."
     )

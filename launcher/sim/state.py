@@ -186,6 +186,7 @@ class SimState:
         self.responses: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.create_times: list[float] = []  # monotonic arrival of every create (pacing checks)
+        self.message_times: list[float] = []  # arrival of every message send (pacing checks)
         self.first_request_at: float | None = None  # arrival of the first API request (clock)
         self.creates_in_flight = 0
         self.creates_max_in_flight = 0  # the most create requests being answered at once
@@ -574,4 +575,7 @@ class SimState:
             "first_request_at": self.first_request_at,
             "first_create_at": self.create_times[0] if self.create_times else None,
             "last_create_at": self.create_times[-1] if self.create_times else None,
+            "messages_max_per_second": max_in_window(self.message_times, 1.0),
+            "first_message_at": self.message_times[0] if self.message_times else None,
+            "last_message_at": self.message_times[-1] if self.message_times else None,
         }
