@@ -268,11 +268,23 @@ def check_output_schema(schema: dict[str, Any]) -> str | None:
     return problem
 
 
+_validators: dict[int, tuple[dict[str, Any], Any]] = {}
+
+
 def output_errors(schema: dict[str, Any], output: Any) -> list[str]:
     """Validate a structured output against its Draft 7 schema; return readable problems."""
     import jsonschema
 
-    validator = jsonschema.Draft7Validator(schema)
+    hit = _validators.get(id(schema))
+    if hit is not None and hit[0] is schema:  # a fleet's sessions share one schema object
+        validator = hit[1]
+    else:
+        validator = jsonschema.Draft7Validator(schema)
+        if len(_validators) >= _MAX_CACHED_OBJECTS:
+            _validators.clear()
+        _validators[id(schema)] = (schema, validator)  # holding it keeps its id from being reused
+    if validator.is_valid(output):  # the usual case: no error to collect and sort
+        return []
     problems = []
     for err in sorted(validator.iter_errors(output), key=lambda e: list(e.absolute_path)):
         where = "/".join(str(p) for p in err.absolute_path) or "(root)"

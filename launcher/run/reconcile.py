@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from launcher.api.client import DevinClient
 from launcher.api.models import Session
 from launcher.ledger.binding import check_target
-from launcher.ledger.records import AttemptRecord
+from launcher.ledger.records import AttemptRecord, Record
 from launcher.ledger.store import EventKind, Ledger, LedgerEvent, off_loop
 from launcher.spec.identity import session_markers
 from launcher.spec.plan import FP_TAG_PREFIX, Plan, PlannedSession, attempt_of
@@ -121,10 +121,17 @@ def adopted_fingerprint(s: PlannedSession, session: Session, intents: Mapping[st
     return f"{FP_TAG_PREFIX}{prefix}"
 
 
-def adoptions(plan: Plan, ledger: Ledger, rec: Reconciliation, *, how: str) -> list[LedgerEvent]:
+def adoptions(
+    plan: Plan,
+    ledger: Ledger,
+    rec: Reconciliation,
+    *,
+    how: str,
+    records: Mapping[str, Record] | None = None,
+) -> list[LedgerEvent]:
     """`adopted` events for every planned key the ledger does not hold as launched but the API
     has a session for (the earliest, for the current attempt)."""
-    records = ledger.records()
+    records = ledger.records() if records is None else records
     intents = ledger.intent_fingerprints()
     known = ledger.session_ids_by_key()  # sessions the ledger already had (e.g. replaced ones)
     events = []
@@ -208,12 +215,14 @@ def remember_earlier(ledger: Ledger, earlier: Mapping[str, list[Session]]) -> in
     return ledger.remember_attempts(new)
 
 
-def keep_the_keepers(rec: Reconciliation, ledger: Ledger) -> int:
+def keep_the_keepers(
+    rec: Reconciliation, ledger: Ledger, records: Mapping[str, Record] | None = None
+) -> int:
     """Point a key's ledger row at the keeper of its sessions (the earliest created, then the
     smallest id: `Reconciliation.duplicates`' rule) when it holds a later one, so every ledger
     follows the session every machine keeps, and ending the extras (here or on another
     machine) never ends the one it follows. Returns how many rows moved."""
-    records = ledger.records()
+    records = ledger.records() if records is None else records
     moved = 0
     for key, sessions in rec.by_key.items():
         r = records.get(key)

@@ -141,15 +141,18 @@ def _heal(
 ) -> dict[str, Record]:
     """What the listing teaches the ledger (adoptions, duplicates, earlier attempts a rebuilt
     ledger did not know); returns the records as they are then."""
-    healing = adoptions(plan, ledger, rec, how="reconcile (status)")
+    records: dict[str, Record] | None = ledger.records()  # read once when nothing changes
+    healing = adoptions(plan, ledger, rec, how="reconcile (status)", records=records)
     healing += duplicate_events(rec, ledger)
     if healing:
         check_target(ledger, base_url, org_id, claim=True)
         ledger.sync_plan(plan)  # rows for the adopted keys (a fresh ledger has none)
         ledger.write_events(healing)
-    keep_the_keepers(rec, ledger)  # the ledger follows the session every machine keeps
+        records = None
+    if keep_the_keepers(rec, ledger, records):  # the ledger follows the session every machine keeps
+        records = None
     remember_earlier(ledger, rec.other_attempts)  # a rebuilt ledger keeps earlier attempts too
-    return ledger.records()
+    return ledger.records() if records is None else records
 
 
 async def _get_each(
