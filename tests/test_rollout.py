@@ -457,7 +457,8 @@ def test_waves_and_ceiling_under_ambiguous_creates_launch_each_key_once(
     )
     sim = make_sim(faulty, time_scale=100, seed=7)
     plan = build_plan(load_manifest(manifest(write, 10, rollout="rollout: {waves: [3, rest]}")))
-    cfg = ApiConfig(sim.base_url, sim.org_id, sim.token)
+    # a dropped answer's create may be in transit for a request timeout: 3 s, not 30, here
+    cfg = ApiConfig(sim.base_url, sim.org_id, sim.token, read_timeout=3.0)
     ro = RolloutOptions(max_running=3, wait=True, interval=0.05, max_interval=0.2, ceiling_interval=0.05)
 
     async def go() -> RolloutSummary:
