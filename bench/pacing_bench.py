@@ -283,15 +283,20 @@ def main() -> None:
             flush=True,
         )
     if a.repeat > 1 and not a.json:
-        print(f"\nover {a.repeat} runs: efficiency min / median / max (bound median), 429s median")
-        for name, rs in runs.items():
-            effs = sorted(r["efficiency"] for r in rs)
-            bound = statistics.median(r["bound"] or 0.0 for r in rs)
-            limited = statistics.median(r["rate_limited"] for r in rs)
-            print(
-                f"{name:2} {rs[0]['server']:52} {effs[0]:.3f} / {statistics.median(effs):.3f} / "
-                f"{effs[-1]:.3f} ({bound:.3f}), {limited:g}"
-            )
+        _print_repeats(runs, a.repeat)
+
+
+def _print_repeats(runs: dict[str, list[dict[str, Any]]], repeat: int) -> None:
+    """Each shape over its repeated runs: efficiency min / median / max, bound and 429s medians."""
+    print(f"\nover {repeat} runs: efficiency min / median / max (bound median), 429s median")
+    for name, rs in runs.items():
+        effs = sorted(r["efficiency"] for r in rs)
+        bound = statistics.median(r["bound"] or 0.0 for r in rs)
+        limited = statistics.median(r["rate_limited"] for r in rs)
+        print(
+            f"{name:2} {rs[0]['server']:52} {effs[0]:.3f} / {statistics.median(effs):.3f} / "
+            f"{effs[-1]:.3f} ({bound:.3f}), {limited:g}"
+        )
 
 
 def main_messages(chosen: list[Shape], a: argparse.Namespace) -> None:
@@ -302,15 +307,7 @@ def main_messages(chosen: list[Shape], a: argparse.Namespace) -> None:
         runs.setdefault(shape.name, []).append(r)
         print(json.dumps(r) if a.json else _message_line(r), flush=True)
     if a.repeat > 1 and not a.json:
-        print(f"\nover {a.repeat} runs: efficiency min / median / max (bound median), 429s median")
-        for name, rs in runs.items():
-            effs = sorted(r["efficiency"] for r in rs)
-            bound = statistics.median(r["bound"] or 0.0 for r in rs)
-            limited = statistics.median(r["rate_limited"] for r in rs)
-            print(
-                f"{name:2} {rs[0]['server']:52} {effs[0]:.3f} / {statistics.median(effs):.3f} / "
-                f"{effs[-1]:.3f} ({bound:.3f}), {limited:g}"
-            )
+        _print_repeats(runs, a.repeat)
 
 
 def _message_line(r: dict[str, Any]) -> str:

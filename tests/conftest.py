@@ -110,7 +110,14 @@ def sim_client() -> Iterator[Callable[..., Any]]:
 # ---- a campaign run to its end (test_results.py, test_report.py) -----------------------------
 
 from launcher import build_plan, load_manifest  # noqa: E402
-from tests.helpers import LAUNCHED_MANIFEST, N_MIGRATIONS, apply_all, migration_manifest, run  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    LAUNCHED_MANIFEST,
+    N_MIGRATIONS,
+    apply_all,
+    migration_manifest,
+    point_cli_at,
+    run,
+)
 
 
 @pytest.fixture
@@ -126,9 +133,7 @@ def mixed_campaign(
     path = migration_manifest(write)
     ledger = tmp_path / "l.db"
     apply_all(build_plan(load_manifest(path)), sim, ledger)
-    monkeypatch.setenv("DEVIN_API_KEY", sim.token)
-    monkeypatch.setenv("DEVIN_ORG_ID", sim.org_id)
-    monkeypatch.setenv("DEVIN_API_BASE_URL", sim.base_url)
+    point_cli_at(sim, monkeypatch)
     res = run("status", path, "--ledger", ledger, "--watch", "--interval", "0.2", "--timeout", "60")
     assert res.exit_code in (3, 6), res.output
     http = sim_client(sim)

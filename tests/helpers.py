@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 import httpx
+import pytest
 from click.testing import CliRunner, Result
 
 from launcher import ApiConfig, ApplyOptions, DevinClient, apply_plan
@@ -55,6 +56,7 @@ __all__ = [
     "migration_manifest",
     "run",
     "run_apply",
+    "point_cli_at",
     "run_pty",
     "session_json",
     "sessions_per_key",
@@ -272,6 +274,12 @@ def cli_env(sim: SimServer) -> dict[str, str]:
         "DEVIN_ORG_ID": sim.org_id,
         "DEVIN_API_BASE_URL": sim.base_url,
     }
+
+
+def point_cli_at(sim: SimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the CLI (and anything reading the environment) at `sim`."""
+    for name, value in cli_env(sim).items():
+        monkeypatch.setenv(name, value)
 
 
 def sim_lag(sim: SimServer) -> float:

@@ -23,7 +23,13 @@ from launcher.cli import cli
 from launcher.ledger.store import Change, LedgerEvent
 from launcher.run.summary import Result
 from launcher.sim import Profile, SimServer
-from tests.helpers import assert_exactly_once_and_ledger_agrees, campaign, run_apply, sessions_per_key
+from tests.helpers import (
+    assert_exactly_once_and_ledger_agrees,
+    campaign,
+    point_cli_at,
+    run_apply,
+    sessions_per_key,
+)
 from tests.holders import dead_holder, live_holder
 
 Write = Callable[[str, str], Path]
@@ -107,9 +113,7 @@ def test_bad_manifest_sends_nothing(
 ) -> None:
     sim = make_sim("clean")
     path = campaign(write, 3, prompt="Fix {{ item.nope }}")
-    monkeypatch.setenv("DEVIN_API_KEY", sim.token)
-    monkeypatch.setenv("DEVIN_ORG_ID", sim.org_id)
-    monkeypatch.setenv("DEVIN_API_BASE_URL", sim.base_url)
+    point_cli_at(sim, monkeypatch)
     result = CliRunner().invoke(cli, ["apply", str(path), "--yes"])
     assert result.exit_code == 1
     assert "undefined" in result.output and "Traceback" not in result.output

@@ -18,6 +18,7 @@ from launcher.sim import SimServer
 from launcher.views.ghactions import cap_annotations, output_block
 from launcher.views.markdown import SUMMARY_LIMIT, digest_in
 from tests.fake_github import FakeGitHub, Token, running_fake_github
+from tests.helpers import point_cli_at
 
 Write = Callable[[str, str], Path]
 PR, SHA = 12, "0123456789abcdef0123456789abcdef01234567"
@@ -126,9 +127,7 @@ def test_plan_posts_one_comment_per_campaign_edited_per_push(
 @pytest.fixture
 def sim_env(make_sim: Callable[..., SimServer], monkeypatch: pytest.MonkeyPatch) -> SimServer:
     sim = make_sim("clean")
-    monkeypatch.setenv("DEVIN_API_KEY", sim.token)
-    monkeypatch.setenv("DEVIN_ORG_ID", sim.org_id)
-    monkeypatch.setenv("DEVIN_API_BASE_URL", sim.base_url)
+    point_cli_at(sim, monkeypatch)
     return sim
 
 

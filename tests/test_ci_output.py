@@ -12,7 +12,7 @@ import pytest
 
 from launcher import build_plan, load_manifest
 from launcher.sim import SimServer
-from tests.helpers import apply_all, fleet_manifest, run
+from tests.helpers import apply_all, fleet_manifest, point_cli_at, run
 
 Write = Callable[[str, str], Path]
 GOOD = """
@@ -96,9 +96,7 @@ def test_cancel_json(
     path = fleet_manifest(write, 4)
     ledger = tmp_path / "l.db"
     apply_all(build_plan(load_manifest(path)), sim, ledger)
-    monkeypatch.setenv("DEVIN_API_KEY", sim.token)
-    monkeypatch.setenv("DEVIN_ORG_ID", sim.org_id)
-    monkeypatch.setenv("DEVIN_API_BASE_URL", sim.base_url)
+    point_cli_at(sim, monkeypatch)
     res = run("cancel", path, "--ledger", ledger, "--only", "r-00[01]", "--yes", "-o", "json")
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)  # stdout holds only the JSON; the listing went to stderr

@@ -20,7 +20,7 @@ from launcher.ledger.location import open_ledger
 from launcher.run.rollout import assign_waves
 from launcher.sim import Profile, SimServer
 from launcher.views.progress import ProgressReporter
-from tests.helpers import run_pty
+from tests.helpers import point_cli_at, run_pty
 
 Write = Callable[[str, str], Path]
 
@@ -60,9 +60,7 @@ def manifest(write: Write, n: int, rollout: str = "") -> Path:
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> Callable[[SimServer], None]:
     def _env(sim: SimServer) -> None:
-        monkeypatch.setenv("DEVIN_API_KEY", sim.token)
-        monkeypatch.setenv("DEVIN_ORG_ID", sim.org_id)
-        monkeypatch.setenv("DEVIN_API_BASE_URL", sim.base_url)
+        point_cli_at(sim, monkeypatch)
 
     return _env
 

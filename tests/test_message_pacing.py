@@ -17,7 +17,7 @@ from launcher.api.client import ApiConfig, DevinClient
 from launcher.cli import cli
 from launcher.run.messages import MessageBatch, MessageReport, Outgoing, digest, send_messages
 from launcher.sim import Profile, SimServer
-from tests.helpers import FakeClock, apply_all, fleet_manifest
+from tests.helpers import FakeClock, apply_all, fleet_manifest, point_cli_at
 
 TEXT = "Please rebase on main and re-run the tests."
 
@@ -69,9 +69,7 @@ def limited(
     path = fleet_manifest(write, 16)
     ledger = tmp_path / "l.db"
     apply_all(build_plan(load_manifest(path)), sim, ledger)
-    monkeypatch.setenv("DEVIN_API_KEY", sim.token)
-    monkeypatch.setenv("DEVIN_ORG_ID", sim.org_id)
-    monkeypatch.setenv("DEVIN_API_BASE_URL", sim.base_url)
+    point_cli_at(sim, monkeypatch)
     return sim, path, ledger
 
 

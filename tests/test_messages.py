@@ -24,7 +24,7 @@ from launcher.api.client import ApiConfig, DevinClient
 from launcher.errors import ExitCode
 from launcher.run.messages import MessageBatch, MessageReport, Outgoing, digest, send_messages
 from launcher.sim import Profile, SimServer
-from tests.helpers import apply_all, fleet_manifest, run, wait_for
+from tests.helpers import apply_all, fleet_manifest, point_cli_at, run, wait_for
 from tests.holders import live_holder
 
 Write = Callable[[str, str], Path]
@@ -51,9 +51,7 @@ def launched(
     path = fleet_manifest(write, 6)
     ledger = tmp_path / "l.db"
     apply_all(build_plan(load_manifest(path)), sim, ledger)
-    monkeypatch.setenv("DEVIN_API_KEY", sim.token)
-    monkeypatch.setenv("DEVIN_ORG_ID", sim.org_id)
-    monkeypatch.setenv("DEVIN_API_BASE_URL", sim.base_url)
+    point_cli_at(sim, monkeypatch)
     return sim, path, ledger
 
 

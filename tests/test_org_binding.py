@@ -12,6 +12,7 @@ from click.testing import CliRunner, Result
 
 from launcher.cli import cli
 from launcher.sim import SimServer
+from tests.helpers import point_cli_at
 
 MANIFEST = """
     version: 1
@@ -30,9 +31,7 @@ def run(*args: str | Path) -> Result:
 @pytest.fixture
 def target(monkeypatch: pytest.MonkeyPatch) -> Callable[[SimServer], None]:
     def _target(sim: SimServer) -> None:
-        monkeypatch.setenv("DEVIN_API_KEY", sim.token)
-        monkeypatch.setenv("DEVIN_ORG_ID", sim.org_id)
-        monkeypatch.setenv("DEVIN_API_BASE_URL", sim.base_url)
+        point_cli_at(sim, monkeypatch)
 
     return _target
 

@@ -16,6 +16,7 @@ import pytest
 
 import launcher
 from launcher.sim import SimServer
+from tests.helpers import point_cli_at
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,9 +31,7 @@ def test_the_library_example_runs_against_the_simulator(
     for folder in ("manifests", "schemas"):  # the ledger lands beside the copied manifest
         shutil.copytree(ROOT / folder, tmp_path / folder)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DEVIN_API_KEY", sim.token)
-    monkeypatch.setenv("DEVIN_ORG_ID", sim.org_id)
-    monkeypatch.setenv("DEVIN_API_BASE_URL", sim.base_url)
+    point_cli_at(sim, monkeypatch)
     source = "async def example():\n" + textwrap.indent(match.group(1), "    ")
     source += "    return summary, rolled, results, html\n"
     names: dict[str, Any] = {n: getattr(launcher, n) for n in launcher.__all__}

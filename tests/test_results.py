@@ -21,7 +21,15 @@ from launcher.spec.templating import Rule, TemplateFailure
 from launcher.views.results import build_results, schema_fields
 from tests.helpers import MIGRATION_SCHEMA as SCHEMA
 from tests.helpers import N_MIGRATIONS as N
-from tests.helpers import OUTPUT_COLUMNS, RULE, apply_all, expected_outcome, migration_manifest, run
+from tests.helpers import (
+    OUTPUT_COLUMNS,
+    RULE,
+    apply_all,
+    expected_outcome,
+    migration_manifest,
+    point_cli_at,
+    run,
+)
 
 Write = Callable[[str, str], Path]
 
@@ -178,9 +186,7 @@ def test_results_refresh_from_the_api_by_default(
     sim = make_sim("clean", time_scale=300)
     path = migration_manifest(write, rule=None)
     apply_all(build_plan(load_manifest(path)), sim, tmp_path / "l.db", limit=2)
-    monkeypatch.setenv("DEVIN_API_KEY", sim.token)
-    monkeypatch.setenv("DEVIN_ORG_ID", sim.org_id)
-    monkeypatch.setenv("DEVIN_API_BASE_URL", sim.base_url)
+    point_cli_at(sim, monkeypatch)
     res = run("results", path, "--ledger", tmp_path / "l.db", "-o", "jsonl")
     assert res.exit_code == 0, res.output
     assert sim.stats()["requests"].get("GET /sessions", 0) >= 1

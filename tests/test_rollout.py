@@ -37,7 +37,7 @@ from launcher.sim import Profile, SimServer
 from launcher.spec.model import Gate, parse_duration
 from launcher.spec.plan import Plan
 from launcher.spec.waves import wave_sizes
-from tests.helpers import FakeClock, campaign, run, sessions_per_key, sim_lag
+from tests.helpers import FakeClock, campaign, point_cli_at, run, sessions_per_key, sim_lag
 
 Write = Callable[[str, str], Path]
 
@@ -112,9 +112,7 @@ def waves_of_sim_sessions(plan: Plan, sim: SimServer) -> list[tuple[int, dict[st
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> Callable[[SimServer], None]:
     def _env(sim: SimServer) -> None:
-        monkeypatch.setenv("DEVIN_API_KEY", sim.token)
-        monkeypatch.setenv("DEVIN_ORG_ID", sim.org_id)
-        monkeypatch.setenv("DEVIN_API_BASE_URL", sim.base_url)
+        point_cli_at(sim, monkeypatch)
 
     return _env
 
