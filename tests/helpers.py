@@ -1,13 +1,11 @@
 """Shared test helpers, one home each: the CLI wrapper, manifest builders, a bounded wait,
-exactly-once checks against the simulator, linked virtual time (the launcher's clock moving a
-ManualClock simulator's), and a scripted Devin API (httpx.MockTransport).
-Fixtures (a clean environment, `write`, simulators) live in conftest.py; the virtual clock is
-`launcher.sim.clock.VirtualClock` (bench/ uses it too), named `FakeClock` here."""
+exactly-once checks against the simulator, and a scripted Devin API (httpx.MockTransport).
+Fixtures (a clean environment, `write`, simulators) live in conftest.py; virtual time (`FakeClock`,
+linked virtual time) in clocks.py."""
 
 from __future__ import annotations
 
 import fcntl
-import heapq
 import json
 import os
 import pty
@@ -33,10 +31,10 @@ from launcher import ApiConfig, ApplyOptions, DevinClient, apply_plan
 from launcher.cli import cli
 from launcher.ledger.location import open_ledger
 from launcher.run.summary import ApplySummary
-from launcher.sim import ManualClock, SimServer
-from launcher.sim.clock import VirtualClock as FakeClock
+from launcher.sim import SimServer
 from launcher.spec.identity import markers
 from launcher.spec.plan import Plan
+from tests.clocks import FakeClock
 
 __all__ = [
     "MIGRATION_SCHEMA",
@@ -44,15 +42,12 @@ __all__ = [
     "OUTPUT_COLUMNS",
     "RULE",
     "SCHEMA",
-    "CountingTransport",
     "FakeClock",
-    "LinkedClock",
     "LAUNCHED_MANIFEST",
     "ScriptedAPI",
     "ScriptedLists",
     "Write",
     "apply_all",
-    "apply_virtual",
     "assert_exactly_once_and_ledger_agrees",
     "campaign",
     "clean",
@@ -68,7 +63,6 @@ __all__ = [
     "sessions_per_key",
     "sim_lag",
     "cli_env",
-    "virtual",
     "wait_for",
 ]
 
@@ -361,78 +355,6 @@ def assert_exactly_once_and_ledger_agrees(plan: Plan, sim: SimServer, ledger_pat
         r = records[s.key]
         assert r.state.launched, (s.key, r.state, r.last_error)
         assert r.session_id == tag_to_id[s.identity_tag]
-
-
-# ---------------------------------------------------------------------------------- linked virtual time
-
-
-class CountingTransport(httpx.AsyncBaseTransport):
-    """Real HTTP over loopback, counting the requests in flight (the clock waits for them)."""
-
-    def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
-        self.in_flight = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.in_flight += 1
-        try:
-            resp = await self.inner.handle_async_request(request)
-            content = await resp.aread()
-        finally:
-            self.in_flight -= 1
-        return httpx.Response(resp.status_code, headers=resp.headers, content=content)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-class LinkedClock(FakeClock):
-    """The launcher's virtual clock; each step forward moves the simulator's ManualClock too.
-    Time moves only when every task waits, no ledger write is in a thread and no request is in
-    flight: a run's waits are exact, and the simulator sees the same seconds pass."""
-
-    def __init__(self, sim: ManualClock, transport: CountingTransport) -> None:
-        super().__init__()
-        self.sim = sim
-        self.transport = transport
-
-    async def drive(self) -> None:
-        limiter = anyio.to_thread.current_default_thread_limiter()
-        while True:
-            await anyio.wait_all_tasks_blocked()
-            if limiter.borrowed_tokens or self.transport.in_flight or not self._sleepers:
-                await anyio.sleep(0.001)
-                continue
-            when, _, ev = heapq.heappop(self._sleepers)
-            if when > self.t:
-                self.sim.advance(when - self.t)
-                self.t = when
-            ev.set()
-
-
-def virtual(sim: SimServer, go: Callable[[DevinClient, LinkedClock], Awaitable[Any]]) -> Any:
-    """Run `go(client, clock)` against `sim` on linked virtual time."""
-    assert isinstance(sim.clock, ManualClock)
-    transport = CountingTransport()
-    clock = LinkedClock(sim.clock, transport)
-
-    async def main() -> Any:
-        cfg = ApiConfig(sim.base_url, sim.org_id, sim.token)
-        async with DevinClient(cfg, transport=transport) as client:
-            return await clock.run(lambda: go(client, clock))
-
-    return anyio.run(main)
-
-
-def apply_virtual(plan: Plan, sim: SimServer, ledger: Path, **options: Any) -> ApplySummary:
-    options.setdefault("rate", 200.0)
-
-    async def go(client: DevinClient, clock: LinkedClock) -> ApplySummary:
-        with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
-            return await apply_plan(plan, client, led, ApplyOptions(**options), clock=clock, environ={})
-
-    result: ApplySummary = virtual(sim, go)
-    return result
 
 
 # ---------------------------------------------------------------------------------- a scripted API

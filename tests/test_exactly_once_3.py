@@ -28,15 +28,13 @@ from launcher.run.status import refresh
 from launcher.run.summary import Result
 from launcher.sim import ManualClock, Profile, SimServer
 from launcher.sim.faults import CreateFault, FaultPlan
+from tests.clocks import LinkedClock, apply_virtual, virtual
 from tests.helpers import (
     FakeClock,
-    LinkedClock,
     apply_all,
-    apply_virtual,
     campaign,
     fleet_manifest,
     sessions_per_key,
-    virtual,
 )
 
 Write = Callable[[str, str], Path]
