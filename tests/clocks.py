@@ -27,18 +27,26 @@ __all__ = ["CountingTransport", "FakeClock", "LinkedClock", "apply_virtual", "vi
 
 async def all_tasks_waiting() -> None:
     """Return once every other task of the loop waits on something (a sleep, an event, a
-    thread, a socket). anyio's `wait_all_tasks_blocked` sleeps 0.1 s each time it finds a task
+    thread, a socket) and no callback is queued to wake one (a finished task's done-callbacks,
+    a thread's result). anyio's `wait_all_tasks_blocked` sleeps 0.1 s each time it finds a task
     still runnable, which a driven clock meets at almost every step (the task it just woke):
     0.1 s of real time per virtual wake-up. Here each look costs one pass of the scheduler."""
+    loop = asyncio.get_running_loop()
     this = asyncio.current_task()
+    passes = 0
     while True:
         await asyncio.sleep(0)
-        for task in asyncio.all_tasks():
-            waiter = task._fut_waiter  # type: ignore[attr-defined]  # as anyio reads it
-            if task is not this and (waiter is None or waiter.done()):
-                break  # runnable: let it run, then look again
-        else:
+        passes += 1
+        runnable = any(
+            task is not this and (task._fut_waiter is None or task._fut_waiter.done())  # type: ignore[attr-defined]
+            for task in asyncio.all_tasks()
+        )
+        # Queued callbacks (`loop._ready`) may wake a task; one that keeps queueing itself
+        # (anyio retrying a cancellation into a shielded wait) is not waited on forever.
+        if not runnable and (not loop._ready or passes > 100):  # type: ignore[attr-defined]
             return
+        if runnable:
+            passes = 0
 
 
 class FakeClock(VirtualClock):
