@@ -212,8 +212,8 @@ def test_an_intent_left_by_a_crash_is_adopted_when_the_session_exists(
     resp = sim_client(sim).post(f"/v3/organizations/{sim.org_id}/sessions", json=crashed.body({}))
     assert resp.status_code == 200
     # A crashed run's request may still be in transit: its key is looked up a request timeout
-    # later (2 s here, not the default 30, to keep the test short).
-    summary = run_apply(plan, sim, ledger_path, read_timeout=2.0)
+    # later (1 s here, not the default 30, and no longer grace: to keep the test short).
+    summary = run_apply(plan, sim, ledger_path, read_timeout=1.0, lookup_grace=0.5)
     assert summary.results == {
         crashed.key: Result.adopted,
         never_sent.key: Result.created,
@@ -315,6 +315,8 @@ def test_request_timeout_turns_a_slow_create_into_a_lookup_that_adopts_it(
             "-o",
             "json",
             "--request-timeout",
+            "0.3",
+            "--lookup-grace",  # the default 3 s adds nothing here: the session exists at once
             "0.3",
             "--ledger",
             str(tmp_path / "l.db"),
