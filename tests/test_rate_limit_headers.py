@@ -250,9 +250,10 @@ def test_parked_429s_keep_rate_and_concurrency_as_the_server_counts_them(
     make_sim: Any, tmp_path: Path
 ) -> None:
     """Against a limit below --rate, 429s park their keys while others launch: still at most
-    --concurrency creates in flight and --rate in a second, as the server counts them."""
-    sim = make_sim(limited(8, 2, retry_after=True))
-    summary = run(campaign(tmp_path, 30), sim, tmp_path, rate=20.0, concurrency=3)
+    --concurrency creates in flight and --rate in a second, as the server counts them (on
+    linked virtual time, as above: the server's limit and count run on the launcher's time)."""
+    sim = make_sim(limited(8, 2, retry_after=True), clock=ManualClock())
+    summary = apply_virtual(campaign(tmp_path, 30), sim, tmp_path / "l.db", rate=20.0, concurrency=3)
     assert summary.exit_code == 0 and summary.rate_limited > 0
     stats = sim.stats()
     assert stats["creates_max_per_second"] <= 20
