@@ -130,8 +130,9 @@ if TYPE_CHECKING:
     type=FiniteRange(min=0),
     envvar="DEVIN_FLEET_LIST_LAG",
     help="The most seconds a new session takes to show in list results, if known (default: "
-    "measured in the run; before that 10, or the simulator's with --sim). Keys the start "
-    "listing did not show are created only once a listing this much later agrees.",
+    "measured in the run; before that, twice what an earlier run measured on the org, else 10; "
+    "the simulator's with --sim). Keys the start listing did not show are created only once "
+    "a listing this much later agrees.",
 )
 @click.option(
     "--lock-timeout",
