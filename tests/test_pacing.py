@@ -545,3 +545,98 @@ def test_a_one_token_server_that_took_most_creates_only_draws_a_step_back() -> N
     at = 1000.0 + 21 / rate
     assert ar.on_429(Ticket(at, rate), at + 0.001)  # one early arrival
     assert ar.rate == pytest.approx(ar.hold * rate)
+
+
+def settled_one_token(rtt_spread: float) -> tuple[AdaptiveRate, float]:
+    """An adaptive rate that found a one-token server (first 429 at 100/s, cut to 76.9/s) and
+    then had 60 creates at that pace accepted, answered after 1 ms plus up to `rtt_spread`
+    (spread evenly); returns it and the send time of the next create."""
+    ar = AdaptiveRate(ceiling=100.0)
+    ar.on_success(Ticket(999.98, 100.0), 999.981)
+    assert ar.on_429(Ticket(999.99, 100.0), 999.991)
+    assert ar.single_token
+    rate = ar.rate
+    at = 1000.0
+    for i in range(60):
+        at = 1000.0 + i / rate
+        ar.on_success(Ticket(at, rate), at + 0.001 + rtt_spread * (i % 10) / 9)
+    return ar, at + 1 / rate
+
+
+def test_one_token_a_rare_429_at_the_pace_is_jitter_when_answers_come_back_unevenly() -> None:
+    """Creates sent at the pace that most often go through, refused once in fifty, while
+    answers come back a sizeable share of an interval unevenly: the arrival jitter (a create
+    a little early after one a little late), not the limit. No cut, and probing goes on; with
+    answers as even as a clock's ticks the same 429 is the limit and steps the rate back."""
+    ar, at = settled_one_token(rtt_spread=0.004)  # 4 ms of a 13 ms interval
+    rate = ar.rate
+    assert ar.jittery()
+    assert not ar.on_429(Ticket(at, rate), at + 0.001)
+    assert ar.rate == rate
+    for i in range(1, 11):  # and accepted creates still probe up
+        ar.demand = True
+        ar.on_success(Ticket(at + i / rate, rate), at + i / rate + 0.001)
+    assert ar.rate > rate
+
+    even, at = settled_one_token(rtt_spread=0.0001)
+    rate = even.rate
+    assert not even.jittery()
+    assert even.on_429(Ticket(at, rate), at + 0.001)
+    assert even.rate == pytest.approx(even.hold * rate)
+
+
+def test_one_token_429s_more_often_than_jitter_explains_still_cut() -> None:
+    """Jitter or not, a share of refusals above `jitter_share` means the pace is too fast."""
+    ar, at = settled_one_token(rtt_spread=0.004)
+    rate = ar.rate
+    refused = [at + i / rate for i in range(3)]  # 3 of the last 50 refused: over 5%
+    assert not ar.on_429(Ticket(refused[0], rate), refused[0] + 0.001)
+    assert not ar.on_429(Ticket(refused[1], rate), refused[1] + 0.001)
+    assert ar.on_429(Ticket(refused[2], rate), refused[2] + 0.001)
+    assert ar.rate < rate
+
+
+def test_one_token_with_uneven_arrivals_the_end_game_widens_the_last_gaps() -> None:
+    """One token, answers coming back unevenly: a create refused at the end waits its
+    Retry-After past everyone else, so the last gaps get a margin of a few spreads of the
+    answers' times (by how likely a refusal is and what it would cost), widest for the last
+    create, and none while the rest is long."""
+    clock = FakeClock()
+    pacer = Pacer(100.0, clock)
+    first = drain(pacer, clock)
+    clock.t += 0.001
+    pacer.on_success(first)
+    second = drain(pacer, clock)
+    clock.t += 0.001
+    pacer.on_429(second, 1.0)  # one token: Retry-After 1 s
+    for i in range(60):  # answers 1-5 ms after their send
+        t = drain(pacer, clock)
+        clock.t += 0.001 + 0.004 * (i % 10) / 9
+        pacer.on_success(t)
+    assert pacer.adaptive.single_token and pacer.adaptive.jittery()
+    plain = min(pacer.adaptive.rate, pacer.adaptive.peak or math.inf)
+    pacer.remaining = 1000
+    assert pacer.paced_rate() == pacer.adaptive.rate  # far from the end: no margin
+    rates = []
+    for left in (60, 30, 1):
+        pacer.remaining = left
+        rates.append(pacer.paced_rate())
+    assert rates[0] <= 0.95 * plain * 1.0001
+    assert rates[0] > rates[1] > rates[2]  # the closer to the end, the wider
+    assert 1 / rates[2] - 1 / (0.95 * plain) > 0.5 * pacer.adaptive.spread()
+
+
+@pytest.mark.parametrize(
+    ("limit", "retry_after", "latency"), [(75, "seconds", 0.1), (75, "http-date", 0.0)]
+)
+def test_one_token_on_a_loaded_machine_loses_little_to_jitter(
+    limit: int, retry_after: str, latency: float
+) -> None:
+    """The model with a loaded machine's arrival jitter (1 ms even, and one create in ten
+    later by 2 ms on average, as bench/pacing_bench.py --trace measured): the rare 429 a
+    late create causes no longer sets the pace for the rest of the run (was 0.667 and 0.716
+    in the worst of three seeds; the best schedule for those delays reaches 0.81-0.87)."""
+    for seed in range(3):
+        out = run_shape(limit, 1, retry_after, latency, jitter=0.001, spikes=0.1, seed=seed)
+        assert out.created == 300
+        assert out.efficiency(limit) >= 0.76, (seed, out.efficiency(limit))

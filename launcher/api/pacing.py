@@ -236,6 +236,9 @@ class AdaptiveRate:
     cuts: int = 0
     peak: float | None = None  # just above the limit: a fresh 429's rate, or a run's measure
     recover: float = 0.1  # after a cut, each accepted create closes this share of the way back
+    jitter_share: float = 0.05  # one token: refused this rarely at the pace is arrival jitter
+    recent: int = 50  # the answers (by send time) that share is taken over
+    jitter_width: float = 0.05  # ... when answer times vary by this share of an interval
     single_token: bool | None = None  # the server's bucket holds one token (seen at its first 429)
     demand: bool = False  # creates waited for the rate since the last step up (else no probe)
     cut_to: float | None = None  # the rate the last cut went to (below the limit, measured)
@@ -246,6 +249,7 @@ class AdaptiveRate:
     # Answers by send time: (sent, accepted, paced rate); and 429 send times, both sorted.
     _answers: list[tuple[float, bool, float]] = field(default_factory=list)
     _limited: list[float] = field(default_factory=list)
+    _rtts: deque[float] = field(default_factory=lambda: deque(maxlen=50))  # send -> answer
 
     def __post_init__(self) -> None:
         self.rate = min(self.ceiling, self.rate or self.ceiling)
@@ -256,6 +260,7 @@ class AdaptiveRate:
 
     def _record(self, ticket: Ticket, accepted: bool, now: float) -> None:
         bisect.insort(self._answers, (ticket.at, accepted, ticket.rate))
+        self._rtts.append(now - ticket.at)
         if not accepted:
             bisect.insort(self._limited, ticket.at)
         old = now - self.window
@@ -276,7 +281,8 @@ class AdaptiveRate:
                 self.rate = self._clamp(self.rate + (target - self.rate) * self.recover)
                 return
             near = self._drew is not None and self.rate >= 0.99 * self._drew
-            if self.single_token and near and self._since_cut < 4 * self.probe_doubling:
+            held = near and self._since_cut < 4 * self.probe_doubling
+            if self.single_token and held and not self._jitter_only(ticket.at, 0.5):
                 return  # one token: just above the limit, half the creates are refused
             step = self.probe * 2 ** (self._since_cut / self.probe_doubling)
             self.rate = self._clamp(self.rate * (1 + min(step, self.probe_max)))
@@ -345,6 +351,11 @@ class AdaptiveRate:
         self._lower_bound(ticket.at)
         fresh = ticket.at >= self._cut_at
         settled = not self.cuts or self._since_cut >= self.settled
+        if self.single_token and fresh and settled and self.cuts and self._jitter_only(ticket.at):
+            # Held a while, and refused as rarely as the arrival jitter makes a one-token
+            # server refuse creates sent at the pace: not the limit. No cut, no faster probe.
+            self._since_cut = self.settled
+            return False
         if fresh:  # a new run resets the peak: the limit may have moved either way
             self._drew = ticket.rate
             renew = settled or self.peak is None
@@ -392,6 +403,36 @@ class AdaptiveRate:
         self._since_cut = 0
         self.cuts += 1
         return True
+
+    def spread(self) -> float:
+        """How unevenly answers come back: the p5-p95 of the last 50 send -> answer times
+        (0.0 before 20); creates arrive at least about as unevenly."""
+        if len(self._rtts) < 20:
+            return 0.0
+        rtts = sorted(self._rtts)
+        return rtts[round(0.95 * (len(rtts) - 1))] - rtts[round(0.05 * (len(rtts) - 1))]
+
+    def jittery(self) -> bool:
+        """Whether that spread is at least `jitter_width` of an interval."""
+        return self.spread() >= self.jitter_width / self.rate
+
+    def refused_share(self) -> float:
+        """The share of the last `recent` answers (by send time) that were refused."""
+        recent = self._answers[-self.recent :]
+        return sum(1 for _, ok, _ in recent if not ok) / len(recent) if recent else 0.0
+
+    def _jitter_only(self, until: float, scale: float = 1.0) -> bool:
+        """Whether answers come back unevenly enough (their send -> answer times' p5-p95 at
+        least `jitter_width` of an interval) for arrival jitter to explain the odd 429, and at
+        most `scale` x `jitter_share` of the last `recent` answers sent up to `until` were
+        refused (and there are that many)."""
+        if not self.jittery():
+            return False  # too even for jitter to explain a 429: the limit
+        hi = bisect.bisect_right(self._answers, (until, True, math.inf))
+        if hi < self.recent:
+            return False
+        refused = sum(1 for _, ok, _ in self._answers[hi - self.recent : hi] if not ok)
+        return refused <= scale * self.jitter_share * self.recent
 
     def mostly_refused(self, until: float) -> bool:
         """Whether 4 in 5 of the (4+) answers of the current run up to `until` were refused."""
@@ -452,6 +493,8 @@ class Pacer:
         self.answers = 0
         self.remaining: int | None = None  # left to send, for the end game (None: unknown)
         self.endgame = endgame
+        # One token, uneven arrivals: the jitter's tail refuses the odd create even well under
+        # the limit, and one refused at the end waits its Retry-After past everyone else.
         self.retry_hold = 0.0  # the longest wait a 429 asked for (seconds, at most long_pause)
         self.latency = 0.0  # how long answers take (send to answer, a moving average)
         self._endgame_rate: float | None = None
@@ -492,7 +535,23 @@ class Pacer:
             measured = max(a.cut_to or a.rate, a.hold * a.rate)  # 3% off a probe since the cut
             self._endgame_rate = min(a.rate, a.peak or a.rate, measured)
         # From here on no probing: the rate it had, less a margin, and lower after 429s.
-        return max(a.floor, min(a.rate, a.peak or a.rate, self._endgame_rate) * self.endgame)
+        rate = min(a.rate, a.peak or a.rate, self._endgame_rate) * self.endgame
+        if a.single_token and a.jittery() and self.remaining is not None:
+            rate = 1.0 / (1.0 / rate + self._margin(rate, self.remaining))
+        return max(a.floor, rate)
+
+    def _margin(self, rate: float, remaining: int) -> float:
+        """One token, uneven arrivals, the end game: how much longer than 1/rate to wait
+        before a create `remaining` from the end. Refused (odds p, the recent share, falling
+        by e every `spread` seconds of margin, the jitter's tail), it would cost what is left
+        of the Retry-After past the end, c: the margin s x ln(p c / s) minimises both."""
+        a = self.adaptive
+        spread = a.spread()
+        cost = self.retry_hold + 2 * self.latency - remaining / rate
+        odds = max(0.01, a.refused_share())
+        if spread <= 0 or cost <= 0 or odds * cost <= spread:
+            return 0.0
+        return spread * math.log(odds * cost / spread)
 
     async def wait_until(self, when: float, stop: anyio.Event | None = None) -> bool:
         """Sleep until clock time `when` (its own Retry-After); False if `stop` was set."""

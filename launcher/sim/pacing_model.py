@@ -34,6 +34,7 @@ class Outcome:
     sends: list[float] = field(default_factory=list)  # every create's send time
     max_in_flight: int = 0
     rates: list[float] = field(default_factory=list)  # the adaptive rate at each send
+    delays: list[float] = field(default_factory=list)  # each create's send -> bucket delay
 
     def efficiency(self, limit: float) -> float:
         return (self.created / limit) / self.elapsed
@@ -50,9 +51,15 @@ def run_model(
     concurrency: int = 16,
     headers: bool = False,
     jitter: float = 0.0,
+    spikes: float = 0.0,
+    spike: float = 0.002,
     seed: int = 0,
 ) -> Outcome:
-    """Launch `n` creates; return when the last one was accepted and what happened."""
+    """Launch `n` creates; return when the last one was accepted and what happened.
+
+    Each create reaches the server `latency` + uniform(0, `jitter`) after it was sent, and
+    with probability `spikes` an exponential extra delay of mean `spike` (a loaded machine:
+    bench/pacing_bench.py --trace measures both)."""
     rng = random.Random(seed)
     clock = VirtualClock()
     start = clock.now()
@@ -116,6 +123,9 @@ def run_model(
             out.sends.append(now)
             out.rates.append(pacer.adaptive.rate)
             delay = latency + (rng.random() * jitter if jitter else 0.0)
+            if spikes and rng.random() < spikes:
+                delay += rng.expovariate(1.0 / spike)
+            out.delays.append(delay)
             push(now + delay, "arrive", got)
     out.elapsed, out.created, out.rate_limited = clock.now() - start, created, limited
     return out
@@ -163,6 +173,7 @@ def run_shape(
     *,
     n: int = 300,
     jitter: float = 0.0005,
+    spikes: float = 0.0,
     seed: int = 0,
 ) -> Outcome:
     """One server shape as the benches run it: `--rate` 100 or twice the limit, and
@@ -176,5 +187,6 @@ def run_shape(
         rate=max(100.0, 2 * limit),
         concurrency=bench_concurrency(limit, latency),
         jitter=jitter,
+        spikes=spikes,
         seed=seed,
     )
