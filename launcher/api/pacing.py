@@ -49,9 +49,10 @@ are kept by send time, so latency never blurs what they measure.
   below the lowest of the rate, the peak and the rate the last cut went to (a measure, not a
   probe), and probes no more: a last second 0.05 s slower, against a whole second for a 429.
 - Rate-limit headers, when an answer has them (the client parses three families), set the rate
-  directly (quota / window, no probing); Remaining, less the creates sent since, may go at
-  once (the server's burst, still within `--rate`); a 429 for a create sent at that rate
-  lowers their trust by 3%.
+  directly (quota / window, no probing); Remaining, less the creates sent since, those sent
+  before and not answered yet (the network may reorder them) and one, may go at once (the
+  server's burst, still within `--rate`); a 429 for a create sent at that rate (not on that
+  credit) lowers their trust by 3%.
 
 Figures: bench/pacing_bench.py (real sockets, the CLI) and bench/pacing_sweep.py (the
 virtual-time model, 384 server shapes). Bounds: at most floor(`--rate`) admissions in any
@@ -213,6 +214,7 @@ class Ticket:
     at: float
     rate: float
     seq: int = 0  # admissions before this one
+    credit: bool = False  # sent beyond the rate, on the tokens the server's headers reported
 
 
 @dataclass
@@ -377,7 +379,8 @@ class AdaptiveRate:
                 est = min(est, top)  # at most one went through: below the refused gaps' rate
             if est is not None and top is not None:
                 top = max(top, est)  # jitter can make the two overlap
-        if fresh and self.hint is not None and ticket.rate <= self.hint * self.hint_trust * 1.001:
+        at_hint = self.hint is not None and ticket.rate <= self.hint * self.hint_trust * 1.001
+        if fresh and at_hint and not ticket.credit:
             self.hint_trust *= self.hold  # sent at what the headers said, and refused anyway
         if not fresh:
             # In flight before the last cut, which answered it; unless the run's answers
@@ -488,6 +491,7 @@ class Pacer:
         self.sent = 0  # admissions so far
         self.credit = 0.0  # creates the server's headers said it would take beyond the rate
         self._credit_seq = -1  # the ticket whose answer set the credit
+        self._open: set[int] = set()  # admissions not answered yet (their seq)
         self.pauses = 0
         self.rate_limited = 0
         self.answers = 0
@@ -522,7 +526,10 @@ class Pacer:
             self.credit -= 1  # the server said it has a token to spare right now
         self.window.take(now)
         self.sent += 1
-        return Ticket(now, rate, self.sent - 1)
+        self._open.add(self.sent - 1)
+        if len(self._open) > 4096:  # never answered (a transport error): long gone
+            self._open = {s for s in self._open if s >= self.sent - 1024}
+        return Ticket(now, rate, self.sent - 1, credit=wait > 0)
 
     def paced_rate(self) -> float:
         """The rate admissions go at now: the adaptive rate, a little less in the end game."""
@@ -579,6 +586,7 @@ class Pacer:
                 await self.clock.sleep(min(got, 0.25))
 
     def _answered(self, ticket: Ticket, now: float) -> None:
+        self._open.discard(ticket.seq)
         took = max(0.0, now - ticket.at)
         self.latency = took if self.answers == 0 else self.latency + 0.1 * (took - self.latency)
         self.answers += 1
@@ -634,8 +642,13 @@ class Pacer:
         if hint.remaining is not None and ticket.seq > self._credit_seq:
             # Tokens the server had left after this create, less the creates sent since (they
             # spend them first): what may go now beyond the paced rate, within --rate.
+            # Creates sent before it and not answered yet may reach the server after it (the
+            # network reorders them) and spend one of those tokens too; and one answered
+            # already may have too: one token stays with the server.
             self._credit_seq = ticket.seq
-            self.credit = max(0.0, hint.remaining - (self.sent - ticket.seq - 1))
+            before = sum(1 for s in self._open if ticket.seq - 1024 < s < ticket.seq)
+            spent = (self.sent - ticket.seq - 1) + before + 1
+            self.credit = max(0.0, hint.remaining - spent)
 
 
 @dataclass
