@@ -549,13 +549,14 @@ class Pacer:
 
     def _margin(self, rate: float, remaining: int) -> float:
         """One token, uneven arrivals, the end game: how much longer than 1/rate to wait
-        before a create `remaining` from the end. Refused (odds p, the recent share, falling
-        by e every `spread` seconds of margin, the jitter's tail), it would cost what is left
-        of the Retry-After past the end, c: the margin s x ln(p c / s) minimises both."""
+        before a create `remaining` from the end. Refused (odds p: the recent share of 429s,
+        at most `jitter_share`, as more is cut; falling by e every s = the answers' spread
+        of margin, the jitter's tail), it would cost what is left of the Retry-After past the
+        end, c: the margin s x ln(p c / s) minimises both."""
         a = self.adaptive
         spread = a.spread()
         cost = self.retry_hold + 2 * self.latency - remaining / rate
-        odds = max(0.01, a.refused_share())
+        odds = min(a.jitter_share, max(0.01, a.refused_share()))
         if spread <= 0 or cost <= 0 or odds * cost <= spread:
             return 0.0
         return spread * math.log(odds * cost / spread)
