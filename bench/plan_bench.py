@@ -5,6 +5,7 @@ start-up included), that child's peak RSS, and the in-process time of load_manif
 
     .venv/bin/python bench/plan_bench.py                 # N = 10,000
     .venv/bin/python bench/plan_bench.py --n 10000 --n 100000 --command validate
+    .venv/bin/python bench/plan_bench.py --shape nested --shape fleets   # the other shapes
 """
 
 from __future__ import annotations
@@ -183,7 +184,122 @@ def make_heavy_campaign(root: Path, n: int) -> Path:
     return manifest
 
 
-SHAPES = {"simple": None, "heavy": make_heavy_campaign}
+NESTED_PROMPT = textwrap.dedent("""\
+    {%- macro owners(m) -%}{{ m.owners | map(attribute="handle") | join(", ") }}{%- endmacro -%}
+    {%- set ns = namespace(risky=0) -%}
+    {%- for m in item.modules if m.risk > 2 %}{% set ns.risky = ns.risky + 1 %}{% endfor -%}
+    Patch {{ item.package }} {{ item.from }} -> {{ item.to }} in {{ item.repo }}
+    ({{ item.meta.tier }} tier, {{ ns.risky }} risky module(s)).
+    {% for m in item.modules | sort(attribute="name") %}
+    - {{ m.name }} (owners: {{ owners(m) }})
+      {%- if m.risk > 2 %}: review with {{ m.owners[0].handle }}{% endif %}
+      {%- for f in m.files %}
+      * {{ f.path }}{{ " (generated)" if f.generated }}{% if not loop.last %},{% endif %}
+      {%- endfor %}
+    {% endfor %}
+    {{ vars.policy | selectattr("tier", "equalto", item.meta.tier) | map(attribute="text") | join(" ") }}
+    """)
+
+NESTED_MANIFEST = textwrap.dedent("""\
+    version: 1
+    campaign: bench-nested
+    vars:
+      policy:
+        - {{tier: gold, text: "Gold services need two reviewers."}}
+        - {{tier: silver, text: "Silver services need one reviewer."}}
+        - {{tier: bronze, text: "Bronze services may self-merge after CI."}}
+    defaults:
+      max_acu_limit: 6
+      tags: [security]
+    budget:
+      max_sessions: {n}
+      max_total_acu: {acu}
+    fleets:
+      - name: patch
+        for_each:
+          file: data/targets.jsonl
+        key: "{{{{ item.repo }}}}#{{{{ item.package }}}}"
+        session:
+          title: "{{{{ item.package }}}} {{{{ item.to }}}} in {{{{ item.repo }}}}"
+          repos: ["{{{{ item.repo }}}}"]
+          tags: ["tier-{{{{ item.meta.tier }}}}", "owner-{{{{ item.modules[0].owners[0].handle }}}}"]
+          prompt_file: prompts/patch.md.j2
+          max_acu_limit: "{{{{ 4 + item.modules | length }}}}"
+          structured_output_schema: {{file: schemas/result.schema.json}}
+    """)
+
+
+def make_nested_campaign(root: Path, n: int) -> Path:
+    """JSONL items with nested lists of dicts; a prompt with a macro, a namespace, nested loops,
+    loop filters, sort/map/selectattr/join: the shapes of a security campaign's data."""
+    (root / "data").mkdir(parents=True)
+    (root / "prompts").mkdir()
+    (root / "schemas").mkdir()
+    with open(root / "data" / "targets.jsonl", "w", encoding="utf-8") as f:
+        for i in range(n):
+            modules = [
+                {
+                    "name": f"mod{(i + j) % 23}",
+                    "risk": (i * j) % 5,
+                    "owners": [{"handle": f"dev{(i + j + k) % 41}"} for k in range(1 + j % 3)],
+                    "files": [{"path": f"src/m{j}/f{k}.py", "generated": k == 2} for k in range(3)],
+                }
+                for j in range(1 + i % 5)
+            ]
+            tier = ("gold", "silver", "bronze")[i % 3]
+            row = {"repo": f"acme/svc-{i:06d}", "package": f"lib{i % 17}", "from": "1.2.3"}
+            row |= {"to": "1.2.9", "meta": {"tier": tier}, "modules": modules}
+            f.write(json.dumps(row) + "\n")
+    (root / "prompts" / "patch.md.j2").write_text(NESTED_PROMPT, encoding="utf-8")
+    (root / "schemas" / "result.schema.json").write_text(json.dumps(SCHEMA, indent=2))
+    manifest = root / "bench.yaml"
+    manifest.write_text(NESTED_MANIFEST.format(n=n, acu=n * 20), encoding="utf-8")
+    return manifest
+
+
+def make_fleets_campaign(root: Path, n: int) -> Path:
+    """Forty fleets, each with a prompt of its own (forty templates to compile), a large
+    prompt (~6 KB of text around a dozen substitutions), ten tags and two secrets each."""
+    (root / "prompts").mkdir(parents=True)
+    (root / "schemas").mkdir()
+    (root / "schemas" / "result.schema.json").write_text(json.dumps(SCHEMA, indent=2))
+    filler = " ".join(f"Rule {k}: keep the change minimal and explain it." for k in range(120))
+    fleets, per = [], max(1, n // 40)
+    for fl in range(40):
+        body = "\n".join(
+            f"{{{{ item.name }}}} step {k} for fleet {fl}: {{{{ vars.target }}}}" for k in range(12)
+        )
+        (root / "prompts" / f"f{fl}.md.j2").write_text(body + "\n" + filler, encoding="utf-8")
+        names = ", ".join(f"{{name: svc-{fl:02d}-{i:05d}}}" for i in range(per))
+        tags = ", ".join(f'"t{t}-{{{{ item.name[:6] }}}}"' for t in range(10))
+        fleets.append(
+            f"""  - name: fleet-{fl:02d}
+    for_each: {{items: [{names}]}}
+    key: "{{{{ item.name }}}}"
+    session:
+      title: "Fleet {fl}: {{{{ item.name }}}}"
+      tags: [{tags}]
+      prompt_file: prompts/f{fl}.md.j2
+      session_secrets:
+        - {{key: TOKEN_A, value: {{env: TOKEN_A}}}}
+        - {{key: TOKEN_B, value: {{env: TOKEN_B}}}}
+"""
+        )
+    manifest = root / "bench.yaml"
+    manifest.write_text(
+        f"version: 1\ncampaign: bench-fleets\nvars: {{target: '3.12'}}\ndefaults: {{max_acu_limit: 5}}\n"
+        f"budget: {{max_sessions: {n + 40}, max_total_acu: {n * 10}}}\nfleets:\n" + "".join(fleets),
+        encoding="utf-8",
+    )
+    return manifest
+
+
+SHAPES = {
+    "simple": None,
+    "heavy": make_heavy_campaign,
+    "nested": make_nested_campaign,
+    "fleets": make_fleets_campaign,
+}
 
 
 def make_campaign(root: Path, n: int) -> Path:
@@ -259,8 +375,10 @@ def main() -> None:
         choices=sorted(SHAPES),
         action="append",
         help="simple: one CSV fleet, a prompt with two conditionals; heavy: a prompt file that "
-        "loops over a list with filters, plus a matrix fleet with include/exclude "
-        "(repeatable; default both)",
+        "loops over a list with filters, plus a matrix fleet with include/exclude; nested: "
+        "JSONL items of nested lists, a macro, a namespace, nested loops, sort/map/selectattr; "
+        "fleets: forty fleets with a 6 KB prompt each, ten tags and two secrets "
+        "(repeatable; default simple and heavy)",
     )
     args = parser.parse_args()
     as_installed()

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from launcher import ApiConfig, DevinClient, build_plan, load_manifest, open_ledger
-from launcher.api.listlag import ASSUMED_LIST_LAG
+from launcher.api.listlag import ASSUMED_LIST_LAG, LAG_PROBE_STEP, REMEMBERED_FOR, LagProbe
 from launcher.cli import cli
 from launcher.errors import ExitCode, redact
 from launcher.ledger.store import EventKind, LedgerEvent
@@ -106,6 +106,45 @@ def apply_virtual(plan: Plan, sim: SimServer, ledger: Path, **options: Any) -> A
 
     result: ApplySummary = virtual(sim, go)
     return result
+
+
+class Notes:
+    """A reporter that keeps the run's notes."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def start(self, total: int) -> None:
+        pass
+
+    def advance(self, key: str, result: Result) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+    def finish(self) -> None:
+        pass
+
+
+def first_create_after(
+    plan: Plan, sim: SimServer, ledger: Path, **kw: Any
+) -> tuple[ApplySummary, float, list[str]]:
+    """Apply on linked virtual time: the summary, the virtual seconds from the run's start to
+    its first create request at the simulator, and the run's notes."""
+    reporter, created = Notes(), len(sim.create_times())
+
+    async def go(client: DevinClient, clock: LinkedClock) -> tuple[ApplySummary, float]:
+        start = sim.clock.now()
+        with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
+            options = ApplyOptions(rate=200.0, **kw)
+            summary = await apply_plan(
+                plan, client, led, options, clock=clock, environ={}, reporter=reporter
+            )
+        return summary, sim.create_times()[created] - start
+
+    summary, took = virtual(sim, go)
+    return summary, took, reporter.notes
 
 
 # ------------------------------------------------------------------ 1. the young listing
@@ -433,3 +472,87 @@ def test_6_library_options_refuse_what_the_cli_refuses() -> None:
             ApplyOptions(**bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         ApiConfig("http://127.0.0.1:9", "org", "cog_x", read_timeout=0)
+
+
+# ------------------------------------------------------------------ 7. the org's lag, remembered
+
+
+def test_7_the_lag_one_run_measures_shortens_the_next_runs_young_listing_wait(
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+) -> None:
+    """Nothing stated (a real org), list lag 0.5 s: the first apply's new keys wait the
+    assumed bound; it measures the lag and the ledger keeps it; the next apply of the grown
+    campaign waits twice that plus a step, not the assumed bound. Nothing is made twice."""
+    sim = make_sim(lag_profile(0.5), clock=ManualClock(), time_scale=0.001)
+    plan = build_plan(load_manifest(campaign(write, 6)))
+    first, took, notes = first_create_after(plan, sim, tmp_path / "a.db")
+    assert first.count(Result.created) == 6
+    assert ASSUMED_LIST_LAG <= took < ASSUMED_LIST_LAG + 1, notes
+    assert any("assumed: nothing measured on this org yet" in n for n in notes), notes
+    with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "a.db") as led:
+        kept = led.org_list_lag(sim.base_url, sim.org_id)
+    assert kept is not None and 0.5 <= kept[0] <= 0.5 + LAG_PROBE_STEP + 0.01, kept
+
+    grown = build_plan(load_manifest(campaign(write, 9)))
+    again, took, notes = first_create_after(grown, sim, tmp_path / "a.db")
+    assert again.count(Result.created) == 3 and again.already == 6
+    bound = 2 * kept[0] + LAG_PROBE_STEP
+    assert bound <= took < bound + 1 < ASSUMED_LIST_LAG, (took, notes)
+    assert any(f"twice the {kept[0]:.1f}s measured on this org" in n for n in notes), notes
+    assert sessions_per_key(grown, sim) == {s.key: 1 for s in grown.sessions}
+
+
+def test_7_a_remembered_lag_still_confirms_what_a_lost_ledger_rerun_cannot_see(
+    write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
+) -> None:
+    """The shorter wait is still a young-listing wait: a run whose ledger is lost right after
+    it created reruns at once on a new ledger in the same folder, which starts from the
+    org's figure the folder kept (`org-facts.json`), and adopts every key."""
+    sim = make_sim(lag_profile(0.5), clock=ManualClock(), time_scale=0.001)
+    plan = build_plan(load_manifest(campaign(write, 6)))
+    first, _, _ = first_create_after(plan, sim, tmp_path / "a.db")
+    assert first.count(Result.created) == 6
+    with open_ledger(plan.manifest.path, plan.campaign, tmp_path / "b.db") as led:
+        kept = led.org_list_lag(sim.base_url, sim.org_id)
+    assert kept is not None
+    (tmp_path / "a.db").unlink()
+    grown = build_plan(load_manifest(campaign(write, 9)))
+    again, took, notes = first_create_after(grown, sim, tmp_path / "b.db")
+    assert again.reconciled == 6 and again.count(Result.created) == 3, again.to_json()
+    assert took >= 2 * kept[0] + LAG_PROBE_STEP
+    assert any("measured on this org" in n for n in notes), notes
+    assert sessions_per_key(grown, sim) == {s.key: 1 for s in grown.sessions}
+
+
+def test_7_a_folder_without_a_readable_figure_starts_from_the_assumed_lag(tmp_path: Path) -> None:
+    """Another folder, another org, or a damaged `org-facts.json`: no figure (never an error)."""
+    here, there = tmp_path / "here", tmp_path / "there"
+    with open_ledger(Path("m.yaml"), "c", here / "c.db") as led:
+        led.remember_list_lag("http://api.test", "org-a", 0.5, 1_000.0)
+    with open_ledger(Path("m.yaml"), "d", here / "d.db") as led:
+        assert led.org_list_lag("http://api.test/", "org-a") == (0.5, 1_000.0)
+        assert led.org_list_lag("http://api.test", "org-b") is None
+    with open_ledger(Path("m.yaml"), "d", there / "d.db") as led:
+        assert led.org_list_lag("http://api.test", "org-a") is None
+    (here / "org-facts.json").write_text("{not json")
+    with open_ledger(Path("m.yaml"), "e", here / "e.db") as led:
+        assert led.org_list_lag("http://api.test", "org-a") is None
+        led.remember_list_lag("http://api.test", "org-a", 0.25, 2_000.0)  # rewritten whole
+    with open_ledger(Path("m.yaml"), "f", here / "f.db") as led:
+        assert led.org_list_lag("http://api.test", "org-a") == (0.25, 2_000.0)
+
+
+def test_7_what_the_bound_rests_on() -> None:
+    """Stated beats remembered; a figure of this run beats both (at least the stated); a
+    remembered figure older than REMEMBERED_FOR, or from the future, is not used."""
+    probe = LagProbe(None, FakeClock(), anyio.Event())  # type: ignore[arg-type]
+    assert probe.bound(None) == ASSUMED_LIST_LAG
+    probe.remember((0.4, 1_000.0), now=1_000.0 + REMEMBERED_FOR + 1)
+    probe.remember((0.4, 1_000.0), now=999.0)
+    assert probe.remembered is None and probe.bound(None) == ASSUMED_LIST_LAG
+    probe.remember((0.4, 1_000.0), now=1_000.0 + 7200)
+    assert probe.bound(None) == 2 * 0.4 + LAG_PROBE_STEP and probe.bound(3.0) == 3.0
+    assert probe.basis(None) == "twice the 0.4s measured on this org 2 h ago"
+    probe.samples.append(1.5)
+    assert probe.bound(None) == 2 * 1.5 + LAG_PROBE_STEP == probe.bound(1.0)
+    assert probe.bound(9.0) == 9.0

@@ -268,11 +268,20 @@ def test_a_second_sender_is_kept_out_by_the_campaign_lock(
 ) -> None:
     sim, path, ledger = launched
 
+    args = ("message", path, "--ledger", ledger, "--text", TEXT, "--yes")
     with live_holder(str(ledger), "fu") as owner:  # another live process on this host holds it
-        res = run("message", path, "--ledger", ledger, "--text", TEXT, "--yes")
-    assert res.exit_code == ExitCode.locked and f"is locked by {owner}" in res.stderr
-    assert "Traceback" not in res.output
+        res = run(*args, "--lock-timeout", "0")
+        assert res.exit_code == ExitCode.locked and f"is locked by {owner}" in res.stderr
+        assert "Traceback" not in res.output
+        started = time.monotonic()
+        waited = run(*args, "--lock-timeout", "1s")  # tried again for a second, then told
+        assert time.monotonic() - started >= 1.0
+        assert waited.exit_code == ExitCode.locked and f"is locked by {owner}" in waited.stderr
     assert sim.stats()["requests"].get("POST /sessions/{id}/messages", 0) == 0
+    bad = run(*args, "--lock-timeout", "soon")
+    assert bad.exit_code == ExitCode.usage and "--lock-timeout" in bad.output
+    sent = run(*args, "--lock-timeout", "0")  # released: taken at once
+    assert sent.exit_code == 0, sent.output
 
 
 def test_a_sender_whose_lock_was_taken_over_stops_before_its_next_send(tmp_path: Path) -> None:

@@ -363,3 +363,17 @@ def test_a_run_waits_for_a_held_lease_then_is_told_who_holds_it(location: str, o
     start = clock.t
     lease = anyio.run(clock.run, acquire)
     assert lease.generation >= 1 and clock.t == start  # free: no wait
+
+
+def test_an_orgs_list_lag_is_kept_per_org_and_replaced_by_the_next_figure(
+    location: str, open_store: Open
+) -> None:
+    led = open_store()
+    assert led.org_list_lag("http://api.test", "org-a") is None
+    led.remember_list_lag("http://api.test/", "org-a", 0.75, 1_000.0)
+    led.remember_list_lag("http://api.test", "org-a", 0.5, 2_000.0)  # the newest figure wins
+    assert led.org_list_lag("http://api.test", "org-a") == (0.5, 2_000.0)
+    assert led.org_list_lag("http://api.test", "org-b") is None  # another org learns nothing
+    other = open_store("other") if location.startswith("postgresql://") else None
+    if other is not None:  # one database, many campaigns: the org's figure is shared
+        assert other.org_list_lag("http://api.test", "org-a") == (0.5, 2_000.0)

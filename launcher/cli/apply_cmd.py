@@ -25,6 +25,8 @@ from launcher.cli.common import (
     err,
     ledger_option,
     load_plan,
+    lock_timeout_option,
+    lock_wait,
     out,
     sim_options,
 )
@@ -130,16 +132,11 @@ if TYPE_CHECKING:
     type=FiniteRange(min=0),
     envvar="DEVIN_FLEET_LIST_LAG",
     help="The most seconds a new session takes to show in list results, if known (default: "
-    "measured in the run; before that 10, or the simulator's with --sim). Keys the start "
-    "listing did not show are created only once a listing this much later agrees.",
+    "measured in the run; before that, twice what an earlier run measured on the org, else 10; "
+    "the simulator's with --sim). Keys the start listing did not show are created only once "
+    "a listing this much later agrees.",
 )
-@click.option(
-    "--lock-timeout",
-    metavar="DURATION",
-    envvar="DEVIN_FLEET_LOCK_TIMEOUT",
-    help="While another run holds the campaign's lock, wait this long for it (seconds, or 90s, "
-    "5m; default 10s), then exit 10 naming the holder.",
-)
+@lock_timeout_option
 @click.option(
     "--plan",
     "plan_file",
@@ -200,7 +197,7 @@ def apply(
         lookup_grace=lookup_grace,
         lock_ttl=lock_ttl,
         list_lag=_list_lag(list_lag, sim, sim_profile),
-        lock_timeout=_lock_wait(lock_timeout),
+        lock_timeout=lock_wait(lock_timeout),
     )
     rollout = _rollout_options(p, sim, wait, wait_timeout, interval, wave, skip_gate, max_running)
     selectors = relaunch + replace  # --replace KEY is folded into --relaunch KEY
@@ -250,18 +247,6 @@ def _duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds / size:g}{unit}"
     return f"{seconds:g}s"
-
-
-def _lock_wait(text: str | None) -> float:
-    """--lock-timeout: 0 (do not wait), or a duration (seconds, or 90s, 5m, 2h)."""
-    from launcher.spec.model import parse_duration
-
-    if text is None:
-        return ApplyOptions.lock_timeout
-    try:
-        return 0.0 if text.strip() in ("0", "0s", "0.0") else parse_duration(text)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--lock-timeout") from None
 
 
 def check_reviewed_plan(p: Plan, plan_file: str | None, plan_digest: str | None) -> None:

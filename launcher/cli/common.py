@@ -58,6 +58,29 @@ def ledger_option(f: F) -> F:
     )(f)
 
 
+def lock_timeout_option(f: F) -> F:
+    return click.option(
+        "--lock-timeout",
+        metavar="DURATION",
+        envvar="DEVIN_FLEET_LOCK_TIMEOUT",
+        help="While another run holds the campaign's lock, wait this long for it (seconds, or "
+        "90s, 5m; default 10s), then exit 10 naming the holder.",
+    )(f)
+
+
+def lock_wait(text: str | None) -> float:
+    """--lock-timeout: 0 (do not wait), or a duration (seconds, or 90s, 5m, 2h)."""
+    from launcher.run.options import LOCK_TIMEOUT
+    from launcher.spec.model import parse_duration
+
+    if text is None:
+        return LOCK_TIMEOUT
+    try:
+        return 0.0 if text.strip() in ("0", "0s", "0.0") else parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--lock-timeout") from None
+
+
 def api_options(f: F) -> F:
     f = click.option("--base-url", help="API base URL (env DEVIN_API_BASE_URL).")(f)
     return click.option("--org", "org_id", help="Organization id (env DEVIN_ORG_ID).")(f)

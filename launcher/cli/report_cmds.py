@@ -21,6 +21,8 @@ from launcher.cli.common import (
     follow_ledger,
     ledger_option,
     load_plan,
+    lock_timeout_option,
+    lock_wait,
     out,
     outcome_option,
     refresh_campaign,
@@ -340,6 +342,7 @@ def report(
     help="Most messages in flight.",
 )
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@lock_timeout_option
 @ledger_option
 @api_options
 def message(
@@ -351,6 +354,7 @@ def message(
     rate: float,
     concurrency: int,
     yes: bool,
+    lock_timeout: str | None,
     ledger: str | None,
     base_url: str | None,
     org_id: str | None,
@@ -382,7 +386,7 @@ def message(
         _show_batch(batch)
         confirm(f"Send to {len(batch.todo)} session(s) of campaign {p.campaign}?", yes)
         try:
-            report = anyio.run(_send, cfg, led, batch, rate, concurrency)
+            report = anyio.run(_send, cfg, led, batch, rate, concurrency, lock_wait(lock_timeout))
         except KeyboardInterrupt:
             err.print(
                 "interrupted: the ledger records what was sent; re-run to send the rest", markup=False
@@ -447,7 +451,7 @@ def _nothing_to_send(
 
 
 async def _send(
-    cfg: ApiConfig, led: Ledger, batch: MessageBatch, rate: float, concurrency: int
+    cfg: ApiConfig, led: Ledger, batch: MessageBatch, rate: float, concurrency: int, wait: float
 ) -> MessageReport:
     from launcher.api.client import DevinClient
     from launcher.run.messages import send_messages
@@ -458,7 +462,13 @@ async def _send(
     try:
         async with DevinClient(cfg, max_connections=concurrency + 4) as client:
             return await send_messages(
-                client, led, batch, rate=rate, concurrency=concurrency, on_done=bar.advance
+                client,
+                led,
+                batch,
+                rate=rate,
+                concurrency=concurrency,
+                on_done=bar.advance,
+                lock_timeout=wait,
             )
     finally:
         bar.finish()

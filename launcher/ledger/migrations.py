@@ -240,5 +240,15 @@ PG_MIGRATIONS: list[str] = [
     """
     ALTER TABLE fleet_campaigns ADD COLUMN target_base_url TEXT, ADD COLUMN target_org_id TEXT;
     """,
+    # v3: what an org's API was seen to do (its list lag), shared by the org's campaigns
+    """
+    CREATE TABLE fleet_org_facts (
+        base_url TEXT NOT NULL,
+        org_id TEXT NOT NULL,
+        list_lag DOUBLE PRECISION NOT NULL,
+        measured_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (base_url, org_id)
+    );
+    """,
 ]
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)

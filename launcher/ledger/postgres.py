@@ -198,6 +198,22 @@ class PostgresLedger(PgConnection, LedgerStore):
 
         return self._tx(bind)
 
+    def org_list_lag(self, base_url: str, org_id: str) -> tuple[float, float] | None:
+        q = "SELECT list_lag, measured_at FROM fleet_org_facts WHERE base_url=%s AND org_id=%s"
+        rows = self._tx(lambda c: c.execute(q, (base_url.rstrip("/"), org_id)).fetchall(), write=False)
+        return (rows[0]["list_lag"], rows[0]["measured_at"]) if rows else None
+
+    def remember_list_lag(self, base_url: str, org_id: str, lag: float, at: float) -> None:
+        # one row per org, shared by every campaign of this database
+        self._tx(
+            lambda c: c.execute(
+                "INSERT INTO fleet_org_facts (base_url, org_id, list_lag, measured_at) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (base_url, org_id) DO UPDATE SET "
+                "list_lag=EXCLUDED.list_lag, measured_at=EXCLUDED.measured_at",
+                (base_url.rstrip("/"), org_id, lag, at),
+            )
+        )
+
     def records(self) -> dict[str, Record]:
         rows = self._select(
             f"SELECT {SESSION_COLUMNS} FROM fleet_sessions WHERE campaign=%s ORDER BY seq"

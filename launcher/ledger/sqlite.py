@@ -16,6 +16,7 @@ from typing import Any, cast
 
 from launcher.errors import LedgerError, LockedError
 from launcher.ledger.migrations import MIGRATIONS, SCHEMA_VERSION
+from launcher.ledger.orgfacts import folder_list_lag, keep_folder_list_lag
 from launcher.ledger.records import (
     CANCELLED_OUTCOME,
     FACTS,
@@ -174,6 +175,23 @@ class SqliteLedger(SqliteAttempts, LedgerStore):
                 db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (name, value))
             rows = dict(db.execute("SELECT name, value FROM meta WHERE name LIKE 'target_%'"))
         return rows["target_base_url"], rows["target_org_id"]
+
+    @reads
+    def org_list_lag(self, base_url: str, org_id: str) -> tuple[float, float] | None:
+        row = self.db.execute("SELECT value FROM meta WHERE name=?", (_lag(base_url, org_id),))
+        got = row.fetchone()
+        if got is not None:
+            lag, at = (float(x) for x in str(got[0]).split())
+            return lag, at
+        # a new campaign's ledger: what the org's other campaigns in this folder measured
+        return None if self._memory else folder_list_lag(self.path.parent, base_url, org_id)
+
+    def remember_list_lag(self, base_url: str, org_id: str, lag: float, at: float) -> None:
+        with self.transaction() as db:  # a ledger belongs to one org: the org is in the name
+            value = f"{lag!r} {at!r}"
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_lag(base_url, org_id), value))
+        if not self._memory:
+            keep_folder_list_lag(self.path.parent, base_url, org_id, lag, at)
 
     # ------------------------------------------------------------------ the lease
 
@@ -538,3 +556,7 @@ def _holder(row: sqlite3.Row) -> LockHolder:
         heartbeat_at=float(row["heartbeat_at"]),
         generation=int(row["generation"]),
     )
+
+
+def _lag(base_url: str, org_id: str) -> str:
+    return f"list_lag {base_url.rstrip('/')} {org_id}"

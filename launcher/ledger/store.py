@@ -117,6 +117,15 @@ class LedgerStore(Protocol):
         returns the binding that holds afterwards."""
         ...
 
+    # what an org's API was seen to do: its list lag (seconds) and when it was measured
+    def org_list_lag(self, base_url: str, org_id: str) -> tuple[float, float] | None:
+        """(the most list lag measured, when: Unix time) for the org, or None."""
+        ...
+
+    def remember_list_lag(self, base_url: str, org_id: str, lag: float, at: float) -> None:
+        """Keep the list lag a run measured on the org (replaces the last figure)."""
+        ...
+
     # the lease: one row per campaign with a fencing generation that every acquisition bumps
     def acquire_lock(self, *, ttl: float = LOCK_TTL) -> LockLease:
         """Take the campaign lease (LockedError when another live holder has it)."""

@@ -50,7 +50,7 @@ from launcher.ledger.store import EventKind, Ledger, LedgerEvent, off_loop
 from launcher.ledger.writer import LedgerWriter
 from launcher.run.budget import check_relaunch
 from launcher.run.options import ApplyOptions
-from launcher.run.startup import StartView, before_creates, confirm_absent, select
+from launcher.run.startup import StartView, before_creates, confirm_absent, keep_lag, select
 from launcher.run.summary import Admission, ApplySummary, NullReporter, Reporter, Result
 from launcher.spec.identity import carrying, lookup_tag
 from launcher.spec.plan import Plan, PlannedSession
@@ -243,6 +243,8 @@ class _ApplyRun:
                 self.breaker.record(True)
                 by_title = self.plan.manifest.manifest.identity == "title"
                 self.lag.created(s.identity_tag, result.session.session_id if by_title else None)
+                if self.task_group is not None and self.options.list_lag is None:
+                    self.lag.start(self.task_group)  # measured, for this run and the next ones
                 await self._adopt(s, result.session, EventKind.created, result.status)
                 return
             if o == CreateOutcome.rate_limited:
@@ -492,6 +494,7 @@ async def apply_plan(
             await _drive(run, work)
         finally:
             reporter.finish()
+        await keep_lag(ledger, client, run.lag)
     finally:
         await run.lease.release()  # shielded: cancellation cannot cut it short
     summary.interrupted = interrupted is not None and interrupted.is_set()
@@ -570,6 +573,7 @@ async def _drive(run: _ApplyRun, work: Sequence[tuple[PlannedSession, bool]]) ->
                         run.lag.start(tg)
                     await _pool(run, fresh, deferred=False)
                     await _settle_deferred(run)
+                    await run.lag.settle(run.options.list_lag, run.reporter.note)
                     tg.cancel_scope.cancel()  # workers are done: end heartbeat and watchdog
             finally:
                 # Whatever happened, every event queued so far reaches the ledger ...

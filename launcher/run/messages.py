@@ -23,7 +23,7 @@ from launcher.errors import APIError, AuthError, LockLostError
 from launcher.ledger.binding import check_target
 from launcher.ledger.lease import Lease
 from launcher.ledger.store import Ledger, off_loop
-from launcher.run.options import MESSAGE_RATE
+from launcher.run.options import LOCK_TIMEOUT, MESSAGE_RATE
 from launcher.run.status import SessionView
 from launcher.spec.plan import Plan
 from launcher.spec.templating import TemplateFailure, Templates
@@ -193,12 +193,12 @@ def _record_answer(
     return "ambiguous"
 
 
-async def _sender_lease(ledger: Ledger, lost: list[LockLostError]) -> Lease:
+async def _sender_lease(ledger: Ledger, lost: list[LockLostError], wait: float) -> Lease:
     """The campaign lease, held while messages go out: it keeps two senders (or a sender and
     an apply) apart, without which two runs could both find a message unsent and both send it.
-    Its loss is appended to `lost`."""
-    lease = Lease(ledger)
-    await lease.acquire()
+    While another run holds it, wait up to `wait` seconds. Its loss is appended to `lost`."""
+    lease = Lease(ledger)  # its own clock: heartbeats keep real time whatever paces the sends
+    await lease.acquire(wait=wait)
     lease.on_lost(
         lambda _why: lost.append(
             LockLostError(
@@ -236,10 +236,11 @@ async def send_messages(
     clock: Clock | None = None,
     concurrency: int = CONCURRENCY,
     on_done: Callable[[str, str], None] | None = None,
+    lock_timeout: float = LOCK_TIMEOUT,
 ) -> MessageReport:
-    """Send every message of `batch` once, holding the campaign lock (LockedError when another
-    run holds it); raises AuthError (401/403) after stopping. `on_done(key, result)` hears of
-    each message as it settles: `sent`, `found` or `error`. Paced as apply paces creates."""
+    """Send every message of `batch` once, paced as creates, holding the campaign lock (waited
+    for `lock_timeout` s, else LockedError); AuthError (401/403) after stopping. `on_done(key,
+    result)` hears of each message as it settles: `sent`, `found` or `error`."""
     await off_loop(check_target, ledger, client.config.base_url, client.config.org_id)
     pacer = Pacer(rate, clock or MonotonicClock())
     pacer.remaining = len(batch.todo)
@@ -292,7 +293,7 @@ async def send_messages(
         if result is not None and on_done is not None:
             on_done(out.key, result)
 
-    lease = await _sender_lease(ledger, lost)
+    lease = await _sender_lease(ledger, lost, lock_timeout)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(lease.keep)
@@ -302,8 +303,6 @@ async def send_messages(
             tg.cancel_scope.cancel()  # every message is done: end the heartbeat
     finally:
         await lease.release()
-    if auth:
-        raise auth[0]
-    if lost:
-        raise lost[0]
+    if auth or lost:
+        raise (auth or lost)[0]
     return report

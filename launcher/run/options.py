@@ -13,6 +13,7 @@ from launcher.ledger.store import LOCK_TTL
 FOLLOW_INTERVAL = 5.0  # first interval between refreshes while following (it grows)
 FOLLOW_MAX_INTERVAL = 60.0  # the longest
 MESSAGE_RATE = 1.0  # messages per second
+LOCK_TIMEOUT = 10.0  # how long apply and message wait for a lease another run holds
 # The embedded simulator (`--sim`) has no limit and answers at once: 100/s launches 2,000
 # sessions in 20 s.
 SIM_RATE = 100.0
@@ -36,7 +37,7 @@ class ApplyOptions:
     lookup_grace: float = 3.0  # least wait between an ambiguous create and its lookup
     list_lag: float | None = None  # stated list lag bound (None: measured, else ASSUMED_LIST_LAG)
     lock_ttl: float = LOCK_TTL  # the lease: heartbeat every ttl/6, stop sending past ttl/2
-    lock_timeout: float = 10.0  # how long to wait for a lease another run holds
+    lock_timeout: float = LOCK_TIMEOUT  # how long to wait for a lease another run holds
     reconcile: bool = True  # list the campaign tag and adopt what exists before creating
     drain_timeout: float = 30.0  # after a stop, how long in-flight creates may take
     run_timeout: float | None = None  # the whole run

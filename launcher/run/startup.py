@@ -5,6 +5,7 @@ being the source of truth), run at once; then which sessions the run launches.""
 from __future__ import annotations
 
 import fnmatch
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -107,6 +108,19 @@ async def reconcile(
         )
 
 
+async def recall_lag(ledger: Ledger, client: DevinClient, lag: LagProbe) -> None:
+    """Give the probe the org's list lag an earlier run measured (the ledger keeps it)."""
+    cfg = client.config
+    lag.remember(await off_loop(ledger.org_list_lag, cfg.base_url, cfg.org_id), time.time())
+
+
+async def keep_lag(ledger: Ledger, client: DevinClient, lag: LagProbe) -> None:
+    """Keep what this run measured of the org's list lag for the runs after it."""
+    if lag.samples:
+        cfg = client.config
+        await off_loop(ledger.remember_list_lag, cfg.base_url, cfg.org_id, lag.lag, time.time())
+
+
 def select(
     plan: Plan, ledger: Ledger, options: ApplyOptions, summary: ApplySummary
 ) -> list[tuple[PlannedSession, bool]]:
@@ -144,6 +158,7 @@ async def confirm_absent(
     Returns the work left (what the second listing showed is adopted). The lease is renewed
     while it waits; a lost lease halts the run (its listener sets the stop)."""
     options, clock, stop = run.options, lag.clock, lag.stop
+    await recall_lag(run.ledger, run.client, lag)  # here, its lookups' waits too
     if not options.reconcile or all(u for _, u in work):
         return work
     bound = lag.bound(options.list_lag)
@@ -154,7 +169,7 @@ async def confirm_absent(
         run.note(
             f"{sum(not u for _, u in work)} key(s) not listed yet: listing again in "
             f"{wait:.1f}s, once what was created before this run surely shows (list lag "
-            f"bound {bound:g}s; --list-lag states it)"
+            f"bound {bound:.2g}s, {lag.basis(options.list_lag)}; --list-lag states it)"
         )
     while (left := listed_at + bound - clock.now()) > 0:
         if await sleep_unless(clock, min(left, options.lock_ttl / 6), stop):

@@ -58,6 +58,10 @@ class SimServer:
         """Request counts per endpoint, response codes, faults by kind (GET /_sim/stats)."""
         return self._in_loop(self._state.stats)
 
+    def create_times(self) -> list[float]:
+        """When every create request arrived (simulator clock; refused ones too), in order."""
+        return self._in_loop(lambda: list(self._state.create_times))
+
     def _in_loop(self, fn: Callable[[], _T]) -> _T:
         # The state is only ever touched from the server's loop: hop there unless stopped.
         if self._token is None or threading.get_ident() == self._loop_thread:
