@@ -242,9 +242,9 @@ def make_nested_campaign(root: Path, n: int) -> Path:
                     "name": f"mod{(i + j) % 23}",
                     "risk": (i * j) % 5,
                     "owners": [{"handle": f"dev{(i + j + k) % 41}"} for k in range(1 + j % 3)],
-                    "files": [{"path": f"src/m{j}/f{k}.py", "generated": k == 2} for k in range(3)],
+                    "files": [{"path": f"m{j}/f{k}.py", "generated": k == 1} for k in range(2)],
                 }
-                for j in range(1 + i % 5)
+                for j in range(1 + i % 4)
             ]
             tier = ("gold", "silver", "bronze")[i % 3]
             row = {"repo": f"acme/svc-{i:06d}", "package": f"lib{i % 17}", "from": "1.2.3"}

@@ -55,10 +55,40 @@ def write(tmp_path: Path) -> Callable[[str, str], Path]:
 
 # ---- simulator fixtures (owned by the simulator work) -------------------------------------
 
-from contextlib import ExitStack  # noqa: E402  (this section's imports live with it)
+import threading  # noqa: E402  (this section's imports live with it)
+from contextlib import ExitStack  # noqa: E402
 from typing import Any  # noqa: E402
 
 from launcher.sim import Profile, SimServer, running_simulator  # noqa: E402
+
+# Stopping a simulator takes ~0.2 s of uvicorn's (its 0.1 s tick, then a 0.1 s pause in its
+# shutdown): ~30 s over the suite when each test waited for it. A test's simulators are
+# stopped in a thread of their own instead, while the next test runs (each listens on a port
+# of its own); every such thread is joined, and its error raised, when the session ends.
+_STOPPING: list[threading.Thread] = []
+_STOP_ERRORS: list[BaseException] = []
+
+
+def _stop_in_background(stack: ExitStack) -> None:
+    def stop() -> None:
+        try:
+            stack.close()
+        except BaseException as exc:  # raised at the end of the session
+            _STOP_ERRORS.append(exc)
+
+    thread = threading.Thread(target=stop, name="sim-stop", daemon=True)
+    thread.start()
+    _STOPPING.append(thread)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _simulators_stopped() -> Iterator[None]:
+    yield
+    for thread in _STOPPING:
+        thread.join(30)
+    assert not [t for t in _STOPPING if t.is_alive()], "a simulator did not stop within 30 s"
+    if _STOP_ERRORS:
+        raise _STOP_ERRORS[0]
 
 
 @pytest.fixture
@@ -66,11 +96,13 @@ def make_sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., SimServe
     """make_sim(profile="clean", **kw) -> a running SimServer on a free loopback port.
 
     Keyword arguments go to `launcher.sim.running_simulator`; introspection defaults to on here
-    (tests usually check what the server saw). Every server is stopped at teardown. Its list lag
-    is known, so CLI runs state it (DEVIN_FLEET_LIST_LAG), as `apply --sim` does: without it
-    apply waits the assumed bound before its first create.
+    (tests usually check what the server saw). Every server is stopped after the test (in the
+    background: see `_stop_in_background`). Its list lag is known, so CLI runs state it
+    (DEVIN_FLEET_LIST_LAG), as `apply --sim` does: without it apply waits the assumed bound
+    before its first create.
     """
-    with ExitStack() as stack:
+    stack = ExitStack()
+    try:
 
         def _make(profile: Profile | str = "clean", **kw: Any) -> SimServer:
             kw.setdefault("introspection", True)
@@ -79,6 +111,8 @@ def make_sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., SimServe
             return sim
 
         yield _make
+    finally:
+        _stop_in_background(stack)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Shared test helpers, one home each: the CLI wrapper, manifest builders, a bounded wait,
 exactly-once checks against the simulator, and a scripted Devin API (httpx.MockTransport).
-Fixtures (a clean environment, `write`, simulators) live in conftest.py; the virtual clock is
-`launcher.sim.clock.VirtualClock` (bench/ uses it too), named `FakeClock` here."""
+Fixtures (a clean environment, `write`, simulators) live in conftest.py; virtual time (`FakeClock`,
+linked virtual time) in clocks.py."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import httpx
 import pytest
 from click.testing import CliRunner, Result
@@ -31,9 +32,9 @@ from launcher.cli import cli
 from launcher.ledger.location import open_ledger
 from launcher.run.summary import ApplySummary
 from launcher.sim import SimServer
-from launcher.sim.clock import VirtualClock as FakeClock
 from launcher.spec.identity import markers
 from launcher.spec.plan import Plan
+from tests.clocks import FakeClock
 
 __all__ = [
     "MIGRATION_SCHEMA",

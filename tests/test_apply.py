@@ -22,7 +22,7 @@ from launcher import (
 from launcher.cli import cli
 from launcher.ledger.store import Change, LedgerEvent
 from launcher.run.summary import Result
-from launcher.sim import Profile, SimServer
+from launcher.sim import Profile, SimServer, load_profile
 from tests.helpers import (
     assert_exactly_once_and_ledger_agrees,
     campaign,
@@ -57,13 +57,23 @@ def test_clean_apply_creates_each_session_once_and_a_rerun_creates_nothing(
 def test_every_fault_profile_ends_with_exactly_one_session_per_key(
     profile: str, write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
 ) -> None:
-    sim = make_sim(profile, seed=7)
+    """Each shipped fault profile, its list lag at most 0.25 s (hostile's 2 s, flaky's 0.5,
+    scaled down: a lookup round waits twice the lag seen; the lag is still there to miss, and
+    still waited for, but a round costs about a second, not 4.7). The grace is the request
+    timeout: the lag bound, not a grace, keeps a lookup from missing a session (the race of a
+    lag longer than the grace is test_exactly_once's test_3)."""
+    prof = load_profile(profile)
+    lag = min(prof.faults.list_lag_seconds, 0.25)
+    sim = make_sim(
+        prof.model_copy(update={"faults": prof.faults.model_copy(update={"list_lag_seconds": lag})}),
+        seed=7,
+    )
     plan = build_plan(load_manifest(campaign(write, 40)))
     ledger = tmp_path / "l.db"
     summaries = []
     for _ in range(3):  # hostile may leave unknowns for the next run: that is the design
         s = run_apply(
-            plan, sim, ledger, read_timeout=1.0, lookup_grace=2.5, concurrency=10, breaker_threshold=50
+            plan, sim, ledger, read_timeout=1.0, lookup_grace=1.0, concurrency=10, breaker_threshold=50
         )
         summaries.append(s)
         if s.exit_code == 0:
@@ -203,8 +213,8 @@ def test_an_intent_left_by_a_crash_is_adopted_when_the_session_exists(
     resp = sim_client(sim).post(f"/v3/organizations/{sim.org_id}/sessions", json=crashed.body({}))
     assert resp.status_code == 200
     # A crashed run's request may still be in transit: its key is looked up a request timeout
-    # later (2 s here, not the default 30, to keep the test short).
-    summary = run_apply(plan, sim, ledger_path, read_timeout=2.0)
+    # later (1 s here, not the default 30, and no longer grace: to keep the test short).
+    summary = run_apply(plan, sim, ledger_path, read_timeout=1.0, lookup_grace=0.5)
     assert summary.results == {
         crashed.key: Result.adopted,
         never_sent.key: Result.created,
@@ -306,6 +316,8 @@ def test_request_timeout_turns_a_slow_create_into_a_lookup_that_adopts_it(
             "-o",
             "json",
             "--request-timeout",
+            "0.3",
+            "--lookup-grace",  # the default 3 s adds nothing here: the session exists at once
             "0.3",
             "--ledger",
             str(tmp_path / "l.db"),

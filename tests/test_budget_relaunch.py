@@ -18,7 +18,12 @@ FAILING = Profile.model_validate(
     {
         "name": "failing",
         "outcomes": {"error": 1},
-        "lifecycle": {"new_seconds": 0, "claimed_seconds": 0, "working_seconds_min": 5},
+        "lifecycle": {
+            "new_seconds": 0,
+            "claimed_seconds": 0,
+            "working_seconds_min": 5,
+            "working_seconds_max": 20,  # 0.05-0.2 real seconds at time scale 100
+        },
     }
 )
 

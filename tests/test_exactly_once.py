@@ -214,17 +214,21 @@ def test_2_an_apply_paused_past_its_lease_stops_and_says_so(
 def test_3_ambiguous_creates_are_looked_up_after_the_observed_list_lag(
     write: Write, make_sim: Callable[..., SimServer], tmp_path: Path, identity: str
 ) -> None:
-    """List lag 3.5 s and 20% of creates failing after creating: the old fixed 3 s grace
-    resent keys whose sessions were not listed yet (115 for 100). Now: exactly once."""
+    """A list lag longer than the lookup grace, and 20% of creates failing after creating: the
+    old fixed grace (3 s against a 3.5 s lag) resent keys whose sessions were not listed yet
+    (115 for 100). Now: exactly once. Scaled down, the same race: lag 1 s, grace 0.5 s."""
+    lag = 1.0
     profile = Profile.model_validate(
-        {"name": "laggy", "faults": {"error_after_create": 0.2, "list_lag_seconds": 3.5}}
+        {"name": "laggy", "faults": {"error_after_create": 0.2, "list_lag_seconds": lag}}
     )
     sim = make_sim(profile, seed=3)
     plan = build_plan(load_manifest(campaign(write, 40, identity=identity)))
-    summary = run_apply(plan, sim, tmp_path / "l.db", concurrency=8, breaker_threshold=50)
+    summary = run_apply(
+        plan, sim, tmp_path / "l.db", concurrency=8, breaker_threshold=50, lookup_grace=lag / 2
+    )
     assert summary.exit_code == 0, summary.to_json()
     assert summary.count(Result.adopted) >= 1
-    assert summary.observed_lag is not None and summary.observed_lag >= 3.5
+    assert summary.observed_lag is not None and summary.observed_lag >= lag
     assert_exactly_once_and_ledger_agrees(plan, sim, tmp_path / "l.db")
 
 

@@ -5,8 +5,7 @@ lag, `created_at` and every wait are exact and nothing sleeps."""
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,82 +29,20 @@ from launcher.run.summary import ApplySummary, Result
 from launcher.sim import ManualClock, Profile, SimServer
 from launcher.sim.faults import CreateFault, FaultPlan
 from launcher.spec.plan import Plan
-from tests.helpers import FakeClock, apply_all, campaign, fleet_manifest, sessions_per_key
+from tests.clocks import LinkedClock, apply_virtual, virtual
+from tests.helpers import (
+    FakeClock,
+    apply_all,
+    campaign,
+    fleet_manifest,
+    sessions_per_key,
+)
 
 Write = Callable[[str, str], Path]
 
 
-class CountingTransport(httpx.AsyncBaseTransport):
-    """Real HTTP over loopback, counting the requests in flight (the clock waits for them)."""
-
-    def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
-        self.in_flight = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.in_flight += 1
-        try:
-            resp = await self.inner.handle_async_request(request)
-            content = await resp.aread()
-        finally:
-            self.in_flight -= 1
-        return httpx.Response(resp.status_code, headers=resp.headers, content=content)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-class LinkedClock(FakeClock):
-    """The launcher's virtual clock; each step forward moves the simulator's ManualClock too.
-    Time moves only when every task waits, no ledger write is in a thread and no request is in
-    flight: a run's waits are exact, and the simulator sees the same seconds pass."""
-
-    def __init__(self, sim: ManualClock, transport: CountingTransport) -> None:
-        super().__init__()
-        self.sim = sim
-        self.transport = transport
-
-    async def drive(self) -> None:
-        limiter = anyio.to_thread.current_default_thread_limiter()
-        while True:
-            await anyio.wait_all_tasks_blocked()
-            if limiter.borrowed_tokens or self.transport.in_flight or not self._sleepers:
-                await anyio.sleep(0.001)
-                continue
-            when, _, ev = heapq.heappop(self._sleepers)
-            if when > self.t:
-                self.sim.advance(when - self.t)
-                self.t = when
-            ev.set()
-
-
 def lag_profile(lag: float, **faults: Any) -> Profile:
     return Profile.model_validate({"name": "lag", "faults": {"list_lag_seconds": lag, **faults}})
-
-
-def virtual(sim: SimServer, go: Callable[[DevinClient, LinkedClock], Awaitable[Any]]) -> Any:
-    """Run `go(client, clock)` against `sim` on linked virtual time."""
-    assert isinstance(sim.clock, ManualClock)
-    transport = CountingTransport()
-    clock = LinkedClock(sim.clock, transport)
-
-    async def main() -> Any:
-        cfg = ApiConfig(sim.base_url, sim.org_id, sim.token)
-        async with DevinClient(cfg, transport=transport) as client:
-            return await clock.run(lambda: go(client, clock))
-
-    return anyio.run(main)
-
-
-def apply_virtual(plan: Plan, sim: SimServer, ledger: Path, **options: Any) -> ApplySummary:
-    options.setdefault("rate", 200.0)
-
-    async def go(client: DevinClient, clock: LinkedClock) -> ApplySummary:
-        with open_ledger(plan.manifest.path, plan.campaign, ledger) as led:
-            return await apply_plan(plan, client, led, ApplyOptions(**options), clock=clock, environ={})
-
-    result: ApplySummary = virtual(sim, go)
-    return result
 
 
 class Notes:

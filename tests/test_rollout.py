@@ -324,11 +324,12 @@ def start_apply(path: Path, sim: SimServer, ledger: Path, *extra: str) -> subpro
 def test_sigkill_mid_wave_then_rerun_resumes_at_that_wave_exactly_once(
     write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
 ) -> None:
-    # Sessions work 1-2 real seconds: wave 2's launch and follow leave a wide window for the kill.
+    # Sessions work 0.5-1 real seconds: wave 2's launch and follow leave a wide window for the
+    # kill (it comes as soon as wave 2's second create shows).
     slow = profile(
         "slowquick", {"finished": 1}, (100, 200), latency_seconds=0.05, latency_jitter_seconds=0.1
     )
-    sim = make_sim(slow, time_scale=100)
+    sim = make_sim(slow, time_scale=200)
     path = manifest(write, 24, rollout="rollout: {waves: [3, 12, rest]}")
     plan = build_plan(load_manifest(path))
     ledger = tmp_path / "l.db"
@@ -393,8 +394,8 @@ def max_running(sessions: list[dict[str, Any]]) -> int:
 def test_the_running_ceiling_is_never_exceeded(
     write: Write, make_sim: Callable[..., SimServer], tmp_path: Path, env: Callable[[SimServer], None]
 ) -> None:
-    longer = profile("longer", {"finished": 1}, (100, 200))  # 1-2 real seconds each
-    sim = make_sim(longer, time_scale=100)
+    longer = profile("longer", {"finished": 1}, (100, 200))  # 0.25-0.5 real seconds each
+    sim = make_sim(longer, time_scale=400)
     path = manifest(write, 8, budget="budget: {max_running: 6}")
     env(sim)
     args = ("--yes", "--ledger", tmp_path / "l.db", "--interval", "0.05", "--wait")
@@ -425,10 +426,10 @@ def test_without_a_ceiling_the_replay_sees_them_all_running(
 def test_ceiling_counts_launches_the_listing_does_not_show_yet(
     write: Write, make_sim: Callable[..., SimServer], tmp_path: Path
 ) -> None:
-    """The adversary: sessions appear in list results a second late (list lag), so a ceiling
-    that trusted the listing alone would launch past it."""
-    laggy = profile("laggy", {"finished": 1}, (100, 200), list_lag_seconds=1.0)
-    sim = make_sim(laggy, time_scale=100)
+    """The adversary: sessions appear in list results late (list lag: as long as half a
+    session's work), so a ceiling that trusted the listing alone would launch past it."""
+    laggy = profile("laggy", {"finished": 1}, (100, 200), list_lag_seconds=0.25)
+    sim = make_sim(laggy, time_scale=400)  # 0.25-0.5 real seconds of work each
     plan = build_plan(load_manifest(manifest(write, 7)))
     ro = RolloutOptions(max_running=2, wait=True, interval=0.05, max_interval=0.2, ceiling_interval=0.05)
     summary = rollout(plan, sim, tmp_path / "l.db", ro)
@@ -453,7 +454,7 @@ def test_waves_and_ceiling_under_ambiguous_creates_launch_each_key_once(
         error_after_create=0.2,
         drop_after_create=0.15,
     )
-    sim = make_sim(faulty, time_scale=100, seed=7)
+    sim = make_sim(faulty, time_scale=400, seed=7)  # 0.25-0.5 real seconds of work each
     plan = build_plan(load_manifest(manifest(write, 10, rollout="rollout: {waves: [3, rest]}")))
     # a dropped answer's create may be in transit for a request timeout: 3 s, not 30, here
     cfg = ApiConfig(sim.base_url, sim.org_id, sim.token, read_timeout=3.0)

@@ -209,7 +209,10 @@ def test_an_apply_paused_past_its_lease_stops_before_its_next_create(
     manifest = clone(write, 24, "paused")
     plan = build_plan(load_manifest(manifest))
     env = {**os.environ, **cli_env(sim), "DEVIN_FLEET_LOCK_TTL": "2"}
-    cmd = apply_cmd(manifest, pg_url, "--rate", "4", "--concurrency", "2")
+    # The paused run's last creates got no answer: the takeover looks them up a request
+    # timeout later (they may still be in transit). 3 s stated, not the default 30.
+    timeout = ("--request-timeout", "3")
+    cmd = apply_cmd(manifest, pg_url, "--rate", "4", "--concurrency", "2", *timeout)
     first = subprocess.Popen(cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -218,7 +221,7 @@ def test_an_apply_paused_past_its_lease_stops_before_its_next_create(
         first.send_signal(signal.SIGSTOP)
         before = len(sim.sessions())
         second = subprocess.run(
-            apply_cmd(manifest, pg_url, "--rate", "100", "--lock-timeout", "30"),
+            apply_cmd(manifest, pg_url, "--rate", "100", "--lock-timeout", "30", *timeout),
             env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert second.returncode == 0, second.stderr
