@@ -17,6 +17,13 @@ burst at once, the rest at its limit, one latency for the listing and one for th
     .venv/bin/python bench/pacing_bench.py --repeat 3       # each shape 3 times, then min/median/max
     .venv/bin/python bench/pacing_bench.py --list
     .venv/bin/python bench/pacing_bench.py --messages --shape a --shape c   # `message` pacing
+    .venv/bin/python bench/pacing_bench.py --trace --shape f   # + where each create's delay goes
+
+--trace runs apply through bench/pacing_trace.py (its pacer's send times recorded) and prints,
+per run, the spread of the delay from each create's send time to the server's bucket (client,
+transport, server), and for a one-token bucket the best efficiency any client sending at a
+fixed interval reaches under that measured jitter (bench/pacing_jitter.py), as a rate
+(`jitter`) and as a bound for the whole run (`jbound`, the same start-up and latencies).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from apply_bench import Sim, as_installed, duplicates, run_apply, write_campaign
+from pacing_jitter import analyse, match
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class Shape:
     latency_ms: int
     headers: str = "none"
     in_default: bool = True
+    sessions: int | None = None  # instead of --n
 
     def profile(self) -> dict[str, object]:
         rate_limit: dict[str, object] = {
@@ -83,9 +92,10 @@ class Shape:
 
     def describe(self) -> str:
         hdr = "" if self.headers == "none" else f", headers {self.headers}"
+        n = f", {self.sessions} sessions" if self.sessions else ""
         return (
             f"{self.limit:g}/s burst {self.burst}, Retry-After {self.retry_after}, "
-            f"{self.latency_ms} ms{hdr}"
+            f"{self.latency_ms} ms{hdr}{n}"
         )
 
 
@@ -106,28 +116,72 @@ SHAPES = [
     Shape("k", 20, 5, "seconds", 0, "ietf"),
     Shape("l", 50, 10, "seconds", 200, "ratelimit"),
     Shape("m", 5, 1, "seconds", 0, "x-ratelimit"),
+    # c as issue 22's independent harness ran it: 600 sessions.
+    Shape("n", 50, 10, "seconds", 200, sessions=600),
 ]
 
 
-def run_shape(shape: Shape, n: int, rate: float, concurrency: int) -> dict[str, object]:
+def run_traced(path: Path, sim: Sim, concurrency: int, rate: float) -> tuple[float, dict, list]:
+    """`run_apply` through bench/pacing_trace.py: (wall, summary, the client's sends)."""
+    trace = path.parent / "trace.json"
+    env = {**os.environ, **sim.env, "PACING_TRACE": str(trace)}
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / "pacing_trace.py"), "apply"]
+    cmd += [str(path), "--yes", "-o", "json", "--concurrency", str(concurrency)]
+    cmd += ["--rate", str(rate), "--ledger", str(path.parent / "ledger.db")]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    return wall, json.loads(done.stdout), json.loads(trace.read_text())
+
+
+def run_shape(
+    shape: Shape, n: int, rate: float, concurrency: int, *, trace: bool = False
+) -> dict[str, object]:
     """Apply `n` sessions against a fresh simulator of `shape`; what happened, as a dict."""
+    jitter: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="pacing-bench-") as tmp:
         workdir = Path(tmp)
         sim = Sim(shape.profile(), workdir)
         try:
             path = write_campaign(workdir, n)
             spawned = time.time()
-            wall, _, summary = run_apply(path, sim, concurrency, rate)
+            if trace:
+                wall, summary, sends = run_traced(path, sim, concurrency, rate)
+            else:
+                wall, _, summary = run_apply(path, sim, concurrency, rate)
             ended = time.time()
             if not summary:
                 raise SystemExit("apply printed no summary")
             sessions, dups = duplicates(sim)
             import httpx
 
-            stats = httpx.get(f"{sim.env['DEVIN_API_BASE_URL']}/_sim/stats", timeout=30).json()
+            base = sim.env["DEVIN_API_BASE_URL"]
+            stats = httpx.get(f"{base}/_sim/stats", timeout=30).json()
+            if trace:
+                arrivals = httpx.get(f"{base}/_sim/creates", timeout=30).json()["creates"]
+                rows = match(sends, arrivals)
+                latency = shape.latency_ms / 1000
+                jitter = analyse(
+                    rows, shape.limit, shape.burst, n=n, latency=latency, retry_after=shape.retry_after
+                )
         finally:
             sim.close()
     ideal = n / shape.limit
+    bound = _bound(shape, n, stats.get("first_request_at"), spawned)
+    if "jitter_bound" in jitter and bound:
+        # The same start-up and latencies, the creates at the best rate the jitter allows.
+        fixed = ideal / bound - (n - shape.burst) / shape.limit
+        best = fixed + (n - shape.burst) / (shape.limit * jitter["jitter_bound"])
+        jitter["run_bound"] = round(ideal / best, 3)
+        # ... and paying the Retry-After of a create refused at the end (the best schedule).
+        startup = fixed - 2 * shape.latency_ms / 1000
+        jitter["run_schedule_bound"] = round(
+            ideal / (startup + jitter["schedule_s"] + shape.latency_ms / 1000), 3
+        )
+        first = stats.get("first_create_at")
+        if isinstance(first, float | int):  # ... with this run's own start (up to the first create)
+            own = float(first) - spawned + jitter["schedule_s"]
+            jitter["run_schedule_bound_same_start"] = round(ideal / own, 3)
     return {
         "shape": shape.name,
         "server": shape.describe(),
@@ -153,7 +207,11 @@ def run_shape(shape: Shape, n: int, rate: float, concurrency: int) -> dict[str, 
         # The best any client with this start-up could do: the server's burst at once, the
         # rest at its limit, a latency for the listing before the first create and one for
         # the last answer.
-        "bound": _bound(shape, n, stats.get("first_request_at"), spawned),
+        "bound": bound,
+        # The same, with this run's requests before the first create (the start listing and
+        # any wait for a young listing: apply's start, not its pacing) counted as they were.
+        "bound_same_start": _bound_same_start(shape, n, stats.get("first_create_at"), spawned),
+        "jitter": jitter,
     }
 
 
@@ -212,6 +270,13 @@ def _bound(shape: Shape, n: int, first_request: object, spawned: float) -> float
     return round((n / shape.limit) / (best + 2 * shape.latency_ms / 1000), 3)
 
 
+def _bound_same_start(shape: Shape, n: int, first_create: object, spawned: float) -> float | None:
+    if not isinstance(first_create, float | int):
+        return None
+    best = (float(first_create) - spawned) + (n - shape.burst) / shape.limit
+    return round((n / shape.limit) / (best + shape.latency_ms / 1000), 3)
+
+
 def _span(start: object, end: object) -> float | None:
     if not isinstance(start, float | int) or not isinstance(end, float | int):
         return None
@@ -243,12 +308,18 @@ def main() -> None:
         help="pace `message` sends instead of creates (the shape's bucket on the message "
         "endpoint; the bound counts start-up and the refresh before the first send as fixed)",
     )
+    ap.add_argument(
+        "--trace",
+        action="store_true",
+        help="trace every create's send time and arrival: the delay's spread and, for one "
+        "token, the best any client reaches under the measured jitter",
+    )
     ap.add_argument("--json", action="store_true", help="one JSON object per shape")
     ap.add_argument("--list", action="store_true", help="list the shapes and exit")
     a = ap.parse_args()
     if a.list:
         for s in SHAPES:
-            print(f"{s.name}: {s.describe()}, ideal {a.n / s.limit:.0f}s")
+            print(f"{s.name}: {s.describe()}, ideal {(s.sessions or a.n) / s.limit:.0f}s")
         return
     chosen = [s for s in SHAPES if (s.name in a.shape if a.shape else s.in_default)]
     if not chosen:
@@ -268,7 +339,8 @@ def main() -> None:
     )
     runs: dict[str, list[dict[str, Any]]] = {}
     for shape in [s for s in chosen for _ in range(max(1, a.repeat))]:
-        r = run_shape(shape, a.n, shape.rate(a.rate), shape.concurrency(a.concurrency))
+        conc = shape.concurrency(a.concurrency)
+        r = run_shape(shape, shape.sessions or a.n, shape.rate(a.rate), conc, trace=a.trace)
         runs.setdefault(shape.name, []).append(r)
         if a.json:
             print(json.dumps(r), flush=True)
@@ -282,20 +354,39 @@ def main() -> None:
             f"{r['tail_s']:>5} {r['bound']:>5}",
             flush=True,
         )
+        if r["jitter"]:
+            print(f"   jitter: {json.dumps(r['jitter'])}", flush=True)
     if a.repeat > 1 and not a.json:
         _print_repeats(runs, a.repeat)
 
 
 def _print_repeats(runs: dict[str, list[dict[str, Any]]], repeat: int) -> None:
     """Each shape over its repeated runs: efficiency min / median / max, bound and 429s medians."""
-    print(f"\nover {repeat} runs: efficiency min / median / max (bound median), 429s median")
+    print(
+        f"\nover {repeat} runs: efficiency min / median / max (bound median; the bound with "
+        "the run's own requests before the first create), 429s median"
+    )
     for name, rs in runs.items():
         effs = sorted(r["efficiency"] for r in rs)
         bound = statistics.median(r["bound"] or 0.0 for r in rs)
         limited = statistics.median(r["rate_limited"] for r in rs)
+        jb = [r["jitter"]["run_bound"] for r in rs if "run_bound" in r.get("jitter", {})]
+        js = [r["jitter"]["run_schedule_bound"] for r in rs if "run_bound" in r.get("jitter", {})]
+        jo = [
+            r["jitter"].get("run_schedule_bound_same_start", 0.0)
+            for r in rs
+            if "run_bound" in r.get("jitter", {})
+        ]
+        jitter = ""
+        if jb:
+            jitter = (
+                f", jitter bounds {statistics.median(jb):.3f} / {statistics.median(js):.3f} "
+                f"(same start {statistics.median(jo):.3f})"
+            )
+        same = statistics.median(r["bound_same_start"] or 0.0 for r in rs)
         print(
             f"{name:2} {rs[0]['server']:52} {effs[0]:.3f} / {statistics.median(effs):.3f} / "
-            f"{effs[-1]:.3f} ({bound:.3f}), {limited:g}"
+            f"{effs[-1]:.3f} ({bound:.3f}; same start {same:.3f}), {limited:g}{jitter}"
         )
 
 

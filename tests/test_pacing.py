@@ -224,9 +224,10 @@ def test_headers_set_the_rate_and_remaining_lets_the_servers_burst_go_at_once() 
     clock.t += 1 / 20.0 + 1e-9
     second = pacer.try_acquire(clock.now())
     assert isinstance(second, Ticket)
-    # The server has 3 tokens left after `second`: three more may go now, then the rate.
+    # The server has 3 tokens left after `second`: two more may go now (one stays with the
+    # server: an answered create may have reached it late), then the rate.
     pacer.on_success(second, Hint(rate=20.0, remaining=3))
-    assert all(isinstance(pacer.try_acquire(clock.now()), Ticket) for _ in range(3))
+    assert all(isinstance(pacer.try_acquire(clock.now()), Ticket) for _ in range(2))
     assert pacer.try_acquire(clock.now()) == pytest.approx(1 / 20.0)
     pacer.on_success(second, Hint(rate=1000.0, remaining=None))
     assert pacer.adaptive.rate == 100.0  # a header never lifts the rate above --rate
@@ -545,3 +546,125 @@ def test_a_one_token_server_that_took_most_creates_only_draws_a_step_back() -> N
     at = 1000.0 + 21 / rate
     assert ar.on_429(Ticket(at, rate), at + 0.001)  # one early arrival
     assert ar.rate == pytest.approx(ar.hold * rate)
+
+
+def settled_one_token(rtt_spread: float) -> tuple[AdaptiveRate, float]:
+    """An adaptive rate that found a one-token server (first 429 at 100/s, cut to 76.9/s) and
+    then had 60 creates at that pace accepted, answered after 1 ms plus up to `rtt_spread`
+    (spread evenly); returns it and the send time of the next create."""
+    ar = AdaptiveRate(ceiling=100.0)
+    ar.on_success(Ticket(999.98, 100.0), 999.981)
+    assert ar.on_429(Ticket(999.99, 100.0), 999.991)
+    assert ar.single_token
+    rate = ar.rate
+    at = 1000.0
+    for i in range(60):
+        at = 1000.0 + i / rate
+        ar.on_success(Ticket(at, rate), at + 0.001 + rtt_spread * (i % 10) / 9)
+    return ar, at + 1 / rate
+
+
+def test_one_token_a_rare_429_at_the_pace_is_jitter_when_answers_come_back_unevenly() -> None:
+    """Creates sent at the pace that most often go through, refused once in fifty, while
+    answers come back a sizeable share of an interval unevenly: the arrival jitter (a create
+    a little early after one a little late), not the limit. No cut, and probing goes on; with
+    answers as even as a clock's ticks the same 429 is the limit and steps the rate back."""
+    ar, at = settled_one_token(rtt_spread=0.004)  # 4 ms of a 13 ms interval
+    rate = ar.rate
+    assert ar.jittery()
+    assert not ar.on_429(Ticket(at, rate), at + 0.001)
+    assert ar.rate == rate
+    for i in range(1, 11):  # and accepted creates still probe up
+        ar.demand = True
+        ar.on_success(Ticket(at + i / rate, rate), at + i / rate + 0.001)
+    assert ar.rate > rate
+
+    even, at = settled_one_token(rtt_spread=0.0001)
+    rate = even.rate
+    assert not even.jittery()
+    assert even.on_429(Ticket(at, rate), at + 0.001)
+    assert even.rate == pytest.approx(even.hold * rate)
+
+
+def test_one_token_429s_more_often_than_jitter_explains_still_cut() -> None:
+    """Jitter or not, a share of refusals above `jitter_share` means the pace is too fast."""
+    ar, at = settled_one_token(rtt_spread=0.004)
+    rate = ar.rate
+    refused = [at + i / rate for i in range(3)]  # 3 of the last 50 refused: over 5%
+    assert not ar.on_429(Ticket(refused[0], rate), refused[0] + 0.001)
+    assert not ar.on_429(Ticket(refused[1], rate), refused[1] + 0.001)
+    assert ar.on_429(Ticket(refused[2], rate), refused[2] + 0.001)
+    assert ar.rate < rate
+
+
+def test_one_token_with_uneven_arrivals_the_end_game_widens_the_last_gaps() -> None:
+    """One token, answers coming back unevenly: a create refused at the end waits its
+    Retry-After past everyone else, so the last gaps get a margin of a few spreads of the
+    answers' times (by how likely a refusal is and what it would cost), widest for the last
+    create, and none while the rest is long."""
+    clock = FakeClock()
+    pacer = Pacer(100.0, clock)
+    first = drain(pacer, clock)
+    clock.t += 0.001
+    pacer.on_success(first)
+    second = drain(pacer, clock)
+    clock.t += 0.001
+    pacer.on_429(second, 1.0)  # one token: Retry-After 1 s
+    for i in range(60):  # answers 1-5 ms after their send
+        t = drain(pacer, clock)
+        clock.t += 0.001 + 0.004 * (i % 10) / 9
+        pacer.on_success(t)
+    assert pacer.adaptive.single_token and pacer.adaptive.jittery()
+    plain = min(pacer.adaptive.rate, pacer.adaptive.peak or math.inf)
+    pacer.remaining = 1000
+    assert pacer.paced_rate() == pacer.adaptive.rate  # far from the end: no margin
+    rates = []
+    for left in (60, 30, 1):
+        pacer.remaining = left
+        rates.append(pacer.paced_rate())
+    assert rates[0] <= 0.95 * plain * 1.0001
+    assert rates[0] > rates[1] > rates[2]  # the closer to the end, the wider
+    assert 1 / rates[2] - 1 / (0.95 * plain) > 0.5 * pacer.adaptive.spread()
+
+
+@pytest.mark.parametrize(
+    ("limit", "retry_after", "latency"), [(75, "seconds", 0.1), (75, "http-date", 0.0)]
+)
+def test_one_token_on_a_loaded_machine_loses_little_to_jitter(
+    limit: int, retry_after: str, latency: float
+) -> None:
+    """The model with a loaded machine's arrival jitter (1 ms even, and one create in ten
+    later by 2 ms on average, as bench/pacing_bench.py --trace measured): the rare 429 a
+    late create causes no longer sets the pace for the rest of the run (was 0.667 and 0.716
+    in the worst of three seeds; the best schedule for those delays reaches 0.81-0.87)."""
+    for seed in range(3):
+        out = run_shape(limit, 1, retry_after, latency, jitter=0.001, spikes=0.1, seed=seed)
+        assert out.created == 300
+        assert out.efficiency(limit) >= 0.76, (seed, out.efficiency(limit))
+
+
+def test_remaining_counts_creates_still_in_flight_and_a_429_on_it_keeps_the_announced_rate() -> None:
+    """A create answered with Remaining 3 while one sent before it is still in flight: that
+    one may reach the server after it (the network reorders), so it spends a token of the
+    three too. A 429 for a create sent on that credit says the credit was wrong, not the
+    announced rate: the trust in the rate stays (it used to fall 3% for each, for good: k of
+    bench/pacing_bench.py ended at 0.58 of the announced rate after 18 of them)."""
+    clock = FakeClock()
+    pacer = Pacer(100.0, clock)
+    first = drain(pacer, clock)
+    pacer.on_success(first, Hint(rate=20.0, remaining=4))
+    a = drain(pacer, clock)  # on credit: tokens the server reported
+    b = drain(pacer, clock)
+    assert a.credit and b.credit and a.at == b.at == first.at
+    pacer.on_success(b, Hint(rate=20.0, remaining=3))  # b answered first; a still out
+    assert pacer.credit == 3 - 1 - 1  # a, and one kept with the server
+    c = drain(pacer, clock)
+    assert c.credit and c.at == b.at
+    clock.t += 0.001
+    pacer.on_429(c, 1.0, Hint(rate=20.0, remaining=0))
+    assert pacer.adaptive.hint_trust == 1.0
+    assert pacer.adaptive.rate == pytest.approx(20.0)
+    paced = drain(pacer, clock)  # paced at the announced rate, and refused: trust falls
+    assert not paced.credit
+    pacer.on_429(paced, 1.0, Hint(rate=20.0, remaining=0))
+    assert pacer.adaptive.hint_trust == pytest.approx(pacer.adaptive.hold)

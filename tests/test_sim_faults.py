@@ -103,6 +103,22 @@ def test_rate_limit_without_retry_after(make_sim: Any, sim_client: Any) -> None:
     assert c.post(sessions_url(sim), json={"prompt": "p"}).status_code == 200
 
 
+def test_the_create_log_shows_each_create_as_the_bucket_saw_it(make_sim: Any, sim_client: Any) -> None:
+    """`/_sim/creates`: every create in arrival order, taken or refused, with its title (read
+    from a refused body too, which the bucket answers unread) and when it was received and
+    reached the bucket (the machine's monotonic clock, for matching with a client's sends)."""
+    clock = ManualClock()
+    sim = make_sim(faulty(rate_limit={"rate": 1, "burst": 1}), clock=clock)
+    c = sim_client(sim)
+    assert c.post(sessions_url(sim), json={"prompt": "p", "title": "one"}).status_code == 200
+    assert c.post(sessions_url(sim), json={"prompt": "p", "title": "two"}).status_code == 429
+    log = c.get("/_sim/creates").json()
+    assert log["count"] == 2
+    assert [(r["title"], r["accepted"]) for r in log["creates"]] == [("one", True), ("two", False)]
+    first, second = log["creates"]
+    assert first["received"] <= first["at"] <= second["received"] <= second["at"]
+
+
 def test_latency_holds_every_endpoint_until_it_has_passed(make_sim: Any, sim_client: Any) -> None:
     clock = ManualClock()
     sim = make_sim(faulty(latency_seconds=0.15, latency_jitter_seconds=0.1), clock=clock)

@@ -1,5 +1,6 @@
-"""Pacing: finds and holds an unknown server rate limit; admission under `--rate`; backoff
-with full jitter; the circuit breaker.
+"""Pacing: admission under `--rate` at the adaptive rate (launcher/api/adaptive.py finds the
+server's limit), Retry-After, the end game, rate-limit header credit; backoff with full
+jitter; the circuit breaker.
 
 The API publishes no limit, so apply learns it from the answers. Creates start at the `--rate`
 ceiling, one at a time: the client's bucket holds one token, so it never bursts into the
@@ -8,37 +9,8 @@ clock spins out the last 1.5 ms of a wait, as the event loop's timers overshoot 
 millisecond). Every admission is a `Ticket` (send time, rate it was paced at), and answers
 are kept by send time, so latency never blurs what they measure.
 
-- A 429 means the server's bucket was empty when that create arrived. The first one after a
-  settled period (30 creates accepted since the last cut) starts a *run* and steps the rate
-  back to 0.97 x the rate it was sent at (its *peak*: the limit is just below), or, when an
-  earlier 429 is known, to what the bucket refilled between the two (empty at both ends: a
-  lower bound of the limit, at most 10% down), so the rate does not stay above the limit
-  while a bucket of many tokens drains slowly.
-- If 429s keep coming within the run, the rate goes to what the server accepted between the
-  run's first 429 and this one: its bucket was empty at both, so accepted / the span between
-  them is its limit, pauses included (what refilled during a pause was spent after it).
-  Before 8 are accepted, (accepted + 1) / span, so a cut is never deeper than needed; at most
-  to a tenth at once. The same count over the time creates were going out (a gap counts up to
-  1.5 intervals) becomes the peak: a stall with every slot in flight refills a small bucket
-  only to its size, and would read as a low limit. 429s for creates sent before a cut cut
-  again only when the measure is 30% below the rate (saves a round trip of 429s at 300 ms);
-  they empty the client's bucket only when answered within an interval or when 4 in 5 answers
-  of the run are refused (else, at high latency, the next creates would wait an interval
-  after each, and the server idle after the train).
-- One token (at most one create went through before the first 429): the server takes a
-  create only once 1 / limit has passed since the one it took last, and wastes what refills
-  while the next is on its way (just above the limit, half are refused). So gaps, not
-  counts, measure it: an accepted create sent g after the previous accepted one says
-  limit >= 1 / g, a refused one limit < 1 / g. The cut goes to the run's shortest accepted
-  gap (a rate that went through), the peak to its longest refused gap, and recovery aims at,
-  and probing stops at 0.99 x, the lower of the peak and the rate of the latest 429, for 160
-  accepted creates. Measured by gaps, workers that all waited a while (a pause, every slot
-  in flight) do not read as a low limit.
-- Between two 429s the bucket refilled more than (accepted - 1): a lower bound of the limit
-  that no cut goes under.
-- Back up: after a cut, each accepted create closes a tenth of the way to 0.97 x the peak;
-  from there it probes by 0.075% per accepted create while creates wait on the rate, doubling
-  every 40 accepted since the cut, at most 0.5% (the limit may have moved up).
+- How the rate is found from the answers (429s by send time, one-token buckets, uneven
+  arrivals, headers): launcher/api/adaptive.py.
 - Retry-After (seconds or HTTP date) holds back only the request it answered: apply (and
   `message`) parks it, and its slot goes to the next. Eight 429s in a row for creates sent
   after their cut, or a Retry-After over 5 s, pause every worker as asked (or with
@@ -48,10 +20,13 @@ are kept by send time, so latency never blurs what they measure.
   sending again), a 429 would hold its request past everyone else's end, so the rate drops 5%
   below the lowest of the rate, the peak and the rate the last cut went to (a measure, not a
   probe), and probes no more: a last second 0.05 s slower, against a whole second for a 429.
+  One token with uneven arrivals: the last gaps also get a margin, the answers' spread x
+  ln(p x c / spread) (p the recent share of 429s, at most 5%; c what one would cost past the
+  end), widest for the last create.
 - Rate-limit headers, when an answer has them (the client parses three families), set the rate
-  directly (quota / window, no probing); Remaining, less the creates sent since, may go at
-  once (the server's burst, still within `--rate`); a 429 for a create sent at that rate
-  lowers their trust by 3%.
+  (adaptive.py); Remaining, less the creates sent since, those sent before and not answered
+  yet (the network may reorder them) and one, may go at once (the server's burst, still
+  within `--rate`).
 
 Figures: bench/pacing_bench.py (real sockets, the CLI) and bench/pacing_sweep.py (the
 virtual-time model, 384 server shapes). Bounds: at most floor(`--rate`) admissions in any
@@ -60,17 +35,31 @@ virtual-time model, 384 server shapes). Bounds: at most floor(`--rate`) admissio
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import math
 import random
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
 import anyio.lowlevel
+
+from launcher.api.adaptive import AdaptiveRate, RateHint, Ticket
+
+__all__ = [
+    "AdaptiveRate",
+    "CircuitBreaker",
+    "Clock",
+    "MonotonicClock",
+    "Pacer",
+    "RateHint",
+    "Ticket",
+    "TokenBucket",
+    "WindowLimit",
+    "backoff_delay",
+    "sleep_unless",
+]
 
 _TICK = 1e-6  # the shortest wait try_acquire returns
 
@@ -196,224 +185,6 @@ def backoff_delay(
     return r.uniform(0.0, min(cap, base * (2 ** min(attempt, 30))))
 
 
-class RateHint(Protocol):
-    """What an answer's rate-limit headers said (the API client parses them)."""
-
-    @property
-    def rate(self) -> float | None: ...  # sustained creates/s the server allows
-
-    @property
-    def remaining(self) -> int | None: ...  # creates it allows right now
-
-
-@dataclass(frozen=True)
-class Ticket:
-    """One admission: when it was sent and the rate it was paced at."""
-
-    at: float
-    rate: float
-    seq: int = 0  # admissions before this one
-
-
-@dataclass
-class AdaptiveRate:
-    """Finds and holds an unknown server rate limit (see the module docstring)."""
-
-    ceiling: float  # the configured --rate: never exceeded
-    floor: float = 0.05
-    hold: float = 0.97  # after a 429: this fraction of the rate that drew it
-    probe: float = 0.00075  # first step up per accepted create after a cut (fraction of rate)
-    probe_doubling: int = 40  # accepted creates without a 429 that double the step
-    probe_max: float = 0.005  # the largest step (a server's burst hides an overshoot a while)
-    window: float = 60.0  # send-time seconds of evidence kept
-    settled: int = 30  # accepted creates after a cut after which a 429 means "just above"
-    min_answers: int = 4  # answers in a run of 429s before their accepted share is used
-    min_measured: int = 8  # accepted in a run before its rate is taken as measured
-    rate: float = 0.0
-    limit: float | None = None  # a lower bound of the server's limit, creates/s
-    hint: float | None = None  # the rate the server's headers announced
-    hint_trust: float = 1.0  # fraction of the announced rate used; 429s shrink it
-    cuts: int = 0
-    peak: float | None = None  # just above the limit: a fresh 429's rate, or a run's measure
-    recover: float = 0.1  # after a cut, each accepted create closes this share of the way back
-    single_token: bool | None = None  # the server's bucket holds one token (seen at its first 429)
-    demand: bool = False  # creates waited for the rate since the last step up (else no probe)
-    cut_to: float | None = None  # the rate the last cut went to (below the limit, measured)
-    _cut_at: float = -math.inf  # tickets sent before this were paced at a rate already cut
-    _since_cut: int = 0  # accepted creates sent after the last cut
-    _run_start: float = -math.inf  # send time of the first 429 of the current run
-    _drew: float | None = None  # the rate of the latest create answered 429 (sent after a cut)
-    # Answers by send time: (sent, accepted, paced rate); and 429 send times, both sorted.
-    _answers: list[tuple[float, bool, float]] = field(default_factory=list)
-    _limited: list[float] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.rate = min(self.ceiling, self.rate or self.ceiling)
-        self.floor = min(self.floor, self.ceiling)
-
-    def _clamp(self, rate: float) -> float:
-        return min(self.ceiling, max(self.floor, rate))
-
-    def _record(self, ticket: Ticket, accepted: bool, now: float) -> None:
-        bisect.insort(self._answers, (ticket.at, accepted, ticket.rate))
-        if not accepted:
-            bisect.insort(self._limited, ticket.at)
-        old = now - self.window
-        if self._answers[0][0] < old:
-            del self._answers[: bisect.bisect_left(self._answers, (old,))]
-            del self._limited[: bisect.bisect_left(self._limited, old)]
-
-    def on_success(self, ticket: Ticket, now: float) -> None:
-        self._record(ticket, True, now)
-        if ticket.at >= self._cut_at:
-            self._since_cut += 1
-        if self.hint is not None:
-            return
-        if ticket.at >= self._cut_at and self.cuts and self.demand:
-            self.demand = False
-            target = self.hold * (self.peak or self.rate)
-            if self.rate < target * 0.995:  # a deep cut: back towards the limit quickly
-                self.rate = self._clamp(self.rate + (target - self.rate) * self.recover)
-                return
-            near = self._drew is not None and self.rate >= 0.99 * self._drew
-            if self.single_token and near and self._since_cut < 4 * self.probe_doubling:
-                return  # one token: just above the limit, half the creates are refused
-            step = self.probe * 2 ** (self._since_cut / self.probe_doubling)
-            self.rate = self._clamp(self.rate * (1 + min(step, self.probe_max)))
-
-    def accepted_rate(self, since: float, until: float, *, busy: bool = False) -> float | None:
-        """What the server accepts per second, from the answers to creates sent in
-        [since, until] (a run of 429s: its bucket was empty at `since`): accepted / sending
-        time. With fewer than `min_measured` accepted, (accepted + 1) / time: the most it
-        could have accepted, so a cut to it is never deeper than needed. `busy`: the time
-        counts only while creates left at their pace (a gap is counted up to 1.5 intervals)."""
-        lo = bisect.bisect_left(self._answers, (since,))
-        hi = bisect.bisect_right(self._answers, (until, True, math.inf))
-        answers = self._answers[lo:hi]
-        if len(answers) < self.min_answers:
-            return None
-        # The bucket was empty at both ends (each a 429): what it accepted in between is what
-        # it refilled, pauses included (a refill during a pause is spent after it).
-        paced = answers[-1][0] - answers[0][0]
-        if busy:
-            paced = sum(min(b[0] - a[0], 1.5 / b[2]) for a, b in itertools.pairwise(answers))
-        accepted = sum(1 for _, ok, _ in answers[1:] if ok)
-        if paced <= 0:
-            return None
-        return (accepted if accepted >= self.min_measured else accepted + 1) / paced
-
-    def _gaps(self, since: float, until: float) -> tuple[float | None, float | None]:
-        """For creates sent in [since, until]: the shortest send-time gap from the previous
-        accepted create to an accepted one, and the longest to a refused one (None when
-        there is none)."""
-        lo = bisect.bisect_left(self._answers, (since,))
-        hi = bisect.bisect_right(self._answers, (until, True, math.inf))
-        prev = next((self._answers[j][0] for j in range(lo - 1, -1, -1) if self._answers[j][1]), None)
-        ok_gap: float | None = None
-        refused_gap: float | None = None
-        for at, ok, _ in self._answers[lo:hi]:
-            if prev is not None and at > prev:
-                g = at - prev
-                if ok:
-                    ok_gap = g if ok_gap is None else min(ok_gap, g)
-                else:
-                    refused_gap = g if refused_gap is None else max(refused_gap, g)
-            if ok:
-                prev = at
-        return ok_gap, refused_gap
-
-    def _lower_bound(self, sent: float) -> None:
-        """Between the previous 429 and this one the server's bucket refilled more than n - 1
-        tokens (it was empty at both): (n - 1) / span is a lower bound of its limit."""
-        i = bisect.bisect_left(self._limited, sent)
-        if i == 0:
-            return
-        s_a = self._limited[i - 1]
-        lo = bisect.bisect_right(self._answers, (s_a, True, math.inf))
-        hi = bisect.bisect_left(self._answers, (sent,))
-        n = sum(1 for _, ok, _ in self._answers[lo:hi] if ok)
-        if n >= 2 and sent > s_a:
-            b = (n - 1) / (sent - s_a)
-            self.limit = b if self.limit is None else max(self.limit, b)
-
-    def on_429(self, ticket: Ticket, now: float) -> bool:
-        """Learn from a 429 and lower the rate if it tells something new; True if cut."""
-        self._record(ticket, False, now)
-        if self.single_token is None:  # how many creates its full bucket took before this
-            before = bisect.bisect_left(self._answers, (ticket.at,))
-            self.single_token = sum(1 for _, ok, _ in self._answers[:before] if ok) <= 1
-        self._lower_bound(ticket.at)
-        fresh = ticket.at >= self._cut_at
-        settled = not self.cuts or self._since_cut >= self.settled
-        if fresh:  # a new run resets the peak: the limit may have moved either way
-            self._drew = ticket.rate
-            renew = settled or self.peak is None
-            self.peak = ticket.rate if renew else min(self.peak or ticket.rate, ticket.rate)
-        if fresh and (settled or self._run_start == math.inf):
-            self._run_start = ticket.at  # a first 429 after a settled period starts a run
-        est = self.accepted_rate(self._run_start, ticket.at)
-        cap = self.hold * ticket.rate
-        # The most the limit can be, by what was measured: counted while creates went out.
-        top = self.accepted_rate(self._run_start, ticket.at, busy=True)
-        if est is not None and self.single_token:
-            # One token: gaps, not counts (module docstring). The cut goes to the run's
-            # shortest accepted gap, recovery aims at its longest refused one.
-            ok_gap, refused_gap = self._gaps(self._run_start, ticket.at)
-            top = None if refused_gap is None else 1.0 / refused_gap
-            if ok_gap is not None:
-                est = 1.0 / ok_gap
-            elif top is not None:
-                est = min(est, top)  # at most one went through: below the refused gaps' rate
-            if est is not None and top is not None:
-                top = max(top, est)  # jitter can make the two overlap
-        if fresh and self.hint is not None and ticket.rate <= self.hint * self.hint_trust * 1.001:
-            self.hint_trust *= self.hold  # sent at what the headers said, and refused anyway
-        if not fresh:
-            # In flight before the last cut, which answered it; unless the run's answers
-            # already show the rate is far too high (saves a round trip of 429s).
-            if est is None or est * 1.3 >= self.rate:
-                return False
-            new = max(ticket.rate * 0.1, est)
-        elif settled and self.limit is not None and not self.single_token and self.hint is None:
-            # Held the rate a while, just above the limit: back to what the bucket refilled
-            # between the last two 429s (empty at both), at most 10% down.
-            new = min(cap, max(self.limit, 0.9 * ticket.rate))
-        elif settled or self.hint is not None or est is None:
-            new = cap  # held the rate a while: just above the limit, step back a little
-        else:  # 429s keep coming: go to what the server accepts (at most a tenth at once)
-            new = max(ticket.rate * 0.1, min(cap, est))
-        if self.limit is not None:
-            new = max(new, min(cap, self.limit))  # never below what it measurably accepts
-        self.rate = self._clamp(min(self.rate, new))
-        self.cut_to = self.rate
-        if top is not None and (not fresh or not settled):
-            self.peak = min(self.peak or top, top)  # measured: recover to it, probe beyond
-        self._cut_at = now
-        self._since_cut = 0
-        self.cuts += 1
-        return True
-
-    def mostly_refused(self, until: float) -> bool:
-        """Whether 4 in 5 of the (4+) answers of the current run up to `until` were refused."""
-        lo = bisect.bisect_left(self._answers, (self._run_start,))
-        hi = bisect.bisect_right(self._answers, (until, True, math.inf))
-        refused = sum(1 for _, ok, _ in self._answers[lo:hi] if not ok)
-        return hi - lo >= 4 and 5 * refused >= 4 * (hi - lo)
-
-    def after_cut(self, ticket: Ticket) -> bool:
-        """Whether `ticket` was sent at the rate now in force (after the last cut)."""
-        return ticket.at >= self._cut_at
-
-    def restart_run(self) -> None:
-        """After a pause every measurement starts afresh (the server refilled meanwhile)."""
-        self._run_start = math.inf
-
-    def on_hint(self, rate: float) -> None:
-        """The server announced its rate: use it instead of probing."""
-        self.hint = rate
-        self.rate = self._clamp(rate * self.hint_trust)
-
-
 @dataclass
 class _Pause:
     until: float = 0.0
@@ -447,11 +218,14 @@ class Pacer:
         self.sent = 0  # admissions so far
         self.credit = 0.0  # creates the server's headers said it would take beyond the rate
         self._credit_seq = -1  # the ticket whose answer set the credit
+        self._open: set[int] = set()  # admissions not answered yet (their seq)
         self.pauses = 0
         self.rate_limited = 0
         self.answers = 0
         self.remaining: int | None = None  # left to send, for the end game (None: unknown)
         self.endgame = endgame
+        # One token, uneven arrivals: the jitter's tail refuses the odd create even well under
+        # the limit, and one refused at the end waits its Retry-After past everyone else.
         self.retry_hold = 0.0  # the longest wait a 429 asked for (seconds, at most long_pause)
         self.latency = 0.0  # how long answers take (send to answer, a moving average)
         self._endgame_rate: float | None = None
@@ -479,7 +253,10 @@ class Pacer:
             self.credit -= 1  # the server said it has a token to spare right now
         self.window.take(now)
         self.sent += 1
-        return Ticket(now, rate, self.sent - 1)
+        self._open.add(self.sent - 1)
+        if len(self._open) > 4096:  # never answered (a transport error): long gone
+            self._open = {s for s in self._open if s >= self.sent - 1024}
+        return Ticket(now, rate, self.sent - 1, credit=wait > 0)
 
     def paced_rate(self) -> float:
         """The rate admissions go at now: the adaptive rate, a little less in the end game."""
@@ -492,7 +269,24 @@ class Pacer:
             measured = max(a.cut_to or a.rate, a.hold * a.rate)  # 3% off a probe since the cut
             self._endgame_rate = min(a.rate, a.peak or a.rate, measured)
         # From here on no probing: the rate it had, less a margin, and lower after 429s.
-        return max(a.floor, min(a.rate, a.peak or a.rate, self._endgame_rate) * self.endgame)
+        rate = min(a.rate, a.peak or a.rate, self._endgame_rate) * self.endgame
+        if a.single_token and a.jittery() and self.remaining is not None:
+            rate = 1.0 / (1.0 / rate + self._margin(rate, self.remaining))
+        return max(a.floor, rate)
+
+    def _margin(self, rate: float, remaining: int) -> float:
+        """One token, uneven arrivals, the end game: how much longer than 1/rate to wait
+        before a create `remaining` from the end. Refused (odds p: the recent share of 429s,
+        at most `jitter_share`, as more is cut; falling by e every s = the answers' spread
+        of margin, the jitter's tail), it would cost what is left of the Retry-After past the
+        end, c: the margin s x ln(p c / s) minimises both."""
+        a = self.adaptive
+        spread = a.spread()
+        cost = self.retry_hold + 2 * self.latency - remaining / rate
+        odds = min(a.jitter_share, max(0.01, a.refused_share()))
+        if spread <= 0 or cost <= 0 or odds * cost <= spread:
+            return 0.0
+        return spread * math.log(odds * cost / spread)
 
     async def wait_until(self, when: float, stop: anyio.Event | None = None) -> bool:
         """Sleep until clock time `when` (its own Retry-After); False if `stop` was set."""
@@ -520,6 +314,7 @@ class Pacer:
                 await self.clock.sleep(min(got, 0.25))
 
     def _answered(self, ticket: Ticket, now: float) -> None:
+        self._open.discard(ticket.seq)
         took = max(0.0, now - ticket.at)
         self.latency = took if self.answers == 0 else self.latency + 0.1 * (took - self.latency)
         self.answers += 1
@@ -575,8 +370,13 @@ class Pacer:
         if hint.remaining is not None and ticket.seq > self._credit_seq:
             # Tokens the server had left after this create, less the creates sent since (they
             # spend them first): what may go now beyond the paced rate, within --rate.
+            # Creates sent before it and not answered yet may reach the server after it (the
+            # network reorders them) and spend one of those tokens too; and one answered
+            # already may have too: one token stays with the server.
             self._credit_seq = ticket.seq
-            self.credit = max(0.0, hint.remaining - (self.sent - ticket.seq - 1))
+            before = sum(1 for s in self._open if ticket.seq - 1024 < s < ticket.seq)
+            spent = (self.sent - ticket.seq - 1) + before + 1
+            self.credit = max(0.0, hint.remaining - spent)
 
 
 @dataclass

@@ -14,6 +14,7 @@ import hmac
 import json
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -223,6 +224,7 @@ class SimApp:
             routes += [
                 Route("/_sim/sessions", self.sim_sessions, methods=["GET"]),
                 Route("/_sim/stats", self.sim_stats, methods=["GET"]),
+                Route("/_sim/creates", self.sim_creates, methods=["GET"]),
             ]
         self.starlette = Starlette(
             routes=routes,
@@ -260,6 +262,7 @@ class SimApp:
         async def endpoint(request: Request) -> Response:
             method = "GET" if request.method == "HEAD" else request.method
             if method == "POST" and short == "/sessions":
+                request.state.received = time.monotonic()  # before any latency fault
                 self.state.creates_in_flight += 1
                 self.state.creates_max_in_flight = max(
                     self.state.creates_max_in_flight, self.state.creates_in_flight
@@ -356,9 +359,14 @@ class SimApp:
         now = self.state.clock.now()
         self.state.create_times.append(now)
         wait = self.plan.rate_limited(now)
+        at = time.monotonic()
+        received = getattr(request.state, "received", at)
+        logged = len(self.state.create_log)
+        self.state.create_log.append((received, at, wait is None, None))
         rate_headers = self.plan.rate_headers()
         if wait is not None and limit is not None:
             self.state.faults["rate_limited"] += 1
+            self.state.create_log[logged] = (received, at, False, await _title(request))
             if limit.retry_after:
                 rate_headers["Retry-After"] = retry_after_header(wait, limit.retry_after_format)
             raise HTTPProblem(
@@ -371,6 +379,7 @@ class SimApp:
             limit=guesses.max_body_bytes,
             lenient=guesses.unknown_body_fields,
         )
+        self.state.create_log[logged] = (received, at, True, req.title)
         listed = self.profile.allowed_tags
         if listed is not None:
             bad = [(i, t) for i, t in enumerate(req.tags or []) if t not in listed]
@@ -540,6 +549,28 @@ class SimApp:
             times = self.state.create_times  # `?create=K`: when the K-th create (0-based) came
             stats["create_at"] = times[int(nth)] if int(nth) < len(times) else None
         return _json(stats)
+
+    async def sim_creates(self, request: Request) -> Response:
+        """Every create as the bucket saw it (the machine's monotonic clock): when it was
+        received, when it reached the bucket (after any latency fault), whether it was taken,
+        and its title (to match it with the client's send)."""
+        rows = [
+            {"received": r, "at": a, "accepted": ok, "title": title}
+            for r, a, ok, title in self.state.create_log
+        ]
+        return _json({"count": len(rows), "creates": rows})
+
+
+async def _title(request: Request) -> str | None:
+    """The title of a small create body refused before it was read (for the create log)."""
+    length = request.headers.get("content-length", "")
+    if not length.isdigit() or int(length) > 65536:
+        return None
+    try:
+        title = json.loads(await request.body()).get("title")
+    except Exception:  # any unreadable body: no title to log
+        return None
+    return title if isinstance(title, str) else None
 
 
 async def _abort(send: Send, receive: Receive) -> bool:

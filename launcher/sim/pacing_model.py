@@ -34,6 +34,13 @@ class Outcome:
     sends: list[float] = field(default_factory=list)  # every create's send time
     max_in_flight: int = 0
     rates: list[float] = field(default_factory=list)  # the adaptive rate at each send
+    delays: list[float] = field(default_factory=list)  # each create's send -> bucket delay
+
+    def sent(self, at: float, rate: float, in_flight: int, delay: float) -> None:
+        self.sends.append(at)
+        self.rates.append(rate)
+        self.max_in_flight = max(self.max_in_flight, in_flight)
+        self.delays.append(delay)
 
     def efficiency(self, limit: float) -> float:
         return (self.created / limit) / self.elapsed
@@ -50,9 +57,13 @@ def run_model(
     concurrency: int = 16,
     headers: bool = False,
     jitter: float = 0.0,
+    spikes: float = 0.0,
+    spike: float = 0.002,
     seed: int = 0,
 ) -> Outcome:
-    """Launch `n` creates; return when the last one was accepted and what happened."""
+    """Launch `n` creates; return when the last one was accepted and what happened. Each
+    reaches the server `latency` + uniform(0, `jitter`) after it was sent, and with odds
+    `spikes` later by an exponential of mean `spike` (a loaded machine: pacing_bench --trace)."""
     rng = random.Random(seed)
     clock = VirtualClock()
     start = clock.now()
@@ -60,8 +71,7 @@ def run_model(
     pacer.remaining = n
     bucket = _Bucket(limit, burst, float(burst), start)  # the server's
     todo = n  # keys not handed out yet
-    created = limited = 0
-    in_flight = 0
+    created = limited = in_flight = 0
     out = Outcome(0.0, 0, 0)
     parked: list[tuple[float, int]] = []  # (not before, seq): 429s waiting out Retry-After
     # (time, seq, kind, ticket): "try" = whoever waits may send now; "arrive" = at the server
@@ -81,18 +91,14 @@ def run_model(
             assert ticket is not None
             wait = bucket.take(now)
             in_flight -= 1
-            hint = Hint(limit, None) if headers else None
+            hint = Hint(limit, 0 if wait else math.floor(bucket.tokens)) if headers else None
             if wait is None:
                 created += 1
                 pacer.remaining = n - created
-                if headers:
-                    hint = Hint(limit, math.floor(bucket.tokens))
                 pacer.on_success(ticket, hint)
             else:
                 limited += 1
                 ra = _retry_after(retry_after, wait, now, rng)
-                if headers:
-                    hint = Hint(limit, 0)
                 # Parked, as apply does: its slot goes to the next key meanwhile.
                 heapq.heappush(parked, (pacer.on_429(ticket, ra, hint), seq))
                 push(parked[0][0], "try")
@@ -112,10 +118,10 @@ def run_model(
             else:
                 todo -= 1
             in_flight += 1
-            out.max_in_flight = max(out.max_in_flight, in_flight)
-            out.sends.append(now)
-            out.rates.append(pacer.adaptive.rate)
             delay = latency + (rng.random() * jitter if jitter else 0.0)
+            if spikes and rng.random() < spikes:
+                delay += rng.expovariate(1.0 / spike)
+            out.sent(now, pacer.adaptive.rate, in_flight, delay)
             push(now + delay, "arrive", got)
     out.elapsed, out.created, out.rate_limited = clock.now() - start, created, limited
     return out
@@ -163,6 +169,7 @@ def run_shape(
     *,
     n: int = 300,
     jitter: float = 0.0005,
+    spikes: float = 0.0,
     seed: int = 0,
 ) -> Outcome:
     """One server shape as the benches run it: `--rate` 100 or twice the limit, and
@@ -176,5 +183,6 @@ def run_shape(
         rate=max(100.0, 2 * limit),
         concurrency=bench_concurrency(limit, latency),
         jitter=jitter,
+        spikes=spikes,
         seed=seed,
     )

@@ -187,6 +187,10 @@ class SimState:
         self.faults: Counter[str] = Counter()
         self.create_times: list[float] = []  # monotonic arrival of every create (pacing checks)
         self.message_times: list[float] = []  # arrival of every message send (pacing checks)
+        # Every create as the bucket saw it, on the machine's monotonic clock (comparable with
+        # a client process's): (received, reached the bucket, accepted, title). The benches
+        # measure from it how unevenly paced creates arrive.
+        self.create_log: list[tuple[float, float, bool, str | None]] = []
         self.first_request_at: float | None = None  # arrival of the first API request (clock)
         self.creates_in_flight = 0
         self.creates_max_in_flight = 0  # the most create requests being answered at once
