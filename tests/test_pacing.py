@@ -627,6 +627,20 @@ def test_one_token_with_uneven_arrivals_the_end_game_widens_the_last_gaps() -> N
     assert 1 / rates[2] - 1 / (0.95 * plain) > 0.5 * pacer.adaptive.spread()
 
 
+def test_the_end_game_judges_the_answers_spread_at_its_own_pace_not_a_probed_up_rate() -> None:
+    """In the end game the adaptive rate may still probe up (the pace no longer follows it),
+    which shortens its interval: answers as even as the model's 0.5 ms jitter, under 5% of
+    the pace actually kept, then read as uneven and widened the last gaps by a jitter margin
+    (2 ms a create at 100/s: 0.942 of the sweep's bound in the worst seed, from 0.955)."""
+    bound = (300 / 100) / ((300 - 1) * (1 / 100 + 0.0005))  # bench/pacing_sweep.py's, one token
+    for seed in range(3):
+        out = run_shape(100, 1, "http-date", 0.0, seed=seed)
+        assert out.created == 300
+        assert out.efficiency(100) >= 0.95 * bound, (seed, out.efficiency(100))
+        last = [b - a for a, b in zip(out.sends[-20:], out.sends[-19:], strict=False)]
+        assert max(last) < 0.012  # 0.95 x the rate: no jitter margin on top
+
+
 @pytest.mark.parametrize(
     ("limit", "retry_after", "latency"), [(75, "seconds", 0.1), (75, "http-date", 0.0)]
 )

@@ -271,9 +271,10 @@ class AdaptiveRate:
         rtts = sorted(self._rtts)
         return rtts[round(0.95 * (len(rtts) - 1))] - rtts[round(0.05 * (len(rtts) - 1))]
 
-    def jittery(self) -> bool:
-        """Whether that spread is at least `jitter_width` of an interval."""
-        return self.spread() >= self.jitter_width / self.rate
+    def jittery(self, rate: float | None = None) -> bool:
+        """Whether that spread is at least `jitter_width` of an interval (at `rate`, else at
+        the adaptive rate)."""
+        return self.spread() >= self.jitter_width / (rate or self.rate)
 
     def refused_share(self) -> float:
         """The share of the last `recent` answers (by send time) that were refused."""

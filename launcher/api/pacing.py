@@ -270,7 +270,7 @@ class Pacer:
             self._endgame_rate = min(a.rate, a.peak or a.rate, measured)
         # From here on no probing: the rate it had, less a margin, and lower after 429s.
         rate = min(a.rate, a.peak or a.rate, self._endgame_rate) * self.endgame
-        if a.single_token and a.jittery() and self.remaining is not None:
+        if a.single_token and a.jittery(rate) and self.remaining is not None:
             rate = 1.0 / (1.0 / rate + self._margin(rate, self.remaining))
         return max(a.floor, rate)
 
