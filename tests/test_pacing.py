@@ -548,17 +548,17 @@ def test_a_one_token_server_that_took_most_creates_only_draws_a_step_back() -> N
     assert ar.rate == pytest.approx(ar.hold * rate)
 
 
-def settled_one_token(rtt_spread: float) -> tuple[AdaptiveRate, float]:
+def settled_one_token(rtt_spread: float, accepted: int = 60) -> tuple[AdaptiveRate, float]:
     """An adaptive rate that found a one-token server (first 429 at 100/s, cut to 76.9/s) and
-    then had 60 creates at that pace accepted, answered after 1 ms plus up to `rtt_spread`
-    (spread evenly); returns it and the send time of the next create."""
+    then had `accepted` creates at that pace accepted, answered after 1 ms plus up to
+    `rtt_spread` (spread evenly); returns it and the send time of the next create."""
     ar = AdaptiveRate(ceiling=100.0)
     ar.on_success(Ticket(999.98, 100.0), 999.981)
     assert ar.on_429(Ticket(999.99, 100.0), 999.991)
     assert ar.single_token
     rate = ar.rate
     at = 1000.0
-    for i in range(60):
+    for i in range(accepted):
         at = 1000.0 + i / rate
         ar.on_success(Ticket(at, rate), at + 0.001 + rtt_spread * (i % 10) / 9)
     return ar, at + 1 / rate
@@ -584,6 +584,31 @@ def test_one_token_a_rare_429_at_the_pace_is_jitter_when_answers_come_back_uneve
     assert not even.jittery()
     assert even.on_429(Ticket(at, rate), at + 0.001)
     assert even.rate == pytest.approx(even.hold * rate)
+
+
+def test_one_token_jitter_is_judged_on_the_answers_at_the_pace_in_force() -> None:
+    """Twenty-odd creates after a cut, all but one accepted, answers uneven: the 429 is the
+    jitter at this pace, whatever the faster pace before the cut drew (its 429s said that
+    pace was too fast, not this one). It used to cut 3% whenever a 429 came within 30
+    accepted creates of the last cut: on a loaded machine, where one create in twenty is
+    refused at the best pace, the rate stepped down 3% at a time from 92/s to 76/s (the
+    model's 100/s one-token server under bench/pacing_sweep.py --spikes 0.1)."""
+    ar, at = settled_one_token(rtt_spread=0.004, accepted=24)  # 4 ms of a 10 ms interval
+    rate = ar.rate
+    assert ar.jittery()
+    assert not ar.on_429(Ticket(at, rate), at + 0.001)  # 1 in 25 at this pace
+    assert ar.rate == rate
+    # Two in the same 25: more than jitter explains at this pace, a step back.
+    ar, at = settled_one_token(rtt_spread=0.004, accepted=23)
+    rate = ar.rate
+    assert not ar.on_429(Ticket(at, rate), at + 0.001)  # 1 in 24
+    assert ar.on_429(Ticket(at + 1 / rate, rate), at + 1 / rate + 0.001)
+    assert ar.rate < rate
+    # Too few answers at this pace to tell: a step back, as before.
+    ar, at = settled_one_token(rtt_spread=0.004, accepted=10)
+    rate = ar.rate
+    assert ar.on_429(Ticket(at, rate), at + 0.001)
+    assert ar.rate < rate
 
 
 def test_one_token_429s_more_often_than_jitter_explains_still_cut() -> None:

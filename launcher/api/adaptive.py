@@ -35,10 +35,11 @@ paced at), kept by send time so that latency never blurs what they measure.
   every 40 accepted since the cut, at most 0.5% (the limit may have moved up).
 - Uneven arrivals (one token): on a loaded machine creates do not reach the server as evenly
   as they leave, and a one-token server refuses a create that follows a late one closely.
-  Once the rate has held a while (30 accepted since the cut), a 429 for a create sent at the
-  pace is that jitter, not the limit, when the answers come back unevenly (the p5-p95 of
-  their send -> answer times at least 5% of an interval) and at most 1 in 20 of the last 50
-  answers was refused: no cut, and probing goes on past it. More refusals cut as above.
+  A 429 for a create sent at the pace in force is that jitter, not the limit, when the
+  answers come back unevenly (the p5-p95 of their send -> answer times at least 5% of an
+  interval) and at most 1 in 20 of the answers at that pace (sent since the last cut, the
+  last 50, at least 20 of them) was refused: no cut, and probing goes on past it. 429s drawn
+  by a faster pace before the cut do not count against this one. More refusals cut as above.
 - Rate-limit headers set the rate directly (quota / window, no probing); a 429 for a create
   sent at that rate (not on the Remaining credit `Pacer` keeps) lowers their trust by 3%.
 """
@@ -96,6 +97,7 @@ class AdaptiveRate:
     recover: float = 0.1  # after a cut, each accepted create closes this share of the way back
     jitter_share: float = 0.05  # one token: refused this rarely at the pace is arrival jitter
     recent: int = 50  # the answers (by send time) that share is taken over
+    jitter_answers: int = 20  # ... or fewer, at least this many, when all sent at the pace
     jitter_width: float = 0.05  # ... when answer times vary by this share of an interval
     single_token: bool | None = None  # the server's bucket holds one token (seen at its first 429)
     demand: bool = False  # creates waited for the rate since the last step up (else no probe)
@@ -209,7 +211,7 @@ class AdaptiveRate:
         self._lower_bound(ticket.at)
         fresh = ticket.at >= self._cut_at
         settled = not self.cuts or self._since_cut >= self.settled
-        if self.single_token and fresh and settled and self.cuts and self._jitter_only(ticket.at):
+        if self.single_token and fresh and self.cuts and self._jitter_only(ticket.at, paced=True):
             # Held a while, and refused as rarely as the arrival jitter makes a one-token
             # server refuse creates sent at the pace: not the limit. No cut, no faster probe.
             self._since_cut = self.settled
@@ -281,18 +283,23 @@ class AdaptiveRate:
         recent = self._answers[-self.recent :]
         return sum(1 for _, ok, _ in recent if not ok) / len(recent) if recent else 0.0
 
-    def _jitter_only(self, until: float, scale: float = 1.0) -> bool:
+    def _jitter_only(self, until: float, scale: float = 1.0, *, paced: bool = False) -> bool:
         """Whether answers come back unevenly enough (their send -> answer times' p5-p95 at
         least `jitter_width` of an interval) for arrival jitter to explain the odd 429, and at
         most `scale` x `jitter_share` of the last `recent` answers sent up to `until` were
-        refused (and there are that many)."""
+        refused (and there are that many). `paced`: of those sent at the pace in force (after
+        the last cut), and `jitter_answers` of them are enough: 429s drawn by a faster pace
+        before the cut say nothing of this one."""
         if not self.jittery():
             return False  # too even for jitter to explain a 429: the limit
         hi = bisect.bisect_right(self._answers, (until, True, math.inf))
-        if hi < self.recent:
+        lo = hi - self.recent
+        if paced:
+            lo = max(lo, bisect.bisect_left(self._answers, (self._cut_at,)))
+        if hi - lo < (self.jitter_answers if paced else self.recent):
             return False
-        refused = sum(1 for _, ok, _ in self._answers[hi - self.recent : hi] if not ok)
-        return refused <= scale * self.jitter_share * self.recent
+        refused = sum(1 for _, ok, _ in self._answers[max(0, lo) : hi] if not ok)
+        return refused <= scale * self.jitter_share * (hi - lo)
 
     def mostly_refused(self, until: float) -> bool:
         """Whether 4 in 5 of the (4+) answers of the current run up to `until` were refused."""
