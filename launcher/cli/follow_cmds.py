@@ -67,6 +67,12 @@ if TYPE_CHECKING:
 @outcome_option
 @click.option("--only", multiple=True, metavar="GLOB", help="Only keys matching this glob (repeatable).")
 @click.option("--offline", is_flag=True, help="Show what the ledger knows; no API calls.")
+@click.option(
+    "--all",
+    "every",
+    is_flag=True,
+    help="On a terminal, every session (default: the rows that fit the screen, attention first).",
+)
 @ledger_option
 @api_options
 def status(
@@ -79,6 +85,7 @@ def status(
     outcomes: tuple[str, ...],
     only: tuple[str, ...],
     offline: bool,
+    every: bool,
     ledger: str | None,
     base_url: str | None,
     org_id: str | None,
@@ -110,7 +117,7 @@ def status(
     else:
         if use.max_sessions or use.max_total_acu or use.relaunched:  # spent against the budget
             out.print(use.line(), markup=False)  # above the table: its footer is the counts
-        _status_table(view, pick)
+        _status_table(view, pick, every)
     sys.exit(view.exit_code)
 
 
@@ -165,7 +172,8 @@ async def _refresh(
                 err.print(line, markup=False)
             else:  # what fits the screen, what needs attention first
                 rows = max(3, err.height - 8)
-                live.update(Group(Text(line), _status_renderable(view, rows)), refresh=True)
+                table = _status_renderable(view, rows, width=err.width)
+                live.update(Group(Text(line), table), refresh=True)
 
         def failed(exc: APIError) -> None:
             err.print(f"warning: refresh failed, retrying: {exc.message}", markup=False)
@@ -198,11 +206,15 @@ def _counts(view: CampaignView) -> str:
     return "  ".join(f"{o}: {c[o]}" for o in ranked if c[o]) or "no sessions"
 
 
-def _status_table(view: CampaignView, pick: Filter) -> None:
+def _status_table(view: CampaignView, pick: Filter, every: bool = False) -> None:
+    """On a terminal, the rows that fit the screen (all of them with a filter or --all), what
+    needs attention first, the rest counted below; piped, every session, a line each."""
     if not view.sessions:
         pass
     elif out.is_terminal:
-        out.print(_status_renderable(view))
+        # the budget line, title, heading, caption, strays and counts stay on the screen too
+        limit = None if every or pick.describe() else max(10, out.height - 9 - len(view.strays))
+        out.print(_status_renderable(view, limit, more="; every session: --all, or piped"))
     else:
         click.echo("\n".join(_status_lines(view)))
     if not view.sessions and pick.describe():
@@ -254,20 +266,28 @@ def _status_lines(view: CampaignView) -> list[str]:
     ]
 
 
-def _status_renderable(view: CampaignView, limit: int | None = None) -> Table:
-    """The table on a terminal: a line per session (cells cut with "…", keys and pull requests
-    linked), what needs attention first; at most `limit` rows, the rest summed up below."""
-    from launcher.views.results import by_attention, short_pr
+def _status_renderable(
+    view: CampaignView, limit: int | None = None, more: str = "", width: int | None = None
+) -> Table:
+    """The table on a terminal: a line per session (keys and outcomes whole, the other cells
+    cut with "…" to fit the width; keys and pull requests linked), what needs attention first;
+    at most `limit` rows, the rest summed up below (then `more`)."""
+    from launcher.views.results import by_attention, fit_widths, short_pr
 
     cols = _status_columns(view, url=False)
-    table = Table(title=f"campaign {view.campaign}", box=box.SIMPLE_HEAD)
-    for col in cols:
-        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=len(col))
     ranked = by_attention(view.sessions)
     shown = ranked if limit is None or len(ranked) <= limit else ranked[: limit - 1]
+    rows = []
     for s in shown:
         cells = _status_cells(s)
         cells["PR"] = " ".join(short_pr(u) for u in s.pr_urls)
+        rows.append(cells)
+    natural = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in cols}
+    widths = fit_widths(natural, width or out.width, overhead=(3, 1), keep={"key", "attempt", "outcome"})
+    table = Table(title=f"campaign {view.campaign}", box=box.SIMPLE_HEAD)
+    for col in cols:
+        table.add_column(col, no_wrap=True, overflow="ellipsis", width=widths[col])
+    for s, cells in zip(shown, rows, strict=True):
         row: list[Text | str] = [cells[c] for c in cols]
         row[0] = Text(s.key, style=f"link {s.url}" if s.url else "")
         if s.pr_urls:
@@ -278,6 +298,7 @@ def _status_renderable(view: CampaignView, limit: int | None = None) -> Table:
         table.caption = f"... {len(ranked) - len(shown)} more: " + ", ".join(
             f"{o} {n}" for o, n in rest.items()
         )
+        table.caption += more
     return table
 
 

@@ -180,19 +180,29 @@ def _emit(res: Results, output: str, cols: list[str] | None, manifest: str) -> N
     err.print(totals_line(res), markup=False)
 
 
-def results_table(res: Results, cols: list[str] | None = None) -> None:
-    """On a terminal a table that fits its width (cells on one line, cut with "…", keys and
-    pull requests linked); otherwise aligned lines, one per session, never wrapped."""
-    from launcher.views.results import default_columns, display, heading, plain_lines
+def results_table(res: Results, cols: list[str] | None = None, drop: tuple[str, ...] = ()) -> None:
+    """On a terminal a table that fits its width (cells on one line; keys and outcomes whole,
+    the rest cut with "…", then the `drop` columns left out; keys and pull requests linked);
+    otherwise aligned lines, one per session, never wrapped, every column."""
+    from launcher.views.results import (
+        column_widths,
+        default_columns,
+        display,
+        fit_widths,
+        heading,
+        plain_lines,
+    )
 
     if not out.is_terminal:
         cols = cols or default_columns(res, None)
         click.echo("\n".join(plain_lines(res, cols)))
         return
     cols = cols or default_columns(res, out.width)
+    widths = fit_widths(column_widths(res, cols, terminal=True), out.width, drop=drop)
+    cols = [c for c in cols if c in widths]
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for col in cols:
-        table.add_column(heading(res, col), no_wrap=True, overflow="ellipsis")
+        table.add_column(heading(res, col), no_wrap=True, overflow="ellipsis", width=widths[col])
     for row, s in zip(res.rows, res.sessions, strict=True):
         cells: list[Text | str] = []
         for c in cols:
@@ -231,7 +241,7 @@ def attention_summary(
     if todo:
         shown = build_results(view, p.schemas, todo[:limit])
         out.print(f"{len(todo)} session(s) need attention:", markup=False)
-        results_table(shown, ["key", "outcome", "reason", "url"])
+        results_table(shown, ["key", "outcome", "reason", "url"], drop=("url",))
         if len(todo) > limit:
             out.print(f"... and {len(todo) - limit} more", markup=False)
         if not sim:
