@@ -213,8 +213,10 @@ def _status_table(view: CampaignView, pick: Filter, every: bool = False) -> None
         pass
     elif out.is_terminal:
         # the budget line, title, heading, caption, strays and counts stay on the screen too
-        limit = None if every or pick.describe() else max(10, out.height - 9 - len(view.strays))
-        out.print(_status_renderable(view, limit, more="; every session: --all, or piped"))
+        limit = None if every or pick.describe() else max(10, out.height - 10 - len(view.strays))
+        out.print(_status_renderable(view, limit))
+        if limit is not None and len(view.sessions) > limit:
+            out.print("every session: --all (or piped, a line each)", markup=False)
     else:
         click.echo("\n".join(_status_lines(view)))
     if not view.sessions and pick.describe():
@@ -266,12 +268,10 @@ def _status_lines(view: CampaignView) -> list[str]:
     ]
 
 
-def _status_renderable(
-    view: CampaignView, limit: int | None = None, more: str = "", width: int | None = None
-) -> Table:
+def _status_renderable(view: CampaignView, limit: int | None = None, width: int | None = None) -> Table:
     """The table on a terminal: a line per session (keys and outcomes whole, the other cells
     cut with "…" to fit the width; keys and pull requests linked), what needs attention first;
-    at most `limit` rows, the rest summed up below (then `more`)."""
+    at most `limit` rows, the rest summed up below."""
     from launcher.views.results import by_attention, fit_widths, short_pr
 
     cols = _status_columns(view, url=False)
@@ -298,7 +298,6 @@ def _status_renderable(
         table.caption = f"... {len(ranked) - len(shown)} more: " + ", ".join(
             f"{o} {n}" for o, n in rest.items()
         )
-        table.caption += more
     return table
 
 

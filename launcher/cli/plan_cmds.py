@@ -127,6 +127,7 @@ def plan(
     """Expand a manifest and show exactly what apply would send, diffed against the ledger."""
     p = load_plan(manifest)
     preview = plan_preview(p, ledger, check_remote, base_url, org_id, say_passed=True)
+    whole = p  # what was spent is the campaign's, whatever --only shows
     if only:  # the selection: its table, prompts, JSON and totals (waves: of the whole plan)
         p, preview = _only(p, preview, only)
     changes, fields, waves = preview.changes, preview.fields, preview.waves
@@ -142,7 +143,7 @@ def plan(
             (c, k, f"changed: {', '.join(fields[k]) or 'secret sources'}; {n}" if k in fields else n)
             for c, k, n in changes
         ]
-        spent = _spent(p, ledger)
+        spent = _spent(whole, ledger)
         _plan_table(p, noted, show_prompts, waves if p.manifest.manifest.rollout else None, spent)
         if show_diff:
             _show_diffs(changes, preview.launched)

@@ -467,22 +467,22 @@ def fit_widths(
     """Cell widths (in `natural`'s order) for a table `width` characters wide, each column
     costing `overhead[0]` more (padding, rule) and the table `overhead[1]`: the `keep` columns
     (what a row is: its key, its outcome) whole; the others cut, the widest first, to no less
-    than `floor`; when that is not enough, the `drop` columns (a URL the key links to) go, in
-    order, and the rest are fitted again. Kept columns are never cut (like `gh`, which cuts a
-    title, never an id): a terminal too narrow for them wraps the line instead."""
+    than `floor`. The `drop` columns (a URL the key links to: worthless cut) are whole or left
+    out, in order, when the rest cannot fit otherwise. Kept columns are never cut (as `gh`
+    cuts a title, never an id): a terminal too narrow for them wraps the line instead."""
     cols = dict(natural)
-    for gone in [None, *drop]:
-        if gone is not None:
-            cols.pop(gone, None)
+    pending = [c for c in drop if c in cols]
+    while True:
+        whole = {*keep, *pending}
         room = width - overhead[1] - overhead[0] * len(cols)
-        room -= sum(w for c, w in cols.items() if c in keep)
-        cut = {c: w for c, w in cols.items() if c not in keep}
-        level = max(cut.values(), default=0)
-        while level > floor and sum(min(w, level) for w in cut.values()) > room:
+        room -= sum(w for c, w in cols.items() if c in whole)
+        cut = [w for c, w in cols.items() if c not in whole]
+        level = max(cut, default=0)
+        while level > floor and sum(min(w, level) for w in cut) > room:
             level -= 1
-        if sum(min(w, level) for w in cut.values()) <= room or gone == (drop[-1] if drop else None):
-            return {c: w if c in keep else min(w, level) for c, w in cols.items()}
-    return cols  # not reached: the last round returns
+        if not pending or sum(min(w, level) for w in cut) <= room:
+            return {c: w if c in whole else min(w, level) for c, w in cols.items()}
+        del cols[pending.pop(0)]
 
 
 def aligned_lines(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:

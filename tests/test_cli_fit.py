@@ -1,0 +1,146 @@
+"""What a person sees (the UX pass): tables on a terminal fit its width with every key whole,
+`status` on a terminal fits the screen (`--all`: every row), piped text tables keep one session
+a line, `plan -o json` shows the identity tags that are sent, `plan --only` counts what the
+whole campaign spent. Through the real CLI: a pty for the terminal, CliRunner for pipes."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from launcher.cli import cli
+from launcher.sim.campaigns import mixed_campaign_ledger
+from launcher.views.results import fit_widths
+from tests.helpers import run_pty
+
+KEY = re.compile(r"acme/svc-\d{4}\b")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, str]]:
+    return mixed_campaign_ledger(tmp_path_factory.mktemp("fit") / "300", 300)
+
+
+def run(*args: str | Path) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_fit_widths_cuts_free_text_first_then_drops_then_never_cuts_keys() -> None:
+    natural = {"key": 15, "outcome": 11, "reason": 24, "url": 62}
+    assert fit_widths(natural, 200) == natural  # it fits: nothing is cut
+    cut = fit_widths({"key": 15, "outcome": 11, "reason": 24, "notes": 40}, 80)
+    assert cut["key"] == 15 and cut["outcome"] == 11  # what a row is stays whole
+    assert cut["notes"] <= 24 and sum(cut.values()) + 3 * 4 - 3 <= 80  # the widest cut first
+    dropped = fit_widths(natural, 80, drop=("url",))
+    assert dropped == {"key": 15, "outcome": 11, "reason": 24}  # the rest whole again
+    assert fit_widths({"key": 70, "reason": 30}, 40) == {"key": 70, "reason": 8}  # wraps, uncut
+
+
+def test_status_on_a_terminal_fits_the_screen_with_every_key_whole(
+    fleet: tuple[Path, Path, dict[str, str]],
+) -> None:
+    """At 300 sessions, 80 columns and 40 rows: what needs attention first, the rest counted
+    below the table with the way to see them; the counts still on the screen."""
+    path, ledger, truth = fleet
+    lines = run_pty("status", path, "--ledger", ledger, "--offline", cols=80, rows=40).splitlines()
+    assert len(lines) <= 40 and max(len(ln) for ln in lines) <= 80, "\n".join(lines)
+    rows = [ln for ln in lines if ln.lstrip().startswith("acme/")]
+    assert 10 <= len(rows) < 40
+    assert all(KEY.match(r.split()[0]) and r.split()[0] in truth for r in rows)  # never cut
+    assert all(r.split()[1] in ("failed", "needs-human", "running") for r in rows)
+    assert any(ln.startswith("... ") and "more: failed" in ln for ln in lines)
+    assert "every session: --all (or piped, a line each)" in lines
+    assert lines[-1].startswith("failed: ")  # the counts, last
+    every = run_pty("status", path, "--ledger", ledger, "--offline", "--all", cols=80)
+    assert sum(1 for ln in every.splitlines() if ln.lstrip().startswith("acme/")) == 300
+    piped = run("status", path, "--ledger", ledger, "--offline")  # machines: every session
+    assert sum(1 for ln in piped.stdout.splitlines() if KEY.match(ln)) == 300
+
+
+def test_results_keeps_keys_and_outcomes_whole_at_80_columns(
+    fleet: tuple[Path, Path, dict[str, str]],
+) -> None:
+    path, ledger, truth = fleet
+    screen = run_pty("results", path, "--ledger", ledger, "--offline", cols=80)
+    rows = [ln.split() for ln in screen.splitlines() if ln.startswith("acme/")]
+    assert len(rows) == 300 and max(len(ln) for ln in screen.splitlines()[:302]) <= 80
+    assert all(r[0] in truth and r[1] == truth[r[0]] for r in rows)
+
+
+def _long_titles(write: Callable[[str, str], Path], n: int = 5) -> Path:
+    items = ", ".join(f"acme/service-number-{i:03d}" for i in range(n))
+    return write(
+        "long.yaml",
+        f"""
+        version: 1
+        campaign: long
+        fleets:
+          - name: f
+            for_each: {{items: [{items}]}}
+            session:
+              title: "Upgrade {{{{ item }}}} to Python 3.12 and open a pull request for review"
+              repos: ["{{{{ item }}}}"]
+              prompt: "Upgrade {{{{ item }}}}"
+        """,
+    )
+
+
+def test_plan_piped_is_one_line_a_session_and_fits_a_terminal_with_keys_whole(
+    write: Callable[[str, str], Path],
+) -> None:
+    path = _long_titles(write)
+    res = run("plan", path)
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    rows = [ln for ln in lines if ln.startswith("+ ")]
+    assert len(rows) == 5  # one line each, never wrapped (rich folded cells at 80 columns)
+    assert all(r.split()[1] == f"acme/service-number-{i:03d}" for i, r in enumerate(rows))
+    assert all("for review" in r for r in rows)  # nothing cut either
+    assert "│" not in res.stdout and "┃" not in res.stdout  # no box drawing in a pipe
+    screen = run_pty("plan", path, cols=80).splitlines()
+    table = [ln for ln in screen if ln.lstrip().startswith(("+ ", "key"))]
+    assert len(table) == 6 and max(len(ln) for ln in table) <= 80
+    shown = [ln.split() for ln in table[1:]]
+    assert [r[1] for r in shown] == [f"acme/service-number-{i:03d}" for i in range(5)]
+
+
+def test_plan_json_tags_are_the_identity_tags_sent(write: Callable[[str, str], Path]) -> None:
+    """With `identity: title` the key travels in the title: `tags` lists only the campaign tag
+    (before, it also listed a `fleet-key:` tag that is never sent)."""
+    for mode, want in (("title", ["fleet:t"]), ("tags", ["fleet:t", "fleet-key:"])):
+        path = write(
+            f"{mode}.yaml",
+            f"""
+            version: 1
+            campaign: t
+            identity: {mode}
+            fleets:
+              - name: f
+                for_each: {{items: [a, b]}}
+                session: {{prompt: "fix {{{{ item }}}}"}}
+            """,
+        )
+        data = json.loads(run("plan", path, "-o", "json").stdout)
+        for s in data["sessions"]:
+            assert [t[: len(w)] for t, w in zip(s["tags"], want, strict=True)] == want
+            assert set(s["tags"]) <= set(s["request"]["tags"])
+
+
+def test_plan_only_counts_what_the_whole_campaign_spent(
+    fleet: tuple[Path, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    src, ledger, _ = fleet
+    shutil.copy(src.parent / "svc.csv", tmp_path / "svc.csv")
+    text = src.read_text().replace("fleets:", "defaults: {max_acu_limit: 3}\nfleets:", 1)
+    (tmp_path / "c.yaml").write_text(text)
+    whole = run("plan", tmp_path / "c.yaml", "--ledger", ledger).stdout
+    some = run("plan", tmp_path / "c.yaml", "--ledger", ledger, "--only", "acme/svc-000*").stdout
+    spent = [ln for ln in whole.splitlines() if ln.startswith("budget:")]
+    assert spent and "ACU caps 900 launched" in spent[0]
+    assert spent == [ln for ln in some.splitlines() if ln.startswith("budget:")]
