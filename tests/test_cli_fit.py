@@ -16,7 +16,6 @@ from click.testing import CliRunner, Result
 
 from launcher.cli import cli
 from launcher.sim.campaigns import mixed_campaign_ledger
-from launcher.views.results import fit_widths
 from tests.helpers import run_pty
 
 KEY = re.compile(r"acme/svc-\d{4}\b")
@@ -32,6 +31,8 @@ def run(*args: str | Path) -> Result:
 
 
 def test_fit_widths_cuts_free_text_first_then_drops_then_never_cuts_keys() -> None:
+    from launcher.views.results import fit_widths
+
     natural = {"key": 15, "outcome": 11, "reason": 24, "url": 62}
     assert fit_widths(natural, 200) == natural  # it fits: nothing is cut
     cut = fit_widths({"key": 15, "outcome": 11, "reason": 24, "notes": 40}, 80)
@@ -63,13 +64,13 @@ def test_status_on_a_terminal_fits_the_screen_with_every_key_whole(
     assert sum(1 for ln in piped.stdout.splitlines() if KEY.match(ln)) == 300
 
 
-def test_results_keeps_keys_and_outcomes_whole_at_80_columns(
+def test_results_keeps_keys_and_outcomes_whole_at_60_columns(
     fleet: tuple[Path, Path, dict[str, str]],
 ) -> None:
     path, ledger, truth = fleet
-    screen = run_pty("results", path, "--ledger", ledger, "--offline", cols=80)
+    screen = run_pty("results", path, "--ledger", ledger, "--offline", cols=60)
     rows = [ln.split() for ln in screen.splitlines() if ln.startswith("acme/")]
-    assert len(rows) == 300 and max(len(ln) for ln in screen.splitlines()[:302]) <= 80
+    assert len(rows) == 300 and max(len(ln) for ln in screen.splitlines()[:302]) <= 60
     assert all(r[0] in truth and r[1] == truth[r[0]] for r in rows)
 
 
