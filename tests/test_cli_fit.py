@@ -145,3 +145,18 @@ def test_plan_only_counts_what_the_whole_campaign_spent(
     spent = [ln for ln in whole.splitlines() if ln.startswith("budget:")]
     assert spent and "ACU caps 900 launched" in spent[0]
     assert spent == [ln for ln in some.splitlines() if ln.startswith("budget:")]
+
+
+def test_group_by_piped_is_aligned_text_never_cut(fleet: tuple[Path, Path, dict[str, str]]) -> None:
+    """A two-way count in a pipe: a line per value, every heading and value whole (rich cut
+    them to 80 columns: `succee…`, `(missin…`)."""
+    path, ledger, truth = fleet
+    res = run(
+        "results", path, "--ledger", ledger, "--offline", "--group-by", "outcome", "--group-by", "reason"
+    )
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert "…" not in res.stdout and "┃" not in res.stdout
+    assert lines[1].split()[0] == "outcome" and lines[1].split()[-1] == "total"
+    assert {ln.split()[0] for ln in lines[2:]} == set(truth.values())
+    assert sum(int(ln.split()[-1]) for ln in lines[2:]) == len(truth)

@@ -260,17 +260,26 @@ def attention_summary(
 
 def _groups(res: Results, fields: list[str], output: str) -> None:
     from launcher.views.formats import grouping
+    from launcher.views.results import aligned_lines
 
     g = grouping(res, fields)
     write = FORMATS[output].groups
     if write is not None:
         click.echo(write(g), nl=False)
         return
+    rows = [[str(x) for x in r] for r in g.rows]
+    if not out.is_terminal:  # a line per value, never cut (rich cut "succeeded" to "succee…")
+        out.print(g.title, markup=False)
+        click.echo("\n".join(aligned_lines(g.header, rows, right=range(1, len(g.header)))))
+        return
     table = Table(title=g.title)
-    for i, h in enumerate(g.header):
-        table.add_column(h, justify="right" if i else "left")
-    for r in g.rows:
-        table.add_row(*(str(x) for x in r))
+    for i, h in enumerate(g.header):  # the values whole; a narrow screen folds count headings
+        width = max(len(h), *(len(r[0]) for r in rows)) if not i else None
+        table.add_column(
+            h, justify="right" if i else "left", no_wrap=not i, min_width=width, overflow="fold"
+        )
+    for r in rows:
+        table.add_row(*r)
     out.print(table)
 
 

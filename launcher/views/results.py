@@ -485,13 +485,19 @@ def fit_widths(
         del cols[pending.pop(0)]
 
 
-def aligned_lines(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+def aligned_lines(
+    header: Sequence[str], rows: Iterable[Sequence[str]], right: Collection[int] = ()
+) -> list[str]:
     """A header and rows as aligned text, one line a row, never wrapped or cut (cells made one
-    line): a text table for a pipe, a file or a CI log."""
+    line; the `right` columns, counts, right-aligned): a text table for a pipe, a file or a
+    CI log."""
     body = [[c.replace("\r", " ").replace("\n", " ") for c in r] for r in rows]
     widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(header)]
     return [
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
         for r in [list(header), *body]
     ]
 
