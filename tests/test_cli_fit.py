@@ -1,7 +1,8 @@
 """What a person sees (the UX pass): tables on a terminal fit its width with every key whole,
 `status` on a terminal fits the screen (`--all`: every row), piped text tables keep one session
 a line, `plan -o json` shows the identity tags that are sent, `plan --only` counts what the
-whole campaign spent. Through the real CLI: a pty for the terminal, CliRunner for pipes."""
+whole campaign spent, `ledger copy` from a missing file says so. Through the real CLI: a pty
+for the terminal, CliRunner for pipes."""
 
 from __future__ import annotations
 
@@ -160,3 +161,11 @@ def test_group_by_piped_is_aligned_text_never_cut(fleet: tuple[Path, Path, dict[
     assert lines[1].split()[0] == "outcome" and lines[1].split()[-1] == "total"
     assert {ln.split()[0] for ln in lines[2:]} == set(truth.values())
     assert sum(int(ln.split()[-1]) for ln in lines[2:]) == len(truth)
+
+
+def test_ledger_copy_from_a_missing_file_says_so(tmp_path: Path) -> None:
+    """Not "name the campaign to copy from a PostgreSQL ledger" (a usage error, exit 64)."""
+    res = run("ledger", "copy", tmp_path / "nope.db", tmp_path / "copy.db")
+    assert res.exit_code == 1, res.output
+    assert f"error: no ledger at {tmp_path / 'nope.db'}" in res.stderr and "PostgreSQL" not in res.stderr
+    assert not (tmp_path / "copy.db").exists()
