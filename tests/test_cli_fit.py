@@ -169,3 +169,18 @@ def test_ledger_copy_from_a_missing_file_says_so(tmp_path: Path) -> None:
     assert res.exit_code == 1, res.output
     assert f"error: no ledger at {tmp_path / 'nope.db'}" in res.stderr and "PostgreSQL" not in res.stderr
     assert not (tmp_path / "copy.db").exists()
+
+
+def test_status_piped_starts_with_its_header_and_keeps_the_budget_below_the_rows(
+    fleet: tuple[Path, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """`status | tail -n +2` is the rows: the budget line (a campaign with a budget) no longer
+    comes before the header in a pipe; on a terminal it stays above the table."""
+    src, ledger, truth = fleet
+    shutil.copy(src.parent / "svc.csv", tmp_path / "svc.csv")
+    text = src.read_text().replace("fleets:", "budget: {max_sessions: 400}\nfleets:", 1)
+    (tmp_path / "c.yaml").write_text(text)
+    lines = run("status", tmp_path / "c.yaml", "--ledger", ledger, "--offline").stdout.splitlines()
+    assert lines[0].split()[:3] == ["key", "outcome", "status"]
+    assert all(KEY.match(ln) for ln in lines[1 : len(truth) + 1])
+    assert lines[-2].startswith("budget: 300 session(s) launched") and lines[-1].startswith("failed: ")

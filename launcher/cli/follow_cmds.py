@@ -115,9 +115,8 @@ def status(
     if output == "json":
         emit_json({**view.status_json(), "budget": use.to_json()})
     else:
-        if use.max_sessions or use.max_total_acu or use.relaunched:  # spent against the budget
-            out.print(use.line(), markup=False)  # above the table: its footer is the counts
-        _status_table(view, pick, every)
+        spent = use.line() if use.max_sessions or use.max_total_acu or use.relaunched else None
+        _status_table(view, pick, every, spent)
     sys.exit(view.exit_code)
 
 
@@ -206,9 +205,15 @@ def _counts(view: CampaignView) -> str:
     return "  ".join(f"{o}: {c[o]}" for o in ranked if c[o]) or "no sessions"
 
 
-def _status_table(view: CampaignView, pick: Filter, every: bool = False) -> None:
+def _status_table(
+    view: CampaignView, pick: Filter, every: bool = False, spent: str | None = None
+) -> None:
     """On a terminal, the rows that fit the screen (all of them with a filter or --all), what
-    needs attention first, the rest counted below; piped, every session, a line each."""
+    needs attention first, the rest counted below; piped, every session, a line each, the
+    header first (what was `spent` against the budget: above the table on a terminal, below
+    the rows in a pipe)."""
+    if spent and out.is_terminal:
+        out.print(spent, markup=False)
     if not view.sessions:
         pass
     elif out.is_terminal:
@@ -219,6 +224,8 @@ def _status_table(view: CampaignView, pick: Filter, every: bool = False) -> None
             out.print("every session: --all (or piped, a line each)", markup=False)
     else:
         click.echo("\n".join(_status_lines(view)))
+    if spent and not out.is_terminal:
+        out.print(spent, markup=False)
     if not view.sessions and pick.describe():
         out.print(f"no session matches {pick.describe()}", markup=False)
     for key, ids in view.duplicates.items():
