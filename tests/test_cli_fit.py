@@ -6,6 +6,7 @@ for the terminal, CliRunner for pipes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -184,3 +185,33 @@ def test_status_piped_starts_with_its_header_and_keeps_the_budget_below_the_rows
     assert lines[0].split()[:3] == ["key", "outcome", "status"]
     assert all(KEY.match(ln) for ln in lines[1 : len(truth) + 1])
     assert lines[-2].startswith("budget: 300 session(s) launched") and lines[-1].startswith("failed: ")
+
+
+def test_cells_are_text_never_markup(write: Callable[[str, str], Path]) -> None:
+    """A cell that looks like rich markup shows as written: the `identity: title` suffix in
+    the plan's title column (it vanished, read as a style), a rule note in `status`."""
+    import io
+
+    from rich.console import Console
+
+    from launcher.cli.follow_cmds import _status_renderable
+    from launcher.run.status import CampaignView, Outcome, SessionView
+
+    path = write(
+        "t.yaml",
+        """
+        version: 1
+        campaign: t
+        identity: title
+        fleets:
+          - name: f
+            for_each: {items: [a]}
+            session: {prompt: "fix {{ item }}"}
+        """,
+    )
+    assert re.search(r"\ba \[fleet [0-9a-f]{16} fp [0-9a-f]{8}\]", run_pty("plan", path, cols=120))
+    s = SessionView("k", "f", None, "devin-1", None, "exit", None, Outcome.failed, [], 1.0, None, None)
+    s = dataclasses.replace(s, rule_note="output.verdict is [red]blocked[/red]")
+    console = Console(width=120, record=True, file=io.StringIO())
+    console.print(_status_renderable(CampaignView("c", [s]), width=120))
+    assert "output.verdict is [red]blocked[/red]" in console.export_text()

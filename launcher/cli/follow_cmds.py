@@ -295,7 +295,7 @@ def _status_renderable(view: CampaignView, limit: int | None = None, width: int 
     for col in cols:
         table.add_column(col, no_wrap=True, overflow="ellipsis", width=widths[col])
     for s, cells in zip(shown, rows, strict=True):
-        row: list[Text | str] = [cells[c] for c in cols]
+        row = [Text(cells[c]) for c in cols]  # text, never markup: "[x]" in a detail stays
         row[0] = Text(s.key, style=f"link {s.url}" if s.url else "")
         if s.pr_urls:
             row[cols.index("PR")] = Text(cells["PR"], style=f"link {s.pr_urls[0]}")

@@ -13,6 +13,7 @@ import anyio
 import click
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from launcher.cli.common import (
     api_config,
@@ -341,7 +342,8 @@ def _plan_rows(p: Plan, changes: list[tuple[Change, str, str]], waves: dict[str,
     for col in widths:
         table.add_column(col, no_wrap=True, overflow="ellipsis", width=widths[col])
     for r in rows:
-        table.add_row(*(cell for col, cell in zip(cols, r, strict=True) if col in widths))
+        # Text, not markup: an `identity: title` suffix "[fleet … fp …]" read as a style vanished
+        table.add_row(*(Text(cell) for col, cell in zip(cols, r, strict=True) if col in widths))
     out.print(table)
 
 

@@ -202,7 +202,7 @@ def results_table(res: Results, cols: list[str] | None = None, drop: tuple[str, 
     cols = [c for c in cols if c in widths]
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for col in cols:
-        table.add_column(heading(res, col), no_wrap=True, overflow="ellipsis", width=widths[col])
+        table.add_column(Text(heading(res, col)), no_wrap=True, overflow="ellipsis", width=widths[col])
     for row, s in zip(res.rows, res.sessions, strict=True):
         cells: list[Text | str] = []
         for c in cols:
@@ -214,7 +214,7 @@ def results_table(res: Results, cols: list[str] | None = None, drop: tuple[str, 
             elif c == "pr_url" and s.pr_urls:
                 cells.append(Text(text, style=f"link {s.pr_urls[0]}"))
             else:
-                cells.append(text)
+                cells.append(Text(text))  # text, never markup: an output "[x]" stays
         table.add_row(*cells)
     out.print(table)
 
@@ -272,14 +272,14 @@ def _groups(res: Results, fields: list[str], output: str) -> None:
         out.print(g.title, markup=False)
         click.echo("\n".join(aligned_lines(g.header, rows, right=range(1, len(g.header)))))
         return
-    table = Table(title=g.title)
+    table = Table(title=Text(g.title))
     for i, h in enumerate(g.header):  # the values whole; a narrow screen folds count headings
         width = max(len(h), *(len(r[0]) for r in rows)) if not i else None
         table.add_column(
-            h, justify="right" if i else "left", no_wrap=not i, min_width=width, overflow="fold"
+            Text(h), justify="right" if i else "left", no_wrap=not i, min_width=width, overflow="fold"
         )
     for r in rows:
-        table.add_row(*r)
+        table.add_row(*map(Text, r))
     out.print(table)
 
 
