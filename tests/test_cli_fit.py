@@ -12,13 +12,14 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
 from launcher.cli import cli
 from launcher.sim.campaigns import mixed_campaign_ledger
-from tests.helpers import run_pty
+from tests.helpers import point_cli_at, run_pty
 
 KEY = re.compile(r"acme/svc-\d{4}\b")
 
@@ -215,3 +216,28 @@ def test_cells_are_text_never_markup(write: Callable[[str, str], Path]) -> None:
     console = Console(width=120, record=True, file=io.StringIO())
     console.print(_status_renderable(CampaignView("c", [s]), width=120))
     assert "output.verdict is [red]blocked[/red]" in console.export_text()
+
+
+def test_apply_names_changed_keys_as_written_and_says_how_many_more(
+    write: Callable[[str, str], Path], make_sim: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The summary's "changed since; not relaunched" line: keys are text (`[x]` was read as a
+    style and vanished), and past five it says how many more (it stopped at five, silently)."""
+    sim = make_sim()
+    point_cli_at(sim, monkeypatch)
+    items = ", ".join(f"'k[{i}]'" for i in range(7))
+    text = f"""
+        version: 1
+        campaign: keys
+        fleets:
+          - name: f
+            for_each: {{items: [{items}]}}
+            session: {{prompt: "fix {{{{ item }}}} PROMPT"}}
+        """
+    path = write("k.yaml", text)
+    ledger = path.parent / "k.db"
+    assert run("apply", path, "--yes", "--ledger", ledger).exit_code == 0
+    write("k.yaml", text.replace("PROMPT", "now"))
+    res = run("apply", path, "--yes", "--ledger", ledger)
+    assert res.exit_code == 0, res.output
+    assert "(use --relaunch changed): k[0], k[1], k[2], k[3], k[4] and 2 more" in res.stdout
