@@ -225,7 +225,7 @@ def test_apply_names_changed_keys_as_written_and_says_how_many_more(
     style and vanished), and past five it says how many more (it stopped at five, silently)."""
     sim = make_sim()
     point_cli_at(sim, monkeypatch)
-    items = ", ".join(f"'k[{i}]'" for i in range(7))
+    items = ", ".join(f"'k[v{i}]'" for i in range(7))
     text = f"""
         version: 1
         campaign: keys
@@ -240,4 +240,4 @@ def test_apply_names_changed_keys_as_written_and_says_how_many_more(
     write("k.yaml", text.replace("PROMPT", "now"))
     res = run("apply", path, "--yes", "--ledger", ledger)
     assert res.exit_code == 0, res.output
-    assert "(use --relaunch changed): k[0], k[1], k[2], k[3], k[4] and 2 more" in res.stdout
+    assert "(use --relaunch changed): k[v0], k[v1], k[v2], k[v3], k[v4] and 2 more" in res.stdout
