@@ -241,3 +241,17 @@ def test_apply_names_changed_keys_as_written_and_says_how_many_more(
     res = run("apply", path, "--yes", "--ledger", ledger)
     assert res.exit_code == 0, res.output
     assert "(use --relaunch changed): k[v0], k[v1], k[v2], k[v3], k[v4] and 2 more" in res.stdout
+
+
+def test_a_missing_token_points_the_read_commands_at_offline(
+    fleet: tuple[Path, Path, dict[str, str]],
+) -> None:
+    """With a ledger and no token, `status`/`results`/`report` can still say what the ledger
+    knows: the hint says so (only where the flag exists: not for `cancel`)."""
+    path, ledger, _ = fleet
+    for command in ("status", "results"):
+        res = run(command, path, "--ledger", ledger)
+        assert res.exit_code == 1 and "DEVIN_API_KEY is not set" in res.stderr
+        assert "or pass --offline: what the ledger knows" in res.stderr
+    res = run("cancel", path, "--ledger", ledger, "--yes")
+    assert res.exit_code == 1 and "--offline" not in res.stderr

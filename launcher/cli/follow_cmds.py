@@ -103,7 +103,7 @@ def status(
         if offline:
             view = campaign_view(p, led)
         else:
-            with api_config(base_url, org_id) as cfg:
+            with api_config(base_url, org_id, offers_offline=True) as cfg:
                 try:
                     view = anyio.run(_refresh, p, cfg, led, watch, interval, max_interval, timeout, pick)
                 except KeyboardInterrupt:

@@ -70,7 +70,7 @@ def _view(
                     markup=False,
                 )
             return view
-        with api_config(base_url, org_id) as cfg:
+        with api_config(base_url, org_id, offers_offline=True) as cfg:
             return anyio.run(refresh_campaign, p, cfg, led)
 
 
