@@ -91,7 +91,8 @@ def status(
     org_id: str | None,
 ) -> None:
     """Refresh and classify the campaign's sessions (succeeded, needs-human, failed, running,
-    cancelled), what needs attention first. Exit 0: all succeeded/cancelled, 3: some failed,
+    cancelled), what needs attention first: on a terminal the rows that fit the screen (--all:
+    every one), piped a line per session. Exit 0: all succeeded/cancelled, 3: some failed,
     6: some need a human, 4: some still running (or not launched), 8: --watch timed out with
     sessions still running (the codes are of the sessions shown)."""
     from launcher.run.budget import budget_use
