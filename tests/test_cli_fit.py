@@ -67,7 +67,7 @@ def test_status_on_a_terminal_fits_the_screen_with_every_key_whole(
     assert sum(1 for ln in piped.stdout.splitlines() if KEY.match(ln)) == 300
 
 
-def test_results_keeps_keys_and_outcomes_whole_at_60_columns(
+def test_results_keeps_keys_and_outcomes_whole_at_60_and_24_columns(
     fleet: tuple[Path, Path, dict[str, str]],
 ) -> None:
     path, ledger, truth = fleet
@@ -75,6 +75,9 @@ def test_results_keeps_keys_and_outcomes_whole_at_60_columns(
     rows = [ln.split() for ln in screen.splitlines() if ln.startswith("acme/")]
     assert len(rows) == 300 and max(len(ln) for ln in screen.splitlines()[:302]) <= 60
     assert all(r[0] in truth and r[1] == truth[r[0]] for r in rows)
+    narrow = run_pty("results", path, "--ledger", ledger, "--offline", "--only", "acme/svc-00*", cols=24)
+    rows = [ln.split() for ln in narrow.splitlines() if ln.startswith("acme/")]
+    assert rows and all(r[0] in truth for r in rows)  # too narrow even so: the line wraps, uncut
 
 
 def _long_titles(write: Callable[[str, str], Path], n: int = 5) -> Path:

@@ -291,10 +291,14 @@ def _status_renderable(view: CampaignView, limit: int | None = None, width: int 
         cells["PR"] = " ".join(short_pr(u) for u in s.pr_urls)
         rows.append(cells)
     natural = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in cols}
-    widths = fit_widths(natural, width or out.width, overhead=(3, 1), keep={"key", "attempt", "outcome"})
+    keep = {"key", "attempt", "outcome"}
+    widths = fit_widths(natural, width or out.width, overhead=(3, 1), keep=keep)
     table = Table(title=f"campaign {view.campaign}", box=box.SIMPLE_HEAD)
-    for col in cols:
-        table.add_column(col, no_wrap=True, overflow="ellipsis", width=widths[col])
+    for col in cols:  # kept columns: rich cuts them no further (the line wraps instead)
+        whole = widths[col] if col in keep else None
+        table.add_column(
+            col, no_wrap=True, overflow="ellipsis", width=None if whole else widths[col], min_width=whole
+        )
     for s, cells in zip(shown, rows, strict=True):
         row = [Text(cells[c]) for c in cols]  # text, never markup: "[x]" in a detail stays
         row[0] = Text(s.key, style=f"link {s.url}" if s.url else "")

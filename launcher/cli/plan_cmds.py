@@ -339,8 +339,11 @@ def _plan_rows(p: Plan, changes: list[tuple[Change, str, str]], waves: dict[str,
     # the title and the note ("changed: prompt") below 16 characters
     widths = fit_widths(natural, out.width, overhead=(3, 1), keep=keep, drop=("repos",), floor=16)
     table = Table(title=f"campaign {p.campaign}", box=box.SIMPLE_HEAD)
-    for col in widths:
-        table.add_column(col, no_wrap=True, overflow="ellipsis", width=widths[col])
+    for col in widths:  # kept columns: rich cuts them no further (the line wraps instead)
+        whole = widths[col] if col in keep else None
+        table.add_column(
+            col, no_wrap=True, overflow="ellipsis", width=None if whole else widths[col], min_width=whole
+        )
     for r in rows:
         # Text, not markup: an `identity: title` suffix "[fleet … fp …]" read as a style vanished
         table.add_row(*(Text(cell) for col, cell in zip(cols, r, strict=True) if col in widths))

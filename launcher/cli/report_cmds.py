@@ -185,6 +185,7 @@ def results_table(res: Results, cols: list[str] | None = None, drop: tuple[str, 
     the rest cut with "…", then the `drop` columns left out; keys and pull requests linked);
     otherwise aligned lines, one per session, never wrapped, every column."""
     from launcher.views.results import (
+        KEPT,
         column_widths,
         default_columns,
         display,
@@ -202,7 +203,14 @@ def results_table(res: Results, cols: list[str] | None = None, drop: tuple[str, 
     cols = [c for c in cols if c in widths]
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for col in cols:
-        table.add_column(Text(heading(res, col)), no_wrap=True, overflow="ellipsis", width=widths[col])
+        whole = widths[col] if col in KEPT else None  # rich cuts no further: the line wraps
+        table.add_column(
+            Text(heading(res, col)),
+            no_wrap=True,
+            overflow="ellipsis",
+            width=None if whole else widths[col],
+            min_width=whole,
+        )
     for row, s in zip(res.rows, res.sessions, strict=True):
         cells: list[Text | str] = []
         for c in cols:
