@@ -50,7 +50,8 @@ class ExitCode(IntEnum):
     failed = (
         3,
         "some sessions failed (apply: refused by the API, or stopped at the first refusal every "
-        "session would share, such as a tag the org does not allow; status: failed outcomes)",
+        "session would share, such as a tag the org does not allow; status and `apply --wait`: "
+        "failed outcomes)",
     )
     unfinished = (
         4,
@@ -61,7 +62,10 @@ class ExitCode(IntEnum):
         ),
     )
     aborted = 5, "aborted: bad credentials (401/403) or the circuit breaker opened"
-    needs_human = 6, "status: some sessions need a human"
+    needs_human = (
+        6,
+        "status (and `apply --wait`, which exits with `status`'s code): some sessions need a human",
+    )
     gate_stopped = (
         7,
         "apply: a rollout gate stopped the campaign before its next wave (fix, then re-run; "

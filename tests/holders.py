@@ -13,7 +13,10 @@ import os, sys
 from pathlib import Path
 from launcher.ledger.location import open_ledger
 led = open_ledger(Path("."), {campaign!r}, {location!r})
-led.acquire_lock()
+if {takeover}:
+    led.acquire_lock(ttl=0.0)  # SQLite: with a TTL of 0 every holder is stale, taken over
+else:
+    led.acquire_lock()
 print(led.lock_holder().owner, flush=True)
 if {die}:
     os._exit(0)
@@ -21,8 +24,10 @@ sys.stdin.read()
 """
 
 
-def _start(location: str, campaign: str, die: bool) -> tuple[subprocess.Popen[str], str]:
-    code = _HOLD.format(location=str(location), campaign=campaign, die=die)
+def _start(
+    location: str, campaign: str, die: bool, takeover: bool = False
+) -> tuple[subprocess.Popen[str], str]:
+    code = _HOLD.format(location=str(location), campaign=campaign, die=die, takeover=takeover)
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -33,9 +38,11 @@ def _start(location: str, campaign: str, die: bool) -> tuple[subprocess.Popen[st
 
 
 @contextmanager
-def live_holder(location: str, campaign: str) -> Iterator[str]:
-    """Another live process holds the lease while the block runs; yields its owner (host:pid)."""
-    proc, owner = _start(location, campaign, die=False)
+def live_holder(location: str, campaign: str, *, takeover: bool = False) -> Iterator[str]:
+    """Another live process holds the lease while the block runs; yields its owner (host:pid).
+    `takeover` (SQLite): it takes the lease over from whoever holds it, in one transaction
+    (as `unlock` then apply would, without the gap in which the holder could take it back)."""
+    proc, owner = _start(location, campaign, die=False, takeover=takeover)
     try:
         yield owner
     finally:

@@ -623,7 +623,7 @@ def test_cancel_gone_asks_first_and_terminates_only_removed_items_sessions(
     tags = {s.key: s.identity_tag for s in full.sessions}
     path.write_text(path.read_text().replace("repo-000, ", "").replace(", repo-004", ""))
     plan = run("plan", path, "--ledger", ledger)
-    assert plan.stdout.count("│ - ") == 2, plan.stdout
+    assert sum(ln.startswith("- ") for ln in plan.stdout.splitlines()) == 2, plan.stdout
     assert "cancel MANIFEST --gone" in plan.stdout
     asked = run("cancel", path, "--ledger", ledger, "--gone")
     assert asked.exit_code == 1 and "pass --yes" in asked.stderr
@@ -660,13 +660,14 @@ def test_a_lease_lost_while_following_a_wave_stops_the_rollout(
             async def take_over() -> None:
                 while len(sim.sessions()) < 1:  # noqa: ASYNC110 (polls another thread: the sim)
                     await anyio.sleep(0.02)
-                # Another process takes the campaign over (`unlock`, then its own lease) and
-                # stays alive: a lock row of this host and pid would be this process's own.
-                with open_ledger(plan.manifest.path, plan.campaign, ledger) as other:
-                    other.break_lock()
+                # Another process takes the campaign over and stays alive: a lock row of this
+                # host and pid would be this process's own. In one transaction: an `unlock`
+                # before it would let this run take the free lease back for its next wave.
                 owners.append(
                     await anyio.to_thread.run_sync(
-                        lambda: holders.enter_context(live_holder(str(ledger), plan.campaign))
+                        lambda: holders.enter_context(
+                            live_holder(str(ledger), plan.campaign, takeover=True)
+                        )
                     )
                 )
 

@@ -424,12 +424,19 @@ def _apply_summary(s: ApplySummary, sim: bool = False) -> None:
         + (f" ({s.reconciled} found by the start reconcile)" if s.reconciled else "")
         + f", refused {c[Result.failed]}, gave up {c[Result.gave_up]}, unknown {c[Result.unknown]}, "
         f"not started {c[Result.not_started]} "
-        f"in {s.elapsed:.1f}s ({s.requests} requests, {s.rate_limited} rate-limited)"
+        f"in {s.elapsed:.1f}s ({s.requests} requests, {s.rate_limited} rate-limited)",
+        markup=False,
     )
     if s.changed:
         out.print(
             f"{len(s.changed)} launched session(s) changed in the manifest since; not "
             f"relaunched (use --relaunch changed): {', '.join(s.changed[:5])}"
+            + (
+                f" and {len(s.changed) - 5} more (`plan --diff` shows them)"
+                if len(s.changed) > 5
+                else ""
+            ),
+            markup=False,  # keys are the user's text: "[x]" is not a style
         )
     for key, ids in s.duplicates.items():
         out.print(

@@ -156,6 +156,7 @@ def api_config(
     time_scale: float = 60.0,
     *,
     offers_sim: bool = False,
+    offers_offline: bool = False,
 ) -> Iterator[ApiConfig]:
     from launcher.api.client import ApiConfig
 
@@ -165,10 +166,14 @@ def api_config(
         except ConfigError as exc:
             if not os.environ.get("DEVIN_API_KEY") and not exc.message.startswith("DEVIN_API_BASE"):
                 # only `apply` has --sim; the others follow a simulator served on its own
-                exc.hint = (exc.hint or "") + (
-                    ", or rehearse with `devin-fleet apply MANIFEST --sim`"
-                    if offers_sim
-                    else ", or rehearse: `devin-fleet sim` prints the export lines to use"
+                exc.hint = (
+                    (exc.hint or "")
+                    + (
+                        ", or rehearse with `devin-fleet apply MANIFEST --sim`"
+                        if offers_sim
+                        else ", or rehearse: `devin-fleet sim` prints the export lines to use"
+                    )
+                    + (", or pass --offline: what the ledger knows" if offers_offline else "")
                 )
             raise
         yield cfg

@@ -67,6 +67,12 @@ if TYPE_CHECKING:
 @outcome_option
 @click.option("--only", multiple=True, metavar="GLOB", help="Only keys matching this glob (repeatable).")
 @click.option("--offline", is_flag=True, help="Show what the ledger knows; no API calls.")
+@click.option(
+    "--all",
+    "every",
+    is_flag=True,
+    help="On a terminal, every session (default: the rows that fit the screen, attention first).",
+)
 @ledger_option
 @api_options
 def status(
@@ -79,12 +85,14 @@ def status(
     outcomes: tuple[str, ...],
     only: tuple[str, ...],
     offline: bool,
+    every: bool,
     ledger: str | None,
     base_url: str | None,
     org_id: str | None,
 ) -> None:
     """Refresh and classify the campaign's sessions (succeeded, needs-human, failed, running,
-    cancelled), what needs attention first. Exit 0: all succeeded/cancelled, 3: some failed,
+    cancelled), what needs attention first: on a terminal the rows that fit the screen (--all:
+    every one), piped a line per session. Exit 0: all succeeded/cancelled, 3: some failed,
     6: some need a human, 4: some still running (or not launched), 8: --watch timed out with
     sessions still running (the codes are of the sessions shown)."""
     from launcher.run.budget import budget_use
@@ -96,7 +104,7 @@ def status(
         if offline:
             view = campaign_view(p, led)
         else:
-            with api_config(base_url, org_id) as cfg:
+            with api_config(base_url, org_id, offers_offline=True) as cfg:
                 try:
                     view = anyio.run(_refresh, p, cfg, led, watch, interval, max_interval, timeout, pick)
                 except KeyboardInterrupt:
@@ -108,9 +116,8 @@ def status(
     if output == "json":
         emit_json({**view.status_json(), "budget": use.to_json()})
     else:
-        if use.max_sessions or use.max_total_acu or use.relaunched:  # spent against the budget
-            out.print(use.line(), markup=False)  # above the table: its footer is the counts
-        _status_table(view, pick)
+        spent = use.line() if use.max_sessions or use.max_total_acu or use.relaunched else None
+        _status_table(view, pick, every, spent)
     sys.exit(view.exit_code)
 
 
@@ -165,7 +172,8 @@ async def _refresh(
                 err.print(line, markup=False)
             else:  # what fits the screen, what needs attention first
                 rows = max(3, err.height - 8)
-                live.update(Group(Text(line), _status_renderable(view, rows)), refresh=True)
+                table = _status_renderable(view, rows, width=err.width)
+                live.update(Group(Text(line), table), refresh=True)
 
         def failed(exc: APIError) -> None:
             err.print(f"warning: refresh failed, retrying: {exc.message}", markup=False)
@@ -198,13 +206,27 @@ def _counts(view: CampaignView) -> str:
     return "  ".join(f"{o}: {c[o]}" for o in ranked if c[o]) or "no sessions"
 
 
-def _status_table(view: CampaignView, pick: Filter) -> None:
+def _status_table(
+    view: CampaignView, pick: Filter, every: bool = False, spent: str | None = None
+) -> None:
+    """On a terminal, the rows that fit the screen (all of them with a filter or --all), what
+    needs attention first, the rest counted below; piped, every session, a line each, the
+    header first (what was `spent` against the budget: above the table on a terminal, below
+    the rows in a pipe)."""
+    if spent and out.is_terminal:
+        out.print(spent, markup=False)
     if not view.sessions:
         pass
     elif out.is_terminal:
-        out.print(_status_renderable(view))
+        # the budget line, title, heading, caption, strays and counts stay on the screen too
+        limit = None if every or pick.describe() else max(10, out.height - 10 - len(view.strays))
+        out.print(_status_renderable(view, limit))
+        if limit is not None and len(view.sessions) > limit:
+            out.print("every session: --all (or piped, a line each)", markup=False)
     else:
         click.echo("\n".join(_status_lines(view)))
+    if spent and not out.is_terminal:
+        out.print(spent, markup=False)
     if not view.sessions and pick.describe():
         out.print(f"no session matches {pick.describe()}", markup=False)
     for key, ids in view.duplicates.items():
@@ -254,21 +276,31 @@ def _status_lines(view: CampaignView) -> list[str]:
     ]
 
 
-def _status_renderable(view: CampaignView, limit: int | None = None) -> Table:
-    """The table on a terminal: a line per session (cells cut with "…", keys and pull requests
-    linked), what needs attention first; at most `limit` rows, the rest summed up below."""
-    from launcher.views.results import by_attention, short_pr
+def _status_renderable(view: CampaignView, limit: int | None = None, width: int | None = None) -> Table:
+    """The table on a terminal: a line per session (keys and outcomes whole, the other cells
+    cut with "…" to fit the width; keys and pull requests linked), what needs attention first;
+    at most `limit` rows, the rest summed up below."""
+    from launcher.views.results import by_attention, fit_widths, short_pr
 
     cols = _status_columns(view, url=False)
-    table = Table(title=f"campaign {view.campaign}", box=box.SIMPLE_HEAD)
-    for col in cols:
-        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=len(col))
     ranked = by_attention(view.sessions)
     shown = ranked if limit is None or len(ranked) <= limit else ranked[: limit - 1]
+    rows = []
     for s in shown:
         cells = _status_cells(s)
         cells["PR"] = " ".join(short_pr(u) for u in s.pr_urls)
-        row: list[Text | str] = [cells[c] for c in cols]
+        rows.append(cells)
+    natural = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in cols}
+    keep = {"key", "attempt", "outcome"}
+    widths = fit_widths(natural, width or out.width, overhead=(3, 1), keep=keep)
+    table = Table(title=f"campaign {view.campaign}", box=box.SIMPLE_HEAD)
+    for col in cols:  # kept columns: rich cuts them no further (the line wraps instead)
+        whole = widths[col] if col in keep else None
+        table.add_column(
+            col, no_wrap=True, overflow="ellipsis", width=None if whole else widths[col], min_width=whole
+        )
+    for s, cells in zip(shown, rows, strict=True):
+        row = [Text(cells[c]) for c in cols]  # text, never markup: "[x]" in a detail stays
         row[0] = Text(s.key, style=f"link {s.url}" if s.url else "")
         if s.pr_urls:
             row[cols.index("PR")] = Text(cells["PR"], style=f"link {s.pr_urls[0]}")

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import click
+from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from launcher.cli.common import (
     api_config,
@@ -126,6 +128,7 @@ def plan(
     """Expand a manifest and show exactly what apply would send, diffed against the ledger."""
     p = load_plan(manifest)
     preview = plan_preview(p, ledger, check_remote, base_url, org_id, say_passed=True)
+    whole = p  # what was spent is the campaign's, whatever --only shows
     if only:  # the selection: its table, prompts, JSON and totals (waves: of the whole plan)
         p, preview = _only(p, preview, only)
     changes, fields, waves = preview.changes, preview.fields, preview.waves
@@ -138,10 +141,10 @@ def plan(
         click.echo(render_plan_markdown(view, budget=max_length or DEFAULT_BUDGET), nl=False)
     else:
         noted = [
-            (c, k, f"{n}; changed: {', '.join(fields[k]) or 'secret sources'}" if k in fields else n)
+            (c, k, f"changed: {', '.join(fields[k]) or 'secret sources'}; {n}" if k in fields else n)
             for c, k, n in changes
         ]
-        spent = _spent(p, ledger)
+        spent = _spent(whole, ledger)
         _plan_table(p, noted, show_prompts, waves if p.manifest.manifest.rollout else None, spent)
         if show_diff:
             _show_diffs(changes, preview.launched)
@@ -270,24 +273,7 @@ def _plan_table(
     waves: dict[str, int] | None = None,
     spent: BudgetUse | None = None,
 ) -> None:
-    table = Table(title=f"campaign {p.campaign}", show_lines=False)
-    for col in ("", "key", *(["wave"] if waves else []), "title", "repos", "mode", "ACU", "note"):
-        table.add_column(col, overflow="fold")
-    by_key = p.by_key()
-    for change, key, note in changes:
-        s = by_key.get(key)
-        req = s.request if s else {}
-        table.add_row(
-            change.value,
-            key,
-            *([str(waves.get(key, ""))] if waves else []),
-            req.get("title", ""),
-            ", ".join(req.get("repos", [])),
-            req.get("devin_mode", "default") if s else "",
-            str(req.get("max_acu_limit", "-")) if s else "",
-            note,
-        )
-    out.print(table)
+    _plan_rows(p, changes, waves)
     if show_prompts:
         for s in p.sessions:
             out.rule(s.key)
@@ -317,6 +303,51 @@ def _plan_table(
             + "), a gate after each wave but the last",
             markup=False,
         )
+
+
+def _plan_rows(p: Plan, changes: list[tuple[Change, str, str]], waves: dict[str, int] | None) -> None:
+    """The plan's sessions: on a terminal a table that fits its width (keys whole; titles,
+    repos and notes cut with "…", repos left out when narrow); otherwise aligned lines, one
+    per session, never wrapped (`-o json` is the form for programs)."""
+    from launcher.views.results import aligned_lines, fit_widths
+
+    cols = ["", "key", *(["wave"] if waves else []), "title", "repos", "mode", "ACU", "note"]
+    by_key = p.by_key()
+    rows = []
+    for change, key, note in changes:
+        s = by_key.get(key)
+        req = s.request if s else {}
+        rows.append(
+            [
+                change.value,
+                key,
+                *([str(waves.get(key, ""))] if waves else []),
+                req.get("title", ""),
+                ", ".join(req.get("repos", [])),
+                req.get("devin_mode", "default") if s else "",
+                str(req.get("max_acu_limit", "-")) if s else "",
+                note,
+            ]
+        )
+    if not out.is_terminal:
+        out.print(f"campaign {p.campaign}", markup=False)
+        click.echo("\n".join(aligned_lines(cols, rows)))
+        return
+    natural = {c: max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(cols)}
+    keep = {"", "key", "wave", "mode", "ACU"}
+    # a narrow terminal leaves the repos out (the key names them, as a rule) before it cuts
+    # the title and the note ("changed: prompt") below 16 characters
+    widths = fit_widths(natural, out.width, overhead=(3, 1), keep=keep, drop=("repos",), floor=16)
+    table = Table(title=f"campaign {p.campaign}", box=box.SIMPLE_HEAD)
+    for col in widths:  # kept columns: rich cuts them no further (the line wraps instead)
+        whole = widths[col] if col in keep else None
+        table.add_column(
+            col, no_wrap=True, overflow="ellipsis", width=None if whole else widths[col], min_width=whole
+        )
+    for r in rows:
+        # Text, not markup: an `identity: title` suffix "[fleet … fp …]" read as a style vanished
+        table.add_row(*(Text(cell) for col, cell in zip(cols, r, strict=True) if col in widths))
+    out.print(table)
 
 
 @click.command()

@@ -70,7 +70,7 @@ def _view(
                     markup=False,
                 )
             return view
-        with api_config(base_url, org_id) as cfg:
+        with api_config(base_url, org_id, offers_offline=True) as cfg:
             return anyio.run(refresh_campaign, p, cfg, led)
 
 
@@ -180,19 +180,37 @@ def _emit(res: Results, output: str, cols: list[str] | None, manifest: str) -> N
     err.print(totals_line(res), markup=False)
 
 
-def results_table(res: Results, cols: list[str] | None = None) -> None:
-    """On a terminal a table that fits its width (cells on one line, cut with "…", keys and
-    pull requests linked); otherwise aligned lines, one per session, never wrapped."""
-    from launcher.views.results import default_columns, display, heading, plain_lines
+def results_table(res: Results, cols: list[str] | None = None, drop: tuple[str, ...] = ()) -> None:
+    """On a terminal a table that fits its width (cells on one line; keys and outcomes whole,
+    the rest cut with "…", then the `drop` columns left out; keys and pull requests linked);
+    otherwise aligned lines, one per session, never wrapped, every column."""
+    from launcher.views.results import (
+        KEPT,
+        column_widths,
+        default_columns,
+        display,
+        fit_widths,
+        heading,
+        plain_lines,
+    )
 
     if not out.is_terminal:
         cols = cols or default_columns(res, None)
         click.echo("\n".join(plain_lines(res, cols)))
         return
     cols = cols or default_columns(res, out.width)
+    widths = fit_widths(column_widths(res, cols, terminal=True), out.width, drop=drop)
+    cols = [c for c in cols if c in widths]
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for col in cols:
-        table.add_column(heading(res, col), no_wrap=True, overflow="ellipsis")
+        whole = widths[col] if col in KEPT else None  # rich cuts no further: the line wraps
+        table.add_column(
+            Text(heading(res, col)),
+            no_wrap=True,
+            overflow="ellipsis",
+            width=None if whole else widths[col],
+            min_width=whole,
+        )
     for row, s in zip(res.rows, res.sessions, strict=True):
         cells: list[Text | str] = []
         for c in cols:
@@ -204,7 +222,7 @@ def results_table(res: Results, cols: list[str] | None = None) -> None:
             elif c == "pr_url" and s.pr_urls:
                 cells.append(Text(text, style=f"link {s.pr_urls[0]}"))
             else:
-                cells.append(text)
+                cells.append(Text(text))  # text, never markup: an output "[x]" stays
         table.add_row(*cells)
     out.print(table)
 
@@ -231,7 +249,7 @@ def attention_summary(
     if todo:
         shown = build_results(view, p.schemas, todo[:limit])
         out.print(f"{len(todo)} session(s) need attention:", markup=False)
-        results_table(shown, ["key", "outcome", "reason", "url"])
+        results_table(shown, ["key", "outcome", "reason", "url"], drop=("url",))
         if len(todo) > limit:
             out.print(f"... and {len(todo) - limit} more", markup=False)
         if not sim:
@@ -250,17 +268,26 @@ def attention_summary(
 
 def _groups(res: Results, fields: list[str], output: str) -> None:
     from launcher.views.formats import grouping
+    from launcher.views.results import aligned_lines
 
     g = grouping(res, fields)
     write = FORMATS[output].groups
     if write is not None:
         click.echo(write(g), nl=False)
         return
-    table = Table(title=g.title)
-    for i, h in enumerate(g.header):
-        table.add_column(h, justify="right" if i else "left")
-    for r in g.rows:
-        table.add_row(*(str(x) for x in r))
+    rows = [[str(x) for x in r] for r in g.rows]
+    if not out.is_terminal:  # a line per value, never cut (rich cut "succeeded" to "succee…")
+        out.print(g.title, markup=False)
+        click.echo("\n".join(aligned_lines(g.header, rows, right=range(1, len(g.header)))))
+        return
+    table = Table(title=Text(g.title))
+    for i, h in enumerate(g.header):  # the values whole; a narrow screen folds count headings
+        width = max(len(h), *(len(r[0]) for r in rows)) if not i else None
+        table.add_column(
+            Text(h), justify="right" if i else "left", no_wrap=not i, min_width=width, overflow="fold"
+        )
+    for r in rows:
+        table.add_row(*map(Text, r))
     out.print(table)
 
 

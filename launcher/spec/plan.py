@@ -97,7 +97,9 @@ class PlannedSession:
             "key": self.key,
             "fleet": self.fleet,
             "fingerprint": self.fingerprint,
-            "tags": list(self.tags),
+            # the identity tags sent (with `identity: title` only the campaign tag: the key
+            # travels in the title), as `request.tags` has them
+            "tags": [t for t in self.tags if t in self.request.get("tags", ())],
             "request": self.request,
         }
 

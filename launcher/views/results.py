@@ -14,7 +14,7 @@ import fnmatch
 import io
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ ALIASES = {"pr": "pr_url", "acu": "acus", "session": "url", "session_url": "url"
 NARROW = ("key", "outcome", "reason", "pr_url", "acus")
 CELL_CAP = 48  # a free-text cell longer than this is cut (with "…") in the text table
 UNCUT = frozenset({"key", "pr_url", "url", "session_id"})  # links and ids are never cut
+KEPT = frozenset({"key", "outcome", "attempt"})  # on a terminal, what a row is: never cut
 
 
 class FieldError(ValueError):
@@ -452,6 +453,53 @@ def column_widths(results: Results, columns: Sequence[str], *, terminal: bool) -
             if n > widths[c]:
                 widths[c] = n
     return widths
+
+
+def fit_widths(
+    natural: Mapping[str, int],
+    width: int,
+    *,
+    overhead: tuple[int, int] = (3, -3),
+    keep: Collection[str] = KEPT,
+    drop: Sequence[str] = (),
+    floor: int = 8,
+) -> dict[str, int]:
+    """Cell widths (in `natural`'s order) for a table `width` characters wide, each column
+    costing `overhead[0]` more (padding, rule) and the table `overhead[1]`: the `keep` columns
+    (what a row is: its key, its outcome) whole; the others cut, the widest first, to no less
+    than `floor`. The `drop` columns (a URL the key links to: worthless cut) are whole or left
+    out, in order, when the rest cannot fit otherwise. Kept columns are never cut (as `gh`
+    cuts a title, never an id): a terminal too narrow for them wraps the line instead."""
+    cols = dict(natural)
+    pending = [c for c in drop if c in cols]
+    while True:
+        whole = {*keep, *pending}
+        room = width - overhead[1] - overhead[0] * len(cols)
+        room -= sum(w for c, w in cols.items() if c in whole)
+        cut = [w for c, w in cols.items() if c not in whole]
+        level = max(cut, default=0)
+        while level > floor and sum(min(w, level) for w in cut) > room:
+            level -= 1
+        if not pending or sum(min(w, level) for w in cut) <= room:
+            return {c: w if c in whole else min(w, level) for c, w in cols.items()}
+        del cols[pending.pop(0)]
+
+
+def aligned_lines(
+    header: Sequence[str], rows: Iterable[Sequence[str]], right: Collection[int] = ()
+) -> list[str]:
+    """A header and rows as aligned text, one line a row, never wrapped or cut (cells made one
+    line; the `right` columns, counts, right-aligned): a text table for a pipe, a file or a
+    CI log."""
+    body = [[c.replace("\r", " ").replace("\n", " ") for c in r] for r in rows]
+    widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(header)]
+    return [
+        "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
+        for r in [list(header), *body]
+    ]
 
 
 def plain_lines(results: Results, columns: Sequence[str]) -> list[str]:
