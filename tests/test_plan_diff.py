@@ -37,6 +37,9 @@ def test_a_prompt_edit_and_an_acu_change_are_named_and_diffed(launched: tuple[Pa
 
     res = run("plan", path, "--ledger", ledger)
     assert "changed: prompt, max_acu_limit" in res.stdout and "changed: prompt" in res.stdout
+    # how to relaunch them is said once, below the rows, not on each of them
+    assert res.stdout.count("--relaunch changed") == 1
+    assert "3 launched session(s) changed since launch" in res.stdout
 
     res = run("plan", path, "--ledger", ledger, "--diff")
     assert res.exit_code == 0

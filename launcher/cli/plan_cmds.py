@@ -288,6 +288,12 @@ def _plan_table(
         f"{t['sessions']} sessions{cap}; max ACU {t['acu']}{budget}; "
         + ", ".join(f"{c.value} {c.name}: {n}" for c, n in counts.items() if n)
     )
+    if counts[Change.changed]:
+        out.print(
+            f"{counts[Change.changed]} launched session(s) changed since launch: "
+            "`devin-fleet apply MANIFEST --relaunch changed` relaunches them (`plan --diff`: what)",
+            markup=False,
+        )
     if counts[Change.gone]:
         out.print(
             f"{counts[Change.gone]} launched session(s) of items removed from the manifest: "

@@ -300,7 +300,7 @@ def plan_diff(plan: PlanLike, records: Mapping[str, Record]) -> list[tuple[Chang
         elif r.state.uncertain:
             out.append((Change.reconcile, s.key, "outcome unknown: apply looks it up first"))
         elif r.fingerprint != s.fingerprint:
-            out.append((Change.changed, s.key, f"{r.session_id} (relaunch with --relaunch changed)"))
+            out.append((Change.changed, s.key, r.session_id or ""))  # the hint: once, below
         else:
             out.append((Change.same, s.key, r.session_id or ""))
     keys = {s.key for s in plan.sessions}
