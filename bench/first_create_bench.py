@@ -45,19 +45,20 @@ def one_apply(path: Path, sim: Sim, stated: bool, ledger: str = "ledger.db") -> 
         env.pop("DEVIN_FLEET_LIST_LAG", None)
     base = sim.env["DEVIN_API_BASE_URL"]
     before = httpx.get(f"{base}/_sim/stats", timeout=30).json()
-    nth = before["creates"]  # the first create of this apply is the server's nth
+    nth = httpx.get(f"{base}/_sim/creates", timeout=30).json()["count"]  # this apply's first
     cmd = [sys.executable, "-m", "launcher", "apply", str(path), "--yes", "-o", "json"]
     cmd += ["--ledger", str(path.parent / ledger), "--concurrency", "16", "--rate", "100"]
-    spawned = time.time()
+    spawned, spawned_mono = time.time(), time.monotonic()  # /_sim/creates: monotonic
     out = subprocess.DEVNULL  # from the campaign's folder: `-m` puts the working directory first
     subprocess.run(cmd, env=env, cwd=path.parent, stdout=out, stderr=out, check=True)
     ended = time.time()
-    stats = httpx.get(f"{base}/_sim/stats", params={"create": nth}, timeout=30).json()
+    stats = httpx.get(f"{base}/_sim/stats", timeout=30).json()
     first_request = stats["first_request_at"] if before["first_request_at"] is None else None
-    first_create = stats["create_at"]
+    creates = httpx.get(f"{base}/_sim/creates", timeout=60).json()["creates"]
+    first_create = creates[nth]["received"] - spawned_mono if len(creates) > nth else None
     return {
         "first_request": (first_request - spawned) if first_request else float("nan"),
-        "first_create": (first_create - spawned) if first_create else float("nan"),
+        "first_create": float("nan") if first_create is None else first_create,
         "wall": ended - spawned,
     }
 

@@ -544,11 +544,7 @@ class SimApp:
         return _json({"count": len(sessions), "sessions": sessions})
 
     async def sim_stats(self, request: Request) -> Response:
-        stats = self.state.stats()
-        if (nth := request.query_params.get("create")) is not None and nth.isdigit():
-            times = self.state.create_times  # `?create=K`: when the K-th create (0-based) came
-            stats["create_at"] = times[int(nth)] if int(nth) < len(times) else None
-        return _json(stats)
+        return _json(self.state.stats())
 
     async def sim_creates(self, request: Request) -> Response:
         """Every create as the bucket saw it (the machine's monotonic clock): when it was

@@ -574,7 +574,6 @@ class SimState:
             # The most create requests (answered 429 or not) that arrived in any one second.
             "creates_max_per_second": max_in_window(self.create_times, 1.0),
             "creates_max_in_flight": self.creates_max_in_flight,
-            "creates": len(self.create_times),  # create requests that arrived, 429s included
             # Clock times (Unix epoch scale) that split a run's wall time: start-up, the
             # requests before the first create, the creates, the wait for the last answer.
             "first_request_at": self.first_request_at,
