@@ -51,6 +51,7 @@ __all__ = [
     "assert_exactly_once_and_ledger_agrees",
     "campaign",
     "clean",
+    "crash_after_sending",
     "created",
     "expected_outcome",
     "fleet_manifest",
@@ -331,6 +332,22 @@ def apply_all(
                 assert summary.exit_code == 0, summary.to_json()
 
     anyio.run(go)
+
+
+def crash_after_sending(plan: Plan, sim: SimServer, ledger_path: Path, key: str) -> None:
+    """A run killed right after `key`'s create reached the API: the plan and the intent are
+    in the ledger, the session exists at the simulator, its answer was never recorded."""
+    from launcher.ledger.store import EventKind, LedgerEvent
+
+    s = next(x for x in plan.sessions if x.key == key)
+    with open_ledger(plan.manifest.path, plan.campaign, ledger_path) as led:
+        led.sync_plan(plan)
+        led.write_events([LedgerEvent(s.key, EventKind.intent, 1, fingerprint=s.fingerprint)])
+    httpx.post(
+        f"{sim.base_url}/v3/organizations/{sim.org_id}/sessions",
+        json=s.request,
+        headers={"Authorization": f"Bearer {sim.token}"},
+    ).raise_for_status()
 
 
 def sessions_per_key(plan: Plan, sim: SimServer) -> Counter[str]:

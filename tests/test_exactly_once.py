@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from launcher import ApiConfig, DevinClient, build_plan, load_manifest, open_ledger
 from launcher.cli import cli
 from launcher.errors import ExitCode
-from launcher.ledger.store import Change, EventKind, LaunchState
+from launcher.ledger.store import Change, LaunchState
 from launcher.run.remote import check_remote
 from launcher.run.summary import Result
 from launcher.sim import Profile, SimServer
@@ -31,6 +31,7 @@ from tests.helpers import (
     assert_exactly_once_and_ledger_agrees,
     campaign,
     cli_env,
+    crash_after_sending,
     created,
     run_apply,
     sessions_per_key,
@@ -272,16 +273,7 @@ def test_5_an_adopted_session_keeps_the_fingerprint_it_was_created_with(
     plan = build_plan(load_manifest(path))
     ledger = tmp_path / "l.db"
     s = plan.sessions[0]
-    with open_ledger(path, plan.campaign, ledger) as led:  # the crash: intent, request, no answer
-        led.sync_plan(plan)
-        from launcher.ledger.store import LedgerEvent
-
-        led.write_events([LedgerEvent(s.key, EventKind.intent, 1, fingerprint=s.fingerprint)])
-    httpx.post(
-        f"{sim.base_url}/v3/organizations/{sim.org_id}/sessions",
-        json=s.request,
-        headers={"Authorization": f"Bearer {sim.token}"},
-    ).raise_for_status()
+    crash_after_sending(plan, sim, ledger, s.key)  # the crash: intent, request, no answer
     path.write_text(path.read_text().replace("Fix {{ item }}", "Repair {{ item }}"))
     edited = build_plan(load_manifest(path))
     summary = run_apply(edited, sim, ledger)

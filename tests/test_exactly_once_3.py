@@ -34,6 +34,7 @@ from tests.helpers import (
     FakeClock,
     apply_all,
     campaign,
+    crash_after_sending,
     fleet_manifest,
     sessions_per_key,
 )
@@ -181,14 +182,7 @@ def test_2_a_crashed_runs_pending_create_is_looked_up_past_the_lag_and_request_t
     plan = build_plan(load_manifest(path))
     ledger = tmp_path / "l.db"
     s = plan.sessions[0]
-    with open_ledger(path, plan.campaign, ledger) as led:
-        led.sync_plan(plan)
-        led.write_events([LedgerEvent(s.key, EventKind.intent, 1, fingerprint=s.fingerprint)])
-    httpx.post(
-        f"{sim.base_url}/v3/organizations/{sim.org_id}/sessions",
-        json=s.request,
-        headers={"Authorization": f"Bearer {sim.token}"},
-    ).raise_for_status()
+    crash_after_sending(plan, sim, ledger, s.key)
     summary = apply_virtual(plan, sim, ledger)  # no lag stated: nothing measured yet
     assert summary.results[s.key] == Result.adopted, summary.to_json()
     assert sessions_per_key(plan, sim) == {p.key: 1 for p in plan.sessions}
