@@ -59,6 +59,7 @@ __all__ = [
     "run",
     "run_apply",
     "point_cli_at",
+    "read_terminal",
     "run_pty",
     "session_json",
     "sessions_per_key",
@@ -472,6 +473,23 @@ class ScriptedLists:
 BIN_CLI = Path(sys.executable).with_name("devin-fleet")  # the installed console script
 
 
+def read_terminal(master: int, on_screen: Callable[[str], None] | None = None) -> str:
+    """Everything a pseudo-terminal's child draws until it closes the terminal;
+    `on_screen(everything drawn so far)` after each read."""
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+        if on_screen is not None:
+            on_screen(b"".join(chunks).decode("utf-8", "replace"))
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
 def run_pty(*args: str | Path, cols: int = 120, rows: int = 40, stdin: str = "") -> str:
     """The installed CLI on a pseudo-terminal `cols` wide: what a person sees."""
     master, slave = pty.openpty()
@@ -484,16 +502,7 @@ def run_pty(*args: str | Path, cols: int = 120, rows: int = 40, stdin: str = "")
     os.close(slave)
     if stdin:
         os.write(master, stdin.encode())
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
+    text = read_terminal(master)
     proc.wait(timeout=120)
     os.close(master)
-    text = b"".join(chunks).decode("utf-8", "replace")
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\]8;[^\x1b]*\x1b\\", "", text).replace("\r", "")

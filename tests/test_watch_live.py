@@ -13,7 +13,7 @@ from pathlib import Path
 
 from launcher import build_plan, load_manifest
 from launcher.sim import ManualClock, SimServer
-from tests.helpers import apply_all, fleet_manifest
+from tests.helpers import apply_all, fleet_manifest, read_terminal
 
 Write = Callable[[str, str], Path]
 CURSOR_UP = "\x1b[1A"
@@ -46,19 +46,10 @@ def watch(
         cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave
     )
     os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-        on_screen(b"".join(chunks).decode(errors="replace"))
+    term = read_terminal(master, on_screen)
     out, _ = proc2.communicate(timeout=120)
     os.close(master)
-    return proc2.returncode, out.decode(), b"".join(chunks).decode(errors="replace")
+    return proc2.returncode, out.decode(), term
 
 
 def test_watch_redraws_in_place_on_a_terminal_and_prints_lines_otherwise(
