@@ -471,6 +471,8 @@ def test_7_a_folder_without_a_readable_figure_starts_from_the_assumed_lag(tmp_pa
         led.remember_list_lag("http://api.test", "org-a", 0.25, 2_000.0)  # rewritten whole
     with open_ledger(Path("m.yaml"), "f", here / "f.db") as led:
         assert led.org_list_lag("http://api.test", "org-a") == (0.25, 2_000.0)
+    with open_ledger(Path("m.yaml"), "c", here / "c.db") as led:  # its own is older: the newest
+        assert led.org_list_lag("http://api.test", "org-a") == (0.25, 2_000.0)
 
 
 def test_7_what_the_bound_rests_on() -> None:

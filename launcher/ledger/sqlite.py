@@ -180,11 +180,13 @@ class SqliteLedger(SqliteAttempts, LedgerStore):
     def org_list_lag(self, base_url: str, org_id: str) -> tuple[float, float] | None:
         row = self.db.execute("SELECT value FROM meta WHERE name=?", (_lag(base_url, org_id),))
         got = row.fetchone()
+        figures: list[tuple[float, float] | None] = [None]
         if got is not None:
-            lag, at = (float(x) for x in str(got[0]).split())
-            return lag, at
-        # a new campaign's ledger: what the org's other campaigns in this folder measured
-        return None if self._memory else folder_list_lag(self.path.parent, base_url, org_id)
+            lag, at = str(got[0]).split()
+            figures.append((float(lag), float(at)))
+        if not self._memory:  # what the org's other campaigns in this folder measured
+            figures.append(folder_list_lag(self.path.parent, base_url, org_id))
+        return max(figures, key=lambda f: -1.0 if f is None else f[1])  # the newest figure
 
     def remember_list_lag(self, base_url: str, org_id: str, lag: float, at: float) -> None:
         with self.transaction() as db:  # a ledger belongs to one org: the org is in the name
